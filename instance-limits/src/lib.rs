@@ -11,7 +11,7 @@
 //!   with every step of the computation kept for display.
 //! * [`cli`]: the `ipamd max-pods` subcommand (clap args + [`cli::run`]).
 //! * [`imds`]: reading the instance type from IMDSv2.
-//! * [`format`]: the TSV parser/renderer shared by `build.rs` and any writer.
+//! * [`format`](mod@format): the TSV parser/renderer shared by `build.rs` and any writer.
 //!
 //! # Where the table comes from
 //!

@@ -201,7 +201,8 @@ pub struct MaxPodsReport {
     pub inputs: MaxPodsOptions,
     pub instance: InstanceFacts,
     pub mode: Mode,
-    /// How `enis` was derived, e.g. `min(3, --cni-max-eni 2) - 1 (custom networking) = 1`.
+    /// How `enis` was derived: the default card's ENIs (`3`), or e.g.
+    /// `min(3, --cni-max-eni 2) - 1 (custom networking) = 1`.
     pub enis_formula: String,
     /// ENIs that carry pod IPs.
     pub enis: u32,
@@ -260,7 +261,9 @@ pub fn compute(
         enis = enis.saturating_sub(1);
         enis_formula.push_str(" - 1 (custom networking)");
     }
-    enis_formula.push_str(&format!(" = {enis}"));
+    if options.cni_max_eni.is_some() || options.custom_networking {
+        enis_formula.push_str(&format!(" = {enis}"));
+    }
 
     // Step 3: pod IPs per ENI.
     let secondary = limits.ipv4_per_eni.saturating_sub(1);
