@@ -1,1 +1,119 @@
-fn main() {}
+//! The `ipamd` binary: parses the command line and dispatches. All logic lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ipamd::daemon::{Backend, RunOptions};
+
+#[derive(Debug, Parser)]
+#[command(name = "ipamd", version, about = "Per-node IP address management for the AWS VPC CNI")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Run(RunArgs),
+    /// Build a simulated node, set up pods through the real aws-cni binary, ping between them, clean up.
+    Demo(ipamd::demo::DemoArgs),
+    /// Print the max-pods value for an instance type (the anchor's calculator, offline).
+    MaxPods(instance_limits::MaxPodsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Unix socket to serve gRPC on.
+    #[arg(long, default_value = aws_cni_proto::DEFAULT_IPAMD_SOCKET)]
+    socket: PathBuf,
+    /// Which EC2 to use.
+    #[arg(long, value_enum, default_value_t = Backend::Aws)]
+    backend: Backend,
+    /// Instance type of the simulated node (sim backend).
+    #[arg(long, default_value = "m5.large")]
+    instance_type: String,
+    /// Enter this network namespace (e.g. /run/netns/NAME) before anything else.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Write the simulated EC2 state here as JSON after every change (sim backend).
+    #[arg(long)]
+    sim_state: Option<PathBuf>,
+    /// Override the max-pods value computed from the instance type.
+    #[arg(long)]
+    max_pods: Option<u32>,
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let level = std::env::var("AWS_VPC_K8S_CNI_LOGLEVEL")
+        .map(|l| l.to_ascii_lowercase())
+        .unwrap_or_else(|_| "info".into());
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            init_tracing();
+            if let Some(ns) = &args.netns {
+                if let Err(e) = datapath::enter_netns(ns) {
+                    eprintln!("ipamd: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let opts = RunOptions {
+                socket: args.socket,
+                backend: args.backend,
+                instance_type: args.instance_type,
+                sim_state: args.sim_state,
+                max_pods: args.max_pods,
+            };
+            let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+                rt.block_on(ipamd::daemon::run(opts))
+                    .map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("ipamd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo(args) => match ipamd::demo::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ipamd demo: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::MaxPods(args) => {
+            let imds = instance_limits::Imdsv2::from_env();
+            let mut out = std::io::stdout().lock();
+            match instance_limits::run(&args, &imds, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ipamd max-pods: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,599 @@
+//! A netlink handle pinned to one network namespace, with the idempotent operations the CNI needs.
+//!
+//! IPv4 only for now (routes, rules, neighbours): that is all the IPv4 pod path uses.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use futures::TryStreamExt;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
+};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{
+    Handle, IpVersion, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
+
+use crate::error::{EEXIST, ENOENT, ESRCH};
+use crate::names::MacAddr;
+use crate::netns::{in_netns, in_netns_file};
+use crate::NetlinkError;
+
+/// What we need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    pub up: bool,
+}
+
+/// An IPv4 route: `dst/prefix_len [via gateway] [dev oif] table T [scope link]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub table: u32,
+    pub scope_link: bool,
+}
+
+impl RouteSpec {
+    /// The message for a delete: protocol and scope act as wildcards unless we know them, as `ip route del`
+    /// does (the kernel matches routes it added itself, protocol `kernel`, only this way).
+    fn delete_message(&self) -> RouteMessage {
+        let mut m = self.message();
+        m.header.protocol = RouteProtocol::Unspec;
+        if !self.scope_link {
+            m.header.scope = RouteScope::NoWhere;
+        }
+        m
+    }
+
+    fn message(&self) -> RouteMessage {
+        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(self.dst, self.prefix_len)
+            .table_id(self.table);
+        if let Some(gw) = self.gateway {
+            b = b.gateway(gw);
+        }
+        if let Some(oif) = self.oif {
+            b = b.output_interface(oif);
+        }
+        if self.scope_link {
+            b = b.scope(RouteScope::Link);
+        }
+        b.build()
+    }
+}
+
+/// An IPv4 policy rule `[from src] [to dst] [fwmark m/mask] lookup table priority p`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub priority: u32,
+    pub src: Option<(Ipv4Addr, u8)>,
+    pub dst: Option<(Ipv4Addr, u8)>,
+    pub fwmark: Option<(u32, u32)>,
+    pub table: u32,
+}
+
+/// A rule as read back from the kernel.
+pub type RuleInfo = RuleSpec;
+
+impl RuleSpec {
+    fn message(&self) -> RuleMessage {
+        let mut m = RuleMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.action = RuleAction::ToTable;
+        if self.table <= 255 {
+            m.header.table = self.table as u8;
+        } else {
+            m.header.table = 252; // RT_TABLE_COMPAT; the real id is in the attribute
+        }
+        m.attributes.push(RuleAttribute::Table(self.table));
+        m.attributes.push(RuleAttribute::Priority(self.priority));
+        if let Some((ip, len)) = self.src {
+            m.header.src_len = len;
+            m.attributes.push(RuleAttribute::Source(IpAddr::V4(ip)));
+        }
+        if let Some((ip, len)) = self.dst {
+            m.header.dst_len = len;
+            m.attributes.push(RuleAttribute::Destination(IpAddr::V4(ip)));
+        }
+        if let Some((mark, mask)) = self.fwmark {
+            m.attributes.push(RuleAttribute::FwMark(mark));
+            m.attributes.push(RuleAttribute::FwMask(mask));
+        }
+        m
+    }
+
+    fn from_message(m: &RuleMessage) -> Option<RuleSpec> {
+        if m.header.family != AddressFamily::Inet || m.header.action != RuleAction::ToTable {
+            return None;
+        }
+        let mut spec = RuleSpec {
+            priority: 0,
+            src: None,
+            dst: None,
+            fwmark: None,
+            table: u32::from(m.header.table),
+        };
+        let mut mark = None;
+        let mut mask = u32::MAX;
+        for a in &m.attributes {
+            match a {
+                RuleAttribute::Priority(p) => spec.priority = *p,
+                RuleAttribute::Table(t) => spec.table = *t,
+                RuleAttribute::Source(IpAddr::V4(ip)) => spec.src = Some((*ip, m.header.src_len)),
+                RuleAttribute::Destination(IpAddr::V4(ip)) => {
+                    spec.dst = Some((*ip, m.header.dst_len))
+                }
+                RuleAttribute::FwMark(v) => mark = Some(*v),
+                RuleAttribute::FwMask(v) => mask = *v,
+                _ => {}
+            }
+        }
+        spec.fwmark = mark.map(|m| (m, mask));
+        Some(spec)
+    }
+}
+
+/// The two ends of a veth pair to create. The peer is created directly in `peer_netns` (never moved), which
+/// avoids the rtnl-lock serialisation of moving links between namespaces.
+#[derive(Debug)]
+pub struct VethSpec<'a> {
+    pub name: &'a str,
+    pub mac: Option<MacAddr>,
+    pub mtu: u32,
+    pub peer_name: &'a str,
+    pub peer_mac: Option<MacAddr>,
+    pub peer_netns: Option<&'a File>,
+}
+
+/// A netlink socket bound to one network namespace.
+#[derive(Clone, Debug)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a socket in `netns` (a path like `/var/run/netns/x` or `/proc/PID/ns/net`), or in the caller's
+    /// namespace when `None`. Must be called inside a tokio runtime: the connection task is spawned on it.
+    pub fn connect(netns: Option<&Path>) -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = match netns {
+            None => rtnetlink::new_connection().map_err(NetlinkError::Socket)?,
+            Some(path) => {
+                let rt = tokio::runtime::Handle::current();
+                in_netns(path, move || {
+                    let _guard = rt.enter();
+                    rtnetlink::new_connection().map_err(NetlinkError::Socket)
+                })?
+            }
+        };
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// [`Netlink::connect`] for a namespace held open as a file (for example an anonymous one).
+    pub fn connect_file(netns: &File) -> Result<Netlink, NetlinkError> {
+        let rt = tokio::runtime::Handle::current();
+        let (conn, handle, _) = in_netns_file(netns, Path::new("(namespace fd)"), move || {
+            let _guard = rt.enter();
+            rtnetlink::new_connection().map_err(NetlinkError::Socket)
+        })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    // === links ===
+
+    /// All links of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::request("list links", e))?;
+        Ok(msgs.iter().map(link_info).collect())
+    }
+
+    /// The link called `name`, if any.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        let res: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute()
+            .try_collect()
+            .await;
+        match res {
+            Ok(msgs) => Ok(msgs.first().map(link_info)),
+            Err(e) => {
+                let err = NetlinkError::request(format!("get link {name}"), e);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// The link with hardware address `mac`, if any (how ipamd finds an ENI's interface).
+    pub async fn link_by_mac(&self, mac: MacAddr) -> Result<Option<LinkInfo>, NetlinkError> {
+        Ok(self.links().await?.into_iter().find(|l| l.mac == Some(mac)))
+    }
+
+    /// Creates a veth pair; see [`VethSpec`].
+    pub async fn create_veth(&self, spec: &VethSpec<'_>) -> Result<(), NetlinkError> {
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(spec.peer_name.to_string())
+            .mtu(spec.mtu);
+        if let Some(mac) = spec.peer_mac {
+            peer = peer.address(mac.0.to_vec());
+        }
+        if let Some(ns) = spec.peer_netns {
+            peer = peer.setns_by_fd(ns.as_raw_fd());
+        }
+        let mut b = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(spec.name.to_string())
+            .mtu(spec.mtu)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())));
+        if let Some(mac) = spec.mac {
+            b = b.address(mac.0.to_vec());
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(|e| {
+                NetlinkError::request(
+                    format!("create veth {} (peer {})", spec.name, spec.peer_name),
+                    e,
+                )
+            })
+    }
+
+    /// Creates a bridge (used by the simulator's VPC fabric).
+    pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = rtnetlink::LinkBridge::new(name).mtu(mtu).build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("create bridge {name}"), e))
+    }
+
+    /// Enslaves a link to a bridge and brings it up.
+    pub async fn set_controller_up(&self, index: u32, bridge: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(bridge)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("attach link {index} to bridge {bridge}"), e))
+    }
+
+    /// Brings a link up.
+    pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("set link {index} up"), e))
+    }
+
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_index(index)
+            .mtu(mtu)
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("set mtu {mtu} on link {index}"), e))
+    }
+
+    /// Deletes a link by name. Returns false when it was already gone.
+    pub async fn delete_link_by_name(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(link) = self.link_by_name(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let err = NetlinkError::request(format!("delete link {name}"), e);
+                if err.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    // === addresses ===
+
+    /// Adds `ip/prefix_len` to a link; already present is fine.
+    pub async fn add_address(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), NetlinkError> {
+        match self
+            .handle
+            .address()
+            .add(index, ip, prefix_len)
+            .execute()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = NetlinkError::request(
+                    format!("add address {ip}/{prefix_len} to link {index}"),
+                    e,
+                );
+                if err.is_exists() {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// The addresses on a link.
+    pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::request(format!("list addresses of link {index}"), e))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(ip) = a {
+                    out.push((*ip, m.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    // === routes ===
+
+    /// Adds or replaces a route.
+    pub async fn replace_route(&self, route: &RouteSpec) -> Result<(), NetlinkError> {
+        self.handle
+            .route()
+            .add(route.message())
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("replace route {route:?}"), e))
+    }
+
+    /// Deletes a route; already gone is fine.
+    pub async fn delete_route(&self, route: &RouteSpec) -> Result<(), NetlinkError> {
+        match self.handle.route().del(route.delete_message()).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = NetlinkError::request(format!("delete route {route:?}"), e);
+                if err.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// The IPv4 unicast routes of `table`.
+    pub async fn routes(&self, table: u32) -> Result<Vec<RouteSpec>, NetlinkError> {
+        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let msgs: Vec<RouteMessage> = self
+            .handle
+            .route()
+            .get(req)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::request("list routes", e))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let mut spec = RouteSpec {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix_len: m.header.destination_prefix_length,
+                gateway: None,
+                oif: None,
+                table: u32::from(m.header.table),
+                scope_link: m.header.scope == RouteScope::Link,
+            };
+            for a in &m.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => spec.dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => spec.gateway = Some(*ip),
+                    RouteAttribute::Oif(i) => spec.oif = Some(*i),
+                    RouteAttribute::Table(t) => spec.table = *t,
+                    _ => {}
+                }
+            }
+            if spec.table == table {
+                out.push(spec);
+            }
+        }
+        Ok(out)
+    }
+
+    // === rules ===
+
+    /// Adds a rule; an identical existing rule is fine.
+    pub async fn add_rule(&self, rule: &RuleSpec) -> Result<(), NetlinkError> {
+        let mut req = self.handle.rule().add();
+        *req.message_mut() = rule.message();
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = NetlinkError::request(format!("add rule {rule:?}"), e);
+                if err.errno() == Some(EEXIST) {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Deletes every rule equal to `rule` (the kernel deletes one per request). Already gone is fine.
+    pub async fn delete_rule(&self, rule: &RuleSpec) -> Result<(), NetlinkError> {
+        // Bounded: a rule can only have been added a handful of times.
+        for _ in 0..16 {
+            match self.handle.rule().del(rule.message()).execute().await {
+                Ok(()) => continue,
+                Err(e) => {
+                    let err = NetlinkError::request(format!("delete rule {rule:?}"), e);
+                    return match err.errno() {
+                        Some(ENOENT | ESRCH) => Ok(()),
+                        _ => Err(err),
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// All IPv4 `lookup` rules.
+    pub async fn rules(&self) -> Result<Vec<RuleInfo>, NetlinkError> {
+        let msgs: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::request("list rules", e))?;
+        Ok(msgs.iter().filter_map(RuleSpec::from_message).collect())
+    }
+
+    // === neighbours ===
+
+    /// Adds or replaces a permanent neighbour entry `ip lladdr mac` on a link.
+    pub async fn replace_permanent_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: MacAddr,
+    ) -> Result<(), NetlinkError> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac.0)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                NetlinkError::request(format!("add neighbour {ip} lladdr {mac} on link {index}"), e)
+            })
+    }
+
+    /// Deletes the neighbour entry for `ip` on a link; already gone is fine.
+    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut req = self.handle.neighbours().add(index, IpAddr::V4(ip));
+        let msg = req.message_mut().clone();
+        match self.handle.neighbours().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = NetlinkError::request(format!("delete neighbour {ip} on link {index}"), e);
+                if err.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Permanent IPv4 neighbour entries `(link index, ip, mac)`.
+    pub async fn permanent_neighbours(
+        &self,
+    ) -> Result<Vec<(u32, Ipv4Addr, Option<MacAddr>)>, NetlinkError> {
+        let msgs: Vec<_> = self
+            .handle
+            .neighbours()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| NetlinkError::request("list neighbours", e))?;
+        let mut out = Vec::new();
+        for m in msgs {
+            if m.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut ip = None;
+            let mut mac = None;
+            for a in &m.attributes {
+                match a {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                    NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = ip {
+                out.push((m.header.ifindex, ip, mac));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn link_info(m: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Address(b) => info.mac = MacAddr::from_slice(b),
+            LinkAttribute::Mtu(v) => info.mtu = *v,
+            _ => {}
+        }
+    }
+    info
+}

@@ -1,0 +1,172 @@
+//! Network namespace identity and the one place that enters a namespace.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+use crate::NetlinkError;
+
+/// Identity of a network namespace: (device, inode) of its nsfs file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+fn id_of(path: &Path) -> std::io::Result<NetnsId> {
+    let md = std::fs::metadata(path)?;
+    Ok(NetnsId {
+        dev: md.dev(),
+        ino: md.ino(),
+    })
+}
+
+/// The namespace the calling thread is in.
+pub fn current_netns_id() -> std::io::Result<NetnsId> {
+    id_of(Path::new("/proc/thread-self/ns/net"))
+}
+
+/// True when the calling thread is in the namespace of PID 1, i.e. the machine's real network.
+/// The simulated EC2 node refuses to run there.
+pub fn is_initial_netns() -> std::io::Result<bool> {
+    Ok(current_netns_id()? == id_of(Path::new("/proc/1/ns/net"))?)
+}
+
+/// Runs `f` on a fresh OS thread that has entered the namespace at `path`, and returns its result.
+///
+/// The thread ends when `f` returns, so no long-lived thread is ever left in a foreign namespace. Used to create
+/// sockets (which stay bound to the namespace they were created in).
+pub fn in_netns<T: Send>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, NetlinkError> + Send,
+) -> Result<T, NetlinkError> {
+    let file = File::open(path).map_err(|source| NetlinkError::NetnsOpen {
+        path: path.to_owned(),
+        source,
+    })?;
+    in_netns_file(&file, path, f)
+}
+
+/// [`in_netns`] for a namespace already open as `file`; `label` names it in errors.
+pub fn in_netns_file<T: Send>(
+    file: &File,
+    label: &Path,
+    f: impl FnOnce() -> Result<T, NetlinkError> + Send,
+) -> Result<T, NetlinkError> {
+    let path = label;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(file, CloneFlags::CLONE_NEWNET).map_err(|source| {
+                NetlinkError::NetnsEnter {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+            f()
+        })
+        .join()
+        .map_err(|_| NetlinkError::HelperThread)?
+    })
+}
+
+/// Creates a namespace that has no name: it lives as long as the returned file (and anything inside it, such as
+/// one end of a veth pair) is open. When the last reference goes, the kernel destroys it and every veth pair with
+/// an end inside it, so nothing is left behind even after a crash.
+pub fn new_anonymous_netns() -> Result<File, NetlinkError> {
+    let label = Path::new("(new anonymous namespace)");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|source| NetlinkError::NetnsEnter {
+                path: label.to_owned(),
+                source,
+            })?;
+            File::open("/proc/thread-self/ns/net").map_err(|source| NetlinkError::NetnsOpen {
+                path: label.to_owned(),
+                source,
+            })
+        })
+        .join()
+        .map_err(|_| NetlinkError::HelperThread)?
+    })
+}
+
+/// Directory of named namespaces (as `ip netns` uses it).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Creates a named namespace at `/run/netns/<name>` (like `ip netns add`) and returns its path.
+pub fn create_named_netns(name: &str) -> Result<PathBuf, NetlinkError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(NetlinkError::NetnsOpen {
+            path: PathBuf::from(name),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "invalid namespace name"),
+        });
+    }
+    let dir = Path::new(NETNS_RUN_DIR);
+    let path = dir.join(name);
+    let io_err = |source| NetlinkError::NetnsOpen {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io_err)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io_err)?;
+    let target = path.clone();
+    let made = std::thread::scope(|s| {
+        s.spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).map_err(|source| NetlinkError::NetnsEnter {
+                path: target.clone(),
+                source,
+            })?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|source| NetlinkError::NetnsEnter {
+                path: target.clone(),
+                source,
+            })
+        })
+        .join()
+        .map_err(|_| NetlinkError::HelperThread)?
+    });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Deletes a named namespace created by [`create_named_netns`] (or `ip netns add`). Missing is fine.
+pub fn delete_named_netns(name: &str) -> Result<(), NetlinkError> {
+    let path = Path::new(NETNS_RUN_DIR).join(name);
+    if !path.exists() {
+        return Ok(());
+    }
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(source) => return Err(NetlinkError::NetnsEnter { path, source }),
+    }
+    std::fs::remove_file(&path).map_err(|source| NetlinkError::NetnsOpen { path, source })
+}
+
+/// Moves the calling thread into the namespace at `path`. Only for a process's `main` before it starts any other
+/// thread (threads created afterwards inherit the namespace), e.g. `ipamd run --netns PATH`.
+pub fn enter_netns(path: &Path) -> Result<(), NetlinkError> {
+    let file = File::open(path).map_err(|source| NetlinkError::NetnsOpen {
+        path: path.to_owned(),
+        source,
+    })?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetlinkError::NetnsEnter {
+        path: path.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,269 @@
+//! A pod's network, as the anchor builds it (anchor-facts §2.2, §2.3), set up and torn down.
+//!
+//! ```text
+//!  pod netns                                  host (node) netns
+//!  eth0  <podIP>/32                           eniXXXXXXXXXXX (random local MAC, no address)
+//!   169.254.1.1/32 dev eth0 scope link         <podIP>/32 dev eniXXX scope link      (main)
+//!   default via 169.254.1.1 dev eth0           rule 512:  to <podIP> lookup main
+//!   neigh 169.254.1.1 lladdr <host MAC> PERM   rule 1536: from <podIP> lookup <ENI table>  (secondary ENIs)
+//! ```
+//!
+//! The veth is created from the host namespace with its peer placed directly in the pod namespace, so no link is
+//! ever moved between namespaces (moves serialise on the rtnl lock and made concurrent ADDs slow in the anchor).
+//! The pod answers ARP for nothing: its only neighbour is the static gateway entry, and the host routes to it by
+//! /32, so no proxy ARP and no address on the host side are needed.
+//!
+//! Teardown never stops at the first failure: it attempts every step and returns every error, so a DEL or GC
+//! leaves as little behind as the kernel allows and reports exactly what it could not remove.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use crate::netlink::VethSpec;
+use crate::{
+    random_mac, MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec, FROM_POD_RULE_PRIORITY,
+    MAIN_TABLE, TO_POD_RULE_PRIORITY,
+};
+
+/// The pod-side gateway for the first interface (the anchor's value).
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// What to build for one pod interface.
+#[derive(Debug, Clone)]
+pub struct PodNetwork<'a> {
+    /// Host-side veth name (see [`crate::host_veth_name`]).
+    pub host_veth: &'a str,
+    /// Interface name inside the pod (CNI_IFNAME).
+    pub container_ifname: &'a str,
+    /// The pod's VPC address.
+    pub ip: Ipv4Addr,
+    /// Route table of the ENI that owns `ip` ([`MAIN_TABLE`] for the primary ENI).
+    pub table: u32,
+    /// MTU of both veth ends.
+    pub mtu: u32,
+}
+
+/// What [`setup`] built, for the CNI result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodLinks {
+    pub host_mac: MacAddr,
+    pub container_mac: Option<MacAddr>,
+    pub container_index: u32,
+}
+
+/// The host rules that belong to a pod IP: `to ip lookup main` (512) and, for secondary ENIs,
+/// `from ip lookup table` (1536).
+pub fn pod_rules(ip: Ipv4Addr, table: u32) -> Vec<RuleSpec> {
+    let mut rules = vec![RuleSpec {
+        priority: TO_POD_RULE_PRIORITY,
+        src: None,
+        dst: Some((ip, 32)),
+        fwmark: None,
+        table: MAIN_TABLE,
+    }];
+    if table != MAIN_TABLE {
+        rules.push(RuleSpec {
+            priority: FROM_POD_RULE_PRIORITY,
+            src: Some((ip, 32)),
+            dst: None,
+            fwmark: None,
+            table,
+        });
+    }
+    rules
+}
+
+/// The host route to a pod: `ip/32 dev <host veth> scope link` in main.
+pub fn host_route(ip: Ipv4Addr, host_veth_index: Option<u32>) -> RouteSpec {
+    RouteSpec {
+        dst: ip,
+        prefix_len: 32,
+        gateway: None,
+        oif: host_veth_index,
+        table: MAIN_TABLE,
+        scope_link: true,
+    }
+}
+
+/// Builds the pod's network. On error the caller is expected to run [`teardown`] (which is safe on a partial
+/// setup).
+pub async fn setup(
+    host: &Netlink,
+    netns_path: &Path,
+    spec: &PodNetwork<'_>,
+) -> Result<PodLinks, NetlinkError> {
+    let netns = File::open(netns_path).map_err(|source| NetlinkError::NetnsOpen {
+        path: netns_path.to_owned(),
+        source,
+    })?;
+    let pod = Netlink::connect(Some(netns_path))?;
+
+    // A host veth of the same name is a leftover of an earlier sandbox of the same pod: replace it.
+    host.delete_link_by_name(spec.host_veth).await?;
+
+    let host_mac = random_mac();
+    host.create_veth(&VethSpec {
+        name: spec.host_veth,
+        mac: Some(host_mac),
+        mtu: spec.mtu,
+        peer_name: spec.container_ifname,
+        peer_mac: None,
+        peer_netns: Some(&netns),
+    })
+    .await?;
+
+    // Pod side.
+    let eth = pod
+        .link_by_name(spec.container_ifname)
+        .await?
+        .ok_or_else(|| NetlinkError::LinkNotFound(spec.container_ifname.to_string()))?;
+    if let Some(lo) = pod.link_by_name("lo").await? {
+        if !lo.up {
+            pod.set_up(lo.index).await?;
+        }
+    }
+    pod.set_up(eth.index).await?;
+    pod.add_address(eth.index, spec.ip.into(), 32).await?;
+    pod.replace_route(&RouteSpec {
+        dst: POD_GATEWAY,
+        prefix_len: 32,
+        gateway: None,
+        oif: Some(eth.index),
+        table: MAIN_TABLE,
+        scope_link: true,
+    })
+    .await?;
+    pod.replace_route(&RouteSpec {
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+        gateway: Some(POD_GATEWAY),
+        oif: Some(eth.index),
+        table: MAIN_TABLE,
+        scope_link: false,
+    })
+    .await?;
+    pod.replace_permanent_neighbour(eth.index, POD_GATEWAY, host_mac)
+        .await?;
+
+    // Host side.
+    let veth = host
+        .link_by_name(spec.host_veth)
+        .await?
+        .ok_or_else(|| NetlinkError::LinkNotFound(spec.host_veth.to_string()))?;
+    host_veth_sysctls(spec.host_veth);
+    host.set_up(veth.index).await?;
+    host.replace_route(&host_route(spec.ip, Some(veth.index)))
+        .await?;
+    for rule in pod_rules(spec.ip, spec.table) {
+        host.add_rule(&rule).await?;
+    }
+
+    Ok(PodLinks {
+        host_mac,
+        container_mac: eth.mac,
+        container_index: eth.index,
+    })
+}
+
+/// IPv6 settings of the host veth, applied before it goes up (as the anchor): no router advertisements, accept
+/// redirects, no forwarding. Best effort: a kernel without IPv6 has no such files, and nothing IPv4 depends on them.
+fn host_veth_sysctls(name: &str) {
+    for (key, value) in [("accept_ra", "0"), ("accept_redirects", "1"), ("forwarding", "0")] {
+        let path = format!("/proc/sys/net/ipv6/conf/{name}/{key}");
+        if let Err(e) = std::fs::write(&path, value) {
+            tracing::debug!(%path, error = %e, "ipv6 sysctl not applied");
+        }
+    }
+}
+
+/// What to remove for a pod. Every field is optional because DEL often knows little (containerd's second DEL
+/// has neither netns nor prevResult).
+#[derive(Debug, Clone, Default)]
+pub struct PodTeardown<'a> {
+    pub host_veth: Option<&'a str>,
+    pub netns_path: Option<&'a Path>,
+    pub container_ifname: Option<&'a str>,
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Removes everything [`setup`] made for a pod: host rules (512/1536, whatever their table), the host /32 route,
+/// the veth pair. Attempts every step and returns every failure (empty = clean). Missing objects are not errors.
+pub async fn teardown(host: &Netlink, what: &PodTeardown<'_>) -> Vec<NetlinkError> {
+    let mut errors = Vec::new();
+
+    if let Some(ip) = what.ip {
+        match host.rules().await {
+            Ok(rules) => {
+                for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
+                    if let Err(e) = host.delete_rule(rule).await {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        if let Err(e) = host.delete_route(&host_route(ip, None)).await {
+            errors.push(e);
+        }
+    }
+
+    // Deleting either end of a veth removes the pair. Prefer the pod end when the netns is still there, since
+    // that works even when we cannot compute the host name.
+    if let (Some(path), Some(ifname)) = (what.netns_path, what.container_ifname) {
+        if path.exists() {
+            match Netlink::connect(Some(path)) {
+                Ok(pod) => {
+                    if let Err(e) = pod.delete_link_by_name(ifname).await {
+                        errors.push(e);
+                    }
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if let Some(name) = what.host_veth {
+        if let Err(e) = host.delete_link_by_name(name).await {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// True for the 512/1536 rules that [`setup`] installs for `ip`.
+pub fn is_pod_rule(rule: &RuleSpec, ip: Ipv4Addr) -> bool {
+    (rule.priority == TO_POD_RULE_PRIORITY && rule.dst == Some((ip, 32)) && rule.src.is_none())
+        || (rule.priority == FROM_POD_RULE_PRIORITY
+            && rule.src == Some((ip, 32))
+            && rule.dst.is_none())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primary_eni_pod_gets_only_the_to_rule() {
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        let rules = pod_rules(ip, MAIN_TABLE);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].priority, 512);
+        assert_eq!(rules[0].dst, Some((ip, 32)));
+        assert_eq!(rules[0].table, 254);
+    }
+
+    #[test]
+    fn secondary_eni_pod_gets_from_rule_to_eni_table() {
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        let rules = pod_rules(ip, 3);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[1].priority, 1536);
+        assert_eq!(rules[1].src, Some((ip, 32)));
+        assert_eq!(rules[1].table, 3);
+        assert!(rules.iter().all(|r| is_pod_rule(r, ip)));
+        assert!(!rules
+            .iter()
+            .any(|r| is_pod_rule(r, Ipv4Addr::new(10, 0, 0, 6))));
+    }
+}

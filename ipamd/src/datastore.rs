@@ -1,0 +1,443 @@
+//! The node's address book: ENIs, their secondary IPs, and which pod holds which IP.
+//!
+//! Invariants (checked by the tests below):
+//! - an IP is held by at most one IPAM key, and a key holds at most one IP;
+//! - assignment is idempotent per key `(network name, container ID, ifname)`: a repeated ADD gets the same IP;
+//! - a released IP sits out its cooldown before it is handed out again (conntrack entries of the old pod may still
+//!   point at it), and IPs in cooldown are **not** counted as available (the anchor counts them, #2896, which makes
+//!   the pool look full while ADDs fail);
+//! - choice is deterministic: the lowest device number first, then the lowest address, so runs are reproducible
+//!   and the primary ENI fills before secondary ENIs.
+//!
+//! The datastore is plain data with no I/O; callers serialise access (one mutex in the daemon).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use datapath::MacAddr;
+use ipnetwork::Ipv4Network;
+
+/// Who holds an IP: the CNI's identity of one pod interface.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IpamKey {
+    pub network_name: String,
+    pub container_id: String,
+    pub if_name: String,
+}
+
+/// Pod identity kept next to an assignment (for logs, introspection and the checkpoint).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodMeta {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// One ENI as the datastore knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eni {
+    pub id: String,
+    pub mac: MacAddr,
+    pub device_number: u32,
+    pub route_table: u32,
+    pub primary_ip: Ipv4Addr,
+    pub subnet: Ipv4Network,
+    pub is_primary: bool,
+    slots: BTreeMap<Ipv4Addr, Slot>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Slot {
+    holder: Option<Holder>,
+    /// Monotonic time of the last release; drives the cooldown.
+    released_at: Option<Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Holder {
+    key: IpamKey,
+    meta: PodMeta,
+    assigned_at: Duration,
+}
+
+impl Eni {
+    /// A new ENI with no secondary IPs.
+    pub fn new(
+        id: impl Into<String>,
+        mac: MacAddr,
+        device_number: u32,
+        primary_ip: Ipv4Addr,
+        subnet: Ipv4Network,
+    ) -> Eni {
+        Eni {
+            id: id.into(),
+            mac,
+            device_number,
+            route_table: route_table_for(device_number),
+            primary_ip,
+            subnet,
+            is_primary: device_number == 0,
+            slots: BTreeMap::new(),
+        }
+    }
+
+    /// Number of secondary IPs on this ENI.
+    pub fn ip_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Number of assigned IPs on this ENI.
+    pub fn assigned_count(&self) -> usize {
+        self.slots.values().filter(|s| s.holder.is_some()).count()
+    }
+
+    /// The secondary IPs of this ENI.
+    pub fn ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.slots.keys().copied()
+    }
+}
+
+/// Route table of an ENI on network card 0 (anchor: device 0 uses main, device N uses N+1).
+pub fn route_table_for(device_number: u32) -> u32 {
+    if device_number == 0 {
+        datapath::MAIN_TABLE
+    } else {
+        device_number + 1
+    }
+}
+
+/// Where an assigned IP lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allocation {
+    pub ip: Ipv4Addr,
+    pub eni_id: String,
+    pub device_number: u32,
+    pub route_table: u32,
+}
+
+/// Counts that drive the pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Secondary IPs on all ENIs.
+    pub total: usize,
+    /// Held by pods.
+    pub assigned: usize,
+    /// Free but still cooling down.
+    pub cooldown: usize,
+    /// Free and usable right now (`total - assigned - cooldown`).
+    pub available: usize,
+    /// ENIs attached.
+    pub enis: usize,
+}
+
+/// Why an assignment failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssignError {
+    #[error("no free IP address on this node ({in_cooldown} free address(es) still in cooldown)")]
+    NoFreeIp { in_cooldown: usize },
+}
+
+/// Why a datastore change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DatastoreError {
+    #[error("ENI {0} is not in the datastore")]
+    UnknownEni(String),
+    #[error("IP {ip} is already on ENI {eni}")]
+    DuplicateIp { ip: Ipv4Addr, eni: String },
+    #[error("IP {ip} on ENI {eni} is assigned to a pod")]
+    IpInUse { ip: Ipv4Addr, eni: String },
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Datastore {
+    enis: BTreeMap<String, Eni>,
+    by_key: HashMap<IpamKey, Ipv4Addr>,
+    by_ip: HashMap<Ipv4Addr, String>,
+    cooldown: Duration,
+}
+
+impl Datastore {
+    pub fn new(cooldown: Duration) -> Datastore {
+        Datastore {
+            enis: BTreeMap::new(),
+            by_key: HashMap::new(),
+            by_ip: HashMap::new(),
+            cooldown,
+        }
+    }
+
+    /// Adds an ENI (replacing nothing: an ENI already present is left as it is).
+    pub fn add_eni(&mut self, eni: Eni) {
+        for ip in eni.slots.keys() {
+            self.by_ip.insert(*ip, eni.id.clone());
+        }
+        self.enis.entry(eni.id.clone()).or_insert(eni);
+    }
+
+    /// The ENIs, ordered by ID.
+    pub fn enis(&self) -> impl Iterator<Item = &Eni> {
+        self.enis.values()
+    }
+
+    /// One ENI.
+    pub fn eni(&self, id: &str) -> Option<&Eni> {
+        self.enis.get(id)
+    }
+
+    /// Adds secondary IPs to an ENI. IPs already on this ENI are skipped; an IP on another ENI is an error.
+    pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<usize, DatastoreError> {
+        for ip in ips {
+            if let Some(owner) = self.by_ip.get(ip) {
+                if owner != eni_id {
+                    return Err(DatastoreError::DuplicateIp {
+                        ip: *ip,
+                        eni: owner.clone(),
+                    });
+                }
+            }
+        }
+        let eni = self
+            .enis
+            .get_mut(eni_id)
+            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let mut added = 0;
+        for ip in ips {
+            if !eni.slots.contains_key(ip) {
+                eni.slots.insert(*ip, Slot::default());
+                self.by_ip.insert(*ip, eni_id.to_string());
+                added += 1;
+            }
+        }
+        Ok(added)
+    }
+
+    /// The allocation held by `key`, if any.
+    pub fn lookup(&self, key: &IpamKey) -> Option<Allocation> {
+        let ip = self.by_key.get(key)?;
+        self.allocation_of(*ip)
+    }
+
+    fn allocation_of(&self, ip: Ipv4Addr) -> Option<Allocation> {
+        let eni = self.enis.get(self.by_ip.get(&ip)?)?;
+        Some(Allocation {
+            ip,
+            eni_id: eni.id.clone(),
+            device_number: eni.device_number,
+            route_table: eni.route_table,
+        })
+    }
+
+    /// Gives `key` an IP, or the one it already holds.
+    pub fn assign(
+        &mut self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        now: Duration,
+    ) -> Result<Allocation, AssignError> {
+        if let Some(existing) = self.lookup(key) {
+            return Ok(existing);
+        }
+        let cooldown = self.cooldown;
+        let mut enis: Vec<&mut Eni> = self.enis.values_mut().collect();
+        enis.sort_by_key(|e| e.device_number);
+        for eni in enis {
+            let free = eni
+                .slots
+                .iter_mut()
+                .find(|(_, s)| s.holder.is_none() && !in_cooldown(s, now, cooldown));
+            if let Some((ip, slot)) = free {
+                slot.holder = Some(Holder {
+                    key: key.clone(),
+                    meta: meta.clone(),
+                    assigned_at: now,
+                });
+                slot.released_at = None;
+                let alloc = Allocation {
+                    ip: *ip,
+                    eni_id: eni.id.clone(),
+                    device_number: eni.device_number,
+                    route_table: eni.route_table,
+                };
+                self.by_key.insert(key.clone(), *ip);
+                return Ok(alloc);
+            }
+        }
+        Err(AssignError::NoFreeIp {
+            in_cooldown: self.stats(now).cooldown,
+        })
+    }
+
+    /// Releases the IP held by `key`; `None` when the key holds nothing (a repeated DEL).
+    pub fn unassign(&mut self, key: &IpamKey, now: Duration) -> Option<Allocation> {
+        let ip = self.by_key.remove(key)?;
+        let alloc = self.allocation_of(ip)?;
+        if let Some(slot) = self
+            .enis
+            .get_mut(&alloc.eni_id)
+            .and_then(|e| e.slots.get_mut(&ip))
+        {
+            slot.holder = None;
+            slot.released_at = Some(now);
+        }
+        Some(alloc)
+    }
+
+    /// Every assignment: `(key, pod, allocation)`.
+    pub fn assignments(&self) -> Vec<(IpamKey, PodMeta, Allocation)> {
+        let mut out = Vec::new();
+        for eni in self.enis.values() {
+            for (ip, slot) in &eni.slots {
+                if let Some(h) = &slot.holder {
+                    out.push((
+                        h.key.clone(),
+                        h.meta.clone(),
+                        Allocation {
+                            ip: *ip,
+                            eni_id: eni.id.clone(),
+                            device_number: eni.device_number,
+                            route_table: eni.route_table,
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Counts for the pool engine.
+    pub fn stats(&self, now: Duration) -> PoolStats {
+        let mut s = PoolStats {
+            enis: self.enis.len(),
+            ..PoolStats::default()
+        };
+        for eni in self.enis.values() {
+            for slot in eni.slots.values() {
+                s.total += 1;
+                if slot.holder.is_some() {
+                    s.assigned += 1;
+                } else if in_cooldown(slot, now, self.cooldown) {
+                    s.cooldown += 1;
+                }
+            }
+        }
+        s.available = s.total - s.assigned - s.cooldown;
+        s
+    }
+}
+
+fn in_cooldown(slot: &Slot, now: Duration, cooldown: Duration) -> bool {
+    slot.released_at
+        .is_some_and(|t| now.saturating_sub(t) < cooldown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(c: &str) -> IpamKey {
+        IpamKey {
+            network_name: "aws-cni".into(),
+            container_id: c.into(),
+            if_name: "eth0".into(),
+        }
+    }
+
+    fn store(ips_per_eni: &[u8]) -> Datastore {
+        let mut ds = Datastore::new(Duration::from_secs(30));
+        let subnet: Ipv4Network = "10.0.0.0/24".parse().expect("cidr");
+        for (dev, n) in ips_per_eni.iter().enumerate() {
+            let dev = u32::try_from(dev).expect("small");
+            let base = u8::try_from(dev).expect("small") * 20 + 10;
+            let id = format!("eni-{dev}");
+            ds.add_eni(Eni::new(
+                &id,
+                MacAddr([2, 0, 0, 0, 0, base]),
+                dev,
+                Ipv4Addr::new(10, 0, 0, base),
+                subnet,
+            ));
+            let ips: Vec<_> = (1..=*n).map(|i| Ipv4Addr::new(10, 0, 0, base + i)).collect();
+            ds.add_ips(&id, &ips).expect("add ips");
+        }
+        ds
+    }
+
+    #[test]
+    fn repeated_add_returns_the_same_ip() {
+        let mut ds = store(&[3]);
+        let a = ds.assign(&key("c1"), &PodMeta::default(), Duration::ZERO).expect("ip");
+        let b = ds.assign(&key("c1"), &PodMeta::default(), Duration::ZERO).expect("ip");
+        assert_eq!(a, b);
+        assert_eq!(ds.stats(Duration::ZERO).assigned, 1);
+    }
+
+    #[test]
+    fn distinct_keys_get_distinct_ips_and_primary_fills_first() {
+        let mut ds = store(&[2, 2]);
+        let mut seen = std::collections::HashSet::new();
+        let mut devices = Vec::new();
+        for i in 0..4 {
+            let a = ds
+                .assign(&key(&format!("c{i}")), &PodMeta::default(), Duration::ZERO)
+                .expect("ip");
+            assert!(seen.insert(a.ip), "duplicate {}", a.ip);
+            devices.push(a.device_number);
+        }
+        assert_eq!(devices, vec![0, 0, 1, 1]);
+        assert_eq!(
+            ds.assign(&key("c9"), &PodMeta::default(), Duration::ZERO),
+            Err(AssignError::NoFreeIp { in_cooldown: 0 })
+        );
+    }
+
+    #[test]
+    fn released_ip_cools_down_and_is_not_counted_available() {
+        let mut ds = store(&[1]);
+        let t0 = Duration::from_secs(100);
+        let a = ds.assign(&key("c1"), &PodMeta::default(), t0).expect("ip");
+        assert_eq!(ds.unassign(&key("c1"), t0).map(|x| x.ip), Some(a.ip));
+        let s = ds.stats(t0 + Duration::from_secs(10));
+        assert_eq!((s.total, s.assigned, s.cooldown, s.available), (1, 0, 1, 0));
+        assert_eq!(
+            ds.assign(&key("c2"), &PodMeta::default(), t0 + Duration::from_secs(10)),
+            Err(AssignError::NoFreeIp { in_cooldown: 1 })
+        );
+        let later = t0 + Duration::from_secs(30);
+        assert_eq!(ds.stats(later).available, 1);
+        assert_eq!(
+            ds.assign(&key("c2"), &PodMeta::default(), later).map(|x| x.ip),
+            Ok(a.ip)
+        );
+    }
+
+    #[test]
+    fn repeated_del_is_a_no_op() {
+        let mut ds = store(&[2]);
+        ds.assign(&key("c1"), &PodMeta::default(), Duration::ZERO)
+            .expect("ip");
+        assert!(ds.unassign(&key("c1"), Duration::ZERO).is_some());
+        assert!(ds.unassign(&key("c1"), Duration::ZERO).is_none());
+        assert_eq!(ds.stats(Duration::ZERO).assigned, 0);
+    }
+
+    #[test]
+    fn an_ip_cannot_live_on_two_enis() {
+        let mut ds = store(&[1, 0]);
+        let err = ds
+            .add_ips("eni-1", &[Ipv4Addr::new(10, 0, 0, 11)])
+            .expect_err("duplicate");
+        assert!(matches!(err, DatastoreError::DuplicateIp { .. }));
+        assert!(matches!(
+            ds.add_ips("eni-9", &[Ipv4Addr::new(10, 0, 0, 99)]),
+            Err(DatastoreError::UnknownEni(_))
+        ));
+    }
+
+    #[test]
+    fn route_tables_follow_device_numbers() {
+        assert_eq!(route_table_for(0), 254);
+        assert_eq!(route_table_for(1), 2);
+        assert_eq!(route_table_for(2), 3);
+    }
+}

@@ -1,0 +1,29 @@
+//! `ipamd`: the per-node IP address management daemon of the AWS VPC CNI, in Rust.
+//!
+//! ```text
+//!   kubelet ─▶ runtime ─exec─▶ aws-cni ──gRPC over /var/run/aws-node/ipamd.sock──▶ ipamd
+//!                                 │                                               │
+//!                                 └─ netlink: veth, /32, routes, rules            ├─ datastore (ENIs, IPs, pods)
+//!                                                                                 ├─ pool task ──▶ EC2 (trait)
+//!                                                                                 ├─ IMDS (trait)
+//!                                                                                 └─ host ENI networking (netlink)
+//! ```
+//!
+//! Modules, from the inside out: [`datastore`] (who holds which IP; no I/O), [`pool`] (the warm-pool policy as a
+//! pure function), [`node`] (the two joined to the outside worlds: [`ec2`], [`imds`], [`hostnet`], [`clock`]),
+//! [`rpc`] (the `rpc.CNIBackend` service), [`daemon`] (`ipamd run`), [`sim`] (the EC2 simulator behind the same
+//! traits, with ENIs as real links), [`demo`] (`ipamd demo`). Every outside world is a trait with a real
+//! implementation and a test double, so the daemon's logic is tested without AWS or root.
+
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod datastore;
+pub mod demo;
+pub mod ec2;
+pub mod hostnet;
+pub mod imds;
+pub mod node;
+pub mod pool;
+pub mod rpc;
+pub mod sim;

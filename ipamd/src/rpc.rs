@@ -1,0 +1,148 @@
+//! The `rpc.CNIBackend` service: what `aws-cni` calls for every ADD and DEL.
+//!
+//! Wire-compatible with the anchor's daemon, with two deliberate differences: any `ClientVersion` is accepted
+//! (the anchor refuses a plugin of another build, which turns every rolling upgrade into failed ADDs), and a
+//! failed ADD says why in `FailureReason`/`FailureMessage` (tags 100+, ignored by the anchor's plugin).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use aws_cni_proto::{
+    AddNetworkReply, AddNetworkRequest, CniBackend, DelNetworkReply, DelNetworkRequest,
+    FailureReason, IpAllocationMetadata,
+};
+use tonic::{Request, Response, Status};
+
+use crate::datastore::{Allocation, IpamKey, PodMeta};
+use crate::node::Node;
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct CniService {
+    node: Arc<Node>,
+}
+
+impl CniService {
+    pub fn new(node: Arc<Node>) -> CniService {
+        CniService { node }
+    }
+}
+
+fn metadata(a: &Allocation) -> IpAllocationMetadata {
+    IpAllocationMetadata {
+        i_pv4_addr: a.ip.to_string(),
+        i_pv6_addr: String::new(),
+        device_number: i32::try_from(a.device_number).unwrap_or(i32::MAX),
+        route_table_id: i32::try_from(a.route_table).unwrap_or(i32::MAX),
+    }
+}
+
+fn key_of(network_name: &str, container_id: &str, if_name: &str) -> Result<IpamKey, String> {
+    if container_id.is_empty() {
+        return Err("ContainerID is empty".into());
+    }
+    if if_name.is_empty() {
+        return Err("IfName is empty".into());
+    }
+    Ok(IpamKey {
+        network_name: if network_name.is_empty() {
+            "aws-cni".to_string()
+        } else {
+            network_name.to_string()
+        },
+        container_id: container_id.to_string(),
+        if_name: if_name.to_string(),
+    })
+}
+
+#[tonic::async_trait]
+impl CniBackend for CniService {
+    async fn add_network(
+        &self,
+        request: Request<AddNetworkRequest>,
+    ) -> Result<Response<AddNetworkReply>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let key = match key_of(&req.network_name, &req.container_id, &req.if_name) {
+            Ok(k) => k,
+            Err(msg) => {
+                return Ok(Response::new(AddNetworkReply {
+                    success: false,
+                    failure_reason: FailureReason::InvalidRequest as i32,
+                    failure_message: msg,
+                    ..Default::default()
+                }))
+            }
+        };
+        let meta = PodMeta {
+            namespace: req.k8s_pod_namespace.clone(),
+            name: req.k8s_pod_name.clone(),
+        };
+        let reply = match self.node.add(&key, &meta) {
+            Ok(a) => {
+                tracing::info!(
+                    pod = %format!("{}/{}", meta.namespace, meta.name),
+                    container = %key.container_id,
+                    ip = %a.ip,
+                    eni = %a.eni_id,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "AddNetwork"
+                );
+                AddNetworkReply {
+                    success: true,
+                    ip_allocation_metadata: vec![metadata(&a)],
+                    vp_cv4_cid_rs: self.node.vpc_cidrs(),
+                    eniid: a.eni_id,
+                    ..Default::default()
+                }
+            }
+            Err(f) => {
+                tracing::warn!(
+                    pod = %format!("{}/{}", meta.namespace, meta.name),
+                    container = %key.container_id,
+                    reason = f.reason.as_str_name(),
+                    "AddNetwork failed: {}", f.message
+                );
+                AddNetworkReply {
+                    success: false,
+                    failure_reason: f.reason as i32,
+                    failure_message: f.message,
+                    ..Default::default()
+                }
+            }
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn del_network(
+        &self,
+        request: Request<DelNetworkRequest>,
+    ) -> Result<Response<DelNetworkReply>, Status> {
+        let req = request.into_inner();
+        let key = match key_of(&req.network_name, &req.container_id, &req.if_name) {
+            Ok(k) => k,
+            Err(msg) => {
+                return Ok(Response::new(DelNetworkReply {
+                    success: false,
+                    failure_reason: FailureReason::InvalidRequest as i32,
+                    failure_message: msg,
+                    ..Default::default()
+                }))
+            }
+        };
+        let released = self.node.del(&key);
+        tracing::info!(
+            pod = %format!("{}/{}", req.k8s_pod_namespace, req.k8s_pod_name),
+            container = %key.container_id,
+            reason = %req.reason,
+            ip = ?released.as_ref().map(|a| a.ip),
+            "DelNetwork"
+        );
+        // Unknown key: a repeated DEL, or a pod ipamd never saw. Success with no IP, so DEL stays idempotent.
+        Ok(Response::new(DelNetworkReply {
+            success: true,
+            ip_allocation_metadata: released.iter().map(metadata).collect(),
+            ..Default::default()
+        }))
+    }
+}
