@@ -1,1 +1,143 @@
-fn main() {}
+//! `aws-cni`: the CNI plugin the container runtime executes for every pod.
+//!
+//! Reads `CNI_*` from the environment and the netconf from stdin, runs the verb, and writes exactly one JSON
+//! document to stdout: the result, or a CNI error with the spec's code and a message that names the cause.
+//! Logs go to `pluginLogFile` (or stderr), never to stdout.
+
+mod add;
+mod client;
+mod conf;
+mod del;
+mod error;
+mod identity;
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use cni_types::{codes, CniEnv, CniError, Command};
+
+use crate::conf::PluginConf;
+use crate::error::PluginError;
+
+/// Default deadline of a call to ipamd. ADD never waits on EC2 inside ipamd, so this only trips when ipamd is
+/// wedged; then the runtime gets "try again later" instead of a hang.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let mut stdin = Vec::new();
+    let env = CniEnv::from_lookup(|k| std::env::var(k).ok());
+    let (out, ok) = match env {
+        Err(e) => (e.to_json(cni_types::LATEST_VERSION), false),
+        Ok(env) if env.command == Command::Version => {
+            let v = version_of(&stdin_or_empty(&mut stdin));
+            (cni_types::version_info(&v), true)
+        }
+        Ok(env) => {
+            let bytes = stdin_or_empty(&mut stdin);
+            let version = version_of(bytes);
+            match run(&env, bytes) {
+                Ok(v) => (v, true),
+                Err(e) => (e.to_json(&version), false),
+            }
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    // DEL (and other verbs without a result) print nothing on success.
+    if !out.is_null() {
+        let _ = writeln!(stdout, "{out}");
+    }
+    let _ = stdout.flush();
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn stdin_or_empty(buf: &mut Vec<u8>) -> &[u8] {
+    if buf.is_empty() {
+        let _ = std::io::stdin().read_to_end(buf);
+    }
+    buf
+}
+
+/// The cniVersion to answer in: the netconf's if readable, else the newest we speak.
+fn version_of(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
+        .filter(|v| cni_types::is_supported(v))
+        .unwrap_or_else(|| cni_types::LATEST_VERSION.to_string())
+}
+
+fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
+    let conf = PluginConf::parse(stdin)?;
+    let version = cni_types::negotiate_version(&conf.net)?;
+    init_logging(&conf);
+    let timeout = conf
+        .ipamd_timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PluginError::Runtime(e).to_cni())?;
+    let outcome = rt.block_on(async {
+        match env.command {
+            Command::Add => add::add(env, &conf, timeout)
+                .await
+                .and_then(|r| r.to_json(&version).map_err(PluginError::from)),
+            Command::Del => del::del(env, &conf, timeout)
+                .await
+                .map(|()| serde_json::Value::Null),
+            other => Err(PluginError::Cni(CniError::new(
+                codes::INVALID_ENV,
+                format!("CNI_COMMAND {other} is not supported by this build of aws-cni"),
+            ))),
+        }
+    });
+    match outcome {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let cni = e.to_cni();
+            tracing::error!(code = cni.code, "{}", cni.msg);
+            Err(cni)
+        }
+    }
+}
+
+fn init_logging(conf: &PluginConf) {
+    use tracing_subscriber::EnvFilter;
+    let level = conf
+        .plugin_log_level
+        .clone()
+        .unwrap_or_else(|| "info".into())
+        .to_ascii_lowercase();
+    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let target = conf
+        .plugin_log_file
+        .clone()
+        .unwrap_or_else(|| conf::DEFAULT_LOG_FILE.to_string());
+    let file = if target == "stderr" || target == "stdout" {
+        // stdout carries the CNI result: never log there.
+        None
+    } else {
+        let path = std::path::Path::new(&target);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .ok()
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    let _ = match file {
+        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
+        None => builder.with_writer(std::io::stderr).try_init(),
+    };
+}

@@ -269,9 +269,13 @@ impl Netlink {
             })
     }
 
-    /// Creates a bridge (used by the simulator's VPC fabric).
+    /// Creates a bridge (used by the simulator's VPC fabric). It gets a fixed random MAC: a bridge without one
+    /// takes its lowest port's MAC, and every change of it flushes its neighbour table, permanent entries too.
     pub async fn create_bridge(&self, name: &str, mtu: u32) -> Result<(), NetlinkError> {
-        let msg = rtnetlink::LinkBridge::new(name).mtu(mtu).build();
+        let msg = rtnetlink::LinkBridge::new(name)
+            .mtu(mtu)
+            .address(crate::random_mac().0.to_vec())
+            .build();
         self.handle
             .link()
             .add(msg)

@@ -67,6 +67,14 @@ impl NetnsFabric {
         if let Some(lo) = fabric.link_by_name("lo").await? {
             fabric.set_up(lo.index).await?;
         }
+        // The node "boots" like an EKS AMI: forwarding on (pods' traffic is routed through the node), loopback up.
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetlinkError::NetnsOpen {
+            path: "/proc/sys/net/ipv4/ip_forward".into(),
+            source,
+        })?;
+        if let Some(lo) = node.link_by_name("lo").await? {
+            node.set_up(lo.index).await?;
+        }
         Ok(NetnsFabric {
             node,
             fabric,

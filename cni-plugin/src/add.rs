@@ -1,0 +1,166 @@
+//! CNI ADD: ask ipamd for an IP, build the pod's network, report it. A failed ADD undoes what it did and gives
+//! the IP back (DelNetwork with Reason "SetupNSFailed", as the anchor).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::Duration;
+
+use aws_cni_proto::{AddNetworkRequest, DelNetworkRequest, FailureReason};
+use cni_types::{CniEnv, CniResult, Interface, IpConfig};
+use datapath::pod::{self, PodNetwork, PodTeardown};
+use datapath::Netlink;
+
+use crate::client::{self, rpc_error};
+use crate::conf::PluginConf;
+use crate::error::PluginError;
+use crate::identity::PodIdentity;
+
+/// Runs ADD and returns the result to print.
+pub async fn add(
+    env: &CniEnv,
+    conf: &PluginConf,
+    timeout: Duration,
+) -> Result<CniResult, PluginError> {
+    let (container_id, ifname, netns) = match (&env.container_id, &env.ifname, &env.netns) {
+        (Some(c), Some(i), Some(n)) => (c, i, n),
+        _ => unreachable_env()?,
+    };
+    if !netns.exists() {
+        return Err(PluginError::NetnsMissing(netns.display().to_string()));
+    }
+    let pod = PodIdentity::from_env(env);
+    let socket = conf.socket();
+    let mut ipamd = client::connect(&socket, timeout).await?;
+    let reply = ipamd
+        .add_network(AddNetworkRequest {
+            client_version: env!("CARGO_PKG_VERSION").into(),
+            k8s_pod_name: pod.name.clone(),
+            k8s_pod_namespace: pod.namespace.clone(),
+            k8s_pod_infra_container_id: env
+                .args
+                .pod_infra_container_id
+                .clone()
+                .unwrap_or_else(|| container_id.clone()),
+            container_id: container_id.clone(),
+            if_name: ifname.clone(),
+            network_name: conf.net.name.clone(),
+            netns: netns.display().to_string(),
+            requires_multi_nic_attachment: false,
+        })
+        .await
+        .map_err(|s| rpc_error(&socket, "AddNetwork", timeout, s))?
+        .into_inner();
+    if !reply.success {
+        return Err(PluginError::NoIp {
+            reason: FailureReason::try_from(reply.failure_reason)
+                .unwrap_or(FailureReason::FailureUnspecified),
+            message: if reply.failure_message.is_empty() {
+                "ipamd gave no reason".into()
+            } else {
+                reply.failure_message
+            },
+        });
+    }
+    let Some(meta) = reply.ip_allocation_metadata.first() else {
+        return Err(PluginError::NoIp {
+            reason: FailureReason::Internal,
+            message: "ipamd reported success but returned no address".into(),
+        });
+    };
+    let ip: Ipv4Addr = meta.i_pv4_addr.parse().map_err(|_| PluginError::NoIp {
+        reason: FailureReason::Internal,
+        message: format!("ipamd returned an invalid address {:?}", meta.i_pv4_addr),
+    })?;
+    let table = u32::try_from(meta.route_table_id).unwrap_or(datapath::MAIN_TABLE);
+    let host_veth = pod.host_veth(&conf.veth_prefix);
+    let mtu = conf.pod_mtu()?;
+
+    let host = Netlink::connect(None).map_err(|e| PluginError::Setup(e.to_string()))?;
+    let spec = PodNetwork {
+        host_veth: &host_veth,
+        container_ifname: ifname,
+        ip,
+        table,
+        mtu,
+    };
+    let links = match pod::setup(&host, netns, &spec).await {
+        Ok(l) => l,
+        Err(e) => {
+            undo(&host, &mut ipamd, env, conf, &host_veth, netns, ip).await;
+            return Err(PluginError::Setup(e.to_string()));
+        }
+    };
+    tracing::info!(
+        container = %container_id,
+        pod = %format!("{}/{}", pod.namespace, pod.name),
+        %ip, table, veth = %host_veth, eni = %reply.eniid, "ADD done"
+    );
+
+    let mut result = CniResult::default();
+    let mut host_if = Interface::new(host_veth.clone());
+    host_if.mac = Some(links.host_mac.to_string());
+    let mut pod_if = Interface::new(ifname.clone());
+    pod_if.mac = links.container_mac.map(|m| m.to_string());
+    pod_if.sandbox = Some(netns.display().to_string());
+    // The anchor's marker interface: its DEL reads the device number from `sandbox` when ipamd is down, so a
+    // rollback to the anchor can still tear down pods we created.
+    let mut marker = Interface::new(format!("dummy{}", &host_veth[conf.veth_prefix.len()..]));
+    marker.mac = Some("0".into());
+    marker.sandbox = Some(meta.device_number.to_string());
+    result.interfaces = vec![host_if, pod_if, marker];
+    result.ips = vec![IpConfig {
+        address: cni_types::ipnetwork::IpNetwork::new(IpAddr::V4(ip), 32)
+            .map_err(|e| PluginError::Setup(e.to_string()))?,
+        gateway: None,
+        interface: Some(1),
+    }];
+    Ok(result)
+}
+
+async fn undo(
+    host: &Netlink,
+    ipamd: &mut aws_cni_proto::CniBackendClient<tonic::transport::Channel>,
+    env: &CniEnv,
+    conf: &PluginConf,
+    host_veth: &str,
+    netns: &Path,
+    ip: Ipv4Addr,
+) {
+    let errors = pod::teardown(
+        host,
+        &PodTeardown {
+            host_veth: Some(host_veth),
+            netns_path: Some(netns),
+            container_ifname: env.ifname.as_deref(),
+            ip: Some(ip),
+        },
+    )
+    .await;
+    for e in errors {
+        tracing::error!(error = %e, "undoing a failed ADD");
+    }
+    let pod = PodIdentity::from_env(env);
+    let res = ipamd
+        .del_network(DelNetworkRequest {
+            client_version: env!("CARGO_PKG_VERSION").into(),
+            k8s_pod_name: pod.name,
+            k8s_pod_namespace: pod.namespace,
+            k8s_pod_infra_container_id: env.args.pod_infra_container_id.clone().unwrap_or_default(),
+            reason: "SetupNSFailed".into(),
+            container_id: env.container_id.clone().unwrap_or_default(),
+            if_name: env.ifname.clone().unwrap_or_default(),
+            network_name: conf.net.name.clone(),
+            k8s_pod_uid: env.args.pod_uid.clone().unwrap_or_default(),
+        })
+        .await;
+    if let Err(e) = res {
+        tracing::error!(error = %e, %ip, "could not return the IP after a failed ADD; ipamd will reclaim it");
+    }
+}
+
+fn unreachable_env<T>() -> Result<T, PluginError> {
+    // CniEnv::from_lookup already requires these for ADD; keep a clear error rather than a panic if that changes.
+    Err(PluginError::Cni(cni_types::CniError::invalid_env(
+        "ADD needs CNI_CONTAINERID, CNI_NETNS and CNI_IFNAME",
+    )))
+}
