@@ -1,4 +1,25 @@
-//! `ipamd demo` (placeholder while the daemon is brought up).
+//! `ipamd demo`: one simulated EC2 node, real pods, real packets, and nothing left behind.
+//!
+//! 1. creates a node namespace and starts `ipamd run --backend sim` in it (this binary, as a child);
+//! 2. creates N pod namespaces and runs the real `aws-cni` ADD for each, exactly as a runtime would (from the
+//!    node namespace, `CNI_*` env, netconf on stdin), retrying "try again later" like kubelet;
+//! 3. pings from every pod to the node and to the next pod;
+//! 4. prints a table (pod, IP, ENI, route table, setup ms) and the pings;
+//! 5. DELs every pod, stops ipamd, deletes every namespace and file it made. This also runs after a failure or
+//!    Ctrl-C (SIGINT/SIGTERM set a flag the steps check; children get the signal too and die).
+//!
+//! Exit status 0 only if every ping succeeded.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::ec2::EniDescription;
 
 /// Options of `ipamd demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -6,9 +27,403 @@ pub struct DemoArgs {
     /// Number of pods.
     #[arg(long, default_value_t = 10)]
     pub pods: usize,
+    /// Instance type of the simulated node.
+    #[arg(long, default_value = "m5.large")]
+    pub instance_type: String,
+    /// The aws-cni binary (default: next to this ipamd).
+    #[arg(long)]
+    pub cni_bin: Option<PathBuf>,
 }
 
-/// Runs the demo.
-pub fn run(_args: &DemoArgs) -> Result<(), String> {
-    Err("not built yet".into())
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("the demo creates network namespaces and must run as root")]
+    NotRoot,
+    #[error("aws-cni not found at {0} (build it with `cargo build --workspace`, or pass --cni-bin)")]
+    NoCniBinary(PathBuf),
+    #[error("{0}")]
+    Setup(String),
+    #[error("interrupted")]
+    Interrupted,
+    #[error("{failed} of {total} pings failed")]
+    PingsFailed { failed: usize, total: usize },
+}
+
+struct PodRow {
+    name: String,
+    netns: String,
+    container_id: String,
+    ip: Option<Ipv4Addr>,
+    device: Option<u32>,
+    setup_ms: f64,
+    prev_result: Option<serde_json::Value>,
+    error: Option<String>,
+}
+
+/// Everything the demo made, removed on drop (in reverse order), whatever happened before.
+struct Cleanup {
+    node_ns: Option<String>,
+    pod_ns: Vec<String>,
+    ipamd: Option<Child>,
+    dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let mut problems = Vec::new();
+        if let Some(mut child) = self.ipamd.take() {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        for ns in self.pod_ns.drain(..).chain(self.node_ns.take()) {
+            if let Err(e) = datapath::delete_named_netns(&ns) {
+                problems.push(format!("namespace {ns}: {e}"));
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                problems.push(format!("{}: {e}", self.dir.display()));
+            }
+        }
+        for p in problems {
+            eprintln!("cleanup: could not remove {p}");
+        }
+    }
+}
+
+/// Runs the demo; see the module docs.
+pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DemoError::NotRoot);
+    }
+    let me = std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?;
+    let cni_bin = args
+        .cni_bin
+        .clone()
+        .unwrap_or_else(|| me.with_file_name("aws-cni"));
+    if !cni_bin.exists() {
+        return Err(DemoError::NoCniBinary(cni_bin));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| DemoError::Setup(format!("cannot watch signals: {e}")))?;
+    }
+    let check = || {
+        if stop.load(Ordering::SeqCst) {
+            Err(DemoError::Interrupted)
+        } else {
+            Ok(())
+        }
+    };
+
+    let tag = format!("awscni-demo-{}", std::process::id());
+    let dir = std::env::temp_dir().join(&tag);
+    std::fs::create_dir_all(&dir).map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
+    let mut cleanup = Cleanup {
+        node_ns: None,
+        pod_ns: Vec::new(),
+        ipamd: None,
+        dir: dir.clone(),
+    };
+
+    println!("simulated node: {} in namespace {tag}", args.instance_type);
+    let node_path = datapath::create_named_netns(&tag).map_err(|e| DemoError::Setup(e.to_string()))?;
+    cleanup.node_ns = Some(tag.clone());
+    let socket = dir.join("ipamd.sock");
+    let state = dir.join("sim-ec2.json");
+    let log = std::fs::File::create(dir.join("ipamd.log")).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let child = Command::new(&me)
+        .args(["run", "--backend", "sim", "--instance-type", &args.instance_type])
+        .arg("--netns")
+        .arg(&node_path)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--sim-state")
+        .arg(&state)
+        .env("AWS_VPC_K8S_CNI_LOGLEVEL", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| DemoError::Setup(format!("starting ipamd: {e}")))?;
+    cleanup.ipamd = Some(child);
+    wait_for_socket(&socket, &mut cleanup, &check, &dir)?;
+
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "aws-cni",
+        "type": "aws-cni",
+        "vethPrefix": "eni",
+        "mtu": "9001",
+        "ipamdSocket": socket,
+        "pluginLogFile": dir.join("plugin.log"),
+        "pluginLogLevel": "info",
+    });
+
+    let mut rows = Vec::new();
+    for i in 0..args.pods {
+        check()?;
+        let name = format!("demo-pod-{i}");
+        let ns = format!("{tag}-p{i}");
+        datapath::create_named_netns(&ns).map_err(|e| DemoError::Setup(e.to_string()))?;
+        cleanup.pod_ns.push(ns.clone());
+        let mut row = PodRow {
+            name,
+            netns: format!("{}/{ns}", datapath::NETNS_RUN_DIR),
+            container_id: format!("demo{:08x}{i:04}", std::process::id()),
+            ip: None,
+            device: None,
+            setup_ms: 0.0,
+            prev_result: None,
+            error: None,
+        };
+        let started = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let out = cni(&cni_bin, &node_path, "ADD", &row, &conf)?;
+            match out {
+                Ok(result) => {
+                    row.ip = result["ips"][0]["address"]
+                        .as_str()
+                        .and_then(|a| a.split('/').next())
+                        .and_then(|a| a.parse().ok());
+                    row.device = result["interfaces"][2]["sandbox"]
+                        .as_str()
+                        .and_then(|d| d.parse().ok());
+                    row.prev_result = Some(result);
+                    break;
+                }
+                // 11 = try again later (the pool is growing): kubelet would retry; so do we, briefly.
+                Err((11, _)) if attempts < 50 => {
+                    check()?;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err((code, msg)) => {
+                    row.error = Some(format!("ADD failed ({code}): {msg}"));
+                    break;
+                }
+            }
+        }
+        row.setup_ms = started.elapsed().as_secs_f64() * 1000.0;
+        rows.push(row);
+    }
+
+    let enis = read_enis(&state);
+    let node_ip = enis
+        .iter()
+        .find(|e| e.device_index == Some(0))
+        .map(|e| e.primary_ip);
+    let vpc_router = enis
+        .first()
+        .map(|e| crate::sim::fabric::subnet_gateway(e.subnet_cidr));
+    println!();
+    println!(
+        "{:<12} {:<12} {:<29} {:<12} {:>9}",
+        "POD", "IP", "ENI", "ROUTE TABLE", "SETUP MS"
+    );
+    for r in &rows {
+        let eni = r
+            .ip
+            .and_then(|ip| enis.iter().find(|e| e.secondary_ips.contains(&ip)))
+            .map(|e| format!("{} (eth{})", e.id, e.device_index.unwrap_or(0)))
+            .unwrap_or_else(|| "-".into());
+        let table = match r.device {
+            Some(0) => "main".to_string(),
+            Some(d) => (d + 1).to_string(),
+            None => "-".into(),
+        };
+        let ip = r.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<12} {:<12} {:<29} {:<12} {:>9.1}",
+            r.name, ip, eni, table, r.setup_ms
+        );
+        if let Some(e) = &r.error {
+            println!("  {e}");
+        }
+    }
+
+    println!();
+    let mut total = 0;
+    let mut failed = 0;
+    let ok_rows: Vec<&PodRow> = rows.iter().filter(|r| r.ip.is_some()).collect();
+    failed += rows.len() - ok_rows.len();
+    total += rows.len() - ok_rows.len();
+    for (i, r) in ok_rows.iter().enumerate() {
+        check()?;
+        let mut targets: Vec<(String, Ipv4Addr)> = Vec::new();
+        if let Some(n) = node_ip {
+            targets.push(("node".into(), n));
+        }
+        // The VPC router, reached through the pod's ENI (its route table for pods on secondary ENIs).
+        if let Some(gw) = vpc_router {
+            targets.push(("vpc-router".into(), gw));
+        }
+        if ok_rows.len() > 1 {
+            let next = ok_rows[(i + 1) % ok_rows.len()];
+            if let Some(ip) = next.ip {
+                targets.push((next.name.clone(), ip));
+            }
+        }
+        let mut line = format!("{:<12}", r.name);
+        for (label, ip) in targets {
+            total += 1;
+            let ok = ping(&r.netns, ip)?;
+            if !ok {
+                failed += 1;
+            }
+            line.push_str(&format!(
+                "  -> {label} {ip}: {}",
+                if ok { "ok" } else { "FAILED" }
+            ));
+        }
+        println!("{line}");
+    }
+    let _ = std::io::stdout().flush();
+
+    // Tear the pods down through the plugin (with prevResult, as runtimes do), then the rest in Cleanup::drop.
+    let mut del_errors = 0;
+    for r in &rows {
+        let mut conf = conf.clone();
+        if let Some(prev) = &r.prev_result {
+            conf["prevResult"] = prev.clone();
+        }
+        if let Ok(Err((code, msg))) = cni(&cni_bin, &node_path, "DEL", r, &conf) {
+            del_errors += 1;
+            eprintln!("DEL {}: ({code}) {msg}", r.name);
+        }
+    }
+    drop(cleanup);
+    println!(
+        "\n{} pods, {} pings, {} failed; {} DEL errors; cleaned up",
+        rows.len(),
+        total,
+        failed,
+        del_errors
+    );
+    if failed > 0 || del_errors > 0 {
+        return Err(DemoError::PingsFailed { failed, total });
+    }
+    Ok(())
+}
+
+fn wait_for_socket(
+    socket: &Path,
+    cleanup: &mut Cleanup,
+    check: &dyn Fn() -> Result<(), DemoError>,
+    dir: &Path,
+) -> Result<(), DemoError> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !socket.exists() {
+        check()?;
+        if let Some(child) = cleanup.ipamd.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("ipamd.log")).unwrap_or_default();
+                return Err(DemoError::Setup(format!("ipamd exited ({status}):\n{log}")));
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Setup("ipamd did not open its socket within 20 s".into()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+type CniOutcome = Result<serde_json::Value, (u64, String)>;
+
+/// Runs aws-cni from inside the node namespace, as the runtime on a node would.
+fn cni(
+    bin: &Path,
+    node: &Path,
+    command: &str,
+    row: &PodRow,
+    conf: &serde_json::Value,
+) -> Result<CniOutcome, DemoError> {
+    let stdin = conf.to_string();
+    let output = datapath::in_netns(node, || {
+        let mut child = Command::new(bin)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &row.container_id)
+            .env("CNI_NETNS", &row.netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/opt/cni/bin")
+            .env(
+                "CNI_ARGS",
+                format!(
+                    "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+                    row.name, row.container_id
+                ),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| datapath::NetlinkError::Conflict(format!("running {}: {e}", bin.display())))?;
+        if let Some(mut i) = child.stdin.take() {
+            let _ = i.write_all(stdin.as_bytes());
+        }
+        child
+            .wait_with_output()
+            .map_err(|e| datapath::NetlinkError::Conflict(e.to_string()))
+    })
+    .map_err(|e| DemoError::Setup(e.to_string()))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() {
+        if text.trim().is_empty() {
+            return Ok(Ok(serde_json::Value::Null));
+        }
+        return serde_json::from_str(&text)
+            .map(Ok)
+            .map_err(|e| DemoError::Setup(format!("aws-cni printed invalid JSON ({e}): {text}")));
+    }
+    let err: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    Ok(Err((
+        err["code"].as_u64().unwrap_or(0),
+        err["msg"].as_str().unwrap_or(&text).to_string(),
+    )))
+}
+
+fn ping(netns: &str, ip: Ipv4Addr) -> Result<bool, DemoError> {
+    datapath::in_netns(Path::new(netns), || {
+        Command::new("ping")
+            .args(["-c", "1", "-W", "2", "-q"])
+            .arg(ip.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .map_err(|e| {
+                datapath::NetlinkError::Conflict(format!("running ping (install iputils-ping): {e}"))
+            })
+    })
+    .map_err(|e| DemoError::Setup(e.to_string()))
+}
+
+fn read_enis(state: &Path) -> Vec<EniDescription> {
+    #[derive(serde::Deserialize)]
+    struct State {
+        enis: BTreeMap<String, EniDescription>,
+    }
+    std::fs::read(state)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<State>(&b).ok())
+        .map(|s| s.enis.into_values().collect())
+        .unwrap_or_default()
 }
