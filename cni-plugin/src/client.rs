@@ -62,7 +62,12 @@ pub async fn connect(
 }
 
 /// Maps a tonic status to our error.
-pub fn rpc_error(path: &Path, call: &'static str, timeout: Duration, s: tonic::Status) -> ClientError {
+pub fn rpc_error(
+    path: &Path,
+    call: &'static str,
+    timeout: Duration,
+    s: tonic::Status,
+) -> ClientError {
     match s.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => ClientError::Timeout {
             path: path.to_owned(),

@@ -110,10 +110,22 @@ mod tests {
     #[test]
     fn bad_values_are_config_errors_naming_the_key() {
         for (conf, word) in [
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","vethPrefix":"toolong"}"#, "vethPrefix"),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","mtu":"70000"}"#, "mtu"),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","mtu":"abc"}"#, "mtu"),
-            (r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","podSGEnforcingMode":"lax"}"#, "podSGEnforcingMode"),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","vethPrefix":"toolong"}"#,
+                "vethPrefix",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","mtu":"70000"}"#,
+                "mtu",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","mtu":"abc"}"#,
+                "mtu",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","podSGEnforcingMode":"lax"}"#,
+                "podSGEnforcingMode",
+            ),
         ] {
             let e = PluginConf::parse(conf.as_bytes()).expect_err(conf);
             assert_eq!(e.code, cni_types::codes::INVALID_CONFIG, "{conf}");

@@ -69,8 +69,11 @@ impl PluginError {
                     FailureReason::Internal => IPAMD_INTERNAL,
                     FailureReason::FailureUnspecified => IPAMD_REFUSED,
                 };
-                CniError::new(code, format!("failed to assign an IP address to container: {message}"))
-                    .with_details(reason.as_str_name())
+                CniError::new(
+                    code,
+                    format!("failed to assign an IP address to container: {message}"),
+                )
+                .with_details(reason.as_str_name())
             }
             PluginError::NetnsMissing(_) => CniError::new(NETNS_MISSING, self.to_string()),
             PluginError::Setup(_) => CniError::new(SETUP_FAILED, self.to_string()),

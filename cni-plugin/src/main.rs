@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let (out, ok) = match env {
         Err(e) => (e.to_json(cni_types::LATEST_VERSION), false),
         Ok(env) if env.command == Command::Version => {
-            let v = version_of(&stdin_or_empty(&mut stdin));
+            let v = version_of(stdin_or_empty(&mut stdin));
             (cni_types::version_info(&v), true)
         }
         Ok(env) => {

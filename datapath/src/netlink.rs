@@ -18,9 +18,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{
-    Handle, IpVersion, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{EEXIST, ENOENT, ESRCH};
 use crate::names::MacAddr;
@@ -108,7 +106,8 @@ impl RuleSpec {
         }
         if let Some((ip, len)) = self.dst {
             m.header.dst_len = len;
-            m.attributes.push(RuleAttribute::Destination(IpAddr::V4(ip)));
+            m.attributes
+                .push(RuleAttribute::Destination(IpAddr::V4(ip)));
         }
         if let Some((mark, mask)) = self.fwmark {
             m.attributes.push(RuleAttribute::FwMark(mark));
@@ -290,19 +289,14 @@ impl Netlink {
             .controller(bridge)
             .up()
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| NetlinkError::request(format!("attach link {index} to bridge {bridge}"), e))
+        self.handle.link().set(msg).execute().await.map_err(|e| {
+            NetlinkError::request(format!("attach link {index} to bridge {bridge}"), e)
+        })
     }
 
     /// Brings a link up.
     pub async fn set_up(&self, index: u32) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index)
-            .up()
-            .build();
+        let msg = LinkUnspec::new_with_index(index).up().build();
         self.handle
             .link()
             .set(msg)
@@ -313,9 +307,7 @@ impl Netlink {
 
     /// Sets a link's MTU.
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
-        let msg = LinkUnspec::new_with_index(index)
-            .mtu(mtu)
-            .build();
+        let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();
         self.handle
             .link()
             .set(msg)
@@ -410,7 +402,13 @@ impl Netlink {
 
     /// Deletes a route; already gone is fine.
     pub async fn delete_route(&self, route: &RouteSpec) -> Result<(), NetlinkError> {
-        match self.handle.route().del(route.delete_message()).execute().await {
+        match self
+            .handle
+            .route()
+            .del(route.delete_message())
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) => {
                 let err = NetlinkError::request(format!("delete route {route:?}"), e);
@@ -528,7 +526,10 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| {
-                NetlinkError::request(format!("add neighbour {ip} lladdr {mac} on link {index}"), e)
+                NetlinkError::request(
+                    format!("add neighbour {ip} lladdr {mac} on link {index}"),
+                    e,
+                )
             })
     }
 
@@ -539,7 +540,8 @@ impl Netlink {
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) => {
-                let err = NetlinkError::request(format!("delete neighbour {ip} on link {index}"), e);
+                let err =
+                    NetlinkError::request(format!("delete neighbour {ip} on link {index}"), e);
                 if err.is_not_found() {
                     Ok(())
                 } else {

@@ -71,11 +71,9 @@ pub fn in_netns_file<T: Send>(
     let path = label;
     std::thread::scope(|s| {
         s.spawn(|| {
-            setns(file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                NetlinkError::NetnsEnter {
-                    path: path.to_owned(),
-                    source,
-                }
+            setns(file, CloneFlags::CLONE_NEWNET).map_err(|source| NetlinkError::NetnsEnter {
+                path: path.to_owned(),
+                source,
             })?;
             f()
         })

@@ -169,7 +169,11 @@ pub async fn setup(
 /// IPv6 settings of the host veth, applied before it goes up (as the anchor): no router advertisements, accept
 /// redirects, no forwarding. Best effort: a kernel without IPv6 has no such files, and nothing IPv4 depends on them.
 fn host_veth_sysctls(name: &str) {
-    for (key, value) in [("accept_ra", "0"), ("accept_redirects", "1"), ("forwarding", "0")] {
+    for (key, value) in [
+        ("accept_ra", "0"),
+        ("accept_redirects", "1"),
+        ("forwarding", "0"),
+    ] {
         let path = format!("/proc/sys/net/ipv6/conf/{name}/{key}");
         if let Err(e) = std::fs::write(&path, value) {
             tracing::debug!(%path, error = %e, "ipv6 sysctl not applied");

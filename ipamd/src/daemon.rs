@@ -123,9 +123,8 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     }
 
     let shutdown = Arc::new(Notify::new());
-    let pool = tokio::spawn(
-        Arc::clone(&node).run_pool(Duration::from_secs(5), Arc::clone(&shutdown)),
-    );
+    let pool =
+        tokio::spawn(Arc::clone(&node).run_pool(Duration::from_secs(5), Arc::clone(&shutdown)));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter

@@ -357,7 +357,9 @@ mod tests {
                 Ipv4Addr::new(10, 0, 0, base),
                 subnet,
             ));
-            let ips: Vec<_> = (1..=*n).map(|i| Ipv4Addr::new(10, 0, 0, base + i)).collect();
+            let ips: Vec<_> = (1..=*n)
+                .map(|i| Ipv4Addr::new(10, 0, 0, base + i))
+                .collect();
             ds.add_ips(&id, &ips).expect("add ips");
         }
         ds
@@ -366,8 +368,12 @@ mod tests {
     #[test]
     fn repeated_add_returns_the_same_ip() {
         let mut ds = store(&[3]);
-        let a = ds.assign(&key("c1"), &PodMeta::default(), Duration::ZERO).expect("ip");
-        let b = ds.assign(&key("c1"), &PodMeta::default(), Duration::ZERO).expect("ip");
+        let a = ds
+            .assign(&key("c1"), &PodMeta::default(), Duration::ZERO)
+            .expect("ip");
+        let b = ds
+            .assign(&key("c1"), &PodMeta::default(), Duration::ZERO)
+            .expect("ip");
         assert_eq!(a, b);
         assert_eq!(ds.stats(Duration::ZERO).assigned, 1);
     }
@@ -400,13 +406,18 @@ mod tests {
         let s = ds.stats(t0 + Duration::from_secs(10));
         assert_eq!((s.total, s.assigned, s.cooldown, s.available), (1, 0, 1, 0));
         assert_eq!(
-            ds.assign(&key("c2"), &PodMeta::default(), t0 + Duration::from_secs(10)),
+            ds.assign(
+                &key("c2"),
+                &PodMeta::default(),
+                t0 + Duration::from_secs(10)
+            ),
             Err(AssignError::NoFreeIp { in_cooldown: 1 })
         );
         let later = t0 + Duration::from_secs(30);
         assert_eq!(ds.stats(later).available, 1);
         assert_eq!(
-            ds.assign(&key("c2"), &PodMeta::default(), later).map(|x| x.ip),
+            ds.assign(&key("c2"), &PodMeta::default(), later)
+                .map(|x| x.ip),
             Ok(a.ip)
         );
     }

@@ -40,7 +40,9 @@ pub struct DemoArgs {
 pub enum DemoError {
     #[error("the demo creates network namespaces and must run as root")]
     NotRoot,
-    #[error("aws-cni not found at {0} (build it with `cargo build --workspace`, or pass --cni-bin)")]
+    #[error(
+        "aws-cni not found at {0} (build it with `cargo build --workspace`, or pass --cni-bin)"
+    )]
     NoCniBinary(PathBuf),
     #[error("{0}")]
     Setup(String),
@@ -134,7 +136,8 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
 
     let tag = format!("awscni-demo-{}", std::process::id());
     let dir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&dir).map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
     let mut cleanup = Cleanup {
         node_ns: None,
         pod_ns: Vec::new(),
@@ -143,13 +146,21 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     };
 
     println!("simulated node: {} in namespace {tag}", args.instance_type);
-    let node_path = datapath::create_named_netns(&tag).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let node_path =
+        datapath::create_named_netns(&tag).map_err(|e| DemoError::Setup(e.to_string()))?;
     cleanup.node_ns = Some(tag.clone());
     let socket = dir.join("ipamd.sock");
     let state = dir.join("sim-ec2.json");
-    let log = std::fs::File::create(dir.join("ipamd.log")).map_err(|e| DemoError::Setup(e.to_string()))?;
+    let log = std::fs::File::create(dir.join("ipamd.log"))
+        .map_err(|e| DemoError::Setup(e.to_string()))?;
     let child = Command::new(&me)
-        .args(["run", "--backend", "sim", "--instance-type", &args.instance_type])
+        .args([
+            "run",
+            "--backend",
+            "sim",
+            "--instance-type",
+            &args.instance_type,
+        ])
         .arg("--netns")
         .arg(&node_path)
         .arg("--socket")
@@ -239,11 +250,10 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         "POD", "IP", "ENI", "ROUTE TABLE", "SETUP MS"
     );
     for r in &rows {
-        let eni = r
-            .ip
-            .and_then(|ip| enis.iter().find(|e| e.secondary_ips.contains(&ip)))
-            .map(|e| format!("{} (eth{})", e.id, e.device_index.unwrap_or(0)))
-            .unwrap_or_else(|| "-".into());
+        let eni =
+            r.ip.and_then(|ip| enis.iter().find(|e| e.secondary_ips.contains(&ip)))
+                .map(|e| format!("{} (eth{})", e.id, e.device_index.unwrap_or(0)))
+                .unwrap_or_else(|| "-".into());
         let table = match r.device {
             Some(0) => "main".to_string(),
             Some(d) => (d + 1).to_string(),
@@ -339,7 +349,9 @@ fn wait_for_socket(
             }
         }
         if Instant::now() > deadline {
-            return Err(DemoError::Setup("ipamd did not open its socket within 20 s".into()));
+            return Err(DemoError::Setup(
+                "ipamd did not open its socket within 20 s".into(),
+            ));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -410,7 +422,9 @@ fn ping(netns: &str, ip: Ipv4Addr) -> Result<bool, DemoError> {
             .status()
             .map(|s| s.success())
             .map_err(|e| {
-                datapath::NetlinkError::Conflict(format!("running ping (install iputils-ping): {e}"))
+                datapath::NetlinkError::Conflict(format!(
+                    "running ping (install iputils-ping): {e}"
+                ))
             })
     })
     .map_err(|e| DemoError::Setup(e.to_string()))

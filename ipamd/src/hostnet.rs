@@ -23,7 +23,11 @@ use crate::sim::fabric::subnet_gateway;
 #[derive(Debug, thiserror::Error)]
 pub enum HostNetError {
     #[error("no link with MAC {mac} appeared for ENI {eni} after {tries} tries")]
-    LinkNotFound { eni: String, mac: MacAddr, tries: u32 },
+    LinkNotFound {
+        eni: String,
+        mac: MacAddr,
+        tries: u32,
+    },
     #[error("configuring ENI {eni}: {source}")]
     Netlink {
         eni: String,

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use ipamd::daemon::{Backend, RunOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "ipamd", version, about = "Per-node IP address management for the AWS VPC CNI")]
+#[command(
+    name = "ipamd",
+    version,
+    about = "Per-node IP address management for the AWS VPC CNI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

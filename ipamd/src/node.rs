@@ -21,7 +21,9 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::datastore::{Allocation, AssignError, Datastore, Eni, IpamKey, PodMeta, PoolStats};
-use crate::ec2::{CreateEniRequest, Ec2, Ec2Error, ENI_DESCRIPTION_PREFIX, TAG_CREATED_AT, TAG_INSTANCE_ID};
+use crate::ec2::{
+    CreateEniRequest, Ec2, Ec2Error, ENI_DESCRIPTION_PREFIX, TAG_CREATED_AT, TAG_INSTANCE_ID,
+};
 use crate::hostnet::{HostNetError, HostNetwork};
 use crate::imds::{Imds, ImdsError, NodeMetadata};
 use crate::pool::{decide, Decision, EniRoom, PoolPolicy};
@@ -106,19 +108,16 @@ impl Node {
         let meta = deps.imds.node().await?;
         let limits = instance_limits::lookup(&meta.instance_type)
             .ok_or_else(|| NodeError::UnknownInstanceType(meta.instance_type.clone()))?;
-        let max_enis = config
-            .max_eni
-            .map_or(limits.enis, |m| m.min(limits.enis));
+        let max_enis = config.max_eni.map_or(limits.enis, |m| m.min(limits.enis));
         let max_pods = match max_pods_override {
             Some(n) => n,
             None => {
-                let version: CniVersion =
-                    DEFAULT_CNI_VERSION
-                        .parse()
-                        .map_err(|e: instance_limits::max_pods::MaxPodsError| NodeError::MaxPods {
-                            instance_type: meta.instance_type.clone(),
-                            reason: e.to_string(),
-                        })?;
+                let version: CniVersion = DEFAULT_CNI_VERSION.parse().map_err(
+                    |e: instance_limits::max_pods::MaxPodsError| NodeError::MaxPods {
+                        instance_type: meta.instance_type.clone(),
+                        reason: e.to_string(),
+                    },
+                )?;
                 let mut opts = MaxPodsOptions::new(version);
                 opts.cni_max_eni = config.max_eni;
                 opts.show_max_allowed = true; // the ENI-derived limit, as eni-max-pods.txt
@@ -151,7 +150,13 @@ impl Node {
             if ie.device_number == 0 {
                 subnet_id = ie.subnet_id.clone();
             }
-            let eni = Eni::new(&ie.eni_id, mac, ie.device_number, *primary_ip, ie.subnet_cidr);
+            let eni = Eni::new(
+                &ie.eni_id,
+                mac,
+                ie.device_number,
+                *primary_ip,
+                ie.subnet_cidr,
+            );
             deps.hostnet.setup_eni(&eni, config.eni_mtu).await?;
             ds.add_eni(eni);
             ds.add_ips(&ie.eni_id, secondary)?;
@@ -319,7 +324,9 @@ impl Node {
         let added = lock(&self.ds).add_ips(eni_id, &ips);
         match added {
             Ok(n) => tracing::info!(eni = eni_id, added = n, "assigned secondary IPs"),
-            Err(e) => tracing::error!(eni = eni_id, error = %e, "EC2 returned IPs the datastore refused"),
+            Err(e) => {
+                tracing::error!(eni = eni_id, error = %e, "EC2 returned IPs the datastore refused")
+            }
         }
         Ok(())
     }
@@ -333,10 +340,8 @@ impl Node {
         tags.insert(TAG_INSTANCE_ID.to_string(), self.meta.instance_id.clone());
         tags.insert(
             TAG_CREATED_AT.to_string(),
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + self.deps.clock.wall(),
-            )
-            .to_string(),
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + self.deps.clock.wall())
+                .to_string(),
         );
         let eni = self
             .deps
@@ -524,7 +529,12 @@ mod tests {
         n.del(&key(1));
         n.fill().await.expect("fill");
         let err = n.add(&key(2), &PodMeta::default()).expect_err("cooling");
-        assert_eq!(err.reason, FailureReason::AllFreeIpsInCooldown, "{}", err.message);
+        assert_eq!(
+            err.reason,
+            FailureReason::AllFreeIpsInCooldown,
+            "{}",
+            err.message
+        );
         clock.advance(Duration::from_secs(31));
         n.add(&key(2), &PodMeta::default()).expect("after cooldown");
     }

@@ -92,7 +92,11 @@ pub fn decide(policy: &PoolPolicy, stats: &PoolStats, enis: &[EniRoom]) -> Decis
     if let Some(eni) = sorted.iter().find(|e| e.ips < policy.ips_per_eni) {
         let room = policy.ips_per_eni - eni.ips;
         // With IP targets ask for exactly the shortage; with ENI targets fill the ENI (one call, fewer later).
-        let want = if policy.uses_ip_targets() { short } else { room };
+        let want = if policy.uses_ip_targets() {
+            short
+        } else {
+            room
+        };
         return Decision::AssignIps {
             eni_id: eni.eni_id.clone(),
             count: want.min(room).min(headroom).max(1),

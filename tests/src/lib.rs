@@ -1,1 +1,436 @@
-//! Shared helpers for the netns integration tests.
+//! Harness for black-box tests: the built `ipamd` and `aws-cni` binaries in throwaway network namespaces.
+//!
+//! Every resource is owned by a guard that removes it on drop, so a failing assertion still cleans up:
+//! [`Netns`] (a named namespace via `ip netns`), [`Ipamd`] (a daemon on a simulated node; SIGTERM, then SIGKILL),
+//! [`TempDir`]. Names carry the test process ID and a counter, so tests run in parallel without clashing.
+//!
+//! The state checks read the kernel through `ip -json`, an oracle independent of our netlink code.
+//!
+//! Needs root and the binaries built first (`cargo build --workspace --bins`); tests fail with a clear message
+//! otherwise.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A name unique to this test process.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Path of a workspace binary, next to the test executable's target directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test unless running as root.
+pub fn require_root() {
+    assert!(
+        nix_is_root(),
+        "these tests create network namespaces and must run as root"
+    );
+}
+
+fn nix_is_root() -> bool {
+    // /proc/self/status "Uid:" real effective ...
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a command and returns its output; panics if it cannot start.
+pub fn sh(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
+}
+
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(unique("awscni-test-"));
+        std::fs::create_dir_all(&p).expect("mkdir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        TempDir::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A named network namespace, deleted on drop.
+#[derive(Debug)]
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Netns {
+        let name = unique(prefix);
+        let out = sh("ip", &["netns", "add", &name]);
+        assert!(out.status.success(), "ip netns add {name}: {out:?}");
+        Netns { name }
+    }
+
+    pub fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// `ip -json -n <ns> <args>` parsed (empty array when there is no output).
+    pub fn ip_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["-json", "-n", &self.name];
+        full.extend_from_slice(args);
+        let out = sh("ip", &full);
+        assert!(out.status.success(), "ip {full:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.trim().is_empty() {
+            Value::Array(vec![])
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip {full:?} json: {e}: {text}"))
+        }
+    }
+
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, cmd: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(cmd);
+        sh("ip", &full)
+    }
+
+    /// One ping; true if answered.
+    pub fn ping(&self, ip: &str) -> bool {
+        self.exec(&["ping", "-c", "1", "-W", "2", "-q", ip])
+            .status
+            .success()
+    }
+
+    /// Everything pod plumbing could leave behind, in a comparable form: links (name, MAC), addresses, routes of
+    /// every table, rules and permanent neighbours. Interface indexes and dynamic state are left out.
+    pub fn snapshot(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for l in arr(&self.ip_json(&["link", "show"])) {
+            out.push(format!("link {} {}", l["ifname"], l["address"]));
+        }
+        for a in arr(&self.ip_json(&["addr", "show"])) {
+            for i in arr(&a["addr_info"]) {
+                if i["family"] == "inet" {
+                    out.push(format!(
+                        "addr {} {}/{}",
+                        a["ifname"], i["local"], i["prefixlen"]
+                    ));
+                }
+            }
+        }
+        for r in arr(&self.ip_json(&["route", "show", "table", "all"])) {
+            out.push(format!(
+                "route {} via {} dev {} table {}",
+                r["dst"], r["gateway"], r["dev"], r["table"]
+            ));
+        }
+        for r in arr(&self.ip_json(&["rule", "show"])) {
+            out.push(format!("rule {r}"));
+        }
+        for n in arr(&self.ip_json(&["neigh", "show", "nud", "permanent"])) {
+            out.push(format!("neigh {} {} {}", n["dst"], n["dev"], n["lladdr"]));
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// The elements of a JSON array (empty for anything else).
+pub fn arr(v: &Value) -> Vec<Value> {
+    v.as_array().cloned().unwrap_or_default()
+}
+
+/// ipamd on a simulated node in its own namespace; stopped on drop.
+#[derive(Debug)]
+pub struct Ipamd {
+    pub node: Netns,
+    pub dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Ipamd {
+    /// Starts `ipamd run --backend sim` for `instance_type` with extra environment, and waits for its socket.
+    pub fn start(instance_type: &str, env: &[(&str, &str)]) -> Ipamd {
+        require_root();
+        let node = Netns::new("act-node-");
+        let dir = TempDir::new();
+        let log = std::fs::File::create(dir.path().join("ipamd.log")).expect("log file");
+        let mut cmd = Command::new(bin("ipamd"));
+        cmd.args(["run", "--backend", "sim", "--instance-type", instance_type])
+            .arg("--netns")
+            .arg(node.path())
+            .arg("--socket")
+            .arg(dir.path().join("ipamd.sock"))
+            .arg("--sim-state")
+            .arg(dir.path().join("sim-ec2.json"))
+            .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn ipamd");
+        let mut me = Ipamd {
+            node,
+            dir,
+            child: Some(child),
+        };
+        me.wait_ready();
+        me
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("ipamd exited early ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ipamd not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("ipamd.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default()
+    }
+
+    /// The simulator's state (what "EC2" holds).
+    pub fn sim_state(&self) -> Value {
+        let b = std::fs::read(self.dir.path().join("sim-ec2.json")).expect("sim state");
+        serde_json::from_slice(&b).expect("sim state json")
+    }
+
+    /// The node's primary IP (from the simulator).
+    pub fn node_ip(&self) -> String {
+        let st = self.sim_state();
+        st["enis"]
+            .as_object()
+            .and_then(|m| m.values().find(|e| e["device_index"] == 0))
+            .and_then(|e| e["primary_ip"].as_str())
+            .expect("primary ENI")
+            .to_string()
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit status success.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = sh("kill", &["-TERM", &child.id().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match child.try_wait() {
+                Ok(Some(s)) => return s.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// A plugin netconf pointing at this daemon.
+    pub fn conf(&self, version: &str) -> Value {
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "aws-cni",
+            "type": "aws-cni",
+            "vethPrefix": "eni",
+            "mtu": "9001",
+            "ipamdSocket": self.socket(),
+            "ipamdTimeoutMs": 3000,
+            "pluginLogFile": self.dir.path().join("plugin.log"),
+            "pluginLogLevel": "debug",
+        })
+    }
+}
+
+impl Drop for Ipamd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One CNI invocation's outcome.
+#[derive(Debug)]
+pub struct CniOut {
+    pub success: bool,
+    pub stdout: String,
+    pub json: Value,
+}
+
+impl CniOut {
+    /// The CNI error code (0 when the call succeeded).
+    pub fn code(&self) -> u64 {
+        self.json["code"].as_u64().unwrap_or(0)
+    }
+}
+
+/// A pod as a runtime sees it.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub container_id: String,
+    pub namespace: String,
+    pub name: String,
+    pub netns: String,
+    pub ifname: String,
+}
+
+/// Runs `aws-cni` inside the node namespace with `CNI_*` env and `conf` on stdin, as a runtime on the node would.
+pub fn cni(node: &Netns, command: &str, pod: &PodSpec, conf: &Value) -> CniOut {
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
+        pod.namespace, pod.name, pod.container_id
+    );
+    cni_raw(
+        node,
+        &[
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", &pod.container_id),
+            ("CNI_NETNS", &pod.netns),
+            ("CNI_IFNAME", &pod.ifname),
+            ("CNI_PATH", "/usr/lib/cni"),
+            ("CNI_ARGS", &args),
+        ],
+        conf.to_string().as_bytes(),
+    )
+}
+
+/// Runs `aws-cni` with exactly the given environment and stdin.
+pub fn cni_raw(node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &node.name])
+        .arg(bin("aws-cni"))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn aws-cni");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin)
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("aws-cni output");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("aws-cni stdout is not JSON ({e}): {stdout:?}"))
+    };
+    CniOut {
+        success: out.status.success(),
+        stdout,
+        json,
+    }
+}
+
+/// ADD, retrying "try again later" (code 11) like kubelet does, for up to ~5 s.
+pub fn add_with_retry(node: &Netns, pod: &PodSpec, conf: &Value) -> CniOut {
+    for _ in 0..50 {
+        let out = cni(node, "ADD", pod, conf);
+        if out.success || out.code() != 11 {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cni(node, "ADD", pod, conf)
+}
+
+/// The IPv4 address (without prefix) of an ADD result.
+pub fn result_ip(result: &Value) -> String {
+    result["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.split('/').next())
+        .expect("result has an IP")
+        .to_string()
+}
+
+/// The anchor's host veth name for a pod: "eni" + first 11 hex of SHA-1("<ns>.<name>"), computed with
+/// `sha1sum` as an independent oracle.
+pub fn expected_veth(namespace: &str, name: &str) -> String {
+    let mut child = Command::new("sha1sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha1sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("{namespace}.{name}").as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("sha1sum output");
+    format!("eni{}", &String::from_utf8_lossy(&out.stdout)[..11])
+}

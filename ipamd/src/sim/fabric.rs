@@ -68,9 +68,11 @@ impl NetnsFabric {
             fabric.set_up(lo.index).await?;
         }
         // The node "boots" like an EKS AMI: forwarding on (pods' traffic is routed through the node), loopback up.
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetlinkError::NetnsOpen {
-            path: "/proc/sys/net/ipv4/ip_forward".into(),
-            source,
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
+            NetlinkError::NetnsOpen {
+                path: "/proc/sys/net/ipv4/ip_forward".into(),
+                source,
+            }
         })?;
         if let Some(lo) = node.link_by_name("lo").await? {
             node.set_up(lo.index).await?;
@@ -111,7 +113,9 @@ impl NetnsFabric {
             .link_by_name(&peer)
             .await?
             .ok_or_else(|| NetlinkError::LinkNotFound(peer.clone()))?;
-        self.fabric.set_controller_up(p.index, self.bridge_index).await?;
+        self.fabric
+            .set_controller_up(p.index, self.bridge_index)
+            .await?;
         if nic.is_primary {
             // The instance configures its primary interface itself at boot (DHCP on a real node).
             let link = self

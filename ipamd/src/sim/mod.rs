@@ -97,8 +97,10 @@ impl SimSpec {
     pub fn new(instance_type: &str) -> SimSpec {
         SimSpec {
             instance_type: instance_type.to_string(),
-            vpc_cidr: Ipv4Network::new(Ipv4Addr::new(10, 0, 0, 0), 16).unwrap_or_else(|_| unreachable_net()),
-            subnet_cidr: Ipv4Network::new(Ipv4Addr::new(10, 0, 0, 0), 20).unwrap_or_else(|_| unreachable_net()),
+            vpc_cidr: Ipv4Network::new(Ipv4Addr::new(10, 0, 0, 0), 16)
+                .unwrap_or_else(|_| unreachable_net()),
+            subnet_cidr: Ipv4Network::new(Ipv4Addr::new(10, 0, 0, 0), 20)
+                .unwrap_or_else(|_| unreachable_net()),
             availability_zone: "us-west-2a".into(),
             state_file: None,
         }
@@ -143,15 +145,16 @@ impl std::fmt::Debug for SimEc2 {
 impl SimEc2 {
     /// Builds the account, launches the instance and plugs its primary ENI.
     pub async fn launch(spec: SimSpec, hotplug: Arc<dyn NicHotplug>) -> Result<SimEc2, SimError> {
-        let limits: &InstanceLimits = instance_limits::lookup(&spec.instance_type).ok_or_else(|| {
-            let near = instance_limits::suggest(&spec.instance_type, 3);
-            let hint = if near.is_empty() {
-                String::new()
-            } else {
-                format!("; did you mean {}?", near.join(", "))
-            };
-            SimError::UnknownInstanceType(spec.instance_type.clone(), hint)
-        })?;
+        let limits: &InstanceLimits =
+            instance_limits::lookup(&spec.instance_type).ok_or_else(|| {
+                let near = instance_limits::suggest(&spec.instance_type, 3);
+                let hint = if near.is_empty() {
+                    String::new()
+                } else {
+                    format!("; did you mean {}?", near.join(", "))
+                };
+                SimError::UnknownInstanceType(spec.instance_type.clone(), hint)
+            })?;
         if !spec.vpc_cidr.contains(spec.subnet_cidr.network()) || spec.subnet_cidr.prefix() > 28 {
             return Err(SimError::Subnet(
                 spec.subnet_cidr.to_string(),
@@ -180,8 +183,13 @@ impl SimEc2 {
             next_id: 1,
             calls: BTreeMap::new(),
         };
-        let primary = new_eni(&mut state, "primary network interface".into(), BTreeMap::new(), 0)
-            .map_err(|e| SimError::Plug(e.to_string()))?;
+        let primary = new_eni(
+            &mut state,
+            "primary network interface".into(),
+            BTreeMap::new(),
+            0,
+        )
+        .map_err(|e| SimError::Plug(e.to_string()))?;
         let primary_id = primary.id.clone();
         state.enis.insert(primary_id.clone(), primary);
         if let Some(eni) = state.enis.get_mut(&primary_id) {
@@ -354,18 +362,29 @@ impl Ec2 for SimEc2 {
                     message: format!("instance {instance_id} does not exist"),
                 });
             }
-            let attached = st.enis.values().filter(|e| e.device_index.is_some()).count();
+            let attached = st
+                .enis
+                .values()
+                .filter(|e| e.device_index.is_some())
+                .count();
             if attached >= st.max_enis as usize || device_index >= st.max_enis {
                 return Err(Ec2Error::EniLimitExceeded { api });
             }
-            if st.enis.values().any(|e| e.device_index == Some(device_index)) {
+            if st
+                .enis
+                .values()
+                .any(|e| e.device_index == Some(device_index))
+            {
                 return Err(Ec2Error::Other {
                     api,
                     code: "InvalidParameterValue".into(),
                     message: format!("device index {device_index} is already in use"),
                 });
             }
-            let eni = st.enis.get_mut(eni_id).ok_or_else(|| not_found(api, eni_id))?;
+            let eni = st
+                .enis
+                .get_mut(eni_id)
+                .ok_or_else(|| not_found(api, eni_id))?;
             if eni.device_index.is_some() {
                 return Err(Ec2Error::Other {
                     api,
@@ -379,9 +398,7 @@ impl Ec2 for SimEc2 {
             eni.status = "in-use".into();
             attachment
         };
-        let nic = self
-            .nic_of(eni_id)
-            .ok_or_else(|| not_found(api, eni_id))?;
+        let nic = self.nic_of(eni_id).ok_or_else(|| not_found(api, eni_id))?;
         let secondary = self
             .lock()
             .enis
@@ -413,7 +430,10 @@ impl Ec2 for SimEc2 {
         let api = "ModifyNetworkInterfaceAttribute";
         self.count(api);
         let st = self.lock();
-        st.enis.get(eni_id).map(|_| ()).ok_or_else(|| not_found(api, eni_id))
+        st.enis
+            .get(eni_id)
+            .map(|_| ())
+            .ok_or_else(|| not_found(api, eni_id))
     }
 
     async fn assign_private_ips(
@@ -435,7 +455,10 @@ impl Ec2 for SimEc2 {
                 });
             }
             let ips = take_ips(&mut st, count, api)?;
-            let eni = st.enis.get_mut(eni_id).ok_or_else(|| not_found(api, eni_id))?;
+            let eni = st
+                .enis
+                .get_mut(eni_id)
+                .ok_or_else(|| not_found(api, eni_id))?;
             eni.secondary_ips.extend(ips.iter().copied());
             (ips, eni.mac_addr(), eni.device_index.is_some())
         };
@@ -453,7 +476,10 @@ impl Ec2 for SimEc2 {
         self.count(api);
         let mac = {
             let mut st = self.lock();
-            let eni = st.enis.get_mut(eni_id).ok_or_else(|| not_found(api, eni_id))?;
+            let eni = st
+                .enis
+                .get_mut(eni_id)
+                .ok_or_else(|| not_found(api, eni_id))?;
             if let Some(bad) = ips.iter().find(|ip| !eni.secondary_ips.contains(ip)) {
                 return Err(Ec2Error::Other {
                     api,
@@ -489,7 +515,9 @@ impl Ec2 for SimEc2 {
                     what: format!("attachment {attachment_id}"),
                 })?
         };
-        let nic = self.nic_of(&eni_id).ok_or_else(|| not_found(api, &eni_id))?;
+        let nic = self
+            .nic_of(&eni_id)
+            .ok_or_else(|| not_found(api, &eni_id))?;
         if nic.is_primary {
             return Err(Ec2Error::Other {
                 api,
@@ -618,9 +646,16 @@ mod tests {
         let a = s.create_network_interface(req(9)).await.expect("eni a");
         let b = s.create_network_interface(req(0)).await.expect("eni b");
         let c = s.create_network_interface(req(0)).await.expect("eni c");
-        s.attach_network_interface(&a.id, &iid, 1).await.expect("attach a");
-        assert!(s.attach_network_interface(&b.id, &iid, 1).await.is_err(), "index in use");
-        s.attach_network_interface(&b.id, &iid, 2).await.expect("attach b");
+        s.attach_network_interface(&a.id, &iid, 1)
+            .await
+            .expect("attach a");
+        assert!(
+            s.attach_network_interface(&b.id, &iid, 1).await.is_err(),
+            "index in use"
+        );
+        s.attach_network_interface(&b.id, &iid, 2)
+            .await
+            .expect("attach b");
         assert!(matches!(
             s.attach_network_interface(&c.id, &iid, 3).await,
             Err(Ec2Error::EniLimitExceeded { .. })
@@ -641,7 +676,9 @@ mod tests {
     async fn subnet_runs_out() {
         let mut spec = SimSpec::new("m5.large");
         spec.subnet_cidr = "10.0.0.0/28".parse().expect("cidr"); // 16 - 5 reserved = 11 usable
-        let s = SimEc2::launch(spec, Arc::new(NoHotplug)).await.expect("launch");
+        let s = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("launch");
         let primary = s.enis().await.expect("imds")[0].eni_id.clone();
         s.assign_private_ips(&primary, 9).await.expect("9 fit");
         let err = s.assign_private_ips(&primary, 0).await.map(|v| v.len());

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: a simulated m5.large node, 10 pods through the real aws-cni, pings,
+# a table, full cleanup. Extra arguments go to `ipamd demo` (e.g. --pods 20 --instance-type c5.large).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh
+cargo build --workspace --bins --quiet
+exec target/debug/ipamd demo "$@"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need on a Debian machine (run as root). Idempotent and quiet when
+# everything is already there.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need+=(iproute2)
+have iptables || need+=(iptables)
+have ping || need+=(iputils-ping)
+have conntrack || need+=(conntrack)
+have jq || need+=(jq)
+have sha1sum || need+=(coreutils)
+[ -x /usr/lib/cni/ptp ] || need+=(containernetworking-plugins)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! have cargo; then
+  echo "cargo not found: install a Rust toolchain (1.88 or newer), e.g. with rustup" >&2
+  exit 1
+fi
+if [ "$(id -u)" != 0 ]; then
+  echo "run as root: the demo and the tests create network namespaces" >&2
+  exit 1
+fi
