@@ -22,7 +22,8 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::datastore::{Allocation, AssignError, Datastore, Eni, IpamKey, PodMeta, PoolStats};
 use crate::ec2::{
-    CreateEniRequest, Ec2, Ec2Error, ENI_DESCRIPTION_PREFIX, TAG_CREATED_AT, TAG_INSTANCE_ID,
+    CreateEniRequest, Ec2, Ec2Error, IpRequest, ENI_DESCRIPTION_PREFIX, TAG_CREATED_AT,
+    TAG_INSTANCE_ID,
 };
 use crate::hostnet::{HostNetError, HostNetwork};
 use crate::imds::{Imds, ImdsError, NodeMetadata};
@@ -320,7 +321,12 @@ impl Node {
     }
 
     async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<(), Ec2Error> {
-        let ips = self.deps.ec2.assign_private_ips(eni_id, count).await?;
+        let ips = self
+            .deps
+            .ec2
+            .assign_private_ips(eni_id, IpRequest::Secondary(count))
+            .await?
+            .ips;
         let added = lock(&self.ds).add_ips(eni_id, &ips);
         match added {
             Ok(n) => tracing::info!(eni = eni_id, added = n, "assigned secondary IPs"),
@@ -349,14 +355,15 @@ impl Node {
             .create_network_interface(CreateEniRequest {
                 subnet_id: self.subnet_id.clone(),
                 description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
+                security_groups: self.meta.security_groups.clone(),
                 tags,
-                secondary_ip_count: ips,
+                ips: IpRequest::Secondary(ips),
             })
             .await?;
         let attachment = match self
             .deps
             .ec2
-            .attach_network_interface(&eni.id, &self.meta.instance_id, device_index)
+            .attach_network_interface(&eni.id, &self.meta.instance_id, device_index, 0)
             .await
         {
             Ok(a) => a,
@@ -377,7 +384,7 @@ impl Node {
         {
             tracing::warn!(eni = %eni.id, error = %e, "could not set DeleteOnTermination");
         }
-        let Some(mac) = eni.mac_addr() else {
+        let Some(mac) = MacAddr::parse(&eni.mac) else {
             return Err(Ec2Error::Other {
                 api: "CreateNetworkInterface",
                 code: "InvalidMac".into(),

@@ -22,7 +22,13 @@ fn published_examples_print_one_number() {
         ("t3.nano", "4"),
         ("trn1.32xlarge", "247"),
     ] {
-        let (ok, out, err) = max_pods(&["--instance-type", t, "--cni-version", "1.23.1", "--show-max-allowed"]);
+        let (ok, out, err) = max_pods(&[
+            "--instance-type",
+            t,
+            "--cni-version",
+            "1.23.1",
+            "--show-max-allowed",
+        ]);
         assert!(ok, "{t}: {err}");
         assert_eq!(out, want, "{t}");
     }
@@ -34,21 +40,53 @@ fn published_examples_print_one_number() {
 fn flags_change_the_answer_as_the_formula_says() {
     // m5.large: 3 ENIs x 10 IPv4. Custom networking: 2 x 9 + 2 = 20; prefix delegation: 3 x 9 x 16 + 2 = 434,
     // capped at 110 (2 vCPUs); --cni-max-eni 1: 1 x 9 + 2 = 11.
-    assert_eq!(max_pods(&["--instance-type", "m5.large", "--cni-custom-networking-enabled"]).1, "20");
-    assert_eq!(max_pods(&["--instance-type", "m5.large", "--cni-prefix-delegation-enabled"]).1, "110");
     assert_eq!(
-        max_pods(&["--instance-type", "m5.large", "--cni-prefix-delegation-enabled", "--show-max-allowed"]).1,
+        max_pods(&[
+            "--instance-type",
+            "m5.large",
+            "--cni-custom-networking-enabled"
+        ])
+        .1,
+        "20"
+    );
+    assert_eq!(
+        max_pods(&[
+            "--instance-type",
+            "m5.large",
+            "--cni-prefix-delegation-enabled"
+        ])
+        .1,
+        "110"
+    );
+    assert_eq!(
+        max_pods(&[
+            "--instance-type",
+            "m5.large",
+            "--cni-prefix-delegation-enabled",
+            "--show-max-allowed"
+        ])
+        .1,
         "434"
     );
-    assert_eq!(max_pods(&["--instance-type", "m5.large", "--cni-max-eni", "1"]).1, "11");
+    assert_eq!(
+        max_pods(&["--instance-type", "m5.large", "--cni-max-eni", "1"]).1,
+        "11"
+    );
 }
 
 #[test]
 fn errors_name_the_cause() {
     let (ok, _, err) = max_pods(&["--instance-type", "m5.lage"]);
     assert!(!ok);
-    assert!(err.contains("m5.large"), "should suggest the closest name: {err}");
-    let (ok, _, err) = max_pods(&["--instance-type", "t2.micro", "--cni-prefix-delegation-enabled"]);
+    assert!(
+        err.contains("m5.large"),
+        "should suggest the closest name: {err}"
+    );
+    let (ok, _, err) = max_pods(&[
+        "--instance-type",
+        "t2.micro",
+        "--cni-prefix-delegation-enabled",
+    ]);
     assert!(!ok);
     assert!(err.contains("Nitro"), "{err}");
 }

@@ -21,7 +21,10 @@ use futures::future::BoxFuture;
 use instance_limits::InstanceLimits;
 use ipnetwork::Ipv4Network;
 
-use crate::ec2::{CreateEniRequest, Ec2, Ec2Error, EniDescription};
+use crate::ec2::{
+    Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
+    InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
+};
 use crate::imds::{Imds, ImdsEni, ImdsError, NodeMetadata};
 
 /// A NIC as the hypervisor presents it to the instance.
@@ -118,7 +121,10 @@ struct SimState {
     instance_type: String,
     subnet_id: String,
     subnet_cidr: Ipv4Network,
+    vpc_id: String,
     vpc_cidr: Ipv4Network,
+    security_groups: Vec<String>,
+    subnet_tags: BTreeMap<String, String>,
     availability_zone: String,
     max_enis: u32,
     ipv4_per_eni: u32,
@@ -174,7 +180,10 @@ impl SimEc2 {
             instance_type: spec.instance_type.clone(),
             subnet_id: "subnet-0sim0000000000001".into(),
             subnet_cidr: spec.subnet_cidr,
+            vpc_id: "vpc-0sim00000000000001".into(),
             vpc_cidr: spec.vpc_cidr,
+            security_groups: vec!["sg-0sim00000000000001".into()],
+            subnet_tags: BTreeMap::new(),
             availability_zone: spec.availability_zone.clone(),
             max_enis: limits.enis,
             ipv4_per_eni: limits.ipv4_per_eni,
@@ -192,10 +201,13 @@ impl SimEc2 {
         .map_err(|e| SimError::Plug(e.to_string()))?;
         let primary_id = primary.id.clone();
         state.enis.insert(primary_id.clone(), primary);
+        let instance_id = state.instance_id.clone();
         if let Some(eni) = state.enis.get_mut(&primary_id) {
             eni.device_index = Some(0);
             eni.attachment_id = Some("eni-attach-primary".into());
+            eni.instance_id = Some(instance_id);
             eni.status = "in-use".into();
+            eni.delete_on_termination = true;
         }
         let sim = SimEc2 {
             state: Arc::new(Mutex::new(state)),
@@ -239,7 +251,7 @@ impl SimEc2 {
         let eni = st.enis.get(eni_id)?;
         Some(SimNic {
             device_index: eni.device_index?,
-            mac: eni.mac_addr()?,
+            mac: mac_of(eni)?,
             primary_ip: eni.primary_ip,
             subnet: st.subnet_cidr,
             is_primary: eni.device_index == Some(0),
@@ -304,14 +316,32 @@ fn new_eni(
         mac,
         primary_ip,
         secondary_ips: ips,
+        ipv4_prefixes: Vec::new(),
         subnet_id: st.subnet_id.clone(),
         subnet_cidr: st.subnet_cidr,
+        vpc_id: st.vpc_id.clone(),
         device_index: None,
+        network_card_index: 0,
         attachment_id: None,
+        instance_id: None,
         status: "available".into(),
+        interface_type: "interface".into(),
         description,
         tags,
+        delete_on_termination: false,
     })
+}
+
+fn mac_of(eni: &EniDescription) -> Option<datapath::MacAddr> {
+    datapath::MacAddr::parse(&eni.mac)
+}
+
+fn prefixes_unsupported(api: &'static str) -> Ec2Error {
+    Ec2Error::Other {
+        api,
+        code: "UnsupportedOperation".into(),
+        message: "prefix delegation is not simulated yet".into(),
+    }
 }
 
 fn not_found(api: &'static str, id: &str) -> Ec2Error {
@@ -337,7 +367,13 @@ impl Ec2 for SimEc2 {
                     message: format!("subnet {} does not exist", req.subnet_id),
                 });
             }
-            let eni = new_eni(&mut st, req.description, req.tags, req.secondary_ip_count)?;
+            let secondary = match req.ips {
+                IpRequest::Secondary(n) => n,
+                IpRequest::Prefixes(_) => {
+                    return Err(prefixes_unsupported("CreateNetworkInterface"))
+                }
+            };
+            let eni = new_eni(&mut st, req.description, req.tags, secondary)?;
             st.enis.insert(eni.id.clone(), eni.clone());
             eni
         };
@@ -350,9 +386,19 @@ impl Ec2 for SimEc2 {
         eni_id: &str,
         instance_id: &str,
         device_index: u32,
+        network_card_index: u32,
     ) -> Result<String, Ec2Error> {
         let api = "AttachNetworkInterface";
         self.count(api);
+        if network_card_index != 0 {
+            return Err(Ec2Error::Other {
+                api,
+                code: "InvalidParameterValue".into(),
+                message: format!(
+                    "the simulated instance has one network card, not {network_card_index}"
+                ),
+            });
+        }
         let attachment = {
             let mut st = self.lock();
             if instance_id != st.instance_id {
@@ -395,6 +441,7 @@ impl Ec2 for SimEc2 {
             let attachment = format!("eni-attach-{}", &eni_id[4..]);
             eni.device_index = Some(device_index);
             eni.attachment_id = Some(attachment.clone());
+            eni.instance_id = Some(instance_id.to_string());
             eni.status = "in-use".into();
             attachment
         };
@@ -429,20 +476,22 @@ impl Ec2 for SimEc2 {
     ) -> Result<(), Ec2Error> {
         let api = "ModifyNetworkInterfaceAttribute";
         self.count(api);
-        let st = self.lock();
-        st.enis
-            .get(eni_id)
-            .map(|_| ())
-            .ok_or_else(|| not_found(api, eni_id))
+        let mut st = self.lock();
+        let eni = st
+            .enis
+            .get_mut(eni_id)
+            .ok_or_else(|| not_found(api, eni_id))?;
+        eni.delete_on_termination = true;
+        Ok(())
     }
 
-    async fn assign_private_ips(
-        &self,
-        eni_id: &str,
-        count: u32,
-    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+    async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
         let api = "AssignPrivateIpAddresses";
         self.count(api);
+        let count = match req {
+            IpRequest::Secondary(n) => n,
+            IpRequest::Prefixes(_) => return Err(prefixes_unsupported(api)),
+        };
         let (ips, mac, attached) = {
             let mut st = self.lock();
             let limit = st.ipv4_per_eni;
@@ -460,7 +509,7 @@ impl Ec2 for SimEc2 {
                 .get_mut(eni_id)
                 .ok_or_else(|| not_found(api, eni_id))?;
             eni.secondary_ips.extend(ips.iter().copied());
-            (ips, eni.mac_addr(), eni.device_index.is_some())
+            (ips, mac_of(eni), eni.device_index.is_some())
         };
         if let (Some(mac), true) = (mac, attached) {
             if let Err(e) = self.hotplug.bind_ips(mac, ips.clone(), true).await {
@@ -468,12 +517,23 @@ impl Ec2 for SimEc2 {
             }
         }
         self.snapshot();
-        Ok(ips)
+        Ok(Assigned {
+            ips,
+            prefixes: Vec::new(),
+        })
     }
 
-    async fn unassign_private_ips(&self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<(), Ec2Error> {
+    async fn unassign_private_ips(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+    ) -> Result<(), Ec2Error> {
         let api = "UnassignPrivateIpAddresses";
         self.count(api);
+        if !prefixes.is_empty() {
+            return Err(prefixes_unsupported(api));
+        }
         let mac = {
             let mut st = self.lock();
             let eni = st
@@ -488,7 +548,7 @@ impl Ec2 for SimEc2 {
                 });
             }
             eni.secondary_ips.retain(|ip| !ips.contains(ip));
-            let mac = eni.mac_addr();
+            let mac = mac_of(eni);
             st.free.extend(ips.iter().copied());
             mac
         };
@@ -531,6 +591,7 @@ impl Ec2 for SimEc2 {
         if let Some(eni) = self.lock().enis.get_mut(&eni_id) {
             eni.device_index = None;
             eni.attachment_id = None;
+            eni.instance_id = None;
             eni.status = "available".into();
         }
         self.snapshot();
@@ -570,6 +631,136 @@ impl Ec2 for SimEc2 {
             .map(|id| st.enis.get(id).cloned().ok_or_else(|| not_found(api, id)))
             .collect()
     }
+
+    async fn list_network_interfaces(
+        &self,
+        filter: &EniFilter,
+    ) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.count("DescribeNetworkInterfaces");
+        let st = self.lock();
+        Ok(st
+            .enis
+            .values()
+            .filter(|e| {
+                filter.vpc_id.as_ref().is_none_or(|v| *v == e.vpc_id)
+                    && filter.status.as_ref().is_none_or(|s| *s == e.status)
+                    && filter
+                        .attachment_instance_id
+                        .as_ref()
+                        .is_none_or(|i| e.instance_id.as_ref() == Some(i))
+                    && filter.tag_keys.iter().all(|k| e.tags.contains_key(k))
+                    && filter.tags.iter().all(|(k, v)| e.tags.get(k) == Some(v))
+            })
+            .cloned()
+            .collect())
+    }
+
+    async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
+        let api = "DescribeInstances";
+        self.count(api);
+        let st = self.lock();
+        if instance_id != st.instance_id {
+            return Err(Ec2Error::NotFound {
+                api,
+                what: format!("instance {instance_id}"),
+            });
+        }
+        Ok(InstanceDescription {
+            instance_id: st.instance_id.clone(),
+            instance_type: st.instance_type.clone(),
+            subnet_id: st.subnet_id.clone(),
+            vpc_id: st.vpc_id.clone(),
+            security_groups: st.security_groups.clone(),
+            attachments: st
+                .enis
+                .values()
+                .filter_map(|e| e.device_index.map(|d| (e.network_card_index, d)))
+                .collect(),
+        })
+    }
+
+    async fn describe_subnets(
+        &self,
+        filter: &SubnetFilter,
+    ) -> Result<Vec<SubnetDescription>, Ec2Error> {
+        self.count("DescribeSubnets");
+        let st = self.lock();
+        let subnet = SubnetDescription {
+            id: st.subnet_id.clone(),
+            cidr: st.subnet_cidr,
+            availability_zone: st.availability_zone.clone(),
+            vpc_id: st.vpc_id.clone(),
+            available_ip_count: st.free.len() as u64,
+            tags: st.subnet_tags.clone(),
+        };
+        let matches = (filter.ids.is_empty() || filter.ids.contains(&subnet.id))
+            && filter.vpc_id.as_ref().is_none_or(|v| *v == subnet.vpc_id)
+            && filter
+                .availability_zone
+                .as_ref()
+                .is_none_or(|z| *z == subnet.availability_zone);
+        Ok(if matches { vec![subnet] } else { Vec::new() })
+    }
+
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), Ec2Error> {
+        let api = "CreateTags";
+        self.count(api);
+        {
+            let mut st = self.lock();
+            let eni = st
+                .enis
+                .get_mut(resource_id)
+                .ok_or_else(|| not_found(api, resource_id))?;
+            eni.tags
+                .extend(tags.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        self.snapshot();
+        Ok(())
+    }
+
+    async fn describe_instance_types(
+        &self,
+        types: &[String],
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        let api = "DescribeInstanceTypes";
+        self.count(api);
+        let pick: Vec<&InstanceLimits> = if types.is_empty() {
+            instance_limits::all().iter().collect()
+        } else {
+            types
+                .iter()
+                .map(|t| {
+                    instance_limits::lookup(t).ok_or_else(|| Ec2Error::Other {
+                        api,
+                        code: "InvalidInstanceType".into(),
+                        message: format!("the instance type {t:?} does not exist"),
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        Ok(pick
+            .into_iter()
+            .map(|l| InstanceTypeInfo {
+                instance_type: l.instance_type.to_string(),
+                enis: l.enis,
+                default_network_card_index: l.default_network_card_index,
+                network_cards: l
+                    .network_cards
+                    .iter()
+                    .map(|c| (c.index, c.max_enis))
+                    .collect(),
+                ipv4_per_eni: l.ipv4_per_eni,
+                ipv6_per_eni: l.ipv6_per_eni,
+                hypervisor: l.hypervisor.as_str().to_string(),
+                bare_metal: l.bare_metal,
+                vcpus: l.vcpus,
+            })
+            .collect())
+    }
 }
 
 /// IMDS as seen from the simulated instance.
@@ -592,6 +783,13 @@ impl Imds for SimEc2 {
             primary_mac: primary.mac.clone(),
             local_ipv4: primary.primary_ip,
             vpc_cidrs: vec![st.vpc_cidr],
+            region: st
+                .availability_zone
+                .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+                .to_string(),
+            vpc_id: st.vpc_id.clone(),
+            subnet_id: st.subnet_id.clone(),
+            security_groups: st.security_groups.clone(),
         })
     }
 
@@ -611,6 +809,8 @@ impl Imds for SimEc2 {
                     subnet_id: e.subnet_id.clone(),
                     subnet_cidr: e.subnet_cidr,
                     ipv4s,
+                    ipv4_prefixes: e.ipv4_prefixes.clone(),
+                    network_card: e.network_card_index,
                 })
             })
             .collect();
@@ -637,7 +837,8 @@ mod tests {
             subnet_id: "subnet-0sim0000000000001".into(),
             description: "aws-K8S-test".into(),
             tags: BTreeMap::new(),
-            secondary_ip_count: n,
+            security_groups: Vec::new(),
+            ips: IpRequest::Secondary(n),
         };
         assert!(matches!(
             s.create_network_interface(req(10)).await,
@@ -646,26 +847,29 @@ mod tests {
         let a = s.create_network_interface(req(9)).await.expect("eni a");
         let b = s.create_network_interface(req(0)).await.expect("eni b");
         let c = s.create_network_interface(req(0)).await.expect("eni c");
-        s.attach_network_interface(&a.id, &iid, 1)
+        s.attach_network_interface(&a.id, &iid, 1, 0)
             .await
             .expect("attach a");
         assert!(
-            s.attach_network_interface(&b.id, &iid, 1).await.is_err(),
+            s.attach_network_interface(&b.id, &iid, 1, 0).await.is_err(),
             "index in use"
         );
-        s.attach_network_interface(&b.id, &iid, 2)
+        s.attach_network_interface(&b.id, &iid, 2, 0)
             .await
             .expect("attach b");
         assert!(matches!(
-            s.attach_network_interface(&c.id, &iid, 3).await,
+            s.attach_network_interface(&c.id, &iid, 3, 0).await,
             Err(Ec2Error::EniLimitExceeded { .. })
         ));
         assert!(matches!(
-            s.assign_private_ips(&a.id, 1).await,
+            s.assign_private_ips(&a.id, IpRequest::Secondary(1)).await,
             Err(Ec2Error::IpLimitExceeded { .. })
         ));
-        let got = s.assign_private_ips(&b.id, 9).await.expect("assign");
-        assert_eq!(got.len(), 9);
+        let got = s
+            .assign_private_ips(&b.id, IpRequest::Secondary(9))
+            .await
+            .expect("assign");
+        assert_eq!(got.ips.len(), 9);
         let enis = s.enis().await.expect("imds");
         assert_eq!(enis.len(), 3);
         assert_eq!(enis[2].ipv4s.len(), 10);
@@ -680,14 +884,20 @@ mod tests {
             .await
             .expect("launch");
         let primary = s.enis().await.expect("imds")[0].eni_id.clone();
-        s.assign_private_ips(&primary, 9).await.expect("9 fit");
-        let err = s.assign_private_ips(&primary, 0).await.map(|v| v.len());
+        s.assign_private_ips(&primary, IpRequest::Secondary(9))
+            .await
+            .expect("9 fit");
+        let err = s
+            .assign_private_ips(&primary, IpRequest::Secondary(0))
+            .await
+            .map(|v| v.ips.len());
         assert_eq!(err, Ok(0));
         let req = CreateEniRequest {
             subnet_id: "subnet-0sim0000000000001".into(),
             description: String::new(),
             tags: BTreeMap::new(),
-            secondary_ip_count: 1,
+            security_groups: Vec::new(),
+            ips: IpRequest::Secondary(1),
         };
         assert!(matches!(
             s.create_network_interface(req).await,
