@@ -10,13 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_cni_proto::{CniBackendServer, HEALTH_SERVICE_NAME};
+use aws_cni_proto::{CniBackendServer, IpamdControlServer, HEALTH_SERVICE_NAME};
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, ProcessEnv};
+use crate::control::ControlService;
 use crate::hostnet::NetlinkHostNetwork;
 use crate::node::{Node, NodeDeps, NodeError};
 use crate::rpc::CniService;
@@ -139,6 +140,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(CniBackendServer::new(CniService::new(Arc::clone(&node))))
+        .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(&node))))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
 

@@ -17,6 +17,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod datastore;
 pub mod demo;

@@ -4,7 +4,8 @@
 //! numbers and types), so our plugin can talk to the anchor's daemon and the anchor's plugin to ours. Our
 //! additions (typed failure reasons) use tags >= 100, which older peers skip as unknown fields.
 //!
-//! The standard `grpc.health.v1` service is served next to it by `ipamd` (through `tonic-health`).
+//! Next to it `ipamd` serves `rpc.IpamdControl` (ours: pool status, allocation listing and garbage collection, for
+//! CNI 1.1 STATUS/GC, CHECK and `ipamd status`) and the standard `grpc.health.v1` (through `tonic-health`).
 
 #![allow(clippy::doc_markdown)]
 
@@ -16,9 +17,12 @@ pub mod rpc {
 
 pub use rpc::cni_backend_client::CniBackendClient;
 pub use rpc::cni_backend_server::{CniBackend, CniBackendServer};
+pub use rpc::ipamd_control_client::IpamdControlClient;
+pub use rpc::ipamd_control_server::{IpamdControl, IpamdControlServer};
 pub use rpc::{
-    AddNetworkReply, AddNetworkRequest, DelNetworkReply, DelNetworkRequest, FailureReason,
-    IpAllocationMetadata,
+    AddNetworkReply, AddNetworkRequest, Allocation, Attachment, DelNetworkReply, DelNetworkRequest,
+    FailureReason, GcReply, GcRequest, IpAllocationMetadata, ListAllocationsReply,
+    ListAllocationsRequest, PoolCounts, StatusReply, StatusRequest,
 };
 
 /// The anchor's socket path; kept so the two binaries can be swapped for the anchor's.

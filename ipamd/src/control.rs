@@ -1,0 +1,163 @@
+//! The `rpc.IpamdControl` service (ours): readiness for CNI STATUS, allocation listing for CHECK and
+//! `ipamd status`, and garbage collection for CNI GC.
+//!
+//! Readiness means "an ADD would get an address now, or the pool can still grow to serve it": a free address
+//! (not cooling down), or room to add addresses (an ENI with free slots, or a free ENI slot) below max-pods.
+//! Not ready says why, with the same reasons an ADD would get.
+//!
+//! GC runs in the daemon, under one datastore lock per release, so a pod ADDed while the collection runs is never
+//! released: only keys absent from the runtime's list of valid attachments are.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use aws_cni_proto::{
+    Allocation as PbAllocation, FailureReason, GcReply, GcRequest, IpamdControl,
+    ListAllocationsReply, ListAllocationsRequest, PoolCounts, StatusReply, StatusRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::datastore::{Allocation, IpamKey, PodMeta};
+use crate::node::Node;
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct ControlService {
+    node: Arc<Node>,
+}
+
+impl ControlService {
+    pub fn new(node: Arc<Node>) -> ControlService {
+        ControlService { node }
+    }
+}
+
+fn to_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Whether the node can serve an ADD, and if not, why.
+pub fn readiness(node: &Node) -> (bool, FailureReason, String, PoolCounts) {
+    let s = node.stats();
+    let p = node.policy();
+    let ds = node.datastore();
+    let counts = PoolCounts {
+        total: to_u32(s.total),
+        assigned: to_u32(s.assigned),
+        cooldown: to_u32(s.cooldown),
+        available: to_u32(s.available),
+        enis: to_u32(s.enis),
+        max_enis: p.max_enis,
+        max_pods: p.max_pods,
+        ips_per_eni: p.ips_per_eni,
+    };
+    if s.available > 0 {
+        let msg = format!("{} address(es) free", s.available);
+        return (true, FailureReason::FailureUnspecified, msg, counts);
+    }
+    if counts.total >= p.max_pods {
+        let reason = if s.cooldown > 0 {
+            FailureReason::AllFreeIpsInCooldown
+        } else {
+            FailureReason::MaxPodsReached
+        };
+        let msg = format!(
+            "node holds {} addresses, its max-pods limit ({}); {} cooling down",
+            counts.total, p.max_pods, s.cooldown
+        );
+        return (false, reason, msg, counts);
+    }
+    let room_on_enis = ds.enis().any(|e| to_u32(e.ip_count()) < p.ips_per_eni);
+    if room_on_enis || counts.enis < p.max_enis {
+        let msg = "no free address yet; the pool is growing".to_string();
+        return (true, FailureReason::FailureUnspecified, msg, counts);
+    }
+    if s.cooldown > 0 {
+        let msg = format!(
+            "all {} free address(es) are cooling down and every ENI is attached and full",
+            s.cooldown
+        );
+        return (false, FailureReason::AllFreeIpsInCooldown, msg, counts);
+    }
+    let msg = format!(
+        "all {} ENIs are attached and full ({} addresses, all assigned)",
+        p.max_enis, counts.total
+    );
+    (false, FailureReason::NodeAtEniLimit, msg, counts)
+}
+
+fn pb(key: &IpamKey, meta: &PodMeta, a: &Allocation) -> PbAllocation {
+    PbAllocation {
+        network_name: key.network_name.clone(),
+        container_id: key.container_id.clone(),
+        if_name: key.if_name.clone(),
+        i_pv4_addr: a.ip.to_string(),
+        device_number: i32::try_from(a.device_number).unwrap_or(i32::MAX),
+        route_table_id: i32::try_from(a.route_table).unwrap_or(i32::MAX),
+        eniid: a.eni_id.clone(),
+        k8s_pod_namespace: meta.namespace.clone(),
+        k8s_pod_name: meta.name.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl IpamdControl for ControlService {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
+        let (ready, reason, message, counts) = readiness(&self.node);
+        let meta = self.node.metadata();
+        Ok(Response::new(StatusReply {
+            ready,
+            reason: reason as i32,
+            message,
+            counts: Some(counts),
+            instance_id: meta.instance_id.clone(),
+            instance_type: meta.instance_type.clone(),
+        }))
+    }
+
+    async fn list_allocations(
+        &self,
+        request: Request<ListAllocationsRequest>,
+    ) -> Result<Response<ListAllocationsReply>, Status> {
+        let req = request.into_inner();
+        let allocations = self
+            .node
+            .datastore()
+            .assignments()
+            .iter()
+            .filter(|(k, _, _)| req.network_name.is_empty() || k.network_name == req.network_name)
+            .filter(|(k, _, _)| req.container_id.is_empty() || k.container_id == req.container_id)
+            .map(|(k, m, a)| pb(k, m, a))
+            .collect();
+        Ok(Response::new(ListAllocationsReply { allocations }))
+    }
+
+    async fn gc(&self, request: Request<GcRequest>) -> Result<Response<GcReply>, Status> {
+        let req = request.into_inner();
+        if req.network_name.is_empty() {
+            return Err(Status::invalid_argument("Gc needs a NetworkName"));
+        }
+        let valid: HashSet<(String, String)> = req
+            .valid
+            .iter()
+            .map(|a| (a.container_id.clone(), a.if_name.clone()))
+            .collect();
+        let mut released = Vec::new();
+        let mut kept = Vec::new();
+        for (key, meta, alloc) in self.node.datastore().assignments() {
+            if key.network_name != req.network_name {
+                continue;
+            }
+            if valid.contains(&(key.container_id.clone(), key.if_name.clone())) {
+                kept.push(pb(&key, &meta, &alloc));
+            } else if let Some(a) = self.node.del(&key) {
+                tracing::info!(container = %key.container_id, ip = %a.ip, "GC released a stale address");
+                released.push(pb(&key, &meta, &a));
+            }
+        }
+        Ok(Response::new(GcReply { released, kept }))
+    }
+}
