@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_cni_proto::CniBackendClient;
+use aws_cni_proto::{CniBackendClient, IpamdControlClient};
 use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -28,11 +28,23 @@ pub enum ClientError {
     },
 }
 
-/// Connects to ipamd. Fails fast (within `timeout`) when nobody listens.
+/// Connects to ipamd's CNIBackend. Fails fast (within `timeout`) when nobody listens.
 pub async fn connect(
     path: &Path,
     timeout: Duration,
 ) -> Result<CniBackendClient<Channel>, ClientError> {
+    Ok(CniBackendClient::new(channel(path, timeout).await?))
+}
+
+/// Connects to ipamd's IpamdControl service.
+pub async fn connect_control(
+    path: &Path,
+    timeout: Duration,
+) -> Result<IpamdControlClient<Channel>, ClientError> {
+    Ok(IpamdControlClient::new(channel(path, timeout).await?))
+}
+
+async fn channel(path: &Path, timeout: Duration) -> Result<Channel, ClientError> {
     let unreachable = |reason: String| ClientError::Unreachable {
         path: path.to_owned(),
         reason,
@@ -58,7 +70,7 @@ pub async fn connect(
             }
             unreachable(reason)
         })?;
-    Ok(CniBackendClient::new(channel))
+    Ok(channel)
 }
 
 /// Maps a tonic status to our error.

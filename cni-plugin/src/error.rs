@@ -11,7 +11,8 @@
 //! | 104 | ipamd internal error |
 //! | 110 | programming the pod's network failed |
 //! | 111 | the pod's network namespace does not exist |
-//! | 112 | DEL could not remove everything |
+//! | 112 | DEL or GC could not remove everything |
+//! | 113 | CHECK found the pod's network different from what ADD built |
 
 use aws_cni_proto::FailureReason;
 use cni_types::{codes, CniError};
@@ -26,6 +27,7 @@ pub const IPAMD_INTERNAL: u32 = 104;
 pub const SETUP_FAILED: u32 = 110;
 pub const NETNS_MISSING: u32 = 111;
 pub const TEARDOWN_INCOMPLETE: u32 = 112;
+pub const DRIFT: u32 = 113;
 
 /// A plugin failure.
 #[derive(Debug, thiserror::Error)]
@@ -43,8 +45,10 @@ pub enum PluginError {
     NetnsMissing(String),
     #[error("setting up the pod's network: {0}")]
     Setup(String),
-    #[error("DEL left something behind: {0}")]
+    #[error("teardown left something behind: {0}")]
     Teardown(String),
+    #[error("the pod's network differs from what ADD built: {}", .0.join("; "))]
+    Drift(Vec<String>),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -78,6 +82,7 @@ impl PluginError {
             PluginError::NetnsMissing(_) => CniError::new(NETNS_MISSING, self.to_string()),
             PluginError::Setup(_) => CniError::new(SETUP_FAILED, self.to_string()),
             PluginError::Teardown(_) => CniError::new(TEARDOWN_INCOMPLETE, self.to_string()),
+            PluginError::Drift(_) => CniError::new(DRIFT, self.to_string()),
             PluginError::Runtime(_) => CniError::new(codes::IO, self.to_string()),
         }
     }

@@ -5,17 +5,20 @@
 //! Logs go to `pluginLogFile` (or stderr), never to stdout.
 
 mod add;
+mod check;
 mod client;
 mod conf;
 mod del;
 mod error;
+mod gc;
 mod identity;
+mod status;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use cni_types::{codes, CniEnv, CniError, Command};
+use cni_types::{CniEnv, CniError, Command};
 
 use crate::conf::PluginConf;
 use crate::error::PluginError;
@@ -74,6 +77,7 @@ fn version_of(bytes: &[u8]) -> String {
 fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
     let conf = PluginConf::parse(stdin)?;
     let version = cni_types::negotiate_version(&conf.net)?;
+    cni_types::check_command_version(env.command, &version)?;
     init_logging(&conf);
     let timeout = conf
         .ipamd_timeout_ms
@@ -91,10 +95,16 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
             Command::Del => del::del(env, &conf, timeout)
                 .await
                 .map(|()| serde_json::Value::Null),
-            other => Err(PluginError::Cni(CniError::new(
-                codes::INVALID_ENV,
-                format!("CNI_COMMAND {other} is not supported by this build of aws-cni"),
-            ))),
+            Command::Check => check::check(env, &conf, timeout)
+                .await
+                .map(|()| serde_json::Value::Null),
+            Command::Status => status::status(&conf, timeout)
+                .await
+                .map(|()| serde_json::Value::Null),
+            Command::Gc => gc::gc(&conf, timeout)
+                .await
+                .map(|()| serde_json::Value::Null),
+            Command::Version => Ok(cni_types::version_info(&version)),
         }
     });
     match outcome {
