@@ -143,3 +143,38 @@ mod tests {
         assert_eq!(c.pod_mtu().expect("mtu"), 1500);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::PluginConf;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever the runtime sends, parsing either yields a usable config or a CNI error with a config code.
+        #[test]
+        fn plugin_conf_never_panics(
+            prefix in proptest::option::of(".{0,6}"),
+            mtu in proptest::option::of(prop_oneof![
+                ".{0,6}".prop_map(serde_json::Value::String),
+                any::<i64>().prop_map(|n| serde_json::json!(n)),
+                any::<bool>().prop_map(serde_json::Value::Bool),
+            ]),
+            mode in proptest::option::of(".{0,10}"),
+        ) {
+            let mut v = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "type": "aws-cni"});
+            if let Some(p) = prefix { v["vethPrefix"] = serde_json::json!(p); }
+            if let Some(m) = mtu { v["mtu"] = m; }
+            if let Some(m) = mode { v["podSGEnforcingMode"] = serde_json::json!(m); }
+            match PluginConf::parse(v.to_string().as_bytes()) {
+                Ok(c) => {
+                    let mtu = c.pod_mtu().map_err(|e| TestCaseError::fail(e.msg))?;
+                    prop_assert!((576..=9001).contains(&mtu));
+                    prop_assert!((1..=4).contains(&c.veth_prefix.len()));
+                }
+                Err(e) => prop_assert!([1, 6, 7].contains(&e.code), "code {}", e.code),
+            }
+        }
+    }
+}
