@@ -12,6 +12,11 @@ have conntrack || need+=(conntrack)
 have jq || need+=(jq)
 have sha1sum || need+=(coreutils)
 [ -x /usr/lib/cni/ptp ] || need+=(containernetworking-plugins)
+# The real-runtime test: podman with its CNI backend, runc, and a busybox image from busybox-static.
+have podman || need+=(podman uidmap fuse-overlayfs)
+have runc || need+=(runc)
+[ -x /bin/busybox ] || need+=(busybox-static)
+have nsenter || need+=(util-linux)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"

@@ -102,12 +102,16 @@ pub async fn add(
     let mut pod_if = Interface::new(ifname.clone());
     pod_if.mac = links.container_mac.map(|m| m.to_string());
     pod_if.sandbox = Some(netns.display().to_string());
-    // The anchor's marker interface: its DEL reads the device number from `sandbox` when ipamd is down, so a
-    // rollback to the anchor can still tear down pods we created.
-    let mut marker = Interface::new(format!("dummy{}", &host_veth[conf.veth_prefix.len()..]));
-    marker.mac = Some("0".into());
-    marker.sandbox = Some(meta.device_number.to_string());
-    result.interfaces = vec![host_if, pod_if, marker];
+    result.interfaces = vec![host_if, pod_if];
+    // The anchor's marker interface, for Kubernetes pods only: the anchor's DEL reads the device number from its
+    // `sandbox` when ipamd is down, so a rollback to aws-node can still tear down pods we created. Unlike the
+    // anchor we leave out its `mac` ("0", a VLAN ID, not a MAC). Runtimes outside Kubernetes (podman) treat every
+    // interface with a sandbox as a container interface and reject the result over it, and never need a rollback.
+    if env.args.pod_namespace.is_some() {
+        let mut marker = Interface::new(format!("dummy{}", &host_veth[conf.veth_prefix.len()..]));
+        marker.sandbox = Some(meta.device_number.to_string());
+        result.interfaces.push(marker);
+    }
     result.ips = vec![IpConfig {
         address: cni_types::ipnetwork::IpNetwork::new(IpAddr::V4(ip), 32)
             .map_err(|e| PluginError::Setup(e.to_string()))?,
