@@ -232,6 +232,10 @@ fn del_works_when_the_netns_is_already_gone() {
     let del = cni(&ipamd.node, "DEL", &p, &with_prev(&conf, &add.json));
     assert!(del.success, "{}", del.stdout);
     assert_eq!(ipamd.node.snapshot(), before);
+    // And again, twice in a row, as runtimes retry.
+    let again = cni(&ipamd.node, "DEL", &p, &with_prev(&conf, &add.json));
+    assert!(again.success, "second DEL: {}", again.stdout);
+    assert_eq!(ipamd.node.snapshot(), before);
 }
 
 #[test]
