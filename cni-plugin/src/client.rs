@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_cni_proto::{CniBackendClient, IpamdControlClient};
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 /// Why ipamd could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -45,32 +43,12 @@ pub async fn connect_control(
 }
 
 async fn channel(path: &Path, timeout: Duration) -> Result<Channel, ClientError> {
-    let unreachable = |reason: String| ClientError::Unreachable {
-        path: path.to_owned(),
-        reason,
-    };
-    // The URI is required by the HTTP/2 layer but never resolved: the connector always dials the socket.
-    let endpoint = Endpoint::try_from("http://ipamd.local")
-        .map_err(|e| unreachable(e.to_string()))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
-    let socket = path.to_owned();
-    let channel = endpoint
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move { UnixStream::connect(socket).await.map(TokioIo::new) }
-        }))
+    aws_cni_proto::unix_channel(path, timeout)
         .await
-        .map_err(|e| {
-            let mut reason = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                reason = format!("{reason}: {s}");
-                src = s.source();
-            }
-            unreachable(reason)
-        })?;
-    Ok(channel)
+        .map_err(|e| ClientError::Unreachable {
+            path: path.to_owned(),
+            reason: aws_cni_proto::error_chain(&e),
+        })
 }
 
 /// Maps a tonic status to our error.

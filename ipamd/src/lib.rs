@@ -26,5 +26,7 @@ pub mod hostnet;
 pub mod imds;
 pub mod node;
 pub mod pool;
+pub mod probe;
 pub mod rpc;
 pub mod sim;
+pub mod status_cmd;

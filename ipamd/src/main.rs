@@ -25,6 +25,10 @@ enum Command {
     Demo(ipamd::demo::DemoArgs),
     /// Print the max-pods value for an instance type (the anchor's calculator, offline).
     MaxPods(instance_limits::MaxPodsArgs),
+    /// Probe a running ipamd: liveness (exit codes of grpc-health-probe), or readiness with --ready.
+    Health(HealthArgs),
+    /// Show a running ipamd's pool and pods.
+    Status(StatusArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +51,38 @@ struct RunArgs {
     /// Override the max-pods value computed from the instance type.
     #[arg(long)]
     max_pods: Option<u32>,
+}
+
+#[derive(Debug, clap::Args)]
+struct HealthArgs {
+    /// ipamd's socket.
+    #[arg(long, default_value = aws_cni_proto::DEFAULT_IPAMD_SOCKET)]
+    socket: PathBuf,
+    /// Also require that ipamd can serve a pod ADD now (or can grow its pool to).
+    #[arg(long)]
+    ready: bool,
+    /// Deadline for connecting and for each call, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// ipamd's socket.
+    #[arg(long, default_value = aws_cni_proto::DEFAULT_IPAMD_SOCKET)]
+    socket: PathBuf,
+    /// text for people, json for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    output: ipamd::status_cmd::StatusFormat,
+    /// Deadline for connecting and for each call.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 fn init_tracing() {
@@ -108,6 +144,41 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Health(args) => {
+            let result = small_runtime().map(|rt| {
+                rt.block_on(ipamd::probe::probe(&args.socket, args.timeout, args.ready))
+            });
+            match result {
+                Ok(r) => {
+                    if r.code == 0 {
+                        println!("{}", r.message);
+                    } else {
+                        eprintln!("ipamd health: {}", r.message);
+                    }
+                    ExitCode::from(r.code)
+                }
+                Err(e) => {
+                    eprintln!("ipamd health: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Status(args) => {
+            let result = small_runtime().map_err(|e| e.to_string()).and_then(|rt| {
+                rt.block_on(ipamd::status_cmd::status(&args.socket, args.timeout, args.output))
+                    .map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(text) => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ipamd status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::MaxPods(args) => {
             let imds = instance_limits::Imdsv2::from_env();
             let mut out = std::io::stdout().lock();

@@ -30,3 +30,39 @@ pub const DEFAULT_IPAMD_SOCKET: &str = "/var/run/aws-node/ipamd.sock";
 
 /// The health service name the anchor registers (and liveness probes ask for).
 pub const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.aws-node";
+
+/// A gRPC channel to a server on a Unix socket (ipamd), with `timeout` for connecting and for every call.
+///
+/// The URI is required by the HTTP/2 layer but never resolved: the connector always dials `path`.
+pub async fn unix_channel(
+    path: &std::path::Path,
+    timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let socket = path.to_owned();
+    tonic::transport::Endpoint::from_static("http://ipamd.local")
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+}
+
+/// The error and its sources on one line ("a: b: c"), for messages that must name the root cause.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out = format!("{out}: {s_text}");
+        }
+        src = s.source();
+    }
+    out
+}

@@ -1,0 +1,118 @@
+//! `ipamd status`: what the node holds, for a person at 3 a.m. (`--output text`) or a script (`--output json`).
+//!
+//! Reads everything from the running daemon over its socket (`rpc.IpamdControl`): readiness and the reason,
+//! pool counts, and every pod's address with its ENI and route table.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use aws_cni_proto::{FailureReason, IpamdControlClient, ListAllocationsRequest, StatusRequest};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Json,
+}
+
+/// Why `ipamd status` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("cannot connect to ipamd at {path}: {reason}")]
+    Connect { path: String, reason: String },
+    #[error("ipamd at {path}: {call} failed: {status}")]
+    Rpc {
+        path: String,
+        call: &'static str,
+        status: String,
+    },
+}
+
+/// Fetches the status and renders it.
+pub async fn status(socket: &Path, timeout: Duration, format: StatusFormat) -> Result<String, StatusError> {
+    let path = socket.display().to_string();
+    let channel = aws_cni_proto::unix_channel(socket, timeout)
+        .await
+        .map_err(|e| StatusError::Connect {
+            path: path.clone(),
+            reason: aws_cni_proto::error_chain(&e),
+        })?;
+    let mut client = IpamdControlClient::new(channel);
+    let st = client
+        .status(StatusRequest {})
+        .await
+        .map_err(|s| StatusError::Rpc {
+            path: path.clone(),
+            call: "Status",
+            status: s.message().to_string(),
+        })?
+        .into_inner();
+    let allocs = client
+        .list_allocations(ListAllocationsRequest::default())
+        .await
+        .map_err(|s| StatusError::Rpc {
+            path: path.clone(),
+            call: "ListAllocations",
+            status: s.message().to_string(),
+        })?
+        .into_inner()
+        .allocations;
+    let counts = st.counts.unwrap_or_default();
+    let reason = FailureReason::try_from(st.reason).unwrap_or(FailureReason::FailureUnspecified);
+    if format == StatusFormat::Json {
+        let v = serde_json::json!({
+            "instanceId": st.instance_id,
+            "instanceType": st.instance_type,
+            "ready": st.ready,
+            "reason": if st.ready { serde_json::Value::Null } else { reason.as_str_name().into() },
+            "message": st.message,
+            "pool": {
+                "total": counts.total, "assigned": counts.assigned, "cooldown": counts.cooldown,
+                "available": counts.available, "enis": counts.enis, "maxEnis": counts.max_enis,
+                "maxPods": counts.max_pods, "ipsPerEni": counts.ips_per_eni,
+            },
+            "pods": allocs.iter().map(|a| serde_json::json!({
+                "namespace": a.k8s_pod_namespace, "name": a.k8s_pod_name, "ip": a.i_pv4_addr,
+                "eni": a.eniid, "deviceNumber": a.device_number, "routeTable": a.route_table_id,
+                "network": a.network_name, "ifName": a.if_name,
+            })).collect::<Vec<_>>(),
+        });
+        return Ok(serde_json::to_string_pretty(&v).unwrap_or_default());
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "instance   {} ({})", st.instance_id, st.instance_type);
+    let _ = writeln!(
+        out,
+        "ready      {}{}",
+        if st.ready { "yes" } else { "NO" },
+        if st.ready { String::new() } else { format!(" ({})", reason.as_str_name()) }
+    );
+    let _ = writeln!(out, "           {}", st.message);
+    let _ = writeln!(
+        out,
+        "pool       {} addresses: {} assigned, {} cooling down, {} free",
+        counts.total, counts.assigned, counts.cooldown, counts.available
+    );
+    let _ = writeln!(
+        out,
+        "limits     {} of {} ENIs, {} addresses per ENI, max-pods {}",
+        counts.enis, counts.max_enis, counts.ips_per_eni, counts.max_pods
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(out, "{:<40} {:<15} {:<24} {:>5}", "POD", "IP", "ENI", "TABLE");
+    for a in &allocs {
+        let pod = if a.k8s_pod_namespace.is_empty() {
+            a.k8s_pod_name.clone()
+        } else {
+            format!("{}/{}", a.k8s_pod_namespace, a.k8s_pod_name)
+        };
+        let table = if a.route_table_id == 254 {
+            "main".to_string()
+        } else {
+            a.route_table_id.to_string()
+        };
+        let _ = writeln!(out, "{:<40} {:<15} {:<24} {:>5}", pod, a.i_pv4_addr, a.eniid, table);
+    }
+    Ok(out)
+}
