@@ -11,6 +11,7 @@ have ping || need+=(iputils-ping)
 have conntrack || need+=(conntrack)
 have jq || need+=(jq)
 have sha1sum || need+=(coreutils)
+have curl || need+=(curl)
 [ -x /usr/lib/cni/ptp ] || need+=(containernetworking-plugins)
 # The real-runtime test: podman with its CNI backend, runc, and a busybox image from busybox-static.
 have podman || need+=(podman uidmap fuse-overlayfs)

@@ -8,7 +8,8 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use aws_cni_proto::{CniBackendServer, IpamdControlServer, HEALTH_SERVICE_NAME};
 use tokio::net::UnixListener;
@@ -16,9 +17,11 @@ use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::clock::SystemClock;
-use crate::config::{Config, ConfigError, ProcessEnv};
+use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
 use crate::hostnet::NetlinkHostNetwork;
+use crate::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
+use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
 use crate::node::{Node, NodeDeps, NodeError};
 use crate::rpc::CniService;
 use crate::sim::fabric::NetnsFabric;
@@ -71,6 +74,62 @@ pub enum DaemonError {
     },
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    BindAddress(#[from] BindAddressError),
+    #[error(transparent)]
+    Http(#[from] ServeError),
+}
+
+/// Endpoint settings, from the anchor's variables.
+#[derive(Debug, Clone)]
+struct Endpoints {
+    metrics: Option<BindAddress>,
+    introspection: Option<BindAddress>,
+}
+
+fn env_bool(env: &dyn EnvSource, var: &'static str) -> Result<bool, ConfigError> {
+    match env.get(var).map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if v.is_empty() || v == "false" || v == "0" => Ok(false),
+        Some(v) if v == "true" || v == "1" => Ok(true),
+        Some(v) => Err(ConfigError {
+            var,
+            value: v,
+            reason: "expected true or false".into(),
+        }),
+    }
+}
+
+fn endpoints(env: &dyn EnvSource) -> Result<Endpoints, DaemonError> {
+    let metrics = if env_bool(env, "DISABLE_METRICS")? {
+        None
+    } else {
+        let v = env
+            .get("METRICS_BIND_ADDRESS")
+            .unwrap_or_else(|| ":61678".into());
+        Some(BindAddress::parse("METRICS_BIND_ADDRESS", &v)?)
+    };
+    let introspection = if env_bool(env, "DISABLE_INTROSPECTION")? {
+        None
+    } else {
+        let v = env
+            .get("INTROSPECTION_BIND_ADDRESS")
+            .unwrap_or_else(|| "127.0.0.1:61679".into());
+        Some(BindAddress::parse("INTROSPECTION_BIND_ADDRESS", &v)?)
+    };
+    Ok(Endpoints {
+        metrics,
+        introspection,
+    })
+}
+
+/// Effective values of the variables the anchor's introspection reports, with the anchor's defaults.
+fn env_settings(env: &dyn EnvSource, vars: &[(&str, &str)]) -> BTreeMap<String, String> {
+    vars.iter()
+        .map(|(k, default)| (k.to_string(), env.get(k).unwrap_or_else(|| default.to_string())))
+        .collect()
 }
 
 /// Removes a stale socket and binds a new one with mode 0660 (root only, as the anchor).
@@ -94,7 +153,10 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
+    let startup = Instant::now();
     let config = Config::from_env(&ProcessEnv)?;
+    let endpoints = endpoints(&ProcessEnv)?;
+    let metrics = Arc::new(Metrics::new()?);
     let clock = Arc::new(SystemClock::default());
     let deps = match opts.backend {
         Backend::Aws => return Err(DaemonError::AwsBackendUnavailable),
@@ -110,14 +172,28 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             let sim = SimEc2::launch(spec, Arc::new(fabric)).await?;
             let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
             NodeDeps {
-                ec2: Arc::new(sim.clone()),
-                imds: Arc::new(sim),
+                ec2: Arc::new(MeteredEc2::new(Arc::new(sim.clone()), Arc::clone(&metrics))),
+                imds: Arc::new(MeteredImds::new(Arc::new(sim), Arc::clone(&metrics))),
                 hostnet: Arc::new(NetlinkHostNetwork::new(nl)),
                 clock,
             }
         }
     };
-    let node = Node::init(deps, config, opts.max_pods).await?;
+    let init_started = Instant::now();
+    let node = match Node::init(deps, config, opts.max_pods).await {
+        Ok(n) => n,
+        Err(e) => {
+            metrics
+                .node_initialization_duration_seconds
+                .with_label_values(&["false"])
+                .observe(init_started.elapsed().as_secs_f64());
+            return Err(e.into());
+        }
+    };
+    metrics
+        .node_initialization_duration_seconds
+        .with_label_values(&["true"])
+        .observe(init_started.elapsed().as_secs_f64());
     if let Err(e) = node.fill().await {
         // Not fatal: the anchor never makes the node unusable because EC2 said no; the pool task retries.
         tracing::warn!(error = %e, "initial pool fill failed; will retry in the background");
@@ -135,11 +211,58 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .set_service_status(HEALTH_SERVICE_NAME, tonic_health::ServingStatus::Serving)
         .await;
 
+    let http_state = HttpState {
+        node: Arc::clone(&node),
+        metrics: Arc::clone(&metrics),
+        networkutils_env: env_settings(
+            &ProcessEnv,
+            &[
+                ("AWS_VPC_K8S_CNI_CONNMARK", "0x80"),
+                ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", ""),
+                ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "false"),
+                ("AWS_EXTERNAL_SERVICE_CIDRS", ""),
+                ("AWS_VPC_ENI_MTU", "9001"),
+                ("AWS_VPC_K8S_CNI_VETHPREFIX", "eni"),
+                ("AWS_VPC_CNI_NODE_PORT_SUPPORT", "true"),
+                ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "prng"),
+            ],
+        ),
+        ipamd_env: env_settings(
+            &ProcessEnv,
+            &[
+                ("WARM_IP_TARGET", ""),
+                ("WARM_ENI_TARGET", "1"),
+                ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "false"),
+                ("AWS_MANAGE_ENIS_NON_SCHEDULABLE", "false"),
+                ("ENABLE_SUBNET_DISCOVERY", "true"),
+            ],
+        ),
+        eni_config: None,
+    };
+    let mut http_tasks = Vec::new();
+    if let Some(addr) = &endpoints.metrics {
+        http_tasks.push(
+            http::spawn(addr, http::metrics_router(http_state.clone()), Arc::clone(&shutdown)).await?,
+        );
+    }
+    if let Some(addr) = &endpoints.introspection {
+        http_tasks.push(
+            http::spawn(addr, http::introspection_router(http_state), Arc::clone(&shutdown)).await?,
+        );
+    }
+
     let listener = bind_socket(&opts.socket)?;
+    metrics
+        .startup_duration_seconds
+        .with_label_values(&["true", "false", ""])
+        .observe(startup.elapsed().as_secs_f64());
     tracing::info!(socket = %opts.socket.display(), "serving rpc.CNIBackend and grpc.health.v1");
     let served = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CniBackendServer::new(CniService::new(Arc::clone(&node))))
+        .add_service(CniBackendServer::new(CniService::new(
+            Arc::clone(&node),
+            Arc::clone(&metrics),
+        )))
         .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(&node))))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
@@ -148,6 +271,9 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     shutdown.notify_one();
     if let Err(e) = pool.await {
         tracing::warn!(error = %e, "pool task ended abnormally");
+    }
+    for t in http_tasks {
+        let _ = t.await;
     }
     if let Err(e) = std::fs::remove_file(&opts.socket) {
         tracing::debug!(error = %e, "socket already removed");

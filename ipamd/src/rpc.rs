@@ -14,17 +14,19 @@ use aws_cni_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::datastore::{Allocation, IpamKey, PodMeta};
+use crate::metrics::Metrics;
 use crate::node::Node;
 
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct CniService {
     node: Arc<Node>,
+    metrics: Arc<Metrics>,
 }
 
 impl CniService {
-    pub fn new(node: Arc<Node>) -> CniService {
-        CniService { node }
+    pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> CniService {
+        CniService { node, metrics }
     }
 }
 
@@ -62,6 +64,7 @@ impl CniBackend for CniService {
         request: Request<AddNetworkRequest>,
     ) -> Result<Response<AddNetworkReply>, Status> {
         let started = Instant::now();
+        self.metrics.add_ip_req_count.inc();
         let req = request.into_inner();
         let key = match key_of(&req.network_name, &req.container_id, &req.if_name) {
             Ok(k) => k,
@@ -97,6 +100,11 @@ impl CniBackend for CniService {
                 }
             }
             Err(f) => {
+                self.metrics.no_available_ip_addresses.inc();
+                self.metrics
+                    .add_failures
+                    .with_label_values(&[f.reason.as_str_name()])
+                    .inc();
                 tracing::warn!(
                     pod = %format!("{}/{}", meta.namespace, meta.name),
                     container = %key.container_id,
@@ -111,6 +119,9 @@ impl CniBackend for CniService {
                 }
             }
         };
+        self.metrics
+            .add_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(Response::new(reply))
     }
 
@@ -118,7 +129,12 @@ impl CniBackend for CniService {
         &self,
         request: Request<DelNetworkRequest>,
     ) -> Result<Response<DelNetworkReply>, Status> {
+        let started = Instant::now();
         let req = request.into_inner();
+        self.metrics
+            .del_ip_req_count
+            .with_label_values(&[if req.reason.is_empty() { "PodDeleted" } else { &req.reason }])
+            .inc();
         let key = match key_of(&req.network_name, &req.container_id, &req.if_name) {
             Ok(k) => k,
             Err(msg) => {
@@ -138,6 +154,9 @@ impl CniBackend for CniService {
             ip = ?released.as_ref().map(|a| a.ip),
             "DelNetwork"
         );
+        self.metrics
+            .del_latency_seconds
+            .observe(started.elapsed().as_secs_f64());
         // Unknown key: a repeated DEL, or a pod ipamd never saw. Success with no IP, so DEL stays idempotent.
         Ok(Response::new(DelNetworkReply {
             success: true,

@@ -1,0 +1,600 @@
+//! Prometheus metrics: every `awscni_*` series of the anchor (same names, types and labels, so existing
+//! dashboards and alerts keep working), plus ours.
+//!
+//! Where values come from:
+//! - request path: [`crate::rpc`] counts ADD/DEL and observes their latency as ipamd sees it;
+//! - EC2 and IMDS: [`MeteredEc2`] / [`MeteredImds`] wrap the backends and record every call (latency summary by
+//!   API, errors by code, and ours: calls by API and outcome with throttling apart) — nothing in the pool engine
+//!   needs to know about metrics;
+//! - pool state: gauges are refreshed from the datastore when scraped ([`Metrics::refresh`]), so they are exact
+//!   at scrape time and cost nothing between scrapes;
+//! - startup: the daemon observes the startup and node-initialisation histograms once.
+//!
+//! `awscni_aws_api_latency_ms` is a summary in the anchor; the Rust clients have no summary type, so
+//! [`LatencySummary`] is a small collector that keeps the last [`SUMMARY_WINDOW`] observations per label set and
+//! reports the 0.5/0.9/0.99 quantiles over them, with cumulative sum and count.
+//!
+//! Series the anchor has for features this daemon does not run yet (security groups for pods, connmark
+//! reconcile, forced removals by reconcile, prefixes) are registered with their labels and stay at zero until the
+//! feature feeds them; the test of this module lists which.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use ipnetwork::Ipv4Network;
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::ec2::{
+    Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
+    InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
+};
+use crate::imds::{Imds, ImdsEni, ImdsError, NodeMetadata};
+use crate::node::Node;
+
+/// Observations kept per label set for the latency summary's quantiles.
+pub const SUMMARY_WINDOW: usize = 512;
+
+/// A summary metric with labels (see the module docs).
+#[derive(Debug)]
+pub struct LatencySummary {
+    desc: Desc,
+    label_names: Vec<String>,
+    series: Mutex<BTreeMap<Vec<String>, SummaryState>>,
+}
+
+#[derive(Debug, Default)]
+struct SummaryState {
+    window: VecDeque<f64>,
+    sum: f64,
+    count: u64,
+}
+
+impl LatencySummary {
+    fn new(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<LatencySummary> {
+        Ok(LatencySummary {
+            desc: Desc::new(
+                name.into(),
+                help.into(),
+                labels.iter().map(|l| l.to_string()).collect(),
+                Default::default(),
+            )?,
+            label_names: labels.iter().map(|l| l.to_string()).collect(),
+            series: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Records one observation for `labels` (in the declared order).
+    pub fn observe(&self, labels: &[&str], value: f64) {
+        let key: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let st = series.entry(key).or_default();
+        if st.window.len() == SUMMARY_WINDOW {
+            st.window.pop_front();
+        }
+        st.window.push_back(value);
+        st.sum += value;
+        st.count += 1;
+    }
+}
+
+impl Collector for LatencySummary {
+    fn desc(&self) -> Vec<&Desc> {
+        vec![&self.desc]
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut metrics = Vec::new();
+        for (values, st) in series.iter() {
+            let mut sorted: Vec<f64> = st.window.iter().copied().collect();
+            sorted.sort_by(|a, b| a.total_cmp(b));
+            let mut quantiles = Vec::new();
+            for q in [0.5, 0.9, 0.99] {
+                let mut quantile = Quantile::default();
+                quantile.set_quantile(q);
+                let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+                quantile.set_value(sorted.get(idx).copied().unwrap_or(f64::NAN));
+                quantiles.push(quantile);
+            }
+            let mut summary = Summary::default();
+            summary.set_sample_count(st.count);
+            summary.set_sample_sum(st.sum);
+            summary.set_quantile(quantiles);
+            let mut m = Metric::default();
+            m.set_label(
+                self.label_names
+                    .iter()
+                    .zip(values)
+                    .map(|(n, v)| {
+                        let mut lp = LabelPair::default();
+                        lp.set_name(n.clone());
+                        lp.set_value(v.clone());
+                        lp
+                    })
+                    .collect(),
+            );
+            m.set_summary(summary);
+            metrics.push(m);
+        }
+        let mut family = MetricFamily::default();
+        family.set_name(self.desc.fq_name.clone());
+        family.set_help(self.desc.help.clone());
+        family.set_field_type(MetricType::SUMMARY);
+        family.set_metric(metrics);
+        vec![family]
+    }
+}
+
+/// Every series, registered in one registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// (name, help, type) of every family, for [`Metrics::render`].
+    declared: Vec<(String, String, &'static str)>,
+    // --- the anchor's ---
+    pub ipamd_error_count: IntCounterVec,
+    pub ipamd_action_inprogress: IntGaugeVec,
+    pub eni_max: IntGauge,
+    pub ip_max: IntGauge,
+    pub reconcile_count: IntCounterVec,
+    pub add_ip_req_count: IntCounter,
+    pub del_ip_req_count: IntCounterVec,
+    pub pod_eni_error_count: IntCounterVec,
+    pub aws_api_latency_ms: Arc<LatencySummary>,
+    pub aws_api_error_count: IntCounterVec,
+    pub aws_utils_error_count: IntCounterVec,
+    pub ec2api_req_count: IntCounterVec,
+    pub ec2api_error_count: IntCounterVec,
+    pub eni_allocated: IntGauge,
+    pub total_ip_addresses: IntGauge,
+    pub assigned_ip_addresses: IntGauge,
+    pub force_removed_enis: IntCounter,
+    pub force_removed_ips: IntCounter,
+    pub total_ipv4_prefixes: IntGauge,
+    pub assigned_ip_per_cidr: IntGaugeVec,
+    pub no_available_ip_addresses: IntCounter,
+    pub assigned_ip_per_eni: IntGaugeVec,
+    pub startup_duration_seconds: HistogramVec,
+    pub node_initialization_duration_seconds: HistogramVec,
+    pub connmark_backend: IntGaugeVec,
+    pub connmark_reconcile_total: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    // --- ours ---
+    /// ADD latency inside ipamd (request in to reply out).
+    pub add_latency_seconds: Histogram,
+    /// DEL latency inside ipamd.
+    pub del_latency_seconds: Histogram,
+    /// ADDs that got no address, by reason.
+    pub add_failures: IntCounterVec,
+    /// EC2 calls by API and outcome (`ok`, `throttled`, `error`).
+    pub ec2_calls: IntCounterVec,
+    /// Addresses per ENI by state (`total`, `assigned`, `cooldown`, `available`).
+    pub pool_ips: IntGaugeVec,
+    /// Time to write the checkpoint.
+    pub checkpoint_write_seconds: Histogram,
+}
+
+/// Registers families and remembers their declarations.
+struct Builder {
+    r: Registry,
+    declared: Vec<(String, String, &'static str)>,
+}
+
+impl Builder {
+    fn note(&mut self, name: &str, help: &str, kind: &'static str) {
+        self.declared.push((name.into(), help.into(), kind));
+    }
+
+    fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.r.register(Box::new(c.clone()))?;
+        self.note(name, help, "counter");
+        Ok(c)
+    }
+
+    fn gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.r.register(Box::new(g.clone()))?;
+        self.note(name, help, "gauge");
+        Ok(g)
+    }
+
+    fn counter(&mut self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        let c = IntCounter::new(name, help)?;
+        self.r.register(Box::new(c.clone()))?;
+        self.note(name, help, "counter");
+        Ok(c)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        let g = IntGauge::new(name, help)?;
+        self.r.register(Box::new(g.clone()))?;
+        self.note(name, help, "gauge");
+        Ok(g)
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, buckets: Vec<f64>) -> prometheus::Result<Histogram> {
+        let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+        self.r.register(Box::new(h.clone()))?;
+        self.note(name, help, "histogram");
+        Ok(h)
+    }
+
+    fn histogram_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<HistogramVec> {
+        let h = HistogramVec::new(HistogramOpts::new(name, help), labels)?;
+        self.r.register(Box::new(h.clone()))?;
+        self.note(name, help, "histogram");
+        Ok(h)
+    }
+}
+
+/// Latency buckets for in-daemon request handling: 10 µs .. 1 s.
+fn request_buckets() -> Vec<f64> {
+    vec![
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+        1.0,
+    ]
+}
+
+impl Metrics {
+    /// Registers every series.
+    pub fn new() -> prometheus::Result<Metrics> {
+        let mut r = Builder {
+            r: Registry::new(),
+            declared: Vec::new(),
+        };
+        let summary = Arc::new(LatencySummary::new(
+            "awscni_aws_api_latency_ms",
+            "AWS API call latency in ms",
+            &["api", "error", "status"],
+        )?);
+        r.r.register(Box::new(SharedCollector(Arc::clone(&summary))))?;
+        r.note("awscni_aws_api_latency_ms", "AWS API call latency in ms", "summary");
+        let m = Metrics {
+            ipamd_error_count: r.counter_vec("awscni_ipamd_error_count", "The number of errors encountered in ipamd", &["fn"])?,
+            ipamd_action_inprogress: r.gauge_vec("awscni_ipamd_action_inprogress", "The number of ipamd actions in progress", &["fn"])?,
+            eni_max: r.gauge("awscni_eni_max", "The maximum number of ENIs that can be attached to the instance")?,
+            ip_max: r.gauge("awscni_ip_max", "The maximum number of IP addresses that can be allocated to the instance")?,
+            reconcile_count: r.counter_vec("awscni_reconcile_count", "The number of times ipamd reconciles on ENIs and IP addresses", &["fn"])?,
+            add_ip_req_count: r.counter("awscni_add_ip_req_count", "The number of add IP address requests")?,
+            del_ip_req_count: r.counter_vec("awscni_del_ip_req_count", "The number of delete IP address requests", &["reason"])?,
+            pod_eni_error_count: r.counter_vec("awscni_pod_eni_error_count", "The number of errors encountered for pod ENIs", &["fn"])?,
+            aws_api_latency_ms: summary,
+            aws_api_error_count: r.counter_vec("awscni_aws_api_error_count", "The number of times AWS API returns an error", &["api", "error"])?,
+            aws_utils_error_count: r.counter_vec("awscni_aws_utils_error_count", "The number of errors not handled in awsutils library", &["fn", "error"])?,
+            ec2api_req_count: r.counter_vec("awscni_ec2api_req_count", "The number of requests made to EC2 APIs by CNI", &["fn"])?,
+            ec2api_error_count: r.counter_vec("awscni_ec2api_error_count", "The number of failed EC2 APIs requests", &["fn"])?,
+            eni_allocated: r.gauge("awscni_eni_allocated", "The number of ENIs allocated")?,
+            total_ip_addresses: r.gauge("awscni_total_ip_addresses", "The total number of IP addresses")?,
+            assigned_ip_addresses: r.gauge("awscni_assigned_ip_addresses", "The number of IP addresses assigned to pods")?,
+            force_removed_enis: r.counter("awscni_force_removed_enis", "The number of ENIs force removed while they had assigned pods")?,
+            force_removed_ips: r.counter("awscni_force_removed_ips", "The number of IPs force removed while they had assigned pods")?,
+            total_ipv4_prefixes: r.gauge("awscni_total_ipv4_prefixes", "The total number of IPv4 prefixes")?,
+            assigned_ip_per_cidr: r.gauge_vec("awscni_assigned_ip_per_cidr", "The total number of IP addresses assigned per cidr", &["cidr"])?,
+            no_available_ip_addresses: r.counter("awscni_no_available_ip_addresses", "The number of pod IP assignments that fail due to no available IP addresses")?,
+            assigned_ip_per_eni: r.gauge_vec("awscni_assigned_ip_per_eni", "The number of IP addresses assigned per ENI", &["eni"])?,
+            startup_duration_seconds: r.histogram_vec("awscni_ipamd_startup_duration_seconds", "Time taken for ipamd to start up", &["success", "with_api_server", "failure_reason"])?,
+            node_initialization_duration_seconds: r.histogram_vec("awscni_ipamd_node_initialization_duration_seconds", "Time taken to initialise the node", &["success"])?,
+            connmark_backend: r.gauge_vec("awscni_connmark_backend", "The connmark backend in use", &["backend"])?,
+            connmark_reconcile_total: r.counter_vec("awscni_connmark_reconcile_total", "Connmark rule reconciliations", &["result"])?,
+            build_info: r.gauge_vec("awscni_build_info", "VPC CNI build information", &["version", "revision", "goversion"])?,
+            add_latency_seconds: r.histogram("awscni_ipamd_add_network_seconds", "AddNetwork handling time inside ipamd", request_buckets())?,
+            del_latency_seconds: r.histogram("awscni_ipamd_del_network_seconds", "DelNetwork handling time inside ipamd", request_buckets())?,
+            add_failures: r.counter_vec("awscni_ipamd_add_network_failures_total", "AddNetwork requests that got no address, by reason", &["reason"])?,
+            ec2_calls: r.counter_vec("awscni_ec2_calls_total", "EC2 API calls by API and outcome (ok, throttled, error)", &["api", "outcome"])?,
+            pool_ips: r.gauge_vec("awscni_pool_ips", "Addresses per ENI by state (total, assigned, cooldown, available)", &["eni", "state"])?,
+            checkpoint_write_seconds: r.histogram("awscni_checkpoint_write_seconds", "Time to persist the checkpoint", request_buckets())?,
+            declared: std::mem::take(&mut r.declared),
+            registry: r.r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), option_env!("AWS_CNI_REVISION").unwrap_or("unknown"), "rust"])
+            .set(1);
+        Ok(m)
+    }
+
+    /// Sets the pool gauges from the node's current state.
+    pub fn refresh(&self, node: &Node) {
+        let policy = node.policy();
+        self.eni_max.set(i64::from(policy.max_enis));
+        self.ip_max
+            .set(i64::from(policy.max_enis) * i64::from(policy.ips_per_eni));
+        let ds = node.datastore();
+        let stats = node.stats();
+        self.eni_allocated.set(stats.enis as i64);
+        self.total_ip_addresses.set(stats.total as i64);
+        self.assigned_ip_addresses.set(stats.assigned as i64);
+        let assigned: BTreeMap<Ipv4Addr, String> = ds
+            .assignments()
+            .into_iter()
+            .map(|(_, _, a)| (a.ip, a.eni_id))
+            .collect();
+        self.assigned_ip_per_eni.reset();
+        self.assigned_ip_per_cidr.reset();
+        self.pool_ips.reset();
+        for eni in ds.enis() {
+            let total = eni.ip_count() as i64;
+            let used = eni.assigned_count() as i64;
+            self.assigned_ip_per_eni
+                .with_label_values(&[&eni.id])
+                .set(used);
+            for ip in eni.ips() {
+                let cidr = Ipv4Network::from(ip).to_string();
+                self.assigned_ip_per_cidr
+                    .with_label_values(&[&cidr])
+                    .set(i64::from(assigned.contains_key(&ip)));
+            }
+            self.pool_ips.with_label_values(&[&eni.id, "total"]).set(total);
+            self.pool_ips.with_label_values(&[&eni.id, "assigned"]).set(used);
+        }
+        // Cooldown and availability are node-wide for now (eni="all").
+        self.pool_ips
+            .with_label_values(&["all", "cooldown"])
+            .set(stats.cooldown as i64);
+        self.pool_ips
+            .with_label_values(&["all", "available"])
+            .set(stats.available as i64);
+    }
+
+    /// The text exposition of every series. Families without samples yet (label vectors nobody has used) still
+    /// get their `# HELP` and `# TYPE` lines, so the full schema is visible from the first scrape.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        let families = self.registry.gather();
+        if let Err(e) = encoder.encode(&families, &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        let mut text = String::from_utf8(buf).unwrap_or_default();
+        let present: std::collections::HashSet<&str> =
+            families.iter().map(|f| f.name()).collect();
+        for (name, help, kind) in &self.declared {
+            if !present.contains(name.as_str()) {
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            }
+        }
+        text
+    }
+
+    fn record_aws(&self, api: &'static str, started: Instant, err: Option<&str>, throttled: bool) {
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (error, status) = match err {
+            None => ("false", "200"),
+            Some(_) if throttled => ("true", "503"),
+            Some(_) => ("true", "400"),
+        };
+        self.aws_api_latency_ms.observe(&[api, error, status], ms);
+        let outcome = match (err, throttled) {
+            (None, _) => "ok",
+            (Some(_), true) => "throttled",
+            (Some(_), false) => "error",
+        };
+        self.ec2_calls.with_label_values(&[api, outcome]).inc();
+        if let Some(code) = err {
+            self.aws_api_error_count.with_label_values(&[api, code]).inc();
+        }
+    }
+}
+
+/// Registers an `Arc`'d collector.
+struct SharedCollector<C: Collector>(Arc<C>);
+
+impl<C: Collector> Collector for SharedCollector<C> {
+    fn desc(&self) -> Vec<&Desc> {
+        self.0.desc()
+    }
+    fn collect(&self) -> Vec<MetricFamily> {
+        self.0.collect()
+    }
+}
+
+/// An [`Ec2`] that records every call in [`Metrics`] and delegates to the real backend.
+pub struct MeteredEc2 {
+    inner: Arc<dyn Ec2>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredEc2 {
+    pub fn new(inner: Arc<dyn Ec2>, metrics: Arc<Metrics>) -> MeteredEc2 {
+        MeteredEc2 { inner, metrics }
+    }
+
+    async fn call<T>(
+        &self,
+        api: &'static str,
+        fut: impl std::future::Future<Output = Result<T, Ec2Error>>,
+    ) -> Result<T, Ec2Error> {
+        self.metrics.ec2api_req_count.with_label_values(&[api]).inc();
+        self.metrics
+            .ipamd_action_inprogress
+            .with_label_values(&[api])
+            .inc();
+        let started = Instant::now();
+        let res = fut.await;
+        self.metrics
+            .ipamd_action_inprogress
+            .with_label_values(&[api])
+            .dec();
+        match &res {
+            Ok(_) => self.metrics.record_aws(api, started, None, false),
+            Err(e) => {
+                self.metrics.ec2api_error_count.with_label_values(&[api]).inc();
+                self.metrics
+                    .record_aws(api, started, Some(e.code()), matches!(e, Ec2Error::Throttled { .. }));
+            }
+        }
+        res
+    }
+}
+
+#[async_trait]
+impl Ec2 for MeteredEc2 {
+    async fn create_network_interface(&self, req: CreateEniRequest) -> Result<EniDescription, Ec2Error> {
+        self.call("CreateNetworkInterface", self.inner.create_network_interface(req))
+            .await
+    }
+    async fn attach_network_interface(
+        &self,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+        network_card_index: u32,
+    ) -> Result<String, Ec2Error> {
+        self.call(
+            "AttachNetworkInterface",
+            self.inner
+                .attach_network_interface(eni_id, instance_id, device_index, network_card_index),
+        )
+        .await
+    }
+    async fn set_delete_on_termination(&self, eni_id: &str, attachment_id: &str) -> Result<(), Ec2Error> {
+        self.call(
+            "ModifyNetworkInterfaceAttribute",
+            self.inner.set_delete_on_termination(eni_id, attachment_id),
+        )
+        .await
+    }
+    async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
+        self.call("AssignPrivateIpAddresses", self.inner.assign_private_ips(eni_id, req))
+            .await
+    }
+    async fn unassign_private_ips(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+    ) -> Result<(), Ec2Error> {
+        self.call(
+            "UnassignPrivateIpAddresses",
+            self.inner.unassign_private_ips(eni_id, ips, prefixes),
+        )
+        .await
+    }
+    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        self.call("DetachNetworkInterface", self.inner.detach_network_interface(attachment_id))
+            .await
+    }
+    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        self.call("DeleteNetworkInterface", self.inner.delete_network_interface(eni_id))
+            .await
+    }
+    async fn describe_network_interfaces(&self, ids: &[String]) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.call("DescribeNetworkInterfaces", self.inner.describe_network_interfaces(ids))
+            .await
+    }
+    async fn list_network_interfaces(&self, filter: &EniFilter) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.call("DescribeNetworkInterfaces", self.inner.list_network_interfaces(filter))
+            .await
+    }
+    async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
+        self.call("DescribeInstances", self.inner.describe_instance(instance_id))
+            .await
+    }
+    async fn describe_subnets(&self, filter: &SubnetFilter) -> Result<Vec<SubnetDescription>, Ec2Error> {
+        self.call("DescribeSubnets", self.inner.describe_subnets(filter))
+            .await
+    }
+    async fn create_tags(&self, resource_id: &str, tags: &BTreeMap<String, String>) -> Result<(), Ec2Error> {
+        self.call("CreateTags", self.inner.create_tags(resource_id, tags))
+            .await
+    }
+    async fn describe_instance_types(&self, types: &[String]) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        self.call("DescribeInstanceTypes", self.inner.describe_instance_types(types))
+            .await
+    }
+}
+
+/// An [`Imds`] that times every read under api=`GetMetadata`, as the anchor does.
+pub struct MeteredImds {
+    inner: Arc<dyn Imds>,
+    metrics: Arc<Metrics>,
+}
+
+impl MeteredImds {
+    pub fn new(inner: Arc<dyn Imds>, metrics: Arc<Metrics>) -> MeteredImds {
+        MeteredImds { inner, metrics }
+    }
+
+    fn record<T>(&self, started: Instant, res: &Result<T, ImdsError>) {
+        let err = res.as_ref().err().map(|_| "GetMetadataError");
+        self.metrics.record_aws("GetMetadata", started, err, false);
+        if err.is_some() {
+            self.metrics
+                .aws_utils_error_count
+                .with_label_values(&["GetMetadata", "GetMetadataError"])
+                .inc();
+        }
+    }
+}
+
+#[async_trait]
+impl Imds for MeteredImds {
+    async fn node(&self) -> Result<NodeMetadata, ImdsError> {
+        let started = Instant::now();
+        let res = self.inner.node().await;
+        self.record(started, &res);
+        res
+    }
+    async fn enis(&self) -> Result<Vec<ImdsEni>, ImdsError> {
+        let started = Instant::now();
+        let res = self.inner.enis().await;
+        self.record(started, &res);
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_names_and_types_are_kept() {
+        let m = Metrics::new().expect("metrics");
+        m.add_ip_req_count.inc();
+        m.del_ip_req_count.with_label_values(&["PodDeleted"]).inc();
+        m.aws_api_latency_ms.observe(&["AssignPrivateIpAddresses", "false", "200"], 12.0);
+        let text = m.render();
+        for (name, kind) in [
+            ("awscni_add_ip_req_count", "counter"),
+            ("awscni_del_ip_req_count", "counter"),
+            ("awscni_aws_api_latency_ms", "summary"),
+            ("awscni_build_info", "gauge"),
+        ] {
+            assert!(text.contains(&format!("# TYPE {name} {kind}")), "{name} {kind}:\n{text}");
+        }
+        assert!(text.contains("awscni_add_ip_req_count 1"), "counters keep their exact name (no _total)");
+        assert!(text.contains("awscni_aws_api_latency_ms_count{api=\"AssignPrivateIpAddresses\""));
+    }
+
+    #[test]
+    #[allow(deprecated)] // the plain model's getters for Metric/Summary have no non-deprecated form
+    fn summary_quantiles_follow_the_window() {
+        let s = LatencySummary::new("x", "h", &["api"]).expect("summary");
+        for v in 1..=100 {
+            s.observe(&["a"], f64::from(v));
+        }
+        let fam = s.collect();
+        let sum = fam[0].get_metric()[0].get_summary();
+        assert_eq!(sum.sample_count(), 100);
+        assert!((sum.sample_sum() - 5050.0).abs() < 1e-9);
+        let q: Vec<f64> = sum.get_quantile().iter().map(|q| q.value()).collect();
+        assert!((q[0] - 50.0).abs() <= 1.0, "{q:?}");
+        assert!((q[2] - 99.0).abs() <= 1.0, "{q:?}");
+        // Older observations leave the window; sum and count stay cumulative.
+        for _ in 0..SUMMARY_WINDOW {
+            s.observe(&["a"], 1000.0);
+        }
+        let fam = s.collect();
+        let sum = fam[0].get_metric()[0].get_summary();
+        assert_eq!(sum.get_quantile()[0].value(), 1000.0);
+        assert_eq!(sum.sample_count(), 100 + SUMMARY_WINDOW as u64);
+    }
+}
