@@ -2,9 +2,33 @@
 //!
 //! All reads go through [`EnvSource`], so tests pass a map and nothing deep in the daemon reads `std::env`.
 //! Every invalid value stops startup with an error that names the variable and the value.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `WARM_ENI_TARGET` | 1 | free ENIs' worth of IPs to keep (ignored when an IP target is set) |
+//! | `WARM_IP_TARGET` | unset | free IPs to keep |
+//! | `MINIMUM_IP_TARGET` | unset | floor on total IPs |
+//! | `WARM_PREFIX_TARGET` | unset | free /28 prefixes to keep (prefix delegation) |
+//! | `ENABLE_PREFIX_DELEGATION` | false | /28 prefixes instead of secondary IPs (Nitro only) |
+//! | `MAX_ENI` | unset (-1) | cap on ENIs below the instance limit |
+//! | `IP_COOLDOWN_PERIOD` | 30 | seconds before a released IP is handed out again |
+//! | `DISABLE_NETWORK_RESOURCE_PROVISIONING` | false | never change anything in EC2 |
+//! | `AWS_VPC_K8S_CNI_EXTERNALSNAT` | false | no SNAT/connmark rules on the node |
+//! | `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS` | "" | comma list of IPv4 CIDRs not SNATed |
+//! | `AWS_VPC_K8S_CNI_RANDOMIZESNAT` | prng | `prng` (--random-fully), `hashrandom` (--random), `none` |
+//! | `AWS_VPC_K8S_CNI_CONNMARK` | 0x80 | the connmark/fwmark bit of non-VPC pod traffic |
+//! | `AWS_VPC_CNI_NODE_PORT_SUPPORT` | true | mark NodePort traffic so replies leave through the primary ENI |
+//! | `AWS_VPC_ENI_MTU` | 9001 | ENI MTU (576-9001) |
+//! | `POD_MTU` | `AWS_VPC_ENI_MTU` | pod veth MTU (576-9001) |
+//! | `ENABLE_SUBNET_DISCOVERY` | true | new ENIs go to the subnet with most free IPs among the node's and those tagged `kubernetes.io/role/cni` |
+//! | `CLUSTER_NAME` | "" | cluster tag on new ENIs, and leak-cleanup filter |
+//! | `ADDITIONAL_ENI_TAGS` | {} | JSON object of extra ENI tags (keys containing `k8s.amazonaws.com` dropped) |
+//! | `DISABLE_LEAKED_ENI_CLEANUP` | false | no periodic deletion of this instance's leaked ENIs |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use ipnetwork::Ipv4Network;
 
 /// Where configuration values come from.
 pub trait EnvSource {
@@ -35,6 +59,28 @@ pub const ENV_IP_COOLDOWN_PERIOD: &str = "IP_COOLDOWN_PERIOD";
 pub const ENV_ENI_MTU: &str = "AWS_VPC_ENI_MTU";
 pub const ENV_POD_MTU: &str = "POD_MTU";
 pub const ENV_DISABLE_NETWORK_RESOURCE_PROVISIONING: &str = "DISABLE_NETWORK_RESOURCE_PROVISIONING";
+pub const ENV_WARM_PREFIX_TARGET: &str = "WARM_PREFIX_TARGET";
+pub const ENV_ENABLE_PREFIX_DELEGATION: &str = "ENABLE_PREFIX_DELEGATION";
+pub const ENV_EXTERNAL_SNAT: &str = "AWS_VPC_K8S_CNI_EXTERNALSNAT";
+pub const ENV_EXCLUDE_SNAT_CIDRS: &str = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS";
+pub const ENV_RANDOMIZE_SNAT: &str = "AWS_VPC_K8S_CNI_RANDOMIZESNAT";
+pub const ENV_CONNMARK: &str = "AWS_VPC_K8S_CNI_CONNMARK";
+pub const ENV_NODE_PORT_SUPPORT: &str = "AWS_VPC_CNI_NODE_PORT_SUPPORT";
+pub const ENV_ENABLE_SUBNET_DISCOVERY: &str = "ENABLE_SUBNET_DISCOVERY";
+pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
+pub const ENV_ADDITIONAL_ENI_TAGS: &str = "ADDITIONAL_ENI_TAGS";
+pub const ENV_DISABLE_LEAKED_ENI_CLEANUP: &str = "DISABLE_LEAKED_ENI_CLEANUP";
+
+/// How the SNAT rule picks source ports (`AWS_VPC_K8S_CNI_RANDOMIZESNAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RandomizeSnat {
+    /// `--random-fully` (the default, `prng`).
+    Prng,
+    /// `--random` (`hashrandom`).
+    HashRandom,
+    /// Neither (`none`).
+    None,
+}
 
 /// A configuration value that cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -64,6 +110,24 @@ pub struct Config {
     pub pod_mtu: u32,
     /// Never call EC2 to change anything.
     pub disable_provisioning: bool,
+    /// Free /28 prefixes to keep (prefix delegation); 0 = unset.
+    pub warm_prefix_target: u32,
+    /// Ask EC2 for /28 prefixes instead of secondary IPs.
+    pub prefix_delegation: bool,
+    /// Someone else (a NAT gateway) translates pod traffic: no SNAT or connmark rules here.
+    pub external_snat: bool,
+    /// Destinations whose traffic keeps the pod's address.
+    pub exclude_snat_cidrs: Vec<Ipv4Network>,
+    pub randomize_snat: RandomizeSnat,
+    /// The connmark/fwmark bit.
+    pub connmark: u32,
+    pub node_port_support: bool,
+    pub subnet_discovery: bool,
+    /// `CLUSTER_NAME`; empty = unset.
+    pub cluster_name: String,
+    /// `ADDITIONAL_ENI_TAGS`, reserved keys dropped.
+    pub additional_eni_tags: BTreeMap<String, String>,
+    pub disable_leaked_eni_cleanup: bool,
 }
 
 impl Default for Config {
@@ -77,8 +141,105 @@ impl Default for Config {
             eni_mtu: 9001,
             pod_mtu: 9001,
             disable_provisioning: false,
+            warm_prefix_target: 0,
+            prefix_delegation: false,
+            external_snat: false,
+            exclude_snat_cidrs: Vec::new(),
+            randomize_snat: RandomizeSnat::Prng,
+            connmark: 0x80,
+            node_port_support: true,
+            subnet_discovery: true,
+            cluster_name: String::new(),
+            additional_eni_tags: BTreeMap::new(),
+            disable_leaked_eni_cleanup: false,
         }
     }
+}
+
+fn invalid(var: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError {
+        var,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn parse_cidrs(env: &dyn EnvSource, var: &'static str) -> Result<Vec<Ipv4Network>, ConfigError> {
+    let Some(v) = env.get(var) else {
+        return Ok(Vec::new());
+    };
+    v.split(',')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<Ipv4Network>()
+                .map_err(|_| invalid(var, &v, &format!("{c:?} is not an IPv4 CIDR")))
+        })
+        .collect()
+}
+
+fn parse_randomize(env: &dyn EnvSource) -> Result<RandomizeSnat, ConfigError> {
+    match env.get(ENV_RANDOMIZE_SNAT) {
+        None => Ok(RandomizeSnat::Prng),
+        Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "prng" => Ok(RandomizeSnat::Prng),
+            "hashrandom" => Ok(RandomizeSnat::HashRandom),
+            "none" => Ok(RandomizeSnat::None),
+            _ => Err(invalid(
+                ENV_RANDOMIZE_SNAT,
+                &v,
+                "expected prng, hashrandom or none",
+            )),
+        },
+    }
+}
+
+fn parse_mark(env: &dyn EnvSource) -> Result<u32, ConfigError> {
+    let Some(v) = env.get(ENV_CONNMARK) else {
+        return Ok(0x80);
+    };
+    let t = v.trim();
+    if t.is_empty() {
+        return Ok(0x80);
+    }
+    let n = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse::<u32>(),
+    };
+    match n {
+        Ok(m) if m != 0 => Ok(m),
+        _ => Err(invalid(
+            ENV_CONNMARK,
+            &v,
+            "expected a non-zero mark (decimal or 0x hex)",
+        )),
+    }
+}
+
+fn parse_tags(env: &dyn EnvSource) -> Result<BTreeMap<String, String>, ConfigError> {
+    let Some(v) = env.get(ENV_ADDITIONAL_ENI_TAGS) else {
+        return Ok(BTreeMap::new());
+    };
+    if v.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let tags: BTreeMap<String, String> = serde_json::from_str(&v).map_err(|e| {
+        invalid(
+            ENV_ADDITIONAL_ENI_TAGS,
+            &v,
+            &format!("expected a JSON object of strings: {e}"),
+        )
+    })?;
+    Ok(tags
+        .into_iter()
+        .filter(|(k, _)| {
+            let reserved = k.contains("k8s.amazonaws.com");
+            if reserved {
+                tracing::warn!(key = %k, "ADDITIONAL_ENI_TAGS: dropping a reserved key");
+            }
+            !reserved
+        })
+        .collect())
 }
 
 fn parse_u32(env: &dyn EnvSource, var: &'static str) -> Result<Option<u32>, ConfigError> {
@@ -148,10 +309,43 @@ impl Config {
             parse_u32(env, ENV_ENI_MTU)?.unwrap_or(d.eni_mtu),
         )?;
         let pod_mtu = check_mtu(ENV_POD_MTU, parse_u32(env, ENV_POD_MTU)?.unwrap_or(eni_mtu))?;
+        let prefix_delegation = parse_bool(env, ENV_ENABLE_PREFIX_DELEGATION)?.unwrap_or(false);
+        let warm_prefix_target = parse_u32(env, ENV_WARM_PREFIX_TARGET)?.unwrap_or(0);
+        let warm_ip_target = parse_u32(env, ENV_WARM_IP_TARGET)?.unwrap_or(0);
+        let minimum_ip_target = parse_u32(env, ENV_MINIMUM_IP_TARGET)?.unwrap_or(0);
+        if prefix_delegation
+            && warm_prefix_target == 0
+            && warm_ip_target == 0
+            && minimum_ip_target == 0
+        {
+            return Err(invalid(
+                ENV_WARM_PREFIX_TARGET,
+                &env.get(ENV_WARM_PREFIX_TARGET).unwrap_or_default(),
+                "ENABLE_PREFIX_DELEGATION=true needs WARM_PREFIX_TARGET, WARM_IP_TARGET or MINIMUM_IP_TARGET \
+                 above 0",
+            ));
+        }
+        let cluster_name = env
+            .get(ENV_CLUSTER_NAME)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         Ok(Config {
+            warm_prefix_target,
+            prefix_delegation,
+            external_snat: parse_bool(env, ENV_EXTERNAL_SNAT)?.unwrap_or(false),
+            exclude_snat_cidrs: parse_cidrs(env, ENV_EXCLUDE_SNAT_CIDRS)?,
+            randomize_snat: parse_randomize(env)?,
+            connmark: parse_mark(env)?,
+            node_port_support: parse_bool(env, ENV_NODE_PORT_SUPPORT)?.unwrap_or(true),
+            subnet_discovery: parse_bool(env, ENV_ENABLE_SUBNET_DISCOVERY)?.unwrap_or(true),
+            cluster_name,
+            additional_eni_tags: parse_tags(env)?,
+            disable_leaked_eni_cleanup: parse_bool(env, ENV_DISABLE_LEAKED_ENI_CLEANUP)?
+                .unwrap_or(false),
             warm_eni_target: parse_u32(env, ENV_WARM_ENI_TARGET)?.unwrap_or(d.warm_eni_target),
-            warm_ip_target: parse_u32(env, ENV_WARM_IP_TARGET)?.unwrap_or(0),
-            minimum_ip_target: parse_u32(env, ENV_MINIMUM_IP_TARGET)?.unwrap_or(0),
+            warm_ip_target,
+            minimum_ip_target,
             max_eni,
             ip_cooldown: Duration::from_secs(u64::from(
                 parse_u32(env, ENV_IP_COOLDOWN_PERIOD)?.unwrap_or(30),
@@ -192,6 +386,66 @@ mod tests {
         assert!(e.to_string().contains("five"));
         let e = Config::from_env(&env(&[("AWS_VPC_ENI_MTU", "100")])).expect_err("mtu");
         assert_eq!(e.var, "AWS_VPC_ENI_MTU");
+    }
+
+    #[test]
+    fn every_knob_is_read_with_its_anchor_name() {
+        let c = Config::from_env(&env(&[
+            ("WARM_PREFIX_TARGET", "2"),
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"),
+            (
+                "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS",
+                "192.168.0.0/16, 172.16.0.0/12",
+            ),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "hashrandom"),
+            ("AWS_VPC_K8S_CNI_CONNMARK", "0x40"),
+            ("ENABLE_SUBNET_DISCOVERY", "false"),
+            ("CLUSTER_NAME", "prod"),
+            (
+                "ADDITIONAL_ENI_TAGS",
+                r#"{"team":"net","node.k8s.amazonaws.com/instance_id":"x"}"#,
+            ),
+            ("DISABLE_LEAKED_ENI_CLEANUP", "true"),
+            ("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.warm_prefix_target, 2);
+        assert!(c.prefix_delegation && c.external_snat && c.disable_provisioning);
+        assert_eq!(c.exclude_snat_cidrs.len(), 2);
+        assert_eq!(c.randomize_snat, RandomizeSnat::HashRandom);
+        assert_eq!(c.connmark, 0x40);
+        assert!(!c.subnet_discovery);
+        assert_eq!(c.cluster_name, "prod");
+        assert_eq!(c.additional_eni_tags.len(), 1, "reserved key dropped");
+        assert!(c.disable_leaked_eni_cleanup);
+        let d = Config::default();
+        assert!(d.subnet_discovery && d.node_port_support && !d.external_snat);
+        assert_eq!(d.randomize_snat, RandomizeSnat::Prng);
+    }
+
+    #[test]
+    fn each_bad_knob_is_named() {
+        for (var, value) in [
+            ("WARM_PREFIX_TARGET", "x"),
+            ("ENABLE_PREFIX_DELEGATION", "maybe"),
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "2"),
+            ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "10.0.0.0/33"),
+            ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "fully"),
+            ("AWS_VPC_K8S_CNI_CONNMARK", "0xzz"),
+            ("ENABLE_SUBNET_DISCOVERY", "yes please"),
+            ("ADDITIONAL_ENI_TAGS", "team=net"),
+            ("DISABLE_LEAKED_ENI_CLEANUP", "nope"),
+            ("IP_COOLDOWN_PERIOD", "-1"),
+            ("POD_MTU", "10000"),
+            ("MAX_ENI", "two"),
+        ] {
+            let e = Config::from_env(&env(&[(var, value)])).expect_err(var);
+            assert_eq!(e.var, var, "{e}");
+        }
+        // Prefix delegation with nothing to keep warm is refused, as the anchor does.
+        let e = Config::from_env(&env(&[("ENABLE_PREFIX_DELEGATION", "true")])).expect_err("pd");
+        assert_eq!(e.var, "WARM_PREFIX_TARGET");
     }
 
     #[test]

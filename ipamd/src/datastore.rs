@@ -9,9 +9,14 @@
 //! - choice is deterministic: the lowest device number first, then the lowest address, so runs are reproducible
 //!   and the primary ENI fills before secondary ENIs.
 //!
+//! - addresses come one by one (secondary IPs) or sixteen at a time (a delegated /28 prefix); a prefix is given
+//!   back only whole, when none of its sixteen addresses is held or cooling down;
+//! - nothing held or cooling down is ever removed, except by a *forced* removal, which is only for addresses or
+//!   ENIs that EC2 itself says are gone (the pods on them have lost their address anyway).
+//!
 //! The datastore is plain data with no I/O; callers serialise access (one mutex in the daemon).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -43,11 +48,16 @@ pub struct Eni {
     pub primary_ip: Ipv4Addr,
     pub subnet: Ipv4Network,
     pub is_primary: bool,
+    /// When the daemon attached (or adopted) it, monotonic; young ENIs are not freed.
+    pub attached_at: Duration,
+    prefixes: BTreeSet<Ipv4Network>,
     slots: BTreeMap<Ipv4Addr, Slot>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Slot {
+    /// The delegated prefix this address belongs to (`None`: a secondary IP).
+    prefix: Option<Ipv4Network>,
     holder: Option<Holder>,
     /// Monotonic time of the last release; drives the cooldown.
     released_at: Option<Duration>,
@@ -77,8 +87,48 @@ impl Eni {
             primary_ip,
             subnet,
             is_primary: device_number == 0,
+            attached_at: Duration::ZERO,
+            prefixes: BTreeSet::new(),
             slots: BTreeMap::new(),
         }
+    }
+
+    /// Delegated /28 prefixes on this ENI.
+    pub fn prefixes(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
+        self.prefixes.iter().copied()
+    }
+
+    /// Addresses (secondary IPs and prefix addresses) in cooldown at `now`.
+    pub fn cooldown_count(&self, now: Duration, cooldown: Duration) -> usize {
+        self.slots
+            .values()
+            .filter(|s| s.holder.is_none() && in_cooldown(s, now, cooldown))
+            .count()
+    }
+
+    /// Secondary IPs (not from prefixes) neither held nor cooling down: safe to give back to EC2.
+    pub fn releasable_ips(&self, now: Duration, cooldown: Duration) -> Vec<Ipv4Addr> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| {
+                s.prefix.is_none() && s.holder.is_none() && !in_cooldown(s, now, cooldown)
+            })
+            .map(|(ip, _)| *ip)
+            .collect()
+    }
+
+    /// Prefixes none of whose addresses is held or cooling down.
+    pub fn releasable_prefixes(&self, now: Duration, cooldown: Duration) -> Vec<Ipv4Network> {
+        self.prefixes
+            .iter()
+            .filter(|p| {
+                self.slots
+                    .values()
+                    .filter(|s| s.prefix == Some(**p))
+                    .all(|s| s.holder.is_none() && !in_cooldown(s, now, cooldown))
+            })
+            .copied()
+            .collect()
     }
 
     /// Number of secondary IPs on this ENI.
@@ -128,6 +178,21 @@ pub struct PoolStats {
     pub available: usize,
     /// ENIs attached.
     pub enis: usize,
+    /// Delegated /28 prefixes (prefix delegation).
+    pub prefixes: usize,
+    /// Prefixes with no address held or cooling down.
+    pub free_prefixes: usize,
+}
+
+/// What [`Datastore::sync_eni`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Addresses added.
+    pub added: usize,
+    /// Addresses removed.
+    pub removed: usize,
+    /// Pods whose address EC2 took away.
+    pub evicted: Vec<IpamKey>,
 }
 
 /// Why an assignment failed.
@@ -144,8 +209,16 @@ pub enum DatastoreError {
     UnknownEni(String),
     #[error("IP {ip} is already on ENI {eni}")]
     DuplicateIp { ip: Ipv4Addr, eni: String },
-    #[error("IP {ip} on ENI {eni} is assigned to a pod")]
+    #[error("IP {ip} on ENI {eni} is assigned to a pod or cooling down")]
     IpInUse { ip: Ipv4Addr, eni: String },
+    #[error("IP {ip} is not a secondary IP of ENI {eni}")]
+    NotOnEni { ip: Ipv4Addr, eni: String },
+    #[error("ENI {eni} still has {held} assigned and {cooling} cooling address(es)")]
+    EniInUse {
+        eni: String,
+        held: usize,
+        cooling: usize,
+    },
 }
 
 /// See the module docs.
@@ -210,6 +283,215 @@ impl Datastore {
             }
         }
         Ok(added)
+    }
+
+    /// Adds delegated /28 prefixes (sixteen addresses each) to an ENI. Prefixes already there are skipped.
+    pub fn add_prefixes(
+        &mut self,
+        eni_id: &str,
+        prefixes: &[Ipv4Network],
+    ) -> Result<usize, DatastoreError> {
+        for p in prefixes {
+            for ip in p.iter() {
+                if let Some(owner) = self.by_ip.get(&ip) {
+                    if owner != eni_id {
+                        return Err(DatastoreError::DuplicateIp {
+                            ip,
+                            eni: owner.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let eni = self
+            .enis
+            .get_mut(eni_id)
+            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let mut added = 0;
+        for p in prefixes {
+            if !eni.prefixes.insert(*p) {
+                continue;
+            }
+            added += 1;
+            for ip in p.iter() {
+                eni.slots.entry(ip).or_default().prefix = Some(*p);
+                self.by_ip.insert(ip, eni_id.to_string());
+            }
+        }
+        Ok(added)
+    }
+
+    /// Removes secondary IPs that are neither held nor cooling down (to give them back to EC2).
+    pub fn remove_ips(
+        &mut self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        now: Duration,
+    ) -> Result<(), DatastoreError> {
+        let cooldown = self.cooldown;
+        let eni = self
+            .enis
+            .get(eni_id)
+            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        for ip in ips {
+            match eni.slots.get(ip) {
+                Some(s) if s.prefix.is_none() => {
+                    if s.holder.is_some() || in_cooldown(s, now, cooldown) {
+                        return Err(DatastoreError::IpInUse {
+                            ip: *ip,
+                            eni: eni_id.to_string(),
+                        });
+                    }
+                }
+                _ => {
+                    return Err(DatastoreError::NotOnEni {
+                        ip: *ip,
+                        eni: eni_id.to_string(),
+                    })
+                }
+            }
+        }
+        self.drop_ips(eni_id, ips);
+        Ok(())
+    }
+
+    /// Removes whole prefixes none of whose addresses is held or cooling down.
+    pub fn remove_prefixes(
+        &mut self,
+        eni_id: &str,
+        prefixes: &[Ipv4Network],
+        now: Duration,
+    ) -> Result<(), DatastoreError> {
+        let cooldown = self.cooldown;
+        let eni = self
+            .enis
+            .get(eni_id)
+            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let free = eni.releasable_prefixes(now, cooldown);
+        if let Some(p) = prefixes.iter().find(|p| !free.contains(p)) {
+            return Err(DatastoreError::IpInUse {
+                ip: p.network(),
+                eni: eni_id.to_string(),
+            });
+        }
+        self.drop_prefixes(eni_id, prefixes);
+        Ok(())
+    }
+
+    fn drop_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Vec<IpamKey> {
+        let mut evicted = Vec::new();
+        if let Some(eni) = self.enis.get_mut(eni_id) {
+            for ip in ips {
+                if let Some(slot) = eni.slots.remove(ip) {
+                    self.by_ip.remove(ip);
+                    if let Some(h) = slot.holder {
+                        self.by_key.remove(&h.key);
+                        evicted.push(h.key);
+                    }
+                }
+            }
+        }
+        evicted
+    }
+
+    fn drop_prefixes(&mut self, eni_id: &str, prefixes: &[Ipv4Network]) -> Vec<IpamKey> {
+        let mut ips = Vec::new();
+        if let Some(eni) = self.enis.get_mut(eni_id) {
+            for p in prefixes {
+                if eni.prefixes.remove(p) {
+                    ips.extend(p.iter());
+                }
+            }
+        }
+        self.drop_ips(eni_id, &ips)
+    }
+
+    /// Makes an ENI's addresses match what EC2 reports: adds what is missing, drops what EC2 no longer has
+    /// (forced: a pod holding a dropped address loses it, and its key is returned). `skip` lists addresses not to
+    /// add back (given back moments ago while IMDS/EC2 may still show them).
+    pub fn sync_eni(
+        &mut self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+        skip: &dyn Fn(Ipv4Addr) -> bool,
+    ) -> Result<SyncReport, DatastoreError> {
+        let eni = self
+            .enis
+            .get(eni_id)
+            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let gone_ips: Vec<Ipv4Addr> = eni
+            .slots
+            .iter()
+            .filter(|(ip, s)| s.prefix.is_none() && !ips.contains(ip))
+            .map(|(ip, _)| *ip)
+            .collect();
+        let gone_prefixes: Vec<Ipv4Network> = eni
+            .prefixes
+            .iter()
+            .filter(|p| !prefixes.contains(p))
+            .copied()
+            .collect();
+        let new_ips: Vec<Ipv4Addr> = ips
+            .iter()
+            .filter(|ip| !eni.slots.contains_key(ip) && !skip(**ip))
+            .copied()
+            .collect();
+        let new_prefixes: Vec<Ipv4Network> = prefixes
+            .iter()
+            .filter(|p| !eni.prefixes.contains(p) && !skip(p.network()))
+            .copied()
+            .collect();
+        let mut report = SyncReport {
+            added: new_ips.len() + new_prefixes.len() * 16,
+            removed: gone_ips.len() + gone_prefixes.len() * 16,
+            evicted: self.drop_ips(eni_id, &gone_ips),
+        };
+        report
+            .evicted
+            .extend(self.drop_prefixes(eni_id, &gone_prefixes));
+        self.add_ips(eni_id, &new_ips)?;
+        self.add_prefixes(eni_id, &new_prefixes)?;
+        Ok(report)
+    }
+
+    /// Removes an ENI. Without `force` it must hold no assigned or cooling address; with `force` (EC2 says the
+    /// ENI is gone) the keys that held addresses on it are returned.
+    pub fn remove_eni(
+        &mut self,
+        eni_id: &str,
+        now: Duration,
+        force: bool,
+    ) -> Result<Vec<IpamKey>, DatastoreError> {
+        let eni = self
+            .enis
+            .get(eni_id)
+            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let held = eni.assigned_count();
+        let cooling = eni.cooldown_count(now, self.cooldown);
+        if !force && (held > 0 || cooling > 0) {
+            return Err(DatastoreError::EniInUse {
+                eni: eni_id.to_string(),
+                held,
+                cooling,
+            });
+        }
+        let ips: Vec<Ipv4Addr> = eni.slots.keys().copied().collect();
+        let evicted = self.drop_ips(eni_id, &ips);
+        self.enis.remove(eni_id);
+        Ok(evicted)
+    }
+
+    /// Sets the time an ENI was attached (for the minimum-lifetime rule of ENI freeing).
+    pub fn set_attached_at(&mut self, eni_id: &str, at: Duration) {
+        if let Some(e) = self.enis.get_mut(eni_id) {
+            e.attached_at = at;
+        }
+    }
+
+    /// The cooldown in force.
+    pub fn cooldown(&self) -> Duration {
+        self.cooldown
     }
 
     /// The allocation held by `key`, if any.
@@ -312,6 +594,8 @@ impl Datastore {
             ..PoolStats::default()
         };
         for eni in self.enis.values() {
+            s.prefixes += eni.prefixes.len();
+            s.free_prefixes += eni.releasable_prefixes(now, self.cooldown).len();
             for slot in eni.slots.values() {
                 s.total += 1;
                 if slot.holder.is_some() {
@@ -443,6 +727,67 @@ mod tests {
             ds.add_ips("eni-9", &[Ipv4Addr::new(10, 0, 0, 99)]),
             Err(DatastoreError::UnknownEni(_))
         ));
+    }
+
+    #[test]
+    fn prefixes_add_sixteen_and_leave_only_whole() {
+        let mut ds = store(&[0]);
+        let p: Ipv4Network = "10.0.1.0/28".parse().expect("pfx");
+        assert_eq!(ds.add_prefixes("eni-0", &[p]), Ok(1));
+        let s = ds.stats(Duration::ZERO);
+        assert_eq!((s.total, s.prefixes, s.free_prefixes), (16, 1, 1));
+        let t = Duration::from_secs(10);
+        ds.assign(&key("c1"), &PodMeta::default(), t).expect("ip");
+        assert_eq!(ds.stats(t).free_prefixes, 0);
+        assert!(ds.remove_prefixes("eni-0", &[p], t).is_err());
+        ds.unassign(&key("c1"), t);
+        // Released but cooling: still not releasable.
+        assert!(ds.remove_prefixes("eni-0", &[p], t).is_err());
+        let later = t + Duration::from_secs(30);
+        ds.remove_prefixes("eni-0", &[p], later)
+            .expect("whole and cool");
+        assert_eq!(ds.stats(later).total, 0);
+    }
+
+    #[test]
+    fn held_or_cooling_ips_and_enis_are_not_removed_unless_forced() {
+        let mut ds = store(&[2, 1]);
+        let t = Duration::from_secs(5);
+        let a = ds.assign(&key("c1"), &PodMeta::default(), t).expect("ip");
+        assert!(ds.remove_ips("eni-0", &[a.ip], t).is_err());
+        let other = ds
+            .eni("eni-0")
+            .expect("eni")
+            .ips()
+            .find(|ip| *ip != a.ip)
+            .expect("second ip");
+        ds.remove_ips("eni-0", &[other], t).expect("free ip");
+        assert!(matches!(
+            ds.remove_eni("eni-0", t, false),
+            Err(DatastoreError::EniInUse { held: 1, .. })
+        ));
+        assert_eq!(ds.remove_eni("eni-0", t, true), Ok(vec![key("c1")]));
+        assert_eq!(ds.lookup(&key("c1")), None);
+        assert_eq!(ds.remove_eni("eni-1", t, false), Ok(vec![]));
+        assert_eq!(ds.stats(t).enis, 0);
+    }
+
+    #[test]
+    fn sync_follows_ec2_and_skips_recently_released() {
+        let mut ds = store(&[2]);
+        let t = Duration::ZERO;
+        let a = ds.assign(&key("c1"), &PodMeta::default(), t).expect("ip");
+        let keep = Ipv4Addr::new(10, 0, 0, 99);
+        let skipped = Ipv4Addr::new(10, 0, 0, 98);
+        let r = ds
+            .sync_eni("eni-0", &[keep, skipped], &[], &|ip| ip == skipped)
+            .expect("sync");
+        assert_eq!(r.added, 1);
+        assert_eq!(r.removed, 2);
+        assert_eq!(r.evicted, vec![key("c1")]);
+        let ips: Vec<_> = ds.eni("eni-0").expect("eni").ips().collect();
+        assert_eq!(ips, vec![keep]);
+        assert_ne!(a.ip, keep);
     }
 
     #[test]

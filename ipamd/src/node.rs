@@ -3,12 +3,29 @@
 //! Request path (ADD/DEL) and pool path never wait on each other: an ADD takes the datastore lock for a few
 //! microseconds, never calls EC2 or IMDS, and if no IP is free it fails at once with the specific reason while it
 //! wakes the pool task. The pool task alone talks to EC2, one step at a time ([`crate::pool::decide`]), and only
-//! takes the datastore lock to read counts or to add what EC2 returned.
+//! takes the datastore lock to read counts or to apply what EC2 returned. Pool steps, reconciliation and the
+//! leaked-ENI cleanup are serialised (one EC2 actor per node), and every EC2 call goes through
+//! [`crate::ratelimit::PacedEc2`]: a client-side token bucket, jittered retries, a count by API.
 //!
-//! Startup follows the anchor (§3.1): read the node and its ENIs from IMDS, configure each ENI on the host, load
-//! their secondary IPs, then fill the pool before serving.
+//! ENI lifecycle (anchor-facts §3.2, §3.3):
+//! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created);
+//!   CreateNetworkInterface in the chosen subnet with description `aws-K8S-<instance>`, the tags
+//!   (`instance_id`, `createdAt`, the cluster tags with `CLUSTER_NAME`, `ADDITIONAL_ENI_TAGS`) and its first
+//!   addresses already assigned; AttachNetworkInterface (failure: the new ENI is deleted at once);
+//!   DeleteOnTermination (failure: the ENI is detached and deleted); wait for IMDS to show it (bounded: IMDS lags);
+//!   host setup (table, routes, rule, MTU); only then are its addresses handed out.
+//! - **free**: only an ENI the policy picked (never the primary, never with pods or IPs in cooldown): out of the
+//!   datastore first (no ADD can take its IPs meanwhile), host teardown, DetachNetworkInterface, then
+//!   DeleteNetworkInterface retried while EC2 still sees it in use; NotFound counts as done.
+//! - Shrinking is rate-limited (one release per 30 s, anchor `decreaseIPPoolInterval`), and addresses given back
+//!   are remembered for 60 s so a lagging IMDS or EC2 view cannot bring them back (see [`crate::reconcile`]).
+//! - After `InsufficientFreeAddressesInSubnet`/`InsufficientCidrBlocks` the pool does not try to grow for 120 s.
+//!
+//! Startup follows the anchor (§3.1): read the node and its ENIs from IMDS, confirm their addresses with one
+//! DescribeNetworkInterfaces (IMDS may lag: EC2 is the truth, anchor #3887), apply the node-wide host settings
+//! (fwmark rule, SNAT), configure each ENI on the host, then fill the pool before serving.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -16,18 +33,31 @@ use std::time::Duration;
 use aws_cni_proto::FailureReason;
 use datapath::MacAddr;
 use instance_limits::max_pods::{compute, CniVersion, MaxPodsOptions, DEFAULT_CNI_VERSION};
+use ipnetwork::Ipv4Network;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::datastore::{Allocation, AssignError, Datastore, Eni, IpamKey, PodMeta, PoolStats};
 use crate::ec2::{
-    CreateEniRequest, Ec2, Ec2Error, IpRequest, ENI_DESCRIPTION_PREFIX, TAG_CREATED_AT,
-    TAG_INSTANCE_ID,
+    CreateEniRequest, Ec2, Ec2Error, EniDescription, IpRequest, SubnetFilter,
+    ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER, TAG_ENI_OWNER_VALUE,
+    TAG_INSTANCE_ID, TAG_NO_MANAGE,
 };
-use crate::hostnet::{HostNetError, HostNetwork};
+use crate::hostnet::{HostNetError, HostNetwork, HostPlan};
 use crate::imds::{Imds, ImdsError, NodeMetadata};
-use crate::pool::{decide, Decision, EniRoom, PoolPolicy};
+use crate::pool::{decide, Decision, EniRoom, PoolPolicy, PREFIX_SIZE};
+use crate::ratelimit::{CallCounts, PacedEc2, PacingConfig};
+use crate::snat::SnatPlan;
+
+/// Minimum time between two shrinking steps (anchor `decreaseIPPoolInterval`).
+pub const SHRINK_INTERVAL: Duration = Duration::from_secs(30);
+/// How long given-back addresses are not re-added from a stale view (anchor `ipReconcileCooldown`).
+pub const RELEASED_MEMORY: Duration = Duration::from_secs(60);
+/// No growth this long after the subnet ran out (anchor `insufficientCidrErrorCooldown`).
+pub const SUBNET_EXHAUSTED_BACKOFF: Duration = Duration::from_secs(120);
+/// Subnet tag that makes a subnet a candidate for new ENIs (subnet discovery).
+pub const TAG_CNI_SUBNET: &str = "kubernetes.io/role/cni";
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,23 +96,45 @@ pub struct NodeDeps {
 }
 
 #[derive(Debug, Default)]
-struct PoolStatus {
+pub(crate) struct PoolStatus {
     /// The last EC2 failure of the pool task, cleared by the next success.
-    last_error: Option<Ec2Error>,
+    pub(crate) last_error: Option<Ec2Error>,
     /// What the pool task decided last (for status pages and logs).
-    last_decision: Option<Decision>,
+    pub(crate) last_decision: Option<Decision>,
+    /// When the pool last gave something back.
+    pub(crate) last_shrink: Option<Duration>,
+    /// When the pool last changed anything in EC2.
+    pub(crate) last_action: Option<Duration>,
+    /// No growth before this time (subnet exhausted).
+    pub(crate) grow_blocked_until: Option<Duration>,
+    /// Addresses (and prefix bases) given back, and when.
+    pub(crate) released: HashMap<Ipv4Addr, Duration>,
+    /// Addresses pods lost because EC2 no longer had them.
+    pub(crate) force_removed: u64,
+}
+
+/// Counters of the engine's work, for tests, status and logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// EC2 calls by API (sent, retried, paced).
+    pub ec2: CallCounts,
+    /// Addresses pods lost because EC2 no longer had them (reconcile).
+    pub force_removed: u64,
 }
 
 /// See the module docs.
 pub struct Node {
-    deps: NodeDeps,
-    config: Config,
-    meta: NodeMetadata,
-    subnet_id: String,
-    policy: PoolPolicy,
-    ds: Mutex<Datastore>,
-    status: Mutex<PoolStatus>,
-    wake: Notify,
+    pub(crate) deps: NodeDeps,
+    pub(crate) ec2: Arc<PacedEc2>,
+    pub(crate) config: Config,
+    pub(crate) meta: NodeMetadata,
+    pub(crate) subnet_id: String,
+    pub(crate) policy: PoolPolicy,
+    pub(crate) ds: Mutex<Datastore>,
+    pub(crate) status: Mutex<PoolStatus>,
+    pub(crate) wake: Notify,
+    /// Serialises everything that calls EC2.
+    pub(crate) actor: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Node {
@@ -94,53 +146,135 @@ impl std::fmt::Debug for Node {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Datastore operations do not panic; if one ever did, keep the data rather than poison every request.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+pub(crate) fn mac_of(eni: &EniDescription) -> Result<MacAddr, NodeError> {
+    MacAddr::parse(&eni.mac).ok_or_else(|| NodeError::BadMac {
+        eni: eni.id.clone(),
+        mac: eni.mac.clone(),
+    })
+}
+
+/// The policy for an instance type and configuration.
+pub fn policy_for(
+    limits: &instance_limits::InstanceLimits,
+    config: &Config,
+    max_pods_override: Option<u32>,
+) -> Result<PoolPolicy, String> {
+    let pd = config.prefix_delegation && limits.supports_prefix_delegation();
+    let max_enis = config.max_eni.map_or(limits.enis, |m| m.min(limits.enis));
+    let max_pods = match max_pods_override {
+        Some(n) => n,
+        None => {
+            let version: CniVersion = DEFAULT_CNI_VERSION
+                .parse()
+                .map_err(|e: instance_limits::max_pods::MaxPodsError| e.to_string())?;
+            let mut opts = MaxPodsOptions::new(version);
+            opts.cni_max_eni = config.max_eni;
+            opts.prefix_delegation = pd;
+            // Secondary IPs: the ENI-derived limit, as eni-max-pods.txt. PD: the calculator's 110/250 cap,
+            // as kubelet would be configured (the uncapped PD number is far above what a node runs).
+            opts.show_max_allowed = !pd;
+            compute(limits, &opts).map_err(|e| e.to_string())?.max_pods
+        }
+    };
+    let slots = limits.ipv4_per_eni.saturating_sub(1);
+    Ok(PoolPolicy {
+        warm_eni_target: config.warm_eni_target,
+        warm_ip_target: config.warm_ip_target,
+        minimum_ip_target: config.minimum_ip_target,
+        warm_prefix_target: config.warm_prefix_target,
+        prefix_delegation: pd,
+        ips_per_eni: if pd { slots * PREFIX_SIZE } else { slots },
+        max_enis,
+        max_pods,
+    })
+}
+
 impl Node {
-    /// Discovers the node and its ENIs and loads them. Does not call EC2.
+    /// Discovers the node and its ENIs and loads them. Calls EC2 once (DescribeNetworkInterfaces).
     pub async fn init(
         deps: NodeDeps,
         config: Config,
         max_pods_override: Option<u32>,
     ) -> Result<Arc<Node>, NodeError> {
+        Node::init_with(deps, config, max_pods_override, PacingConfig::default()).await
+    }
+
+    /// [`Node::init`] with explicit client-side pacing.
+    pub async fn init_with(
+        deps: NodeDeps,
+        config: Config,
+        max_pods_override: Option<u32>,
+        pacing: PacingConfig,
+    ) -> Result<Arc<Node>, NodeError> {
         let meta = deps.imds.node().await?;
         let limits = instance_limits::lookup(&meta.instance_type)
             .ok_or_else(|| NodeError::UnknownInstanceType(meta.instance_type.clone()))?;
-        let max_enis = config.max_eni.map_or(limits.enis, |m| m.min(limits.enis));
-        let max_pods = match max_pods_override {
-            Some(n) => n,
-            None => {
-                let version: CniVersion = DEFAULT_CNI_VERSION.parse().map_err(
-                    |e: instance_limits::max_pods::MaxPodsError| NodeError::MaxPods {
-                        instance_type: meta.instance_type.clone(),
-                        reason: e.to_string(),
-                    },
-                )?;
-                let mut opts = MaxPodsOptions::new(version);
-                opts.cni_max_eni = config.max_eni;
-                opts.show_max_allowed = true; // the ENI-derived limit, as eni-max-pods.txt
-                compute(limits, &opts)
-                    .map_err(|e| NodeError::MaxPods {
-                        instance_type: meta.instance_type.clone(),
-                        reason: e.to_string(),
-                    })?
-                    .max_pods
+        if config.prefix_delegation && !limits.supports_prefix_delegation() {
+            tracing::warn!(
+                instance_type = %meta.instance_type,
+                "ENABLE_PREFIX_DELEGATION=true but the instance type is not Nitro: using secondary IPs"
+            );
+        }
+        let policy = policy_for(limits, &config, max_pods_override).map_err(|reason| {
+            NodeError::MaxPods {
+                instance_type: meta.instance_type.clone(),
+                reason,
+            }
+        })?;
+        let ec2 = Arc::new(PacedEc2::new(
+            Arc::clone(&deps.ec2),
+            Arc::clone(&deps.clock),
+            pacing,
+        ));
+        let primary_mac = MacAddr::parse(&meta.primary_mac).ok_or_else(|| NodeError::BadMac {
+            eni: "primary".into(),
+            mac: meta.primary_mac.clone(),
+        })?;
+        let node = Arc::new(Node {
+            subnet_id: meta.subnet_id.clone(),
+            deps,
+            ec2,
+            policy,
+            ds: Mutex::new(Datastore::new(config.ip_cooldown)),
+            status: Mutex::new(PoolStatus::default()),
+            wake: Notify::new(),
+            actor: tokio::sync::Mutex::new(()),
+            meta,
+            config,
+        });
+        node.deps
+            .hostnet
+            .setup_host(&node.host_plan(primary_mac))
+            .await?;
+
+        let imds_enis: Vec<_> = node
+            .deps
+            .imds
+            .enis()
+            .await?
+            .into_iter()
+            .filter(|e| e.network_card == 0)
+            .collect();
+        // EC2 is the truth about addresses and tags; IMDS only says what is attached (and may lag).
+        let ids: Vec<String> = imds_enis.iter().map(|e| e.eni_id.clone()).collect();
+        let described: HashMap<String, EniDescription> = match node
+            .ec2
+            .describe_network_interfaces(&ids)
+            .await
+        {
+            Ok(v) => v.into_iter().map(|d| (d.id.clone(), d)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "DescribeNetworkInterfaces failed at startup; using IMDS");
+                HashMap::new()
             }
         };
-        let policy = PoolPolicy {
-            warm_eni_target: config.warm_eni_target,
-            warm_ip_target: config.warm_ip_target,
-            minimum_ip_target: config.minimum_ip_target,
-            ips_per_eni: limits.ipv4_per_eni.saturating_sub(1),
-            max_enis,
-            max_pods,
-        };
-        let mut ds = Datastore::new(config.ip_cooldown);
-        let mut subnet_id = String::new();
-        for ie in deps.imds.enis().await? {
+        let now = node.deps.clock.now();
+        for ie in imds_enis {
             let mac = MacAddr::parse(&ie.mac).ok_or_else(|| NodeError::BadMac {
                 eni: ie.eni_id.clone(),
                 mac: ie.mac.clone(),
@@ -148,39 +282,63 @@ impl Node {
             let Some((primary_ip, secondary)) = ie.ipv4s.split_first() else {
                 continue;
             };
-            if ie.device_number == 0 {
-                subnet_id = ie.subnet_id.clone();
-            }
-            let eni = Eni::new(
+            let (ips, prefixes) = match described.get(&ie.eni_id) {
+                Some(d) => {
+                    if ie.device_number != 0
+                        && d.tags.get(TAG_NO_MANAGE).map(String::as_str) == Some("true")
+                    {
+                        tracing::info!(eni = %ie.eni_id, "ENI tagged no_manage: left alone");
+                        continue;
+                    }
+                    (d.secondary_ips.clone(), d.ipv4_prefixes.clone())
+                }
+                None => (secondary.to_vec(), ie.ipv4_prefixes.clone()),
+            };
+            let mut eni = Eni::new(
                 &ie.eni_id,
                 mac,
                 ie.device_number,
                 *primary_ip,
                 ie.subnet_cidr,
             );
-            deps.hostnet.setup_eni(&eni, config.eni_mtu).await?;
+            eni.attached_at = now;
+            node.deps
+                .hostnet
+                .setup_eni(&eni, node.config.eni_mtu)
+                .await?;
+            let mut ds = lock(&node.ds);
             ds.add_eni(eni);
-            ds.add_ips(&ie.eni_id, secondary)?;
+            ds.add_ips(&ie.eni_id, &ips)?;
+            ds.add_prefixes(&ie.eni_id, &prefixes)?;
         }
         tracing::info!(
-            instance = %meta.instance_id,
-            instance_type = %meta.instance_type,
-            max_enis,
-            ips_per_eni = policy.ips_per_eni,
-            max_pods,
-            enis = ds.stats(deps.clock.now()).enis,
+            instance = %node.meta.instance_id,
+            instance_type = %node.meta.instance_type,
+            max_enis = node.policy.max_enis,
+            ips_per_eni = node.policy.ips_per_eni,
+            prefix_delegation = node.policy.prefix_delegation,
+            max_pods = node.policy.max_pods,
+            enis = node.stats().enis,
             "node initialised"
         );
-        Ok(Arc::new(Node {
-            deps,
-            config,
-            meta,
-            subnet_id,
-            policy,
-            ds: Mutex::new(ds),
-            status: Mutex::new(PoolStatus::default()),
-            wake: Notify::new(),
-        }))
+        Ok(node)
+    }
+
+    pub(crate) fn host_plan(&self, primary_mac: MacAddr) -> HostPlan {
+        HostPlan {
+            primary_mac,
+            mtu: self.config.eni_mtu,
+            snat: SnatPlan {
+                primary_ip: self.meta.local_ipv4,
+                primary_if: String::new(),
+                vpc_cidrs: self.meta.vpc_cidrs.clone(),
+                exclude_cidrs: self.config.exclude_snat_cidrs.clone(),
+                external_snat: self.config.external_snat,
+                randomize: self.config.randomize_snat,
+                connmark: self.config.connmark,
+                node_port_support: self.config.node_port_support,
+            },
+        }
     }
 
     /// The node's metadata as read at startup.
@@ -193,6 +351,11 @@ impl Node {
         self.policy
     }
 
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// Current counts.
     pub fn stats(&self) -> PoolStats {
         lock(&self.ds).stats(self.deps.clock.now())
@@ -201,6 +364,20 @@ impl Node {
     /// A copy of the datastore (for status output and tests).
     pub fn datastore(&self) -> Datastore {
         lock(&self.ds).clone()
+    }
+
+    /// EC2 calls made by this node (by API) and other engine counters.
+    pub fn counters(&self) -> EngineCounters {
+        EngineCounters {
+            ec2: self.ec2.counts(),
+            force_removed: lock(&self.status).force_removed,
+        }
+    }
+
+    /// The last pool decision and EC2 error (for status pages).
+    pub fn last_decision(&self) -> (Option<Decision>, Option<Ec2Error>) {
+        let st = lock(&self.status);
+        (st.last_decision.clone(), st.last_error.clone())
     }
 
     /// Assigns an IP to `key` (or returns the one it holds). Never waits on EC2.
@@ -222,11 +399,16 @@ impl Node {
     fn explain(&self, err: AssignError) -> AddFailure {
         let AssignError::NoFreeIp { in_cooldown } = err;
         let stats = self.stats();
+        let now = self.deps.clock.now();
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
         let at_eni_limit = matches!(status.last_decision, Some(Decision::AtEniLimit { .. }));
-        let cannot_grow =
-            total >= self.policy.max_pods || at_eni_limit || self.config.disable_provisioning;
+        let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
+            && status.grow_blocked_until.is_some_and(|t| now < t);
+        let cannot_grow = total >= self.policy.max_pods
+            || at_eni_limit
+            || self.config.disable_provisioning
+            || subnet_exhausted;
         let cooldown_secs = self.config.ip_cooldown.as_secs();
         let (reason, message) = if in_cooldown > 0 && cannot_grow {
             (
@@ -283,85 +465,280 @@ impl Node {
         AddFailure { reason, message }
     }
 
-    fn rooms(&self) -> Vec<EniRoom> {
-        lock(&self.ds)
-            .enis()
-            .map(|e| EniRoom {
-                eni_id: e.id.clone(),
-                device_number: e.device_number,
-                ips: u32::try_from(e.ip_count()).unwrap_or(u32::MAX),
+    pub(crate) fn rooms(&self, now: Duration) -> Vec<EniRoom> {
+        let ds = lock(&self.ds);
+        let cooldown = ds.cooldown();
+        ds.enis()
+            .map(|e| {
+                let prefixes = e.prefixes().count();
+                let ips = e.ip_count();
+                let secondaries = ips.saturating_sub(prefixes * PREFIX_SIZE as usize);
+                EniRoom {
+                    eni_id: e.id.clone(),
+                    device_number: e.device_number,
+                    ips: u32::try_from(ips).unwrap_or(u32::MAX),
+                    slots: u32::try_from(prefixes + secondaries).unwrap_or(u32::MAX),
+                    is_primary: e.is_primary,
+                    assigned: u32::try_from(e.assigned_count()).unwrap_or(u32::MAX),
+                    cooling: u32::try_from(e.cooldown_count(now, cooldown)).unwrap_or(u32::MAX),
+                    releasable_ips: e.releasable_ips(now, cooldown),
+                    releasable_prefixes: e.releasable_prefixes(now, cooldown),
+                    age: now.saturating_sub(e.attached_at),
+                }
             })
             .collect()
     }
 
+    /// What the pool would do now (no EC2 call).
+    pub fn next_decision(&self) -> Decision {
+        let now = self.deps.clock.now();
+        let may_shrink = lock(&self.status)
+            .last_shrink
+            .is_none_or(|t| now.saturating_sub(t) >= SHRINK_INTERVAL);
+        decide(&self.policy, &self.stats(), &self.rooms(now), may_shrink)
+    }
+
     /// Decides and carries out one pool step. Returns what was decided.
     pub async fn pool_step(&self) -> Result<Decision, Ec2Error> {
-        let decision = decide(&self.policy, &self.stats(), &self.rooms());
-        let result = if self.config.disable_provisioning {
+        let _actor = self.actor.lock().await;
+        let now = self.deps.clock.now();
+        let mut decision = self.next_decision();
+        let grows = matches!(
+            decision,
+            Decision::AssignIps { .. }
+                | Decision::AssignPrefixes { .. }
+                | Decision::AttachEni { .. }
+        );
+        let blocked = lock(&self.status)
+            .grow_blocked_until
+            .is_some_and(|t| now < t);
+        let result = if self.config.disable_provisioning || (grows && blocked) {
+            if grows && blocked {
+                decision = Decision::Hold;
+            }
             Ok(())
         } else {
             match &decision {
                 Decision::Hold | Decision::AtEniLimit { .. } => Ok(()),
-                Decision::AssignIps { eni_id, count } => self.assign_ips(eni_id, *count).await,
-                Decision::AttachEni { ips } => self.attach_eni(*ips).await,
+                Decision::AssignIps { eni_id, count } => {
+                    self.assign(eni_id, IpRequest::Secondary(*count)).await
+                }
+                Decision::AssignPrefixes { eni_id, count } => {
+                    self.assign(eni_id, IpRequest::Prefixes(*count)).await
+                }
+                Decision::AttachEni { request } => self.attach_eni(*request).await,
+                Decision::ReleaseIps { eni_id, ips } => self.release(eni_id, ips, &[]).await,
+                Decision::ReleasePrefixes { eni_id, prefixes } => {
+                    self.release(eni_id, &[], prefixes).await
+                }
+                Decision::FreeEni { eni_id } => self.free_eni(eni_id).await,
             }
         };
+        let now = self.deps.clock.now();
         let mut st = lock(&self.status);
-        st.last_decision = Some(decision.clone());
+        if !blocked || !grows {
+            st.last_decision = Some(decision.clone());
+        }
+        if decision.is_action() && !self.config.disable_provisioning {
+            st.last_action = Some(now);
+            if matches!(
+                decision,
+                Decision::ReleaseIps { .. }
+                    | Decision::ReleasePrefixes { .. }
+                    | Decision::FreeEni { .. }
+            ) {
+                st.last_shrink = Some(now);
+            }
+        }
         match result {
             Ok(()) => {
-                st.last_error = None;
+                if !(grows && blocked) {
+                    st.last_error = None;
+                }
                 Ok(decision)
             }
             Err(e) => {
+                if matches!(e, Ec2Error::SubnetExhausted { .. }) {
+                    st.grow_blocked_until = Some(now + SUBNET_EXHAUSTED_BACKOFF);
+                }
                 st.last_error = Some(e.clone());
                 Err(e)
             }
         }
     }
 
-    async fn assign_ips(&self, eni_id: &str, count: u32) -> Result<(), Ec2Error> {
-        let ips = self
-            .deps
-            .ec2
-            .assign_private_ips(eni_id, IpRequest::Secondary(count))
-            .await?
-            .ips;
-        let added = lock(&self.ds).add_ips(eni_id, &ips);
-        match added {
-            Ok(n) => tracing::info!(eni = eni_id, added = n, "assigned secondary IPs"),
+    async fn assign(&self, eni_id: &str, req: IpRequest) -> Result<(), Ec2Error> {
+        let got = match self.ec2.assign_private_ips(eni_id, req).await {
+            Ok(got) => got,
+            Err(e @ Ec2Error::IpLimitExceeded { .. }) => {
+                // Our view of the ENI is behind EC2's: re-read it.
+                tracing::warn!(eni = eni_id, error = %e, "ENI fuller than we thought; re-reading it");
+                self.resync_enis(&[eni_id.to_string()]).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut ds = lock(&self.ds);
+        let res = ds
+            .add_ips(eni_id, &got.ips)
+            .and_then(|a| ds.add_prefixes(eni_id, &got.prefixes).map(|b| a + b));
+        match res {
+            Ok(n) => tracing::info!(eni = eni_id, ?req, added = n, "assigned addresses"),
             Err(e) => {
-                tracing::error!(eni = eni_id, error = %e, "EC2 returned IPs the datastore refused")
+                tracing::error!(eni = eni_id, error = %e, "EC2 returned addresses the datastore refused")
             }
         }
         Ok(())
     }
 
-    async fn attach_eni(&self, ips: u32) -> Result<(), Ec2Error> {
-        let used: Vec<u32> = lock(&self.ds).enis().map(|e| e.device_number).collect();
-        let Some(device_index) = (1..self.policy.max_enis).find(|d| !used.contains(d)) else {
-            return Ok(());
+    /// Re-reads ENIs from EC2 and makes the datastore match (addresses only).
+    pub(crate) async fn resync_enis(&self, ids: &[String]) -> Result<(), Ec2Error> {
+        let described = self.ec2.describe_network_interfaces(ids).await?;
+        let now = self.deps.clock.now();
+        let mut st = lock(&self.status);
+        st.released
+            .retain(|_, t| now.saturating_sub(*t) < RELEASED_MEMORY);
+        let released = st.released.clone();
+        let skip = |ip: Ipv4Addr| released.contains_key(&ip);
+        let mut ds = lock(&self.ds);
+        for d in described {
+            match ds.sync_eni(&d.id, &d.secondary_ips, &d.ipv4_prefixes, &skip) {
+                Ok(r) => {
+                    if !r.evicted.is_empty() {
+                        tracing::warn!(eni = %d.id, pods = ?r.evicted, "EC2 no longer has addresses pods held");
+                    }
+                    st.force_removed += r.evicted.len() as u64;
+                    if r.added + r.removed > 0 {
+                        tracing::info!(eni = %d.id, added = r.added, removed = r.removed, "ENI addresses synced with EC2");
+                    }
+                }
+                Err(e) => tracing::warn!(eni = %d.id, error = %e, "cannot sync ENI"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+    ) -> Result<(), Ec2Error> {
+        let now = self.deps.clock.now();
+        // Out of the datastore first, so no ADD takes them while EC2 is asked.
+        {
+            let mut ds = lock(&self.ds);
+            let res = ds
+                .remove_ips(eni_id, ips, now)
+                .and_then(|()| ds.remove_prefixes(eni_id, prefixes, now));
+            if let Err(e) = res {
+                tracing::debug!(eni = eni_id, error = %e, "release skipped: addresses changed");
+                return Ok(());
+            }
+        }
+        match self.ec2.unassign_private_ips(eni_id, ips, prefixes).await {
+            Ok(()) => {
+                let mut st = lock(&self.status);
+                for ip in ips
+                    .iter()
+                    .copied()
+                    .chain(prefixes.iter().map(|p| p.network()))
+                {
+                    st.released.insert(ip, now);
+                }
+                tracing::info!(
+                    eni = eni_id,
+                    ips = ips.len(),
+                    prefixes = prefixes.len(),
+                    "gave addresses back to EC2"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // EC2 may or may not have applied it: let reconcile find out; until then, use them again.
+                let mut ds = lock(&self.ds);
+                if let Err(err) = ds
+                    .add_ips(eni_id, ips)
+                    .and_then(|_| ds.add_prefixes(eni_id, prefixes))
+                {
+                    tracing::warn!(eni = eni_id, error = %err, "cannot restore addresses after failed release");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The subnet for a new ENI: with subnet discovery the one with most free addresses among the node's subnet
+    /// and the subnets tagged `kubernetes.io/role/cni` (value "0" excludes), else the node's subnet.
+    async fn pick_subnet(&self) -> String {
+        if !self.config.subnet_discovery {
+            return self.subnet_id.clone();
+        }
+        let filter = SubnetFilter {
+            ids: Vec::new(),
+            vpc_id: Some(self.meta.vpc_id.clone()),
+            availability_zone: Some(self.meta.availability_zone.clone()),
         };
-        let mut tags = BTreeMap::new();
+        match self.ec2.describe_subnets(&filter).await {
+            Ok(subnets) => subnets
+                .into_iter()
+                .filter(|s| match s.tags.get(TAG_CNI_SUBNET) {
+                    Some(v) => v != "0",
+                    None => s.id == self.subnet_id,
+                })
+                .max_by_key(|s| (s.available_ip_count, s.id == self.subnet_id))
+                .map_or_else(|| self.subnet_id.clone(), |s| s.id),
+            Err(e) => {
+                tracing::warn!(error = %e, "subnet discovery failed; using the node's subnet");
+                self.subnet_id.clone()
+            }
+        }
+    }
+
+    fn eni_tags(&self) -> BTreeMap<String, String> {
+        let mut tags = self.config.additional_eni_tags.clone();
         tags.insert(TAG_INSTANCE_ID.to_string(), self.meta.instance_id.clone());
         tags.insert(
             TAG_CREATED_AT.to_string(),
             humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + self.deps.clock.wall())
                 .to_string(),
         );
+        if !self.config.cluster_name.is_empty() {
+            tags.insert(
+                TAG_CLUSTER_NAME.to_string(),
+                self.config.cluster_name.clone(),
+            );
+            tags.insert(TAG_ENI_OWNER.to_string(), TAG_ENI_OWNER_VALUE.to_string());
+        }
+        tags
+    }
+
+    async fn attach_eni(&self, request: IpRequest) -> Result<(), Ec2Error> {
+        let instance = self.ec2.describe_instance(&self.meta.instance_id).await?;
+        let used: Vec<u32> = instance
+            .attachments
+            .iter()
+            .filter(|(card, _)| *card == 0)
+            .map(|(_, d)| *d)
+            .collect();
+        let Some(device_index) = (1..self.policy.max_enis.max(2)).find(|d| !used.contains(d))
+        else {
+            return Err(Ec2Error::EniLimitExceeded {
+                api: "DescribeInstances",
+            });
+        };
+        let subnet_id = self.pick_subnet().await;
         let eni = self
-            .deps
             .ec2
             .create_network_interface(CreateEniRequest {
-                subnet_id: self.subnet_id.clone(),
+                subnet_id,
                 description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
                 security_groups: self.meta.security_groups.clone(),
-                tags,
-                ips: IpRequest::Secondary(ips),
+                tags: self.eni_tags(),
+                ips: request,
             })
             .await?;
         let attachment = match self
-            .deps
             .ec2
             .attach_network_interface(&eni.id, &self.meta.instance_id, device_index, 0)
             .await
@@ -369,7 +746,7 @@ impl Node {
             Ok(a) => a,
             Err(e) => {
                 // A created-but-unattached ENI is a leak waiting to happen: delete it now.
-                if let Err(del) = self.deps.ec2.delete_network_interface(&eni.id).await {
+                if let Err(del) = self.ec2.delete_network_interface(&eni.id).await {
                     tracing::warn!(eni = %eni.id, error = %del, "could not delete ENI after failed attach; \
                         the leaked-ENI cleanup will retry");
                 }
@@ -377,23 +754,25 @@ impl Node {
             }
         };
         if let Err(e) = self
-            .deps
             .ec2
             .set_delete_on_termination(&eni.id, &attachment)
             .await
         {
-            tracing::warn!(eni = %eni.id, error = %e, "could not set DeleteOnTermination");
+            tracing::warn!(eni = %eni.id, error = %e, "could not set DeleteOnTermination; freeing the ENI");
+            self.detach_and_delete(&eni.id, Some(attachment)).await;
+            return Err(e);
         }
-        let Some(mac) = MacAddr::parse(&eni.mac) else {
-            return Err(Ec2Error::Other {
-                api: "CreateNetworkInterface",
-                code: "InvalidMac".into(),
-                message: format!("EC2 returned MAC {:?} for {}", eni.mac, eni.id),
-            });
-        };
-        let new = Eni::new(&eni.id, mac, device_index, eni.primary_ip, eni.subnet_cidr);
+        self.wait_for_imds(&eni.id).await;
+        let mac = mac_of(&eni).map_err(|e| Ec2Error::Other {
+            api: "CreateNetworkInterface",
+            code: "InvalidMac".into(),
+            message: e.to_string(),
+        })?;
+        let mut new = Eni::new(&eni.id, mac, device_index, eni.primary_ip, eni.subnet_cidr);
+        new.attached_at = self.deps.clock.now();
         if let Err(e) = self.deps.hostnet.setup_eni(&new, self.config.eni_mtu).await {
             // Keep the ENI (EC2 has it attached) but do not hand out its IPs: pods on it would have no route.
+            // Reconcile adopts it once the host side works.
             tracing::error!(eni = %eni.id, error = %e, "ENI attached but host setup failed; will retry");
             return Err(Ec2Error::Other {
                 api: "AttachNetworkInterface",
@@ -403,54 +782,161 @@ impl Node {
         }
         let mut ds = lock(&self.ds);
         ds.add_eni(new);
-        if let Err(e) = ds.add_ips(&eni.id, &eni.secondary_ips) {
-            tracing::error!(eni = %eni.id, error = %e, "datastore refused the new ENI's IPs");
+        if let Err(e) = ds
+            .add_ips(&eni.id, &eni.secondary_ips)
+            .and_then(|_| ds.add_prefixes(&eni.id, &eni.ipv4_prefixes))
+        {
+            tracing::error!(eni = %eni.id, error = %e, "datastore refused the new ENI's addresses");
         }
-        tracing::info!(eni = %eni.id, device_index, ips = eni.secondary_ips.len(), "attached ENI");
+        tracing::info!(
+            eni = %eni.id,
+            device_index,
+            subnet = %eni.subnet_id,
+            ips = eni.secondary_ips.len(),
+            prefixes = eni.ipv4_prefixes.len(),
+            "attached ENI"
+        );
         Ok(())
+    }
+
+    /// Waits (bounded, with backoff) until IMDS lists the ENI, as the anchor does after an attach.
+    async fn wait_for_imds(&self, eni_id: &str) {
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..12 {
+            match self.deps.imds.enis().await {
+                Ok(enis) if enis.iter().any(|e| e.eni_id == eni_id) => return,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "IMDS read failed while waiting for an ENI"),
+            }
+            self.deps.clock.sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        tracing::warn!(
+            eni = eni_id,
+            "IMDS does not show the new ENI yet; continuing with EC2's view"
+        );
+    }
+
+    async fn free_eni(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        let now = self.deps.clock.now();
+        let eni = {
+            let mut ds = lock(&self.ds);
+            let Some(eni) = ds.eni(eni_id).cloned() else {
+                return Ok(());
+            };
+            if eni.is_primary {
+                return Ok(());
+            }
+            if let Err(e) = ds.remove_eni(eni_id, now, false) {
+                tracing::debug!(eni = eni_id, error = %e, "ENI no longer free; kept");
+                return Ok(());
+            }
+            eni
+        };
+        if let Err(e) = self.deps.hostnet.teardown_eni(&eni).await {
+            tracing::warn!(eni = eni_id, error = %e, "host teardown of the ENI failed");
+        }
+        {
+            let mut st = lock(&self.status);
+            for ip in eni.ips() {
+                st.released.insert(ip, now);
+            }
+        }
+        self.detach_and_delete(eni_id, None).await;
+        tracing::info!(eni = eni_id, device = eni.device_number, "freed ENI");
+        Ok(())
+    }
+
+    /// Detaches (if attached) and deletes an ENI, retrying as the anchor does. Failures are logged: a leftover
+    /// ENI is found again by reconcile (still attached) or by the leaked-ENI cleanup (available).
+    pub(crate) async fn detach_and_delete(&self, eni_id: &str, attachment: Option<String>) {
+        let attachment = match attachment {
+            Some(a) => Some(a),
+            None => match self
+                .ec2
+                .describe_network_interfaces(&[eni_id.to_string()])
+                .await
+            {
+                Ok(d) => d.into_iter().next().and_then(|d| d.attachment_id),
+                Err(Ec2Error::NotFound { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(eni = eni_id, error = %e, "cannot look up the ENI's attachment");
+                    return;
+                }
+            },
+        };
+        if let Some(a) = attachment {
+            if let Err(e) = self.ec2.detach_network_interface(&a).await {
+                if !matches!(e, Ec2Error::NotFound { .. }) {
+                    tracing::warn!(eni = eni_id, error = %e, "detach failed; reconcile will retry");
+                    return;
+                }
+            }
+            // The anchor waits for the detachment to settle before deleting.
+            self.deps.clock.sleep(Duration::from_secs(2)).await;
+        }
+        let mut wait = Duration::from_millis(500);
+        for _ in 0..6 {
+            match self.ec2.delete_network_interface(eni_id).await {
+                Ok(()) | Err(Ec2Error::NotFound { .. }) => return,
+                Err(e) => {
+                    tracing::debug!(eni = eni_id, error = %e, "delete failed; retrying");
+                    self.deps.clock.sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        tracing::warn!(
+            eni = eni_id,
+            "could not delete the ENI; the leaked-ENI cleanup will"
+        );
     }
 
     /// Runs pool steps until the pool holds its target (or cannot grow). Used before serving.
     pub async fn fill(&self) -> Result<(), Ec2Error> {
         for _ in 0..64 {
             match self.pool_step().await? {
-                Decision::Hold | Decision::AtEniLimit { .. } => return Ok(()),
+                d if !d.is_action() => return Ok(()),
                 _ => {}
             }
         }
         Ok(())
     }
 
-    /// The pool task: wakes on every ADD/DEL and every `interval`, grows the pool, backs off on EC2 errors with
-    /// jitter. Returns when `shutdown` fires.
+    /// The pool task: wakes on every ADD/DEL and every `interval`, grows or shrinks the pool, backs off on EC2
+    /// errors with jitter, reconciles with IMDS/EC2 every minute and looks for leaked ENIs every hour (see
+    /// [`crate::reconcile`]). Returns when `shutdown` fires.
     pub async fn run_pool(self: Arc<Self>, interval: Duration, shutdown: Arc<Notify>) {
         let mut failures: u32 = 0;
+        let mut timers = crate::reconcile::Timers::new(self.deps.clock.now());
         loop {
             let mut delay = None;
             for _ in 0..16 {
                 match self.pool_step().await {
-                    Ok(Decision::Hold | Decision::AtEniLimit { .. }) => {
+                    Ok(d) if !d.is_action() => {
                         failures = 0;
                         break;
                     }
                     Ok(_) => failures = 0,
                     Err(e) => {
                         failures = failures.saturating_add(1);
-                        let base = Duration::from_millis(500)
-                            .saturating_mul(1u32 << failures.min(7))
-                            .min(Duration::from_secs(60));
-                        let jitter = base.mul_f64(rand::random::<f64>() * 0.5);
-                        tracing::warn!(error = %e, retry_in = ?(base + jitter), "pool step failed");
-                        delay = Some(base + jitter);
+                        let wait = crate::ratelimit::Backoff {
+                            base: Duration::from_secs(1),
+                            cap: Duration::from_secs(60),
+                        }
+                        .delay(failures);
+                        tracing::warn!(error = %e, retry_in = ?wait, "pool step failed");
+                        delay = Some(wait);
                         break;
                     }
                 }
             }
+            timers.run_due(&self).await;
             let wait = delay.unwrap_or(interval);
             tokio::select! {
                 () = shutdown.notified() => return,
                 () = self.wake.notified(), if delay.is_none() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = self.deps.clock.sleep(wait) => {}
             }
         }
     }
@@ -474,10 +960,12 @@ mod tests {
     use crate::sim::{NoHotplug, SimEc2, SimSpec};
 
     async fn node(instance_type: &str, config: Config) -> (Arc<Node>, SimEc2, ManualClock) {
-        let sim = SimEc2::launch(SimSpec::new(instance_type), Arc::new(NoHotplug))
+        let clock = ManualClock::default();
+        let mut spec = SimSpec::new(instance_type);
+        spec.clock = Arc::new(clock.clone());
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
             .await
             .expect("sim");
-        let clock = ManualClock::default();
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim.clone()),
@@ -522,6 +1010,8 @@ mod tests {
         assert_eq!(err.reason, FailureReason::NodeAtEniLimit, "{}", err.message);
         assert_eq!(n.stats().enis, 3);
         assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&2));
+        // Batched: one AssignPrivateIpAddresses filled the primary ENI, the others came with their ENIs.
+        assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), Some(&1));
     }
 
     #[tokio::test]

@@ -13,6 +13,10 @@
 //! "VPC". Secondary IPs get permanent neighbour entries in the fabric, standing in for EC2's binding of an address
 //! to an ENI (the node does not answer ARP for pod addresses).
 //!
+//! The bridge also holds [`INTERNET_HOST`], an address outside every VPC CIDR standing in for the internet, and
+//! the node's primary interface gets a default route to the VPC router (as DHCP gives a real node), so traffic
+//! to non-VPC destinations leaves through the primary ENI and can be checked for SNAT.
+//!
 //! The fabric namespace has no name: it exists while ipamd holds it. If ipamd dies, the kernel removes the fabric
 //! and with it both ends of every ENI veth, so the simulated node never leaves links behind on the machine.
 
@@ -26,6 +30,9 @@ use ipnetwork::Ipv4Network;
 use super::{NicHotplug, SimNic};
 
 const BRIDGE: &str = "vpc";
+
+/// "The internet" as seen from the simulated VPC: a documentation address (TEST-NET-2) held by the fabric.
+pub const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 
 /// See the module docs.
 pub struct NetnsFabric {
@@ -63,6 +70,9 @@ impl NetnsFabric {
         fabric
             .add_address(bridge.index, subnet_gateway(subnet).into(), subnet.prefix())
             .await?;
+        fabric
+            .add_address(bridge.index, INTERNET_HOST.into(), 32)
+            .await?;
         fabric.set_up(bridge.index).await?;
         if let Some(lo) = fabric.link_by_name("lo").await? {
             fabric.set_up(lo.index).await?;
@@ -87,8 +97,7 @@ impl NetnsFabric {
     }
 
     async fn plug_nic(&self, nic: &SimNic) -> Result<(), NetlinkError> {
-        let name = format!("eth{}", nic.device_index);
-        let peer = format!("nic{}", nic.device_index);
+        let (name, peer) = link_names(nic);
         if let Some(existing) = self.node.link_by_name(&name).await? {
             if existing.mac != Some(nic.mac) {
                 return Err(NetlinkError::Conflict(format!(
@@ -127,13 +136,32 @@ impl NetnsFabric {
                 .add_address(link.index, nic.primary_ip.into(), nic.subnet.prefix())
                 .await?;
             self.node.set_up(link.index).await?;
+            self.node
+                .replace_route(&datapath::RouteSpec {
+                    dst: Ipv4Addr::UNSPECIFIED,
+                    prefix_len: 0,
+                    gateway: Some(subnet_gateway(nic.subnet)),
+                    oif: Some(link.index),
+                    table: datapath::MAIN_TABLE,
+                    scope_link: false,
+                })
+                .await?;
+        } else {
+            // ENIs of other subnets need their router on the VPC side too.
+            self.fabric
+                .add_address(
+                    self.bridge_index,
+                    subnet_gateway(nic.subnet).into(),
+                    nic.subnet.prefix(),
+                )
+                .await?;
         }
         Ok(())
     }
 
     async fn unplug_nic(&self, nic: &SimNic) -> Result<(), NetlinkError> {
         self.node
-            .delete_link_by_name(&format!("eth{}", nic.device_index))
+            .delete_link_by_name(&link_names(nic).0)
             .await
             .map(|_| ())
     }
@@ -150,6 +178,20 @@ impl NetnsFabric {
         }
         Ok(())
     }
+}
+
+/// `eth<device>` on network card 0 (as the kernel names them on a Nitro instance), `nc<card>eth<device>` on
+/// other cards; the fabric end is `nic<card>-<device>`.
+fn link_names(nic: &SimNic) -> (String, String) {
+    let name = if nic.network_card == 0 {
+        format!("eth{}", nic.device_index)
+    } else {
+        format!("nc{}eth{}", nic.network_card, nic.device_index)
+    };
+    (
+        name,
+        format!("nic{}-{}", nic.network_card, nic.device_index),
+    )
 }
 
 impl NicHotplug for NetnsFabric {

@@ -1,0 +1,777 @@
+//! Scenario tests: the whole engine (pool task, reconcile, leak cleanup) against the EC2 simulator, in virtual
+//! time (a paused tokio runtime: hours of pool behaviour in milliseconds). No kernel, no root.
+//!
+//! Pods arrive the way kubelet sends them: an ADD that fails with "try again later" is retried a second later.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_cni_proto::FailureReason;
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, TokioClock};
+use crate::config::Config;
+use crate::datastore::{IpamKey, PodMeta};
+use crate::ec2::{
+    CreateEniRequest, Ec2, IpRequest, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER,
+    TAG_INSTANCE_ID,
+};
+use crate::hostnet::RecordingHostNetwork;
+use crate::node::{Node, NodeDeps};
+use crate::sim::{Fault, NoHotplug, SimEc2, SimSpec, SimSubnet, SIM_SUBNET_ID};
+
+struct Harness {
+    node: Arc<Node>,
+    sim: SimEc2,
+    clock: Arc<dyn Clock>,
+    host: RecordingHostNetwork,
+    shutdown: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+    next: usize,
+    pods: Vec<IpamKey>,
+}
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Harness {
+    async fn start(instance_type: &str, vars: &[(&str, &str)]) -> Harness {
+        Harness::start_with(instance_type, vars, None, |_| {}).await
+    }
+
+    async fn start_with(
+        instance_type: &str,
+        vars: &[(&str, &str)],
+        max_pods: Option<u32>,
+        tweak: impl FnOnce(&mut SimSpec),
+    ) -> Harness {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let mut spec = SimSpec::new(instance_type);
+        spec.clock = Arc::clone(&clock);
+        tweak(&mut spec);
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        let host = RecordingHostNetwork::default();
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(host.clone()),
+            clock: Arc::clone(&clock),
+        };
+        let config = Config::from_env(&env(vars)).expect("config");
+        let node = Node::init(deps, config, max_pods).await.expect("init");
+        let _ = node.fill().await;
+        let shutdown = Arc::new(Notify::new());
+        let task =
+            tokio::spawn(Arc::clone(&node).run_pool(Duration::from_secs(5), Arc::clone(&shutdown)));
+        Harness {
+            node,
+            sim,
+            clock,
+            host,
+            shutdown,
+            task,
+            next: 0,
+            pods: Vec::new(),
+        }
+    }
+
+    async fn wait(&self, d: Duration) {
+        self.clock.sleep(d).await;
+    }
+
+    /// One ADD, retried like kubelet (every second, up to `tries`). Returns the failure if it never worked.
+    async fn add_pod(&mut self, tries: u32) -> Result<Ipv4Addr, crate::node::AddFailure> {
+        let key = IpamKey {
+            network_name: "aws-cni".into(),
+            container_id: format!("c{}", self.next),
+            if_name: "eth0".into(),
+        };
+        self.next += 1;
+        let mut last = None;
+        for _ in 0..tries.max(1) {
+            match self.node.add(&key, &PodMeta::default()) {
+                Ok(a) => {
+                    self.pods.push(key);
+                    return Ok(a.ip);
+                }
+                Err(f) => {
+                    last = Some(f);
+                    self.wait(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        Err(last.expect("at least one try"))
+    }
+
+    fn del_pod(&mut self, index: usize) {
+        let key = self.pods.remove(index);
+        assert!(self.node.del(&key).is_some());
+    }
+
+    /// `(ENIs, addresses)` as the daemon sees them.
+    fn shape(&self) -> (usize, usize) {
+        let s = self.node.stats();
+        (s.enis, s.total)
+    }
+
+    /// Checks that the datastore and EC2 agree on every attached ENI and its addresses, and that no address is
+    /// held twice.
+    fn assert_consistent_with_ec2(&self) {
+        let iid = self.sim.instance_id();
+        let ec2: BTreeMap<String, Vec<Ipv4Addr>> = self
+            .sim
+            .all_enis()
+            .into_iter()
+            .filter(|e| e.instance_id.as_deref() == Some(iid.as_str()))
+            .map(|e| {
+                let mut ips = e.secondary_ips.clone();
+                ips.extend(e.ipv4_prefixes.iter().flat_map(|p| p.iter()));
+                ips.sort();
+                (e.id, ips)
+            })
+            .collect();
+        let ds = self.node.datastore();
+        let ours: BTreeMap<String, Vec<Ipv4Addr>> = ds
+            .enis()
+            .map(|e| {
+                let mut ips: Vec<_> = e.ips().collect();
+                ips.sort();
+                (e.id.clone(), ips)
+            })
+            .collect();
+        assert_eq!(ours, ec2, "datastore and EC2 disagree");
+        let held: Vec<Ipv4Addr> = ds.assignments().iter().map(|(_, _, a)| a.ip).collect();
+        let unique: HashSet<_> = held.iter().collect();
+        assert_eq!(unique.len(), held.len(), "an address is held twice");
+    }
+
+    async fn stop(self) {
+        self.shutdown.notify_one();
+        let _ = self.task.await;
+    }
+}
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+#[tokio::test(start_paused = true)]
+async fn anchor_doc_t3_small_warm_eni_target_1() {
+    let mut h = Harness::start("t3.small", &[("WARM_ENI_TARGET", "1")]).await;
+    h.wait(SETTLE).await;
+    assert_eq!(h.shape(), (1, 3), "0 pods: 1 ENI, 3 IPs");
+    for _ in 0..5 {
+        h.add_pod(30).await.expect("pod");
+    }
+    h.wait(SETTLE).await;
+    assert_eq!(h.shape(), (3, 9), "5 pods: 3 ENIs, 9 IPs");
+    h.assert_consistent_with_ec2();
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn anchor_doc_p3dn_warm_ip_5_minimum_10() {
+    let vars = [("WARM_IP_TARGET", "5"), ("MINIMUM_IP_TARGET", "10")];
+    let mut h = Harness::start("p3dn.24xlarge", &vars).await;
+    h.wait(SETTLE).await;
+    assert_eq!(h.shape(), (1, 10), "0 pods: 10 IPs on 1 ENI");
+    for _ in 0..45 {
+        h.add_pod(30).await.expect("pod");
+        h.wait(Duration::from_secs(2)).await;
+    }
+    h.wait(SETTLE).await;
+    assert_eq!(h.shape(), (2, 50), "45 pods: 50 IPs on 2 ENIs");
+    h.assert_consistent_with_ec2();
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn anchor_doc_prefix_delegation_17_pods_on_t3_small() {
+    let vars = [
+        ("ENABLE_PREFIX_DELEGATION", "true"),
+        ("WARM_PREFIX_TARGET", "1"),
+    ];
+    let mut h = Harness::start("t3.small", &vars).await;
+    h.wait(SETTLE).await;
+    assert_eq!(h.node.stats().prefixes, 1);
+    for _ in 0..17 {
+        h.add_pod(30).await.expect("pod");
+    }
+    h.wait(SETTLE).await;
+    let s = h.node.stats();
+    assert_eq!((s.prefixes, s.total), (3, 48), "17 pods -> 3 prefixes");
+    let ec2_prefixes: usize = h.sim.all_enis().iter().map(|e| e.ipv4_prefixes.len()).sum();
+    assert_eq!(ec2_prefixes, 3);
+    h.assert_consistent_with_ec2();
+    h.stop().await;
+}
+
+/// Ten instance types, single- and multi-card, with the default max-pods and with kubelet's max-pods below the
+/// ENI capacity: the pool never holds more addresses than max-pods, and the last ADD names the limit.
+#[tokio::test(start_paused = true)]
+async fn max_pods_is_never_exceeded_on_ten_instance_types() {
+    let types = [
+        "t3.nano",
+        "t3.small",
+        "m5.large",
+        "c5.xlarge",
+        "m4.large",
+        "r5.2xlarge",
+        "c5n.18xlarge",
+        "p4d.24xlarge",
+        "c6in.32xlarge",
+        "p5.48xlarge",
+    ];
+    let multi_card = types
+        .iter()
+        .filter(|t| {
+            instance_limits::lookup(t)
+                .expect("known type")
+                .network_cards
+                .len()
+                > 1
+        })
+        .count();
+    assert!(multi_card >= 2, "the list must include multi-card types");
+    for t in types {
+        for (max_pods, vars) in [
+            (None, vec![]),
+            (Some(30), vec![]),
+            (Some(30), vec![("WARM_IP_TARGET", "7")]),
+        ] {
+            let mut h = Harness::start_with(t, &vars, max_pods, |_| {}).await;
+            let limit = h.node.policy().max_pods as usize;
+            let mut failure = None;
+            for _ in 0..(limit + 3) {
+                match h.add_pod(20).await {
+                    Ok(_) => {}
+                    Err(f) => {
+                        failure = Some(f);
+                        break;
+                    }
+                }
+                assert!(
+                    h.node.stats().total <= limit,
+                    "{t}: {} addresses > max-pods {limit}",
+                    h.node.stats().total
+                );
+            }
+            h.wait(SETTLE).await;
+            assert!(h.node.stats().total <= limit, "{t} after settling");
+            let f = failure.expect("the node fills up");
+            assert!(
+                matches!(
+                    f.reason,
+                    FailureReason::MaxPodsReached | FailureReason::NodeAtEniLimit
+                ),
+                "{t}: {:?} {}",
+                f.reason,
+                f.message
+            );
+            let p = h.node.policy();
+            let capacity = (p.max_enis * p.ips_per_eni) as usize;
+            assert_eq!(
+                h.pods.len(),
+                limit.min(capacity),
+                "{t}: every pod that fits got an address"
+            );
+            if limit < capacity {
+                assert_eq!(f.reason, FailureReason::MaxPodsReached, "{t}");
+            }
+            h.assert_consistent_with_ec2();
+            h.stop().await;
+        }
+    }
+}
+
+/// An hour of churn (a pod replaced every 4 s) with the 30 s cooldown: cooling IPs are not counted as free, so
+/// the pool grows ahead of demand and no ADD ever has to wait.
+#[tokio::test(start_paused = true)]
+async fn churn_with_cooldown_never_fails_an_add_while_the_pool_has_room() {
+    for vars in [
+        vec![("WARM_IP_TARGET", "3")],
+        vec![("WARM_ENI_TARGET", "1")],
+    ] {
+        let mut h = Harness::start("m5.xlarge", &vars).await; // 4 ENIs x 15 IPv4
+        for _ in 0..20 {
+            h.add_pod(30).await.expect("initial pods");
+        }
+        h.wait(SETTLE).await;
+        let mut failures = Vec::new();
+        let mut seen = HashSet::new();
+        for i in 0..900 {
+            h.del_pod(i % h.pods.len());
+            match h.add_pod(1).await {
+                Ok(ip) => {
+                    seen.insert(ip);
+                }
+                Err(f) => failures.push(f),
+            }
+            h.wait(Duration::from_secs(4)).await;
+        }
+        assert!(failures.is_empty(), "{vars:?}: {failures:?}");
+        assert!(seen.len() > 20, "addresses were recycled after cooldown");
+        let s = h.node.stats();
+        assert!(s.total <= h.node.policy().max_pods as usize);
+        h.assert_consistent_with_ec2();
+        h.stop().await;
+    }
+}
+
+/// EC2 throttles for a minute, then answers 5xx in bursts and times out after applying calls: the pool is slower
+/// but every pod gets an address, and in the end the datastore and EC2 agree (nothing lost, nothing leaked).
+#[tokio::test(start_paused = true)]
+async fn throttling_and_5xx_bursts_slow_the_pool_but_lose_nothing() {
+    let mut h = Harness::start("m5.large", &[("WARM_IP_TARGET", "2")]).await;
+    h.sim.throttle_for(Duration::from_secs(60));
+    h.sim.inject_faults(Fault::ServerError, None, 12);
+    h.sim.inject_faults(
+        Fault::TimeoutAfterApply,
+        Some("AssignPrivateIpAddresses"),
+        2,
+    );
+    h.sim
+        .inject_faults(Fault::Unavailable, Some("CreateNetworkInterface"), 3);
+    let start = h.clock.now();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..25 {
+        let t = h.clock.now();
+        h.add_pod(600)
+            .await
+            .expect("every pod gets an address eventually");
+        slowest = slowest.max(h.clock.now() - t);
+    }
+    assert!(
+        slowest >= Duration::from_secs(30),
+        "the throttling burst did slow ADDs down"
+    );
+    assert!(h.clock.now() - start < Duration::from_secs(3600));
+    // Reconcile (every minute) adopts what timed-out calls did assign.
+    h.wait(Duration::from_secs(300)).await;
+    h.assert_consistent_with_ec2();
+    let c = h.node.counters();
+    assert!(
+        c.ec2.retried.values().sum::<u64>() > 0,
+        "retried: {:?}",
+        c.ec2
+    );
+    assert_eq!(
+        h.sim.calls().values().sum::<u64>(),
+        c.ec2.total_sent(),
+        "every EC2 call went through the client-side pacer"
+    );
+    assert!(
+        h.sim.all_enis().iter().all(|e| e.status == "in-use"),
+        "no ENI left unattached"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn subnet_exhaustion_gives_the_specific_error() {
+    // A /27 has 27 usable addresses: the primary ENI (10) and one more ENI (10) fit, a third does not.
+    let mut h = Harness::start_with("m5.large", &[], None, |s| {
+        s.subnet_cidr = "10.0.0.0/27".parse().expect("cidr");
+    })
+    .await;
+    let mut failure = None;
+    for _ in 0..40 {
+        if let Err(f) = h.add_pod(20).await {
+            failure = Some(f);
+            break;
+        }
+    }
+    let f = failure.expect("runs out");
+    assert_eq!(f.reason, FailureReason::SubnetExhausted, "{}", f.message);
+    assert!(f.message.contains("InsufficientFreeAddressesInSubnet"));
+    h.stop().await;
+
+    // Prefix delegation on a fragmented subnet: free addresses, but no whole /28.
+    let mut h = Harness::start_with(
+        "m5.large",
+        &[
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("WARM_PREFIX_TARGET", "1"),
+        ],
+        None,
+        |s| {
+            s.subnet_cidr = "10.0.0.0/24".parse().expect("cidr");
+            s.taken = (1..16)
+                .map(|b| Ipv4Addr::new(10, 0, 0, b * 16 + 7))
+                .collect();
+        },
+    )
+    .await;
+    let f = h.add_pod(5).await.expect_err("no /28 anywhere");
+    assert_eq!(f.reason, FailureReason::SubnetExhausted, "{}", f.message);
+    assert!(
+        f.message.contains("InsufficientCidrBlocks"),
+        "{}",
+        f.message
+    );
+    assert!(h.sim.free_addresses(SIM_SUBNET_ID) > 200);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_pool_shrinks_to_target_and_frees_idle_enis_but_never_the_primary() {
+    let mut h = Harness::start("m5.large", &[("WARM_IP_TARGET", "2")]).await;
+    for _ in 0..20 {
+        h.add_pod(30).await.expect("pod");
+    }
+    h.wait(SETTLE).await;
+    assert_eq!(h.shape(), (3, 22));
+    while h.pods.len() > 3 {
+        let last = h.pods.len() - 1;
+        h.del_pod(last);
+    }
+    h.wait(Duration::from_secs(600)).await;
+    // 3 pods + 2 warm; the pods sit on the primary ENI (lowest device first), the other ENIs are gone.
+    assert_eq!(h.shape(), (1, 5));
+    let enis = h.sim.all_enis();
+    assert_eq!(enis.len(), 1, "freed ENIs are deleted in EC2");
+    assert_eq!(enis[0].device_index, Some(0));
+    assert_eq!(h.host.teardowns().len(), 2);
+    let calls = h.node.counters().ec2.sent;
+    assert_eq!(calls.get("DetachNetworkInterface"), Some(&2));
+    assert!(
+        calls
+            .get("UnassignPrivateIpAddresses")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+    h.assert_consistent_with_ec2();
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn enis_are_created_tagged_attached_with_delete_on_termination() {
+    let vars = [
+        ("CLUSTER_NAME", "prod"),
+        ("ADDITIONAL_ENI_TAGS", r#"{"team":"net"}"#),
+    ];
+    let mut h = Harness::start("t3.small", &vars).await;
+    for _ in 0..4 {
+        h.add_pod(30).await.expect("pod");
+    }
+    h.wait(SETTLE).await;
+    let iid = h.sim.instance_id();
+    let secondary: Vec<_> = h
+        .sim
+        .all_enis()
+        .into_iter()
+        .filter(|e| e.device_index != Some(0))
+        .collect();
+    assert!(!secondary.is_empty());
+    for e in secondary {
+        assert_eq!(e.description, format!("aws-K8S-{iid}"));
+        assert_eq!(e.tags.get(TAG_INSTANCE_ID), Some(&iid));
+        assert!(e.tags.contains_key(TAG_CREATED_AT));
+        assert_eq!(
+            e.tags.get(TAG_CLUSTER_NAME).map(String::as_str),
+            Some("prod")
+        );
+        assert!(e.tags.contains_key(TAG_ENI_OWNER));
+        assert_eq!(e.tags.get("team").map(String::as_str), Some("net"));
+        assert!(e.delete_on_termination);
+        assert_eq!(e.status, "in-use");
+    }
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_eni_whose_attach_fails_is_deleted() {
+    let mut h = Harness::start("t3.small", &[]).await;
+    // More failures than the client retries: the attach fails for good once.
+    h.sim
+        .inject_faults(Fault::ServerError, Some("AttachNetworkInterface"), 4);
+    for _ in 0..3 {
+        h.add_pod(60).await.expect("pod");
+    }
+    h.wait(SETTLE).await;
+    assert!(
+        h.sim
+            .calls()
+            .get("DeleteNetworkInterface")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
+    assert!(
+        h.sim.all_enis().iter().all(|e| e.status == "in-use"),
+        "no created-but-unattached ENI left"
+    );
+    h.assert_consistent_with_ec2();
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn leaked_enis_of_this_instance_are_deleted_after_five_minutes() {
+    let h = Harness::start("m5.large", &[]).await;
+    let iid = h.sim.instance_id();
+    let created =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + h.clock.wall()).to_string();
+    let mk = |instance: &str| {
+        let mut tags = BTreeMap::new();
+        tags.insert(TAG_INSTANCE_ID.to_string(), instance.to_string());
+        tags.insert(TAG_CREATED_AT.to_string(), created.clone());
+        CreateEniRequest {
+            subnet_id: SIM_SUBNET_ID.into(),
+            description: format!("aws-K8S-{instance}"),
+            security_groups: Vec::new(),
+            tags,
+            ips: IpRequest::Secondary(2),
+        }
+    };
+    let ours = h.sim.create_network_interface(mk(&iid)).await.expect("eni");
+    let other = h
+        .sim
+        .create_network_interface(mk("i-0someoneelse00000"))
+        .await
+        .expect("eni");
+    // Too young.
+    assert_eq!(h.node.cleanup_leaked_enis().await.expect("cleanup"), 0);
+    // The hourly job (first run within 5 minutes) finds it once it is old enough.
+    h.wait(Duration::from_secs(2 * 3600)).await;
+    let left: Vec<String> = h.sim.all_enis().into_iter().map(|e| e.id).collect();
+    assert!(!left.contains(&ours.id), "leaked ENI deleted");
+    assert!(
+        left.contains(&other.id),
+        "another instance's ENI is left alone"
+    );
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn reconcile_adopts_removes_and_repairs_drift() {
+    let mut h = Harness::start("m5.large", &[("WARM_IP_TARGET", "1")]).await;
+    h.wait(SETTLE).await;
+    let iid = h.sim.instance_id();
+    let primary = h
+        .sim
+        .all_enis()
+        .into_iter()
+        .find(|e| e.device_index == Some(0))
+        .expect("primary");
+    // Someone attaches an ENI with addresses behind our back.
+    let mut tags = BTreeMap::new();
+    tags.insert(TAG_INSTANCE_ID.to_string(), iid.clone());
+    let foreign = h
+        .sim
+        .create_network_interface(CreateEniRequest {
+            subnet_id: SIM_SUBNET_ID.into(),
+            description: "attached by hand".into(),
+            security_groups: Vec::new(),
+            tags,
+            ips: IpRequest::Secondary(3),
+        })
+        .await
+        .expect("eni");
+    h.sim
+        .attach_network_interface(&foreign.id, &iid, 2, 0)
+        .await
+        .expect("attach");
+    // And assigns an address to the primary ENI.
+    let extra = h
+        .sim
+        .assign_private_ips(&primary.id, IpRequest::Secondary(1))
+        .await
+        .expect("assign");
+    let report = h.node.reconcile(true).await.expect("reconcile");
+    assert_eq!(report.adopted, vec![foreign.id.clone()]);
+    let ds = h.node.datastore();
+    assert!(ds.eni(&foreign.id).is_some(), "adopted");
+    assert!(ds
+        .eni(&primary.id)
+        .expect("primary")
+        .ips()
+        .any(|ip| ip == extra.ips[0]));
+    assert!(h.host.setups().contains(&foreign.id));
+
+    // A pod on the adopted ENI; then the ENI disappears from EC2 (detached and deleted by hand).
+    let mut ip = None;
+    for _ in 0..10 {
+        let got = h.add_pod(5).await.expect("pod");
+        if foreign.secondary_ips.contains(&got) {
+            ip = Some(got);
+            break;
+        }
+    }
+    assert!(ip.is_some(), "a pod landed on the adopted ENI");
+    let attachment = h
+        .sim
+        .all_enis()
+        .into_iter()
+        .find(|e| e.id == foreign.id)
+        .and_then(|e| e.attachment_id)
+        .expect("attached");
+    h.sim
+        .detach_network_interface(&attachment)
+        .await
+        .expect("detach");
+    h.sim
+        .delete_network_interface(&foreign.id)
+        .await
+        .expect("delete");
+    h.wait(Duration::from_secs(150)).await;
+    assert!(h.node.datastore().eni(&foreign.id).is_none(), "removed");
+    assert!(h.host.teardowns().contains(&foreign.id));
+    assert!(h.node.counters().force_removed >= 1);
+    h.assert_consistent_with_ec2();
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn lagging_imds_and_slow_attach_do_not_confuse_the_pool() {
+    let mut h = Harness::start_with("m5.large", &[("WARM_IP_TARGET", "4")], None, |s| {
+        s.imds_lag = Duration::from_secs(8);
+        s.attach_latency = Duration::from_secs(10);
+    })
+    .await;
+    for _ in 0..24 {
+        h.add_pod(60).await.expect("pod");
+    }
+    h.wait(Duration::from_secs(600)).await;
+    assert_eq!(h.node.stats().enis, 3);
+    assert_eq!(
+        h.node.counters().force_removed,
+        0,
+        "nothing removed on a stale view"
+    );
+    h.assert_consistent_with_ec2();
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn adds_make_no_ec2_or_imds_call() {
+    let mut h = Harness::start("m5.4xlarge", &[("WARM_IP_TARGET", "50")]).await;
+    h.wait(SETTLE).await;
+    h.shutdown.notify_one(); // stop the pool task: only ADDs run now
+    h.wait(Duration::from_secs(1)).await;
+    let calls = h.sim.calls();
+    let imds = h.sim.imds_reads();
+    for _ in 0..40 {
+        h.add_pod(1).await.expect("free address");
+    }
+    assert_eq!(h.sim.calls(), calls);
+    assert_eq!(h.sim.imds_reads(), imds);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_provisioning_never_changes_ec2_and_max_eni_caps() {
+    let h = Harness::start(
+        "m5.large",
+        &[("DISABLE_NETWORK_RESOURCE_PROVISIONING", "true")],
+    )
+    .await;
+    h.wait(SETTLE).await;
+    let mutating: u64 = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|(api, _)| !api.starts_with("Describe"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(mutating, 0);
+    h.stop().await;
+
+    let mut h = Harness::start("m5.large", &[("MAX_ENI", "2")]).await;
+    for _ in 0..18 {
+        h.add_pod(30).await.expect("pod");
+    }
+    let f = h.add_pod(5).await.expect_err("2 ENIs full");
+    assert_eq!(f.reason, FailureReason::NodeAtEniLimit, "{}", f.message);
+    assert_eq!(h.node.stats().enis, 2);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn subnet_discovery_puts_new_enis_in_the_emptiest_tagged_subnet() {
+    let tagged = |v: &str| {
+        let mut t = BTreeMap::new();
+        t.insert("kubernetes.io/role/cni".to_string(), v.to_string());
+        t
+    };
+    let tweak = |s: &mut SimSpec| {
+        s.subnet_cidr = "10.0.0.0/26".parse().expect("cidr");
+        s.extra_subnets = vec![
+            SimSubnet {
+                cidr: "10.0.64.0/20".parse().expect("cidr"),
+                tags: tagged("1"),
+            },
+            SimSubnet {
+                cidr: "10.0.128.0/18".parse().expect("cidr"),
+                tags: tagged("0"),
+            },
+        ];
+    };
+    let mut h = Harness::start_with("t3.small", &[], None, tweak).await;
+    for _ in 0..4 {
+        h.add_pod(30).await.expect("pod");
+    }
+    h.wait(SETTLE).await;
+    let subnets: Vec<String> = h
+        .sim
+        .all_enis()
+        .into_iter()
+        .filter(|e| e.device_index != Some(0))
+        .map(|e| e.subnet_id)
+        .collect();
+    assert!(!subnets.is_empty());
+    assert!(
+        subnets.iter().all(|s| s == "subnet-0sim0000000000002"),
+        "{subnets:?}"
+    );
+    h.stop().await;
+
+    let mut h = Harness::start_with(
+        "t3.small",
+        &[("ENABLE_SUBNET_DISCOVERY", "false")],
+        None,
+        tweak,
+    )
+    .await;
+    for _ in 0..4 {
+        h.add_pod(30).await.expect("pod");
+    }
+    h.wait(SETTLE).await;
+    assert!(h
+        .sim
+        .all_enis()
+        .iter()
+        .all(|e| e.subnet_id == SIM_SUBNET_ID));
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn snat_rules_follow_the_configuration() {
+    let h = Harness::start(
+        "m5.large",
+        &[("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "192.168.0.0/16")],
+    )
+    .await;
+    let chain = h
+        .host
+        .iptables
+        .rules("nat", crate::snat::SNAT_CHAIN)
+        .expect("SNAT chain");
+    let primary = h.node.primary_ip().to_string();
+    assert!(chain
+        .last()
+        .expect("rule")
+        .windows(2)
+        .any(|w| w[0] == "--to-source" && w[1] == primary));
+    assert_eq!(chain.len(), 3, "VPC CIDR, excluded CIDR, SNAT");
+    h.stop().await;
+    let h = Harness::start("m5.large", &[("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true")]).await;
+    assert_eq!(h.host.iptables.rules("nat", crate::snat::SNAT_CHAIN), None);
+    h.stop().await;
+}
