@@ -29,6 +29,8 @@ enum Command {
     Health(HealthArgs),
     /// Show a running ipamd's pool and pods.
     Status(StatusArgs),
+    /// Install on the node: plugins into the host's CNI bin dir, sysctls, and (once ipamd is ready) the conflist.
+    Install(ipamd::install::InstallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,6 +177,16 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("ipamd status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Install(args) => {
+            init_tracing();
+            match ipamd::install::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ipamd install: {e}");
                     ExitCode::FAILURE
                 }
             }
