@@ -570,15 +570,22 @@ pub fn sysctls(primary: &str, s: &Settings) -> Vec<Sysctl> {
     v
 }
 
-/// Writes `sysctl` under `proc_root/sys`. The file must exist, as in procfs (nothing is created).
-pub fn write_sysctl(proc_root: &Path, sysctl: &Sysctl) -> Result<(), InstallError> {
+/// The file of `sysctl` under `proc_root/sys`, which must exist.
+pub fn sysctl_path(proc_root: &Path, sysctl: &Sysctl) -> Result<PathBuf, InstallError> {
     let path = proc_root.join("sys").join(&sysctl.key);
-    if !path.exists() {
-        return Err(InstallError::NoSysctl {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(InstallError::NoSysctl {
             key: sysctl.key.clone(),
             path,
-        });
+        })
     }
+}
+
+/// Writes `sysctl` under `proc_root/sys`. The file must exist, as in procfs (nothing is created).
+pub fn write_sysctl(proc_root: &Path, sysctl: &Sysctl) -> Result<(), InstallError> {
+    let path = sysctl_path(proc_root, sysctl)?;
     let mut f = OpenOptions::new()
         .write(true)
         .truncate(true)
@@ -714,7 +721,12 @@ pub fn run_with_env(
         let mac = primary_mac(args)?;
         let primary = interface_by_mac(&args.sys_root, &mac)?;
         tracing::info!(interface = %primary, %mac, "primary interface");
-        for s in sysctls(&primary, &settings) {
+        let wanted = sysctls(&primary, &settings);
+        // All present first, so a missing one leaves every sysctl as it was.
+        for s in &wanted {
+            sysctl_path(&args.proc_root, s)?;
+        }
+        for s in wanted {
             write_sysctl(&args.proc_root, &s)?;
             tracing::info!(key = %s.key, value = s.value, "sysctl set");
         }
