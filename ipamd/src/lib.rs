@@ -25,6 +25,7 @@ pub mod ec2;
 pub mod hostnet;
 pub mod http;
 pub mod imds;
+pub mod logging;
 pub mod install;
 pub mod metrics;
 pub mod node;
