@@ -31,6 +31,11 @@ pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod probe;
+pub mod ratelimit;
+pub mod reconcile;
 pub mod rpc;
+#[cfg(test)]
+mod scenarios;
 pub mod sim;
+pub mod snat;
 pub mod status_cmd;
