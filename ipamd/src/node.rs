@@ -111,6 +111,8 @@ pub(crate) struct PoolStatus {
     pub(crate) released: HashMap<Ipv4Addr, Duration>,
     /// Addresses pods lost because EC2 no longer had them.
     pub(crate) force_removed: u64,
+    /// EC2 said an ENI or address we hold does not exist: reconcile at the next chance.
+    pub(crate) reconcile_wanted: bool,
 }
 
 /// Counters of the engine's work, for tests, status and logs.
@@ -539,7 +541,7 @@ impl Node {
         if !blocked || !grows {
             st.last_decision = Some(decision.clone());
         }
-        if decision.is_action() && !self.config.disable_provisioning {
+        if decision.is_action() && !self.config.disable_provisioning && result.is_ok() {
             st.last_action = Some(now);
             if matches!(
                 decision,
@@ -558,8 +560,12 @@ impl Node {
                 Ok(decision)
             }
             Err(e) => {
-                if matches!(e, Ec2Error::SubnetExhausted { .. }) {
-                    st.grow_blocked_until = Some(now + SUBNET_EXHAUSTED_BACKOFF);
+                match e {
+                    Ec2Error::SubnetExhausted { .. } => {
+                        st.grow_blocked_until = Some(now + SUBNET_EXHAUSTED_BACKOFF);
+                    }
+                    Ec2Error::NotFound { .. } => st.reconcile_wanted = true,
+                    _ => {}
                 }
                 st.last_error = Some(e.clone());
                 Err(e)

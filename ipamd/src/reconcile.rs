@@ -1,7 +1,8 @@
 //! Keeping the datastore, the host and EC2 in agreement: the reconcile timer and the leaked-ENI cleanup.
 //!
 //! **Reconcile** (every 60 s, skipped while the pool acted in the last 60 s, as the anchor: right after an action
-//! IMDS is expected to lag). IMDS is read (no EC2 call) and compared with the datastore; EC2 is asked only about
+//! IMDS is expected to lag; but never skipped for more than 5 minutes in a row, and run at once when EC2 said an
+//! ENI we hold does not exist). IMDS is read (no EC2 call) and compared with the datastore; EC2 is asked only about
 //! what differs, because IMDS is eventually consistent and has made the anchor delete in-use ENIs and hand out
 //! unassigned IPs (#1967, #3019, #3887):
 //! - an ENI in IMDS but not in the datastore (attached by someone, or by us before a crash or a failed host
@@ -35,6 +36,8 @@ use crate::node::{lock, mac_of, Node, RELEASED_MEMORY};
 
 /// Reconcile period (anchor `nodeIPPoolReconcileInterval`).
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
+/// A reconcile is not skipped for longer than this.
+pub const RECONCILE_MAX_SKIP: Duration = Duration::from_secs(300);
 /// Leaked-ENI cleanup period.
 pub const LEAK_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// Random delay before the first leak check, and jitter added to every later one.
@@ -68,6 +71,7 @@ pub struct ReconcileReport {
 #[derive(Debug, Clone)]
 pub struct Timers {
     next_reconcile: Duration,
+    last_reconcile: Duration,
     next_leak_check: Duration,
 }
 
@@ -79,6 +83,7 @@ impl Timers {
     pub fn new(now: Duration) -> Timers {
         Timers {
             next_reconcile: now + RECONCILE_INTERVAL,
+            last_reconcile: now,
             next_leak_check: now + jitter(LEAK_CHECK_JITTER),
         }
     }
@@ -86,10 +91,14 @@ impl Timers {
     /// Runs whichever job is due. Failures are logged; the next period retries.
     pub async fn run_due(&mut self, node: &Node) {
         let now = node.deps.clock.now();
-        if now >= self.next_reconcile {
+        let wanted = std::mem::take(&mut lock(&node.status).reconcile_wanted);
+        if now >= self.next_reconcile || wanted {
             self.next_reconcile = now + RECONCILE_INTERVAL;
-            if let Err(e) = node.reconcile(false).await {
-                tracing::warn!(error = %e, "reconcile failed");
+            let force = wanted || now.saturating_sub(self.last_reconcile) >= RECONCILE_MAX_SKIP;
+            match node.reconcile(force).await {
+                Ok(r) if r.ran => self.last_reconcile = now,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
             }
         }
         if now >= self.next_leak_check {

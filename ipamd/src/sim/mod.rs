@@ -628,10 +628,7 @@ fn take_ips(
 ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
     let have = st.subnets.get(subnet).map_or(0, |s| s.free.len());
     if have < n as usize {
-        return Err(exhausted(subnet,
-            api,
-            "InsufficientFreeAddressesInSubnet",
-        ));
+        return Err(exhausted(subnet, api, "InsufficientFreeAddressesInSubnet"));
     }
     let Some(s) = st.subnets.get_mut(subnet) else {
         return Err(exhausted(subnet, api, "InvalidSubnetID.NotFound"));
@@ -1033,9 +1030,8 @@ impl Ec2 for SimEc2 {
         let post = self.gate(api).await?;
         let res = {
             let mut st = self.lock();
-            new_eni(&mut st, &req.subnet_id, req.description, req.tags, req.ips).map(|eni| {
+            new_eni(&mut st, &req.subnet_id, req.description, req.tags, req.ips).inspect(|eni| {
                 st.enis.insert(eni.id.clone(), eni.clone());
-                eni
             })
         };
         self.finish(api, post, res).await
