@@ -25,11 +25,17 @@ pub mod ec2;
 pub mod hostnet;
 pub mod http;
 pub mod imds;
+pub mod logging;
 pub mod install;
 pub mod metrics;
 pub mod node;
 pub mod pool;
 pub mod probe;
+pub mod ratelimit;
+pub mod reconcile;
 pub mod rpc;
+#[cfg(test)]
+mod scenarios;
 pub mod sim;
 pub mod status_cmd;
+pub mod snat;
