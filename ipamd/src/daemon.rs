@@ -240,6 +240,16 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         eni_config: None,
     };
     let mut http_tasks = Vec::new();
+    // Every 10 s, say how many log events the rate limit dropped (if any).
+    let log_report_stop = Arc::clone(&shutdown);
+    http_tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = log_report_stop.notified() => return,
+                () = tokio::time::sleep(Duration::from_secs(10)) => crate::logging::report_suppressed(),
+            }
+        }
+    }));
     if let Some(addr) = &endpoints.metrics {
         http_tasks.push(
             http::spawn(addr, http::metrics_router(http_state.clone()), Arc::clone(&shutdown)).await?,

@@ -88,17 +88,11 @@ fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let level = std::env::var("AWS_VPC_K8S_CNI_LOGLEVEL")
-        .map(|l| l.to_ascii_lowercase())
-        .unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let settings = ipamd::logging::LogSettings::from_env(
+        |k| std::env::var(k).ok(),
+        std::path::Path::new("/host/var/log").exists(),
+    );
+    ipamd::logging::init(&settings);
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

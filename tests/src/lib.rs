@@ -164,7 +164,7 @@ impl Netns {
                 }
             }
         }
-        for r in arr(&self.ip_json(&["route", "show", "table", "all"])) {
+        for r in arr(&self.ip_json(&["-4", "route", "show", "table", "all"])) {
             out.push(format!(
                 "route {} via {} dev {} table {}",
                 r["dst"], r["gateway"], r["dev"], r["table"]

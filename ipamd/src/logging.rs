@@ -1,0 +1,280 @@
+//! Logging: tracing, with the anchor's variables, size-based rotation and a per-callsite rate limit.
+//!
+//! - `AWS_VPC_K8S_CNI_LOGLEVEL` (anchor default `DEBUG`; `RUST_LOG` overrides with a full filter);
+//! - `AWS_VPC_K8S_CNI_LOG_FILE`: `stdout`, `stderr`, or a path (anchor default
+//!   `/host/var/log/aws-routed-eni/ipamd.log`). The default applies when `/host/var/log` exists, i.e. in the
+//!   DaemonSet with the host's log directory mounted; elsewhere (a shell, tests) logs go to stderr. Files rotate
+//!   at 100 MiB keeping 5 backups, as the anchor's lumberjack setup;
+//! - `AWS_VPC_K8S_CNI_LOG_FORMAT` (ours): `json` (default, as the anchor's zap JSON) or `text`.
+//!
+//! Rate limit: every callsite (one `tracing::warn!` line in the source) may emit [`BURST`] events at once and
+//! [`PER_SECOND`] per second after that. Beyond it events are dropped and counted; [`RateLimit::report`] logs how
+//! many were suppressed where. So a throttling storm that makes every pool step log the same warning writes a
+//! few lines a second, not gigabytes. Errors are limited too (they repeat just as well), at the same rate.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tracing::callsite::Identifier;
+use tracing::{Metadata, Subscriber};
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Events a callsite may emit at once.
+pub const BURST: f64 = 20.0;
+/// Sustained events per second per callsite.
+pub const PER_SECOND: f64 = 5.0;
+
+/// Where logs go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+    File(PathBuf),
+}
+
+/// The anchor's default log file.
+pub const DEFAULT_LOG_FILE: &str = "/host/var/log/aws-routed-eni/ipamd.log";
+
+/// Log settings from the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub level: String,
+    pub target: LogTarget,
+    pub json: bool,
+}
+
+impl LogSettings {
+    /// Reads the variables (see the module docs). `host_log_dir_exists` decides the default target.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>, host_log_dir_exists: bool) -> LogSettings {
+        let level = get("AWS_VPC_K8S_CNI_LOGLEVEL")
+            .map(|l| l.trim().to_ascii_lowercase())
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| "debug".into());
+        let target = match get("AWS_VPC_K8S_CNI_LOG_FILE").as_deref().map(str::trim) {
+            Some("stdout") => LogTarget::Stdout,
+            Some("stderr") => LogTarget::Stderr,
+            Some(p) if !p.is_empty() => LogTarget::File(p.into()),
+            _ if host_log_dir_exists => LogTarget::File(DEFAULT_LOG_FILE.into()),
+            _ => LogTarget::Stderr,
+        };
+        let json = !matches!(
+            get("AWS_VPC_K8S_CNI_LOG_FORMAT").as_deref().map(str::trim),
+            Some("text")
+        );
+        LogSettings {
+            level,
+            target,
+            json,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    suppressed: u64,
+    location: String,
+}
+
+/// The per-callsite rate limit (a per-layer [`Filter`]).
+#[derive(Debug, Clone, Default)]
+pub struct RateLimit {
+    buckets: Arc<Mutex<HashMap<Identifier, Bucket>>>,
+}
+
+impl RateLimit {
+    /// Takes a token for `meta`'s callsite at `now`; false when the callsite is over its rate.
+    pub fn allow(&self, meta: &Metadata<'_>, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = buckets.entry(meta.callsite()).or_insert_with(|| Bucket {
+            tokens: BURST,
+            last: now,
+            suppressed: 0,
+            location: format!(
+                "{}:{}",
+                meta.file().unwrap_or(meta.target()),
+                meta.line().unwrap_or(0)
+            ),
+        });
+        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * PER_SECOND).min(BURST);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            b.suppressed += 1;
+            false
+        }
+    }
+
+    /// Suppressed counts since the last call, by source location (and resets them).
+    pub fn take_suppressed(&self) -> Vec<(String, u64)> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(String, u64)> = buckets
+            .values_mut()
+            .filter(|b| b.suppressed > 0)
+            .map(|b| (b.location.clone(), std::mem::take(&mut b.suppressed)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Logs what was suppressed since the last report (call it periodically).
+    pub fn report(&self) {
+        for (location, n) in self.take_suppressed() {
+            tracing::warn!(%location, suppressed = n, "log rate limit: events suppressed");
+        }
+    }
+}
+
+impl<S: Subscriber> Filter<S> for RateLimit {
+    fn enabled(&self, _meta: &Metadata<'_>, _cx: &Context<'_, S>) -> bool {
+        // Spans and the level check are left to the env filter; events are decided in `event_enabled`.
+        true
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
+        self.allow(event.metadata(), Instant::now())
+    }
+}
+
+static INSTALLED: std::sync::OnceLock<RateLimit> = std::sync::OnceLock::new();
+
+/// Logs what the installed rate limit suppressed since the last report (no-op before [`init`]).
+pub fn report_suppressed() {
+    if let Some(limit) = INSTALLED.get() {
+        limit.report();
+    }
+}
+
+/// Installs the global subscriber; returns the rate limit (for periodic reports). Never fails: if the log file
+/// cannot be opened, logs go to stderr and say why.
+pub fn init(settings: &LogSettings) -> RateLimit {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let limit = RateLimit::default();
+    let mut fallback_reason = None;
+    let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match &settings.target {
+        LogTarget::Stdout => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+        LogTarget::Stderr => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+        LogTarget::File(path) => match open_rotating(path) {
+            Ok(file) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(Mutex::new(file)),
+            Err(e) => {
+                fallback_reason = Some(format!("cannot open log file {}: {e}", path.display()));
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+            }
+        },
+    };
+    let ansi = settings.target == LogTarget::Stderr && !settings.json;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
+    let layer = if settings.json {
+        fmt.json().with_filter(limit.clone()).boxed()
+    } else {
+        fmt.with_filter(limit.clone()).boxed()
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init();
+    if let Some(reason) = fallback_reason {
+        tracing::warn!("{reason}; logging to stderr");
+    }
+    let _ = INSTALLED.set(limit.clone());
+    limit
+}
+
+fn open_rotating(
+    path: &std::path::Path,
+) -> std::io::Result<file_rotate::FileRotate<file_rotate::suffix::AppendCount>> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Probe writability so a bad path is reported now, not swallowed by the rotating writer.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    Ok(file_rotate::FileRotate::new(
+        path,
+        file_rotate::suffix::AppendCount::new(5),
+        file_rotate::ContentLimit::BytesSurpassed(100 * 1024 * 1024),
+        file_rotate::compression::Compression::None,
+        None,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn settings(pairs: &[(&str, &str)], host: bool) -> LogSettings {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        LogSettings::from_env(|k| map.get(k).cloned(), host)
+    }
+
+    #[test]
+    fn defaults_follow_the_anchor_where_the_host_log_dir_exists() {
+        let s = settings(&[], true);
+        assert_eq!(s.target, LogTarget::File(DEFAULT_LOG_FILE.into()));
+        assert_eq!(s.level, "debug");
+        assert!(s.json);
+        assert_eq!(settings(&[], false).target, LogTarget::Stderr);
+        let s = settings(
+            &[
+                ("AWS_VPC_K8S_CNI_LOG_FILE", "stdout"),
+                ("AWS_VPC_K8S_CNI_LOGLEVEL", "WARN"),
+                ("AWS_VPC_K8S_CNI_LOG_FORMAT", "text"),
+            ],
+            true,
+        );
+        assert_eq!(s.target, LogTarget::Stdout);
+        assert_eq!(s.level, "warn");
+        assert!(!s.json);
+    }
+
+    #[test]
+    fn a_repeating_callsite_is_limited_and_recovers() {
+        let limit = RateLimit::default();
+        let meta = tracing::metadata!(
+            name: "x",
+            target: "t",
+            level: tracing::Level::WARN,
+            fields: &[],
+            callsite: &DUMMY_CALLSITE,
+            kind: tracing::metadata::Kind::EVENT
+        );
+        let t0 = Instant::now();
+        let allowed = (0..1000).filter(|_| limit.allow(&meta, t0)).count();
+        assert_eq!(allowed, BURST as usize, "a burst is allowed, then nothing");
+        let suppressed = limit.take_suppressed();
+        assert_eq!(suppressed.len(), 1);
+        assert_eq!(suppressed[0].1, 1000 - BURST as u64);
+        assert!(limit.take_suppressed().is_empty(), "counts reset once reported");
+        // Two seconds later the callsite has earned PER_SECOND tokens a second.
+        let t1 = t0 + Duration::from_secs(2);
+        let allowed = (0..100).filter(|_| limit.allow(&meta, t1)).count();
+        assert_eq!(allowed, (2.0 * PER_SECOND) as usize);
+    }
+
+    struct Dummy;
+    impl tracing::callsite::Callsite for Dummy {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &Metadata<'_> {
+            unreachable!("not used by the rate limit")
+        }
+    }
+    static DUMMY_CALLSITE: Dummy = Dummy;
+}
