@@ -288,3 +288,134 @@ impl HostNetwork for RecordingHostNetwork {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RandomizeSnat;
+    use crate::snat::CommandIptables;
+    use datapath::VethSpec;
+    use std::os::fd::AsRawFd;
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    /// The real thing in a throwaway namespace (removed by the kernel when the test ends): ENI setup and
+    /// teardown over netlink, node-wide rules and SNAT through the machine's iptables, each applied twice.
+    #[tokio::test]
+    async fn real_netlink_and_iptables_setup_is_idempotent_and_undone() {
+        if !is_root() {
+            eprintln!("skipped: needs root to create a network namespace");
+            return;
+        }
+        let ns = datapath::new_anonymous_netns().expect("netns");
+        let nl = Netlink::connect_file(&ns).expect("netlink");
+        let ns_path = format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
+        let primary_mac = MacAddr([0x0e, 0, 0, 0, 0, 1]);
+        let eni_mac = MacAddr([0x0e, 0, 0, 0, 0, 2]);
+        for (name, peer, mac) in [("eth0", "p0", primary_mac), ("eth1", "p1", eni_mac)] {
+            nl.create_veth(&VethSpec {
+                name,
+                mac: Some(mac),
+                mtu: 1500,
+                peer_name: peer,
+                peer_mac: None,
+                peer_netns: None,
+            })
+            .await
+            .expect("veth");
+            let l = nl
+                .link_by_name(peer)
+                .await
+                .expect("peer")
+                .expect("peer link");
+            nl.set_up(l.index).await.expect("peer up");
+        }
+        let host = NetlinkHostNetwork::new(nl.clone())
+            .with_iptables(Arc::new(CommandIptables::in_netns(&ns_path)));
+        let subnet: ipnetwork::Ipv4Network = "10.0.0.0/20".parse().expect("cidr");
+        let eni = Eni::new(
+            "eni-1",
+            eni_mac,
+            1,
+            "10.0.0.20".parse().expect("ip"),
+            subnet,
+        );
+        let mut plan = HostPlan {
+            primary_mac,
+            mtu: 9001,
+            snat: SnatPlan {
+                primary_ip: "10.0.0.4".parse().expect("ip"),
+                primary_if: String::new(),
+                vpc_cidrs: vec!["10.0.0.0/16".parse().expect("cidr")],
+                exclude_cidrs: Vec::new(),
+                external_snat: false,
+                randomize: RandomizeSnat::Prng,
+                connmark: 0x80,
+                node_port_support: true,
+            },
+        };
+        let save = || {
+            let out = std::process::Command::new("nsenter")
+                .arg(format!("--net={ns_path}"))
+                .args(["iptables", "-w", "5", "-t", "nat", "-S"])
+                .output()
+                .expect("iptables -S");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        for _ in 0..2 {
+            host.setup_host(&plan).await.expect("setup host");
+            host.setup_eni(&eni, 9001).await.expect("setup eni");
+        }
+        let rules = nl.rules().await.expect("rules");
+        assert_eq!(
+            rules
+                .iter()
+                .filter(|r| r.priority == 32765 && r.table == 2)
+                .count(),
+            1,
+            "{rules:?}"
+        );
+        assert_eq!(
+            rules
+                .iter()
+                .filter(|r| r.priority == FWMARK_RULE_PRIORITY && r.fwmark == Some((0x80, 0x80)))
+                .count(),
+            1
+        );
+        let table = nl.routes(2).await.expect("routes");
+        assert!(table
+            .iter()
+            .any(|r| r.prefix_len == 0 && r.gateway == Some("10.0.0.1".parse().expect("gw"))));
+        let eth1 = nl.link_by_mac(eni_mac).await.expect("link").expect("eth1");
+        assert_eq!((eth1.mtu, eth1.up), (9001, true));
+        let nat = save();
+        assert_eq!(nat.matches("-A POSTROUTING").count(), 1, "{nat}");
+        assert!(nat.contains("--to-source 10.0.0.4"), "{nat}");
+        host.setup_host(&plan).await.expect("again");
+        assert_eq!(save(), nat, "re-applying changes nothing");
+
+        host.teardown_eni(&eni).await.expect("teardown");
+        host.teardown_eni(&eni).await.expect("teardown twice");
+        assert!(nl.routes(2).await.expect("routes").is_empty());
+        assert!(!nl
+            .rules()
+            .await
+            .expect("rules")
+            .iter()
+            .any(|r| r.priority == 32765));
+
+        plan.snat.external_snat = true;
+        plan.snat.node_port_support = false;
+        host.setup_host(&plan).await.expect("snat off");
+        let nat = save();
+        assert!(!nat.contains("AWS"), "{nat}");
+        assert!(!nl
+            .rules()
+            .await
+            .expect("rules")
+            .iter()
+            .any(|r| r.priority == FWMARK_RULE_PRIORITY));
+    }
+}

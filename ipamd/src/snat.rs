@@ -398,6 +398,8 @@ pub async fn apply(ipt: &dyn Iptables, plan: &SnatPlan) -> Result<(), SnatError>
 pub struct CommandIptables {
     pub iptables: String,
     pub iptables_restore: String,
+    /// Run inside this network namespace (through `nsenter --net=`) instead of the process's own.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 impl Default for CommandIptables {
@@ -405,6 +407,28 @@ impl Default for CommandIptables {
         CommandIptables {
             iptables: "iptables".into(),
             iptables_restore: "iptables-restore".into(),
+            netns: None,
+        }
+    }
+}
+
+impl CommandIptables {
+    /// iptables in another network namespace (a path such as `/run/netns/NAME` or `/proc/PID/fd/N`).
+    pub fn in_netns(path: impl Into<std::path::PathBuf>) -> CommandIptables {
+        CommandIptables {
+            netns: Some(path.into()),
+            ..CommandIptables::default()
+        }
+    }
+
+    fn command(&self, bin: &str, args: Vec<String>) -> (String, Vec<String>) {
+        match &self.netns {
+            None => (bin.to_string(), args),
+            Some(ns) => {
+                let mut full = vec![format!("--net={}", ns.display()), bin.to_string()];
+                full.extend(args);
+                ("nsenter".to_string(), full)
+            }
         }
     }
 }
@@ -444,9 +468,9 @@ fn run_blocking(bin: &str, args: &[String], stdin: Option<&str>) -> Result<Strin
 #[async_trait]
 impl Iptables for CommandIptables {
     async fn run(&self, args: &[String]) -> Result<String, SnatError> {
-        let bin = self.iptables.clone();
         let mut full = s(&["-w", "5"]);
         full.extend(args.iter().cloned());
+        let (bin, full) = self.command(&self.iptables, full);
         tokio::task::spawn_blocking(move || run_blocking(&bin, &full, None))
             .await
             .map_err(|e| SnatError::Spawn {
@@ -456,9 +480,8 @@ impl Iptables for CommandIptables {
     }
 
     async fn restore(&self, input: &str) -> Result<(), SnatError> {
-        let bin = self.iptables_restore.clone();
         let input = input.to_string();
-        let args = s(&["-w", "5", "--noflush"]);
+        let (bin, args) = self.command(&self.iptables_restore, s(&["-w", "5", "--noflush"]));
         tokio::task::spawn_blocking(move || run_blocking(&bin, &args, Some(&input)).map(|_| ()))
             .await
             .map_err(|e| SnatError::Spawn {
