@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use aws_cni_proto::{
-    Allocation as PbAllocation, FailureReason, GcReply, GcRequest, IpamdControl,
+    Allocation as PbAllocation, EniStatus, FailureReason, GcReply, GcRequest, IpamdControl,
     ListAllocationsReply, ListAllocationsRequest, PoolCounts, StatusReply, StatusRequest,
 };
 use tonic::{Request, Response, Status};
@@ -108,6 +108,27 @@ impl IpamdControl for ControlService {
     ) -> Result<Response<StatusReply>, Status> {
         let (ready, reason, message, counts) = readiness(&self.node);
         let meta = self.node.metadata();
+        let ds = self.node.datastore();
+        let now = self.node.deps.clock.now();
+        let enis = ds
+            .enis()
+            .map(|e| {
+                let total = to_u32(e.ip_count());
+                let assigned = to_u32(e.assigned_count());
+                let cooldown = to_u32(e.cooldown_count(now, ds.cooldown()));
+                EniStatus {
+                    eniid: e.id.clone(),
+                    device_number: i32::try_from(e.device_number).unwrap_or(i32::MAX),
+                    is_primary: e.is_primary,
+                    total,
+                    assigned,
+                    cooldown,
+                    available: total.saturating_sub(assigned + cooldown),
+                    prefixes: e.prefixes().map(|p| p.to_string()).collect(),
+                }
+            })
+            .collect();
+        let (decision, error) = self.node.last_decision();
         Ok(Response::new(StatusReply {
             ready,
             reason: reason as i32,
@@ -115,6 +136,9 @@ impl IpamdControl for ControlService {
             counts: Some(counts),
             instance_id: meta.instance_id.clone(),
             instance_type: meta.instance_type.clone(),
+            enis,
+            last_decision: decision.map(|d| format!("{d:?}")).unwrap_or_default(),
+            last_error: error.map(|e| e.to_string()).unwrap_or_default(),
         }))
     }
 

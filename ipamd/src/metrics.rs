@@ -139,6 +139,8 @@ pub struct Metrics {
     registry: Registry,
     /// (name, help, type) of every family, for [`Metrics::render`].
     declared: Vec<(String, String, &'static str)>,
+    /// The engine's forced-removal total at the last refresh.
+    force_removed_seen: Mutex<u64>,
     // --- the anchor's ---
     pub ipamd_error_count: IntCounterVec,
     pub ipamd_action_inprogress: IntGaugeVec,
@@ -293,6 +295,7 @@ impl Metrics {
             pool_ips: r.gauge_vec("awscni_pool_ips", "Addresses per ENI by state (total, assigned, cooldown, available)", &["eni", "state"])?,
             checkpoint_write_seconds: r.histogram("awscni_checkpoint_write_seconds", "Time to persist the checkpoint", request_buckets())?,
             declared: std::mem::take(&mut r.declared),
+            force_removed_seen: Mutex::new(0),
             registry: r.r,
         };
         m.build_info
@@ -335,13 +338,28 @@ impl Metrics {
             self.pool_ips.with_label_values(&[&eni.id, "total"]).set(total);
             self.pool_ips.with_label_values(&[&eni.id, "assigned"]).set(used);
         }
-        // Cooldown and availability are node-wide for now (eni="all").
-        self.pool_ips
-            .with_label_values(&["all", "cooldown"])
-            .set(stats.cooldown as i64);
-        self.pool_ips
-            .with_label_values(&["all", "available"])
-            .set(stats.available as i64);
+        let now = node.deps.clock.now();
+        let mut prefixes = 0i64;
+        for eni in ds.enis() {
+            let total = eni.ip_count() as i64;
+            let used = eni.assigned_count() as i64;
+            let cooldown = eni.cooldown_count(now, ds.cooldown()) as i64;
+            self.pool_ips
+                .with_label_values(&[&eni.id, "cooldown"])
+                .set(cooldown);
+            self.pool_ips
+                .with_label_values(&[&eni.id, "available"])
+                .set((total - used - cooldown).max(0));
+            prefixes += eni.prefixes().count() as i64;
+        }
+        self.total_ipv4_prefixes.set(prefixes);
+        // Counters the engine keeps itself: bring ours up to its totals.
+        let forced = node.counters().force_removed;
+        let mut seen = self.force_removed_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if forced > *seen {
+            self.force_removed_ips.inc_by(forced - *seen);
+            *seen = forced;
+        }
     }
 
     /// The text exposition of every series. Families without samples yet (label vectors nobody has used) still

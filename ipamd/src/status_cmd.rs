@@ -72,6 +72,13 @@ pub async fn status(socket: &Path, timeout: Duration, format: StatusFormat) -> R
                 "available": counts.available, "enis": counts.enis, "maxEnis": counts.max_enis,
                 "maxPods": counts.max_pods, "ipsPerEni": counts.ips_per_eni,
             },
+            "lastDecision": st.last_decision,
+            "lastError": st.last_error,
+            "enis": st.enis.iter().map(|e| serde_json::json!({
+                "id": e.eniid, "deviceNumber": e.device_number, "primary": e.is_primary,
+                "total": e.total, "assigned": e.assigned, "cooldown": e.cooldown, "available": e.available,
+                "prefixes": e.prefixes,
+            })).collect::<Vec<_>>(),
             "pods": allocs.iter().map(|a| serde_json::json!({
                 "namespace": a.k8s_pod_namespace, "name": a.k8s_pod_name, "ip": a.i_pv4_addr,
                 "eni": a.eniid, "deviceNumber": a.device_number, "routeTable": a.route_table_id,
@@ -99,6 +106,32 @@ pub async fn status(socket: &Path, timeout: Duration, format: StatusFormat) -> R
         "limits     {} of {} ENIs, {} addresses per ENI, max-pods {}",
         counts.enis, counts.max_enis, counts.ips_per_eni, counts.max_pods
     );
+    if !st.last_decision.is_empty() {
+        let _ = writeln!(out, "pool last  {}", st.last_decision);
+    }
+    if !st.last_error.is_empty() {
+        let _ = writeln!(out, "EC2 error  {}", st.last_error);
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "{:<24} {:>4} {:>7} {:>6} {:>8} {:>8} {:>5}  PREFIXES",
+        "ENI", "DEV", "PRIMARY", "TOTAL", "ASSIGNED", "COOLDOWN", "FREE"
+    );
+    for e in &st.enis {
+        let _ = writeln!(
+            out,
+            "{:<24} {:>4} {:>7} {:>6} {:>8} {:>8} {:>5}  {}",
+            e.eniid,
+            e.device_number,
+            if e.is_primary { "yes" } else { "" },
+            e.total,
+            e.assigned,
+            e.cooldown,
+            e.available,
+            e.prefixes.join(",")
+        );
+    }
     let _ = writeln!(out);
     let _ = writeln!(out, "{:<40} {:<15} {:<24} {:>5}", "POD", "IP", "ENI", "TABLE");
     for a in &allocs {

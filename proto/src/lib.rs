@@ -21,7 +21,7 @@ pub use rpc::ipamd_control_client::IpamdControlClient;
 pub use rpc::ipamd_control_server::{IpamdControl, IpamdControlServer};
 pub use rpc::{
     AddNetworkReply, AddNetworkRequest, Allocation, Attachment, DelNetworkReply, DelNetworkRequest,
-    FailureReason, GcReply, GcRequest, IpAllocationMetadata, ListAllocationsReply,
+    EniStatus, FailureReason, GcReply, GcRequest, IpAllocationMetadata, ListAllocationsReply,
     ListAllocationsRequest, PoolCounts, StatusReply, StatusRequest,
 };
 

@@ -108,7 +108,14 @@ fn every_declared_metric_is_exported_and_moves_with_pods() {
     assert!(after.contains("awscni_ipamd_add_network_failures_total{reason=\"NODE_AT_ENI_LIMIT\"} 1"), "{after}");
     assert_eq!(value(&after, "awscni_total_ip_addresses"), 1.0);
     assert_eq!(value(&after, "awscni_assigned_ip_addresses"), 0.0);
-    assert_eq!(value(&after, "awscni_pool_ips{eni=\"all\",state=\"cooldown\"}"), 1.0);
+    // Per ENI: the released address is cooling down on the one ENI, nothing is available.
+    let cooldown: f64 = after
+        .lines()
+        .filter(|l| l.starts_with("awscni_pool_ips{") && l.contains("state=\"cooldown\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(cooldown, 1.0, "{after}");
+    assert!(after.contains("state=\"available\"} 0"), "{after}");
     assert!(after.contains(&format!("awscni_assigned_ip_per_cidr{{cidr=\"{}/32\"}} 0", result_ip(&a.json))));
 }
 
