@@ -402,9 +402,14 @@ impl Node {
         let AssignError::NoFreeIp { in_cooldown } = err;
         let stats = self.stats();
         let now = self.deps.clock.now();
+        // Every ENI slot used and every ENI full: known without waiting for the pool task's verdict.
+        let slots = self.policy.slots_per_eni();
+        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
+            && self.rooms(now).iter().all(|r| r.slots >= slots);
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
-        let at_eni_limit = matches!(status.last_decision, Some(Decision::AtEniLimit { .. }));
+        let at_eni_limit =
+            all_full || matches!(status.last_decision, Some(Decision::AtEniLimit { .. }));
         let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
             && status.grow_blocked_until.is_some_and(|t| now < t);
         let cannot_grow = total >= self.policy.max_pods
