@@ -18,6 +18,8 @@ have podman || need+=(podman uidmap fuse-overlayfs)
 have runc || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
 have nsenter || need+=(util-linux)
+# deploy-check renders deploy/ with `kubectl kustomize` (any kubectl will do; Debian ships it as kubernetes-client).
+have kubectl || need+=(kubernetes-client)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
