@@ -191,12 +191,65 @@ impl InstanceLimits {
 
 include!(concat!(env!("OUT_DIR"), "/table.rs"));
 
-/// The limits of `instance_type` (exact, case-sensitive name), by binary search.
+/// The limits of `instance_type` (exact, case-sensitive name), by binary search; then among the types
+/// [`learn`]ed at run time.
 pub fn lookup(instance_type: &str) -> Option<&'static InstanceLimits> {
     TABLE
         .binary_search_by(|limits| limits.instance_type.cmp(instance_type))
         .ok()
         .and_then(|index| TABLE.get(index))
+        .or_else(|| {
+            LEARNED
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .find(|l| l.instance_type == instance_type)
+                .copied()
+        })
+}
+
+/// Limits learned at run time for types the compiled-in table lacks.
+static LEARNED: std::sync::RwLock<Vec<&'static InstanceLimits>> =
+    std::sync::RwLock::new(Vec::new());
+
+/// Makes [`lookup`] know `row`'s type from now on, for an instance type newer than the compiled-in table
+/// (the daemon's DescribeInstanceTypes fallback). A type the table already has keeps its compiled-in limits,
+/// which are returned. Each newly learned type costs one small allocation that lives for the rest of the
+/// process (a daemon learns at most its own instance type). [`all`] and [`suggest`] do not see learned types.
+pub fn learn(row: &format::Row) -> Result<&'static InstanceLimits, String> {
+    row.validate()?;
+    if let Some(known) = lookup(&row.instance_type) {
+        return Ok(known);
+    }
+    let hypervisor: Hypervisor = row
+        .hypervisor
+        .parse()
+        .map_err(|e: ParseHypervisorError| e.to_string())?;
+    let mut learned = LEARNED.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = learned
+        .iter()
+        .find(|l| l.instance_type == row.instance_type)
+    {
+        return Ok(known);
+    }
+    let cards: Vec<NetworkCard> = row
+        .network_cards
+        .iter()
+        .map(|&(index, max_enis)| NetworkCard { index, max_enis })
+        .collect();
+    let limits: &'static InstanceLimits = Box::leak(Box::new(InstanceLimits {
+        instance_type: Box::leak(row.instance_type.clone().into_boxed_str()),
+        enis: row.enis,
+        default_network_card_index: row.default_network_card_index,
+        network_cards: Box::leak(cards.into_boxed_slice()),
+        ipv4_per_eni: row.ipv4_per_eni,
+        ipv6_per_eni: row.ipv6_per_eni,
+        hypervisor,
+        bare_metal: row.bare_metal,
+        vcpus: row.vcpus,
+    }));
+    learned.push(limits);
+    Ok(limits)
 }
 
 /// Every known instance type, sorted by name (byte order).
@@ -266,6 +319,41 @@ mod tests {
         assert_eq!(levenshtein(b"kitten", b"sitting", &mut row), 3);
         assert_eq!(levenshtein(b"m5.lage", b"m5.large", &mut row), 1);
         assert_eq!(levenshtein(b"flaw", b"lawn", &mut row), 2);
+    }
+
+    #[test]
+    fn learned_types_are_found_and_known_types_keep_their_limits() {
+        let row = format::Row {
+            instance_type: "zz9.learned".into(),
+            enis: 4,
+            default_network_card_index: 0,
+            network_cards: vec![(0, 4), (1, 2)],
+            ipv4_per_eni: 15,
+            ipv6_per_eni: 15,
+            hypervisor: "nitro".into(),
+            bare_metal: false,
+            vcpus: 8,
+        };
+        assert!(lookup("zz9.learned").is_none());
+        let learned = learn(&row).expect("learn");
+        assert_eq!(learned.total_enis(), 6);
+        assert_eq!(lookup("zz9.learned"), Some(learned));
+        assert!(
+            std::ptr::eq(learn(&row).expect("again"), learned),
+            "learned once"
+        );
+        let mut known = row.clone();
+        known.instance_type = "m5.large".into();
+        assert_eq!(
+            learn(&known).expect("known").enis,
+            3,
+            "the compiled-in table wins"
+        );
+        let mut bad = row;
+        bad.instance_type = "zz9.bad".into();
+        bad.default_network_card_index = 7;
+        assert!(learn(&bad).is_err());
+        assert!(lookup("zz9.bad").is_none());
     }
 
     #[test]

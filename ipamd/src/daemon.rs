@@ -57,6 +57,9 @@ pub enum DaemonError {
     SimInInitialNetns,
     #[error("the aws backend is not available in this build yet; use --backend sim")]
     AwsBackendUnavailable,
+    #[cfg(feature = "aws")]
+    #[error("aws backend: {0}")]
+    Aws(#[from] ec2_aws::BackendError),
     #[error("checking the network namespace: {0}")]
     NetnsCheck(std::io::Error),
     #[error("building the simulated VPC: {0}")]
@@ -159,7 +162,21 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let metrics = Arc::new(Metrics::new()?);
     let clock = Arc::new(SystemClock::default());
     let deps = match opts.backend {
+        #[cfg(not(feature = "aws"))]
         Backend::Aws => return Err(DaemonError::AwsBackendUnavailable),
+        #[cfg(feature = "aws")]
+        Backend::Aws => {
+            // IMDS (region, instance), then EC2 with the default credential chain, then the instance type's
+            // limits (compiled-in table, else DescribeInstanceTypes).
+            let aws = ec2_aws::connect(|k| crate::config::EnvSource::get(&ProcessEnv, k)).await?;
+            let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
+            NodeDeps {
+                ec2: Arc::new(MeteredEc2::new(Arc::new(aws.ec2), Arc::clone(&metrics))),
+                imds: Arc::new(MeteredImds::new(Arc::new(aws.imds), Arc::clone(&metrics))),
+                hostnet: Arc::new(NetlinkHostNetwork::new(nl)),
+                clock,
+            }
+        }
         Backend::Sim => {
             if datapath::is_initial_netns().map_err(DaemonError::NetnsCheck)? {
                 return Err(DaemonError::SimInInitialNetns);

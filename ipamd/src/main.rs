@@ -25,6 +25,9 @@ enum Command {
     Demo(ipamd::demo::DemoArgs),
     /// Print the max-pods value for an instance type (the anchor's calculator, offline).
     MaxPods(instance_limits::MaxPodsArgs),
+    /// Write the instance-limits table from EC2 DescribeInstanceTypes (instance-limits/data/instance-limits.tsv).
+    #[cfg(feature = "aws")]
+    GenLimits(ec2_aws::GenLimitsArgs),
     /// Probe a running ipamd: liveness (exit codes of grpc-health-probe), or readiness with --ready.
     Health(HealthArgs),
     /// Show a running ipamd's pool and pods.
@@ -192,6 +195,24 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ipamd max-pods: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        #[cfg(feature = "aws")]
+        Command::GenLimits(args) => {
+            init_tracing();
+            let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+                rt.block_on(ec2_aws::limits::run(&args))
+                    .map_err(|e| e.to_string())
+            });
+            match result {
+                Ok(n) => {
+                    eprintln!("ipamd gen-limits: wrote {n} instance types");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("ipamd gen-limits: {e}");
                     ExitCode::FAILURE
                 }
             }
