@@ -353,6 +353,13 @@ impl Metrics {
             prefixes += eni.prefixes().count() as i64;
         }
         self.total_ipv4_prefixes.set(prefixes);
+        // Connmark rules are programmed through iptables (the anchor reports iptables or nftables here), and only
+        // when ipamd does SNAT itself or NodePort support is on.
+        let cfg = node.config();
+        let connmark = !cfg.external_snat || cfg.node_port_support;
+        self.connmark_backend
+            .with_label_values(&["iptables"])
+            .set(i64::from(connmark));
         // Counters the engine keeps itself: bring ours up to its totals.
         let forced = node.counters().force_removed;
         let mut seen = self.force_removed_seen.lock().unwrap_or_else(|p| p.into_inner());

@@ -78,6 +78,7 @@ fn every_declared_metric_is_exported_and_moves_with_pods() {
     assert!(before.contains("# TYPE awscni_aws_api_latency_ms summary"));
     assert!(before.contains("# TYPE awscni_add_ip_req_count counter"));
     assert_eq!(value(&before, "awscni_eni_max"), 1.0);
+    assert_eq!(value(&before, "awscni_connmark_backend{backend=\"iptables\"}"), 1.0);
     assert!(sum_of(&before, "awscni_ec2api_req_count") >= 1.0, "startup fill called EC2");
     assert!(before.contains("awscni_aws_api_latency_ms_count{api=\"GetMetadata\""), "IMDS reads timed");
 
