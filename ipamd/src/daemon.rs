@@ -5,10 +5,10 @@
 //! SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish, stop the pool task, remove the
 //! socket, exit 0.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use aws_cni_proto::{CniBackendServer, IpamdControlServer, HEALTH_SERVICE_NAME};
@@ -131,7 +131,12 @@ fn endpoints(env: &dyn EnvSource) -> Result<Endpoints, DaemonError> {
 /// Effective values of the variables the anchor's introspection reports, with the anchor's defaults.
 fn env_settings(env: &dyn EnvSource, vars: &[(&str, &str)]) -> BTreeMap<String, String> {
     vars.iter()
-        .map(|(k, default)| (k.to_string(), env.get(k).unwrap_or_else(|| default.to_string())))
+        .map(|(k, default)| {
+            (
+                k.to_string(),
+                env.get(k).unwrap_or_else(|| default.to_string()),
+            )
+        })
         .collect()
 }
 
@@ -269,12 +274,22 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     }));
     if let Some(addr) = &endpoints.metrics {
         http_tasks.push(
-            http::spawn(addr, http::metrics_router(http_state.clone()), Arc::clone(&shutdown)).await?,
+            http::spawn(
+                addr,
+                http::metrics_router(http_state.clone()),
+                Arc::clone(&shutdown),
+            )
+            .await?,
         );
     }
     if let Some(addr) = &endpoints.introspection {
         http_tasks.push(
-            http::spawn(addr, http::introspection_router(http_state), Arc::clone(&shutdown)).await?,
+            http::spawn(
+                addr,
+                http::introspection_router(http_state),
+                Arc::clone(&shutdown),
+            )
+            .await?,
         );
     }
 
@@ -290,7 +305,9 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             Arc::clone(&node),
             Arc::clone(&metrics),
         )))
-        .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(&node))))
+        .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(
+            &node,
+        ))))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
         .await;
 

@@ -243,12 +243,13 @@ pub async fn spawn(
     let stop = async move { shutdown.notified().await };
     match addr {
         BindAddress::Tcp(sa) => {
-            let listener = tokio::net::TcpListener::bind(sa)
-                .await
-                .map_err(|source| ServeError {
-                    addr: sa.to_string(),
-                    source,
-                })?;
+            let listener =
+                tokio::net::TcpListener::bind(sa)
+                    .await
+                    .map_err(|source| ServeError {
+                        addr: sa.to_string(),
+                        source,
+                    })?;
             Ok(tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router)
                     .with_graceful_shutdown(stop)

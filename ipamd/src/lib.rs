@@ -26,8 +26,8 @@ pub mod ec2;
 pub mod hostnet;
 pub mod http;
 pub mod imds;
-pub mod logging;
 pub mod install;
+pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod pool;
@@ -38,5 +38,5 @@ pub mod rpc;
 #[cfg(test)]
 mod scenarios;
 pub mod sim;
-pub mod status_cmd;
 pub mod snat;
+pub mod status_cmd;

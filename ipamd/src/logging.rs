@@ -49,7 +49,10 @@ pub struct LogSettings {
 
 impl LogSettings {
     /// Reads the variables (see the module docs). `host_log_dir_exists` decides the default target.
-    pub fn from_env(get: impl Fn(&str) -> Option<String>, host_log_dir_exists: bool) -> LogSettings {
+    pub fn from_env(
+        get: impl Fn(&str) -> Option<String>,
+        host_log_dir_exists: bool,
+    ) -> LogSettings {
         let level = get("AWS_VPC_K8S_CNI_LOGLEVEL")
             .map(|l| l.trim().to_ascii_lowercase())
             .filter(|l| !l.is_empty())
@@ -262,7 +265,10 @@ mod tests {
         let suppressed = limit.take_suppressed();
         assert_eq!(suppressed.len(), 1);
         assert_eq!(suppressed[0].1, 1000 - BURST as u64);
-        assert!(limit.take_suppressed().is_empty(), "counts reset once reported");
+        assert!(
+            limit.take_suppressed().is_empty(),
+            "counts reset once reported"
+        );
         // Two seconds later the callsite has earned PER_SECOND tokens a second.
         let t1 = t0 + Duration::from_secs(2);
         let allowed = (0..100).filter(|_| limit.allow(&meta, t1)).count();

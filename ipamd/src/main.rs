@@ -144,9 +144,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Health(args) => {
-            let result = small_runtime().map(|rt| {
-                rt.block_on(ipamd::probe::probe(&args.socket, args.timeout, args.ready))
-            });
+            let result = small_runtime()
+                .map(|rt| rt.block_on(ipamd::probe::probe(&args.socket, args.timeout, args.ready)));
             match result {
                 Ok(r) => {
                     if r.code == 0 {
@@ -164,8 +163,12 @@ fn main() -> ExitCode {
         }
         Command::Status(args) => {
             let result = small_runtime().map_err(|e| e.to_string()).and_then(|rt| {
-                rt.block_on(ipamd::status_cmd::status(&args.socket, args.timeout, args.output))
-                    .map_err(|e| e.to_string())
+                rt.block_on(ipamd::status_cmd::status(
+                    &args.socket,
+                    args.timeout,
+                    args.output,
+                ))
+                .map_err(|e| e.to_string())
             });
             match result {
                 Ok(text) => {

@@ -195,14 +195,24 @@ impl Builder {
         self.declared.push((name.into(), help.into(), kind));
     }
 
-    fn counter_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    fn counter_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
         let c = IntCounterVec::new(Opts::new(name, help), labels)?;
         self.r.register(Box::new(c.clone()))?;
         self.note(name, help, "counter");
         Ok(c)
     }
 
-    fn gauge_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    fn gauge_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntGaugeVec> {
         let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
         self.r.register(Box::new(g.clone()))?;
         self.note(name, help, "gauge");
@@ -223,14 +233,24 @@ impl Builder {
         Ok(g)
     }
 
-    fn histogram(&mut self, name: &str, help: &str, buckets: Vec<f64>) -> prometheus::Result<Histogram> {
+    fn histogram(
+        &mut self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> prometheus::Result<Histogram> {
         let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
         self.r.register(Box::new(h.clone()))?;
         self.note(name, help, "histogram");
         Ok(h)
     }
 
-    fn histogram_vec(&mut self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<HistogramVec> {
+    fn histogram_vec(
+        &mut self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<HistogramVec> {
         let h = HistogramVec::new(HistogramOpts::new(name, help), labels)?;
         self.r.register(Box::new(h.clone()))?;
         self.note(name, help, "histogram");
@@ -241,8 +261,8 @@ impl Builder {
 /// Latency buckets for in-daemon request handling: 10 µs .. 1 s.
 fn request_buckets() -> Vec<f64> {
     vec![
-        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
-        1.0,
+        0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+        0.1, 1.0,
     ]
 }
 
@@ -259,47 +279,170 @@ impl Metrics {
             &["api", "error", "status"],
         )?);
         r.r.register(Box::new(SharedCollector(Arc::clone(&summary))))?;
-        r.note("awscni_aws_api_latency_ms", "AWS API call latency in ms", "summary");
+        r.note(
+            "awscni_aws_api_latency_ms",
+            "AWS API call latency in ms",
+            "summary",
+        );
         let m = Metrics {
-            ipamd_error_count: r.counter_vec("awscni_ipamd_error_count", "The number of errors encountered in ipamd", &["fn"])?,
-            ipamd_action_inprogress: r.gauge_vec("awscni_ipamd_action_inprogress", "The number of ipamd actions in progress", &["fn"])?,
-            eni_max: r.gauge("awscni_eni_max", "The maximum number of ENIs that can be attached to the instance")?,
-            ip_max: r.gauge("awscni_ip_max", "The maximum number of IP addresses that can be allocated to the instance")?,
-            reconcile_count: r.counter_vec("awscni_reconcile_count", "The number of times ipamd reconciles on ENIs and IP addresses", &["fn"])?,
-            add_ip_req_count: r.counter("awscni_add_ip_req_count", "The number of add IP address requests")?,
-            del_ip_req_count: r.counter_vec("awscni_del_ip_req_count", "The number of delete IP address requests", &["reason"])?,
-            pod_eni_error_count: r.counter_vec("awscni_pod_eni_error_count", "The number of errors encountered for pod ENIs", &["fn"])?,
+            ipamd_error_count: r.counter_vec(
+                "awscni_ipamd_error_count",
+                "The number of errors encountered in ipamd",
+                &["fn"],
+            )?,
+            ipamd_action_inprogress: r.gauge_vec(
+                "awscni_ipamd_action_inprogress",
+                "The number of ipamd actions in progress",
+                &["fn"],
+            )?,
+            eni_max: r.gauge(
+                "awscni_eni_max",
+                "The maximum number of ENIs that can be attached to the instance",
+            )?,
+            ip_max: r.gauge(
+                "awscni_ip_max",
+                "The maximum number of IP addresses that can be allocated to the instance",
+            )?,
+            reconcile_count: r.counter_vec(
+                "awscni_reconcile_count",
+                "The number of times ipamd reconciles on ENIs and IP addresses",
+                &["fn"],
+            )?,
+            add_ip_req_count: r.counter(
+                "awscni_add_ip_req_count",
+                "The number of add IP address requests",
+            )?,
+            del_ip_req_count: r.counter_vec(
+                "awscni_del_ip_req_count",
+                "The number of delete IP address requests",
+                &["reason"],
+            )?,
+            pod_eni_error_count: r.counter_vec(
+                "awscni_pod_eni_error_count",
+                "The number of errors encountered for pod ENIs",
+                &["fn"],
+            )?,
             aws_api_latency_ms: summary,
-            aws_api_error_count: r.counter_vec("awscni_aws_api_error_count", "The number of times AWS API returns an error", &["api", "error"])?,
-            aws_utils_error_count: r.counter_vec("awscni_aws_utils_error_count", "The number of errors not handled in awsutils library", &["fn", "error"])?,
-            ec2api_req_count: r.counter_vec("awscni_ec2api_req_count", "The number of requests made to EC2 APIs by CNI", &["fn"])?,
-            ec2api_error_count: r.counter_vec("awscni_ec2api_error_count", "The number of failed EC2 APIs requests", &["fn"])?,
+            aws_api_error_count: r.counter_vec(
+                "awscni_aws_api_error_count",
+                "The number of times AWS API returns an error",
+                &["api", "error"],
+            )?,
+            aws_utils_error_count: r.counter_vec(
+                "awscni_aws_utils_error_count",
+                "The number of errors not handled in awsutils library",
+                &["fn", "error"],
+            )?,
+            ec2api_req_count: r.counter_vec(
+                "awscni_ec2api_req_count",
+                "The number of requests made to EC2 APIs by CNI",
+                &["fn"],
+            )?,
+            ec2api_error_count: r.counter_vec(
+                "awscni_ec2api_error_count",
+                "The number of failed EC2 APIs requests",
+                &["fn"],
+            )?,
             eni_allocated: r.gauge("awscni_eni_allocated", "The number of ENIs allocated")?,
-            total_ip_addresses: r.gauge("awscni_total_ip_addresses", "The total number of IP addresses")?,
-            assigned_ip_addresses: r.gauge("awscni_assigned_ip_addresses", "The number of IP addresses assigned to pods")?,
-            force_removed_enis: r.counter("awscni_force_removed_enis", "The number of ENIs force removed while they had assigned pods")?,
-            force_removed_ips: r.counter("awscni_force_removed_ips", "The number of IPs force removed while they had assigned pods")?,
-            total_ipv4_prefixes: r.gauge("awscni_total_ipv4_prefixes", "The total number of IPv4 prefixes")?,
-            assigned_ip_per_cidr: r.gauge_vec("awscni_assigned_ip_per_cidr", "The total number of IP addresses assigned per cidr", &["cidr"])?,
-            no_available_ip_addresses: r.counter("awscni_no_available_ip_addresses", "The number of pod IP assignments that fail due to no available IP addresses")?,
-            assigned_ip_per_eni: r.gauge_vec("awscni_assigned_ip_per_eni", "The number of IP addresses assigned per ENI", &["eni"])?,
-            startup_duration_seconds: r.histogram_vec("awscni_ipamd_startup_duration_seconds", "Time taken for ipamd to start up", &["success", "with_api_server", "failure_reason"])?,
-            node_initialization_duration_seconds: r.histogram_vec("awscni_ipamd_node_initialization_duration_seconds", "Time taken to initialise the node", &["success"])?,
-            connmark_backend: r.gauge_vec("awscni_connmark_backend", "The connmark backend in use", &["backend"])?,
-            connmark_reconcile_total: r.counter_vec("awscni_connmark_reconcile_total", "Connmark rule reconciliations", &["result"])?,
-            build_info: r.gauge_vec("awscni_build_info", "VPC CNI build information", &["version", "revision", "goversion"])?,
-            add_latency_seconds: r.histogram("awscni_ipamd_add_network_seconds", "AddNetwork handling time inside ipamd", request_buckets())?,
-            del_latency_seconds: r.histogram("awscni_ipamd_del_network_seconds", "DelNetwork handling time inside ipamd", request_buckets())?,
-            add_failures: r.counter_vec("awscni_ipamd_add_network_failures_total", "AddNetwork requests that got no address, by reason", &["reason"])?,
-            ec2_calls: r.counter_vec("awscni_ec2_calls_total", "EC2 API calls by API and outcome (ok, throttled, error)", &["api", "outcome"])?,
-            pool_ips: r.gauge_vec("awscni_pool_ips", "Addresses per ENI by state (total, assigned, cooldown, available)", &["eni", "state"])?,
-            checkpoint_write_seconds: r.histogram("awscni_checkpoint_write_seconds", "Time to persist the checkpoint", request_buckets())?,
+            total_ip_addresses: r.gauge(
+                "awscni_total_ip_addresses",
+                "The total number of IP addresses",
+            )?,
+            assigned_ip_addresses: r.gauge(
+                "awscni_assigned_ip_addresses",
+                "The number of IP addresses assigned to pods",
+            )?,
+            force_removed_enis: r.counter(
+                "awscni_force_removed_enis",
+                "The number of ENIs force removed while they had assigned pods",
+            )?,
+            force_removed_ips: r.counter(
+                "awscni_force_removed_ips",
+                "The number of IPs force removed while they had assigned pods",
+            )?,
+            total_ipv4_prefixes: r.gauge(
+                "awscni_total_ipv4_prefixes",
+                "The total number of IPv4 prefixes",
+            )?,
+            assigned_ip_per_cidr: r.gauge_vec(
+                "awscni_assigned_ip_per_cidr",
+                "The total number of IP addresses assigned per cidr",
+                &["cidr"],
+            )?,
+            no_available_ip_addresses: r.counter(
+                "awscni_no_available_ip_addresses",
+                "The number of pod IP assignments that fail due to no available IP addresses",
+            )?,
+            assigned_ip_per_eni: r.gauge_vec(
+                "awscni_assigned_ip_per_eni",
+                "The number of IP addresses assigned per ENI",
+                &["eni"],
+            )?,
+            startup_duration_seconds: r.histogram_vec(
+                "awscni_ipamd_startup_duration_seconds",
+                "Time taken for ipamd to start up",
+                &["success", "with_api_server", "failure_reason"],
+            )?,
+            node_initialization_duration_seconds: r.histogram_vec(
+                "awscni_ipamd_node_initialization_duration_seconds",
+                "Time taken to initialise the node",
+                &["success"],
+            )?,
+            connmark_backend: r.gauge_vec(
+                "awscni_connmark_backend",
+                "The connmark backend in use",
+                &["backend"],
+            )?,
+            connmark_reconcile_total: r.counter_vec(
+                "awscni_connmark_reconcile_total",
+                "Connmark rule reconciliations",
+                &["result"],
+            )?,
+            build_info: r.gauge_vec(
+                "awscni_build_info",
+                "VPC CNI build information",
+                &["version", "revision", "goversion"],
+            )?,
+            add_latency_seconds: r.histogram(
+                "awscni_ipamd_add_network_seconds",
+                "AddNetwork handling time inside ipamd",
+                request_buckets(),
+            )?,
+            del_latency_seconds: r.histogram(
+                "awscni_ipamd_del_network_seconds",
+                "DelNetwork handling time inside ipamd",
+                request_buckets(),
+            )?,
+            add_failures: r.counter_vec(
+                "awscni_ipamd_add_network_failures_total",
+                "AddNetwork requests that got no address, by reason",
+                &["reason"],
+            )?,
+            ec2_calls: r.counter_vec(
+                "awscni_ec2_calls_total",
+                "EC2 API calls by API and outcome (ok, throttled, error)",
+                &["api", "outcome"],
+            )?,
+            pool_ips: r.gauge_vec(
+                "awscni_pool_ips",
+                "Addresses per ENI by state (total, assigned, cooldown, available)",
+                &["eni", "state"],
+            )?,
+            checkpoint_write_seconds: r.histogram(
+                "awscni_checkpoint_write_seconds",
+                "Time to persist the checkpoint",
+                request_buckets(),
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
         };
         m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), option_env!("AWS_CNI_REVISION").unwrap_or("unknown"), "rust"])
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                option_env!("AWS_CNI_REVISION").unwrap_or("unknown"),
+                "rust",
+            ])
             .set(1);
         Ok(m)
     }
@@ -335,8 +478,12 @@ impl Metrics {
                     .with_label_values(&[&cidr])
                     .set(i64::from(assigned.contains_key(&ip)));
             }
-            self.pool_ips.with_label_values(&[&eni.id, "total"]).set(total);
-            self.pool_ips.with_label_values(&[&eni.id, "assigned"]).set(used);
+            self.pool_ips
+                .with_label_values(&[&eni.id, "total"])
+                .set(total);
+            self.pool_ips
+                .with_label_values(&[&eni.id, "assigned"])
+                .set(used);
         }
         let now = node.deps.clock.now();
         let mut prefixes = 0i64;
@@ -362,7 +509,10 @@ impl Metrics {
             .set(i64::from(connmark));
         // Counters the engine keeps itself: bring ours up to its totals.
         let forced = node.counters().force_removed;
-        let mut seen = self.force_removed_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self
+            .force_removed_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if forced > *seen {
             self.force_removed_ips.inc_by(forced - *seen);
             *seen = forced;
@@ -379,8 +529,7 @@ impl Metrics {
             tracing::warn!(error = %e, "cannot encode metrics");
         }
         let mut text = String::from_utf8(buf).unwrap_or_default();
-        let present: std::collections::HashSet<&str> =
-            families.iter().map(|f| f.name()).collect();
+        let present: std::collections::HashSet<&str> = families.iter().map(|f| f.name()).collect();
         for (name, help, kind) in &self.declared {
             if !present.contains(name.as_str()) {
                 text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
@@ -404,7 +553,9 @@ impl Metrics {
         };
         self.ec2_calls.with_label_values(&[api, outcome]).inc();
         if let Some(code) = err {
-            self.aws_api_error_count.with_label_values(&[api, code]).inc();
+            self.aws_api_error_count
+                .with_label_values(&[api, code])
+                .inc();
         }
     }
 }
@@ -437,7 +588,10 @@ impl MeteredEc2 {
         api: &'static str,
         fut: impl std::future::Future<Output = Result<T, Ec2Error>>,
     ) -> Result<T, Ec2Error> {
-        self.metrics.ec2api_req_count.with_label_values(&[api]).inc();
+        self.metrics
+            .ec2api_req_count
+            .with_label_values(&[api])
+            .inc();
         self.metrics
             .ipamd_action_inprogress
             .with_label_values(&[api])
@@ -451,9 +605,16 @@ impl MeteredEc2 {
         match &res {
             Ok(_) => self.metrics.record_aws(api, started, None, false),
             Err(e) => {
-                self.metrics.ec2api_error_count.with_label_values(&[api]).inc();
                 self.metrics
-                    .record_aws(api, started, Some(e.code()), matches!(e, Ec2Error::Throttled { .. }));
+                    .ec2api_error_count
+                    .with_label_values(&[api])
+                    .inc();
+                self.metrics.record_aws(
+                    api,
+                    started,
+                    Some(e.code()),
+                    matches!(e, Ec2Error::Throttled { .. }),
+                );
             }
         }
         res
@@ -462,9 +623,15 @@ impl MeteredEc2 {
 
 #[async_trait]
 impl Ec2 for MeteredEc2 {
-    async fn create_network_interface(&self, req: CreateEniRequest) -> Result<EniDescription, Ec2Error> {
-        self.call("CreateNetworkInterface", self.inner.create_network_interface(req))
-            .await
+    async fn create_network_interface(
+        &self,
+        req: CreateEniRequest,
+    ) -> Result<EniDescription, Ec2Error> {
+        self.call(
+            "CreateNetworkInterface",
+            self.inner.create_network_interface(req),
+        )
+        .await
     }
     async fn attach_network_interface(
         &self,
@@ -475,12 +642,20 @@ impl Ec2 for MeteredEc2 {
     ) -> Result<String, Ec2Error> {
         self.call(
             "AttachNetworkInterface",
-            self.inner
-                .attach_network_interface(eni_id, instance_id, device_index, network_card_index),
+            self.inner.attach_network_interface(
+                eni_id,
+                instance_id,
+                device_index,
+                network_card_index,
+            ),
         )
         .await
     }
-    async fn set_delete_on_termination(&self, eni_id: &str, attachment_id: &str) -> Result<(), Ec2Error> {
+    async fn set_delete_on_termination(
+        &self,
+        eni_id: &str,
+        attachment_id: &str,
+    ) -> Result<(), Ec2Error> {
         self.call(
             "ModifyNetworkInterfaceAttribute",
             self.inner.set_delete_on_termination(eni_id, attachment_id),
@@ -488,8 +663,11 @@ impl Ec2 for MeteredEc2 {
         .await
     }
     async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
-        self.call("AssignPrivateIpAddresses", self.inner.assign_private_ips(eni_id, req))
-            .await
+        self.call(
+            "AssignPrivateIpAddresses",
+            self.inner.assign_private_ips(eni_id, req),
+        )
+        .await
     }
     async fn unassign_private_ips(
         &self,
@@ -504,36 +682,70 @@ impl Ec2 for MeteredEc2 {
         .await
     }
     async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.call("DetachNetworkInterface", self.inner.detach_network_interface(attachment_id))
-            .await
+        self.call(
+            "DetachNetworkInterface",
+            self.inner.detach_network_interface(attachment_id),
+        )
+        .await
     }
     async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        self.call("DeleteNetworkInterface", self.inner.delete_network_interface(eni_id))
-            .await
+        self.call(
+            "DeleteNetworkInterface",
+            self.inner.delete_network_interface(eni_id),
+        )
+        .await
     }
-    async fn describe_network_interfaces(&self, ids: &[String]) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.call("DescribeNetworkInterfaces", self.inner.describe_network_interfaces(ids))
-            .await
+    async fn describe_network_interfaces(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.call(
+            "DescribeNetworkInterfaces",
+            self.inner.describe_network_interfaces(ids),
+        )
+        .await
     }
-    async fn list_network_interfaces(&self, filter: &EniFilter) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.call("DescribeNetworkInterfaces", self.inner.list_network_interfaces(filter))
-            .await
+    async fn list_network_interfaces(
+        &self,
+        filter: &EniFilter,
+    ) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.call(
+            "DescribeNetworkInterfaces",
+            self.inner.list_network_interfaces(filter),
+        )
+        .await
     }
     async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
-        self.call("DescribeInstances", self.inner.describe_instance(instance_id))
-            .await
+        self.call(
+            "DescribeInstances",
+            self.inner.describe_instance(instance_id),
+        )
+        .await
     }
-    async fn describe_subnets(&self, filter: &SubnetFilter) -> Result<Vec<SubnetDescription>, Ec2Error> {
+    async fn describe_subnets(
+        &self,
+        filter: &SubnetFilter,
+    ) -> Result<Vec<SubnetDescription>, Ec2Error> {
         self.call("DescribeSubnets", self.inner.describe_subnets(filter))
             .await
     }
-    async fn create_tags(&self, resource_id: &str, tags: &BTreeMap<String, String>) -> Result<(), Ec2Error> {
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), Ec2Error> {
         self.call("CreateTags", self.inner.create_tags(resource_id, tags))
             .await
     }
-    async fn describe_instance_types(&self, types: &[String]) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-        self.call("DescribeInstanceTypes", self.inner.describe_instance_types(types))
-            .await
+    async fn describe_instance_types(
+        &self,
+        types: &[String],
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        self.call(
+            "DescribeInstanceTypes",
+            self.inner.describe_instance_types(types),
+        )
+        .await
     }
 }
 
@@ -585,7 +797,8 @@ mod tests {
         let m = Metrics::new().expect("metrics");
         m.add_ip_req_count.inc();
         m.del_ip_req_count.with_label_values(&["PodDeleted"]).inc();
-        m.aws_api_latency_ms.observe(&["AssignPrivateIpAddresses", "false", "200"], 12.0);
+        m.aws_api_latency_ms
+            .observe(&["AssignPrivateIpAddresses", "false", "200"], 12.0);
         let text = m.render();
         for (name, kind) in [
             ("awscni_add_ip_req_count", "counter"),
@@ -593,9 +806,15 @@ mod tests {
             ("awscni_aws_api_latency_ms", "summary"),
             ("awscni_build_info", "gauge"),
         ] {
-            assert!(text.contains(&format!("# TYPE {name} {kind}")), "{name} {kind}:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {name} {kind}")),
+                "{name} {kind}:\n{text}"
+            );
         }
-        assert!(text.contains("awscni_add_ip_req_count 1"), "counters keep their exact name (no _total)");
+        assert!(
+            text.contains("awscni_add_ip_req_count 1"),
+            "counters keep their exact name (no _total)"
+        );
         assert!(text.contains("awscni_aws_api_latency_ms_count{api=\"AssignPrivateIpAddresses\""));
     }
 

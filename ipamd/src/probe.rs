@@ -61,7 +61,10 @@ pub async fn probe(socket: &Path, timeout: Duration, ready: bool) -> ProbeResult
             message: "status: SERVING".into(),
         };
     }
-    match IpamdControlClient::new(channel).status(StatusRequest {}).await {
+    match IpamdControlClient::new(channel)
+        .status(StatusRequest {})
+        .await
+    {
         Err(s) => ProbeResult {
             code: 3,
             message: format!("status request failed: {:?}: {}", s.code(), s.message()),

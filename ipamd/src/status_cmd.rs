@@ -30,7 +30,11 @@ pub enum StatusError {
 }
 
 /// Fetches the status and renders it.
-pub async fn status(socket: &Path, timeout: Duration, format: StatusFormat) -> Result<String, StatusError> {
+pub async fn status(
+    socket: &Path,
+    timeout: Duration,
+    format: StatusFormat,
+) -> Result<String, StatusError> {
     let path = socket.display().to_string();
     let channel = aws_cni_proto::unix_channel(socket, timeout)
         .await
@@ -93,7 +97,11 @@ pub async fn status(socket: &Path, timeout: Duration, format: StatusFormat) -> R
         out,
         "ready      {}{}",
         if st.ready { "yes" } else { "NO" },
-        if st.ready { String::new() } else { format!(" ({})", reason.as_str_name()) }
+        if st.ready {
+            String::new()
+        } else {
+            format!(" ({})", reason.as_str_name())
+        }
     );
     let _ = writeln!(out, "           {}", st.message);
     let _ = writeln!(
@@ -133,7 +141,11 @@ pub async fn status(socket: &Path, timeout: Duration, format: StatusFormat) -> R
         );
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "{:<40} {:<15} {:<24} {:>5}", "POD", "IP", "ENI", "TABLE");
+    let _ = writeln!(
+        out,
+        "{:<40} {:<15} {:<24} {:>5}",
+        "POD", "IP", "ENI", "TABLE"
+    );
     for a in &allocs {
         let pod = if a.k8s_pod_namespace.is_empty() {
             a.k8s_pod_name.clone()
@@ -145,7 +157,11 @@ pub async fn status(socket: &Path, timeout: Duration, format: StatusFormat) -> R
         } else {
             a.route_table_id.to_string()
         };
-        let _ = writeln!(out, "{:<40} {:<15} {:<24} {:>5}", pod, a.i_pv4_addr, a.eniid, table);
+        let _ = writeln!(
+            out,
+            "{:<40} {:<15} {:<24} {:>5}",
+            pod, a.i_pv4_addr, a.eniid, table
+        );
     }
     Ok(out)
 }

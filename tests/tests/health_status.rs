@@ -42,7 +42,10 @@ fn health_follows_grpc_health_probe_exit_codes_and_ready_means_can_serve_pods() 
     assert!(text.contains("default/only"), "{text}");
     assert!(text.contains(&result_ip(&add.json)), "{text}");
     assert!(text.contains("ready      NO"), "{text}");
-    assert!(text.contains("PRIMARY") && text.contains("COOLDOWN"), "ENI table: {text}");
+    assert!(
+        text.contains("PRIMARY") && text.contains("COOLDOWN"),
+        "ENI table: {text}"
+    );
     assert!(text.contains("pool last"), "last decision: {text}");
     let json = ipamd_cmd(&["status", "--socket", &sock, "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
@@ -52,7 +55,10 @@ fn health_follows_grpc_health_probe_exit_codes_and_ready_means_can_serve_pods() 
     assert_eq!(v["instanceType"], "t3.nano");
     assert_eq!(v["enis"][0]["assigned"], 1);
     assert_eq!(v["enis"][0]["primary"], true);
-    assert!(v["lastDecision"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
+    assert!(
+        v["lastDecision"].as_str().is_some_and(|d| !d.is_empty()),
+        "{v}"
+    );
 
     // Daemon gone: exit 2 (cannot connect), as grpc-health-probe.
     assert!(ipamd.stop());

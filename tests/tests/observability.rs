@@ -73,14 +73,26 @@ fn every_declared_metric_is_exported_and_moves_with_pods() {
     let scrape = || curl(&ipamd.node, &["http://127.0.0.1:61678/metrics"]);
     let before = scrape();
     for name in DECLARED {
-        assert!(before.contains(&format!("# TYPE {name} ")), "{name} not exported");
+        assert!(
+            before.contains(&format!("# TYPE {name} ")),
+            "{name} not exported"
+        );
     }
     assert!(before.contains("# TYPE awscni_aws_api_latency_ms summary"));
     assert!(before.contains("# TYPE awscni_add_ip_req_count counter"));
     assert_eq!(value(&before, "awscni_eni_max"), 1.0);
-    assert_eq!(value(&before, "awscni_connmark_backend{backend=\"iptables\"}"), 1.0);
-    assert!(sum_of(&before, "awscni_ec2api_req_count") >= 1.0, "startup fill called EC2");
-    assert!(before.contains("awscni_aws_api_latency_ms_count{api=\"GetMetadata\""), "IMDS reads timed");
+    assert_eq!(
+        value(&before, "awscni_connmark_backend{backend=\"iptables\"}"),
+        1.0
+    );
+    assert!(
+        sum_of(&before, "awscni_ec2api_req_count") >= 1.0,
+        "startup fill called EC2"
+    );
+    assert!(
+        before.contains("awscni_aws_api_latency_ms_count{api=\"GetMetadata\""),
+        "IMDS reads timed"
+    );
 
     let a_ns = Netns::new("act-pod-");
     let b_ns = Netns::new("act-pod-");
@@ -101,12 +113,21 @@ fn every_declared_metric_is_exported_and_moves_with_pods() {
     assert!(cni(&ipamd.node, "DEL", &pod(&a_ns, "a"), &c).success);
 
     let after = scrape();
-    assert_eq!(value(&after, "awscni_add_ip_req_count") - value(&before, "awscni_add_ip_req_count"), 2.0);
+    assert_eq!(
+        value(&after, "awscni_add_ip_req_count") - value(&before, "awscni_add_ip_req_count"),
+        2.0
+    );
     assert_eq!(value(&after, "awscni_no_available_ip_addresses"), 1.0);
-    assert_eq!(value(&after, "awscni_del_ip_req_count{reason=\"PodDeleted\"}"), 1.0);
+    assert_eq!(
+        value(&after, "awscni_del_ip_req_count{reason=\"PodDeleted\"}"),
+        1.0
+    );
     assert_eq!(value(&after, "awscni_ipamd_add_network_seconds_count"), 2.0);
     assert_eq!(value(&after, "awscni_ipamd_del_network_seconds_count"), 1.0);
-    assert!(after.contains("awscni_ipamd_add_network_failures_total{reason=\"NODE_AT_ENI_LIMIT\"} 1"), "{after}");
+    assert!(
+        after.contains("awscni_ipamd_add_network_failures_total{reason=\"NODE_AT_ENI_LIMIT\"} 1"),
+        "{after}"
+    );
     assert_eq!(value(&after, "awscni_total_ip_addresses"), 1.0);
     assert_eq!(value(&after, "awscni_assigned_ip_addresses"), 0.0);
     // Per ENI: the released address is cooling down on the one ENI, nothing is available.
@@ -117,7 +138,10 @@ fn every_declared_metric_is_exported_and_moves_with_pods() {
         .sum();
     assert_eq!(cooldown, 1.0, "{after}");
     assert!(after.contains("state=\"available\"} 0"), "{after}");
-    assert!(after.contains(&format!("awscni_assigned_ip_per_cidr{{cidr=\"{}/32\"}} 0", result_ip(&a.json))));
+    assert!(after.contains(&format!(
+        "awscni_assigned_ip_per_cidr{{cidr=\"{}/32\"}} 0",
+        result_ip(&a.json)
+    )));
 }
 
 #[test]
@@ -127,7 +151,10 @@ fn introspection_serves_the_anchors_paths_without_container_ids() {
     let ipamd = Ipamd::start(
         "m5.large",
         &[
-            ("INTROSPECTION_BIND_ADDRESS", &format!("unix:{}", sock.display())),
+            (
+                "INTROSPECTION_BIND_ADDRESS",
+                &format!("unix:{}", sock.display()),
+            ),
             ("WARM_ENI_TARGET", "1"),
             ("DISABLE_METRICS", "true"),
         ],
@@ -144,11 +171,20 @@ fn introspection_serves_the_anchors_paths_without_container_ids() {
     assert!(add.success);
     let ip = result_ip(&add.json);
     let get = |path: &str| -> Value {
-        let body = curl(&ipamd.node, &["--unix-socket", sock.to_str().unwrap_or("?"), &format!("http://localhost{path}")]);
+        let body = curl(
+            &ipamd.node,
+            &[
+                "--unix-socket",
+                sock.to_str().unwrap_or("?"),
+                &format!("http://localhost{path}"),
+            ],
+        );
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
     };
     let paths = get("/");
-    assert!(paths.as_array().is_some_and(|a| a.iter().any(|p| p == "/v1/enis")));
+    assert!(paths
+        .as_array()
+        .is_some_and(|a| a.iter().any(|p| p == "/v1/enis")));
 
     let enis = get("/v1/enis");
     let card = &enis["0"];
@@ -161,7 +197,10 @@ fn introspection_serves_the_anchors_paths_without_container_ids() {
     assert_eq!(eni["DeviceNumber"], 0);
     let entry = &eni["AvailableIPv4Cidrs"][format!("{ip}/32")]["IPAddresses"][&ip];
     assert_eq!(entry["IPAMMetadata"]["k8sPodName"], "cart");
-    assert_eq!(entry["IPAMKey"]["containerID"], "", "container IDs must be blanked");
+    assert_eq!(
+        entry["IPAMKey"]["containerID"], "",
+        "container IDs must be blanked"
+    );
     let whole = serde_json::to_string(&enis).unwrap_or_default();
     assert!(!whole.contains("secret-container-id"));
 
@@ -170,9 +209,18 @@ fn introspection_serves_the_anchors_paths_without_container_ids() {
     assert_eq!(pods[0]["ip"], ip.as_str());
     assert!(!pods.to_string().contains("secret-container-id"));
     assert_eq!(get("/v1/ipamd-env-settings")["WARM_ENI_TARGET"], "1");
-    assert_eq!(get("/v1/networkutils-env-settings")["AWS_VPC_K8S_CNI_VETHPREFIX"], "eni");
+    assert_eq!(
+        get("/v1/networkutils-env-settings")["AWS_VPC_K8S_CNI_VETHPREFIX"],
+        "eni"
+    );
 
     // DISABLE_METRICS=true: nothing listens on 61678.
-    let out = ipamd.node.exec(&["curl", "-sS", "--max-time", "2", "http://127.0.0.1:61678/metrics"]);
+    let out = ipamd.node.exec(&[
+        "curl",
+        "-sS",
+        "--max-time",
+        "2",
+        "http://127.0.0.1:61678/metrics",
+    ]);
     assert!(!out.status.success(), "metrics served although disabled");
 }
