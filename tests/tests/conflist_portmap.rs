@@ -24,7 +24,13 @@ fn plugin_conf(list: &Value, i: usize, version: &str) -> Value {
     c
 }
 
-fn run_plugin(node: &Netns, bin: &str, command: &str, pod: &PodSpec, conf: &Value) -> (bool, Value) {
+fn run_plugin(
+    node: &Netns,
+    bin: &str,
+    command: &str,
+    pod: &PodSpec,
+    conf: &Value,
+) -> (bool, Value) {
     let mut child = Command::new("ip")
         .args(["netns", "exec", &node.name, bin])
         .env("CNI_COMMAND", command)
@@ -37,11 +43,17 @@ fn run_plugin(node: &Netns, bin: &str, command: &str, pod: &PodSpec, conf: &Valu
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn plugin");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), conf.to_string().as_bytes())
-        .expect("stdin");
+    std::io::Write::write_all(
+        &mut child.stdin.take().expect("stdin"),
+        conf.to_string().as_bytes(),
+    )
+    .expect("stdin");
     let out = child.wait_with_output().expect("plugin output");
     let text = String::from_utf8_lossy(&out.stdout);
-    (out.status.success(), serde_json::from_str(&text).unwrap_or(Value::Null))
+    (
+        out.status.success(),
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+    )
 }
 
 #[test]
@@ -79,11 +91,16 @@ fn pod_added_through_the_conflist_chain_gets_a_working_port_mapping() {
     let add = add_with_retry(&ipamd.node, &server, &aws);
     assert!(add.success, "aws-cni ADD: {}", add.stdout);
     let mut pm = plugin_conf(&list, 1, version);
-    pm["runtimeConfig"] = json!({"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]});
+    pm["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]});
     pm["prevResult"] = add.json.clone();
     let (ok, pm_result) = run_plugin(&ipamd.node, PORTMAP, "ADD", &server, &pm);
     assert!(ok, "portmap ADD failed: {pm_result}");
-    assert_eq!(result_ip(&pm_result), result_ip(&add.json), "portmap passes our result through");
+    assert_eq!(
+        result_ip(&pm_result),
+        result_ip(&add.json),
+        "portmap passes our result through"
+    );
     let client_add = add_with_retry(&ipamd.node, &client, &aws);
     assert!(client_add.success, "{}", client_add.stdout);
 
