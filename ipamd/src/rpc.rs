@@ -133,7 +133,11 @@ impl CniBackend for CniService {
         let req = request.into_inner();
         self.metrics
             .del_ip_req_count
-            .with_label_values(&[if req.reason.is_empty() { "PodDeleted" } else { &req.reason }])
+            .with_label_values(&[if req.reason.is_empty() {
+                "PodDeleted"
+            } else {
+                &req.reason
+            }])
             .inc();
         let key = match key_of(&req.network_name, &req.container_id, &req.if_name) {
             Ok(k) => k,
