@@ -36,3 +36,21 @@ if [ "$(id -u)" != 0 ]; then
   echo "run as root: the demo and the tests create network namespaces" >&2
   exit 1
 fi
+
+# moto, the EC2 API emulator that the aws backend's integration tests run against, in a venv of its own.
+# Pinned within moto 5.x: the committed instance-limits table is generated from moto's instance-type data, and
+# a test compares the two byte for byte. AWS_CNI_TEST_VENV moves the venv (the tests read it too).
+moto_venv=${AWS_CNI_TEST_VENV:-/opt/aws-cni-test-venv}
+moto_version=5.2.5
+if [ ! -x "$moto_venv/bin/moto_server" ] ||
+  ! "$moto_venv/bin/python" -c "import sys, moto; sys.exit(moto.__version__ != '$moto_version')" 2>/dev/null; then
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    echo "installing: python3 python3-venv"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends python3 python3-venv >/dev/null
+  fi
+  echo "installing moto[server]==$moto_version into $moto_venv"
+  python3 -m venv "$moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
+fi

@@ -5,12 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo build --workspace --bins --quiet
-cargo test --workspace
+# The aws backend (ipamd's `aws` feature: aws-sdk-ec2, a long build) and its tests against moto
+# (integration-tests' `aws` feature) are part of every run.
+features=ipamd/aws,integration-tests/aws
+cargo clippy --workspace --all-targets --features "$features" --quiet -- -D warnings
+cargo build --workspace --bins --features "$features" --quiet
+cargo test --workspace --features "$features"
 leftover=$(ip netns list | grep -E '^(act-|awscni-)' || true)
 if [ -n "$leftover" ]; then
   echo "tests left network namespaces behind:" >&2
+  echo "$leftover" >&2
+  exit 1
+fi
+leftover=$(pgrep -af 'bin/moto_server' || true)
+if [ -n "$leftover" ]; then
+  echo "tests left moto servers running:" >&2
   echo "$leftover" >&2
   exit 1
 fi

@@ -7,13 +7,14 @@
 //! committed `instance-limits/data/instance-limits.tsv` byte for byte when the API answers the same.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ec2_api::{Ec2, Ec2Error, InstanceTypeInfo};
 use instance_limits::format::{render, FormatError, Row};
 use instance_limits::InstanceLimits;
 
 use crate::ec2::AwsEc2;
-use crate::options::AwsOptions;
+use crate::options::{AwsOptions, MIN_HTTP_TIMEOUT};
 
 /// `ipamd gen-limits`: page through DescribeInstanceTypes and write the instance-limits table.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,6 +29,10 @@ pub struct GenLimitsArgs {
     /// Region to sign the requests for.
     #[arg(long, default_value = "us-east-1")]
     pub region: String,
+    /// Seconds per HTTP attempt. The full catalogue is one large answer (moto takes several seconds to
+    /// build it), so this is longer than the daemon's `HTTP_TIMEOUT`.
+    #[arg(long, default_value_t = 120)]
+    pub http_timeout: u64,
 }
 
 /// Why the table could not be generated.
@@ -94,6 +99,7 @@ pub async fn generate(ec2: &dyn Ec2) -> Result<(String, usize), GenLimitsError> 
 pub async fn run(args: &GenLimitsArgs) -> Result<usize, GenLimitsError> {
     let opts = AwsOptions {
         endpoint: Some(args.endpoint.clone()),
+        http_timeout: Duration::from_secs(args.http_timeout).max(MIN_HTTP_TIMEOUT),
         ..AwsOptions::default()
     };
     let ec2 = AwsEc2::connect(&args.region, &opts).await;

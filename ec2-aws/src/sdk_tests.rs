@@ -616,3 +616,25 @@ async fn an_unknown_instance_type_that_ec2_does_not_know_either_is_an_error() {
     assert!(err.to_string().contains("InvalidInstanceType"), "{err}");
     assert!(instance_limits::lookup("zz8.nothing").is_none());
 }
+
+#[tokio::test]
+async fn delete_on_termination_names_the_attachment() {
+    let script = Scripted::new(vec![ok(
+        "<ModifyNetworkInterfaceAttributeResponse><requestId>r</requestId><return>true</return>\
+         </ModifyNetworkInterfaceAttributeResponse>"
+            .into(),
+    )]);
+    client(&script)
+        .set_delete_on_termination("eni-1", "eni-attach-9")
+        .await
+        .expect("modify");
+    let body = script.seen()[0].body.clone();
+    for part in [
+        "Action=ModifyNetworkInterfaceAttribute",
+        "NetworkInterfaceId=eni-1",
+        "Attachment.AttachmentId=eni-attach-9",
+        "Attachment.DeleteOnTermination=true",
+    ] {
+        assert!(body.contains(part), "{part} missing in {body}");
+    }
+}

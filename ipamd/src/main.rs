@@ -50,9 +50,17 @@ struct RunArgs {
     /// Enter this network namespace (e.g. /run/netns/NAME) before anything else.
     #[arg(long)]
     netns: Option<PathBuf>,
-    /// Write the simulated EC2 state here as JSON after every change (sim backend).
+    /// The simulated EC2 state (sim backend): loaded from here if present, written here (fsync'd) after every
+    /// change, so the simulated instance survives ipamd's death.
     #[arg(long)]
     sim_state: Option<PathBuf>,
+    /// Put the simulated VPC fabric in this existing network namespace (e.g. /run/netns/NAME), so ENI links
+    /// outlive ipamd; its owner removes it. Default: an anonymous namespace that dies with ipamd.
+    #[arg(long)]
+    sim_fabric_netns: Option<PathBuf>,
+    /// How long every simulated EC2 call takes, e.g. 200ms (sim backend).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    sim_api_latency: std::time::Duration,
     /// Override the max-pods value computed from the instance type.
     #[arg(long)]
     max_pods: Option<u32>,
@@ -121,6 +129,8 @@ fn main() -> ExitCode {
                 backend: args.backend,
                 instance_type: args.instance_type,
                 sim_state: args.sim_state,
+                sim_fabric_netns: args.sim_fabric_netns,
+                sim_api_latency: args.sim_api_latency,
                 max_pods: args.max_pods,
             };
             let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
@@ -204,7 +214,6 @@ fn main() -> ExitCode {
         }
         #[cfg(feature = "aws")]
         Command::GenLimits(args) => {
-            init_tracing();
             let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
                 rt.block_on(ec2_aws::limits::run(&args))
                     .map_err(|e| e.to_string())

@@ -17,6 +17,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "aws")]
+pub mod eni_fabric;
+#[cfg(feature = "aws")]
+pub mod imds_server;
+pub mod moto;
+pub mod netns_port;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// A name unique to this test process.
@@ -216,6 +225,11 @@ impl Ipamd {
             .arg("--sim-state")
             .arg(dir.path().join("sim-ec2.json"))
             .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
+            // Each daemon its own checkpoint (the default, /var/run/aws-node/ipam.json, is the machine's).
+            .env(
+                "AWS_VPC_K8S_CNI_BACKING_STORE",
+                dir.path().join("ipam.json"),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
