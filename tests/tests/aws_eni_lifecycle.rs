@@ -204,7 +204,7 @@ async fn eni_lifecycle_create_attach_assign_unassign_detach_delete() {
         .expect("delete");
     let err = w
         .ec2
-        .describe_network_interfaces(&[eni.id.clone()])
+        .describe_network_interfaces(std::slice::from_ref(&eni.id))
         .await
         .expect_err("gone");
     assert!(matches!(err, Ec2Error::NotFound { .. }), "{err:?}");
