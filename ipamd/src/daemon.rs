@@ -1,9 +1,15 @@
 //! `ipamd run`: wires the backend, the node, the pool task and the gRPC server, and shuts down cleanly.
 //!
-//! Order (as the anchor): discover the node, configure its ENIs, fill the pool, and only then open the socket, so
-//! a runtime that sees the socket (and the health service SERVING) can get IPs at once.
-//! SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish, stop the pool task, remove the
-//! socket, exit 0.
+//! Order (as the anchor): read the checkpoint (`AWS_VPC_K8S_CNI_BACKING_STORE`; a bad one stops ipamd here and
+//! is kept), discover the node, configure its ENIs, restore the checkpoint's pods onto the addresses EC2
+//! confirms, fill the pool, bind the socket, release restored pods whose veth is gone (before the first
+//! connection is accepted), and only then serve, so a runtime that sees the socket (and the health service
+//! SERVING) can get IPs at once. The recovery order is in [`crate::reconcile`], the checkpoint's format and group
+//! commit in [`crate::checkpoint`].
+//!
+//! SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (at most [`DRAIN_TIMEOUT`]), stop
+//! the pool task (at most [`POOL_STOP_TIMEOUT`]), write the checkpoint one last time, remove the socket, exit 0:
+//! well within Kubernetes' default 30 s grace period. SIGUSR1: run a full reconcile pass now.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -16,13 +22,16 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
+use crate::checkpoint::Checkpoint;
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
 use crate::hostnet::NetlinkHostNetwork;
 use crate::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
 use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
-use crate::node::{Node, NodeDeps, NodeError};
+use crate::node::{Node, NodeDeps, NodeError, Recovery};
+use crate::ratelimit::PacingConfig;
+use crate::reconcile::NetlinkPodHost;
 use crate::rpc::CniService;
 use crate::sim::fabric::NetnsFabric;
 use crate::sim::{SimEc2, SimError, SimSpec};
@@ -36,13 +45,23 @@ pub enum Backend {
     Sim,
 }
 
+/// Longest wait for in-flight requests after SIGTERM.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the pool task (an EC2 call in flight) after SIGTERM.
+pub const POOL_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Options of `ipamd run`.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     pub socket: PathBuf,
     pub backend: Backend,
     pub instance_type: String,
+    /// Sim backend: EC2's state, loaded if present and saved after every change.
     pub sim_state: Option<PathBuf>,
+    /// Sim backend: the VPC fabric in this existing namespace (it then outlives ipamd); default: anonymous.
+    pub sim_fabric_netns: Option<PathBuf>,
+    /// Sim backend: how long every EC2 call takes.
+    pub sim_api_latency: Duration,
     pub max_pods: Option<u32>,
 }
 
@@ -70,6 +89,8 @@ pub enum DaemonError {
     Netlink(datapath::NetlinkError),
     #[error("node: {0}")]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
     #[error("socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -165,6 +186,22 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let config = Config::from_env(&ProcessEnv)?;
     let endpoints = endpoints(&ProcessEnv)?;
     let metrics = Arc::new(Metrics::new()?);
+    // The checkpoint first: a bad one stops ipamd before anything is touched, and is kept as it is.
+    let checkpoint_path = checkpoint_path(&opts);
+    let entries = match &checkpoint_path {
+        Some(path) => {
+            let entries = crate::checkpoint::read(path)?;
+            tracing::info!(path = %path.display(), entries = entries.as_ref().map_or(0, Vec::len),
+                "read the checkpoint");
+            entries
+        }
+        None => {
+            tracing::info!(
+                "simulated node without --sim-state: assignments are kept in memory only"
+            );
+            None
+        }
+    };
     let clock = Arc::new(SystemClock::default());
     let deps = match opts.backend {
         #[cfg(not(feature = "aws"))]
@@ -188,9 +225,12 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             }
             let mut spec = SimSpec::new(&opts.instance_type);
             spec.state_file = opts.sim_state.clone();
-            let fabric = NetnsFabric::new(spec.subnet_cidr, config.eni_mtu)
-                .await
-                .map_err(DaemonError::Fabric)?;
+            spec.api_latency = opts.sim_api_latency;
+            let fabric = match &opts.sim_fabric_netns {
+                Some(path) => NetnsFabric::in_netns(path, spec.subnet_cidr, config.eni_mtu).await,
+                None => NetnsFabric::new(spec.subnet_cidr, config.eni_mtu).await,
+            }
+            .map_err(DaemonError::Fabric)?;
             let sim = SimEc2::launch(spec, Arc::new(fabric)).await?;
             let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
             NodeDeps {
@@ -201,8 +241,34 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             }
         }
     };
+    let observer = metrics.checkpoint_write_seconds.clone();
+    let recovery = Recovery {
+        checkpoint: checkpoint_path.map(|path| {
+            Arc::new(
+                Checkpoint::new(path).with_observer(Arc::new(move |d: Duration| {
+                    observer.observe(d.as_secs_f64())
+                })),
+            )
+        }),
+        entries: entries.unwrap_or_default(),
+        pods: Some(Arc::new(NetlinkPodHost::new(
+            datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
+        ))),
+        veth_prefix: ProcessEnv
+            .get("AWS_VPC_K8S_CNI_VETHPREFIX")
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "eni".into()),
+    };
     let init_started = Instant::now();
-    let node = match Node::init(deps, config, opts.max_pods).await {
+    let node = match Node::init_recovering(
+        deps,
+        config,
+        opts.max_pods,
+        PacingConfig::default(),
+        recovery,
+    )
+    .await
+    {
         Ok(n) => n,
         Err(e) => {
             metrics
@@ -224,6 +290,9 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let shutdown = Arc::new(Notify::new());
     let pool =
         tokio::spawn(Arc::clone(&node).run_pool(Duration::from_secs(5), Arc::clone(&shutdown)));
+    let (stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(Arc::clone(&node).run_checkpointer(flusher_stop));
+    let reconcile_signal = tokio::spawn(reconcile_on_sigusr1(Arc::clone(&node)));
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -294,12 +363,18 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     }
 
     let listener = bind_socket(&opts.socket)?;
+    // Connections made from now on wait in the listen backlog while restored pods are checked (see
+    // crate::reconcile): a DEL that tore its pod down while the socket was absent is honoured here.
+    let released = node.start_serving().await;
     metrics
         .startup_duration_seconds
         .with_label_values(&["true", "false", ""])
         .observe(startup.elapsed().as_secs_f64());
-    tracing::info!(socket = %opts.socket.display(), "serving rpc.CNIBackend and grpc.health.v1");
-    let served = tonic::transport::Server::builder()
+    tracing::info!(socket = %opts.socket.display(), released_gone_pods = released,
+        "serving rpc.CNIBackend and grpc.health.v1");
+    let drain = Arc::new(Notify::new());
+    let drain_now = Arc::clone(&drain);
+    let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(CniBackendServer::new(CniService::new(
             Arc::clone(&node),
@@ -308,23 +383,90 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(
             &node,
         ))))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
-        .await;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            drain_now.notified().await
+        });
+    let mut server = tokio::spawn(server);
+    let served = tokio::select! {
+        r = &mut server => r,
+        () = shutdown_signal() => {
+            // Stop accepting; requests in flight finish (each one's checkpoint write included).
+            drain.notify_one();
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(timeout = ?DRAIN_TIMEOUT, "requests still in flight; stopping anyway");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
 
     shutdown.notify_waiters();
     shutdown.notify_one();
-    if let Err(e) = pool.await {
-        tracing::warn!(error = %e, "pool task ended abnormally");
+    reconcile_signal.abort();
+    match tokio::time::timeout(POOL_STOP_TIMEOUT, pool).await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "pool task ended abnormally"),
+        Ok(Ok(())) => {}
+        Err(_) => {
+            tracing::warn!("the pool task did not stop in time (an EC2 call in flight); leaving it")
+        }
     }
+    let _ = stop_flusher.send(true);
+    let _ = flusher.await;
+    let flushed = node.flush_checkpoint().await;
     for t in http_tasks {
         let _ = t.await;
     }
     if let Err(e) = std::fs::remove_file(&opts.socket) {
         tracing::debug!(error = %e, "socket already removed");
     }
-    served?;
+    match served {
+        Ok(r) => r?,
+        Err(e) => tracing::warn!(error = %e, "gRPC server task failed"),
+    }
+    flushed?;
     tracing::info!("ipamd stopped");
     Ok(())
+}
+
+/// The checkpoint file: `AWS_VPC_K8S_CNI_BACKING_STORE` when set, else the anchor's default for the aws backend.
+/// A simulated node's checkpoint belongs to its simulated instance: `ipam.json` beside `--sim-state`, and none
+/// (memory only) without one, since every run without saved state is a new instance.
+fn checkpoint_path(opts: &RunOptions) -> Option<PathBuf> {
+    if let Some(p) = ProcessEnv
+        .get(crate::checkpoint::ENV_BACKING_STORE)
+        .filter(|p| !p.trim().is_empty())
+    {
+        return Some(PathBuf::from(p));
+    }
+    match opts.backend {
+        Backend::Aws => Some(crate::checkpoint::path_from_env(|_| None)),
+        Backend::Sim => opts
+            .sim_state
+            .as_ref()
+            .map(|state| match state.file_name() {
+                Some(n) if n == "ipam.json" => state.with_file_name("ipam-checkpoint.json"),
+                _ => state.with_file_name("ipam.json"),
+            }),
+    }
+}
+
+/// Every SIGUSR1 asks for a full reconcile pass (for operators and tests).
+async fn reconcile_on_sigusr1(node: Arc<Node>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGUSR1");
+            return;
+        }
+    };
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reconcile requested");
+        node.request_reconcile();
+    }
 }
 
 async fn shutdown_signal() {

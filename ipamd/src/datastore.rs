@@ -13,6 +13,10 @@
 //!   back only whole, when none of its sixteen addresses is held or cooling down;
 //! - nothing held or cooling down is ever removed, except by a *forced* removal, which is only for addresses or
 //!   ENIs that EC2 itself says are gone (the pods on them have lost their address anyway).
+//! - every change to who holds what bumps [`Datastore::generation`], so a writer of the checkpoint knows whether
+//!   what it wrote covers a given change (see [`crate::checkpoint`]);
+//! - a DEL whose key holds nothing falls back to the anchor's placeholder key of allocations it migrated from
+//!   CRI (`_migrated-from-cri`, same container ID, ifname `unknown`), as the anchor still does.
 //!
 //! The datastore is plain data with no I/O; callers serialise access (one mutex in the daemon).
 
@@ -68,6 +72,9 @@ struct Holder {
     key: IpamKey,
     meta: PodMeta,
     assigned_at: Duration,
+    /// Wall-clock time of the assignment (since the Unix epoch), kept for the checkpoint: monotonic time does not
+    /// survive a restart.
+    wall: Duration,
 }
 
 impl Eni {
@@ -202,6 +209,34 @@ pub enum AssignError {
     NoFreeIp { in_cooldown: usize },
 }
 
+/// Network name of the anchor's placeholder keys for allocations it migrated from CRI (anchor `backfillNetworkName`).
+pub const MIGRATED_NETWORK_NAME: &str = "_migrated-from-cri";
+/// Interface name of those placeholder keys (anchor `backfillNetworkIface`).
+pub const MIGRATED_IF_NAME: &str = "unknown";
+
+/// One assignment with its wall-clock time, as the checkpoint records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignmentRecord {
+    pub key: IpamKey,
+    pub meta: PodMeta,
+    pub allocation: Allocation,
+    /// When it was made, since the Unix epoch.
+    pub wall: Duration,
+    /// When it was made, on the monotonic clock (restored ones: estimated from `wall`).
+    pub assigned_at: Duration,
+}
+
+/// Why a checkpointed assignment could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{0} is not an address of any ENI of this node (per EC2)")]
+    UnknownIp(Ipv4Addr),
+    #[error("{ip} is already held by container {holder}")]
+    IpHeld { ip: Ipv4Addr, holder: String },
+    #[error("the key already holds {0}")]
+    KeyHolds(Ipv4Addr),
+}
+
 /// Why a datastore change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DatastoreError {
@@ -228,6 +263,7 @@ pub struct Datastore {
     by_key: HashMap<IpamKey, Ipv4Addr>,
     by_ip: HashMap<Ipv4Addr, String>,
     cooldown: Duration,
+    generation: u64,
 }
 
 impl Datastore {
@@ -237,7 +273,13 @@ impl Datastore {
             by_key: HashMap::new(),
             by_ip: HashMap::new(),
             cooldown,
+            generation: 0,
         }
+    }
+
+    /// A counter bumped by every change of who holds which address (assign, release, restore, eviction).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Adds an ENI (replacing nothing: an ENI already present is left as it is).
@@ -391,6 +433,9 @@ impl Datastore {
                 }
             }
         }
+        if !evicted.is_empty() {
+            self.generation += 1;
+        }
         evicted
     }
 
@@ -517,8 +562,21 @@ impl Datastore {
         meta: &PodMeta,
         now: Duration,
     ) -> Result<Allocation, AssignError> {
+        self.assign_at(key, meta, now, Duration::ZERO)
+            .map(|(a, _)| a)
+    }
+
+    /// [`Datastore::assign`] recording the wall-clock time `wall`; the flag is true when the address is newly
+    /// assigned (false: the key already held it).
+    pub fn assign_at(
+        &mut self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        now: Duration,
+        wall: Duration,
+    ) -> Result<(Allocation, bool), AssignError> {
         if let Some(existing) = self.lookup(key) {
-            return Ok(existing);
+            return Ok((existing, false));
         }
         let cooldown = self.cooldown;
         let mut enis: Vec<&mut Eni> = self.enis.values_mut().collect();
@@ -533,6 +591,7 @@ impl Datastore {
                     key: key.clone(),
                     meta: meta.clone(),
                     assigned_at: now,
+                    wall,
                 });
                 slot.released_at = None;
                 let alloc = Allocation {
@@ -542,7 +601,8 @@ impl Datastore {
                     route_table: eni.route_table,
                 };
                 self.by_key.insert(key.clone(), *ip);
-                return Ok(alloc);
+                self.generation += 1;
+                return Ok((alloc, true));
             }
         }
         Err(AssignError::NoFreeIp {
@@ -550,9 +610,67 @@ impl Datastore {
         })
     }
 
-    /// Releases the IP held by `key`; `None` when the key holds nothing (a repeated DEL).
+    /// Puts back an assignment read from the checkpoint: `ip` must be an address of a known ENI (as EC2 reported
+    /// it) that nobody holds, and `key` must hold nothing yet.
+    pub fn restore(
+        &mut self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        ip: Ipv4Addr,
+        assigned_at: Duration,
+        wall: Duration,
+    ) -> Result<Allocation, RestoreError> {
+        if let Some(held) = self.by_key.get(key) {
+            return Err(RestoreError::KeyHolds(*held));
+        }
+        let eni_id = self.by_ip.get(&ip).ok_or(RestoreError::UnknownIp(ip))?;
+        let eni = self
+            .enis
+            .get_mut(eni_id)
+            .ok_or(RestoreError::UnknownIp(ip))?;
+        let slot = eni.slots.get_mut(&ip).ok_or(RestoreError::UnknownIp(ip))?;
+        if let Some(h) = &slot.holder {
+            return Err(RestoreError::IpHeld {
+                ip,
+                holder: h.key.container_id.clone(),
+            });
+        }
+        slot.holder = Some(Holder {
+            key: key.clone(),
+            meta: meta.clone(),
+            assigned_at,
+            wall,
+        });
+        slot.released_at = None;
+        let alloc = Allocation {
+            ip,
+            eni_id: eni.id.clone(),
+            device_number: eni.device_number,
+            route_table: eni.route_table,
+        };
+        self.by_key.insert(key.clone(), ip);
+        self.generation += 1;
+        Ok(alloc)
+    }
+
+    /// Releases the IP held by `key`; `None` when the key holds nothing (a repeated DEL). A key holding nothing
+    /// falls back to the anchor's CRI-migration placeholder of the same container (see the module docs).
     pub fn unassign(&mut self, key: &IpamKey, now: Duration) -> Option<Allocation> {
-        let ip = self.by_key.remove(key)?;
+        let key = if self.by_key.contains_key(key) {
+            key.clone()
+        } else {
+            let placeholder = IpamKey {
+                network_name: MIGRATED_NETWORK_NAME.to_string(),
+                container_id: key.container_id.clone(),
+                if_name: MIGRATED_IF_NAME.to_string(),
+            };
+            if !self.by_key.contains_key(&placeholder) {
+                return None;
+            }
+            placeholder
+        };
+        let ip = self.by_key.remove(&key)?;
+        self.generation += 1;
         let alloc = self.allocation_of(ip)?;
         if let Some(slot) = self
             .enis
@@ -563,6 +681,75 @@ impl Datastore {
             slot.released_at = Some(now);
         }
         Some(alloc)
+    }
+
+    /// Takes back an address that never reached a pod (its ADD failed before answering): free at once, no
+    /// cooldown. Does nothing unless `key` holds exactly `ip`.
+    pub fn unassign_unused(&mut self, key: &IpamKey, ip: Ipv4Addr) {
+        if self.by_key.get(key) != Some(&ip) {
+            return;
+        }
+        self.by_key.remove(key);
+        self.generation += 1;
+        if let Some(slot) = self
+            .by_ip
+            .get(&ip)
+            .and_then(|id| self.enis.get_mut(id))
+            .and_then(|e| e.slots.get_mut(&ip))
+        {
+            slot.holder = None;
+            slot.released_at = None;
+        }
+    }
+
+    /// When `key` got its address (monotonic), if it holds one.
+    pub fn held_since(&self, key: &IpamKey) -> Option<Duration> {
+        let ip = self.by_key.get(key)?;
+        let eni = self.enis.get(self.by_ip.get(ip)?)?;
+        eni.slots.get(ip)?.holder.as_ref().map(|h| h.assigned_at)
+    }
+
+    /// The assignment held by `key`, with its times.
+    pub fn record(&self, key: &IpamKey) -> Option<AssignmentRecord> {
+        let ip = *self.by_key.get(key)?;
+        let eni = self.enis.get(self.by_ip.get(&ip)?)?;
+        let h = eni.slots.get(&ip)?.holder.as_ref()?;
+        Some(AssignmentRecord {
+            key: h.key.clone(),
+            meta: h.meta.clone(),
+            allocation: Allocation {
+                ip,
+                eni_id: eni.id.clone(),
+                device_number: eni.device_number,
+                route_table: eni.route_table,
+            },
+            wall: h.wall,
+            assigned_at: h.assigned_at,
+        })
+    }
+
+    /// Every assignment with its times, in a stable order (ENI ID, then address).
+    pub fn records(&self) -> Vec<AssignmentRecord> {
+        let mut out = Vec::new();
+        for eni in self.enis.values() {
+            for (ip, slot) in &eni.slots {
+                if let Some(h) = &slot.holder {
+                    out.push(AssignmentRecord {
+                        key: h.key.clone(),
+                        meta: h.meta.clone(),
+                        allocation: Allocation {
+                            ip: *ip,
+                            eni_id: eni.id.clone(),
+                            device_number: eni.device_number,
+                            route_table: eni.route_table,
+                        },
+                        wall: h.wall,
+                        assigned_at: h.assigned_at,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Every assignment: `(key, pod, allocation)`.
@@ -795,5 +982,126 @@ mod tests {
         assert_eq!(route_table_for(0), 254);
         assert_eq!(route_table_for(1), 2);
         assert_eq!(route_table_for(2), 3);
+    }
+
+    #[test]
+    fn generation_counts_every_change_of_holders() {
+        let mut ds = store(&[3]);
+        let g0 = ds.generation();
+        let (a, fresh) = ds
+            .assign_at(
+                &key("c1"),
+                &PodMeta::default(),
+                Duration::ZERO,
+                Duration::from_secs(7),
+            )
+            .expect("ip");
+        assert!(fresh);
+        assert_eq!(ds.generation(), g0 + 1);
+        let (b, fresh) = ds
+            .assign_at(
+                &key("c1"),
+                &PodMeta::default(),
+                Duration::ZERO,
+                Duration::ZERO,
+            )
+            .expect("ip");
+        assert_eq!(
+            (a.clone(), false),
+            (b, fresh),
+            "a repeated ADD changes nothing"
+        );
+        assert_eq!(ds.generation(), g0 + 1);
+        assert_eq!(ds.records()[0].wall, Duration::from_secs(7));
+        ds.unassign(&key("c1"), Duration::ZERO);
+        assert_eq!(ds.generation(), g0 + 2);
+        assert!(ds.unassign(&key("c1"), Duration::ZERO).is_none());
+        assert_eq!(ds.generation(), g0 + 2, "a repeated DEL changes nothing");
+    }
+
+    #[test]
+    fn restore_needs_a_known_free_address() {
+        let mut ds = store(&[2]);
+        let t = Duration::from_secs(3);
+        let ip = Ipv4Addr::new(10, 0, 0, 11);
+        let a = ds
+            .restore(
+                &key("c1"),
+                &PodMeta::default(),
+                ip,
+                t,
+                Duration::from_secs(99),
+            )
+            .expect("restore");
+        assert_eq!((a.ip, a.eni_id.as_str()), (ip, "eni-0"));
+        assert_eq!(ds.lookup(&key("c1")).map(|a| a.ip), Some(ip));
+        assert_eq!(ds.held_since(&key("c1")), Some(t));
+        assert_eq!(
+            ds.restore(&key("c2"), &PodMeta::default(), ip, t, t),
+            Err(RestoreError::IpHeld {
+                ip,
+                holder: "c1".into()
+            })
+        );
+        let unknown = Ipv4Addr::new(10, 9, 9, 9);
+        assert_eq!(
+            ds.restore(&key("c2"), &PodMeta::default(), unknown, t, t),
+            Err(RestoreError::UnknownIp(unknown))
+        );
+        assert_eq!(
+            ds.restore(
+                &key("c1"),
+                &PodMeta::default(),
+                Ipv4Addr::new(10, 0, 0, 12),
+                t,
+                t
+            ),
+            Err(RestoreError::KeyHolds(ip))
+        );
+        // A restored address is never handed to another pod.
+        let b = ds.assign(&key("c3"), &PodMeta::default(), t).expect("ip");
+        assert_ne!(b.ip, ip);
+    }
+
+    #[test]
+    fn del_falls_back_to_the_cri_migration_placeholder() {
+        let mut ds = store(&[2]);
+        let placeholder = IpamKey {
+            network_name: MIGRATED_NETWORK_NAME.into(),
+            container_id: "c1".into(),
+            if_name: MIGRATED_IF_NAME.into(),
+        };
+        let ip = Ipv4Addr::new(10, 0, 0, 11);
+        ds.restore(
+            &placeholder,
+            &PodMeta::default(),
+            ip,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .expect("restore");
+        assert!(ds.unassign(&key("other"), Duration::ZERO).is_none());
+        assert_eq!(
+            ds.unassign(&key("c1"), Duration::ZERO).map(|a| a.ip),
+            Some(ip)
+        );
+        assert!(ds.lookup(&placeholder).is_none());
+        assert_eq!(ds.stats(Duration::ZERO).assigned, 0);
+    }
+
+    #[test]
+    fn unused_address_comes_back_without_cooldown() {
+        let mut ds = store(&[1]);
+        let a = ds
+            .assign(&key("c1"), &PodMeta::default(), Duration::ZERO)
+            .expect("ip");
+        ds.unassign_unused(&key("c2"), a.ip);
+        assert!(
+            ds.lookup(&key("c1")).is_some(),
+            "another key's address is left alone"
+        );
+        ds.unassign_unused(&key("c1"), a.ip);
+        let s = ds.stats(Duration::ZERO);
+        assert_eq!((s.assigned, s.cooldown, s.available), (0, 0, 1));
     }
 }

@@ -9,13 +9,15 @@
 //!                                                                                 └─ host ENI networking (netlink)
 //! ```
 //!
-//! Modules, from the inside out: [`datastore`] (who holds which IP; no I/O), [`pool`] (the warm-pool policy as a
+//! Modules, from the inside out: [`datastore`] (who holds which IP; no I/O), [`checkpoint`] (the datastore's
+//! assignments on disk, in the anchor's format, group-committed), [`pool`] (the warm-pool policy as a
 //! pure function), [`node`] (the two joined to the outside worlds: [`ec2`], [`imds`], [`hostnet`] with [`snat`],
 //! [`clock`]; every EC2 call paced by [`ratelimit`]; [`reconcile`] keeps datastore, host and EC2 in agreement),
 //! [`rpc`] (the `rpc.CNIBackend` service), [`daemon`] (`ipamd run`), [`sim`] (the EC2 simulator behind the same
 //! traits, with ENIs as real links), [`demo`] (`ipamd demo`). Every outside world is a trait with a real
 //! implementation and a test double, so the daemon's logic is tested without AWS or root.
 
+pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod control;

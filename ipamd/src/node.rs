@@ -21,11 +21,17 @@
 //!   are remembered for 60 s so a lagging IMDS or EC2 view cannot bring them back (see [`crate::reconcile`]).
 //! - After `InsufficientFreeAddressesInSubnet`/`InsufficientCidrBlocks` the pool does not try to grow for 120 s.
 //!
-//! Startup follows the anchor (§3.1): read the node and its ENIs from IMDS, confirm their addresses with one
-//! DescribeNetworkInterfaces (IMDS may lag: EC2 is the truth, anchor #3887), apply the node-wide host settings
-//! (fwmark rule, SNAT), configure each ENI on the host, then fill the pool before serving.
+//! Startup follows the anchor (§3.1): read the node and its ENIs from IMDS, confirm their addresses with
+//! DescribeNetworkInterfaces (IMDS may lag: EC2 is the truth, anchor #3887; no address known only from IMDS is
+//! ever handed out, so startup retries EC2 and fails rather than fall back to IMDS), apply the node-wide host
+//! settings (fwmark rule, SNAT), configure each ENI on the host, restore the checkpoint's assignments onto the
+//! addresses EC2 confirmed (see [`crate::reconcile`] for the recovery order), then fill the pool before serving.
+//!
+//! Durability: [`Node::add_durable`] and [`Node::del_durable`] (what the gRPC service calls) return only once
+//! the change is in the checkpoint ([`crate::checkpoint`], group commit); [`Node::add`] and [`Node::del`] change
+//! memory only and leave the write to the background flusher ([`Node::run_checkpointer`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -36,9 +42,12 @@ use instance_limits::max_pods::{compute, CniVersion, MaxPodsOptions, DEFAULT_CNI
 use ipnetwork::Ipv4Network;
 use tokio::sync::Notify;
 
+use crate::checkpoint::{Checkpoint, CheckpointEntry, CheckpointError};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::datastore::{Allocation, AssignError, Datastore, Eni, IpamKey, PodMeta, PoolStats};
+use crate::datastore::{
+    Allocation, AssignError, AssignmentRecord, Datastore, Eni, IpamKey, PodMeta, PoolStats,
+};
 use crate::ec2::{
     CreateEniRequest, Ec2, Ec2Error, EniDescription, IpRequest, SubnetFilter,
     ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER, TAG_ENI_OWNER_VALUE,
@@ -48,6 +57,7 @@ use crate::hostnet::{HostNetError, HostNetwork, HostPlan};
 use crate::imds::{Imds, ImdsError, NodeMetadata};
 use crate::pool::{decide, Decision, EniRoom, PoolPolicy, PREFIX_SIZE};
 use crate::ratelimit::{CallCounts, PacedEc2, PacingConfig};
+use crate::reconcile::PodHost;
 use crate::snat::SnatPlan;
 
 /// Minimum time between two shrinking steps (anchor `decreaseIPPoolInterval`).
@@ -77,6 +87,65 @@ pub enum NodeError {
     HostNet(#[from] HostNetError),
     #[error("datastore: {0}")]
     Datastore(#[from] crate::datastore::DatastoreError),
+    #[error(
+        "EC2 did not confirm the node's ENIs after {attempts} attempts (last error: {last}); addresses known only \
+         from IMDS are never handed out"
+    )]
+    Unverified { attempts: u32, last: Ec2Error },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+}
+
+/// DescribeNetworkInterfaces attempts at startup before giving up (with 1, 2, 4, 8, 16 s between them).
+pub const STARTUP_DESCRIBE_ATTEMPTS: u32 = 6;
+
+/// What a restarting node restores and how it checks it (see [`crate::reconcile`]). The default restores
+/// nothing and keeps assignments in memory only.
+#[derive(Clone)]
+pub struct Recovery {
+    /// Where assignments are persisted; `None`: memory only.
+    pub checkpoint: Option<Arc<Checkpoint>>,
+    /// The assignments read from the checkpoint at startup.
+    pub entries: Vec<CheckpointEntry>,
+    /// The host's pod veths and rules; `None`: no host checks (tests without a kernel).
+    pub pods: Option<Arc<dyn PodHost>>,
+    /// Host veth prefix (`AWS_VPC_K8S_CNI_VETHPREFIX`), to find a restored pod's veth.
+    pub veth_prefix: String,
+}
+
+impl Default for Recovery {
+    fn default() -> Self {
+        Recovery {
+            checkpoint: None,
+            entries: Vec::new(),
+            pods: None,
+            veth_prefix: "eni".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovery")
+            .field("checkpoint", &self.checkpoint)
+            .field("entries", &self.entries.len())
+            .field("pods", &self.pods.is_some())
+            .field("veth_prefix", &self.veth_prefix)
+            .finish()
+    }
+}
+
+/// Restored assignments not yet confirmed by the host (see [`crate::reconcile`]).
+#[derive(Debug, Default)]
+pub(crate) struct RecoveryState {
+    /// Restored keys whose veth has not been seen (or not seen late enough to be sure).
+    pub(crate) unconfirmed: BTreeSet<IpamKey>,
+    /// When the socket opened (monotonic).
+    pub(crate) serving_since: Option<Duration>,
+    /// Restored assignments released because their pod is gone.
+    pub(crate) released: u64,
+    /// When the pool task last checked unconfirmed pods.
+    pub(crate) last_check: Option<Duration>,
 }
 
 /// Why an ADD got no IP: a reason code the plugin maps to a CNI error, and a sentence for a person.
@@ -137,6 +206,13 @@ pub struct Node {
     pub(crate) wake: Notify,
     /// Serialises everything that calls EC2.
     pub(crate) actor: tokio::sync::Mutex<()>,
+    /// The checkpoint writer, if assignments are persisted.
+    pub(crate) checkpoint: Option<Arc<Checkpoint>>,
+    /// Wakes the background checkpoint flusher.
+    pub(crate) flush: Notify,
+    pub(crate) recovery: Mutex<RecoveryState>,
+    pub(crate) pods: Option<Arc<dyn PodHost>>,
+    pub(crate) veth_prefix: String,
 }
 
 impl std::fmt::Debug for Node {
@@ -213,6 +289,18 @@ impl Node {
         max_pods_override: Option<u32>,
         pacing: PacingConfig,
     ) -> Result<Arc<Node>, NodeError> {
+        Node::init_recovering(deps, config, max_pods_override, pacing, Recovery::default()).await
+    }
+
+    /// [`Node::init_with`] that also restores the assignments of `recovery` (verified against EC2) and persists
+    /// every later change to its checkpoint.
+    pub async fn init_recovering(
+        deps: NodeDeps,
+        config: Config,
+        max_pods_override: Option<u32>,
+        pacing: PacingConfig,
+        recovery: Recovery,
+    ) -> Result<Arc<Node>, NodeError> {
         let meta = deps.imds.node().await?;
         let limits = instance_limits::lookup(&meta.instance_type)
             .ok_or_else(|| NodeError::UnknownInstanceType(meta.instance_type.clone()))?;
@@ -246,6 +334,11 @@ impl Node {
             status: Mutex::new(PoolStatus::default()),
             wake: Notify::new(),
             actor: tokio::sync::Mutex::new(()),
+            checkpoint: recovery.checkpoint.clone(),
+            flush: Notify::new(),
+            recovery: Mutex::new(RecoveryState::default()),
+            pods: recovery.pods.clone(),
+            veth_prefix: recovery.veth_prefix.clone(),
             meta,
             config,
         });
@@ -262,30 +355,28 @@ impl Node {
             .into_iter()
             .filter(|e| e.network_card == 0)
             .collect();
-        // EC2 is the truth about addresses and tags; IMDS only says what is attached (and may lag).
+        // EC2 is the truth about addresses and tags; IMDS only says what is attached (and may lag). No address
+        // known only from IMDS is handed out (anchor #3887): without EC2's answer the node does not start.
         let ids: Vec<String> = imds_enis.iter().map(|e| e.eni_id.clone()).collect();
-        let described: HashMap<String, EniDescription> = match node
-            .ec2
-            .describe_network_interfaces(&ids)
-            .await
-        {
-            Ok(v) => v.into_iter().map(|d| (d.id.clone(), d)).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "DescribeNetworkInterfaces failed at startup; using IMDS");
-                HashMap::new()
-            }
-        };
+        let described = node.describe_at_startup(&ids).await?;
         let now = node.deps.clock.now();
         for ie in imds_enis {
             let mac = MacAddr::parse(&ie.mac).ok_or_else(|| NodeError::BadMac {
                 eni: ie.eni_id.clone(),
                 mac: ie.mac.clone(),
             })?;
-            let Some((primary_ip, secondary)) = ie.ipv4s.split_first() else {
+            let Some(primary_ip) = ie.ipv4s.first() else {
                 continue;
             };
             let (ips, prefixes) = match described.get(&ie.eni_id) {
-                Some(d) => {
+                Some(Some(d))
+                    if d.instance_id.as_deref() != Some(node.meta.instance_id.as_str())
+                        || d.device_index.is_none() =>
+                {
+                    tracing::warn!(eni = %ie.eni_id, "ENI in IMDS is no longer attached per EC2: ignored");
+                    continue;
+                }
+                Some(Some(d)) => {
                     if ie.device_number != 0
                         && d.tags.get(TAG_NO_MANAGE).map(String::as_str) == Some("true")
                     {
@@ -294,7 +385,11 @@ impl Node {
                     }
                     (d.secondary_ips.clone(), d.ipv4_prefixes.clone())
                 }
-                None => (secondary.to_vec(), ie.ipv4_prefixes.clone()),
+                // EC2 no longer has it (detached or deleted; IMDS lags): nothing on it is usable.
+                Some(None) | None => {
+                    tracing::warn!(eni = %ie.eni_id, "ENI in IMDS but not in EC2: ignored");
+                    continue;
+                }
             };
             let mut eni = Eni::new(
                 &ie.eni_id,
@@ -313,6 +408,7 @@ impl Node {
             ds.add_ips(&ie.eni_id, &ips)?;
             ds.add_prefixes(&ie.eni_id, &prefixes)?;
         }
+        node.restore(recovery.entries).await?;
         tracing::info!(
             instance = %node.meta.instance_id,
             instance_type = %node.meta.instance_type,
@@ -382,20 +478,128 @@ impl Node {
         (st.last_decision.clone(), st.last_error.clone())
     }
 
-    /// Assigns an IP to `key` (or returns the one it holds). Never waits on EC2.
+    /// Assigns an IP to `key` (or returns the one it holds). Never waits on EC2. The checkpoint is written in
+    /// the background; see [`Node::add_durable`].
     pub fn add(&self, key: &IpamKey, meta: &PodMeta) -> Result<Allocation, AddFailure> {
+        self.assign_now(key, meta).map(|(a, _, _)| a)
+    }
+
+    fn assign_now(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+    ) -> Result<(Allocation, bool, u64), AddFailure> {
         let now = self.deps.clock.now();
-        let res = lock(&self.ds).assign(key, meta, now);
+        let wall = self.deps.clock.wall();
+        let res = {
+            let mut ds = lock(&self.ds);
+            ds.assign_at(key, meta, now, wall)
+                .map(|(a, fresh)| (a, fresh, ds.generation()))
+        };
         // Whatever happened, the pool may now be below target.
         self.wake.notify_one();
+        if matches!(res, Ok((_, true, _))) {
+            self.flush.notify_one();
+        }
         res.map_err(|e| self.explain(e))
     }
 
-    /// Releases the IP of `key`; `None` when it held none (repeated DEL).
+    /// [`Node::add`] that returns only once the assignment is in the checkpoint. If it cannot be written, the
+    /// address is taken back (it never reached the pod) and the ADD fails with `INTERNAL`.
+    pub async fn add_durable(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+    ) -> Result<Allocation, AddFailure> {
+        let (alloc, fresh, generation) = self.assign_now(key, meta)?;
+        if let Err(e) = self.persist(generation).await {
+            if fresh {
+                lock(&self.ds).unassign_unused(key, alloc.ip);
+                self.flush.notify_one();
+            }
+            return Err(AddFailure {
+                reason: FailureReason::Internal,
+                message: format!("the assignment of {} could not be persisted: {e}", alloc.ip),
+            });
+        }
+        Ok(alloc)
+    }
+
+    /// Releases the IP of `key`; `None` when it held none (repeated DEL). The checkpoint is written in the
+    /// background; see [`Node::del_durable`].
     pub fn del(&self, key: &IpamKey) -> Option<Allocation> {
-        let res = lock(&self.ds).unassign(key, self.deps.clock.now());
+        self.release_now(key).0
+    }
+
+    fn release_now(&self, key: &IpamKey) -> (Option<Allocation>, u64) {
+        let res = {
+            let mut ds = lock(&self.ds);
+            let r = ds.unassign(key, self.deps.clock.now());
+            (r, ds.generation())
+        };
         self.wake.notify_one();
+        if res.0.is_some() {
+            self.flush.notify_one();
+        }
         res
+    }
+
+    /// [`Node::del`] that returns only once the release is in the checkpoint. The address is released in memory
+    /// even if the write fails (the error says so); the next write records it.
+    pub async fn del_durable(&self, key: &IpamKey) -> Result<Option<Allocation>, CheckpointError> {
+        let (released, generation) = self.release_now(key);
+        self.persist(generation).await?;
+        Ok(released)
+    }
+
+    /// Returns once datastore generation `generation` is in the checkpoint (at once without a checkpoint).
+    pub async fn persist(&self, generation: u64) -> Result<(), CheckpointError> {
+        match &self.checkpoint {
+            None => Ok(()),
+            Some(cp) => cp.persist(generation, || self.checkpoint_snapshot()).await,
+        }
+    }
+
+    /// Writes the current assignments to the checkpoint now (startup, shutdown).
+    pub async fn flush_checkpoint(&self) -> Result<(), CheckpointError> {
+        match &self.checkpoint {
+            None => Ok(()),
+            Some(cp) => cp.persist_now(|| self.checkpoint_snapshot()).await,
+        }
+    }
+
+    fn checkpoint_snapshot(&self) -> (u64, Vec<AssignmentRecord>) {
+        let ds = lock(&self.ds);
+        (ds.generation(), ds.records())
+    }
+
+    /// The checkpoint writer, if any.
+    pub fn checkpoint(&self) -> Option<&Arc<Checkpoint>> {
+        self.checkpoint.as_ref()
+    }
+
+    /// Writes changes nobody waits for (GC, reconcile evictions, releases of restored pods) within a second, until
+    /// `stop` turns true. Failures are logged and retried.
+    pub async fn run_checkpointer(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(cp) = self.checkpoint.clone() else {
+            return;
+        };
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let generation = lock(&self.ds).generation();
+            if generation > cp.durable_generation() {
+                if let Err(e) = self.persist(generation).await {
+                    tracing::error!(error = %e, "checkpoint write failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = self.flush.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     fn explain(&self, err: AssignError) -> AddFailure {

@@ -3,6 +3,10 @@
 //! Wire-compatible with the anchor's daemon, with two deliberate differences: any `ClientVersion` is accepted
 //! (the anchor refuses a plugin of another build, which turns every rolling upgrade into failed ADDs), and a
 //! failed ADD says why in `FailureReason`/`FailureMessage` (tags 100+, ignored by the anchor's plugin).
+//!
+//! Both calls answer only once their change is in the checkpoint ([`crate::checkpoint`], group commit), so an ADD
+//! the plugin saw succeed survives any crash of ipamd, and so does a DEL. A DEL whose write fails still releases
+//! the address in memory and says so (`INTERNAL`); the plugin then tears the pod down itself.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -81,7 +85,7 @@ impl CniBackend for CniService {
             namespace: req.k8s_pod_namespace.clone(),
             name: req.k8s_pod_name.clone(),
         };
-        let reply = match self.node.add(&key, &meta) {
+        let reply = match self.node.add_durable(&key, &meta).await {
             Ok(a) => {
                 tracing::info!(
                     pod = %format!("{}/{}", meta.namespace, meta.name),
@@ -150,7 +154,18 @@ impl CniBackend for CniService {
                 }))
             }
         };
-        let released = self.node.del(&key);
+        let released = match self.node.del_durable(&key).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(container = %key.container_id, error = %e, "DelNetwork: checkpoint not written");
+                return Ok(Response::new(DelNetworkReply {
+                    success: false,
+                    failure_reason: FailureReason::Internal as i32,
+                    failure_message: format!("the address was released but {e}"),
+                    ..Default::default()
+                }));
+            }
+        };
         tracing::info!(
             pod = %format!("{}/{}", req.k8s_pod_namespace, req.k8s_pod_name),
             container = %key.container_id,

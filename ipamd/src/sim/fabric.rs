@@ -17,11 +17,19 @@
 //! the node's primary interface gets a default route to the VPC router (as DHCP gives a real node), so traffic
 //! to non-VPC destinations leaves through the primary ENI and can be checked for SNAT.
 //!
-//! The fabric namespace has no name: it exists while ipamd holds it. If ipamd dies, the kernel removes the fabric
-//! and with it both ends of every ENI veth, so the simulated node never leaves links behind on the machine.
+//! By default ([`NetnsFabric::new`]) the fabric namespace has no name: it exists while ipamd holds it. If ipamd
+//! dies, the kernel removes the fabric and with it both ends of every ENI veth, so the simulated node never leaves
+//! links behind on the machine. With [`NetnsFabric::in_netns`] (`ipamd run --sim-fabric-netns PATH`) the fabric
+//! lives in a named namespace its owner (a test, a demo) created and removes: it outlives ipamd as a real
+//! instance's NICs outlive a crashed daemon, and a restarted ipamd finds the bridge, its ENI links and their
+//! bound addresses where they were. [`NicHotplug::restore`] then makes the links and bindings match the saved
+//! EC2 state exactly: missing ones are plugged, ENI links of detached ENIs and bindings of released addresses
+//! (left by a crash between EC2's change and the hotplug's) are removed.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use datapath::{MacAddr, Netlink, NetlinkError, VethSpec};
 use futures::future::BoxFuture;
@@ -57,16 +65,43 @@ pub fn subnet_gateway(subnet: Ipv4Network) -> Ipv4Addr {
 }
 
 impl NetnsFabric {
-    /// Builds the fabric for `subnet`. The node side is the caller's current namespace.
+    /// Builds the fabric for `subnet` in a new anonymous namespace. The node side is the caller's current
+    /// namespace.
     pub async fn new(subnet: Ipv4Network, mtu: u32) -> Result<NetnsFabric, NetlinkError> {
-        let fabric_ns = datapath::new_anonymous_netns()?;
+        NetnsFabric::build(datapath::new_anonymous_netns()?, subnet, mtu).await
+    }
+
+    /// Builds the fabric in the existing namespace at `path` (e.g. `/run/netns/NAME`), or finds it there from an
+    /// earlier run.
+    pub async fn in_netns(
+        path: &Path,
+        subnet: Ipv4Network,
+        mtu: u32,
+    ) -> Result<NetnsFabric, NetlinkError> {
+        let ns = File::open(path).map_err(|source| NetlinkError::NetnsOpen {
+            path: path.to_owned(),
+            source,
+        })?;
+        NetnsFabric::build(ns, subnet, mtu).await
+    }
+
+    async fn build(
+        fabric_ns: File,
+        subnet: Ipv4Network,
+        mtu: u32,
+    ) -> Result<NetnsFabric, NetlinkError> {
         let fabric = Netlink::connect_file(&fabric_ns)?;
         let node = Netlink::connect(None)?;
-        fabric.create_bridge(BRIDGE, mtu).await?;
-        let bridge = fabric
-            .link_by_name(BRIDGE)
-            .await?
-            .ok_or_else(|| NetlinkError::LinkNotFound(BRIDGE.into()))?;
+        let bridge = match fabric.link_by_name(BRIDGE).await? {
+            Some(b) => b,
+            None => {
+                fabric.create_bridge(BRIDGE, mtu).await?;
+                fabric
+                    .link_by_name(BRIDGE)
+                    .await?
+                    .ok_or_else(|| NetlinkError::LinkNotFound(BRIDGE.into()))?
+            }
+        };
         fabric
             .add_address(bridge.index, subnet_gateway(subnet).into(), subnet.prefix())
             .await?;
@@ -94,6 +129,42 @@ impl NetnsFabric {
             bridge_index: bridge.index,
             mtu,
         })
+    }
+
+    /// See [`NicHotplug::restore`].
+    async fn restore_nics(&self, nics: &[(SimNic, Vec<Ipv4Addr>)]) -> Result<(), NetlinkError> {
+        // ENI links in the node namespace that no attached ENI accounts for (or with another ENI's MAC).
+        let wanted: Vec<(String, MacAddr)> =
+            nics.iter().map(|(n, _)| (link_names(n).0, n.mac)).collect();
+        for link in self.node.links().await? {
+            if !is_eni_link_name(&link.name) {
+                continue;
+            }
+            let ok = wanted
+                .iter()
+                .any(|(name, mac)| *name == link.name && link.mac == Some(*mac));
+            if !ok {
+                tracing::info!(link = %link.name, "removing the link of an ENI no longer attached");
+                self.node.delete_link_by_name(&link.name).await?;
+            }
+        }
+        for (nic, _) in nics {
+            self.plug_nic(nic).await?;
+        }
+        // Bindings: exactly the attached ENIs' addresses.
+        let bound: BTreeSet<Ipv4Addr> = nics
+            .iter()
+            .flat_map(|(_, ips)| ips.iter().copied())
+            .collect();
+        for (index, ip, _) in self.fabric.permanent_neighbours().await? {
+            if index == self.bridge_index && !bound.contains(&ip) {
+                self.fabric.delete_neighbour(self.bridge_index, ip).await?;
+            }
+        }
+        for (nic, ips) in nics {
+            self.bind(nic.mac, ips, true).await?;
+        }
+        Ok(())
     }
 
     async fn plug_nic(&self, nic: &SimNic) -> Result<(), NetlinkError> {
@@ -180,6 +251,21 @@ impl NetnsFabric {
     }
 }
 
+/// `eth<N>` or `nc<C>eth<N>`: the names [`link_names`] gives ENI links in the node namespace.
+fn is_eni_link_name(name: &str) -> bool {
+    let rest = match name.strip_prefix("nc") {
+        Some(r) => match r.find("eth") {
+            Some(i) if i > 0 && r[..i].bytes().all(|b| b.is_ascii_digit()) => &r[i + 3..],
+            _ => return false,
+        },
+        None => match name.strip_prefix("eth") {
+            Some(r) => r,
+            None => return false,
+        },
+    };
+    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// `eth<device>` on network card 0 (as the kernel names them on a Nitro instance), `nc<card>eth<device>` on
 /// other cards; the fabric end is `nic<card>-<device>`.
 fn link_names(nic: &SimNic) -> (String, String) {
@@ -210,5 +296,33 @@ impl NicHotplug for NetnsFabric {
         bound: bool,
     ) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { self.bind(mac, &ips, bound).await.map_err(|e| e.to_string()) })
+    }
+
+    fn restore(&self, nics: Vec<(SimNic, Vec<Ipv4Addr>)>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.restore_nics(&nics).await.map_err(|e| e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eni_link_names_are_recognised() {
+        for n in ["eth0", "eth12", "nc1eth0", "nc12eth3"] {
+            assert!(is_eni_link_name(n), "{n}");
+        }
+        for n in [
+            "eth",
+            "ethx",
+            "eni1a2b3c",
+            "lo",
+            "nceth0",
+            "nc1eth",
+            "vpc",
+            "xeth0",
+        ] {
+            assert!(!is_eni_link_name(n), "{n}");
+        }
     }
 }

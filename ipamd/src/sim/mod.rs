@@ -19,8 +19,16 @@
 //! Every call is counted by API ([`SimEc2::calls`]), failed ones included, as EC2 would see them.
 //!
 //! ENIs become real links through a [`NicHotplug`]: attaching an ENI plugs a NIC with the ENI's MAC into the node's
-//! namespace, as the hypervisor would (see [`fabric`]). The state is also written, after every change, to a JSON
-//! snapshot when a path is given, so tools (the demo, tests) can see what "EC2" holds.
+//! namespace, as the hypervisor would (see [`fabric`]).
+//!
+//! **Persistence.** With [`SimSpec::state_file`], EC2's state outlives ipamd as the real EC2 does: it is written
+//! after every call (atomically: temp file, fsync, rename, fsync of the directory) before the call returns, and
+//! loaded when ipamd starts again. So an ipamd killed with SIGKILL restarts on the same instance, ENIs and
+//! addresses, and a change EC2 made but whose answer ipamd never got is there too. On load, an attachment
+//! interrupted by the crash completes (as EC2 would finish it), IMDS shows the state at once, and the NICs are
+//! plugged again through [`NicHotplug::restore`] (a fabric in a namespace that outlived ipamd keeps its links;
+//! stale ones are removed). The file is also what tools (the demo, tests) read to see what "EC2" holds.
+//! Throttling buckets, injected faults and pending IMDS lag are not persisted.
 
 pub mod fabric;
 
@@ -67,6 +75,20 @@ pub trait NicHotplug: Send + Sync + 'static {
         ips: Vec<Ipv4Addr>,
         bound: bool,
     ) -> BoxFuture<'_, Result<(), String>>;
+    /// After a restart from saved state: exactly these NICs are attached, with these addresses bound. The
+    /// default plugs and binds each; a hotplug that keeps state across restarts also removes what is stale.
+    fn restore(&self, nics: Vec<(SimNic, Vec<Ipv4Addr>)>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            for (nic, ips) in nics {
+                let mac = nic.mac;
+                self.plug(nic).await?;
+                if !ips.is_empty() {
+                    self.bind_ips(mac, ips, true).await?;
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A hotplug that does nothing: for tests of the daemon's logic without a kernel.
@@ -99,6 +121,10 @@ pub enum SimError {
     Subnet(String, String),
     #[error("cannot plug the primary ENI into the node: {0}")]
     Plug(String),
+    #[error("simulator state {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("simulator state {path}: cannot plug the saved ENIs back: {reason}")]
+    Restore { path: PathBuf, reason: String },
 }
 
 /// An extra subnet of the VPC (same availability zone), e.g. one tagged `kubernetes.io/role/cni`.
@@ -161,6 +187,8 @@ pub struct SimSpec {
     pub attach_latency: Duration,
     /// How long a timed-out call takes to fail.
     pub timeout: Duration,
+    /// How long every call takes before EC2 acts on it (a real call takes tens to hundreds of milliseconds).
+    pub api_latency: Duration,
     /// Server-side throttling; `None` = unlimited.
     pub throttle: Option<ThrottleSpec>,
     pub clock: Arc<dyn Clock>,
@@ -194,6 +222,7 @@ impl SimSpec {
             imds_lag: Duration::ZERO,
             attach_latency: Duration::ZERO,
             timeout: Duration::from_secs(10),
+            api_latency: Duration::ZERO,
             throttle: Some(ThrottleSpec::default()),
             clock: Arc::new(SystemClock::default()),
         }
@@ -208,17 +237,44 @@ fn unreachable_net() -> Ipv4Network {
 /// The node's subnet ID in the simulator.
 pub const SIM_SUBNET_ID: &str = "subnet-0sim0000000000001";
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SubnetState {
     id: String,
     cidr: Ipv4Network,
     tags: BTreeMap<String, String>,
+    /// Recomputed on load: every address of the subnet but the reserved ones, other tenants' and the ENIs'.
     #[serde(skip)]
     free: BTreeSet<Ipv4Addr>,
     free_count: usize,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// Every API name the simulator counts (call counters are keyed by `&'static str`).
+const API_NAMES: &[&str] = &[
+    "AssignPrivateIpAddresses",
+    "AttachNetworkInterface",
+    "CreateNetworkInterface",
+    "CreateTags",
+    "DeleteNetworkInterface",
+    "DescribeInstanceTypes",
+    "DescribeInstances",
+    "DescribeNetworkInterfaces",
+    "DescribeSubnets",
+    "DetachNetworkInterface",
+    "ModifyNetworkInterfaceAttribute",
+    "UnassignPrivateIpAddresses",
+];
+
+fn load_calls<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<&'static str, u64>, D::Error> {
+    let raw: BTreeMap<String, u64> = serde::Deserialize::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(k, v)| API_NAMES.iter().find(|n| **n == k).map(|n| (*n, v)))
+        .collect())
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SimState {
     instance_id: String,
     instance_type: String,
@@ -235,6 +291,7 @@ struct SimState {
     subnets: BTreeMap<String, SubnetState>,
     enis: BTreeMap<String, EniDescription>,
     next_id: u64,
+    #[serde(deserialize_with = "load_calls")]
     calls: BTreeMap<&'static str, u64>,
     imds_reads: u64,
     #[serde(skip)]
@@ -255,10 +312,13 @@ pub struct SimEc2 {
     state: Arc<Mutex<SimState>>,
     hotplug: Arc<dyn NicHotplug>,
     state_file: Option<PathBuf>,
+    /// Serialises writes of the state file (serialisation and write together, so writes land in order).
+    file_lock: Arc<Mutex<()>>,
     clock: Arc<dyn Clock>,
     imds_lag: Duration,
     attach_latency: Duration,
     timeout: Duration,
+    api_latency: Duration,
     throttle: Option<ThrottleSpec>,
 }
 
@@ -284,8 +344,21 @@ fn subnet_free(cidr: Ipv4Network, taken: &[Ipv4Addr]) -> BTreeSet<Ipv4Addr> {
 }
 
 impl SimEc2 {
-    /// Builds the account, launches the instance and plugs its primary ENI.
+    /// Builds the account, launches the instance and plugs its primary ENI; or, when [`SimSpec::state_file`]
+    /// exists, loads the account from it and plugs its attached ENIs back (see the module docs).
     pub async fn launch(spec: SimSpec, hotplug: Arc<dyn NicHotplug>) -> Result<SimEc2, SimError> {
+        if let Some(path) = spec.state_file.clone() {
+            match std::fs::read(&path) {
+                Ok(bytes) => return SimEc2::resume(spec, hotplug, &path, &bytes).await,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SimError::State {
+                        path,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
         let limits: &InstanceLimits =
             instance_limits::lookup(&spec.instance_type).ok_or_else(|| {
                 let near = instance_limits::suggest(&spec.instance_type, 3);
@@ -372,10 +445,12 @@ impl SimEc2 {
             state: Arc::new(Mutex::new(state)),
             hotplug,
             state_file: spec.state_file,
+            file_lock: Arc::new(Mutex::new(())),
             clock: spec.clock,
             imds_lag: Duration::ZERO,
             attach_latency: spec.attach_latency,
             timeout: spec.timeout,
+            api_latency: spec.api_latency,
             throttle: spec.throttle,
         };
         // The primary ENI is visible at boot; later changes lag.
@@ -392,6 +467,92 @@ impl SimEc2 {
         Ok(sim)
     }
 
+    /// The account as saved in `bytes` (see the module docs).
+    async fn resume(
+        spec: SimSpec,
+        hotplug: Arc<dyn NicHotplug>,
+        path: &std::path::Path,
+        bytes: &[u8],
+    ) -> Result<SimEc2, SimError> {
+        let bad = |reason: String| SimError::State {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut state: SimState =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("cannot parse it: {e}")))?;
+        if state.instance_type != spec.instance_type {
+            return Err(bad(format!(
+                "it is the state of a {} instance, not {}",
+                state.instance_type, spec.instance_type
+            )));
+        }
+        // Free addresses: everything but the reserved ones, other tenants' and what ENIs hold.
+        let mut used: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        for e in state.enis.values() {
+            used.insert(e.primary_ip);
+            used.extend(addresses(&e.secondary_ips, &e.ipv4_prefixes));
+        }
+        for sub in state.subnets.values_mut() {
+            sub.free = subnet_free(sub.cidr, &spec.taken)
+                .into_iter()
+                .filter(|ip| !used.contains(ip))
+                .collect();
+            sub.free_count = sub.free.len();
+        }
+        // An attachment the crash interrupted completes, as EC2 would have completed it.
+        for e in state.enis.values_mut() {
+            if e.status == "attaching" {
+                e.status = "in-use".into();
+            }
+        }
+        state.imds_view = state
+            .enis
+            .values()
+            .filter_map(|e| imds_eni_of(e).map(|v| (e.id.clone(), v)))
+            .collect();
+        let nics: Vec<(SimNic, Vec<Ipv4Addr>)> = state
+            .enis
+            .values()
+            .filter(|e| e.status == "in-use")
+            .filter_map(|e| {
+                Some((
+                    SimNic {
+                        device_index: e.device_index?,
+                        network_card: e.network_card_index,
+                        mac: mac_of(e)?,
+                        primary_ip: e.primary_ip,
+                        subnet: e.subnet_cidr,
+                        is_primary: e.device_index == Some(0) && e.network_card_index == 0,
+                    },
+                    addresses(&e.secondary_ips, &e.ipv4_prefixes),
+                ))
+            })
+            .collect();
+        let enis = nics.len();
+        let sim = SimEc2 {
+            state: Arc::new(Mutex::new(state)),
+            hotplug,
+            state_file: spec.state_file,
+            file_lock: Arc::new(Mutex::new(())),
+            clock: spec.clock,
+            imds_lag: spec.imds_lag,
+            attach_latency: spec.attach_latency,
+            timeout: spec.timeout,
+            api_latency: spec.api_latency,
+            throttle: spec.throttle,
+        };
+        sim.hotplug
+            .restore(nics)
+            .await
+            .map_err(|reason| SimError::Restore {
+                path: path.to_owned(),
+                reason,
+            })?;
+        sim.snapshot();
+        tracing::info!(path = %path.display(), enis, "simulated EC2 resumed from its saved state");
+        Ok(sim)
+    }
+
     fn lock(&self) -> MutexGuard<'_, SimState> {
         // A panic while holding the lock would be a simulator bug; keep serving rather than cascade it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -400,6 +561,9 @@ impl SimEc2 {
     /// Counts the call and applies throttling and injected faults. `Ok(Some(fault))` is a fault to apply after
     /// the call ran (a timeout after EC2 applied it).
     async fn gate(&self, api: &'static str) -> Result<Option<Fault>, Ec2Error> {
+        if !self.api_latency.is_zero() {
+            self.clock.sleep(self.api_latency).await;
+        }
         let now = self.clock.now();
         let fault = {
             let mut st = self.lock();
@@ -553,6 +717,8 @@ impl SimEc2 {
         let Some(path) = &self.state_file else {
             return;
         };
+        // One writer at a time, serialising under the same lock, so the file always holds the latest state.
+        let _file = self.file_lock.lock().unwrap_or_else(|p| p.into_inner());
         let json = {
             let mut st = self.lock();
             for s in st.subnets.values_mut() {
@@ -567,8 +733,7 @@ impl SimEc2 {
                 return;
             }
         };
-        let tmp = path.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)) {
+        if let Err(e) = crate::checkpoint::write_atomic(path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write simulator state");
         }
     }
@@ -1537,5 +1702,135 @@ mod tests {
             .await
             .expect_err("unknown");
         assert!(err.to_string().contains("m5.lrage"));
+    }
+
+    /// Records what a restart asks the hotplug to restore.
+    #[derive(Default)]
+    struct RecordingHotplug {
+        restored: Mutex<Vec<(SimNic, Vec<Ipv4Addr>)>>,
+    }
+
+    impl NicHotplug for RecordingHotplug {
+        fn plug(&self, _nic: SimNic) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn unplug(&self, _nic: SimNic) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn bind_ips(
+            &self,
+            _mac: datapath::MacAddr,
+            _ips: Vec<Ipv4Addr>,
+            _bound: bool,
+        ) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Ok(()) })
+        }
+        fn restore(&self, nics: Vec<(SimNic, Vec<Ipv4Addr>)>) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async move {
+                self.restored
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(nics);
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn saved_state_survives_a_restart_and_interrupted_attaches_complete() {
+        let dir = std::env::temp_dir().join(format!("ipamd-sim-state-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("sim.json");
+        let mut spec = SimSpec::new("m5.large");
+        spec.state_file = Some(path.clone());
+        let s = SimEc2::launch(spec.clone(), Arc::new(NoHotplug))
+            .await
+            .expect("launch");
+        let iid = s.instance_id();
+        let eni = s
+            .create_network_interface(req(IpRequest::Secondary(3)))
+            .await
+            .expect("create");
+        s.attach_network_interface(&eni.id, &iid, 1, 0)
+            .await
+            .expect("attach");
+        let primary = s
+            .all_enis()
+            .into_iter()
+            .find(|e| e.device_index == Some(0))
+            .expect("primary");
+        let more = s
+            .assign_private_ips(&primary.id, IpRequest::Secondary(2))
+            .await
+            .expect("assign");
+        let spare = s
+            .create_network_interface(req(IpRequest::Secondary(1)))
+            .await
+            .expect("create");
+        let free = s.free_addresses(SIM_SUBNET_ID);
+        let before = s.all_enis();
+        drop(s);
+
+        // The process died in the middle of attaching `spare`: the file says "attaching".
+        let mut saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+        saved["enis"][&spare.id]["status"] = "attaching".into();
+        saved["enis"][&spare.id]["device_index"] = 2.into();
+        saved["enis"][&spare.id]["attachment_id"] = "eni-attach-x".into();
+        saved["enis"][&spare.id]["instance_id"] = iid.clone().into();
+        std::fs::write(&path, serde_json::to_vec(&saved).expect("json")).expect("write");
+
+        let hotplug = Arc::new(RecordingHotplug::default());
+        let s = SimEc2::launch(spec.clone(), hotplug.clone())
+            .await
+            .expect("resume");
+        assert_eq!(s.instance_id(), iid);
+        assert_eq!(
+            s.free_addresses(SIM_SUBNET_ID),
+            free,
+            "free addresses recomputed"
+        );
+        let after = s.all_enis();
+        assert_eq!(after.len(), before.len());
+        let spare_now = after.iter().find(|e| e.id == spare.id).expect("spare");
+        assert_eq!(
+            spare_now.status, "in-use",
+            "the interrupted attach completed"
+        );
+        for e in &before {
+            let now = after.iter().find(|x| x.id == e.id).expect("kept");
+            assert_eq!(now.secondary_ips, e.secondary_ips);
+        }
+        // IMDS shows every attached ENI at once, and the NICs were handed back to the hotplug with their addresses.
+        let imds = s.enis().await.expect("imds");
+        assert_eq!(imds.len(), 3);
+        let restored = hotplug
+            .restored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        assert_eq!(restored.len(), 3);
+        assert!(restored
+            .iter()
+            .any(|(n, ips)| n.is_primary && more.ips.iter().all(|ip| ips.contains(ip))));
+        // New addresses never collide with saved ones.
+        let got = s
+            .assign_private_ips(&eni.id, IpRequest::Secondary(3))
+            .await
+            .expect("assign");
+        let held: Vec<Ipv4Addr> = before
+            .iter()
+            .flat_map(|e| std::iter::once(e.primary_ip).chain(e.secondary_ips.iter().copied()))
+            .collect();
+        assert!(got.ips.iter().all(|ip| !held.contains(ip)));
+        // A state of another instance type is refused, naming the file.
+        let mut other = spec;
+        other.instance_type = "c5.large".into();
+        let err = SimEc2::launch(other, Arc::new(NoHotplug))
+            .await
+            .expect_err("wrong type");
+        assert!(err.to_string().contains("sim.json"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
