@@ -30,6 +30,7 @@ use crate::aws::{node_view, NodeView};
 use crate::{sh, Netns};
 
 const BRIDGE: &str = "vpc";
+const BRIDGE_MAC: &str = "02:00:00:00:00:01";
 const POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Default)]
@@ -167,8 +168,9 @@ impl Plumber {
             .collect();
         let gone: Vec<(String, String)> = st.neigh.difference(&want_neigh).cloned().collect();
         for (ip, mac) in gone {
-            self.ip(
-                st,
+            // Already gone is fine: the kernel drops entries itself in some cases.
+            let _ = sh(
+                "ip",
                 &["-n", &self.fabric, "neigh", "del", &ip, "dev", BRIDGE],
             );
             st.neigh.remove(&(ip, mac));
@@ -211,7 +213,19 @@ impl EniFabric {
         let (gateway, prefix) = gateway_of(subnet_cidr);
         for args in [
             vec!["-n", &fabric.name, "link", "set", "lo", "up"],
-            vec!["-n", &fabric.name, "link", "add", BRIDGE, "type", "bridge"],
+            // A fixed MAC: a bridge otherwise takes its ports' lowest MAC, and each change of its address
+            // flushes its neighbour table, permanent entries included.
+            vec![
+                "-n",
+                &fabric.name,
+                "link",
+                "add",
+                BRIDGE,
+                "address",
+                BRIDGE_MAC,
+                "type",
+                "bridge",
+            ],
             vec!["-n", &node.name, "link", "set", "lo", "up"],
         ] {
             let out = sh("ip", &args);
