@@ -27,7 +27,7 @@
 //! 1. the checkpoint is read first of all ([`crate::checkpoint::read`]); a bad file stops ipamd and is kept;
 //! 2. the node's ENIs come from IMDS, and their addresses from EC2 (DescribeNetworkInterfaces, retried; never
 //!    IMDS's address lists, which lag);
-//! 3. each checkpointed assignment is put back on the address EC2 confirmed ([`Node::restore`]). An address no
+//! 3. each checkpointed assignment is put back on the address EC2 confirmed (`Node::restore`). An address no
 //!    known ENI has makes ipamd ask EC2 for every ENI attached to the instance, and adopt those IMDS does not list
 //!    yet (a crash in the middle of an attach, anchor #66); an address EC2 does not have at all is dropped and
 //!    logged (its pod has lost it; handing it to anyone is what caused duplicate IPs in the anchor). The restored

@@ -167,8 +167,11 @@ impl NetnsFabric {
         Ok(())
     }
 
+    /// Plugs a NIC, or completes one a crash left half plugged: every step is idempotent, so a NIC found in
+    /// the node namespace (the fabric outlived ipamd) is checked and finished rather than recreated.
     async fn plug_nic(&self, nic: &SimNic) -> Result<(), NetlinkError> {
         let (name, peer) = link_names(nic);
+        let mut exists = false;
         if let Some(existing) = self.node.link_by_name(&name).await? {
             if existing.mac != Some(nic.mac) {
                 return Err(NetlinkError::Conflict(format!(
@@ -176,18 +179,25 @@ impl NetnsFabric {
                      the simulator needs a namespace of its own"
                 )));
             }
-            return Ok(());
+            exists = true;
+            if self.fabric.link_by_name(&peer).await?.is_none() {
+                // Its other end is not in this fabric (another fabric namespace than before): start over.
+                self.node.delete_link_by_name(&name).await?;
+                exists = false;
+            }
         }
-        self.node
-            .create_veth(&VethSpec {
-                name: &name,
-                mac: Some(nic.mac),
-                mtu: self.mtu,
-                peer_name: &peer,
-                peer_mac: None,
-                peer_netns: Some(&self.fabric_ns),
-            })
-            .await?;
+        if !exists {
+            self.node
+                .create_veth(&VethSpec {
+                    name: &name,
+                    mac: Some(nic.mac),
+                    mtu: self.mtu,
+                    peer_name: &peer,
+                    peer_mac: None,
+                    peer_netns: Some(&self.fabric_ns),
+                })
+                .await?;
+        }
         let p = self
             .fabric
             .link_by_name(&peer)
