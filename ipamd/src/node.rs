@@ -369,9 +369,13 @@ impl Node {
                 continue;
             };
             let (ips, prefixes) = match described.get(&ie.eni_id) {
+                // IMDS lags: EC2 may already have detached it (never the primary, which cannot be).
                 Some(Some(d))
-                    if d.instance_id.as_deref() != Some(node.meta.instance_id.as_str())
-                        || d.device_index.is_none() =>
+                    if ie.device_number != 0
+                        && (d.status == "available"
+                            || d.instance_id
+                                .as_deref()
+                                .is_some_and(|i| i != node.meta.instance_id)) =>
                 {
                     tracing::warn!(eni = %ie.eni_id, "ENI in IMDS is no longer attached per EC2: ignored");
                     continue;
@@ -520,6 +524,17 @@ impl Node {
             return Err(AddFailure {
                 reason: FailureReason::Internal,
                 message: format!("the assignment of {} could not be persisted: {e}", alloc.ip),
+            });
+        }
+        // A concurrent request for the same key (a repeated ADD whose first write failed and was undone, or a
+        // DEL) may have changed it while we waited: answer only what is held, and durably so.
+        if lock(&self.ds).lookup(key).map(|a| a.ip) != Some(alloc.ip) {
+            return Err(AddFailure {
+                reason: FailureReason::NotReady,
+                message: format!(
+                    "the assignment of {} was undone by a concurrent request for the same container; retry",
+                    alloc.ip
+                ),
             });
         }
         Ok(alloc)

@@ -777,6 +777,7 @@ mod tests {
     use crate::datastore::{PodMeta, MIGRATED_IF_NAME, MIGRATED_NETWORK_NAME};
     use crate::ec2::IpRequest;
     use crate::hostnet::RecordingHostNetwork;
+    use crate::imds::Imds;
     use crate::node::{NodeDeps, Recovery};
     use crate::ratelimit::PacingConfig;
     use crate::sim::{NoHotplug, SimEc2, SimSpec};
@@ -1159,5 +1160,53 @@ mod tests {
         let used = node.checkpoint().expect("checkpoint").writes() - writes;
         assert!((1..8).contains(&used), "{used} writes for 8 ADDs");
         assert_eq!(b.checkpointed().len(), 8);
+    }
+
+    #[tokio::test]
+    async fn an_eni_ec2_detached_while_imds_still_lists_it_is_not_loaded() {
+        let b = Box_::new("detached", |s| s.imds_lag = Duration::from_secs(600)).await;
+        let node = b.ipamd().await;
+        node.fill().await.expect("fill");
+        let mut on_secondary = None;
+        for i in 0..12 {
+            let name = format!("p{i}");
+            b.add(&node, &name).await;
+            let a = node.datastore().lookup(&key(&name)).expect("held");
+            if a.device_number != 0 {
+                on_secondary = Some((name, a));
+                break;
+            }
+        }
+        let (name, a) = on_secondary.expect("a pod on a secondary ENI");
+        drop(node);
+        // IMDS has caught up with the attach by now; the detach below it will show only in ten minutes.
+        b.clock.advance(Duration::from_secs(601));
+        let attachment = b
+            .sim
+            .all_enis()
+            .into_iter()
+            .find(|e| e.id == a.eni_id)
+            .and_then(|e| e.attachment_id)
+            .expect("attached");
+        b.sim
+            .detach_network_interface(&attachment)
+            .await
+            .expect("detach");
+        assert!(
+            b.sim
+                .enis()
+                .await
+                .expect("imds")
+                .iter()
+                .any(|e| e.eni_id == a.eni_id),
+            "IMDS must still list it for this test"
+        );
+        let node = b.ipamd().await;
+        assert!(
+            node.datastore().eni(&a.eni_id).is_none(),
+            "detached ENI loaded from IMDS"
+        );
+        assert!(node.datastore().lookup(&key(&name)).is_none());
+        assert!(!b.checkpointed().iter().any(|(_, ip)| *ip == a.ip));
     }
 }
