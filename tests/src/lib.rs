@@ -448,3 +448,18 @@ pub fn expected_veth(namespace: &str, name: &str) -> String {
     let out = child.wait_with_output().expect("sha1sum output");
     format!("eni{}", &String::from_utf8_lossy(&out.stdout)[..11])
 }
+
+/// A pod named `name` in namespace `default` whose sandbox is `netns` (container ID derived from the netns name).
+pub fn pod(netns: &Netns, name: &str) -> PodSpec {
+    PodSpec {
+        container_id: format!("ctr-{}", netns.name),
+        namespace: "default".into(),
+        name: name.into(),
+        netns: netns.path(),
+        ifname: "eth0".into(),
+    }
+}
+
+/// Pool settings that keep the pool still across one ADD/DEL (10 addresses, 1 warm), so the node's state before
+/// and after can be compared exactly.
+pub const STILL_POOL: &[(&str, &str)] = &[("WARM_IP_TARGET", "1"), ("MINIMUM_IP_TARGET", "10")];

@@ -1,19 +1,10 @@
 //! CHECK, STATUS, GC and the hard cases of ADD and DEL, through the real binaries.
 
 use integration_tests::{
-    add_with_retry, arr, cni, cni_raw, result_ip, sh, Ipamd, Netns, PodSpec, TempDir,
+    add_with_retry, arr, cni, cni_raw, pod, result_ip, sh, Ipamd, Netns, PodSpec, TempDir,
+    STILL_POOL,
 };
 use serde_json::{json, Value};
-
-fn pod(netns: &Netns, name: &str) -> PodSpec {
-    PodSpec {
-        container_id: format!("ctr-{}", netns.name),
-        namespace: "default".into(),
-        name: name.into(),
-        netns: netns.path(),
-        ifname: "eth0".into(),
-    }
-}
 
 fn with_prev(conf: &Value, prev: &Value) -> Value {
     let mut c = conf.clone();
@@ -24,8 +15,6 @@ fn with_prev(conf: &Value, prev: &Value) -> Value {
 fn msg(out: &integration_tests::CniOut) -> String {
     out.json["msg"].as_str().unwrap_or_default().to_string()
 }
-
-const STILL_POOL: &[(&str, &str)] = &[("WARM_IP_TARGET", "1"), ("MINIMUM_IP_TARGET", "10")];
 
 #[test]
 fn check_passes_on_a_fresh_pod_and_names_every_drift() {

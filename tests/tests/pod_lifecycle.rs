@@ -3,22 +3,12 @@
 use std::collections::HashSet;
 
 use integration_tests::{
-    add_with_retry, arr, bin, cni, cni_raw, expected_veth, result_ip, sh, Ipamd, Netns, PodSpec,
+    add_with_retry, arr, bin, cni, cni_raw, expected_veth, pod, result_ip, sh, Ipamd, Netns,
+    STILL_POOL,
 };
-
-fn pod(netns: &Netns, name: &str) -> PodSpec {
-    PodSpec {
-        container_id: format!("ctr-{}", netns.name),
-        namespace: "default".into(),
-        name: name.into(),
-        netns: netns.path(),
-        ifname: "eth0".into(),
-    }
-}
 
 /// Settings that keep the pool still across one ADD/DEL (10 IPs, 1 warm), so the node's state before and after
 /// can be compared exactly.
-const STILL_POOL: &[(&str, &str)] = &[("WARM_IP_TARGET", "1"), ("MINIMUM_IP_TARGET", "10")];
 
 #[test]
 fn add_programs_the_pod_like_the_anchor_and_del_leaves_nothing() {

@@ -4,17 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use integration_tests::{add_with_retry, arr, cni, result_ip, Ipamd, Netns, PodSpec};
-
-fn pod(netns: &Netns, name: &str) -> PodSpec {
-    PodSpec {
-        container_id: format!("ctr-{}", netns.name),
-        namespace: "default".into(),
-        name: name.into(),
-        netns: netns.path(),
-        ifname: "eth0".into(),
-    }
-}
+use integration_tests::{add_with_retry, arr, cni, pod, result_ip, Ipamd, Netns};
 
 #[test]
 fn pods_spread_over_enis_that_are_tagged_and_configured_on_the_host() {

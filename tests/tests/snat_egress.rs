@@ -4,21 +4,11 @@
 //! and conntrack, in the node's namespace. The "internet" is an address (198.51.100.1, TEST-NET-2) held by the
 //! simulator's VPC namespace, outside the VPC CIDR.
 
-use integration_tests::{add_with_retry, arr, cni, result_ip, Ipamd, Netns, PodSpec};
+use integration_tests::{add_with_retry, arr, cni, pod, result_ip, Ipamd, Netns};
 use serde_json::Value;
 
 const INTERNET: &str = "198.51.100.1";
 const VPC_ROUTER: &str = "10.0.0.1";
-
-fn pod(netns: &Netns, name: &str) -> PodSpec {
-    PodSpec {
-        container_id: format!("ctr-{}", netns.name),
-        namespace: "default".into(),
-        name: name.into(),
-        netns: netns.path(),
-        ifname: "eth0".into(),
-    }
-}
 
 fn tx_packets(node: &Netns, dev: &str) -> u64 {
     let v = node.ip_json(&["-s", "link", "show", "dev", dev]);
