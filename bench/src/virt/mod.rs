@@ -1,0 +1,483 @@
+//! Benchmarks in virtual time: the pool engines against the EC2 simulator on a paused tokio clock, so hours of
+//! pool behaviour (cooldowns, 5 s loops, 60 s reconciles, token-bucket refills, attach latency) run in seconds.
+//!
+//! Two engines drive the same simulator through the same `Ec2` and `Imds` traits:
+//! - **ours**: `ipamd::node::Node` with its pool task (`run_pool`), client-side pacing and reconcile, exactly as
+//!   `ipamd run` wires them, with a no-op host network;
+//! - **anchor model**: [`anchor::AnchorNode`], the anchor's pool policy as anchor-facts §3.4 describes it (see
+//!   that module), behind a model of the AWS SDK's standard retryer ([`SdkRetryEc2`]).
+//!
+//! Both use the same datastore type (`ipamd::datastore::Datastore`) for who holds which address and for the
+//! cooldown, so an ADD succeeds or fails by the same rule in both; only the pool policy and the EC2 discipline
+//! differ. EC2 calls are counted where EC2 would count them: by the simulator (single node) or by the shared
+//! account ([`AccountEc2`], cluster), throttled calls included.
+
+pub mod anchor;
+pub mod calls;
+pub mod scaleup;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ipamd::clock::Clock;
+use ipamd::config::Config;
+use ipamd::datastore::{Eni, IpamKey, PodMeta};
+use ipamd::ec2::{
+    Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
+    InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
+};
+use ipamd::hostnet::{HostNetError, HostNetwork};
+use ipamd::imds::Imds;
+use ipamd::node::{Node, NodeDeps};
+use ipamd::ratelimit::{PacingConfig, TokenBucket};
+use ipamd::sim::ThrottleSpec;
+use ipnetwork::Ipv4Network;
+use tokio::sync::Notify;
+
+use crate::error::BenchError;
+
+/// Which pool engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Ours,
+    Anchor,
+}
+
+impl Engine {
+    pub fn label(self) -> &'static str {
+        match self {
+            Engine::Ours => "ours",
+            Engine::Anchor => "anchor model",
+        }
+    }
+}
+
+/// A host network that does nothing (the virtual benchmarks have no kernel side).
+#[derive(Debug, Default)]
+pub struct NullHost;
+
+#[async_trait]
+impl HostNetwork for NullHost {
+    async fn setup_eni(&self, _eni: &Eni, _mtu: u32) -> Result<(), HostNetError> {
+        Ok(())
+    }
+}
+
+/// A node under either engine, as the workload sees it.
+pub trait PoolNode: Send + Sync {
+    /// One ADD; false when no address was free.
+    fn add(&self, key: &IpamKey) -> bool;
+    /// One DEL.
+    fn del(&self, key: &IpamKey);
+}
+
+impl PoolNode for Node {
+    fn add(&self, key: &IpamKey) -> bool {
+        Node::add(self, key, &PodMeta::default()).is_ok()
+    }
+    fn del(&self, key: &IpamKey) {
+        let _ = Node::del(self, key);
+    }
+}
+
+/// A started node and the handle to stop its pool task.
+pub struct Running {
+    pub node: Arc<dyn PoolNode>,
+    pub shutdown: Arc<Notify>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.shutdown.notify_one();
+        self.shutdown.notify_waiters();
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a node under `engine`: startup (one DescribeNetworkInterfaces, ...), the initial fill, the pool task.
+pub async fn start(
+    engine: Engine,
+    ec2: Arc<dyn Ec2>,
+    imds: Arc<dyn Imds>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    max_pods: Option<u32>,
+) -> Result<Running, BenchError> {
+    let shutdown = Arc::new(Notify::new());
+    match engine {
+        Engine::Ours => {
+            let deps = NodeDeps {
+                ec2,
+                imds,
+                hostnet: Arc::new(NullHost),
+                clock,
+            };
+            let node = Node::init_with(deps, config, max_pods, PacingConfig::default())
+                .await
+                .map_err(|e| BenchError::Node(e.to_string()))?;
+            // As `ipamd run`: a failed fill is not fatal, the pool task retries.
+            let _ = node.fill().await;
+            let task = tokio::task::spawn_local(
+                Arc::clone(&node).run_pool(Duration::from_secs(5), Arc::clone(&shutdown)),
+            );
+            Ok(Running {
+                node,
+                shutdown,
+                task,
+            })
+        }
+        Engine::Anchor => {
+            let ec2: Arc<dyn Ec2> = Arc::new(SdkRetryEc2::new(ec2, Arc::clone(&clock)));
+            let node = anchor::AnchorNode::init(ec2, imds, clock, config, max_pods).await?;
+            let task = tokio::task::spawn_local(Arc::clone(&node).run(Arc::clone(&shutdown)));
+            Ok(Running {
+                node,
+                shutdown,
+                task,
+            })
+        }
+    }
+}
+
+/// The AWS SDK for Go v2's standard retryer, as the anchor's EC2 client uses it: up to 3 attempts for retryable
+/// errors (throttling, timeouts, 5xx), "full jitter" backoff `random[0,1) × 2^attempt` seconds capped at 20 s,
+/// and the client's retry quota (500 tokens; a retry costs 5, 10 after a timeout; a success refunds the retry's
+/// cost, or adds 1 when it needed none), which stops retries when many fail.
+pub struct SdkRetryEc2 {
+    inner: Arc<dyn Ec2>,
+    clock: Arc<dyn Clock>,
+    quota: Mutex<u32>,
+}
+
+const SDK_MAX_ATTEMPTS: u32 = 3;
+const SDK_QUOTA: u32 = 500;
+
+impl SdkRetryEc2 {
+    pub fn new(inner: Arc<dyn Ec2>, clock: Arc<dyn Clock>) -> SdkRetryEc2 {
+        SdkRetryEc2 {
+            inner,
+            clock,
+            quota: Mutex::new(SDK_QUOTA),
+        }
+    }
+
+    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Ec2Error>
+    where
+        F: FnMut() -> Fut + Send,
+        Fut: std::future::Future<Output = Result<T, Ec2Error>> + Send,
+        T: Send,
+    {
+        let mut attempt = 1;
+        let mut paid = 0;
+        loop {
+            match f().await {
+                Ok(v) => {
+                    let mut q = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+                    *q = (*q + if paid > 0 { paid } else { 1 }).min(SDK_QUOTA);
+                    return Ok(v);
+                }
+                Err(e) if e.is_retryable() && attempt < SDK_MAX_ATTEMPTS => {
+                    let cost = if matches!(e, Ec2Error::Timeout { .. }) {
+                        10
+                    } else {
+                        5
+                    };
+                    {
+                        let mut q = self.quota.lock().unwrap_or_else(|p| p.into_inner());
+                        if *q < cost {
+                            return Err(e);
+                        }
+                        *q -= cost;
+                    }
+                    paid = cost;
+                    let cap = Duration::from_secs(20);
+                    let d = Duration::from_secs(1u64 << attempt.min(5)).min(cap);
+                    self.clock.sleep(d.mul_f64(rand::random::<f64>())).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Ec2 for SdkRetryEc2 {
+    async fn create_network_interface(
+        &self,
+        req: CreateEniRequest,
+    ) -> Result<EniDescription, Ec2Error> {
+        self.call(|| self.inner.create_network_interface(req.clone()))
+            .await
+    }
+    async fn attach_network_interface(
+        &self,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+        card: u32,
+    ) -> Result<String, Ec2Error> {
+        self.call(|| {
+            self.inner
+                .attach_network_interface(eni_id, instance_id, device_index, card)
+        })
+        .await
+    }
+    async fn set_delete_on_termination(
+        &self,
+        eni_id: &str,
+        attachment_id: &str,
+    ) -> Result<(), Ec2Error> {
+        self.call(|| self.inner.set_delete_on_termination(eni_id, attachment_id))
+            .await
+    }
+    async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
+        self.call(|| self.inner.assign_private_ips(eni_id, req))
+            .await
+    }
+    async fn unassign_private_ips(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+    ) -> Result<(), Ec2Error> {
+        self.call(|| self.inner.unassign_private_ips(eni_id, ips, prefixes))
+            .await
+    }
+    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        self.call(|| self.inner.detach_network_interface(attachment_id))
+            .await
+    }
+    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        self.call(|| self.inner.delete_network_interface(eni_id))
+            .await
+    }
+    async fn describe_network_interfaces(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.call(|| self.inner.describe_network_interfaces(ids))
+            .await
+    }
+    async fn list_network_interfaces(
+        &self,
+        filter: &EniFilter,
+    ) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.call(|| self.inner.list_network_interfaces(filter))
+            .await
+    }
+    async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
+        self.call(|| self.inner.describe_instance(instance_id))
+            .await
+    }
+    async fn describe_subnets(
+        &self,
+        filter: &SubnetFilter,
+    ) -> Result<Vec<SubnetDescription>, Ec2Error> {
+        self.call(|| self.inner.describe_subnets(filter)).await
+    }
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), Ec2Error> {
+        self.call(|| self.inner.create_tags(resource_id, tags))
+            .await
+    }
+    async fn describe_instance_types(
+        &self,
+        types: &[String],
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        self.call(|| self.inner.describe_instance_types(types))
+            .await
+    }
+}
+
+/// Calls EC2 saw from a whole cluster, by API: `(sent, throttled)`.
+pub type AccountCounts = BTreeMap<&'static str, (u64, u64)>;
+
+/// One AWS account's request-rate limits, shared by every node of a simulated cluster: a token bucket per API
+/// with EC2's documented sizes (the simulator's [`ThrottleSpec`] defaults: mutating 200 tokens at 5/s,
+/// Describe* 100 at 20/s). A call finding its bucket empty is answered `RequestLimitExceeded` and, as on EC2,
+/// takes no token.
+pub struct Account {
+    spec: ThrottleSpec,
+    clock: Arc<dyn Clock>,
+    state: Mutex<(BTreeMap<&'static str, TokenBucket>, AccountCounts)>,
+}
+
+impl Account {
+    pub fn new(spec: ThrottleSpec, clock: Arc<dyn Clock>) -> Arc<Account> {
+        Arc::new(Account {
+            spec,
+            clock,
+            state: Mutex::new((BTreeMap::new(), BTreeMap::new())),
+        })
+    }
+
+    fn gate(&self, api: &'static str) -> Result<(), Ec2Error> {
+        let now = self.clock.now();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (cap, rate) = if api.starts_with("Describe") {
+            self.spec.non_mutating
+        } else {
+            self.spec.mutating
+        };
+        let ok =
+            st.0.entry(api)
+                .or_insert_with(|| TokenBucket::new(cap, rate, now))
+                .try_take(now)
+                .is_ok();
+        let c = st.1.entry(api).or_default();
+        c.0 += 1;
+        if ok {
+            Ok(())
+        } else {
+            c.1 += 1;
+            Err(Ec2Error::Throttled { api })
+        }
+    }
+
+    /// Calls so far.
+    pub fn counts(&self) -> AccountCounts {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .1
+            .clone()
+    }
+}
+
+/// One node's EC2 endpoint in a shared [`Account`]: the account's buckets first, then the node's simulator
+/// (whose own throttling is off).
+pub struct AccountEc2 {
+    pub account: Arc<Account>,
+    pub inner: Arc<dyn Ec2>,
+}
+
+#[async_trait]
+impl Ec2 for AccountEc2 {
+    async fn create_network_interface(
+        &self,
+        req: CreateEniRequest,
+    ) -> Result<EniDescription, Ec2Error> {
+        self.account.gate("CreateNetworkInterface")?;
+        self.inner.create_network_interface(req).await
+    }
+    async fn attach_network_interface(
+        &self,
+        eni_id: &str,
+        instance_id: &str,
+        device_index: u32,
+        card: u32,
+    ) -> Result<String, Ec2Error> {
+        self.account.gate("AttachNetworkInterface")?;
+        self.inner
+            .attach_network_interface(eni_id, instance_id, device_index, card)
+            .await
+    }
+    async fn set_delete_on_termination(
+        &self,
+        eni_id: &str,
+        attachment_id: &str,
+    ) -> Result<(), Ec2Error> {
+        self.account.gate("ModifyNetworkInterfaceAttribute")?;
+        self.inner
+            .set_delete_on_termination(eni_id, attachment_id)
+            .await
+    }
+    async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
+        self.account.gate("AssignPrivateIpAddresses")?;
+        self.inner.assign_private_ips(eni_id, req).await
+    }
+    async fn unassign_private_ips(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+    ) -> Result<(), Ec2Error> {
+        self.account.gate("UnassignPrivateIpAddresses")?;
+        self.inner.unassign_private_ips(eni_id, ips, prefixes).await
+    }
+    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
+        self.account.gate("DetachNetworkInterface")?;
+        self.inner.detach_network_interface(attachment_id).await
+    }
+    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        self.account.gate("DeleteNetworkInterface")?;
+        self.inner.delete_network_interface(eni_id).await
+    }
+    async fn describe_network_interfaces(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.account.gate("DescribeNetworkInterfaces")?;
+        self.inner.describe_network_interfaces(ids).await
+    }
+    async fn list_network_interfaces(
+        &self,
+        filter: &EniFilter,
+    ) -> Result<Vec<EniDescription>, Ec2Error> {
+        self.account.gate("DescribeNetworkInterfaces")?;
+        self.inner.list_network_interfaces(filter).await
+    }
+    async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
+        self.account.gate("DescribeInstances")?;
+        self.inner.describe_instance(instance_id).await
+    }
+    async fn describe_subnets(
+        &self,
+        filter: &SubnetFilter,
+    ) -> Result<Vec<SubnetDescription>, Ec2Error> {
+        self.account.gate("DescribeSubnets")?;
+        self.inner.describe_subnets(filter).await
+    }
+    async fn create_tags(
+        &self,
+        resource_id: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), Ec2Error> {
+        self.account.gate("CreateTags")?;
+        self.inner.create_tags(resource_id, tags).await
+    }
+    async fn describe_instance_types(
+        &self,
+        types: &[String],
+    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
+        self.account.gate("DescribeInstanceTypes")?;
+        self.inner.describe_instance_types(types).await
+    }
+}
+
+/// Runs `fut` to completion on a fresh paused single-threaded tokio runtime (virtual time), inside a
+/// `LocalSet` so the engines' tasks are spawned with `spawn_local` and need not be `Send`.
+pub fn run_virtual<T>(fut: impl std::future::Future<Output = T>) -> Result<T, BenchError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(BenchError::io("tokio runtime"))?;
+    Ok(tokio::task::LocalSet::new().block_on(&rt, fut))
+}
+
+/// The pod key of pod number `i` of node `node`.
+pub fn key(node: usize, i: usize) -> IpamKey {
+    IpamKey {
+        network_name: "aws-cni".into(),
+        container_id: format!("n{node}p{i}"),
+        if_name: "eth0".into(),
+    }
+}
+
+/// A configuration from `VAR=value` pairs.
+pub fn config_of(vars: &[(&str, &str)]) -> Result<Config, BenchError> {
+    let env: std::collections::HashMap<String, String> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Config::from_env(&env).map_err(|e| BenchError::Other(format!("configuration: {e}")))
+}

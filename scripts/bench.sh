@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The benchmark suite: installs what it needs, builds release binaries, runs every benchmark and rewrites
+# BENCHMARKS.md. Run as root (it creates network namespaces).
+#
+#   scripts/bench.sh            # the published run (about 15-25 minutes on 2 cores)
+#   scripts/bench.sh --quick    # smaller samples, a smoke run (a few minutes)
+#
+# Other options go to `aws-cni-bench run`, e.g. `--only pod-setup,burst --out /tmp/b.md` (see --help).
+# CARGO_TARGET_DIR is honoured. Everything the run creates (namespaces awsbench-<pid>-*, its ipamd daemons,
+# scratch directories) is removed at the end, also after Ctrl-C or a crash.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "run as root: the benchmarks create network namespaces" >&2
+  exit 1
+fi
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip || need+=(iproute2)
+have iptables || need+=(iptables)
+have git || need+=(git)
+[ -x /usr/lib/cni/ptp ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if ! have cargo; then
+  echo "cargo not found: install a Rust toolchain (1.88 or newer), e.g. with rustup" >&2
+  exit 1
+fi
+
+# Leftovers of a run whose driver is gone: its daemons (found by the run's unique path), namespaces, scratch.
+sweep() {
+  local ns pid p
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^awsbench-' || true); do
+    pid=${ns#awsbench-}
+    pid=${pid%%-*}
+    if ! kill -0 "$pid" 2>/dev/null; then
+      for p in $(pgrep -f -- "awsbench-$pid-" || true); do
+        kill "$p" 2>/dev/null || true
+      done
+      sleep 0.2
+      ip netns del "$ns" 2>/dev/null || true
+    fi
+  done
+  for d in /tmp/awsbench-*; do
+    [ -e "$d" ] || continue
+    pid=${d#/tmp/awsbench-}
+    pid=${pid%%-*}
+    kill -0 "$pid" 2>/dev/null || rm -rf "$d"
+  done
+}
+trap sweep EXIT
+sweep
+
+target=${CARGO_TARGET_DIR:-target}
+echo "building release binaries (aws-cni, ipamd, aws-cni-bench) in $target"
+cargo build --release --quiet -p aws-cni -p ipamd -p aws-cni-bench
+"$target/release/aws-cni-bench" run --bin-dir "$target/release" "$@"
