@@ -163,7 +163,8 @@ impl Ipamd {
             socket,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // A pool sized in hundreds of addresses takes a minute to fill at ipamd's client-side EC2 pace.
+        let deadline = Instant::now() + Duration::from_secs(180);
         while !me.socket.exists() {
             check_interrupt()?;
             if let Some(Ok(Some(status))) = me.child.as_mut().map(Child::try_wait) {
@@ -174,7 +175,7 @@ impl Ipamd {
             }
             if Instant::now() > deadline {
                 return Err(BenchError::IpamdNotReady(format!(
-                    "no socket after 60 s: {}",
+                    "no socket after 180 s: {}",
                     me.log_tail()
                 )));
             }

@@ -40,6 +40,8 @@ pub struct ScaleResult {
     pub counts: AccountCounts,
     /// Daemon starts that failed (and were restarted with CrashLoopBackOff).
     pub restarts: usize,
+    /// Why the first failed start failed.
+    pub first_start_error: Option<String>,
 }
 
 impl ScaleResult {
@@ -67,6 +69,7 @@ pub async fn cluster(
     let waits = Arc::new(Mutex::new(Vec::with_capacity(nodes * pods)));
     let last_placed = Arc::new(Mutex::new(Duration::ZERO));
     let restarts = Arc::new(AtomicUsize::new(0));
+    let start_error: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let config = config_of(vars)?;
     let mut tasks = Vec::with_capacity(nodes);
@@ -79,6 +82,7 @@ pub async fn cluster(
         let waits = Arc::clone(&waits);
         let last_placed = Arc::clone(&last_placed);
         let restarts = Arc::clone(&restarts);
+        let start_error = Arc::clone(&start_error);
         let mut stop = stop_rx.clone();
         let config = config.clone();
         let instance_type = instance_type.to_string();
@@ -117,8 +121,13 @@ pub async fn cluster(
                     Ok(r) => break r,
                     Err(e) => {
                         restarts.fetch_add(1, Ordering::SeqCst);
+                        start_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_with(|| e.to_string());
                         if *stop.borrow() {
-                            return Err(e);
+                            // The run is over; its pods count as not placed.
+                            return Ok(());
                         }
                         clock.sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(300));
@@ -183,6 +192,10 @@ pub async fn cluster(
     if let Some(e) = first_err {
         return Err(e);
     }
+    let first_start_error = start_error
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     let waits = std::mem::take(&mut *waits.lock().unwrap_or_else(|p| p.into_inner()));
     let last = *last_placed.lock().unwrap_or_else(|p| p.into_inner());
     Ok(ScaleResult {
@@ -193,5 +206,6 @@ pub async fn cluster(
         waits,
         counts: account.counts(),
         restarts: restarts.load(Ordering::SeqCst),
+        first_start_error,
     })
 }
