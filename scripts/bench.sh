@@ -29,7 +29,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 if ! have cargo; then
-  echo "cargo not found: install a Rust toolchain (1.88 or newer), e.g. with rustup" >&2
+  echo "cargo not found: install a Rust toolchain (1.94.1 or newer), e.g. with rustup" >&2
   exit 1
 fi
 
