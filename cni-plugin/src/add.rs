@@ -155,6 +155,8 @@ async fn undo(
             if_name: env.ifname.clone().unwrap_or_default(),
             network_name: conf.net.name.clone(),
             k8s_pod_uid: env.args.pod_uid.clone().unwrap_or_default(),
+            // The failed ADD's veth was deleted above: nothing to hand over.
+            ..Default::default()
         })
         .await;
     if let Err(e) = res {

@@ -33,6 +33,8 @@ pub struct LinkInfo {
     pub mac: Option<MacAddr>,
     pub mtu: u32,
     pub up: bool,
+    /// `IFLA_LINK`: for a veth, the index of its peer (in the peer's namespace).
+    pub peer_index: Option<u32>,
 }
 
 /// An IPv4 route: `dst/prefix_len [via gateway] [dev oif] table T [scope link]`.
@@ -232,6 +234,29 @@ impl Netlink {
         }
     }
 
+    /// The link with interface index `index`, if any.
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
+        let res: Result<Vec<LinkMessage>, _> = self
+            .handle
+            .link()
+            .get()
+            .match_index(index)
+            .execute()
+            .try_collect()
+            .await;
+        match res {
+            Ok(msgs) => Ok(msgs.first().map(link_info)),
+            Err(e) => {
+                let err = NetlinkError::request(format!("get link {index}"), e);
+                if err.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     /// The link with hardware address `mac`, if any (how ipamd finds an ENI's interface).
     pub async fn link_by_mac(&self, mac: MacAddr) -> Result<Option<LinkInfo>, NetlinkError> {
         Ok(self.links().await?.into_iter().find(|l| l.mac == Some(mac)))
@@ -325,6 +350,22 @@ impl Netlink {
             Ok(()) => Ok(true),
             Err(e) => {
                 let err = NetlinkError::request(format!("delete link {name}"), e);
+                if err.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    /// Deletes the link with index `index` (exactly that link: indexes are not reused soon, so a link created
+    /// later under the same name is never hit). Returns false when it was already gone.
+    pub async fn delete_link_by_index(&self, index: u32) -> Result<bool, NetlinkError> {
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let err = NetlinkError::request(format!("delete link {index}"), e);
                 if err.is_not_found() {
                     Ok(false)
                 } else {
@@ -592,12 +633,14 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
         mac: None,
         mtu: 0,
         up: m.header.flags.contains(LinkFlags::Up),
+        peer_index: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => info.name = n.clone(),
             LinkAttribute::Address(b) => info.mac = MacAddr::from_slice(b),
             LinkAttribute::Mtu(v) => info.mtu = *v,
+            LinkAttribute::Link(i) => info.peer_index = Some(*i),
             _ => {}
         }
     }

@@ -22,8 +22,8 @@ use std::path::Path;
 
 use crate::netlink::VethSpec;
 use crate::{
-    random_mac, MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec, FROM_POD_RULE_PRIORITY,
-    MAIN_TABLE, TO_POD_RULE_PRIORITY,
+    random_mac, LinkInfo, MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec,
+    FROM_POD_RULE_PRIORITY, MAIN_TABLE, TO_POD_RULE_PRIORITY,
 };
 
 /// The pod-side gateway for the first interface (the anchor's value).
@@ -99,7 +99,10 @@ pub async fn setup(
     })?;
     let pod = Netlink::connect(Some(netns_path))?;
 
-    // A host veth of the same name is a leftover of an earlier sandbox of the same pod: replace it.
+    // A host veth of the same name is a leftover of an earlier sandbox of the same pod (a crash, or a DEL whose
+    // veth ipamd's reaper has not deleted yet): delete it (by the index found under that name) and build anew.
+    // Racing the reaper is harmless: whichever deletes the old link first wins, the other finds it gone, and the
+    // reaper deletes only the old link's index, never the new link that reuses its name.
     host.delete_link_by_name(spec.host_veth).await?;
 
     let host_mac = random_mac();
@@ -235,6 +238,46 @@ pub async fn teardown(host: &Netlink, what: &PodTeardown<'_>) -> Vec<NetlinkErro
     errors
 }
 
+/// The pod end for a DEL that handed the deletion of the host veth `host` (as looked up in the host namespace)
+/// to someone else, ipamd's reaper: deleting either end removes the pair, so the interface `ifname` in the pod's
+/// namespace is left alone when it is `host`'s peer (each end names the other's index). Anything else of that
+/// name (an interface of another pair) is deleted, as [`teardown`] would. A missing namespace or interface is not
+/// an error. Returns every failure.
+pub async fn teardown_pod_end_except_peer(
+    netns_path: Option<&Path>,
+    ifname: Option<&str>,
+    host: &LinkInfo,
+) -> Vec<NetlinkError> {
+    let (Some(path), Some(ifname)) = (netns_path, ifname) else {
+        return Vec::new();
+    };
+    if !path.exists() {
+        return Vec::new();
+    }
+    let pod = match Netlink::connect(Some(path)) {
+        Ok(pod) => pod,
+        Err(e) if e.is_not_found() => return Vec::new(),
+        Err(e) => return vec![e],
+    };
+    let eth = match pod.link_by_name(ifname).await {
+        Ok(Some(eth)) => eth,
+        Ok(None) => return Vec::new(),
+        Err(e) => return vec![e],
+    };
+    if is_peer_of(&eth, host) {
+        return Vec::new();
+    }
+    match pod.delete_link_by_index(eth.index).await {
+        Ok(_) => Vec::new(),
+        Err(e) => vec![e],
+    }
+}
+
+/// True when `a` and `b` are the two ends of one veth pair (in their own namespaces).
+pub fn is_peer_of(a: &LinkInfo, b: &LinkInfo) -> bool {
+    a.peer_index == Some(b.index) && b.peer_index == Some(a.index)
+}
+
 /// True for the 512/1536 rules that [`setup`] installs for `ip`.
 pub fn is_pod_rule(rule: &RuleSpec, ip: Ipv4Addr) -> bool {
     (rule.priority == TO_POD_RULE_PRIORITY && rule.dst == Some((ip, 32)) && rule.src.is_none())
@@ -246,6 +289,28 @@ pub fn is_pod_rule(rule: &RuleSpec, ip: Ipv4Addr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn link(index: u32, peer_index: Option<u32>) -> LinkInfo {
+        LinkInfo {
+            index,
+            name: format!("l{index}"),
+            mac: None,
+            mtu: 1500,
+            up: true,
+            peer_index,
+        }
+    }
+
+    #[test]
+    fn peers_name_each_other() {
+        // Host end 40 in the node, pod end 2 in the pod: each names the other.
+        assert!(is_peer_of(&link(2, Some(40)), &link(40, Some(2))));
+        assert!(is_peer_of(&link(40, Some(2)), &link(2, Some(40))));
+        // A leftover eth0 of another pair, or a link with no peer, is not.
+        assert!(!is_peer_of(&link(2, Some(41)), &link(40, Some(2))));
+        assert!(!is_peer_of(&link(3, Some(40)), &link(40, Some(2))));
+        assert!(!is_peer_of(&link(2, None), &link(40, Some(2))));
+    }
 
     #[test]
     fn primary_eni_pod_gets_only_the_to_rule() {

@@ -8,7 +8,8 @@
 //! commit in [`crate::checkpoint`].
 //!
 //! SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (at most [`DRAIN_TIMEOUT`]), stop
-//! the pool task (at most [`POOL_STOP_TIMEOUT`]), write the checkpoint one last time, remove the socket, exit 0:
+//! the pool task (at most [`POOL_STOP_TIMEOUT`]), let the veth reaper delete what DELs queued (at most
+//! [`crate::reaper::SHUTDOWN_DRAIN_TIMEOUT`]), write the checkpoint one last time, remove the socket, exit 0:
 //! well within Kubernetes' default 30 s grace period. SIGUSR1: run a full reconcile pass now.
 
 use std::collections::BTreeMap;
@@ -31,6 +32,7 @@ use crate::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
 use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
 use crate::node::{Node, NodeDeps, NodeError, Recovery};
 use crate::ratelimit::PacingConfig;
+use crate::reaper::{NetlinkLinks, Reaper, ReaperConfig, ReaperTask};
 use crate::reconcile::NetlinkPodHost;
 use crate::rpc::CniService;
 use crate::sim::fabric::NetnsFabric;
@@ -149,6 +151,43 @@ fn endpoints(env: &dyn EnvSource) -> Result<Endpoints, DaemonError> {
     })
 }
 
+/// Starts the veth reaper ([`crate::reaper`]) unless `DISABLE_VETH_REAPER` is true; `VETH_REAPER_DELAY_MS`
+/// holds each deletion back (default 0).
+fn start_reaper(
+    env: &dyn EnvSource,
+    veth_prefix: &str,
+    metrics: &Metrics,
+) -> Result<Option<(Reaper, ReaperTask)>, DaemonError> {
+    if env_bool(env, "DISABLE_VETH_REAPER")? {
+        tracing::info!("DISABLE_VETH_REAPER: DEL deletes pod veths synchronously in the plugin");
+        return Ok(None);
+    }
+    let delay = match env
+        .get("VETH_REAPER_DELAY_MS")
+        .map(|v| v.trim().to_string())
+    {
+        None => Duration::ZERO,
+        Some(v) if v.is_empty() => Duration::ZERO,
+        Some(v) => Duration::from_millis(v.parse::<u64>().map_err(|e| ConfigError {
+            var: "VETH_REAPER_DELAY_MS",
+            value: v.clone(),
+            reason: format!("expected milliseconds: {e}"),
+        })?),
+    };
+    let netns = datapath::current_netns_id().map_err(DaemonError::NetnsCheck)?;
+    let links = NetlinkLinks::new(datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?);
+    Ok(Some(Reaper::spawn(
+        ReaperConfig {
+            veth_prefix: veth_prefix.to_string(),
+            netns,
+            capacity: crate::reaper::DEFAULT_QUEUE_CAPACITY,
+            delay,
+        },
+        Arc::new(links),
+        metrics.reaper_metrics(),
+    )))
+}
+
 /// Effective values of the variables the anchor's introspection reports, with the anchor's defaults.
 fn env_settings(env: &dyn EnvSource, vars: &[(&str, &str)]) -> BTreeMap<String, String> {
     vars.iter()
@@ -242,6 +281,10 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         }
     };
     let observer = metrics.checkpoint_write_seconds.clone();
+    let veth_prefix = ProcessEnv
+        .get("AWS_VPC_K8S_CNI_VETHPREFIX")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "eni".into());
     let recovery = Recovery {
         checkpoint: checkpoint_path.map(|path| {
             Arc::new(
@@ -254,10 +297,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         pods: Some(Arc::new(NetlinkPodHost::new(
             datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
         ))),
-        veth_prefix: ProcessEnv
-            .get("AWS_VPC_K8S_CNI_VETHPREFIX")
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| "eni".into()),
+        veth_prefix: veth_prefix.clone(),
     };
     let init_started = Instant::now();
     let node = match Node::init_recovering(
@@ -362,6 +402,15 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         );
     }
 
+    let (reaper, reaper_task) = match start_reaper(&ProcessEnv, &veth_prefix, &metrics)? {
+        Some((r, t)) => (Some(r), Some(t)),
+        None => (None, None),
+    };
+    let mut cni_service = CniService::new(Arc::clone(&node), Arc::clone(&metrics));
+    if let Some(r) = reaper {
+        cni_service = cni_service.with_reaper(r);
+    }
+
     let listener = bind_socket(&opts.socket)?;
     // Connections made from now on wait in the listen backlog while restored pods are checked (see
     // crate::reconcile): a DEL that tore its pod down while the socket was absent is honoured here.
@@ -376,10 +425,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let drain_now = Arc::clone(&drain);
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CniBackendServer::new(CniService::new(
-            Arc::clone(&node),
-            Arc::clone(&metrics),
-        )))
+        .add_service(CniBackendServer::new(cni_service))
         .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(
             &node,
         ))))
@@ -412,6 +458,14 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         Err(_) => {
             tracing::warn!("the pool task did not stop in time (an EC2 call in flight); leaving it")
         }
+    }
+    if let Some(task) = reaper_task {
+        let report = task.shutdown(crate::reaper::SHUTDOWN_DRAIN_TIMEOUT).await;
+        tracing::info!(
+            drained = report.drained,
+            abandoned = report.abandoned,
+            "veth reaper stopped"
+        );
     }
     let _ = stop_flusher.send(true);
     let _ = flusher.await;

@@ -13,7 +13,7 @@
 //! assignments on disk, in the anchor's format, group-committed), [`pool`] (the warm-pool policy as a
 //! pure function), [`node`] (the two joined to the outside worlds: [`ec2`], [`imds`], [`hostnet`] with [`snat`],
 //! [`clock`]; every EC2 call paced by [`ratelimit`]; [`reconcile`] keeps datastore, host and EC2 in agreement),
-//! [`rpc`] (the `rpc.CNIBackend` service), [`daemon`] (`ipamd run`), [`sim`] (the EC2 simulator behind the same
+//! [`rpc`] (the `rpc.CNIBackend` service, which hands DEL's veth deletions to the [`reaper`]), [`daemon`] (`ipamd run`), [`sim`] (the EC2 simulator behind the same
 //! traits, with ENIs as real links), [`demo`] (`ipamd demo`). Every outside world is a trait with a real
 //! implementation and a test double, so the daemon's logic is tested without AWS or root.
 
@@ -35,6 +35,7 @@ pub mod node;
 pub mod pool;
 pub mod probe;
 pub mod ratelimit;
+pub mod reaper;
 pub mod reconcile;
 pub mod rpc;
 #[cfg(test)]

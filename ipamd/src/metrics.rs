@@ -182,6 +182,11 @@ pub struct Metrics {
     pub pool_ips: IntGaugeVec,
     /// Time to write the checkpoint.
     pub checkpoint_write_seconds: Histogram,
+    /// Host veths handed over by DEL, by outcome (`deleted`, `gone`, `renamed`, `failed`, `abandoned` at
+    /// shutdown, `refused` offers); see [`crate::reaper`].
+    pub veth_reaper: IntCounterVec,
+    /// Host veth deletions queued or in flight.
+    pub veth_reaper_pending: IntGauge,
 }
 
 /// Registers families and remembers their declarations.
@@ -433,6 +438,15 @@ impl Metrics {
                 "Time to persist the checkpoint",
                 request_buckets(),
             )?,
+            veth_reaper: r.counter_vec(
+                "awscni_veth_reaper_total",
+                "Host veths handed over by DEL, by outcome (deleted, gone, renamed, failed, abandoned, refused)",
+                &["outcome"],
+            )?,
+            veth_reaper_pending: r.gauge(
+                "awscni_veth_reaper_pending",
+                "Host veth deletions queued or in flight",
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -445,6 +459,14 @@ impl Metrics {
             ])
             .set(1);
         Ok(m)
+    }
+
+    /// The reaper's series ([`crate::reaper`]).
+    pub fn reaper_metrics(&self) -> crate::reaper::ReaperMetrics {
+        crate::reaper::ReaperMetrics {
+            outcomes: self.veth_reaper.clone(),
+            pending: self.veth_reaper_pending.clone(),
+        }
     }
 
     /// Sets the pool gauges from the node's current state.

@@ -7,6 +7,10 @@
 //! Both calls answer only once their change is in the checkpoint ([`crate::checkpoint`], group commit), so an ADD
 //! the plugin saw succeed survives any crash of ipamd, and so does a DEL. A DEL whose write fails still releases
 //! the address in memory and says so (`INTERNAL`); the plugin then tears the pod down itself.
+//!
+//! A DEL may offer the pod's host veth (`HostVethName`/`HostVethIfIndex`, tags 100+): once the address is
+//! released, the offer goes to the [`crate::reaper`], and `VethDeferred` tells the plugin whether the reaper took
+//! it (else the plugin deletes the veth itself, as it does with the anchor's ipamd).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -20,17 +24,56 @@ use tonic::{Request, Response, Status};
 use crate::datastore::{Allocation, IpamKey, PodMeta};
 use crate::metrics::Metrics;
 use crate::node::Node;
+use crate::reaper::{Reaper, VethOffer};
 
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct CniService {
     node: Arc<Node>,
     metrics: Arc<Metrics>,
+    reaper: Option<Reaper>,
 }
 
 impl CniService {
+    /// A service that never takes a DEL's veth (the plugin deletes it itself).
     pub fn new(node: Arc<Node>, metrics: Arc<Metrics>) -> CniService {
-        CniService { node, metrics }
+        CniService {
+            node,
+            metrics,
+            reaper: None,
+        }
+    }
+
+    /// Hands the veths DELs offer to `reaper`.
+    pub fn with_reaper(mut self, reaper: Reaper) -> CniService {
+        self.reaper = Some(reaper);
+        self
+    }
+
+    /// Whether the reaper took the host veth the DEL offered (false when it offered none).
+    fn defer_veth(&self, req: &DelNetworkRequest) -> bool {
+        if req.host_veth_name.is_empty() {
+            return false;
+        }
+        let Some(reaper) = &self.reaper else {
+            return false;
+        };
+        let offer = VethOffer {
+            name: req.host_veth_name.clone(),
+            index: req.host_veth_if_index,
+            netns: (req.host_netns_ino != 0).then_some(datapath::NetnsId {
+                dev: req.host_netns_dev,
+                ino: req.host_netns_ino,
+            }),
+        };
+        match reaper.offer(&offer) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(container = %req.container_id, veth = %offer.name, reason = %e,
+                    "DelNetwork: the plugin deletes the veth itself");
+                false
+            }
+        }
     }
 }
 
@@ -166,11 +209,13 @@ impl CniBackend for CniService {
                 }));
             }
         };
+        let veth_deferred = self.defer_veth(&req);
         tracing::info!(
             pod = %format!("{}/{}", req.k8s_pod_namespace, req.k8s_pod_name),
             container = %key.container_id,
             reason = %req.reason,
             ip = ?released.as_ref().map(|a| a.ip),
+            veth_deferred,
             "DelNetwork"
         );
         self.metrics
@@ -180,7 +225,138 @@ impl CniBackend for CniService {
         Ok(Response::new(DelNetworkReply {
             success: true,
             ip_allocation_metadata: released.iter().map(metadata).collect(),
+            veth_deferred,
             ..Default::default()
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::hostnet::RecordingHostNetwork;
+    use crate::node::NodeDeps;
+    use crate::reaper::{FakeLinks, ReaperConfig, ReaperMetrics};
+    use crate::sim::{NoHotplug, SimEc2, SimSpec};
+    use datapath::NetnsId;
+    use std::time::Duration;
+
+    const NS: NetnsId = NetnsId {
+        dev: 4,
+        ino: 4026532000,
+    };
+
+    async fn node() -> Arc<Node> {
+        let clock = ManualClock::default();
+        let mut spec = SimSpec::new("m5.large");
+        spec.clock = Arc::new(clock.clone());
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim),
+            hostnet: Arc::new(RecordingHostNetwork::default()),
+            clock: Arc::new(clock),
+        };
+        let n = Node::init(deps, Config::default(), None)
+            .await
+            .expect("init");
+        n.fill().await.expect("fill");
+        n
+    }
+
+    fn add(container: &str) -> AddNetworkRequest {
+        AddNetworkRequest {
+            container_id: container.into(),
+            if_name: "eth0".into(),
+            network_name: "aws-cni".into(),
+            k8s_pod_name: container.into(),
+            k8s_pod_namespace: "default".into(),
+            ..Default::default()
+        }
+    }
+
+    fn del(container: &str, veth: Option<(&str, u32)>, netns: NetnsId) -> DelNetworkRequest {
+        let mut r = DelNetworkRequest {
+            container_id: container.into(),
+            if_name: "eth0".into(),
+            network_name: "aws-cni".into(),
+            ..Default::default()
+        };
+        if let Some((name, index)) = veth {
+            r.host_veth_name = name.into();
+            r.host_veth_if_index = index;
+            r.host_netns_dev = netns.dev;
+            r.host_netns_ino = netns.ino;
+        }
+        r
+    }
+
+    async fn del_reply(svc: &CniService, req: DelNetworkRequest) -> DelNetworkReply {
+        svc.del_network(Request::new(req))
+            .await
+            .expect("DelNetwork")
+            .into_inner()
+    }
+
+    #[tokio::test]
+    async fn del_defers_the_offered_veth_only_when_the_reaper_takes_it() {
+        let node = node().await;
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let links = Arc::new(FakeLinks::default());
+        links.add(7, "eniaaaaaaaaaaa");
+        links.add(8, "enibbbbbbbbbbb");
+        let rm = ReaperMetrics::unregistered();
+        let (reaper, task) = Reaper::spawn(
+            ReaperConfig {
+                veth_prefix: "eni".into(),
+                netns: NS,
+                capacity: 8,
+                delay: Duration::ZERO,
+            },
+            links.clone(),
+            rm.clone(),
+        );
+        let svc = CniService::new(Arc::clone(&node), Arc::clone(&metrics)).with_reaper(reaper);
+        for c in ["c1", "c2", "c3"] {
+            let r = svc.add_network(Request::new(add(c))).await.expect("ADD");
+            assert!(r.into_inner().success);
+        }
+
+        // Offered from our namespace: taken, the address released as always.
+        let r = del_reply(&svc, del("c1", Some(("eniaaaaaaaaaaa", 7)), NS)).await;
+        assert!(r.success && r.veth_deferred, "{r:?}");
+        assert_eq!(r.ip_allocation_metadata.len(), 1);
+        // Nothing offered (the anchor's plugin, or no veth found): nothing deferred.
+        let r = del_reply(&svc, del("c2", None, NS)).await;
+        assert!(r.success && !r.veth_deferred, "{r:?}");
+        // Offered from another namespace: refused, the plugin deletes it; the address is released all the same.
+        let other = NetnsId { dev: 4, ino: 1 };
+        let r = del_reply(&svc, del("c3", Some(("enibbbbbbbbbbb", 8)), other)).await;
+        assert!(r.success && !r.veth_deferred, "{r:?}");
+        assert_eq!(r.ip_allocation_metadata.len(), 1);
+        // A repeated DEL of c1 (the veth is still there or already gone) is still a success.
+        let r = del_reply(&svc, del("c1", Some(("eniaaaaaaaaaaa", 7)), NS)).await;
+        assert!(r.success && r.ip_allocation_metadata.is_empty(), "{r:?}");
+
+        let report = task.shutdown(Duration::from_secs(5)).await;
+        assert!(report.drained && report.abandoned == 0);
+        assert!(!links.exists(7), "the taken veth was not deleted");
+        assert!(links.exists(8), "a refused veth was deleted");
+        assert_eq!(rm.count("refused"), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_reaper_nothing_is_deferred() {
+        let node = node().await;
+        let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let svc = CniService::new(node, metrics);
+        let r = svc.add_network(Request::new(add("c1"))).await.expect("ADD");
+        assert!(r.into_inner().success);
+        let r = del_reply(&svc, del("c1", Some(("eniaaaaaaaaaaa", 7)), NS)).await;
+        assert!(r.success && !r.veth_deferred, "{r:?}");
     }
 }

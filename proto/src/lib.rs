@@ -2,7 +2,8 @@
 //!
 //! `proto/rpc.proto` is wire-compatible with the AWS VPC CNI's `rpc.CNIBackend` (package `rpc`, same field
 //! numbers and types), so our plugin can talk to the anchor's daemon and the anchor's plugin to ours. Our
-//! additions (typed failure reasons) use tags >= 100, which older peers skip as unknown fields.
+//! additions (typed failure reasons; the host veth a DEL hands to ipamd to delete in the background) use
+//! tags >= 100, which older peers skip as unknown fields.
 //!
 //! Next to it `ipamd` serves `rpc.IpamdControl` (ours: pool status, allocation listing and garbage collection, for
 //! CNI 1.1 STATUS/GC, CHECK and `ipamd status`) and the standard `grpc.health.v1` (through `tonic-health`).

@@ -83,6 +83,24 @@ pub fn sh(cmd: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("running {cmd}: {e}"))
 }
 
+/// How long a pod's veth may stay after its DEL returned: ipamd deletes it in the background (`ipamd::reaper`).
+/// Generous on purpose: it bounds a wait, it asserts nothing about speed.
+pub const VETH_GONE_WITHIN: Duration = Duration::from_secs(15);
+
+/// Polls `check` (every 20 ms) until it returns true or `within` has passed; returns its last answer.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A temporary directory removed on drop.
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);
@@ -140,6 +158,25 @@ impl Netns {
         } else {
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip {full:?} json: {e}: {text}"))
         }
+    }
+
+    /// The index of the link called `name`, if there is one.
+    pub fn link_index(&self, name: &str) -> Option<u64> {
+        arr(&self.ip_json(&["link", "show"]))
+            .iter()
+            .find(|l| l["ifname"] == name)
+            .and_then(|l| l["ifindex"].as_u64())
+    }
+
+    /// The snapshot once it equals `want` (a DEL's veth goes in the background), else the last one taken within
+    /// [`VETH_GONE_WITHIN`]: compare it with `want` to get the difference in the failure message.
+    pub fn settled_snapshot(&self, want: &[String]) -> Vec<String> {
+        let mut last = self.snapshot();
+        eventually(VETH_GONE_WITHIN, || {
+            last = self.snapshot();
+            last == want
+        });
+        last
     }
 
     /// Runs a command inside the namespace.

@@ -1,6 +1,8 @@
 //! Metrics and introspection of a running ipamd, scraped over HTTP inside the node's namespace.
 
-use integration_tests::{add_with_retry, cni, result_ip, Ipamd, Netns, PodSpec, TempDir};
+use integration_tests::{
+    add_with_retry, cni, eventually, result_ip, Ipamd, Netns, PodSpec, TempDir, VETH_GONE_WITHIN,
+};
 use serde_json::Value;
 
 /// Every series the anchor exports (anchor-facts §1.4) and ours; each must be present in a scrape.
@@ -38,6 +40,8 @@ const DECLARED: &[&str] = &[
     "awscni_ec2_calls_total",
     "awscni_pool_ips",
     "awscni_checkpoint_write_seconds",
+    "awscni_veth_reaper_total",
+    "awscni_veth_reaper_pending",
 ];
 
 fn curl(node: &Netns, args: &[&str]) -> String {
@@ -124,6 +128,14 @@ fn every_declared_metric_is_exported_and_moves_with_pods() {
     );
     assert_eq!(value(&after, "awscni_ipamd_add_network_seconds_count"), 2.0);
     assert_eq!(value(&after, "awscni_ipamd_del_network_seconds_count"), 1.0);
+    // The DEL handed its veth (the pod's namespace is kept) to the reaper, which deleted it.
+    let reaped = || {
+        scrape()
+            .lines()
+            .any(|l| l == "awscni_veth_reaper_total{outcome=\"deleted\"} 1")
+    };
+    assert!(eventually(VETH_GONE_WITHIN, reaped), "{}", scrape());
+    assert_eq!(value(&scrape(), "awscni_veth_reaper_pending"), 0.0);
     assert!(
         after.contains("awscni_ipamd_add_network_failures_total{reason=\"NODE_AT_ENI_LIMIT\"} 1"),
         "{after}"

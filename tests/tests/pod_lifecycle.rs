@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use integration_tests::{
-    add_with_retry, arr, bin, cni, cni_raw, expected_veth, pod, result_ip, sh, Ipamd, Netns,
-    STILL_POOL,
+    add_with_retry, arr, bin, cni, cni_raw, eventually, expected_veth, pod, result_ip, sh, Ipamd,
+    Netns, STILL_POOL, VETH_GONE_WITHIN,
 };
 
 /// Settings that keep the pool still across one ADD/DEL (10 IPs, 1 warm), so the node's state before and after
@@ -75,15 +75,25 @@ fn add_programs_the_pod_like_the_anchor_and_del_leaves_nothing() {
         del.stdout.trim().is_empty(),
         "DEL prints nothing on success"
     );
+    // The rules and the route are gone when DEL returns; the veth (ipamd deletes it in the background) soon.
+    let rules = arr(&node.ip_json(&["rule", "show"]));
+    assert!(
+        !rules.iter().any(|r| r["dst"] == ip.as_str()),
+        "rule for {ip} left after DEL: {rules:?}"
+    );
+    assert!(
+        arr(&node.ip_json(&["route", "show", &format!("{ip}/32")])).is_empty(),
+        "host route to {ip} left after DEL"
+    );
     assert_eq!(
-        node.snapshot(),
+        node.settled_snapshot(&before),
         before,
         "node state after DEL differs from before ADD"
     );
     assert!(
-        arr(&pod_ns.ip_json(&["link", "show"]))
+        eventually(VETH_GONE_WITHIN, || arr(&pod_ns.ip_json(&["link", "show"]))
             .iter()
-            .all(|l| l["ifname"] == "lo"),
+            .all(|l| l["ifname"] == "lo")),
         "pod netns still has interfaces"
     );
 }
@@ -148,13 +158,12 @@ fn twenty_pods_get_twenty_distinct_ips_across_enis() {
             .any(|r| r["priority"] == 512 || r["priority"] == 1536),
         "pod rules left: {rules:?}"
     );
-    let links = arr(&ipamd.node.ip_json(&["link", "show"]));
-    assert!(
-        !links
+    let no_pod_veths = || {
+        !arr(&ipamd.node.ip_json(&["link", "show"]))
             .iter()
-            .any(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("eni"))),
-        "pod veths left"
-    );
+            .any(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("eni")))
+    };
+    assert!(eventually(VETH_GONE_WITHIN, no_pod_veths), "pod veths left");
 }
 
 #[test]

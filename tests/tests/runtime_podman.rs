@@ -174,7 +174,7 @@ fn podman_runs_a_container_that_gets_its_address_from_ipamd() {
         "{log}"
     );
     assert_eq!(
-        ipamd.node.snapshot(),
+        ipamd.node.settled_snapshot(&before),
         before,
         "podman's DEL left state behind"
     );
