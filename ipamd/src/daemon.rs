@@ -151,25 +151,27 @@ fn endpoints(env: &dyn EnvSource) -> Result<Endpoints, DaemonError> {
     })
 }
 
-/// Starts the veth reaper ([`crate::reaper`]) unless `DISABLE_VETH_REAPER` is true; `VETH_REAPER_DELAY_MS`
-/// holds each deletion back (default 0).
+/// Starts the veth reaper ([`crate::reaper`]) unless `AWS_CNI_DISABLE_VETH_REAPER` is true;
+/// `AWS_CNI_VETH_REAPER_DELAY_MS` holds each deletion back (default 0).
 fn start_reaper(
     env: &dyn EnvSource,
     veth_prefix: &str,
     metrics: &Metrics,
 ) -> Result<Option<(Reaper, ReaperTask)>, DaemonError> {
-    if env_bool(env, "DISABLE_VETH_REAPER")? {
-        tracing::info!("DISABLE_VETH_REAPER: DEL deletes pod veths synchronously in the plugin");
+    if env_bool(env, "AWS_CNI_DISABLE_VETH_REAPER")? {
+        tracing::info!(
+            "AWS_CNI_DISABLE_VETH_REAPER: DEL deletes pod veths synchronously in the plugin"
+        );
         return Ok(None);
     }
     let delay = match env
-        .get("VETH_REAPER_DELAY_MS")
+        .get("AWS_CNI_VETH_REAPER_DELAY_MS")
         .map(|v| v.trim().to_string())
     {
         None => Duration::ZERO,
         Some(v) if v.is_empty() => Duration::ZERO,
         Some(v) => Duration::from_millis(v.parse::<u64>().map_err(|e| ConfigError {
-            var: "VETH_REAPER_DELAY_MS",
+            var: "AWS_CNI_VETH_REAPER_DELAY_MS",
             value: v.clone(),
             reason: format!("expected milliseconds: {e}"),
         })?),

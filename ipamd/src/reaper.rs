@@ -32,7 +32,7 @@
 //!   fatal: a veth left behind is replaced by the pod's next ADD ([`datapath::pod::setup`] deletes a leftover of
 //!   its name) and swept by CNI GC.
 //!
-//! An optional delay ([`ReaperConfig::delay`], `VETH_REAPER_DELAY_MS`, default 0) holds each deletion back: when
+//! An optional delay ([`ReaperConfig::delay`], `AWS_CNI_VETH_REAPER_DELAY_MS`, default 0) holds each deletion back: when
 //! the runtime removes the pod's namespace meanwhile, the kernel takes the pair with the namespace (batched with
 //! the namespace's other devices) and the reaper only finds it gone.
 //!

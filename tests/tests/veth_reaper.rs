@@ -95,7 +95,7 @@ fn an_ipamd_that_does_not_take_the_veth_leaves_the_plugin_to_delete_it_at_once()
         &[
             ("WARM_IP_TARGET", "1"),
             ("MINIMUM_IP_TARGET", "10"),
-            ("DISABLE_VETH_REAPER", "true"),
+            ("AWS_CNI_DISABLE_VETH_REAPER", "true"),
         ],
     );
     let node = &ipamd.node;
@@ -134,7 +134,7 @@ fn a_readd_while_the_old_veth_is_pending_keeps_its_new_veth_and_shutdown_drains_
         &[
             ("WARM_IP_TARGET", "1"),
             ("MINIMUM_IP_TARGET", "10"),
-            ("VETH_REAPER_DELAY_MS", "60000"),
+            ("AWS_CNI_VETH_REAPER_DELAY_MS", "60000"),
         ],
     );
     let conf = ipamd.conf("1.0.0");
