@@ -418,9 +418,13 @@ fn pod_setup_section(
                 ));
             }
             sec.notes.push(format!(
-                "Most of any DEL is the kernel deleting the veth pair ({} ms median in the floor's breakdown, \
-                 against {} ms for rules and route), which ptp pays too; a DEL at half the peer's is out of \
-                 reach while DEL deletes the veth synchronously.",
+                "Most of the kernel's DEL work is deleting the veth pair ({} ms median in the floor's breakdown, \
+                 against {} ms for rules and route). ptp deletes it before it answers; our DEL removes the \
+                 pod's rules and route, hands the veth to ipamd (`DelNetworkRequest` tags 100-103) and returns, \
+                 and ipamd's reaper deletes the pair in the background, by interface index (`ipamd::reaper`). \
+                 The kernel's cost is still paid, off the runtime's critical path; when ipamd does not take the \
+                 veth (an older daemon, its queue full, `AWS_CNI_DISABLE_VETH_REAPER=true`) the plugin deletes \
+                 it itself, as ptp does.",
                 ms(fv.median),
                 ms(fr.median)
             ));
