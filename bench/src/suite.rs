@@ -893,8 +893,14 @@ fn scaleup_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Sectio
                  IMDS lag 1 s, attach latency 2 s. *Refill floor*: the least time in which the account's bucket of \
                  one mutating API can grant every node the calls of it that its 30 pods need at the least, \
                  (N × k − 200) / 5 s (k = 2 CreateNetworkInterface with secondary IPs, as an m5.xlarge ENI holds \
-                 14; k = 1 AssignPrivateIpAddresses with prefixes): no client can beat it. The anchor's users \
-                 report 15 minutes for 150 nodes under throttling (#405)."
+                 14; k = 1 AssignPrivateIpAddresses with prefixes): no client can beat it, and a pool policy that \
+                 makes more calls of one API per node than that has a floor of its own, (N × calls − 200) / 5 s, \
+                 which the calls-by-API notes below let one compute. Throttled calls cost EC2 nothing but \
+                 everybody's patience: a client that retries faster than the account refills only raises the \
+                 throttled share. Ours slows the whole node down per API after each `RequestLimitExceeded` \
+                 (a jittered window that doubles up to a minute, see `ipamd::ratelimit`), and its startup waits \
+                 for EC2 in-process instead of exiting. The anchor's users report 15 minutes for 150 nodes under \
+                 throttling (#405)."
             .into(),
         ..Section::default()
     };
@@ -943,6 +949,17 @@ fn scaleup_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Sectio
                 r.restarts.to_string(),
                 format!("{:.0}", wall.as_secs_f64()),
             ]);
+            if *nodes == plan.clusters.iter().map(|c| c.0).max().unwrap_or(0) {
+                sec.notes.push(format!(
+                    "{nodes} nodes, {label}, {}: calls by API (sent / throttled): {}",
+                    engine.label(),
+                    r.counts
+                        .iter()
+                        .map(|(api, (sent, thr))| format!("{api} {sent} / {thr}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
             if let Some(e) = &r.first_start_error {
                 sec.notes.push(format!(
                     "{nodes} nodes, {label}, {}: {} daemon starts failed and were restarted with \

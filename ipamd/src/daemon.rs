@@ -251,7 +251,12 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         Backend::Aws => {
             // IMDS (region, instance), then EC2 with the default credential chain, then the instance type's
             // limits (compiled-in table, else DescribeInstanceTypes).
-            let aws = ec2_aws::connect(|k| crate::config::EnvSource::get(&ProcessEnv, k)).await?;
+            // The SDK makes one attempt per call (unless AWS_EC2_MAX_ATTEMPTS says otherwise): PacedEc2 retries,
+            // through the throttle gate, so SDK retries would only multiply throttled calls.
+            let aws = ec2_aws::connect(|k: &str| {
+                crate::ratelimit::backend_env(k, |v| crate::config::EnvSource::get(&ProcessEnv, v))
+            })
+            .await?;
             let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
             NodeDeps {
                 ec2: Arc::new(MeteredEc2::new(Arc::new(aws.ec2), Arc::clone(&metrics))),

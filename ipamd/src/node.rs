@@ -21,9 +21,11 @@
 //!   are remembered for 60 s so a lagging IMDS or EC2 view cannot bring them back (see [`crate::reconcile`]).
 //! - After `InsufficientFreeAddressesInSubnet`/`InsufficientCidrBlocks` the pool does not try to grow for 120 s.
 //!
-//! Startup follows the anchor (§3.1): read the node and its ENIs from IMDS, confirm their addresses with
-//! DescribeNetworkInterfaces (IMDS may lag: EC2 is the truth, anchor #3887; no address known only from IMDS is
-//! ever handed out, so startup retries EC2 and fails rather than fall back to IMDS), apply the node-wide host
+//! Startup follows the anchor (§3.1): read the node and its ENIs from IMDS, confirm their addresses with one
+//! DescribeNetworkInterfaces for all of them (IMDS may lag: EC2 is the truth, anchor #3887; no address known
+//! only from IMDS is ever handed out, so startup waits for EC2 rather than fall back to IMDS: throttling and
+//! other transient errors are retried in-process for as long as they last, with jittered backoff capped at a
+//! minute, and only a permanent error such as a missing IAM permission stops the daemon), apply the node-wide host
 //! settings (fwmark rule, SNAT), configure each ENI on the host, restore the checkpoint's assignments onto the
 //! addresses EC2 confirmed (see [`crate::reconcile`] for the recovery order), then fill the pool before serving.
 //!
@@ -87,17 +89,23 @@ pub enum NodeError {
     HostNet(#[from] HostNetError),
     #[error("datastore: {0}")]
     Datastore(#[from] crate::datastore::DatastoreError),
+    /// EC2 refused to describe the node's ENIs with an error retrying cannot fix (transient ones are retried
+    /// for as long as they last).
     #[error(
-        "EC2 did not confirm the node's ENIs after {attempts} attempts (last error: {last}); addresses known only \
-         from IMDS are never handed out"
+        "EC2 cannot confirm the node's ENIs: {last} (attempt {attempts}; not retried: the error is permanent); \
+         addresses known only from IMDS are never handed out"
     )]
     Unverified { attempts: u32, last: Ec2Error },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
 }
 
-/// DescribeNetworkInterfaces attempts at startup before giving up (with 1, 2, 4, 8, 16 s between them).
-pub const STARTUP_DESCRIBE_ATTEMPTS: u32 = 6;
+/// The wait between startup attempts to confirm the node's ENIs with EC2 (1, 2, 4, ... s, equal jitter, at
+/// most a minute); retried for as long as the failure is transient.
+pub const STARTUP_RETRY: crate::ratelimit::Backoff = crate::ratelimit::Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(60),
+};
 
 /// What a restarting node restores and how it checks it (see [`crate::reconcile`]). The default restores
 /// nothing and keeps assignments in memory only.
@@ -668,6 +676,16 @@ impl Node {
                 _ => FailureReason::Ec2Error,
             };
             (reason, format!("no free IP and the pool cannot grow: {e}"))
+        } else if let Some((api, hold)) = self.ec2.throttling() {
+            // The pool task is waiting at the API's throttle gate (PacedEc2 retries it): say so.
+            (
+                FailureReason::Ec2Throttled,
+                format!(
+                    "no free IP and the pool cannot grow yet: EC2 is throttling {api} (RequestLimitExceeded); \
+                     this node asks again within {}s",
+                    hold.as_secs().max(1)
+                ),
+            )
         } else if self.config.disable_provisioning {
             (
                 FailureReason::NoFreeIpPoolGrowing,
@@ -1150,11 +1168,18 @@ impl Node {
                     Ok(_) => failures = 0,
                     Err(e) => {
                         failures = failures.saturating_add(1);
-                        let wait = crate::ratelimit::Backoff {
-                            base: Duration::from_secs(1),
-                            cap: Duration::from_secs(60),
-                        }
-                        .delay(failures);
+                        let wait = match &e {
+                            // The API's throttle gate already paces every caller on this node (and PacedEc2 retried
+                            // through it): come back when it opens, no backoff of our own on top.
+                            Ec2Error::Throttled { api } => {
+                                self.ec2.hold(api).max(Duration::from_secs(1))
+                            }
+                            _ => crate::ratelimit::Backoff {
+                                base: Duration::from_secs(1),
+                                cap: Duration::from_secs(60),
+                            }
+                            .delay(failures),
+                        };
                         tracing::warn!(error = %e, retry_in = ?wait, "pool step failed");
                         delay = Some(wait);
                         break;
@@ -1242,6 +1267,105 @@ mod tests {
         assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&2));
         // Batched: one AssignPrivateIpAddresses filled the primary ENI, the others came with their ENIs.
         assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), Some(&1));
+    }
+
+    /// IMDS that claims one more secondary address on the primary ENI than EC2 has (a stale or wrong view).
+    struct ImdsClaimingMore {
+        inner: SimEc2,
+        extra: Ipv4Addr,
+    }
+
+    #[async_trait::async_trait]
+    impl Imds for ImdsClaimingMore {
+        async fn node(&self) -> Result<NodeMetadata, ImdsError> {
+            self.inner.node().await
+        }
+        async fn enis(&self) -> Result<Vec<crate::imds::ImdsEni>, ImdsError> {
+            let mut enis = self.inner.enis().await?;
+            if let Some(primary) = enis.iter_mut().find(|e| e.device_number == 0) {
+                primary.ipv4s.push(self.extra);
+            }
+            Ok(enis)
+        }
+    }
+
+    async fn throttled_start(
+        fault: crate::sim::Fault,
+        count: u32,
+    ) -> (Result<Arc<Node>, NodeError>, SimEc2, ManualClock, Ipv4Addr) {
+        let clock = ManualClock::default();
+        let mut spec = SimSpec::new("m5.large");
+        spec.clock = Arc::new(clock.clone());
+        spec.throttle = None;
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        let extra = Ipv4Addr::new(10, 0, 15, 250);
+        sim.inject_faults(fault, Some("DescribeNetworkInterfaces"), count);
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(ImdsClaimingMore {
+                inner: sim.clone(),
+                extra,
+            }),
+            hostnet: Arc::new(RecordingHostNetwork::default()),
+            clock: Arc::new(clock.clone()),
+        };
+        let n = Node::init(deps, Config::default(), None).await;
+        (n, sim, clock, extra)
+    }
+
+    #[tokio::test]
+    async fn startup_outlasts_throttling_in_process_and_serves_only_what_ec2_confirmed() {
+        // 60 throttles in a row: ten times what the old 6-attempt startup survived.
+        let (n, sim, clock, extra) = throttled_start(crate::sim::Fault::Throttle, 60).await;
+        let n = n.expect("startup waits for EC2 instead of exiting");
+        let c = n.counters().ec2;
+        assert_eq!(c.throttled.get("DescribeNetworkInterfaces"), Some(&60));
+        assert_eq!(c.sent.get("DescribeNetworkInterfaces"), Some(&61));
+        assert_eq!(sim.calls().get("DescribeNetworkInterfaces"), Some(&61));
+        assert!(
+            clock.now() > Duration::from_secs(60),
+            "it backed off between attempts: {:?}",
+            clock.now()
+        );
+        // Nothing but DescribeNetworkInterfaces was asked while waiting.
+        assert_eq!(sim.calls().len(), 1, "{:?}", sim.calls());
+        // The address only IMDS claims is never handed out: the pool holds EC2's addresses only.
+        let ds = n.datastore();
+        assert!(
+            ds.enis().all(|e| !e.ips().any(|ip| ip == extra)),
+            "IMDS-only address in the datastore"
+        );
+        n.fill().await.expect("fill");
+        let mut handed = Vec::new();
+        for i in 0..n.stats().available {
+            handed.push(n.add(&key(i), &PodMeta::default()).expect("ip").ip);
+        }
+        assert!(!handed.is_empty());
+        assert!(!handed.contains(&extra));
+    }
+
+    #[tokio::test]
+    async fn startup_fails_fast_on_a_permanent_error() {
+        let (n, sim, _, _) = throttled_start(crate::sim::Fault::Unauthorized, 1).await;
+        let err = n.expect_err("not authorized is not retried");
+        assert!(
+            matches!(
+                &err,
+                NodeError::Unverified {
+                    attempts: 1,
+                    last: Ec2Error::Unauthorized { .. }
+                }
+            ),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("not authorized") && msg.contains("IAM"),
+            "{msg}"
+        );
+        assert_eq!(sim.calls().get("DescribeNetworkInterfaces"), Some(&1));
     }
 
     #[tokio::test]

@@ -1,23 +1,52 @@
-//! EC2 discipline on the client side: a token bucket, jittered exponential backoff, and a count of calls by API.
+//! EC2 discipline on the client side: a token bucket, a throttle-aware gate per API, jittered exponential
+//! backoff, and a count of calls by API.
 //!
-//! EC2 throttles each account per region with token buckets (one per API; `RequestLimitExceeded` when empty).
-//! Every node of a cluster draws from the same account buckets, so a node that retries hard makes every other
-//! node's calls fail too (anchor issues #405, #887, #3719). The anchor has no client-side limit, only the SDK's
-//! retries. Here every EC2 call of the pool engine goes through [`PacedEc2`]:
+//! EC2 throttles each account per region with token buckets (one per API; `RequestLimitExceeded` when empty; a
+//! refused request takes no token). Every node of a cluster draws from the same account buckets, so a node that
+//! retries hard makes every other node's calls fail too (anchor issues #405, #887, #3719). The anchor has no
+//! client-side limit, only the SDK's retries. Here every EC2 call of the pool engine goes through [`PacedEc2`]:
 //!
 //! ```text
-//!   call ─▶ take a token from the node's bucket ─(empty)─▶ wait until one refills (no request sent)
+//!   call ─▶ wait until this API's gate opens (held shut after RequestLimitExceeded, see below)
+//!        ─▶ take a token from the node's bucket ─(empty)─▶ wait until one refills (no request sent)
 //!        ─▶ send, count it under its API name
-//!        ─▶ retryable failure (throttled, timeout, 5xx)? ─▶ wait base·2^n, jittered, capped; try again
-//!                                                            (at most `max_attempts` sends per call)
+//!        ─▶ RequestLimitExceeded? ─▶ widen the API's window, shut its gate for a random part of it, drain the
+//!                                    node's bucket; try again through the gate (for at most `throttle_budget`)
+//!        ─▶ other retryable failure (timeout, 5xx)? ─▶ wait base·2^n, jittered, capped; try again
+//!                                                       (at most `max_attempts` sends per call)
 //! ```
 //!
 //! **Token bucket.** `capacity` tokens, refilled continuously at `refill_per_sec`; a call takes one. A full bucket
 //! lets a burst through (node start, a pod burst), after which calls are spaced at the refill rate. Time comes
-//! from the [`Clock`], so the same code paces virtual time in tests.
+//! from the [`Clock`], so the same code paces virtual time in tests. This is the node's own budget: what one node
+//! may spend when the account is quiet.
 //!
-//! **Backoff.** "Equal jitter": the n-th retry waits `d/2 + random(0..d/2)` with `d = min(cap, base·2^n)`, so
-//! retries from many nodes spread out instead of arriving together, yet never retry sooner than `d/2`.
+//! **Throttle gate** ([`ThrottleGate`], one per API, shared by every caller on the node). A throttled call tells
+//! the node something about everybody: the account's bucket for that API is empty, so the whole cluster is
+//! asking faster than EC2 refills, and whoever sends next without waiting most likely fails too (and spends
+//! nothing but everybody's patience). The node therefore slows down as a whole, not call by call:
+//! - each throttle *multiplies* the API's contention window (`initial`, then ×`growth`, up to `max`) and shuts
+//!   the gate for a uniformly random part of it ("full jitter"): nodes throttled together spread their retries
+//!   over the whole window instead of coming back in step; the mean retry rate of `n` throttled nodes is about
+//!   `2n / window`, so the windows widen until the crowd asks no faster than the account refills;
+//! - throttles of requests sent before the window last widened (concurrent calls that were already in flight)
+//!   do not widen it again: one congestion signal, one step;
+//! - a success shrinks the window by `recovery` (slow recovery: the account was just saturated, the next call
+//!   of the same API waits its turn behind a random part of the remaining window) until it closes;
+//! - the node's bucket is drained on a throttle, so a node does not release a burst when its gate reopens;
+//! - EC2 keeps one bucket per API, so one API's congestion does not hold back another's (a node whose
+//!   CreateNetworkInterface just got through attaches the ENI at once: AttachNetworkInterface's bucket only sees
+//!   the nodes that got that far).
+//!
+//! A throttled call is retried through the gate for up to `throttle_budget` before it fails with
+//! `RequestLimitExceeded`, so the calls the caller made before it (a DescribeInstances before a
+//! CreateNetworkInterface) are not repeated for every throttle. Callers that retry on their own after that
+//! (the pool task) ask [`PacedEc2::hold`] how long the gate is still shut rather than keeping a backoff of
+//! their own.
+//!
+//! **Backoff** for other retryable errors. "Equal jitter": the n-th retry waits `d/2 + random(0..d/2)` with
+//! `d = min(cap, base·2^n)`, so retries from many nodes spread out instead of arriving together, yet never retry
+//! sooner than `d/2`.
 //!
 //! The simulator uses the same [`TokenBucket`] server-side, per API, to answer `RequestLimitExceeded`.
 
@@ -108,6 +137,97 @@ impl Backoff {
     }
 }
 
+/// How a node reacts to `RequestLimitExceeded` (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CongestionConfig {
+    /// The contention window after the first throttle.
+    pub initial: Duration,
+    /// Each further throttle multiplies the window by this.
+    pub growth: f64,
+    /// The widest window.
+    pub max: Duration,
+    /// Each success multiplies the window by this; below `initial / 2` it closes.
+    pub recovery: f64,
+}
+
+impl Default for CongestionConfig {
+    fn default() -> Self {
+        CongestionConfig {
+            initial: Duration::from_secs(2),
+            growth: 2.0,
+            max: Duration::from_secs(60),
+            recovery: 0.5,
+        }
+    }
+}
+
+/// One API's throttle gate (see the module docs). Pure state on a caller-supplied clock and jitter, so it is
+/// tested without time passing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ThrottleGate {
+    window: Duration,
+    open_at: Duration,
+    widened_at: Option<Duration>,
+    throttles: u64,
+}
+
+impl ThrottleGate {
+    /// How long the gate stays shut from `now` (zero: open).
+    pub fn hold(&self, now: Duration) -> Duration {
+        self.open_at.saturating_sub(now)
+    }
+
+    /// The current contention window (zero: no recent throttling).
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Throttles seen so far.
+    pub fn throttles(&self) -> u64 {
+        self.throttles
+    }
+
+    /// EC2 throttled a request of this API sent at `sent_at`; `jitter` is uniform in `[0, 1)`. Returns how long
+    /// the gate is now shut.
+    pub fn throttled(
+        &mut self,
+        cfg: &CongestionConfig,
+        sent_at: Duration,
+        now: Duration,
+        jitter: f64,
+    ) -> Duration {
+        self.throttles += 1;
+        if self.widened_at.is_none_or(|w| sent_at > w) {
+            self.window = if self.window.is_zero() {
+                cfg.initial
+            } else {
+                self.window.mul_f64(cfg.growth.max(1.0)).min(cfg.max)
+            };
+            self.widened_at = Some(now);
+        }
+        self.shut(now, jitter)
+    }
+
+    /// A request of this API succeeded at `now`; `jitter` is uniform in `[0, 1)`.
+    pub fn succeeded(&mut self, cfg: &CongestionConfig, now: Duration, jitter: f64) {
+        if self.window.is_zero() {
+            return;
+        }
+        self.window = self.window.mul_f64(cfg.recovery.clamp(0.0, 1.0));
+        if self.window < cfg.initial / 2 {
+            self.window = Duration::ZERO;
+            return;
+        }
+        self.shut(now, jitter);
+    }
+
+    fn shut(&mut self, now: Duration, jitter: f64) -> Duration {
+        let hold = self.window.mul_f64(jitter.clamp(0.0, 1.0));
+        self.open_at = self.open_at.max(now + hold);
+        self.hold(now)
+    }
+}
+
 /// Client-side pacing settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PacingConfig {
@@ -115,9 +235,13 @@ pub struct PacingConfig {
     pub burst: u32,
     /// Sustained calls per second.
     pub per_second: f64,
-    /// Sends per call at most (1 = no retry).
+    /// Sends per call at most for timeouts and server errors (1 = no retry).
     pub max_attempts: u32,
     pub backoff: Backoff,
+    /// The reaction to `RequestLimitExceeded`.
+    pub congestion: CongestionConfig,
+    /// How long one call keeps retrying `RequestLimitExceeded` through its gate before it reports it.
+    pub throttle_budget: Duration,
 }
 
 impl Default for PacingConfig {
@@ -130,8 +254,25 @@ impl Default for PacingConfig {
                 base: Duration::from_millis(500),
                 cap: Duration::from_secs(20),
             },
+            congestion: CongestionConfig::default(),
+            throttle_budget: Duration::from_secs(600),
         }
     }
+}
+
+/// The variable the aws backend (`ec2-aws`) reads for the SDK's attempts per call.
+pub const ENV_SDK_MAX_ATTEMPTS: &str = "AWS_EC2_MAX_ATTEMPTS";
+
+/// The environment as the aws backend sees it under [`PacedEc2`]: unless the operator sets
+/// `AWS_EC2_MAX_ATTEMPTS`, the SDK makes one attempt per call. [`PacedEc2`] retries (through the API's throttle
+/// gate and the node's bucket); an SDK retry loop under it would multiply every throttled call by its own
+/// attempts (3 by default) without seeing the gate.
+pub fn backend_env(var: &str, get: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let v = get(var);
+    if var == ENV_SDK_MAX_ATTEMPTS && v.as_deref().is_none_or(|v| v.trim().is_empty()) {
+        return Some("1".into());
+    }
+    v
 }
 
 /// What the pacer saw, by API name.
@@ -143,12 +284,19 @@ pub struct CallCounts {
     pub retried: BTreeMap<&'static str, u64>,
     /// Calls that had to wait for a client-side token.
     pub paced: BTreeMap<&'static str, u64>,
+    /// Requests EC2 answered with `RequestLimitExceeded`.
+    pub throttled: BTreeMap<&'static str, u64>,
 }
 
 impl CallCounts {
     /// Requests sent, all APIs.
     pub fn total_sent(&self) -> u64 {
         self.sent.values().sum()
+    }
+
+    /// Requests throttled, all APIs.
+    pub fn total_throttled(&self) -> u64 {
+        self.throttled.values().sum()
     }
 }
 
@@ -158,6 +306,7 @@ pub struct PacedEc2 {
     clock: Arc<dyn Clock>,
     cfg: PacingConfig,
     bucket: Mutex<TokenBucket>,
+    gates: Mutex<BTreeMap<&'static str, ThrottleGate>>,
     counts: Mutex<CallCounts>,
 }
 
@@ -181,6 +330,7 @@ impl PacedEc2 {
             clock,
             cfg,
             bucket: Mutex::new(bucket),
+            gates: Mutex::new(BTreeMap::new()),
             counts: Mutex::new(CallCounts::default()),
         }
     }
@@ -191,6 +341,77 @@ impl PacedEc2 {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// How long `api`'s gate stays shut (zero: calls of it go at once, budget permitting).
+    pub fn hold(&self, api: &str) -> Duration {
+        let now = self.clock.now();
+        self.lock_gates()
+            .get(api)
+            .map_or(Duration::ZERO, |g| g.hold(now))
+    }
+
+    /// The API whose gate is shut longest now, and for how long (`None`: EC2 is not throttling this node). A
+    /// call waiting to retry after `RequestLimitExceeded` keeps its gate shut, so this is what an ADD that found
+    /// no free address reports.
+    pub fn throttling(&self) -> Option<(&'static str, Duration)> {
+        let now = self.clock.now();
+        self.lock_gates()
+            .iter()
+            .map(|(api, g)| (*api, g.hold(now)))
+            .filter(|(_, hold)| !hold.is_zero())
+            .max_by_key(|(_, hold)| *hold)
+    }
+
+    /// `api`'s gate (a default, open one if the API was never throttled).
+    pub fn gate(&self, api: &str) -> ThrottleGate {
+        self.lock_gates().get(api).cloned().unwrap_or_default()
+    }
+
+    fn lock_gates(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, ThrottleGate>> {
+        self.gates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until `api`'s gate is open (it may be shut again meanwhile by a concurrent throttle).
+    async fn pass_gate(&self, api: &'static str) {
+        loop {
+            let hold = self.hold(api);
+            if hold.is_zero() {
+                return;
+            }
+            self.clock.sleep(hold).await;
+        }
+    }
+
+    fn on_throttle(&self, api: &'static str, sent_at: Duration) -> Duration {
+        let now = self.clock.now();
+        let hold = self.lock_gates().entry(api).or_default().throttled(
+            &self.cfg.congestion,
+            sent_at,
+            now,
+            rand::random::<f64>(),
+        );
+        // The account is saturated: no burst from this node when the gate reopens.
+        self.bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(now);
+        bump(
+            &mut self
+                .counts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .throttled,
+            api,
+        );
+        hold
+    }
+
+    fn on_success(&self, api: &'static str) {
+        let now = self.clock.now();
+        if let Some(g) = self.lock_gates().get_mut(api) {
+            g.succeeded(&self.cfg.congestion, now, rand::random::<f64>());
+        }
     }
 
     async fn take_token(&self, api: &'static str) {
@@ -223,10 +444,32 @@ impl PacedEc2 {
         T: Send,
     {
         let mut attempt = 1;
+        let started = self.clock.now();
         loop {
+            self.pass_gate(api).await;
             self.take_token(api).await;
+            let sent_at = self.clock.now();
             match f().await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.on_success(api);
+                    return Ok(v);
+                }
+                Err(e @ Ec2Error::Throttled { .. }) => {
+                    let hold = self.on_throttle(api, sent_at);
+                    let now = self.clock.now();
+                    if now.saturating_sub(started) + hold >= self.cfg.throttle_budget {
+                        return Err(e);
+                    }
+                    tracing::debug!(api, retry_in = ?hold, "EC2 is throttling this API; the node slows down");
+                    bump(
+                        &mut self
+                            .counts
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .retried,
+                        api,
+                    );
+                }
                 Err(e) if e.is_retryable() && attempt < self.cfg.max_attempts => {
                     let wait = self.cfg.backoff.delay(attempt);
                     tracing::debug!(api, error = %e, attempt, retry_in = ?wait, "EC2 call failed; retrying");
@@ -406,6 +649,173 @@ mod tests {
             let full = Duration::from_secs(1 << (attempt - 1).min(3));
             assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
         }
+    }
+
+    #[test]
+    fn the_sdk_makes_one_attempt_per_call_unless_the_operator_says_otherwise() {
+        let unset = |_: &str| None;
+        assert_eq!(backend_env(ENV_SDK_MAX_ATTEMPTS, unset), Some("1".into()));
+        let empty = |_: &str| Some(" ".to_string());
+        assert_eq!(backend_env(ENV_SDK_MAX_ATTEMPTS, empty), Some("1".into()));
+        let set = |k: &str| (k == ENV_SDK_MAX_ATTEMPTS).then(|| "5".to_string());
+        assert_eq!(backend_env(ENV_SDK_MAX_ATTEMPTS, set), Some("5".into()));
+        // Everything else passes through.
+        assert_eq!(backend_env("HTTP_TIMEOUT", unset), None);
+        let other = |k: &str| Some(format!("v-{k}"));
+        assert_eq!(
+            backend_env("HTTP_TIMEOUT", other),
+            Some("v-HTTP_TIMEOUT".into())
+        );
+    }
+
+    fn cfg() -> CongestionConfig {
+        CongestionConfig {
+            initial: Duration::from_secs(2),
+            growth: 2.0,
+            max: Duration::from_secs(60),
+            recovery: 0.5,
+        }
+    }
+
+    #[test]
+    fn gate_widens_per_throttle_up_to_the_cap_and_holds_a_jittered_part_of_it() {
+        let c = cfg();
+        let mut g = ThrottleGate::default();
+        assert_eq!(
+            g.hold(Duration::ZERO),
+            Duration::ZERO,
+            "a fresh gate is open"
+        );
+        let mut now = Duration::from_secs(100);
+        let mut expected = Duration::from_secs(2);
+        for _ in 0..10 {
+            // Full jitter: the hold is the jitter's share of the window.
+            let hold = g.throttled(&c, now, now, 0.5);
+            assert_eq!(g.window(), expected);
+            assert_eq!(hold, expected / 2);
+            assert_eq!(g.hold(now), hold);
+            now += hold;
+            assert_eq!(g.hold(now), Duration::ZERO, "open once the hold has passed");
+            expected = (expected * 2).min(Duration::from_secs(60));
+        }
+        assert_eq!(g.window(), Duration::from_secs(60), "capped");
+        assert_eq!(g.throttles(), 10);
+        // Jitter 0 and (almost) 1 bound the hold.
+        assert_eq!(g.throttled(&c, now, now, 0.0), Duration::ZERO);
+        let near_full = g.throttled(&c, now, now, 0.999);
+        assert!(near_full > Duration::from_secs(59) && near_full <= Duration::from_secs(60));
+    }
+
+    #[test]
+    fn concurrent_throttles_widen_the_window_once() {
+        let c = cfg();
+        let mut g = ThrottleGate::default();
+        let t = Duration::from_secs(10);
+        // Three requests sent at t, all throttled: one congestion signal.
+        g.throttled(&c, t, t, 0.1);
+        g.throttled(&c, t, t + Duration::from_millis(5), 0.1);
+        g.throttled(&c, t, t + Duration::from_millis(9), 0.1);
+        assert_eq!(g.window(), Duration::from_secs(2));
+        assert_eq!(g.throttles(), 3);
+        // A request sent after the widening and throttled again is a new signal.
+        let later = t + Duration::from_secs(1);
+        g.throttled(&c, later, later, 0.1);
+        assert_eq!(g.window(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn a_later_throttle_never_shortens_a_longer_hold() {
+        let c = cfg();
+        let mut g = ThrottleGate::default();
+        let t = Duration::from_secs(10);
+        g.throttled(&c, t, t, 0.9); // window 2 s, open at t + 1.8 s
+        let again = t + Duration::from_millis(100);
+        g.throttled(&c, t, again, 0.0); // same signal, zero jitter
+        assert_eq!(g.hold(again), Duration::from_millis(1700));
+    }
+
+    #[test]
+    fn successes_shrink_the_window_slowly_then_close_it() {
+        let c = cfg();
+        let mut g = ThrottleGate::default();
+        let mut now = Duration::ZERO;
+        for _ in 0..5 {
+            g.throttled(&c, now, now, 0.0);
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(g.window(), Duration::from_secs(32));
+        g.succeeded(&c, now, 0.5);
+        assert_eq!(g.window(), Duration::from_secs(16));
+        // The next call of this API waits its turn behind a random part of the remaining window.
+        assert_eq!(g.hold(now), Duration::from_secs(8));
+        for _ in 0..4 {
+            g.succeeded(&c, now, 0.0);
+        }
+        assert_eq!(g.window(), Duration::from_secs(1), "16 -> 8 -> 4 -> 2 -> 1");
+        g.succeeded(&c, now, 0.0);
+        assert_eq!(g.window(), Duration::ZERO, "closed below initial / 2");
+        // Open and quiet: a success on a closed gate changes nothing.
+        let later = now + Duration::from_secs(30);
+        g.succeeded(&c, later, 0.9);
+        assert_eq!(g.hold(later), Duration::ZERO);
+        assert_eq!(g.window(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn throttled_calls_wait_at_the_shared_gate_and_are_retried_without_resending_anything_else(
+    ) {
+        let clock = crate::clock::ManualClock::default();
+        let mut spec = SimSpec::new("m5.large");
+        spec.clock = Arc::new(clock.clone());
+        spec.throttle = None;
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        let paced = PacedEc2::new(
+            Arc::new(sim.clone()),
+            Arc::new(clock.clone()),
+            PacingConfig::default(),
+        );
+        let iid = sim.instance_id();
+        sim.inject_faults(crate::sim::Fault::Throttle, Some("DescribeInstances"), 5);
+        let start = clock.now();
+        paced
+            .describe_instance(&iid)
+            .await
+            .expect("retried through the gate");
+        let c = paced.counts();
+        assert_eq!(c.sent.get("DescribeInstances"), Some(&6));
+        assert_eq!(c.throttled.get("DescribeInstances"), Some(&5));
+        assert_eq!(c.total_throttled(), 5);
+        // Five throttles widened the window to 32 s; the success halved it. Another API is not held back.
+        assert_eq!(
+            paced.gate("DescribeInstances").window(),
+            Duration::from_secs(16)
+        );
+        assert_eq!(paced.hold("DescribeSubnets"), Duration::ZERO);
+        assert!(clock.now() > start, "the node waited between the attempts");
+        // Only the throttled API was sent again.
+        assert_eq!(sim.calls().len(), 1, "{:?}", sim.calls());
+
+        // Throttled past the budget: the error reaches the caller, who can ask how long the gate stays shut.
+        let short = PacedEc2::new(
+            Arc::new(sim.clone()),
+            Arc::new(clock.clone()),
+            PacingConfig {
+                throttle_budget: Duration::from_secs(30),
+                ..PacingConfig::default()
+            },
+        );
+        sim.inject_faults(crate::sim::Fault::Throttle, Some("DescribeInstances"), 1000);
+        let err = short.describe_instance(&iid).await.expect_err("budget");
+        assert!(matches!(err, Ec2Error::Throttled { .. }), "{err}");
+        let sent = short
+            .counts()
+            .sent
+            .get("DescribeInstances")
+            .copied()
+            .unwrap_or(0);
+        assert!((2..20).contains(&sent), "a bounded number of sends: {sent}");
     }
 
     #[tokio::test(start_paused = true)]

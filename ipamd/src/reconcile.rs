@@ -63,7 +63,7 @@ use crate::ec2::{
 };
 use crate::hostnet::HostNetError;
 use crate::imds::ImdsError;
-use crate::node::{lock, mac_of, Node, NodeError, RELEASED_MEMORY, STARTUP_DESCRIBE_ATTEMPTS};
+use crate::node::{lock, mac_of, Node, NodeError, RELEASED_MEMORY, STARTUP_RETRY};
 
 /// A restored pod's veth must have been seen at least this long after the socket opened to be confirmed.
 pub const RESTORE_SETTLE: Duration = Duration::from_secs(15);
@@ -516,28 +516,38 @@ pub struct RestoreReport {
 }
 
 impl Node {
-    /// DescribeNetworkInterfaces for the ENIs IMDS lists, retried with backoff; `None` for an ENI EC2 does not
-    /// know. Fails after [`STARTUP_DESCRIBE_ATTEMPTS`]: without EC2's word nothing may be handed out.
+    /// DescribeNetworkInterfaces for the ENIs IMDS lists (one call for all of them); `None` for an ENI EC2 does
+    /// not know. Without EC2's word nothing may be handed out, so this waits for it: throttling and other
+    /// transient failures are retried for as long as they last, with jittered exponential backoff
+    /// ([`STARTUP_RETRY`], capped at a minute) on top of the API's throttle gate, rather than exiting and
+    /// being restarted by Kubernetes (whose CrashLoopBackOff waits up to 5 minutes, and whose every restart
+    /// reads IMDS and calls EC2 again). Each failed attempt is logged with what comes next. A permanent error
+    /// (not authorized, a malformed request) fails at once: retrying cannot fix an IAM policy.
     pub(crate) async fn describe_at_startup(
         &self,
         ids: &[String],
     ) -> Result<HashMap<String, Option<EniDescription>>, NodeError> {
-        let mut wait = Duration::from_secs(1);
-        let mut attempt = 0;
+        let mut attempt: u32 = 0;
         loop {
-            attempt += 1;
+            attempt = attempt.saturating_add(1);
             match self.describe_each(ids).await {
-                Ok(d) => return Ok(d),
-                Err(last) if attempt >= STARTUP_DESCRIBE_ATTEMPTS => {
+                Ok(d) => {
+                    if attempt > 1 {
+                        tracing::info!(attempt, "EC2 confirmed the node's ENIs");
+                    }
+                    return Ok(d);
+                }
+                Err(e) if e.is_retryable() => {
+                    let wait = STARTUP_RETRY.delay(attempt).max(self.ec2.hold(e.api()));
+                    tracing::warn!(error = %e, attempt, retry_in = ?wait,
+                        "cannot confirm the node's ENIs with EC2 yet; not serving until it does");
+                    self.deps.clock.sleep(wait).await;
+                }
+                Err(last) => {
                     return Err(NodeError::Unverified {
                         attempts: attempt,
                         last,
                     })
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, attempt, retry_in = ?wait, "cannot confirm the ENIs with EC2 yet");
-                    self.deps.clock.sleep(wait).await;
-                    wait *= 2;
                 }
             }
         }

@@ -103,8 +103,9 @@ pub async fn cluster(
                 account,
                 inner: Arc::new(sim.clone()),
             });
-            // A daemon that cannot start (EC2 throttled its startup calls) exits; Kubernetes restarts it with
-            // CrashLoopBackOff (10 s, doubling, at most 5 min).
+            // A daemon that cannot start exits; Kubernetes restarts it with CrashLoopBackOff (10 s, doubling, at
+            // most 5 min). Ours waits out throttling in-process (only a permanent error ends a start); the anchor
+            // model's startup does not fail on throttling either. A restart counted here is a real failure.
             let imds: Arc<SimEc2> = Arc::new(sim);
             let mut backoff = Duration::from_secs(10);
             let running = loop {

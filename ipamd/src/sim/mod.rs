@@ -166,6 +166,8 @@ pub enum Fault {
     TimeoutAfterApply,
     /// `RequestLimitExceeded`.
     Throttle,
+    /// `UnauthorizedOperation`: the IAM policy lacks the permission; nothing applied.
+    Unauthorized,
 }
 
 /// Simulator settings.
@@ -614,6 +616,7 @@ impl SimEc2 {
                 message: "The service is unavailable (injected)".into(),
             }),
             Some(Fault::Throttle) => Err(Ec2Error::Throttled { api }),
+            Some(Fault::Unauthorized) => Err(Ec2Error::Unauthorized { api }),
             Some(Fault::Timeout) => {
                 self.clock.sleep(self.timeout).await;
                 Err(Ec2Error::Timeout {
