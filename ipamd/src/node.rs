@@ -15,9 +15,10 @@
 //! subnet exhausted, throttled, ...). The anchor fails at once, and kubelet then backs off for seconds.
 //!
 //! Release hysteresis (`AWS_CNI_POOL_RELEASE_DELAY`): every pool step samples the pool's need into a
-//! [`crate::pool::HighWater`], and nothing is given back below its peak over the delay (see [`crate::pool`]). Pool steps, reconciliation and the
-//! leaked-ENI cleanup are serialised (one EC2 actor per node), and every EC2 call goes through
-//! [`crate::ratelimit::PacedEc2`]: a client-side token bucket, jittered retries, a count by API.
+//! [`crate::pool::HighWater`], and nothing is given back below its peak over the delay (see [`crate::pool`]).
+//!
+//! Pool steps, reconciliation and the leaked-ENI cleanup are serialised (one EC2 actor per node), and every EC2
+//! call goes through [`crate::ratelimit::PacedEc2`]: a client-side token bucket, jittered retries, a count by API.
 //!
 //! ENI lifecycle (anchor-facts §3.2, §3.3):
 //! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created);
