@@ -673,7 +673,9 @@ fn churn_section(plan: &Plan, bins: &Binaries) -> Result<Section, BenchError> {
              the scenario below max-pods (a failed ADD then means the pool did not keep up, not that the node was \
              full). With the default warm pool (one spare ENI, 49 addresses) the pool must grow several ENIs \
              while the churn runs, at the pace of ipamd's client-side EC2 budget (a burst of 10 calls, then 1 \
-             per second; an ENI takes 5 calls); with `MINIMUM_IP_TARGET=700, WARM_IP_TARGET=30` (a pool sized for the churn: about 730 addresses, \
+             per second; an ENI takes 5 calls); an ADD that finds every free address cooling waits inside ipamd \
+             for the first cooldown to end or the pool to grow (`AWS_CNI_ADD_WAIT_SECONDS`, default 8 s, within the \
+             plugin's 10 s deadline) instead of failing, which shows in the ADD p99 rather than as failures; with `MINIMUM_IP_TARGET=700, WARM_IP_TARGET=30` (a pool sized for the churn: about 730 addresses, \
              enough for about 730 / {CHURN_COOLDOWN} ≈ {} pods/s) the addresses \
              are there before the first pod (the daemon fills its pool before opening its socket) and the pool \
              can still grow. host-local has no cooldown.",
@@ -848,10 +850,10 @@ fn calls_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Section,
                 .find(|(n, _)| *n == api)
                 .map_or(&[][..], |(_, a)| *a);
             sec.notes.push(format!(
-                "Where ours calls most above the model ({worst}), the difference is mostly {api}: {:.0} against \
-                 {:.0} per 1,000 pods. Ours acts whenever an ADD or DEL leaves the pool short (and does not count \
-                 cooling addresses as available), the model once per 5 s; on that row the model failed {} ADD \
-                 attempts and left {} pods unplaced against ours' {} and {}.",
+                "On the row with the highest ratio ({worst}), the API where ours calls most relative to the model \
+                 is {api}: {:.0} against {:.0} per 1,000 pods. Ours grows when an ADD or DEL leaves the pool short \
+                 (it does not count cooling addresses as available), the model once per 5 s; on that row the model \
+                 failed {} ADD attempts and left {} pods unplaced against ours' {} and {}.",
                 o.per_1000(apis),
                 a.per_1000(apis),
                 a.failed_adds,
@@ -861,6 +863,18 @@ fn calls_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Section,
             ));
         }
     }
+    sec.notes.push(
+        "Ours keeps what a wave needed (addresses held or cooling plus the warm target) for \
+         `AWS_CNI_POOL_RELEASE_DELAY` (default 300 s, longer than the 120 s gap between waves) before giving \
+         anything back, so after the first wave it neither returns addresses, prefixes or ENIs nor asks for them \
+         again: its calls are startup, the first wave's growth, reconcile and the leak check. The model gives back \
+         and asks again every wave (an ENI created, attached, detached and deleted per wave with \
+         WARM_ENI_TARGET; Assign and Unassign with IP targets or prefixes). With `AWS_CNI_POOL_RELEASE_DELAY=0` ours \
+         would thrash as the model does. The workload calls ours' ADD that never waits (`Node::add`), so its \
+         failed attempts are counted as the model's are; the daemon's AddNetwork would instead wait for an \
+         address on its way."
+            .into(),
+    );
     sec.notes.push(
         "The anchor model is a model: its figures are what the published policy implies on this simulator, not \
          measurements of aws-node."

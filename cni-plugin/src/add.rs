@@ -31,22 +31,25 @@ pub async fn add(
     let pod = PodIdentity::from_env(env);
     let socket = conf.socket();
     let mut ipamd = client::connect(&socket, timeout).await?;
+    // The deadline travels as `grpc-timeout`: ipamd, which may wait for an address on its way, answers before it.
+    let mut request = tonic::Request::new(AddNetworkRequest {
+        client_version: env!("CARGO_PKG_VERSION").into(),
+        k8s_pod_name: pod.name.clone(),
+        k8s_pod_namespace: pod.namespace.clone(),
+        k8s_pod_infra_container_id: env
+            .args
+            .pod_infra_container_id
+            .clone()
+            .unwrap_or_else(|| container_id.clone()),
+        container_id: container_id.clone(),
+        if_name: ifname.clone(),
+        network_name: conf.net.name.clone(),
+        netns: netns.display().to_string(),
+        requires_multi_nic_attachment: false,
+    });
+    request.set_timeout(timeout);
     let reply = ipamd
-        .add_network(AddNetworkRequest {
-            client_version: env!("CARGO_PKG_VERSION").into(),
-            k8s_pod_name: pod.name.clone(),
-            k8s_pod_namespace: pod.namespace.clone(),
-            k8s_pod_infra_container_id: env
-                .args
-                .pod_infra_container_id
-                .clone()
-                .unwrap_or_else(|| container_id.clone()),
-            container_id: container_id.clone(),
-            if_name: ifname.clone(),
-            network_name: conf.net.name.clone(),
-            netns: netns.display().to_string(),
-            requires_multi_nic_attachment: false,
-        })
+        .add_network(request)
         .await
         .map_err(|s| rpc_error(&socket, "AddNetwork", timeout, s))?
         .into_inner();

@@ -24,6 +24,13 @@
 //! | `CLUSTER_NAME` | "" | cluster tag on new ENIs, and leak-cleanup filter |
 //! | `ADDITIONAL_ENI_TAGS` | {} | JSON object of extra ENI tags (keys containing `k8s.amazonaws.com` dropped) |
 //! | `DISABLE_LEAKED_ENI_CLEANUP` | false | no periodic deletion of this instance's leaked ENIs |
+//!
+//! Ours (prefix `AWS_CNI_`, no anchor equivalent):
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `AWS_CNI_POOL_RELEASE_DELAY` | 300 | seconds the pool keeps what it needed before giving it back (release hysteresis, see `pool.rs`); 0 = the anchor's behaviour |
+//! | `AWS_CNI_ADD_WAIT_SECONDS` | 8 | how long an ADD waits for an address that is on its way (cooldown ending, pool growing) before it fails; 0 = fail at once, as the anchor |
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -70,6 +77,15 @@ pub const ENV_ENABLE_SUBNET_DISCOVERY: &str = "ENABLE_SUBNET_DISCOVERY";
 pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
 pub const ENV_ADDITIONAL_ENI_TAGS: &str = "ADDITIONAL_ENI_TAGS";
 pub const ENV_DISABLE_LEAKED_ENI_CLEANUP: &str = "DISABLE_LEAKED_ENI_CLEANUP";
+pub const ENV_POOL_RELEASE_DELAY: &str = "AWS_CNI_POOL_RELEASE_DELAY";
+pub const ENV_ADD_WAIT_SECONDS: &str = "AWS_CNI_ADD_WAIT_SECONDS";
+
+/// Default of `AWS_CNI_POOL_RELEASE_DELAY`: as long as Kubernetes' HPA scale-down stabilisation window, so a
+/// workload that scales down and back up within five minutes finds its addresses still there.
+pub const DEFAULT_POOL_RELEASE_DELAY: Duration = Duration::from_secs(300);
+/// Default of `AWS_CNI_ADD_WAIT_SECONDS`: below the plugin's 10 s deadline for an ipamd call, with room for the
+/// checkpoint write and the plugin's own work.
+pub const DEFAULT_ADD_WAIT: Duration = Duration::from_secs(8);
 
 /// How the SNAT rule picks source ports (`AWS_VPC_K8S_CNI_RANDOMIZESNAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +144,10 @@ pub struct Config {
     /// `ADDITIONAL_ENI_TAGS`, reserved keys dropped.
     pub additional_eni_tags: BTreeMap<String, String>,
     pub disable_leaked_eni_cleanup: bool,
+    /// Release hysteresis: the pool gives back nothing it needed within this long (`AWS_CNI_POOL_RELEASE_DELAY`).
+    pub pool_release_delay: Duration,
+    /// How long an ADD waits for an address on its way before failing (`AWS_CNI_ADD_WAIT_SECONDS`).
+    pub add_wait: Duration,
 }
 
 impl Default for Config {
@@ -152,6 +172,8 @@ impl Default for Config {
             cluster_name: String::new(),
             additional_eni_tags: BTreeMap::new(),
             disable_leaked_eni_cleanup: false,
+            pool_release_delay: DEFAULT_POOL_RELEASE_DELAY,
+            add_wait: DEFAULT_ADD_WAIT,
         }
     }
 }
@@ -354,6 +376,10 @@ impl Config {
             pod_mtu,
             disable_provisioning: parse_bool(env, ENV_DISABLE_NETWORK_RESOURCE_PROVISIONING)?
                 .unwrap_or(false),
+            pool_release_delay: parse_u32(env, ENV_POOL_RELEASE_DELAY)?
+                .map_or(d.pool_release_delay, |s| Duration::from_secs(u64::from(s))),
+            add_wait: parse_u32(env, ENV_ADD_WAIT_SECONDS)?
+                .map_or(d.add_wait, |s| Duration::from_secs(u64::from(s))),
         })
     }
 }
@@ -377,6 +403,26 @@ mod tests {
         assert_eq!(c.eni_mtu, 9001);
         assert_eq!(c.pod_mtu, 9001);
         assert_eq!(c.max_eni, None);
+        assert_eq!(c.pool_release_delay, Duration::from_secs(300));
+        assert_eq!(c.add_wait, Duration::from_secs(8));
+    }
+
+    #[test]
+    fn our_pool_knobs_are_read_and_zero_restores_the_anchor() {
+        let c = Config::from_env(&env(&[
+            ("AWS_CNI_POOL_RELEASE_DELAY", "0"),
+            ("AWS_CNI_ADD_WAIT_SECONDS", "0"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.pool_release_delay, Duration::ZERO);
+        assert_eq!(c.add_wait, Duration::ZERO);
+        let c = Config::from_env(&env(&[
+            ("AWS_CNI_POOL_RELEASE_DELAY", "900"),
+            ("AWS_CNI_ADD_WAIT_SECONDS", "4"),
+        ]))
+        .expect("valid");
+        assert_eq!(c.pool_release_delay, Duration::from_secs(900));
+        assert_eq!(c.add_wait, Duration::from_secs(4));
     }
 
     #[test]
@@ -439,6 +485,8 @@ mod tests {
             ("IP_COOLDOWN_PERIOD", "-1"),
             ("POD_MTU", "10000"),
             ("MAX_ENI", "two"),
+            ("AWS_CNI_POOL_RELEASE_DELAY", "5m"),
+            ("AWS_CNI_ADD_WAIT_SECONDS", "-3"),
         ] {
             let e = Config::from_env(&env(&[(var, value)])).expect_err(var);
             assert_eq!(e.var, var, "{e}");

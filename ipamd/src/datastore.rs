@@ -774,6 +774,16 @@ impl Datastore {
         out
     }
 
+    /// When the first free address now in its cooldown becomes usable (monotonic), if any is cooling.
+    pub fn next_cooldown_end(&self, now: Duration) -> Option<Duration> {
+        self.enis
+            .values()
+            .flat_map(|e| e.slots.values())
+            .filter(|s| s.holder.is_none() && in_cooldown(s, now, self.cooldown))
+            .filter_map(|s| s.released_at.map(|t| t + self.cooldown))
+            .min()
+    }
+
     /// Counts for the pool engine.
     pub fn stats(&self, now: Duration) -> PoolStats {
         let mut s = PoolStats {
@@ -890,6 +900,46 @@ mod tests {
             ds.assign(&key("c2"), &PodMeta::default(), later)
                 .map(|x| x.ip),
             Ok(a.ip)
+        );
+    }
+
+    #[test]
+    fn next_cooldown_end_is_the_earliest_release_plus_the_cooldown() {
+        let mut ds = store(&[3]);
+        let t0 = Duration::from_secs(100);
+        assert_eq!(ds.next_cooldown_end(t0), None, "nothing released");
+        for c in ["c1", "c2", "c3"] {
+            ds.assign(&key(c), &PodMeta::default(), t0).expect("ip");
+        }
+        ds.unassign(&key("c2"), t0 + Duration::from_secs(5));
+        ds.unassign(&key("c1"), t0 + Duration::from_secs(9));
+        assert_eq!(
+            ds.next_cooldown_end(t0 + Duration::from_secs(10)),
+            Some(t0 + Duration::from_secs(35))
+        );
+        // Once the first has cooled, the next one is the answer; once all have, none.
+        assert_eq!(
+            ds.next_cooldown_end(t0 + Duration::from_secs(35)),
+            Some(t0 + Duration::from_secs(39))
+        );
+        assert_eq!(ds.next_cooldown_end(t0 + Duration::from_secs(39)), None);
+        // A cooling address taken back by its holder does not count.
+        ds.unassign(&key("c3"), t0 + Duration::from_secs(40));
+        ds.assign(
+            &key("c4"),
+            &PodMeta::default(),
+            t0 + Duration::from_secs(40),
+        )
+        .expect("cooled ip");
+        ds.assign(
+            &key("c5"),
+            &PodMeta::default(),
+            t0 + Duration::from_secs(40),
+        )
+        .expect("cooled ip");
+        assert_eq!(
+            ds.next_cooldown_end(t0 + Duration::from_secs(41)),
+            Some(t0 + Duration::from_secs(70))
         );
     }
 

@@ -187,6 +187,10 @@ pub struct Metrics {
     pub veth_reaper: IntCounterVec,
     /// Host veth deletions queued or in flight.
     pub veth_reaper_pending: IntGauge,
+    /// Addresses the release hysteresis keeps (the peak need over `AWS_CNI_POOL_RELEASE_DELAY`).
+    pub pool_keep: IntGauge,
+    /// ADDs waiting for an address on its way.
+    pub add_waiting: IntGauge,
 }
 
 /// Registers families and remembers their declarations.
@@ -447,6 +451,14 @@ impl Metrics {
                 "awscni_veth_reaper_pending",
                 "Host veth deletions queued or in flight",
             )?,
+            pool_keep: r.gauge(
+                "awscni_pool_keep_addresses",
+                "Addresses the pool keeps by its release hysteresis (peak need over AWS_CNI_POOL_RELEASE_DELAY)",
+            )?,
+            add_waiting: r.gauge(
+                "awscni_add_waiting",
+                "ADD requests waiting for an address on its way",
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -522,6 +534,9 @@ impl Metrics {
             prefixes += eni.prefixes().count() as i64;
         }
         self.total_ipv4_prefixes.set(prefixes);
+        self.pool_keep.set(i64::from(node.pool_floor()));
+        self.add_waiting
+            .set(i64::try_from(node.adds_waiting()).unwrap_or(i64::MAX));
         // Connmark rules are programmed through iptables (the anchor reports iptables or nftables here), and only
         // when ipamd does SNAT itself or NodePort support is on.
         let cfg = node.config();

@@ -1,11 +1,24 @@
 //! The node: datastore + EC2 + IMDS + host networking, and the pool task that keeps IPs ready.
 //!
-//! Request path (ADD/DEL) and pool path never wait on each other: an ADD takes the datastore lock for a few
-//! microseconds, never calls EC2 or IMDS, and if no IP is free it fails at once with the specific reason while it
-//! wakes the pool task. The pool task alone talks to EC2, one step at a time ([`crate::pool::decide`]), and only
-//! takes the datastore lock to read counts or to apply what EC2 returned. Pool steps, reconciliation and the
-//! leaked-ENI cleanup are serialised (one EC2 actor per node), and every EC2 call goes through
-//! [`crate::ratelimit::PacedEc2`]: a client-side token bucket, jittered retries, a count by API.
+//! Request path (ADD/DEL) and pool path never block each other: an ADD takes the datastore lock for a few
+//! microseconds and never calls EC2 or IMDS. The pool task alone talks to EC2, one step at a time
+//! ([`crate::pool::decide`]), and only takes the datastore lock to read counts or to apply what EC2 returned.
+//!
+//! An ADD that finds no usable address **waits** for one when one is on its way (see [`Node::add_durable`]): an
+//! address in cooldown whose cooldown ends within the wait bound (`AWS_CNI_ADD_WAIT_SECONDS`), or a pool that is
+//! growing (below max-pods, an ENI slot or room left, provisioning allowed, no subnet-full error). Waiting ADDs
+//! queue first come first served ([`AddQueue`]); every DEL, every pool step and every reconcile pass wakes them,
+//! and each sleeps on the engine's [`Clock`] until the next cooldown ends, so virtual-time tests and benchmarks
+//! see the same behaviour. They also count as demand: the pool task, which lets a burst of ADDs gather for
+//! [`POOL_DEBOUNCE`] before it decides, asks EC2 for every waiting ADD plus the warm target in one call. When
+//! nothing is coming, or the bound passes, the ADD fails with the specific reason (cooldown, max-pods, ENI limit,
+//! subnet exhausted, throttled, ...). The anchor fails at once, and kubelet then backs off for seconds.
+//!
+//! Release hysteresis (`AWS_CNI_POOL_RELEASE_DELAY`): every pool step samples the pool's need into a
+//! [`crate::pool::HighWater`], and nothing is given back below its peak over the delay (see [`crate::pool`]).
+//!
+//! Pool steps, reconciliation and the leaked-ENI cleanup are serialised (one EC2 actor per node), and every EC2
+//! call goes through [`crate::ratelimit::PacedEc2`]: a client-side token bucket, jittered retries, a count by API.
 //!
 //! ENI lifecycle (anchor-facts §3.2, §3.3):
 //! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created);
@@ -33,7 +46,7 @@
 //! the change is in the checkpoint ([`crate::checkpoint`], group commit); [`Node::add`] and [`Node::del`] change
 //! memory only and leave the write to the background flusher ([`Node::run_checkpointer`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -57,7 +70,7 @@ use crate::ec2::{
 };
 use crate::hostnet::{HostNetError, HostNetwork, HostPlan};
 use crate::imds::{Imds, ImdsError, NodeMetadata};
-use crate::pool::{decide, Decision, EniRoom, PoolPolicy, PREFIX_SIZE};
+use crate::pool::{decide, Decision, EniRoom, HighWater, Outlook, PoolPolicy, PREFIX_SIZE};
 use crate::ratelimit::{CallCounts, PacedEc2, PacingConfig};
 use crate::reconcile::PodHost;
 use crate::snat::SnatPlan;
@@ -68,6 +81,12 @@ pub const SHRINK_INTERVAL: Duration = Duration::from_secs(30);
 pub const RELEASED_MEMORY: Duration = Duration::from_secs(60);
 /// No growth this long after the subnet ran out (anchor `insufficientCidrErrorCooldown`).
 pub const SUBNET_EXHAUSTED_BACKOFF: Duration = Duration::from_secs(120);
+/// How long the pool task lets a burst of ADDs and DELs gather after being woken, so the burst is one decision
+/// (and one EC2 call) rather than one per request.
+pub const POOL_DEBOUNCE: Duration = Duration::from_millis(20);
+/// A waiting ADD answers this long before the caller's gRPC deadline (`grpc-timeout`), leaving room for the
+/// checkpoint write and the reply.
+pub const ADD_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
 /// Subnet tag that makes a subnet a candidate for new ENIs (subnet discovery).
 pub const TAG_CNI_SUBNET: &str = "kubernetes.io/role/cni";
 
@@ -190,6 +209,65 @@ pub(crate) struct PoolStatus {
     pub(crate) force_removed: u64,
     /// EC2 said an ENI or address we hold does not exist: reconcile at the next chance.
     pub(crate) reconcile_wanted: bool,
+    /// The pool's need over the release delay (release hysteresis); created with the node.
+    pub(crate) high_water: HighWater,
+}
+
+/// ADDs waiting for an address, served first come first served: only the oldest waiter takes an address, and a
+/// new ADD does not overtake anyone already waiting. `event` fires whenever an address may have become usable
+/// or the pool's prospects changed (a DEL, a pool step, a reconcile pass, a waiter served or giving up).
+#[derive(Debug, Default)]
+pub(crate) struct AddQueue {
+    state: Mutex<QueueState>,
+    pub(crate) event: Notify,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    next_ticket: u64,
+    waiting: VecDeque<u64>,
+}
+
+impl AddQueue {
+    /// ADDs waiting now.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).waiting.len()
+    }
+
+    fn join(&self) -> u64 {
+        let mut st = lock(&self.state);
+        let t = st.next_ticket;
+        st.next_ticket += 1;
+        st.waiting.push_back(t);
+        t
+    }
+
+    fn is_first(&self, ticket: u64) -> bool {
+        lock(&self.state).waiting.front() == Some(&ticket)
+    }
+
+    fn leave(&self, ticket: u64) {
+        lock(&self.state).waiting.retain(|t| *t != ticket);
+        // The next in line may now go (or re-check its prospects).
+        self.event.notify_waiters();
+    }
+
+    /// Wakes every waiter to look again.
+    pub(crate) fn poke(&self) {
+        self.event.notify_waiters();
+    }
+}
+
+/// Leaves the queue however the waiting ADD ends (served, failed, or its request dropped by a gone client).
+struct Ticket<'a> {
+    queue: &'a AddQueue,
+    id: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.queue.leave(self.id);
+    }
 }
 
 /// Counters of the engine's work, for tests, status and logs.
@@ -221,6 +299,8 @@ pub struct Node {
     pub(crate) recovery: Mutex<RecoveryState>,
     pub(crate) pods: Option<Arc<dyn PodHost>>,
     pub(crate) veth_prefix: String,
+    /// ADDs waiting for an address.
+    pub(crate) adds: AddQueue,
 }
 
 impl std::fmt::Debug for Node {
@@ -339,7 +419,11 @@ impl Node {
             ec2,
             policy,
             ds: Mutex::new(Datastore::new(config.ip_cooldown)),
-            status: Mutex::new(PoolStatus::default()),
+            status: Mutex::new(PoolStatus {
+                high_water: HighWater::new(config.pool_release_delay),
+                ..PoolStatus::default()
+            }),
+            adds: AddQueue::default(),
             wake: Notify::new(),
             actor: tokio::sync::Mutex::new(()),
             checkpoint: recovery.checkpoint.clone(),
@@ -501,33 +585,35 @@ impl Node {
         key: &IpamKey,
         meta: &PodMeta,
     ) -> Result<(Allocation, bool, u64), AddFailure> {
-        let now = self.deps.clock.now();
-        let wall = self.deps.clock.wall();
-        let res = {
-            let mut ds = lock(&self.ds);
-            ds.assign_at(key, meta, now, wall)
-                .map(|(a, fresh)| (a, fresh, ds.generation()))
-        };
-        // Whatever happened, the pool may now be below target.
-        self.wake.notify_one();
-        if matches!(res, Ok((_, true, _))) {
-            self.flush.notify_one();
-        }
-        res.map_err(|e| self.explain(e))
+        self.try_assign(key, meta).map_err(|e| self.explain(e))
     }
 
-    /// [`Node::add`] that returns only once the assignment is in the checkpoint. If it cannot be written, the
-    /// address is taken back (it never reached the pod) and the ADD fails with `INTERNAL`.
+    /// [`Node::add`] that waits up to `AWS_CNI_ADD_WAIT_SECONDS` for an address on its way (see the module
+    /// docs), and returns only once the assignment is in the checkpoint. If it cannot be written, the address is
+    /// taken back (it never reached the pod) and the ADD fails with `INTERNAL`.
     pub async fn add_durable(
         &self,
         key: &IpamKey,
         meta: &PodMeta,
     ) -> Result<Allocation, AddFailure> {
-        let (alloc, fresh, generation) = self.assign_now(key, meta)?;
+        self.add_durable_within(key, meta, self.config.add_wait)
+            .await
+    }
+
+    /// [`Node::add_durable`] waiting at most `bound` for an address (the gRPC service passes the smaller of
+    /// the configured bound and the caller's deadline); a zero bound fails at once, as the anchor does.
+    pub async fn add_durable_within(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        bound: Duration,
+    ) -> Result<Allocation, AddFailure> {
+        let (alloc, fresh, generation) = self.assign_waiting(key, meta, bound).await?;
         if let Err(e) = self.persist(generation).await {
             if fresh {
                 lock(&self.ds).unassign_unused(key, alloc.ip);
                 self.flush.notify_one();
+                self.adds.poke();
             }
             return Err(AddFailure {
                 reason: FailureReason::Internal,
@@ -548,6 +634,122 @@ impl Node {
         Ok(alloc)
     }
 
+    /// Assigns an address to `key`, waiting up to `bound` for one on its way: first come first served behind
+    /// the ADDs already waiting, woken by DELs, pool steps and reconcile passes, and sleeping on the clock until
+    /// the next cooldown ends. Fails with the specific reason when nothing is coming or the bound passes.
+    async fn assign_waiting(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        bound: Duration,
+    ) -> Result<(Allocation, bool, u64), AddFailure> {
+        if bound.is_zero() || self.adds.len() == 0 {
+            match self.try_assign(key, meta) {
+                Ok(r) => return Ok(r),
+                Err(e) if bound.is_zero() => return Err(self.explain(e)),
+                Err(_) => {}
+            }
+        }
+        let started = self.deps.clock.now();
+        let deadline = started + bound;
+        let ticket = Ticket {
+            queue: &self.adds,
+            id: self.adds.join(),
+        };
+        // The pool counts waiting ADDs as demand: let it see this one.
+        self.wake.notify_one();
+        loop {
+            let notified = self.adds.event.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.deps.clock.now();
+            if self.adds.is_first(ticket.id) {
+                match self.try_assign(key, meta) {
+                    Ok(r) => {
+                        if now > started {
+                            tracing::debug!(
+                                container = %key.container_id,
+                                waited = ?now.saturating_sub(started),
+                                "ADD got an address after waiting"
+                            );
+                        }
+                        return Ok(r);
+                    }
+                    Err(e) => {
+                        if now >= deadline || !self.address_coming(now, deadline) {
+                            return Err(self.explain(e));
+                        }
+                    }
+                }
+            } else if now >= deadline {
+                let in_cooldown = self.stats().cooldown;
+                return Err(self.explain(AssignError::NoFreeIp { in_cooldown }));
+            }
+            let until = lock(&self.ds)
+                .next_cooldown_end(now)
+                .map_or(deadline, |t| t.min(deadline));
+            tokio::select! {
+                () = &mut notified => {}
+                () = self.deps.clock.sleep(until.saturating_sub(now)) => {}
+            }
+        }
+    }
+
+    /// One assignment attempt, no waiting; wakes the pool (the pool may now be below target).
+    fn try_assign(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+    ) -> Result<(Allocation, bool, u64), AssignError> {
+        let now = self.deps.clock.now();
+        let wall = self.deps.clock.wall();
+        let res = {
+            let mut ds = lock(&self.ds);
+            ds.assign_at(key, meta, now, wall)
+                .map(|(a, fresh)| (a, fresh, ds.generation()))
+        };
+        self.wake.notify_one();
+        if matches!(res, Ok((_, true, _))) {
+            self.flush.notify_one();
+        }
+        res
+    }
+
+    /// Whether an address can reach a waiting ADD by `deadline`: a cooldown ends by then, or the pool can grow.
+    fn address_coming(&self, now: Duration, deadline: Duration) -> bool {
+        if lock(&self.ds)
+            .next_cooldown_end(now)
+            .is_some_and(|t| t <= deadline)
+        {
+            return true;
+        }
+        let blocked = self.growth_blocked(&self.stats(), now);
+        // Missing IAM permissions do not fix themselves within seconds.
+        let unauthorized = matches!(
+            lock(&self.status).last_error,
+            Some(Ec2Error::Unauthorized { .. })
+        );
+        !blocked && !unauthorized
+    }
+
+    /// Whether the pool cannot get more addresses now: max-pods reached, every ENI attached and full,
+    /// provisioning disabled, or the subnet out of addresses (within its backoff).
+    fn growth_blocked(&self, stats: &PoolStats, now: Duration) -> bool {
+        let slots = self.policy.slots_per_eni();
+        let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
+        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
+            && self.rooms(now).iter().all(|r| r.slots >= slots);
+        let status = lock(&self.status);
+        let at_eni_limit =
+            all_full || matches!(status.last_decision, Some(Decision::AtEniLimit { .. }));
+        let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
+            && status.grow_blocked_until.is_some_and(|t| now < t);
+        total >= self.policy.max_pods
+            || at_eni_limit
+            || self.config.disable_provisioning
+            || subnet_exhausted
+    }
+
     /// Releases the IP of `key`; `None` when it held none (repeated DEL). The checkpoint is written in the
     /// background; see [`Node::del_durable`].
     pub fn del(&self, key: &IpamKey) -> Option<Allocation> {
@@ -563,6 +765,8 @@ impl Node {
         self.wake.notify_one();
         if res.0.is_some() {
             self.flush.notify_one();
+            // With no cooldown the address is usable now; else waiters re-plan around its cooldown's end.
+            self.adds.poke();
         }
         res
     }
@@ -633,16 +837,11 @@ impl Node {
         let slots = self.policy.slots_per_eni();
         let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
             && self.rooms(now).iter().all(|r| r.slots >= slots);
+        let cannot_grow = self.growth_blocked(&stats, now);
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
         let at_eni_limit =
             all_full || matches!(status.last_decision, Some(Decision::AtEniLimit { .. }));
-        let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
-            && status.grow_blocked_until.is_some_and(|t| now < t);
-        let cannot_grow = total >= self.policy.max_pods
-            || at_eni_limit
-            || self.config.disable_provisioning
-            || subnet_exhausted;
         let cooldown_secs = self.config.ip_cooldown.as_secs();
         let (reason, message) = if in_cooldown > 0 && cannot_grow {
             (
@@ -733,17 +932,50 @@ impl Node {
             .collect()
     }
 
+    /// What the policy needs beyond the counts: waiting ADDs, the release hysteresis' floor (sampling the need
+    /// now), and whether the shrink interval has passed.
+    fn outlook(&self, now: Duration, stats: &PoolStats) -> Outlook {
+        let waiting = u32::try_from(self.adds.len()).unwrap_or(u32::MAX);
+        let need = self.policy.need(stats, waiting);
+        let mut st = lock(&self.status);
+        st.high_water.record(now, need);
+        Outlook {
+            waiting,
+            keep: st.high_water.peak(now),
+            may_shrink: st
+                .last_shrink
+                .is_none_or(|t| now.saturating_sub(t) >= SHRINK_INTERVAL),
+        }
+    }
+
     /// What the pool would do now (no EC2 call).
     pub fn next_decision(&self) -> Decision {
         let now = self.deps.clock.now();
-        let may_shrink = lock(&self.status)
-            .last_shrink
-            .is_none_or(|t| now.saturating_sub(t) >= SHRINK_INTERVAL);
-        decide(&self.policy, &self.stats(), &self.rooms(now), may_shrink)
+        let stats = self.stats();
+        let outlook = self.outlook(now, &stats);
+        decide(&self.policy, &stats, &self.rooms(now), &outlook)
     }
 
-    /// Decides and carries out one pool step. Returns what was decided.
+    /// Addresses the release hysteresis keeps now (the peak need over `AWS_CNI_POOL_RELEASE_DELAY`).
+    pub fn pool_floor(&self) -> u32 {
+        let now = self.deps.clock.now();
+        lock(&self.status).high_water.peak(now)
+    }
+
+    /// ADDs waiting for an address now.
+    pub fn adds_waiting(&self) -> usize {
+        self.adds.len()
+    }
+
+    /// Decides and carries out one pool step. Returns what was decided. Waiting ADDs are woken afterwards,
+    /// whatever happened (new addresses, or an error that may mean none are coming).
     pub async fn pool_step(&self) -> Result<Decision, Ec2Error> {
+        let res = self.pool_step_inner().await;
+        self.adds.poke();
+        res
+    }
+
+    async fn pool_step_inner(&self) -> Result<Decision, Ec2Error> {
         let _actor = self.actor.lock().await;
         let now = self.deps.clock.now();
         let mut decision = self.next_decision();
@@ -1151,7 +1383,7 @@ impl Node {
         Ok(())
     }
 
-    /// The pool task: wakes on every ADD/DEL and every `interval`, grows or shrinks the pool, backs off on EC2
+    /// The pool task: wakes on every ADD/DEL (after [`POOL_DEBOUNCE`]) and every `interval`, grows or shrinks the pool, backs off on EC2
     /// errors with jitter, reconciles with IMDS/EC2 every minute and looks for leaked ENIs every hour (see
     /// [`crate::reconcile`]). Returns when `shutdown` fires.
     pub async fn run_pool(self: Arc<Self>, interval: Duration, shutdown: Arc<Notify>) {
@@ -1187,11 +1419,20 @@ impl Node {
                 }
             }
             timers.run_due(&self).await;
+            // Reconcile may have added addresses or found ENIs gone: let waiting ADDs look again.
+            self.adds.poke();
             let wait = delay.unwrap_or(interval);
-            tokio::select! {
+            let woken = tokio::select! {
                 () = shutdown.notified() => return,
-                () = self.wake.notified(), if delay.is_none() => {}
-                () = self.deps.clock.sleep(wait) => {}
+                () = self.wake.notified(), if delay.is_none() => true,
+                () = self.deps.clock.sleep(wait) => false,
+            };
+            if woken {
+                // Let a burst of ADDs gather: one decision and one EC2 call for all of them.
+                tokio::select! {
+                    () = shutdown.notified() => return,
+                    () = self.deps.clock.sleep(POOL_DEBOUNCE) => {}
+                }
             }
         }
     }

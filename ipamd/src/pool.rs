@@ -3,13 +3,15 @@
 //! The policy is a pure function ([`decide`]) so it can be tested exhaustively; the daemon's pool task calls it
 //! in a loop and carries out one step at a time (see `node.rs`). It follows the anchor (anchor-facts §3.4) with
 //! its units: an *address* is a secondary IP, or one of the sixteen of a /28 prefix in prefix-delegation mode
-//! (PD); a *slot* is what EC2 counts against an ENI's IPv4 limit (one per secondary IP or per prefix).
+//! (PD); a *slot* is what EC2 counts against an ENI's IPv4 limit (one per secondary IP or per prefix). Besides
+//! the counts it takes an [`Outlook`]: the ADDs waiting for an address, the recent peak of need (`keep`), and
+//! whether a shrink step is due.
 //!
 //! ```text
-//!   short (addresses the pool lacks):
-//!     IP targets set (WARM_IP_TARGET / MINIMUM_IP_TARGET):  max(WARM_IP - available, MINIMUM_IP - total, 0)
-//!     PD, WARM_PREFIX_TARGET:                               16 x WARM_PREFIX - available
-//!     otherwise (WARM_ENI_TARGET, default 1):               WARM_ENI x addresses_per_eni - available
+//!   short (addresses the pool lacks; `waiting` = ADD requests waiting for an address):
+//!     IP targets set (WARM_IP_TARGET / MINIMUM_IP_TARGET):  max(WARM_IP + waiting - available, MINIMUM_IP - total, 0)
+//!     PD, WARM_PREFIX_TARGET:                               16 x WARM_PREFIX + waiting - available
+//!     otherwise (WARM_ENI_TARGET, default 1):               WARM_ENI x addresses_per_eni + waiting - available
 //!     (a target of 0 with nothing available still asks for one, as the anchor does)
 //!   never past max-pods (anchor #2793): nothing once total >= max-pods; secondary IPs capped at
 //!     max-pods - total; in PD a /28 is indivisible, so the last prefix may overshoot by less than 16.
@@ -19,17 +21,39 @@
 //!               else the node is at its ENI limit
 //!   otherwise, at most once per shrink interval (the engine says when):
 //!     excess = max(total - max-pods,                                 shrinking respects max-pods too
-//!                  min(available - WARM_IP, total - MINIMUM_IP)       only with IP targets
-//!                  16 x (free prefixes - WARM_PREFIX))                PD without IP targets
+//!                  min(over_target, total - keep))                   never below the recent peak of need
+//!       over_target = min(available - WARM_IP, total - MINIMUM_IP)   only with IP targets
+//!                     16 x (free prefixes - WARM_PREFIX)             PD without IP targets
 //!     excess > 0  give back free, cooled-down IPs (or whole free prefixes), highest device first
-//!     else        free one ENI: not the primary, attached >= 1 min, no pod, no IP in cooldown, and the pool
-//!                 without it is still not short (for WARM_ENI_TARGET this is the anchor's
-//!                 available >= (WARM_ENI + 1) x addresses_per_eni)
+//!     else        free one ENI: not the primary, attached >= 1 min, no pod, no IP in cooldown, the pool
+//!                 without it still holds `keep` addresses and is not short (for WARM_ENI_TARGET this is the
+//!                 anchor's available >= (WARM_ENI + 1) x addresses_per_eni)
 //! ```
 //!
 //! `available` excludes IPs in cooldown (the anchor counts them, #2896, so its pool stops growing while ADDs fail).
 //! With only WARM_ENI_TARGET the pool never gives back single IPs (as the anchor), only whole ENIs.
+//!
+//! **Coalesced growth.** A burst of ADDs is one EC2 call, not one per ADD: an ADD that finds no address waits
+//! (see `Node::add_durable`) and counts in `waiting`, so the step the pool takes asks for every waiting ADD
+//! *plus* the warm target at once (within the ENI's room and max-pods), and the engine lets a burst gather for a
+//! few milliseconds before it decides. With WARM_ENI_TARGET the pool already fills a whole ENI per call.
+//!
+//! **Release hysteresis** (`AWS_CNI_POOL_RELEASE_DELAY`, ours; default 300 s, 0 = the anchor's behaviour).
+//! [`PoolPolicy::need`] is what the pool should hold right now (addresses held or cooling, plus waiting ADDs,
+//! plus the warm target, or MINIMUM_IP_TARGET). The engine keeps the highest `need` seen over the last release
+//! delay ([`HighWater`], a sliding-window maximum) and passes it as `keep`: nothing is given back, neither
+//! addresses nor prefixes nor ENIs, that would take the pool below it. A node whose pods come in waves (a
+//! Deployment scaled up and down, a batch job every few minutes, CI runners) therefore keeps the addresses of
+//! its last wave instead of giving them back between waves and asking for them again — the anchor's ENI and
+//! address thrash, one Create/Attach/Detach/Delete or Assign/Unassign per wave. The delay counts from the last
+//! moment the addresses were needed, not from when they were obtained; once demand has stayed lower for the
+//! whole delay, the pool shrinks by the anchor's rules (one step per 30 s shrink interval, MIN_ENI_LIFETIME,
+//! cooldown). The trade-off: the subnet's addresses (and ENI slots) stay with a node up to the delay longer
+//! after its pods are gone, which matters in a nearly full subnet shared by many nodes — lower the delay (or set
+//! 0) there. It never makes the pool exceed max-pods: `keep` blocks shrinking, it never causes growth, and
+//! addresses above max-pods are always given back.
 
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -82,6 +106,70 @@ pub struct EniRoom {
     pub releasable_prefixes: Vec<Ipv4Network>,
     /// Time since it was attached.
     pub age: Duration,
+}
+
+/// What the engine knows beyond the datastore's counts (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outlook {
+    /// ADD requests waiting for an address now: each needs one on top of the warm target.
+    pub waiting: u32,
+    /// Addresses to keep: the highest [`PoolPolicy::need`] of the release window (0: no hysteresis).
+    pub keep: u32,
+    /// The shrink interval since the last release has passed.
+    pub may_shrink: bool,
+}
+
+/// A sliding-window maximum of the pool's need: the highest value sampled in the last `window` (the release
+/// hysteresis of the module docs). The engine samples at every pool step (at least every 5 s, and after every
+/// ADD and DEL), and the newest sample never expires, so the mark follows the need with at most one sampling
+/// interval of lag. Samples are kept as a deque of strictly decreasing values: a record is amortised O(1) and
+/// the deque never holds more entries than there were drops within the window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HighWater {
+    window: Duration,
+    /// `(time, value)`, values strictly decreasing from front to back.
+    samples: VecDeque<(Duration, u32)>,
+}
+
+impl HighWater {
+    /// A high-water mark over `window`; a zero window remembers nothing (the peak is always 0).
+    pub fn new(window: Duration) -> HighWater {
+        HighWater {
+            window,
+            samples: VecDeque::new(),
+        }
+    }
+
+    /// Records `value` sampled at `now` (monotonic; a time before the last sample counts as the last one's).
+    pub fn record(&mut self, now: Duration, value: u32) {
+        if self.window.is_zero() {
+            return;
+        }
+        let now = self.samples.back().map_or(now, |(t, _)| now.max(*t));
+        while self.samples.back().is_some_and(|(_, v)| *v <= value) {
+            self.samples.pop_back();
+        }
+        self.samples.push_back((now, value));
+        self.expire(now);
+    }
+
+    /// The highest value sampled within `window` before `now`, or the newest sample if all are older (0 when
+    /// none was ever recorded or the window is zero).
+    pub fn peak(&mut self, now: Duration) -> u32 {
+        self.expire(now);
+        self.samples.front().map_or(0, |(_, v)| *v)
+    }
+
+    fn expire(&mut self, now: Duration) {
+        while self.samples.len() > 1
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now.saturating_sub(*t) >= self.window)
+        {
+            self.samples.pop_front();
+        }
+    }
 }
 
 /// What to do next.
@@ -143,32 +231,38 @@ impl PoolPolicy {
         }
     }
 
-    fn raw_short(&self, total: u32, available: u32) -> u32 {
-        let target = |want: u32| {
-            if want == 0 && available == 0 {
-                1 // a target of 0 still keeps one address ready, as the anchor does
-            } else {
-                want.saturating_sub(available)
-            }
-        };
+    /// Free addresses the targets ask for (WARM_IP_TARGET, 16 x WARM_PREFIX_TARGET or WARM_ENI_TARGET ENIs'
+    /// worth).
+    fn warm_addresses(&self) -> u32 {
         if self.uses_ip_targets() {
             self.warm_ip_target
-                .saturating_sub(available)
-                .max(self.minimum_ip_target.saturating_sub(total))
         } else if self.prefix_delegation {
-            target(self.warm_prefix_target.saturating_mul(PREFIX_SIZE))
+            self.warm_prefix_target.saturating_mul(PREFIX_SIZE)
         } else {
-            target(self.warm_eni_target.saturating_mul(self.ips_per_eni))
+            self.warm_eni_target.saturating_mul(self.ips_per_eni)
         }
     }
 
-    /// How many addresses the pool is short of its target (0 = none), within max-pods.
-    pub fn shortage(&self, s: &PoolStats) -> u32 {
+    fn raw_short(&self, total: u32, available: u32, waiting: u32) -> u32 {
+        let want = self.warm_addresses().saturating_add(waiting);
+        if self.uses_ip_targets() {
+            want.saturating_sub(available)
+                .max(self.minimum_ip_target.saturating_sub(total))
+        } else if want == 0 && available == 0 {
+            1 // a target of 0 still keeps one address ready, as the anchor does
+        } else {
+            want.saturating_sub(available)
+        }
+    }
+
+    /// How many addresses the pool is short of its target with `waiting` ADDs waiting (0 = none), within
+    /// max-pods.
+    pub fn shortage(&self, s: &PoolStats, waiting: u32) -> u32 {
         let total = u(s.total);
         if total >= self.max_pods {
             return 0;
         }
-        let short = self.raw_short(total, u(s.available));
+        let short = self.raw_short(total, u(s.available), waiting);
         if self.prefix_delegation {
             short
         } else {
@@ -176,8 +270,26 @@ impl PoolPolicy {
         }
     }
 
-    /// Addresses above what the pool should hold (see the module docs).
-    pub fn excess(&self, s: &PoolStats) -> u32 {
+    /// The addresses the pool should hold right now to be on target: those held or cooling, one per waiting
+    /// ADD, and the warm target (at least MINIMUM_IP_TARGET; whole prefixes in PD), never above max-pods. The
+    /// engine's release hysteresis keeps the peak of this over its window (see the module docs).
+    pub fn need(&self, s: &PoolStats, waiting: u32) -> u32 {
+        let busy = u(s.total.saturating_sub(s.available));
+        let mut need = busy
+            .saturating_add(waiting)
+            .saturating_add(self.warm_addresses());
+        if self.uses_ip_targets() {
+            need = need.max(self.minimum_ip_target);
+        }
+        if self.prefix_delegation {
+            need = need.div_ceil(PREFIX_SIZE).saturating_mul(PREFIX_SIZE);
+        }
+        need.min(self.max_pods)
+    }
+
+    /// Addresses above what the pool should hold, never taking it below `keep` except to get back under max-pods
+    /// (see the module docs).
+    pub fn excess(&self, s: &PoolStats, keep: u32) -> u32 {
         let total = u(s.total);
         let available = u(s.available);
         let over_max_pods = total.saturating_sub(self.max_pods);
@@ -192,7 +304,7 @@ impl PoolPolicy {
         } else {
             0
         };
-        over_max_pods.max(over_target)
+        over_max_pods.max(over_target.min(total.saturating_sub(keep)))
     }
 }
 
@@ -237,8 +349,13 @@ fn grow(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom], short: u32) -
     Decision::AtEniLimit { short }
 }
 
-fn shrink(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom]) -> Option<Decision> {
-    let excess = policy.excess(stats);
+fn shrink(
+    policy: &PoolPolicy,
+    stats: &PoolStats,
+    enis: &[&EniRoom],
+    keep: u32,
+) -> Option<Decision> {
+    let excess = policy.excess(stats, keep);
     if excess > 0 {
         // Highest device first: draining the newest ENIs lets them be freed later.
         for eni in enis.iter().rev() {
@@ -267,7 +384,12 @@ fn shrink(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom]) -> Option<D
     }
     // Free one ENI whose addresses the pool does not need.
     for eni in enis.iter().rev() {
-        if eni.is_primary || eni.assigned > 0 || eni.cooling > 0 || eni.age < MIN_ENI_LIFETIME {
+        if eni.is_primary
+            || eni.assigned > 0
+            || eni.cooling > 0
+            || eni.age < MIN_ENI_LIFETIME
+            || u(stats.total).saturating_sub(eni.ips) < keep
+        {
             continue;
         }
         let without = PoolStats {
@@ -276,7 +398,7 @@ fn shrink(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom]) -> Option<D
             enis: stats.enis.saturating_sub(1),
             ..*stats
         };
-        if policy.raw_short(u(without.total), u(without.available)) == 0 {
+        if policy.raw_short(u(without.total), u(without.available), 0) == 0 {
             return Some(Decision::FreeEni {
                 eni_id: eni.eni_id.clone(),
             });
@@ -285,22 +407,22 @@ fn shrink(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom]) -> Option<D
     None
 }
 
-/// The next step for the pool. `enis` lists the attached ENIs the daemon manages; `may_shrink` is false while
-/// the shrink interval since the last release has not passed.
+/// The next step for the pool. `enis` lists the attached ENIs the daemon manages; `outlook` says how many ADDs
+/// wait, what the release hysteresis keeps, and whether the shrink interval since the last release has passed.
 pub fn decide(
     policy: &PoolPolicy,
     stats: &PoolStats,
     enis: &[EniRoom],
-    may_shrink: bool,
+    outlook: &Outlook,
 ) -> Decision {
     let mut sorted: Vec<&EniRoom> = enis.iter().collect();
     sorted.sort_by_key(|e| e.device_number);
-    let short = policy.shortage(stats);
+    let short = policy.shortage(stats, outlook.waiting);
     if short > 0 {
         return grow(policy, stats, &sorted, short);
     }
-    if may_shrink {
-        if let Some(d) = shrink(policy, stats, &sorted) {
+    if outlook.may_shrink {
+        if let Some(d) = shrink(policy, stats, &sorted, outlook.keep) {
             return d;
         }
     }
@@ -310,6 +432,13 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No waiting ADD, no hysteresis, shrinking allowed: the anchor's policy.
+    const SHRINK: Outlook = Outlook {
+        waiting: 0,
+        keep: 0,
+        may_shrink: true,
+    };
 
     /// A toy node: ENIs with addresses, pods assigned lowest device first, no cooldown.
     #[derive(Debug, Clone)]
@@ -369,9 +498,40 @@ mod tests {
 
         /// Runs decisions to a fixed point; returns (ENIs, total addresses, slots).
         fn settle(&mut self, p: &PoolPolicy) -> (u32, u32, u32) {
+            self.settle_with(p, |_| SHRINK);
+            (
+                u(self.enis.len()),
+                self.enis.iter().map(|e| e.ips).sum(),
+                self.enis.iter().map(|e| e.slots).sum(),
+            )
+        }
+
+        /// Settles at `now` with the release hysteresis `hw` sampling the need at every step, as the engine
+        /// does; returns the number of EC2 actions taken.
+        fn settle_outlook(&mut self, p: &PoolPolicy, hw: &mut HighWater, now: Duration) -> u32 {
+            self.settle_with(p, |stats| {
+                hw.record(now, p.need(stats, 0));
+                Outlook {
+                    keep: hw.peak(now),
+                    ..SHRINK
+                }
+            })
+        }
+
+        /// Runs decisions to a fixed point; returns the number of actions.
+        fn settle_with(
+            &mut self,
+            p: &PoolPolicy,
+            mut outlook: impl FnMut(&PoolStats) -> Outlook,
+        ) -> u32 {
+            let mut actions = 0;
             for _ in 0..200 {
                 let (stats, enis) = self.view(p.prefix_delegation);
-                match decide(p, &stats, &enis, true) {
+                let d = decide(p, &stats, &enis, &outlook(&stats));
+                if d.is_action() {
+                    actions += 1;
+                }
+                match d {
                     Decision::Hold | Decision::AtEniLimit { .. } => break,
                     Decision::AssignIps { eni_id, count }
                     | Decision::AssignPrefixes { eni_id, count } => {
@@ -416,11 +576,7 @@ mod tests {
                     Decision::FreeEni { eni_id } => self.enis.retain(|e| e.eni_id != eni_id),
                 }
             }
-            (
-                u(self.enis.len()),
-                self.enis.iter().map(|e| e.ips).sum(),
-                self.enis.iter().map(|e| e.slots).sum(),
-            )
+            actions
         }
     }
 
@@ -584,7 +740,7 @@ mod tests {
             age: MIN_ENI_LIFETIME,
             ..EniRoom::default()
         };
-        let free = |e: &EniRoom| decide(&p, &stats, &[primary.clone(), e.clone()], true);
+        let free = |e: &EniRoom| decide(&p, &stats, &[primary.clone(), e.clone()], &SHRINK);
         assert_eq!(
             free(&base),
             Decision::FreeEni {
@@ -607,7 +763,10 @@ mod tests {
         ] {
             assert_eq!(free(&blocked), Decision::Hold, "{blocked:?}");
         }
-        assert_eq!(decide(&p, &stats, &[primary, base], false), Decision::Hold);
+        assert_eq!(
+            decide(&p, &stats, &[primary, base], &Outlook::default()),
+            Decision::Hold
+        );
     }
 
     #[test]
@@ -629,7 +788,7 @@ mod tests {
             ..EniRoom::default()
         }];
         assert_eq!(
-            decide(&p, &stats, &enis, true),
+            decide(&p, &stats, &enis, &SHRINK),
             Decision::AttachEni {
                 request: IpRequest::Secondary(9)
             }
@@ -655,8 +814,647 @@ mod tests {
             ..EniRoom::default()
         }];
         assert_eq!(
-            decide(&p, &stats, &enis, true),
+            decide(&p, &stats, &enis, &SHRINK),
             Decision::AtEniLimit { short: 1 }
         );
+    }
+
+    #[test]
+    fn high_water_is_a_sliding_window_maximum() {
+        let s = Duration::from_secs;
+        let mut hw = HighWater::new(s(300));
+        assert_eq!(hw.peak(s(0)), 0, "nothing recorded");
+        hw.record(s(0), 10);
+        hw.record(s(10), 40);
+        hw.record(s(20), 25);
+        hw.record(s(30), 5);
+        assert_eq!(hw.peak(s(30)), 40);
+        // 40 was sampled at 10 s: it holds until 310 s, then 25 (sampled at 20 s) until 320 s, then 5.
+        assert_eq!(hw.peak(s(309)), 40);
+        assert_eq!(hw.peak(s(310)), 25);
+        assert_eq!(hw.peak(s(320)), 5);
+        // The newest sample never expires: it is the current value until something newer is recorded.
+        assert_eq!(hw.peak(s(10_000)), 5);
+        // A higher sample replaces every lower one before it at once.
+        hw.record(s(10_000), 7);
+        hw.record(s(10_001), 3);
+        assert_eq!(hw.peak(s(10_001)), 7);
+        // A time going backwards counts as the last sample's time (no panic, no reordering).
+        hw.record(s(9_000), 6);
+        assert_eq!(hw.peak(s(10_299)), 7);
+        assert_eq!(hw.peak(s(10_301)), 6);
+    }
+
+    #[test]
+    fn high_water_matches_a_brute_force_window_maximum() {
+        // Deterministic pseudo-random samples; the deque must agree with a scan of every sample in the window.
+        let window = Duration::from_secs(60);
+        let mut hw = HighWater::new(window);
+        let mut all: Vec<(Duration, u32)> = Vec::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut t = Duration::ZERO;
+        for _ in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            t += Duration::from_secs(x % 20);
+            let v = u32::try_from(x % 100).expect("small");
+            hw.record(t, v);
+            all.push((t, v));
+            let in_window = all
+                .iter()
+                .filter(|(at, _)| t.saturating_sub(*at) < window)
+                .map(|(_, v)| *v)
+                .max()
+                .unwrap_or(v);
+            assert_eq!(hw.peak(t), in_window, "at {t:?}");
+        }
+    }
+
+    #[test]
+    fn a_zero_window_remembers_nothing() {
+        let mut hw = HighWater::new(Duration::ZERO);
+        hw.record(Duration::ZERO, 50);
+        assert_eq!(hw.peak(Duration::ZERO), 0);
+    }
+
+    fn stats(total: usize, assigned: usize, cooldown: usize) -> PoolStats {
+        PoolStats {
+            total,
+            assigned,
+            cooldown,
+            available: total - assigned - cooldown,
+            enis: 1,
+            ..PoolStats::default()
+        }
+    }
+
+    #[test]
+    fn need_is_busy_plus_waiting_plus_warm_within_max_pods() {
+        let ip = PoolPolicy {
+            warm_ip_target: 5,
+            minimum_ip_target: 10,
+            ..policy(30, 4)
+        };
+        assert_eq!(ip.need(&stats(10, 0, 0), 0), 10, "MINIMUM_IP_TARGET floor");
+        assert_eq!(ip.need(&stats(20, 8, 6), 0), 19, "held + cooling + warm");
+        assert_eq!(ip.need(&stats(20, 8, 6), 3), 22, "+ waiting ADDs");
+        assert_eq!(ip.need(&stats(120, 110, 6), 9), ip.max_pods, "capped");
+        let eni = policy(10, 3);
+        assert_eq!(
+            eni.need(&stats(9, 4, 2), 0),
+            15,
+            "held + cooling + one ENI's worth"
+        );
+        let pd = PoolPolicy {
+            prefix_delegation: true,
+            warm_prefix_target: 1,
+            ips_per_eni: 9 * 16,
+            max_pods: 110,
+            ..policy(10, 3)
+        };
+        assert_eq!(pd.need(&stats(32, 17, 0), 0), 48, "whole prefixes");
+    }
+
+    /// A node with one ENI (`eni-0`, primary) holding `ips` addresses of which `assigned` are held; `free` of
+    /// the rest are releasable (the others cooling).
+    fn one_eni(ips: u32, assigned: u32, cooling: u32) -> (PoolStats, Vec<EniRoom>) {
+        let free = ips - assigned - cooling;
+        let room = EniRoom {
+            eni_id: "eni-0".into(),
+            ips,
+            slots: ips,
+            is_primary: true,
+            assigned,
+            cooling,
+            releasable_ips: (0..free)
+                .map(|i| Ipv4Addr::new(10, 0, 1, u8::try_from(i).expect("small")))
+                .collect(),
+            age: MIN_ENI_LIFETIME,
+            ..EniRoom::default()
+        };
+        (
+            stats(ips as usize, assigned as usize, cooling as usize),
+            vec![room],
+        )
+    }
+
+    #[test]
+    fn waiting_adds_and_the_warm_target_come_in_one_call() {
+        let p = PoolPolicy {
+            warm_ip_target: 5,
+            minimum_ip_target: 10,
+            ..policy(30, 4)
+        };
+        let (st, enis) = one_eni(10, 10, 0);
+        let with = |waiting| {
+            decide(
+                &p,
+                &st,
+                &enis,
+                &Outlook {
+                    waiting,
+                    ..Outlook::default()
+                },
+            )
+        };
+        assert_eq!(
+            with(0),
+            Decision::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 5
+            }
+        );
+        assert_eq!(
+            with(12),
+            Decision::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 17
+            },
+            "12 waiting ADDs + 5 warm in one AssignPrivateIpAddresses"
+        );
+        assert_eq!(
+            with(40),
+            Decision::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 19
+            },
+            "no more than the ENI's room (29 - 10)"
+        );
+        // Within max-pods.
+        let small = PoolPolicy { max_pods: 14, ..p };
+        assert_eq!(
+            decide(
+                &small,
+                &st,
+                &enis,
+                &Outlook {
+                    waiting: 12,
+                    ..Outlook::default()
+                }
+            ),
+            Decision::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 4
+            }
+        );
+        // PD: 20 waiting + one warm prefix = 36 addresses = 3 prefixes at once.
+        let pd = PoolPolicy {
+            prefix_delegation: true,
+            warm_prefix_target: 1,
+            warm_ip_target: 0,
+            minimum_ip_target: 0,
+            ips_per_eni: 29 * 16,
+            max_pods: 250,
+            ..policy(30, 4)
+        };
+        let (mut st, mut enis) = one_eni(16, 16, 0);
+        enis[0].slots = 1;
+        enis[0].releasable_ips.clear();
+        st.prefixes = 1;
+        assert_eq!(
+            decide(
+                &pd,
+                &st,
+                &enis,
+                &Outlook {
+                    waiting: 20,
+                    ..Outlook::default()
+                }
+            ),
+            Decision::AssignPrefixes {
+                eni_id: "eni-0".into(),
+                count: 3
+            }
+        );
+    }
+
+    #[test]
+    fn hysteresis_keeps_addresses_but_never_above_max_pods() {
+        let p = PoolPolicy {
+            warm_ip_target: 5,
+            minimum_ip_target: 10,
+            ..policy(30, 4)
+        };
+        // 29 addresses, 2 held: 19 above target (min(27 free - 5 warm, 29 - 10 minimum)).
+        let (st, enis) = one_eni(29, 2, 0);
+        let at = |keep| {
+            decide(
+                &p,
+                &st,
+                &enis,
+                &Outlook {
+                    keep,
+                    may_shrink: true,
+                    ..Outlook::default()
+                },
+            )
+        };
+        match at(0) {
+            Decision::ReleaseIps { ips, .. } => assert_eq!(ips.len(), 19),
+            d => panic!("{d:?}"),
+        }
+        match at(20) {
+            Decision::ReleaseIps { ips, .. } => assert_eq!(ips.len(), 9, "down to keep only"),
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(at(29), Decision::Hold);
+        assert_eq!(at(40), Decision::Hold);
+        // Above max-pods the excess goes whatever keep says.
+        let low = PoolPolicy { max_pods: 25, ..p };
+        match decide(
+            &low,
+            &st,
+            &enis,
+            &Outlook {
+                keep: 29,
+                may_shrink: true,
+                ..Outlook::default()
+            },
+        ) {
+            Decision::ReleaseIps { ips, .. } => assert_eq!(ips.len(), 4),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn hysteresis_keeps_enis_and_prefixes() {
+        // WARM_ENI_TARGET: an idle second ENI is freed without keep, kept with it.
+        let p = policy(4, 3);
+        let primary = EniRoom {
+            eni_id: "eni-0".into(),
+            is_primary: true,
+            ips: 3,
+            slots: 3,
+            age: MIN_ENI_LIFETIME,
+            ..EniRoom::default()
+        };
+        let idle = EniRoom {
+            eni_id: "eni-1".into(),
+            device_number: 1,
+            ips: 3,
+            slots: 3,
+            age: MIN_ENI_LIFETIME,
+            ..EniRoom::default()
+        };
+        let mut st = stats(9, 0, 0);
+        st.enis = 3;
+        let third = EniRoom {
+            eni_id: "eni-2".into(),
+            device_number: 2,
+            ..idle.clone()
+        };
+        let enis = [primary, idle, third];
+        let free = |keep| {
+            decide(
+                &p,
+                &st,
+                &enis,
+                &Outlook {
+                    keep,
+                    may_shrink: true,
+                    ..Outlook::default()
+                },
+            )
+        };
+        assert_eq!(
+            free(0),
+            Decision::FreeEni {
+                eni_id: "eni-2".into()
+            }
+        );
+        assert_eq!(
+            free(6),
+            Decision::FreeEni {
+                eni_id: "eni-2".into()
+            },
+            "6 addresses stay without it"
+        );
+        assert_eq!(free(7), Decision::Hold);
+        // PD: two free prefixes above WARM_PREFIX_TARGET=1; keep 32 of the 48 addresses lets only one go.
+        let pd = PoolPolicy {
+            prefix_delegation: true,
+            warm_prefix_target: 1,
+            ips_per_eni: 3 * 16,
+            max_pods: 110,
+            ..policy(4, 3)
+        };
+        let pfx = |i: u8| Ipv4Network::new(Ipv4Addr::new(10, 0, i, 0), 28).expect("pfx");
+        let room = EniRoom {
+            eni_id: "eni-0".into(),
+            is_primary: true,
+            ips: 48,
+            slots: 3,
+            releasable_prefixes: vec![pfx(1), pfx(2), pfx(3)],
+            age: MIN_ENI_LIFETIME,
+            ..EniRoom::default()
+        };
+        let st = PoolStats {
+            prefixes: 3,
+            free_prefixes: 3,
+            ..stats(48, 0, 0)
+        };
+        let release = |keep| match decide(
+            &pd,
+            &st,
+            std::slice::from_ref(&room),
+            &Outlook {
+                keep,
+                may_shrink: true,
+                ..Outlook::default()
+            },
+        ) {
+            Decision::ReleasePrefixes { prefixes, .. } => prefixes.len(),
+            Decision::Hold => 0,
+            d => panic!("{d:?}"),
+        };
+        assert_eq!(release(0), 2);
+        assert_eq!(release(32), 1);
+        assert_eq!(release(48), 0);
+    }
+
+    /// Every policy shape against many node states: growth stays within the ENI's room, the ENI limit and
+    /// max-pods; it covers every waiting ADD when room allows; shrinking never goes below `keep` (except to get
+    /// under max-pods) and never frees a busy, young or primary ENI.
+    #[test]
+    fn decisions_respect_room_max_pods_and_keep_everywhere() {
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: u32| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            u32::try_from(x % u64::from(n.max(1))).expect("small")
+        };
+        let mut checked = 0;
+        for ipv4 in [2u32, 4, 10, 30] {
+            for max_enis in 1..=4u32 {
+                for pd in [false, true] {
+                    for (warm_eni, warm_ip, min_ip, warm_pfx) in [
+                        (1, 0, 0, 0),
+                        (0, 0, 0, 0),
+                        (2, 0, 0, 0),
+                        (0, 5, 10, 0),
+                        (1, 3, 0, 0),
+                        (0, 0, 7, 0),
+                        (0, 0, 0, 1),
+                        (0, 0, 0, 2),
+                    ] {
+                        if pd && warm_pfx == 0 && warm_ip == 0 && min_ip == 0 {
+                            continue; // refused at startup
+                        }
+                        let slots_per_eni = ipv4 - 1;
+                        let per = if pd { PREFIX_SIZE } else { 1 };
+                        let p = PoolPolicy {
+                            warm_eni_target: warm_eni,
+                            warm_ip_target: warm_ip,
+                            minimum_ip_target: min_ip,
+                            warm_prefix_target: warm_pfx,
+                            prefix_delegation: pd,
+                            ips_per_eni: slots_per_eni * per,
+                            max_enis,
+                            max_pods: if pd {
+                                110
+                            } else {
+                                max_enis * slots_per_eni + 2
+                            },
+                        };
+                        for _ in 0..60 {
+                            let n_enis = 1 + next(max_enis);
+                            let mut enis = Vec::new();
+                            let mut st = PoolStats {
+                                enis: n_enis as usize,
+                                ..PoolStats::default()
+                            };
+                            for d in 0..n_enis {
+                                let slots = next(slots_per_eni + 1);
+                                let ips = slots * per;
+                                let assigned = next(ips + 1);
+                                let cooling = next(ips - assigned + 1);
+                                let free = ips - assigned - cooling;
+                                let free_pfx = if pd && assigned + cooling == 0 {
+                                    slots
+                                } else {
+                                    0
+                                };
+                                let dev = u8::try_from(d).expect("small");
+                                enis.push(EniRoom {
+                                    eni_id: format!("eni-{d}"),
+                                    device_number: d,
+                                    ips,
+                                    slots,
+                                    is_primary: d == 0,
+                                    assigned,
+                                    cooling,
+                                    releasable_ips: if pd {
+                                        Vec::new()
+                                    } else {
+                                        (0..free)
+                                            .map(|i| {
+                                                Ipv4Addr::new(
+                                                    10,
+                                                    dev,
+                                                    0,
+                                                    u8::try_from(i).expect("small"),
+                                                )
+                                            })
+                                            .collect()
+                                    },
+                                    releasable_prefixes: (0..free_pfx)
+                                        .map(|i| {
+                                            Ipv4Network::new(
+                                                Ipv4Addr::new(
+                                                    10,
+                                                    dev,
+                                                    u8::try_from(i).expect("small"),
+                                                    0,
+                                                ),
+                                                28,
+                                            )
+                                            .expect("pfx")
+                                        })
+                                        .collect(),
+                                    age: Duration::from_secs(u64::from(next(120))),
+                                });
+                                st.total += ips as usize;
+                                st.assigned += assigned as usize;
+                                st.cooldown += cooling as usize;
+                                st.prefixes += if pd { slots as usize } else { 0 };
+                                st.free_prefixes += free_pfx as usize;
+                            }
+                            st.available = st.total - st.assigned - st.cooldown;
+                            let total = u(st.total);
+                            let outlook = Outlook {
+                                waiting: next(40),
+                                keep: next(total + 20),
+                                may_shrink: next(2) == 1,
+                            };
+                            let d = decide(&p, &st, &enis, &outlook);
+                            checked += 1;
+                            let ctx = format!("{p:?} {st:?} {outlook:?} -> {d:?}");
+                            let headroom = p.max_pods.saturating_sub(total);
+                            match &d {
+                                Decision::AssignIps { eni_id, count }
+                                | Decision::AssignPrefixes { eni_id, count } => {
+                                    let e = enis.iter().find(|e| &e.eni_id == eni_id).expect("eni");
+                                    assert!(
+                                        *count >= 1 && e.slots + count <= slots_per_eni,
+                                        "{ctx}"
+                                    );
+                                    assert!(total < p.max_pods, "{ctx}");
+                                    if pd {
+                                        assert!(
+                                            count * PREFIX_SIZE < headroom + PREFIX_SIZE,
+                                            "{ctx}"
+                                        );
+                                    } else {
+                                        assert!(*count <= headroom, "{ctx}");
+                                    }
+                                    // Coalesced: with IP targets, every waiting ADD and the warm target in this call
+                                    // when the ENI's room and max-pods allow.
+                                    if p.uses_ip_targets() && !pd {
+                                        let want = (warm_ip + outlook.waiting)
+                                            .saturating_sub(u(st.available));
+                                        let room = slots_per_eni - e.slots;
+                                        assert!(*count >= want.min(room).min(headroom), "{ctx}");
+                                    }
+                                }
+                                Decision::AttachEni { request } => {
+                                    assert!(n_enis < max_enis, "{ctx}");
+                                    assert!(enis.iter().all(|e| e.slots >= slots_per_eni), "{ctx}");
+                                    let c = request.count();
+                                    assert!(c >= 1 && c <= slots_per_eni, "{ctx}");
+                                    if !pd {
+                                        assert!(c <= headroom, "{ctx}");
+                                    }
+                                }
+                                Decision::AtEniLimit { .. } => {
+                                    assert!(n_enis >= max_enis, "{ctx}");
+                                }
+                                Decision::ReleaseIps { eni_id, ips } => {
+                                    assert!(
+                                        outlook.may_shrink && p.shortage(&st, outlook.waiting) == 0,
+                                        "{ctx}"
+                                    );
+                                    let e = enis.iter().find(|e| &e.eni_id == eni_id).expect("eni");
+                                    assert!(
+                                        ips.iter().all(|ip| e.releasable_ips.contains(ip)),
+                                        "{ctx}"
+                                    );
+                                    let left = total - u(ips.len());
+                                    assert!(left >= outlook.keep.min(p.max_pods), "{ctx}");
+                                }
+                                Decision::ReleasePrefixes { eni_id, prefixes } => {
+                                    assert!(
+                                        outlook.may_shrink && p.shortage(&st, outlook.waiting) == 0,
+                                        "{ctx}"
+                                    );
+                                    let e = enis.iter().find(|e| &e.eni_id == eni_id).expect("eni");
+                                    assert!(
+                                        prefixes.iter().all(|x| e.releasable_prefixes.contains(x)),
+                                        "{ctx}"
+                                    );
+                                    let left = total - u(prefixes.len()) * PREFIX_SIZE;
+                                    assert!(left >= outlook.keep.min(p.max_pods), "{ctx}");
+                                }
+                                Decision::FreeEni { eni_id } => {
+                                    assert!(
+                                        outlook.may_shrink && p.shortage(&st, outlook.waiting) == 0,
+                                        "{ctx}"
+                                    );
+                                    let e = enis.iter().find(|e| &e.eni_id == eni_id).expect("eni");
+                                    assert!(
+                                        !e.is_primary && e.assigned == 0 && e.cooling == 0,
+                                        "{ctx}"
+                                    );
+                                    assert!(e.age >= MIN_ENI_LIFETIME, "{ctx}");
+                                    assert!(total - e.ips >= outlook.keep, "{ctx}");
+                                }
+                                Decision::Hold => {
+                                    assert_eq!(p.shortage(&st, outlook.waiting), 0, "{ctx}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(checked > 5_000, "{checked}");
+    }
+
+    /// Pod waves on the toy node (P pods for 150 s, then none for 120 s), the release hysteresis sampling the
+    /// need at every step: with a delay longer than the gap the pool keeps its addresses and ENIs between waves
+    /// (no EC2 call after the first wave); with 0 (the anchor) it gives them back and asks again every wave. After
+    /// a quiet spell longer than the delay it shrinks back to the idle shape.
+    #[test]
+    fn waves_thrash_without_hysteresis_and_not_with_it() {
+        fn run(
+            p: PoolPolicy,
+            delay: Duration,
+            waves: u32,
+            pods: u32,
+        ) -> (Vec<u32>, Toy, HighWater, Duration) {
+            let mut toy = Toy::new();
+            let mut hw = HighWater::new(delay);
+            let mut t = Duration::ZERO;
+            toy.settle_outlook(&p, &mut hw, t);
+            let mut per_wave = Vec::new();
+            for _ in 0..waves {
+                toy.pods = pods;
+                let mut n = toy.settle_outlook(&p, &mut hw, t);
+                t += Duration::from_secs(150);
+                toy.pods = 0;
+                n += toy.settle_outlook(&p, &mut hw, t);
+                t += Duration::from_secs(120);
+                n += toy.settle_outlook(&p, &mut hw, t);
+                per_wave.push(n);
+            }
+            (per_wave, toy, hw, t)
+        }
+        let settings = [
+            policy(10, 3),
+            PoolPolicy {
+                warm_ip_target: 5,
+                minimum_ip_target: 10,
+                ..policy(30, 8)
+            },
+            PoolPolicy {
+                prefix_delegation: true,
+                warm_prefix_target: 1,
+                ips_per_eni: 9 * 16,
+                max_pods: 110,
+                ..policy(10, 3)
+            },
+        ];
+        for p in settings {
+            let pods = 20;
+            let (anchor, ..) = run(p, Duration::ZERO, 4, pods);
+            assert!(
+                anchor.iter().all(|n| *n >= 2),
+                "{p:?}: grows and shrinks every wave: {anchor:?}"
+            );
+            let (ours, mut toy, mut hw, t) = run(p, Duration::from_secs(300), 4, pods);
+            assert!(ours[0] >= 1, "{p:?}: the first wave grows the pool");
+            assert_eq!(
+                &ours[1..],
+                &[0, 0, 0],
+                "{p:?}: no EC2 call after the first wave"
+            );
+            // Quiet for longer than the delay: back to the idle shape.
+            let idle = {
+                let mut fresh = Toy::new();
+                fresh.settle(&p)
+            };
+            let mut later = t;
+            for _ in 0..30 {
+                later += Duration::from_secs(30);
+                toy.settle_outlook(&p, &mut hw, later);
+            }
+            let (stats, _) = toy.view(p.prefix_delegation);
+            assert_eq!(
+                (u(toy.enis.len()), u(stats.total)),
+                (idle.0, idle.1),
+                "{p:?}: shrinks back once the delay has passed"
+            );
+        }
     }
 }

@@ -4,6 +4,10 @@
 //! (the anchor refuses a plugin of another build, which turns every rolling upgrade into failed ADDs), and a
 //! failed ADD says why in `FailureReason`/`FailureMessage` (tags 100+, ignored by the anchor's plugin).
 //!
+//! An ADD with no address free waits for one on its way (see [`crate::node`]) up to `AWS_CNI_ADD_WAIT_SECONDS`,
+//! and never past the caller's own deadline: when the request carries `grpc-timeout` (our plugin sets it; so
+//! does any gRPC client with a deadline), the wait ends [`crate::node::ADD_DEADLINE_MARGIN`] before it.
+//!
 //! Both calls answer only once their change is in the checkpoint ([`crate::checkpoint`], group commit), so an ADD
 //! the plugin saw succeed survives any crash of ipamd, and so does a DEL. A DEL whose write fails still releases
 //! the address in memory and says so (`INTERNAL`); the plugin then tears the pod down itself.
@@ -13,7 +17,7 @@
 //! it (else the plugin deletes the veth itself, as it does with the anchor's ipamd).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_cni_proto::{
     AddNetworkReply, AddNetworkRequest, CniBackend, DelNetworkReply, DelNetworkRequest,
@@ -23,7 +27,7 @@ use tonic::{Request, Response, Status};
 
 use crate::datastore::{Allocation, IpamKey, PodMeta};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{Node, ADD_DEADLINE_MARGIN};
 use crate::reaper::{Reaper, VethOffer};
 
 /// See the module docs.
@@ -86,6 +90,34 @@ fn metadata(a: &Allocation) -> IpAllocationMetadata {
     }
 }
 
+/// The caller's deadline from the `grpc-timeout` header (`<digits><H|M|S|m|u|n>`), if it sent one.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let v = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How long an ADD may wait for an address: the configured bound, cut to end a margin before the caller's
+/// deadline when it sent one.
+fn add_wait_bound(configured: Duration, caller: Option<Duration>) -> Duration {
+    match caller {
+        Some(d) => configured.min(d.saturating_sub(ADD_DEADLINE_MARGIN)),
+        None => configured,
+    }
+}
+
 fn key_of(network_name: &str, container_id: &str, if_name: &str) -> Result<IpamKey, String> {
     if container_id.is_empty() {
         return Err("ContainerID is empty".into());
@@ -112,6 +144,10 @@ impl CniBackend for CniService {
     ) -> Result<Response<AddNetworkReply>, Status> {
         let started = Instant::now();
         self.metrics.add_ip_req_count.inc();
+        let wait = add_wait_bound(
+            self.node.config().add_wait,
+            grpc_timeout(request.metadata()),
+        );
         let req = request.into_inner();
         let key = match key_of(&req.network_name, &req.container_id, &req.if_name) {
             Ok(k) => k,
@@ -128,7 +164,7 @@ impl CniBackend for CniService {
             namespace: req.k8s_pod_namespace.clone(),
             name: req.k8s_pod_name.clone(),
         };
-        let reply = match self.node.add_durable(&key, &meta).await {
+        let reply = match self.node.add_durable_within(&key, &meta, wait).await {
             Ok(a) => {
                 tracing::info!(
                     pod = %format!("{}/{}", meta.namespace, meta.name),
@@ -241,7 +277,6 @@ mod tests {
     use crate::reaper::{FakeLinks, ReaperConfig, ReaperMetrics};
     use crate::sim::{NoHotplug, SimEc2, SimSpec};
     use datapath::NetnsId;
-    use std::time::Duration;
 
     const NS: NetnsId = NetnsId {
         dev: 4,
@@ -358,5 +393,48 @@ mod tests {
         assert!(r.into_inner().success);
         let r = del_reply(&svc, del("c1", Some(("eniaaaaaaaaaaa", 7)), NS)).await;
         assert!(r.success && !r.veth_deferred, "{r:?}");
+    }
+
+    fn md(v: &str) -> tonic::metadata::MetadataMap {
+        let mut m = tonic::metadata::MetadataMap::new();
+        m.insert("grpc-timeout", v.parse().expect("ascii"));
+        m
+    }
+
+    #[test]
+    fn grpc_timeout_units_parse_and_junk_is_ignored() {
+        assert_eq!(grpc_timeout(&md("10S")), Some(Duration::from_secs(10)));
+        assert_eq!(
+            grpc_timeout(&md("9500m")),
+            Some(Duration::from_millis(9500))
+        );
+        assert_eq!(grpc_timeout(&md("2M")), Some(Duration::from_secs(120)));
+        assert_eq!(grpc_timeout(&md("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(&md("7u")), Some(Duration::from_micros(7)));
+        assert_eq!(grpc_timeout(&md("7n")), Some(Duration::from_nanos(7)));
+        for junk in ["S", "10", "10s", "1.5S", "1234567890S"] {
+            assert_eq!(grpc_timeout(&md(junk)), None, "{junk}");
+        }
+        assert_eq!(grpc_timeout(&tonic::metadata::MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn the_wait_ends_a_margin_before_the_callers_deadline() {
+        let eight = Duration::from_secs(8);
+        assert_eq!(add_wait_bound(eight, None), eight);
+        assert_eq!(
+            add_wait_bound(eight, Some(Duration::from_secs(10))),
+            eight,
+            "the configured bound is the smaller"
+        );
+        assert_eq!(
+            add_wait_bound(eight, Some(Duration::from_secs(5))),
+            Duration::from_secs(5) - ADD_DEADLINE_MARGIN
+        );
+        assert_eq!(
+            add_wait_bound(eight, Some(Duration::from_millis(500))),
+            Duration::ZERO,
+            "a deadline inside the margin: no waiting at all"
+        );
     }
 }

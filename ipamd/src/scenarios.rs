@@ -813,3 +813,219 @@ async fn snat_rules_follow_the_configuration() {
     assert_eq!(h.host.iptables.rules("nat", crate::snat::SNAT_CHAIN), None);
     h.stop().await;
 }
+
+fn pod_key(name: &str) -> IpamKey {
+    IpamKey {
+        network_name: "aws-cni".into(),
+        container_id: name.into(),
+        if_name: "eth0".into(),
+    }
+}
+
+/// EC2 calls that change something (what the pool's hysteresis and coalescing save).
+fn mutating_calls(sim: &SimEc2) -> u64 {
+    sim.calls()
+        .iter()
+        .filter(|(api, _)| {
+            [
+                "AssignPrivateIpAddresses",
+                "UnassignPrivateIpAddresses",
+                "CreateNetworkInterface",
+                "AttachNetworkInterface",
+                "DetachNetworkInterface",
+                "DeleteNetworkInterface",
+            ]
+            .contains(api)
+        })
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// The node's only free address is cooling and the node cannot grow (one ENI, full): an ADD waits for the
+/// cooldown to end and gets it, when that is within `AWS_CNI_ADD_WAIT_SECONDS`; it fails at once with the
+/// cooldown named when the cooldown ends after the bound, or when waiting is turned off.
+#[tokio::test(start_paused = true)]
+async fn an_add_finding_every_free_address_cooling_waits_and_gets_one() {
+    for (cooldown, wait, gets_it) in [("5", "8", true), ("30", "8", false), ("5", "0", false)] {
+        let vars = [
+            ("MAX_ENI", "1"),
+            ("IP_COOLDOWN_PERIOD", cooldown),
+            ("AWS_CNI_ADD_WAIT_SECONDS", wait),
+        ];
+        let h = Harness::start("t3.nano", &vars).await; // 1 ENI x 2 IPv4: one secondary IP
+        h.wait(SETTLE).await;
+        let first = h
+            .node
+            .add_durable(&pod_key("first"), &PodMeta::default())
+            .await
+            .expect("the free address");
+        h.wait(Duration::from_secs(1)).await;
+        assert!(h.node.del(&pod_key("first")).is_some());
+        let asked = h.clock.now();
+        let res = h
+            .node
+            .add_durable(&pod_key("second"), &PodMeta::default())
+            .await;
+        let waited = h.clock.now().saturating_sub(asked);
+        if gets_it {
+            let a = res.expect("waited for the cooldown");
+            assert_eq!(a.ip, first.ip);
+            assert!(
+                waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+                "waited {waited:?}: until the cooldown ended, no longer"
+            );
+        } else {
+            let f = res.expect_err("nothing usable within the bound");
+            assert_eq!(
+                f.reason,
+                FailureReason::AllFreeIpsInCooldown,
+                "{}",
+                f.message
+            );
+            assert_eq!(waited, Duration::ZERO, "nothing is coming in time: no wait");
+        }
+        h.stop().await;
+    }
+}
+
+/// A burst of ADDs into an empty pool: the first ones take what is free, the rest wait, the pool asks EC2 once
+/// for all of them plus the warm target, and the waiters are served in the order they came.
+#[tokio::test(start_paused = true)]
+async fn a_burst_of_waiting_adds_is_one_assign_and_served_in_order() {
+    let h = Harness::start("m5.large", &[("WARM_IP_TARGET", "2")]).await;
+    h.wait(SETTLE).await;
+    assert_eq!(h.shape(), (1, 2));
+    let assigns = |h: &Harness| {
+        h.sim
+            .calls()
+            .get("AssignPrivateIpAddresses")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = assigns(&h);
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..7 {
+        let node = Arc::clone(&h.node);
+        let order = Arc::clone(&order);
+        tasks.push(tokio::spawn(async move {
+            let r = node
+                .add_durable(&pod_key(&format!("burst{i}")), &PodMeta::default())
+                .await;
+            order.lock().expect("order").push(i);
+            r
+        }));
+        // Let it run until it has its address or waits in the queue: arrival order is spawn order.
+        tokio::task::yield_now().await;
+    }
+    for t in tasks {
+        t.await
+            .expect("task")
+            .expect("every ADD of the burst gets an address");
+    }
+    assert_eq!(*order.lock().expect("order"), (0..7).collect::<Vec<_>>());
+    assert_eq!(
+        assigns(&h) - before,
+        1,
+        "5 waiting ADDs + 2 warm in one AssignPrivateIpAddresses"
+    );
+    h.wait(SETTLE).await;
+    let s = h.node.stats();
+    assert_eq!((s.assigned, s.available), (7, 2));
+    h.assert_consistent_with_ec2();
+    h.stop().await;
+}
+
+/// An ADD waiting for a slow EC2 gets the address a DEL frees (no cooldown) without waiting for EC2.
+#[tokio::test(start_paused = true)]
+async fn a_del_hands_its_address_to_a_waiting_add() {
+    let vars = [("WARM_IP_TARGET", "1"), ("IP_COOLDOWN_PERIOD", "0")];
+    let h = Harness::start_with("m5.large", &vars, None, |s| {
+        s.api_latency = Duration::from_secs(4);
+    })
+    .await;
+    h.wait(SETTLE).await;
+    assert_eq!(h.shape(), (1, 1));
+    let a = h
+        .node
+        .add_durable(&pod_key("a"), &PodMeta::default())
+        .await
+        .expect("the free address");
+    let node = Arc::clone(&h.node);
+    let clock = Arc::clone(&h.clock);
+    let waiter = tokio::spawn(async move {
+        let asked = clock.now();
+        let r = node.add_durable(&pod_key("b"), &PodMeta::default()).await;
+        (r, clock.now().saturating_sub(asked))
+    });
+    h.wait(Duration::from_secs(1)).await;
+    assert!(h.node.del(&pod_key("a")).is_some());
+    let (b, waited) = waiter.await.expect("task");
+    assert_eq!(b.expect("address").ip, a.ip, "the DEL's address");
+    assert!(
+        waited < Duration::from_secs(2),
+        "did not wait for EC2: {waited:?}"
+    );
+    h.stop().await;
+}
+
+/// Waves of pods (14 for 150 s, then none for 120 s): with the release hysteresis the pool keeps what the first
+/// wave needed and makes no EC2 change afterwards; with `AWS_CNI_POOL_RELEASE_DELAY=0` (the anchor) it gives
+/// addresses back and asks again every wave. Once the node has been quiet for longer than the delay, the pool
+/// shrinks back to its idle shape.
+#[tokio::test(start_paused = true)]
+async fn waves_keep_their_addresses_for_the_release_delay() {
+    for (delay, settings) in [
+        (
+            "300",
+            vec![("WARM_IP_TARGET", "5"), ("MINIMUM_IP_TARGET", "10")],
+        ),
+        ("300", vec![]),
+        (
+            "0",
+            vec![("WARM_IP_TARGET", "5"), ("MINIMUM_IP_TARGET", "10")],
+        ),
+        ("0", vec![]),
+    ] {
+        let mut vars = settings.clone();
+        vars.push(("AWS_CNI_POOL_RELEASE_DELAY", delay));
+        let mut h = Harness::start("m5.large", &vars).await;
+        h.wait(SETTLE).await;
+        let idle = h.shape();
+        let mut per_wave = Vec::new();
+        for _ in 0..3 {
+            let before = mutating_calls(&h.sim);
+            for _ in 0..14 {
+                h.add_pod(30).await.expect("pod");
+            }
+            h.wait(Duration::from_secs(150)).await;
+            while !h.pods.is_empty() {
+                h.del_pod(0);
+            }
+            h.wait(Duration::from_secs(120)).await;
+            per_wave.push(mutating_calls(&h.sim) - before);
+        }
+        if delay == "0" {
+            assert!(
+                per_wave[1..].iter().all(|n| *n > 0),
+                "{vars:?}: the anchor's thrash: {per_wave:?}"
+            );
+        } else {
+            assert!(per_wave[0] > 0, "{vars:?}: the first wave grows the pool");
+            assert_eq!(
+                &per_wave[1..],
+                &[0, 0],
+                "{vars:?}: nothing given back and asked again"
+            );
+            assert_ne!(
+                h.shape(),
+                idle,
+                "{vars:?}: still holding the wave's addresses"
+            );
+        }
+        h.wait(Duration::from_secs(600)).await;
+        assert_eq!(h.shape(), idle, "{vars:?}: back to idle after the delay");
+        h.assert_consistent_with_ec2();
+        h.stop().await;
+    }
+}

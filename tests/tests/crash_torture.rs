@@ -491,13 +491,15 @@ fn kill_9_torture() {
     println!("torture: seed={seed} pods={pods_target} kills={kills} workers={workers}");
     let started = Instant::now();
     // A small node, so the pool attaches, fills and frees ENIs while pods churn; a short cooldown so addresses
-    // are reused often (reuse is where duplicates would show).
+    // are reused often (reuse is where duplicates would show); no release hysteresis, so the pool gives
+    // addresses and ENIs back within the run (the release paths are where crashes hurt most).
     let node = SimNode::new(
         "m5.large",
         &[
             ("WARM_IP_TARGET", "3"),
             ("MINIMUM_IP_TARGET", "4"),
             ("IP_COOLDOWN_PERIOD", "1"),
+            ("AWS_CNI_POOL_RELEASE_DELAY", "0"),
         ],
     );
     node.start();
