@@ -213,41 +213,26 @@ impl Netlink {
 
     /// The link called `name`, if any.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
-        let res: Result<Vec<LinkMessage>, _> = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute()
-            .try_collect()
-            .await;
-        match res {
-            Ok(msgs) => Ok(msgs.first().map(link_info)),
-            Err(e) => {
-                let err = NetlinkError::request(format!("get link {name}"), e);
-                if err.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
-        }
+        let req = self.handle.link().get().match_name(name.to_string());
+        Self::one_link(format!("get link {name}"), req).await
     }
 
     /// The link with interface index `index`, if any.
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, NetlinkError> {
-        let res: Result<Vec<LinkMessage>, _> = self
-            .handle
-            .link()
-            .get()
-            .match_index(index)
-            .execute()
-            .try_collect()
-            .await;
+        let req = self.handle.link().get().match_index(index);
+        Self::one_link(format!("get link {index}"), req).await
+    }
+
+    /// Runs a link query for one link: `None` when the kernel says there is none.
+    async fn one_link(
+        what: String,
+        req: rtnetlink::LinkGetRequest,
+    ) -> Result<Option<LinkInfo>, NetlinkError> {
+        let res: Result<Vec<LinkMessage>, _> = req.execute().try_collect().await;
         match res {
             Ok(msgs) => Ok(msgs.first().map(link_info)),
             Err(e) => {
-                let err = NetlinkError::request(format!("get link {index}"), e);
+                let err = NetlinkError::request(what, e);
                 if err.is_not_found() {
                     Ok(None)
                 } else {

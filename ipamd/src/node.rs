@@ -1453,15 +1453,10 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::hostnet::RecordingHostNetwork;
-    use crate::sim::{NoHotplug, SimEc2, SimSpec};
+    use crate::sim::SimEc2;
 
     async fn node(instance_type: &str, config: Config) -> (Arc<Node>, SimEc2, ManualClock) {
-        let clock = ManualClock::default();
-        let mut spec = SimSpec::new(instance_type);
-        spec.clock = Arc::new(clock.clone());
-        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
-            .await
-            .expect("sim");
+        let (sim, clock) = crate::sim::on_manual_clock(instance_type, |_| {}).await;
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim.clone()),
@@ -1534,13 +1529,7 @@ mod tests {
         fault: crate::sim::Fault,
         count: u32,
     ) -> (Result<Arc<Node>, NodeError>, SimEc2, ManualClock, Ipv4Addr) {
-        let clock = ManualClock::default();
-        let mut spec = SimSpec::new("m5.large");
-        spec.clock = Arc::new(clock.clone());
-        spec.throttle = None;
-        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
-            .await
-            .expect("sim");
+        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
         let extra = Ipv4Addr::new(10, 0, 15, 250);
         sim.inject_faults(fault, Some("DescribeNetworkInterfaces"), count);
         let deps = NodeDeps {

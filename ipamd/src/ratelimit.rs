@@ -323,6 +323,18 @@ fn bump(m: &mut BTreeMap<&'static str, u64>, api: &'static str) {
 }
 
 impl PacedEc2 {
+    /// Adds one to the `api` entry of the counter `which` picks.
+    fn count(
+        &self,
+        which: impl FnOnce(&mut CallCounts) -> &mut BTreeMap<&'static str, u64>,
+        api: &'static str,
+    ) {
+        bump(
+            which(&mut self.counts.lock().unwrap_or_else(|p| p.into_inner())),
+            api,
+        );
+    }
+
     pub fn new(inner: Arc<dyn Ec2>, clock: Arc<dyn Clock>, cfg: PacingConfig) -> PacedEc2 {
         let bucket = TokenBucket::new(cfg.burst, cfg.per_second, clock.now());
         PacedEc2 {
@@ -396,14 +408,7 @@ impl PacedEc2 {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain(now);
-        bump(
-            &mut self
-                .counts
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .throttled,
-            api,
-        );
+        self.count(|c| &mut c.throttled, api);
         hold
     }
 
@@ -461,26 +466,12 @@ impl PacedEc2 {
                         return Err(e);
                     }
                     tracing::debug!(api, retry_in = ?hold, "EC2 is throttling this API; the node slows down");
-                    bump(
-                        &mut self
-                            .counts
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .retried,
-                        api,
-                    );
+                    self.count(|c| &mut c.retried, api);
                 }
                 Err(e) if e.is_retryable() && attempt < self.cfg.max_attempts => {
                     let wait = self.cfg.backoff.delay(attempt);
                     tracing::debug!(api, error = %e, attempt, retry_in = ?wait, "EC2 call failed; retrying");
-                    bump(
-                        &mut self
-                            .counts
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .retried,
-                        api,
-                    );
+                    self.count(|c| &mut c.retried, api);
                     attempt += 1;
                     self.clock.sleep(wait).await;
                 }
@@ -764,13 +755,7 @@ mod tests {
     #[tokio::test]
     async fn throttled_calls_wait_at_the_shared_gate_and_are_retried_without_resending_anything_else(
     ) {
-        let clock = crate::clock::ManualClock::default();
-        let mut spec = SimSpec::new("m5.large");
-        spec.clock = Arc::new(clock.clone());
-        spec.throttle = None;
-        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
-            .await
-            .expect("sim");
+        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
         let paced = PacedEc2::new(
             Arc::new(sim.clone()),
             Arc::new(clock.clone()),

@@ -270,12 +270,10 @@ impl CniBackend for CniService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
     use crate::config::Config;
     use crate::hostnet::RecordingHostNetwork;
     use crate::node::NodeDeps;
     use crate::reaper::{FakeLinks, ReaperConfig, ReaperMetrics};
-    use crate::sim::{NoHotplug, SimEc2, SimSpec};
     use datapath::NetnsId;
 
     const NS: NetnsId = NetnsId {
@@ -284,12 +282,7 @@ mod tests {
     };
 
     async fn node() -> Arc<Node> {
-        let clock = ManualClock::default();
-        let mut spec = SimSpec::new("m5.large");
-        spec.clock = Arc::new(clock.clone());
-        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
-            .await
-            .expect("sim");
+        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |_| {}).await;
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim),

@@ -1477,6 +1477,23 @@ impl Imds for SimEc2 {
     }
 }
 
+/// For tests: a simulated `instance_type` on a [`crate::clock::ManualClock`] (returned too), with its spec
+/// adjusted by `tune` before the launch.
+#[cfg(test)]
+pub(crate) async fn on_manual_clock(
+    instance_type: &str,
+    tune: impl FnOnce(&mut SimSpec),
+) -> (SimEc2, crate::clock::ManualClock) {
+    let clock = crate::clock::ManualClock::default();
+    let mut spec = SimSpec::new(instance_type);
+    spec.clock = Arc::new(clock.clone());
+    tune(&mut spec);
+    let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+        .await
+        .expect("sim");
+    (sim, clock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
