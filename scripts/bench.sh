@@ -2,7 +2,7 @@
 # The benchmark suite: installs what it needs, builds release binaries, runs every benchmark and rewrites
 # BENCHMARKS.md. Run as root (it creates network namespaces).
 #
-#   scripts/bench.sh            # the published run (about 15-25 minutes on 2 cores)
+#   scripts/bench.sh            # the published run (about 4 minutes on 2 cores after the release build)
 #   scripts/bench.sh --quick    # smaller samples, a smoke run (a few minutes)
 #
 # Other options go to `aws-cni-bench run`, e.g. `--only pod-setup,burst --out /tmp/b.md` (see --help).
