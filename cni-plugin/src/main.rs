@@ -23,8 +23,10 @@ use cni_types::{CniEnv, CniError, Command};
 use crate::conf::PluginConf;
 use crate::error::PluginError;
 
-/// Default deadline of a call to ipamd. ADD never waits on EC2 inside ipamd, so this only trips when ipamd is
-/// wedged; then the runtime gets "try again later" instead of a hang.
+/// Default deadline of a call to ipamd. An ADD waits inside ipamd only while an address is on its way (at most
+/// `AWS_CNI_ADD_WAIT_SECONDS`, 8 s by default, and ipamd ends the wait a second before this deadline, which it
+/// receives); so this only trips when ipamd is wedged, and then the runtime gets "try again later" instead of a
+/// hang.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {

@@ -30,6 +30,9 @@ pub enum NetlinkError {
     /// Something of that name exists and is not ours.
     #[error("{0}")]
     Conflict(String),
+    /// A dump's answer was interrupted by changes (`NLM_F_DUMP_INTR`) every time it was asked.
+    #[error("{op}: the kernel flagged the dump interrupted {attempts} times in a row")]
+    DumpInterrupted { op: String, attempts: u32 },
     /// A link we needed is not there.
     #[error("link {0} not found")]
     LinkNotFound(String),

@@ -27,6 +27,12 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod_name: &str, index: usiz
     name
 }
 
+/// The router of a VPC subnet whose network address is `network`: the subnet's base address + 1 (EC2 reserves it
+/// in every subnet for the VPC router, which is an ENI's default gateway).
+pub fn subnet_gateway(network: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(u32::from(network).wrapping_add(1))
+}
+
 /// A 48-bit Ethernet address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
@@ -99,6 +105,14 @@ mod tests {
         assert!(MacAddr::parse("0a:1b:2c:3d:4e").is_none());
         assert!(MacAddr::parse("0a:1b:2c:3d:4e:5f:00").is_none());
         assert!(MacAddr::parse("zz:1b:2c:3d:4e:5f").is_none());
+    }
+
+    #[test]
+    fn subnet_gateway_is_the_base_plus_one() {
+        assert_eq!(
+            subnet_gateway("10.0.16.0".parse().expect("ip")),
+            std::net::Ipv4Addr::new(10, 0, 16, 1)
+        );
     }
 
     #[test]

@@ -1,24 +1,39 @@
 //! A netlink handle pinned to one network namespace, with the idempotent operations the CNI needs.
 //!
 //! IPv4 only for now (routes, rules, neighbours): that is all the IPv4 pod path uses.
+//!
+//! **Dumps are consistent or an error.** Every list (links, addresses, routes, rules, neighbours) is a netlink
+//! dump, which the kernel answers in several datagrams. When the table changes between two of them (a pod's ADD
+//! running beside GC, CHECK, reconcile or startup), the kernel marks the answer `NLM_F_DUMP_INTR`: it may miss
+//! or repeat entries. rtnetlink's request builders drop the header that carries the flag, so dumps go through
+//! [`Netlink::dump`], which reads the header of every message, starts over when one is flagged, and gives up
+//! with [`NetlinkError::DumpInterrupted`] after [`DUMP_ATTEMPTS`] interrupted answers rather than return a
+//! partial table (GC and reconcile delete what a list does not show). netlink-proto does not pass `NLMSG_DONE`
+//! on, so an interruption the kernel flags on `NLMSG_DONE` alone is not seen.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use futures::TryStreamExt;
+use futures::{Stream, StreamExt, TryStreamExt};
 use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
 };
+use netlink_packet_route::neighbour::NeighbourMessage;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, IpVersion, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::{
+    NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
+use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{EEXIST, ENOENT, ESRCH};
 use crate::names::MacAddr;
@@ -196,19 +211,46 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    // === dumps ===
+
+    /// Sends `request` as a dump and collects the answer, starting over when the kernel flags it interrupted
+    /// (see the module docs).
+    async fn dump(
+        &self,
+        what: &str,
+        request: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        retry_interrupted(what, DUMP_ATTEMPTS, || {
+            let mut handle = self.handle.clone();
+            let mut msg = NetlinkMessage::from(request.clone());
+            msg.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            async move {
+                let answer = handle
+                    .request(msg)
+                    .map_err(|e| NetlinkError::request(what, e))?;
+                collect_dump(what, answer).await
+            }
+        })
+        .await
+    }
+
     // === links ===
 
     /// All links of the namespace.
     pub async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::request("list links", e))?;
-        Ok(msgs.iter().map(link_info).collect())
+        let msgs = self
+            .dump(
+                "list links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )
+            .await?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_info(l)),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The link called `name`, if any.
@@ -393,17 +435,20 @@ impl Netlink {
 
     /// The addresses on a link.
     pub async fn addresses(&self, index: u32) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
-        let msgs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::request(format!("list addresses of link {index}"), e))?;
+        let msgs = self
+            .dump(
+                &format!("list addresses of link {index}"),
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            )
+            .await?;
         let mut out = Vec::new();
         for m in msgs {
+            let RouteNetlinkMessage::NewAddress(m) = m else {
+                continue;
+            };
+            if m.header.index != index {
+                continue;
+            }
             for a in &m.attributes {
                 if let AddressAttribute::Address(ip) = a {
                     out.push((*ip, m.header.prefix_len));
@@ -450,16 +495,14 @@ impl Netlink {
     /// The IPv4 unicast routes of `table`.
     pub async fn routes(&self, table: u32) -> Result<Vec<RouteSpec>, NetlinkError> {
         let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
-        let msgs: Vec<RouteMessage> = self
-            .handle
-            .route()
-            .get(req)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::request("list routes", e))?;
+        let msgs = self
+            .dump("list routes", RouteNetlinkMessage::GetRoute(req))
+            .await?;
         let mut out = Vec::new();
         for m in msgs {
+            let RouteNetlinkMessage::NewRoute(m) = m else {
+                continue;
+            };
             let mut spec = RouteSpec {
                 dst: Ipv4Addr::UNSPECIFIED,
                 prefix_len: m.header.destination_prefix_length,
@@ -523,15 +566,19 @@ impl Netlink {
 
     /// All IPv4 `lookup` rules.
     pub async fn rules(&self) -> Result<Vec<RuleInfo>, NetlinkError> {
-        let msgs: Vec<RuleMessage> = self
-            .handle
-            .rule()
-            .get(IpVersion::V4)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::request("list rules", e))?;
-        Ok(msgs.iter().filter_map(RuleSpec::from_message).collect())
+        let mut req = RuleMessage::default();
+        req.header.family = AddressFamily::Inet;
+        req.header.action = RuleAction::Unspec;
+        let msgs = self
+            .dump("list rules", RouteNetlinkMessage::GetRule(req))
+            .await?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRule(r) => RuleSpec::from_message(r),
+                _ => None,
+            })
+            .collect())
     }
 
     // === neighbours ===
@@ -581,16 +628,17 @@ impl Netlink {
     pub async fn permanent_neighbours(
         &self,
     ) -> Result<Vec<(u32, Ipv4Addr, Option<MacAddr>)>, NetlinkError> {
-        let msgs: Vec<_> = self
-            .handle
-            .neighbours()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| NetlinkError::request("list neighbours", e))?;
+        let msgs = self
+            .dump(
+                "list neighbours",
+                RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+            )
+            .await?;
         let mut out = Vec::new();
         for m in msgs {
+            let RouteNetlinkMessage::NewNeighbour(m) = m else {
+                continue;
+            };
             if m.header.state != NeighbourState::Permanent {
                 continue;
             }
@@ -609,6 +657,65 @@ impl Netlink {
         }
         Ok(out)
     }
+}
+
+/// How many interrupted answers one dump may get before it fails.
+pub const DUMP_ATTEMPTS: u32 = 5;
+
+/// One answer to a dump: its messages, and whether any of them carried `NLM_F_DUMP_INTR`.
+#[derive(Debug)]
+struct DumpAnswer {
+    messages: Vec<RouteNetlinkMessage>,
+    interrupted: bool,
+}
+
+/// Reads one dump answer; an error message ends it with that error.
+async fn collect_dump(
+    what: &str,
+    answer: impl Stream<Item = NetlinkMessage<RouteNetlinkMessage>>,
+) -> Result<DumpAnswer, NetlinkError> {
+    let mut answer = std::pin::pin!(answer);
+    let mut out = DumpAnswer {
+        messages: Vec::new(),
+        interrupted: false,
+    };
+    while let Some(msg) = answer.next().await {
+        out.interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(m) => out.messages.push(m),
+            NetlinkPayload::Error(e) if e.code.is_some() => {
+                return Err(NetlinkError::request(
+                    what,
+                    rtnetlink::Error::NetlinkError(e),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Runs `attempt` until an answer is not interrupted, at most `attempts` times.
+async fn retry_interrupted<F, Fut>(
+    what: &str,
+    attempts: u32,
+    mut attempt: F,
+) -> Result<Vec<RouteNetlinkMessage>, NetlinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<DumpAnswer, NetlinkError>>,
+{
+    for n in 1..=attempts {
+        let answer = attempt().await?;
+        if !answer.interrupted {
+            return Ok(answer.messages);
+        }
+        tracing::debug!(what, attempt = n, "netlink dump interrupted; starting over");
+    }
+    Err(NetlinkError::DumpInterrupted {
+        op: what.to_string(),
+        attempts,
+    })
 }
 
 fn link_info(m: &LinkMessage) -> LinkInfo {
@@ -630,4 +737,112 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
         }
     }
     info
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::MAIN_TABLE;
+
+    fn link(index: u32, flags: u16) -> NetlinkMessage<RouteNetlinkMessage> {
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        let mut m = NetlinkMessage::from(RouteNetlinkMessage::NewLink(l));
+        m.header.flags = flags;
+        m
+    }
+
+    fn indexes(msgs: &[RouteNetlinkMessage]) -> Vec<u32> {
+        msgs.iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_dump_flagged_interrupted_is_asked_again_until_it_is_consistent() {
+        let tries = Cell::new(0u32);
+        let got = retry_interrupted("list links", DUMP_ATTEMPTS, || {
+            tries.set(tries.get() + 1);
+            // The first two answers see a table changing under them (index 2 missing, then repeated).
+            let answer = match tries.get() {
+                1 => vec![link(1, 0), link(3, NLM_F_DUMP_INTR)],
+                2 => vec![link(1, 0), link(2, 0), link(2, NLM_F_DUMP_INTR)],
+                _ => vec![link(1, 0), link(2, 0), link(3, 0)],
+            };
+            collect_dump("list links", futures::stream::iter(answer))
+        })
+        .await
+        .expect("third answer is consistent");
+        assert_eq!(tries.get(), 3);
+        assert_eq!(indexes(&got), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_dump_interrupted_every_time_fails_after_the_bound() {
+        let tries = Cell::new(0u32);
+        let err = retry_interrupted("list routes", 3, || {
+            tries.set(tries.get() + 1);
+            collect_dump(
+                "list routes",
+                futures::stream::iter(vec![link(1, NLM_F_DUMP_INTR)]),
+            )
+        })
+        .await
+        .expect_err("never consistent");
+        assert_eq!(tries.get(), 3);
+        assert!(
+            matches!(&err, NetlinkError::DumpInterrupted { attempts: 3, op } if op == "list routes"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_error_in_a_dump_is_the_dumps_error() {
+        let mut e = rtnetlink::packet_core::ErrorMessage::default();
+        e.code = std::num::NonZeroI32::new(-1);
+        let answer = vec![
+            link(1, 0),
+            NetlinkMessage::new(
+                rtnetlink::packet_core::NetlinkHeader::default(),
+                NetlinkPayload::Error(e),
+            ),
+        ];
+        let err = collect_dump("list links", futures::stream::iter(answer))
+            .await
+            .expect_err("error");
+        assert_eq!(err.errno(), Some(1));
+    }
+
+    /// Through the kernel: a dump in a fresh namespace answers the loopback link (needs root).
+    #[tokio::test]
+    async fn dumps_still_answer_through_the_kernel() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to create a network namespace");
+            return;
+        }
+        let ns = crate::new_anonymous_netns().expect("netns");
+        let nl = Netlink::connect_file(&ns).expect("netlink");
+        let links = nl.links().await.expect("links");
+        assert!(links.iter().any(|l| l.name == "lo"), "{links:?}");
+        assert!(nl
+            .rules()
+            .await
+            .expect("rules")
+            .iter()
+            .any(|r| r.table == MAIN_TABLE));
+        let lo = nl.link_by_name("lo").await.expect("lo").expect("lo");
+        nl.set_up(lo.index).await.expect("up");
+        let addrs = nl.addresses(lo.index).await.expect("addresses");
+        assert!(
+            addrs.contains(&(IpAddr::V4(Ipv4Addr::LOCALHOST), 8)),
+            "{addrs:?}"
+        );
+        nl.routes(MAIN_TABLE).await.expect("routes");
+        nl.permanent_neighbours().await.expect("neighbours");
+    }
 }

@@ -1,4 +1,4 @@
-//! A pod's network, as the anchor builds it (anchor-facts §2.2, §2.3), set up and torn down.
+//! A pod's network, as the anchor builds it (veth pair, /32, routes, rules 512 and 1536), set up and torn down.
 //!
 //! ```text
 //!  pod netns                                  host (node) netns

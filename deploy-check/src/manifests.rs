@@ -19,7 +19,7 @@ pub const INIT: &str = "aws-vpc-cni-init";
 /// Name of the conflist writer (`ipamd install --phase conflist`).
 pub const CONF: &str = "cni-conf";
 
-/// The anchor's host paths (anchor-facts §5.1, without the network policy agent's /sys/fs/bpf):
+/// The anchor's host paths (those of its DaemonSet, without the network policy agent's /sys/fs/bpf):
 /// (host path, hostPath type, container, mount path).
 pub const HOST_PATHS: [(&str, Option<&str>, &str, &str); 5] = [
     ("/opt/cni/bin", None, INIT, "/host/opt/cni/bin"),

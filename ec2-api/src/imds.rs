@@ -1,4 +1,5 @@
-//! The instance metadata service as the daemon uses it (anchor-facts §3.1 steps 4 and 8).
+//! The instance metadata service as the daemon uses it: at startup the instance (ID, type, region, primary MAC
+//! and IP, security groups) and the ENIs attached (per MAC: device number, subnet, addresses), as the anchor.
 //!
 //! IMDS is eventually consistent with EC2: right after an attach or an IP assignment it may still show the old
 //! state. Callers therefore treat it as a hint to be confirmed, never as the truth about what EC2 has assigned.

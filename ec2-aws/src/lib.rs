@@ -13,7 +13,7 @@
 //! * [`options`]: `AWS_EC2_ENDPOINT`, `HTTP_TIMEOUT`, attempts; the user agent (`app/aws-cni-<version>`).
 //! * [`limits`]: `ipamd gen-limits` and the DescribeInstanceTypes fallback for unknown instance types.
 //!
-//! Startup ([`connect`]) follows the anchor (anchor-facts §3.1 step 4): IMDS first, for the region and the
+//! Startup ([`connect`]) follows the anchor: IMDS first, for the region and the
 //! instance; then the EC2 client for that region with credentials from the default chain (environment, IRSA
 //! web identity, profile, container or instance role); then the instance type's limits, from the compiled-in
 //! table or DescribeInstanceTypes.

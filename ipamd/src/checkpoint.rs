@@ -1,7 +1,7 @@
 //! The checkpoint: who holds which address, on disk, in the anchor's format, so a restarted ipamd (or the anchor
 //! after a rollback, or we after the anchor) knows every running pod's address.
 //!
-//! **File** (anchor-facts §3.5): `AWS_VPC_K8S_CNI_BACKING_STORE`, default `/var/run/aws-node/ipam.json`:
+//! **File** (the anchor's, since v1.12): `AWS_VPC_K8S_CNI_BACKING_STORE`, default `/var/run/aws-node/ipam.json`:
 //!
 //! ```json
 //! {"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"8f3c…","ifName":"eth0",
@@ -20,7 +20,7 @@
 //! naming the file, and the file is left exactly as it is: it is never silently replaced, because it is the only
 //! record of which running pod holds which address.
 //!
-//! **Writing** ([`write_atomic`]) is atomic and durable: the whole file goes to `<name>.tmp` in the same
+//! **Writing** ([`hostfs::write_atomic`], mode 0600) is atomic and durable: the whole file goes to `<name>.tmp` in the same
 //! directory, which is fsync'd, renamed over the file, and the directory is fsync'd so the rename itself survives
 //! a power loss. A reader (us after a crash, the anchor after a rollback) sees the old file or the new one, never
 //! a mix.
@@ -43,7 +43,6 @@
 //! like the pods, does not outlive a reboot); on a disk each write costs two journal commits (file and
 //! directory; about 10 ms on the test machines' ext4), which group commit shares among concurrent requests.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -293,32 +292,6 @@ pub fn encode(records: &[AssignmentRecord]) -> Result<Vec<u8>, serde_json::Error
     Ok(bytes)
 }
 
-/// Replaces `path` with `bytes` atomically and durably: temp file in the same directory, fsync, rename, fsync of
-/// the directory. Creates the directory if needed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)?;
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = dir.join(name);
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(&dir)?.sync_all()
-}
-
 /// Called with the duration of every write (for the latency histogram).
 pub type WriteObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
@@ -414,7 +387,11 @@ impl Checkpoint {
         let path = self.path.clone();
         // fsync blocks for milliseconds: keep it off the runtime's worker threads. The write lock stays held
         // until it is done, so two writes never race on the temp file.
-        let res = tokio::task::spawn_blocking(move || write_atomic(&path, &bytes)).await;
+        let res = tokio::task::spawn_blocking(move || {
+            hostfs::write_atomic(&path, &bytes, hostfs::STATE_FILE_MODE)
+                .map_err(std::io::Error::from)
+        })
+        .await;
         if let Some(observe) = &self.observer {
             observe(started.elapsed());
         }

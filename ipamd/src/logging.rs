@@ -201,17 +201,16 @@ fn open_rotating(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    // Probe writability so a bad path is reported now, not swallowed by the rotating writer.
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    // Probe writability so a bad path is reported now, not swallowed by the rotating writer; this also narrows
+    // the mode of a log an older version created 0644.
+    hostfs::open_log(path)?;
     Ok(file_rotate::FileRotate::new(
         path,
         file_rotate::suffix::AppendCount::new(5),
         file_rotate::ContentLimit::BytesSurpassed(100 * 1024 * 1024),
         file_rotate::compression::Compression::None,
-        None,
+        // Rotated-in files are created 0640 as well, never through a symlink.
+        Some(hostfs::log_open_options()),
     ))
 }
 

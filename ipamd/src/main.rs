@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ipamd::daemon::{Backend, RunOptions};
+use ipamd::cmd::run::{Backend, RunOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -22,7 +22,7 @@ enum Command {
     /// Run the daemon.
     Run(RunArgs),
     /// Build a simulated node, set up pods through the real aws-cni binary, ping between them, clean up.
-    Demo(ipamd::demo::DemoArgs),
+    Demo(ipamd::cmd::demo::DemoArgs),
     /// Print the max-pods value for an instance type (the anchor's calculator, offline).
     MaxPods(instance_limits::MaxPodsArgs),
     /// Write the instance-limits table from EC2 DescribeInstanceTypes (instance-limits/data/instance-limits.tsv).
@@ -33,7 +33,7 @@ enum Command {
     /// Show a running ipamd's pool and pods.
     Status(StatusArgs),
     /// Install on the node: plugins into the host's CNI bin dir, sysctls, and (once ipamd is ready) the conflist.
-    Install(ipamd::install::InstallArgs),
+    Install(ipamd::cmd::install::InstallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -86,7 +86,7 @@ struct StatusArgs {
     socket: PathBuf,
     /// text for people, json for scripts.
     #[arg(long, value_enum, default_value = "text")]
-    output: ipamd::status_cmd::StatusFormat,
+    output: ipamd::cmd::status::StatusFormat,
     /// Deadline for connecting and for each call.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     timeout: std::time::Duration,
@@ -134,7 +134,7 @@ fn main() -> ExitCode {
                 max_pods: args.max_pods,
             };
             let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
-                rt.block_on(ipamd::daemon::run(opts))
+                rt.block_on(ipamd::cmd::run::run(opts))
                     .map_err(|e| e.to_string())
             });
             match result {
@@ -146,7 +146,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo(args) => match ipamd::demo::run(&args) {
+        Command::Demo(args) => match ipamd::cmd::demo::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ipamd demo: {e}");
@@ -154,8 +154,13 @@ fn main() -> ExitCode {
             }
         },
         Command::Health(args) => {
-            let result = small_runtime()
-                .map(|rt| rt.block_on(ipamd::probe::probe(&args.socket, args.timeout, args.ready)));
+            let result = small_runtime().map(|rt| {
+                rt.block_on(ipamd::cmd::probe::probe(
+                    &args.socket,
+                    args.timeout,
+                    args.ready,
+                ))
+            });
             match result {
                 Ok(r) => {
                     if r.code == 0 {
@@ -173,7 +178,7 @@ fn main() -> ExitCode {
         }
         Command::Status(args) => {
             let result = small_runtime().map_err(|e| e.to_string()).and_then(|rt| {
-                rt.block_on(ipamd::status_cmd::status(
+                rt.block_on(ipamd::cmd::status::status(
                     &args.socket,
                     args.timeout,
                     args.output,
@@ -193,7 +198,7 @@ fn main() -> ExitCode {
         }
         Command::Install(args) => {
             init_tracing();
-            match ipamd::install::run(&args) {
+            match ipamd::cmd::install::run(&args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("ipamd install: {e}");

@@ -20,7 +20,7 @@
 //! Pool steps, reconciliation and the leaked-ENI cleanup are serialised (one EC2 actor per node), and every EC2
 //! call goes through [`crate::ratelimit::PacedEc2`]: a client-side token bucket, jittered retries, a count by API.
 //!
-//! ENI lifecycle (anchor-facts §3.2, §3.3):
+//! ENI lifecycle (the anchor's EC2 calls, parameters and tags):
 //! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created);
 //!   CreateNetworkInterface in the chosen subnet with description `aws-K8S-<instance>`, the tags
 //!   (`instance_id`, `createdAt`, the cluster tags with `CLUSTER_NAME`, `ADDITIONAL_ENI_TAGS`) and its first
@@ -68,12 +68,11 @@ use crate::ec2::{
     ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER, TAG_ENI_OWNER_VALUE,
     TAG_INSTANCE_ID, TAG_NO_MANAGE,
 };
-use crate::hostnet::{HostNetError, HostNetwork, HostPlan};
+use crate::host::snat::SnatPlan;
+use crate::host::{HostNetError, HostNetwork, HostPlan};
 use crate::imds::{Imds, ImdsError, NodeMetadata};
 use crate::pool::{decide, Decision, EniRoom, HighWater, Outlook, PoolPolicy, PREFIX_SIZE};
 use crate::ratelimit::{CallCounts, PacedEc2, PacingConfig};
-use crate::reconcile::PodHost;
-use crate::snat::SnatPlan;
 
 /// Minimum time between two shrinking steps (anchor `decreaseIPPoolInterval`).
 pub const SHRINK_INTERVAL: Duration = Duration::from_secs(30);
@@ -135,7 +134,7 @@ pub struct Recovery {
     /// The assignments read from the checkpoint at startup.
     pub entries: Vec<CheckpointEntry>,
     /// The host's pod veths and rules; `None`: no host checks (tests without a kernel).
-    pub pods: Option<Arc<dyn PodHost>>,
+    pub pods: Option<Arc<dyn HostNetwork>>,
     /// Host veth prefix (`AWS_VPC_K8S_CNI_VETHPREFIX`), to find a restored pod's veth.
     pub veth_prefix: String,
 }
@@ -297,7 +296,7 @@ pub struct Node {
     /// Wakes the background checkpoint flusher.
     pub(crate) flush: Notify,
     pub(crate) recovery: Mutex<RecoveryState>,
-    pub(crate) pods: Option<Arc<dyn PodHost>>,
+    pub(crate) pods: Option<Arc<dyn HostNetwork>>,
     pub(crate) veth_prefix: String,
     /// ADDs waiting for an address.
     pub(crate) adds: AddQueue,
@@ -1452,7 +1451,7 @@ impl Node {
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
-    use crate::hostnet::RecordingHostNetwork;
+    use crate::host::fakes::FakeHost;
     use crate::sim::SimEc2;
 
     async fn node(instance_type: &str, config: Config) -> (Arc<Node>, SimEc2, ManualClock) {
@@ -1460,7 +1459,7 @@ mod tests {
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim.clone()),
-            hostnet: Arc::new(RecordingHostNetwork::default()),
+            hostnet: Arc::new(FakeHost::default()),
             clock: Arc::new(clock.clone()),
         };
         let n = Node::init(deps, config, None).await.expect("init");
@@ -1538,7 +1537,7 @@ mod tests {
                 inner: sim.clone(),
                 extra,
             }),
-            hostnet: Arc::new(RecordingHostNetwork::default()),
+            hostnet: Arc::new(FakeHost::default()),
             clock: Arc::new(clock.clone()),
         };
         let n = Node::init(deps, Config::default(), None).await;

@@ -1,7 +1,7 @@
 //! Warm-pool policy: given the node's counts, what to ask EC2 for next, or what to give back.
 //!
 //! The policy is a pure function ([`decide`]) so it can be tested exhaustively; the daemon's pool task calls it
-//! in a loop and carries out one step at a time (see `node.rs`). It follows the anchor (anchor-facts §3.4) with
+//! in a loop and carries out one step at a time (see `node.rs`). It follows the anchor's pool manager with
 //! its units: an *address* is a secondary IP, or one of the sixteen of a /28 prefix in prefix-delegation mode
 //! (PD); a *slot* is what EC2 counts against an ENI's IPv4 limit (one per secondary IP or per prefix). Besides
 //! the counts it takes an [`Outlook`]: the ADDs waiting for an address, the recent peak of need (`keep`), and

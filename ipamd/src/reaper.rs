@@ -45,12 +45,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use datapath::{Netlink, NetlinkError, NetnsId};
+use datapath::NetnsId;
 use prometheus::{IntCounterVec, IntGauge, Opts};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use crate::host::HostNetwork;
 
 /// Deletions the queue holds before offers are refused.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 1024;
@@ -111,38 +112,6 @@ impl Outcome {
             Outcome::Renamed => "renamed",
             Outcome::Failed => "failed",
         }
-    }
-}
-
-/// The links of ipamd's namespace, as the reaper needs them.
-#[async_trait]
-pub trait Links: Send + Sync + 'static {
-    /// The name of the link with interface index `index`; `None` when there is none.
-    async fn name_of(&self, index: u32) -> Result<Option<String>, NetlinkError>;
-    /// Deletes the link with interface index `index`; `false` when it was already gone.
-    async fn delete(&self, index: u32) -> Result<bool, NetlinkError>;
-}
-
-/// [`Links`] over a netlink socket of ipamd's (the host's) namespace.
-#[derive(Debug, Clone)]
-pub struct NetlinkLinks {
-    nl: Netlink,
-}
-
-impl NetlinkLinks {
-    pub fn new(nl: Netlink) -> NetlinkLinks {
-        NetlinkLinks { nl }
-    }
-}
-
-#[async_trait]
-impl Links for NetlinkLinks {
-    async fn name_of(&self, index: u32) -> Result<Option<String>, NetlinkError> {
-        Ok(self.nl.link_by_index(index).await?.map(|l| l.name))
-    }
-
-    async fn delete(&self, index: u32) -> Result<bool, NetlinkError> {
-        self.nl.delete_link_by_index(index).await
     }
 }
 
@@ -229,7 +198,7 @@ impl Reaper {
     /// Starts the reaper task (on the current tokio runtime) over `links`.
     pub fn spawn(
         config: ReaperConfig,
-        links: Arc<dyn Links>,
+        links: Arc<dyn HostNetwork>,
         metrics: ReaperMetrics,
     ) -> (Reaper, ReaperTask) {
         let (tx, rx) = mpsc::channel(config.capacity.max(1));
@@ -346,7 +315,7 @@ impl ReaperTask {
 }
 
 struct Worker {
-    links: Arc<dyn Links>,
+    links: Arc<dyn HostNetwork>,
     metrics: ReaperMetrics,
     pending: Arc<AtomicI64>,
 }
@@ -391,15 +360,15 @@ impl Worker {
 }
 
 /// Deletes the link at `index` if it is still called `name`; see the module docs.
-pub async fn reap_one(links: &dyn Links, name: &str, index: u32) -> Outcome {
-    let outcome = match links.name_of(index).await {
+pub async fn reap_one(links: &dyn HostNetwork, name: &str, index: u32) -> Outcome {
+    let outcome = match links.link_name(index).await {
         Ok(None) => Outcome::Gone,
         Ok(Some(current)) if current != name => {
             tracing::info!(veth = name, index, %current,
                 "the veth's index now has another name; left alone");
             Outcome::Renamed
         }
-        Ok(Some(_)) => match links.delete(index).await {
+        Ok(Some(_)) => match links.delete_link(index).await {
             Ok(true) => Outcome::Deleted,
             Ok(false) => Outcome::Gone,
             Err(e) if e.is_not_found() => Outcome::Gone,
@@ -423,73 +392,10 @@ pub async fn reap_one(links: &dyn Links, name: &str, index: u32) -> Outcome {
     outcome
 }
 
-/// A [`Links`] double: the links that exist by index, the indexes whose deletion fails, and an optional gate
-/// that holds every deletion until a permit is added.
-#[derive(Debug, Default)]
-pub struct FakeLinks {
-    pub links: std::sync::Mutex<std::collections::BTreeMap<u32, String>>,
-    pub failing: std::sync::Mutex<std::collections::BTreeSet<u32>>,
-    pub deleted: std::sync::Mutex<Vec<u32>>,
-    pub gate: Option<tokio::sync::Semaphore>,
-}
-
-impl FakeLinks {
-    /// A double whose deletions wait for [`FakeLinks::release`].
-    pub fn gated() -> FakeLinks {
-        FakeLinks {
-            gate: Some(tokio::sync::Semaphore::new(0)),
-            ..FakeLinks::default()
-        }
-    }
-
-    /// Lets `n` more deletions through the gate.
-    pub fn release(&self, n: usize) {
-        if let Some(g) = &self.gate {
-            g.add_permits(n);
-        }
-    }
-
-    pub fn add(&self, index: u32, name: &str) {
-        guard(&self.links).insert(index, name.to_string());
-    }
-
-    pub fn exists(&self, index: u32) -> bool {
-        guard(&self.links).contains_key(&index)
-    }
-}
-
-fn guard<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-#[async_trait]
-impl Links for FakeLinks {
-    async fn name_of(&self, index: u32) -> Result<Option<String>, NetlinkError> {
-        Ok(guard(&self.links).get(&index).cloned())
-    }
-
-    async fn delete(&self, index: u32) -> Result<bool, NetlinkError> {
-        if let Some(g) = &self.gate {
-            if let Ok(permit) = g.acquire().await {
-                permit.forget();
-            }
-        }
-        if guard(&self.failing).contains(&index) {
-            return Err(NetlinkError::Conflict(format!(
-                "link {index}: operation not permitted"
-            )));
-        }
-        let removed = guard(&self.links).remove(&index).is_some();
-        if removed {
-            guard(&self.deleted).push(index);
-        }
-        Ok(removed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::fakes::FakeHost;
 
     const NS: NetnsId = NetnsId {
         dev: 4,
@@ -530,7 +436,7 @@ mod tests {
 
     #[tokio::test]
     async fn deletes_by_index_only_under_the_expected_name() {
-        let links = Arc::new(FakeLinks::default());
+        let links = Arc::new(FakeHost::default());
         links.add(10, "eniaaaaaaaaaaa");
         links.add(11, "enibbbbbbbbbbb");
         links.add(12, "eth0");
@@ -548,7 +454,7 @@ mod tests {
             .offer(&offer("enidddddddddd", 13))
             .expect("offer taken");
         settle(&m, 3).await;
-        assert_eq!(*guard(&links.deleted), vec![10]);
+        assert_eq!(*links.deleted.lock().expect("lock"), vec![10]);
         assert!(links.exists(11) && links.exists(12));
         assert_eq!(m.count("deleted"), 1);
         assert_eq!(m.count("renamed"), 1);
@@ -566,7 +472,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_readded_pods_new_link_under_the_same_name_survives() {
-        let links = Arc::new(FakeLinks::gated());
+        let links = Arc::new(FakeHost::gated());
         links.add(20, "eniaaaaaaaaaaa");
         let m = ReaperMetrics::unregistered();
         let (reaper, task) = Reaper::spawn(config(8), links.clone(), m.clone());
@@ -574,7 +480,7 @@ mod tests {
             .offer(&offer("eniaaaaaaaaaaa", 20))
             .expect("offer taken");
         // The re-ADD replaces the old link before the reaper runs: same name, new index.
-        guard(&links.links).remove(&20);
+        links.links.lock().expect("lock").remove(&20);
         links.add(21, "eniaaaaaaaaaaa");
         links.release(1);
         settle(&m, 1).await;
@@ -586,10 +492,10 @@ mod tests {
 
     #[tokio::test]
     async fn failures_are_counted_and_the_reaper_goes_on() {
-        let links = Arc::new(FakeLinks::default());
+        let links = Arc::new(FakeHost::default());
         links.add(30, "eniaaaaaaaaaaa");
         links.add(31, "enibbbbbbbbbbb");
-        guard(&links.failing).insert(30);
+        links.failing.lock().expect("lock").insert(30);
         let m = ReaperMetrics::unregistered();
         let (reaper, task) = Reaper::spawn(config(8), links.clone(), m.clone());
         reaper
@@ -607,7 +513,7 @@ mod tests {
 
     #[tokio::test]
     async fn offers_that_are_not_ours_are_refused() {
-        let links = Arc::new(FakeLinks::default());
+        let links = Arc::new(FakeHost::default());
         let m = ReaperMetrics::unregistered();
         let (reaper, task) = Reaper::spawn(config(8), links, m.clone());
         assert!(matches!(
@@ -644,7 +550,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_refuses_so_the_plugin_deletes_itself() {
-        let links = Arc::new(FakeLinks::gated());
+        let links = Arc::new(FakeHost::gated());
         for i in 1..=4 {
             links.add(i, &format!("eni{i:011}"));
         }
@@ -673,14 +579,14 @@ mod tests {
         assert_eq!(m.pending.get(), 3);
         links.release(3);
         settle(&m, 3).await;
-        assert_eq!(*guard(&links.deleted), vec![1, 2, 3]);
+        assert_eq!(*links.deleted.lock().expect("lock"), vec![1, 2, 3]);
         assert!(links.exists(4));
         task.shutdown(Duration::from_secs(5)).await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_delay_holds_deletions_back_and_shutdown_drains_without_it() {
-        let links = Arc::new(FakeLinks::default());
+        let links = Arc::new(FakeHost::default());
         links.add(40, "eniaaaaaaaaaaa");
         links.add(41, "enibbbbbbbbbbb");
         let m = ReaperMetrics::unregistered();
@@ -709,7 +615,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_abandons_what_it_cannot_finish_in_time() {
         // The gate never opens: the kernel is stuck on the first deletion.
-        let links = Arc::new(FakeLinks::gated());
+        let links = Arc::new(FakeHost::gated());
         links.add(50, "eniaaaaaaaaaaa");
         links.add(51, "enibbbbbbbbbbb");
         let m = ReaperMetrics::unregistered();

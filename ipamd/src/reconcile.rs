@@ -22,7 +22,7 @@
 //! and a `createdAt` tag older than 5 minutes are deleted. One without `createdAt` is stamped now and left for a
 //! later run. These are the ENIs a crash between create and attach, or between detach and delete, leaves behind.
 //!
-//! **Restart recovery** (anchor §3.1 step 12, with the anchor's restart bugs #3887, #3019, #1967, #711 closed).
+//! **Restart recovery** (the anchor's last startup step, with the anchor's restart bugs #3887, #3019, #1967, #711 closed).
 //! In this order, before the socket opens:
 //! 1. the checkpoint is read first of all ([`crate::checkpoint::read`]); a bad file stops ipamd and is kept;
 //! 2. the node's ENIs come from IMDS, and their addresses from EC2 (DescribeNetworkInterfaces, retried; never
@@ -48,12 +48,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use async_trait::async_trait;
-use datapath::pod::PodTeardown;
-use datapath::{Netlink, NetlinkError};
 
 use crate::checkpoint::CheckpointEntry;
 use crate::datastore::{Eni, IpamKey, RestoreError};
@@ -61,7 +56,7 @@ use crate::ec2::{
     Ec2, Ec2Error, EniDescription, EniFilter, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME,
     TAG_CREATED_AT, TAG_INSTANCE_ID, TAG_NO_MANAGE,
 };
-use crate::hostnet::HostNetError;
+use crate::host::HostNetError;
 use crate::imds::ImdsError;
 use crate::node::{lock, mac_of, Node, NodeError, RELEASED_MEMORY, STARTUP_RETRY};
 
@@ -444,64 +439,6 @@ impl Node {
 
 // === restart recovery ===
 
-/// The host's view of pods, for checking restored assignments.
-#[async_trait]
-pub trait PodHost: Send + Sync + 'static {
-    /// Whether the host-side veth `name` exists.
-    async fn veth_exists(&self, name: &str) -> Result<bool, NetlinkError>;
-    /// Removes what a pod with `ip` had on the host: rules 512/1536 and the /32 route. Returns every failure.
-    async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError>;
-}
-
-/// [`PodHost`] over netlink in the daemon's namespace.
-#[derive(Debug, Clone)]
-pub struct NetlinkPodHost {
-    nl: Netlink,
-}
-
-impl NetlinkPodHost {
-    pub fn new(nl: Netlink) -> NetlinkPodHost {
-        NetlinkPodHost { nl }
-    }
-}
-
-#[async_trait]
-impl PodHost for NetlinkPodHost {
-    async fn veth_exists(&self, name: &str) -> Result<bool, NetlinkError> {
-        Ok(self.nl.link_by_name(name).await?.is_some())
-    }
-
-    async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError> {
-        datapath::pod::teardown(
-            &self.nl,
-            &PodTeardown {
-                ip: Some(ip),
-                ..PodTeardown::default()
-            },
-        )
-        .await
-    }
-}
-
-/// A [`PodHost`] double: the veths that exist, and the addresses whose routing was removed.
-#[derive(Debug, Clone, Default)]
-pub struct FakePodHost {
-    pub veths: Arc<Mutex<std::collections::BTreeSet<String>>>,
-    pub removed: Arc<Mutex<Vec<Ipv4Addr>>>,
-}
-
-#[async_trait]
-impl PodHost for FakePodHost {
-    async fn veth_exists(&self, name: &str) -> Result<bool, NetlinkError> {
-        Ok(lock(&self.veths).contains(name))
-    }
-
-    async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError> {
-        lock(&self.removed).push(ip);
-        Vec::new()
-    }
-}
-
 /// What restoring the checkpoint did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreReport {
@@ -779,6 +716,7 @@ impl Node {
 mod tests {
     use std::collections::HashSet;
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     use super::*;
     use crate::checkpoint::Checkpoint;
@@ -786,7 +724,7 @@ mod tests {
     use crate::config::Config;
     use crate::datastore::{PodMeta, MIGRATED_IF_NAME, MIGRATED_NETWORK_NAME};
     use crate::ec2::IpRequest;
-    use crate::hostnet::RecordingHostNetwork;
+    use crate::host::fakes::FakeHost;
     use crate::imds::Imds;
     use crate::node::{NodeDeps, Recovery};
     use crate::ratelimit::PacingConfig;
@@ -795,7 +733,7 @@ mod tests {
     struct Box_ {
         sim: SimEc2,
         clock: ManualClock,
-        pods: FakePodHost,
+        pods: FakeHost,
         dir: PathBuf,
     }
 
@@ -815,7 +753,7 @@ mod tests {
             Box_ {
                 sim,
                 clock,
-                pods: FakePodHost::default(),
+                pods: FakeHost::default(),
                 dir,
             }
         }
@@ -832,7 +770,7 @@ mod tests {
             let deps = NodeDeps {
                 ec2: Arc::new(self.sim.clone()),
                 imds: Arc::new(self.sim.clone()),
-                hostnet: Arc::new(RecordingHostNetwork::default()),
+                hostnet: Arc::new(FakeHost::default()),
                 clock: Arc::new(self.clock.clone()),
             };
             let recovery = Recovery {

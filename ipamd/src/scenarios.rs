@@ -18,7 +18,7 @@ use crate::ec2::{
     CreateEniRequest, Ec2, IpRequest, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER,
     TAG_INSTANCE_ID,
 };
-use crate::hostnet::RecordingHostNetwork;
+use crate::host::fakes::FakeHost;
 use crate::node::{Node, NodeDeps};
 use crate::sim::{Fault, NoHotplug, SimEc2, SimSpec, SimSubnet, SIM_SUBNET_ID};
 
@@ -26,7 +26,7 @@ struct Harness {
     node: Arc<Node>,
     sim: SimEc2,
     clock: Arc<dyn Clock>,
-    host: RecordingHostNetwork,
+    host: FakeHost,
     shutdown: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
     next: usize,
@@ -58,7 +58,7 @@ impl Harness {
         let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
             .await
             .expect("sim");
-        let host = RecordingHostNetwork::default();
+        let host = FakeHost::default();
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim.clone()),
@@ -799,7 +799,7 @@ async fn snat_rules_follow_the_configuration() {
     let chain = h
         .host
         .iptables
-        .rules("nat", crate::snat::SNAT_CHAIN)
+        .rules("nat", crate::host::snat::SNAT_CHAIN)
         .expect("SNAT chain");
     let primary = h.node.primary_ip().to_string();
     assert!(chain
@@ -810,7 +810,10 @@ async fn snat_rules_follow_the_configuration() {
     assert_eq!(chain.len(), 3, "VPC CIDR, excluded CIDR, SNAT");
     h.stop().await;
     let h = Harness::start("m5.large", &[("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true")]).await;
-    assert_eq!(h.host.iptables.rules("nat", crate::snat::SNAT_CHAIN), None);
+    assert_eq!(
+        h.host.iptables.rules("nat", crate::host::snat::SNAT_CHAIN),
+        None
+    );
     h.stop().await;
 }
 

@@ -1,8 +1,8 @@
 //! [`ImdsServer`]: an instance metadata service for one moto instance, with IMDSv2 token checking.
 //!
 //! moto's own `/latest/meta-data` is a static stub unrelated to its EC2 state and has no
-//! `network/interfaces/macs/` (shared/reference/testbed.md §1). This server answers the paths the daemon reads
-//! (anchor-facts §3.1 steps 4 and 8) from moto's live state ([`crate::aws::node_view`], refreshed at most every
+//! `network/interfaces/macs/`. This server answers the paths the daemon reads at startup (the instance, and
+//! the ENIs by MAC) from moto's live state ([`crate::aws::node_view`], refreshed at most every
 //! 200 ms), so an ENI attached or an IP assigned through EC2 shows up in IMDS as on a real instance.
 //!
 //! IMDSv2 as AWS does it:

@@ -5,7 +5,7 @@
 //! (no destructors) takes its moto with it. The venv comes from `scripts/deps.sh`
 //! (`$AWS_CNI_TEST_VENV`, default `/opt/aws-cni-test-venv`).
 //!
-//! moto enforces no ENI or IP limits and implements no prefix delegation (shared/reference/testbed.md §1):
+//! moto enforces no ENI or IP limits and implements no prefix delegation:
 //! tests use it for API behaviour, never for limits.
 
 use std::io::{Read, Write};

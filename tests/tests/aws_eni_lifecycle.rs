@@ -1,5 +1,5 @@
-//! The aws backend's EC2 calls against moto: the ENI lifecycle as ipamd drives it (anchor-facts §3.2), the
-//! listings the leaked-ENI cleanup makes (§3.3), and EC2's errors as classes. Each test has its own moto.
+//! The aws backend's EC2 calls against moto: the ENI lifecycle as ipamd drives it, the
+//! listings the leaked-ENI cleanup makes, and EC2's errors as classes. Each test has its own moto.
 //!
 //! moto enforces no ENI or IP limits, so nothing here asserts limit behaviour.
 #![cfg(feature = "aws")]

@@ -1,5 +1,5 @@
 //! The aws backend's IMDSv2 client against the IMDS test server, which serves a moto instance's metadata:
-//! what the daemon reads at startup (anchor-facts §3.1 steps 4 and 8), the token handshake, and IMDS's
+//! what the daemon reads at startup (the instance, and the ENIs by MAC), the token handshake, and IMDS's
 //! eventual consistency after an attach.
 #![cfg(feature = "aws")]
 

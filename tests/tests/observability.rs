@@ -5,7 +5,7 @@ use integration_tests::{
 };
 use serde_json::Value;
 
-/// Every series the anchor exports (anchor-facts §1.4) and ours; each must be present in a scrape.
+/// Every series the anchor exports (`awscni_*`) and ours; each must be present in a scrape.
 const DECLARED: &[&str] = &[
     "awscni_ipamd_error_count",
     "awscni_ipamd_action_inprogress",

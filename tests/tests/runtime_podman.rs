@@ -4,8 +4,7 @@
 //!
 //! podman runs inside the node's network namespace (entered with `nsenter --net`, which, unlike
 //! `ip netns exec`, leaves /sys and its cgroup mounts alone), with its storage and configuration in a temporary
-//! directory: the machine's own podman setup is not touched. Setup follows ../shared/reference/testbed.md §4
-//! (runc instead of crun, explicit ulimits, cgroupfs, a busybox image imported from Debian's busybox-static).
+//! directory: the machine's own podman setup is not touched. Setup: runc instead of crun, explicit ulimits, cgroupfs, a busybox image imported from Debian's busybox-static.
 
 use std::path::Path;
 use std::process::Command;

@@ -1,5 +1,5 @@
-//! A model of the anchor's (aws-node's) IPv4 pool manager, from anchor-facts §3.1, §3.2 and §3.4, written from
-//! that description (no anchor code), driven through the same simulator as our engine.
+//! A model of the anchor's (aws-node's) IPv4 pool manager: its startup, its EC2 calls and its pool loop, written
+//! from their description (no anchor code), driven through the same simulator as our engine.
 //!
 //! Modelled:
 //! - **Startup**: IMDS ENIs, one DescribeNetworkInterfaces (up to 12 tries, else startup fails), CreateTags on an ENI missing the instance tag, then

@@ -3,8 +3,8 @@
 //!
 //! Two engines drive the same simulator through the same `Ec2` and `Imds` traits:
 //! - **ours**: `ipamd::node::Node` with its pool task (`run_pool`), client-side pacing and reconcile, exactly as
-//!   `ipamd run` wires them, with a no-op host network;
-//! - **anchor model**: [`anchor::AnchorNode`], the anchor's pool policy as anchor-facts §3.4 describes it (see
+//!   `ipamd run` wires them, with the host double (no kernel side);
+//! - **anchor model**: [`anchor::AnchorNode`], the anchor's pool policy (see
 //!   that module), behind a model of the AWS SDK's standard retryer ([`SdkRetryEc2`]).
 //!
 //! Both use the same datastore type (`ipamd::datastore::Datastore`) for who holds which address and for the
@@ -24,12 +24,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipamd::clock::Clock;
 use ipamd::config::Config;
-use ipamd::datastore::{Eni, IpamKey, PodMeta};
+use ipamd::datastore::{IpamKey, PodMeta};
 use ipamd::ec2::{
     Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
     InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
 };
-use ipamd::hostnet::{HostNetError, HostNetwork};
+use ipamd::host::fakes::FakeHost;
 use ipamd::imds::Imds;
 use ipamd::node::{Node, NodeDeps};
 use ipamd::ratelimit::{PacingConfig, TokenBucket};
@@ -52,17 +52,6 @@ impl Engine {
             Engine::Ours => "ours",
             Engine::Anchor => "anchor model",
         }
-    }
-}
-
-/// A host network that does nothing (the virtual benchmarks have no kernel side).
-#[derive(Debug, Default)]
-pub struct NullHost;
-
-#[async_trait]
-impl HostNetwork for NullHost {
-    async fn setup_eni(&self, _eni: &Eni, _mtu: u32) -> Result<(), HostNetError> {
-        Ok(())
     }
 }
 
@@ -113,7 +102,8 @@ pub async fn start(
             let deps = NodeDeps {
                 ec2,
                 imds,
-                hostnet: Arc::new(NullHost),
+                // The virtual benchmarks have no kernel side.
+                hostnet: Arc::new(FakeHost::default()),
                 clock,
             };
             let node = Node::init_with(deps, config, max_pods, PacingConfig::default())

@@ -27,14 +27,13 @@ use crate::checkpoint::Checkpoint;
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
-use crate::hostnet::NetlinkHostNetwork;
-use crate::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
+use crate::host::{HostNetwork, NetlinkHost};
 use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
 use crate::node::{Node, NodeDeps, NodeError, Recovery};
 use crate::ratelimit::PacingConfig;
-use crate::reaper::{NetlinkLinks, Reaper, ReaperConfig, ReaperTask};
-use crate::reconcile::NetlinkPodHost;
-use crate::rpc::CniService;
+use crate::reaper::{Reaper, ReaperConfig, ReaperTask};
+use crate::serve::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
+use crate::serve::rpc::CniService;
 use crate::sim::fabric::NetnsFabric;
 use crate::sim::{SimEc2, SimError, SimSpec};
 
@@ -116,16 +115,7 @@ struct Endpoints {
 }
 
 fn env_bool(env: &dyn EnvSource, var: &'static str) -> Result<bool, ConfigError> {
-    match env.get(var).map(|v| v.trim().to_ascii_lowercase()) {
-        None => Ok(false),
-        Some(v) if v.is_empty() || v == "false" || v == "0" => Ok(false),
-        Some(v) if v == "true" || v == "1" => Ok(true),
-        Some(v) => Err(ConfigError {
-            var,
-            value: v,
-            reason: "expected true or false".into(),
-        }),
-    }
+    Ok(crate::config::parse_bool(env, var)?.unwrap_or(false))
 }
 
 fn endpoints(env: &dyn EnvSource) -> Result<Endpoints, DaemonError> {
@@ -177,7 +167,7 @@ fn start_reaper(
         })?),
     };
     let netns = datapath::current_netns_id().map_err(DaemonError::NetnsCheck)?;
-    let links = NetlinkLinks::new(datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?);
+    let links = NetlinkHost::new(datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?);
     Ok(Some(Reaper::spawn(
         ReaperConfig {
             veth_prefix: veth_prefix.to_string(),
@@ -221,6 +211,54 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// The EC2 and IMDS the node talks to, assembled in one place: the backend (the instance's EC2 and IMDS, or the
+/// simulator on a simulated node), each call metered. (The pacing layer, the node's token bucket and throttle
+/// gate, is added by the node itself.)
+async fn ec2_stack(
+    opts: &RunOptions,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Result<(Arc<dyn crate::ec2::Ec2>, Arc<dyn crate::imds::Imds>), DaemonError> {
+    let (ec2, imds): (Arc<dyn crate::ec2::Ec2>, Arc<dyn crate::imds::Imds>) = match opts.backend {
+        #[cfg(not(feature = "aws"))]
+        Backend::Aws => {
+            let _ = config;
+            return Err(DaemonError::AwsBackendUnavailable);
+        }
+        #[cfg(feature = "aws")]
+        Backend::Aws => {
+            // IMDS (region, instance), then EC2 with the default credential chain, then the instance type's
+            // limits (compiled-in table, else DescribeInstanceTypes).
+            // The SDK makes one attempt per call (unless AWS_EC2_MAX_ATTEMPTS says otherwise): PacedEc2 retries,
+            // through the throttle gate, so SDK retries would only multiply throttled calls.
+            let aws = ec2_aws::connect(|k: &str| {
+                crate::ratelimit::backend_env(k, |v| crate::config::EnvSource::get(&ProcessEnv, v))
+            })
+            .await?;
+            (Arc::new(aws.ec2), Arc::new(aws.imds))
+        }
+        Backend::Sim => {
+            if datapath::is_initial_netns().map_err(DaemonError::NetnsCheck)? {
+                return Err(DaemonError::SimInInitialNetns);
+            }
+            let mut spec = SimSpec::new(&opts.instance_type);
+            spec.state_file = opts.sim_state.clone();
+            spec.api_latency = opts.sim_api_latency;
+            let fabric = match &opts.sim_fabric_netns {
+                Some(path) => NetnsFabric::in_netns(path, spec.subnet_cidr, config.eni_mtu).await,
+                None => NetnsFabric::new(spec.subnet_cidr, config.eni_mtu).await,
+            }
+            .map_err(DaemonError::Fabric)?;
+            let sim = SimEc2::launch(spec, Arc::new(fabric)).await?;
+            (Arc::new(sim.clone()), Arc::new(sim))
+        }
+    };
+    Ok((
+        Arc::new(MeteredEc2::new(ec2, Arc::clone(metrics))),
+        Arc::new(MeteredImds::new(imds, Arc::clone(metrics))),
+    ))
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let startup = Instant::now();
@@ -243,49 +281,17 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             None
         }
     };
-    let clock = Arc::new(SystemClock::default());
-    let deps = match opts.backend {
-        #[cfg(not(feature = "aws"))]
-        Backend::Aws => return Err(DaemonError::AwsBackendUnavailable),
-        #[cfg(feature = "aws")]
-        Backend::Aws => {
-            // IMDS (region, instance), then EC2 with the default credential chain, then the instance type's
-            // limits (compiled-in table, else DescribeInstanceTypes).
-            // The SDK makes one attempt per call (unless AWS_EC2_MAX_ATTEMPTS says otherwise): PacedEc2 retries,
-            // through the throttle gate, so SDK retries would only multiply throttled calls.
-            let aws = ec2_aws::connect(|k: &str| {
-                crate::ratelimit::backend_env(k, |v| crate::config::EnvSource::get(&ProcessEnv, v))
-            })
-            .await?;
-            let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
-            NodeDeps {
-                ec2: Arc::new(MeteredEc2::new(Arc::new(aws.ec2), Arc::clone(&metrics))),
-                imds: Arc::new(MeteredImds::new(Arc::new(aws.imds), Arc::clone(&metrics))),
-                hostnet: Arc::new(NetlinkHostNetwork::new(nl)),
-                clock,
-            }
-        }
-        Backend::Sim => {
-            if datapath::is_initial_netns().map_err(DaemonError::NetnsCheck)? {
-                return Err(DaemonError::SimInInitialNetns);
-            }
-            let mut spec = SimSpec::new(&opts.instance_type);
-            spec.state_file = opts.sim_state.clone();
-            spec.api_latency = opts.sim_api_latency;
-            let fabric = match &opts.sim_fabric_netns {
-                Some(path) => NetnsFabric::in_netns(path, spec.subnet_cidr, config.eni_mtu).await,
-                None => NetnsFabric::new(spec.subnet_cidr, config.eni_mtu).await,
-            }
-            .map_err(DaemonError::Fabric)?;
-            let sim = SimEc2::launch(spec, Arc::new(fabric)).await?;
-            let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
-            NodeDeps {
-                ec2: Arc::new(MeteredEc2::new(Arc::new(sim.clone()), Arc::clone(&metrics))),
-                imds: Arc::new(MeteredImds::new(Arc::new(sim), Arc::clone(&metrics))),
-                hostnet: Arc::new(NetlinkHostNetwork::new(nl)),
-                clock,
-            }
-        }
+    let (ec2, imds) = ec2_stack(&opts, &config, &metrics).await?;
+    // One netlink socket for ENI setup and pod recovery; the veth reaper has its own (a veth's deletion waits
+    // for RCU grace periods inside the kernel call, and must not hold ENI setup back).
+    let host = Arc::new(NetlinkHost::new(
+        datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
+    ));
+    let deps = NodeDeps {
+        ec2,
+        imds,
+        hostnet: Arc::clone(&host) as Arc<dyn HostNetwork>,
+        clock: Arc::new(SystemClock::default()),
     };
     let observer = metrics.checkpoint_write_seconds.clone();
     let veth_prefix = ProcessEnv
@@ -301,9 +307,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             )
         }),
         entries: entries.unwrap_or_default(),
-        pods: Some(Arc::new(NetlinkPodHost::new(
-            datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
-        ))),
+        pods: Some(host),
         veth_prefix: veth_prefix.clone(),
     };
     let init_started = Instant::now();

@@ -1,7 +1,9 @@
-//! Daemon configuration from the environment, with the anchor's variable names and defaults.
+//! Reading the daemon's [`Config`] from the environment, with the anchor's variable names and defaults.
 //!
 //! All reads go through [`EnvSource`], so tests pass a map and nothing deep in the daemon reads `std::env`.
-//! Every invalid value stops startup with an error that names the variable and the value.
+//! Every invalid value stops startup with an error that names the variable and the value. Booleans are read by
+//! one parser, [`parse_bool`] (`true`/`1`/`yes`, `false`/`0`/`no`, any case; empty is unset), which the
+//! installer and the daemon's endpoint switches use as well.
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
@@ -37,6 +39,8 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 
+use super::{Config, ConfigError, RandomizeSnat};
+
 /// Where configuration values come from.
 pub trait EnvSource {
     fn get(&self, key: &str) -> Option<String>;
@@ -49,6 +53,16 @@ pub struct ProcessEnv;
 impl EnvSource for ProcessEnv {
     fn get(&self, key: &str) -> Option<String> {
         std::env::var(key).ok()
+    }
+}
+
+/// An [`EnvSource`] over a function (`|k| std::env::var(k).ok()`, a test's map lookup).
+#[derive(Debug, Clone, Copy)]
+pub struct EnvFn<F>(pub F);
+
+impl<F: Fn(&str) -> Option<String>> EnvSource for EnvFn<F> {
+    fn get(&self, key: &str) -> Option<String> {
+        (self.0)(key)
     }
 }
 
@@ -79,104 +93,6 @@ pub const ENV_ADDITIONAL_ENI_TAGS: &str = "ADDITIONAL_ENI_TAGS";
 pub const ENV_DISABLE_LEAKED_ENI_CLEANUP: &str = "DISABLE_LEAKED_ENI_CLEANUP";
 pub const ENV_POOL_RELEASE_DELAY: &str = "AWS_CNI_POOL_RELEASE_DELAY";
 pub const ENV_ADD_WAIT_SECONDS: &str = "AWS_CNI_ADD_WAIT_SECONDS";
-
-/// Default of `AWS_CNI_POOL_RELEASE_DELAY`: as long as Kubernetes' HPA scale-down stabilisation window, so a
-/// workload that scales down and back up within five minutes finds its addresses still there.
-pub const DEFAULT_POOL_RELEASE_DELAY: Duration = Duration::from_secs(300);
-/// Default of `AWS_CNI_ADD_WAIT_SECONDS`: below the plugin's 10 s deadline for an ipamd call, with room for the
-/// checkpoint write and the plugin's own work.
-pub const DEFAULT_ADD_WAIT: Duration = Duration::from_secs(8);
-
-/// How the SNAT rule picks source ports (`AWS_VPC_K8S_CNI_RANDOMIZESNAT`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RandomizeSnat {
-    /// `--random-fully` (the default, `prng`).
-    Prng,
-    /// `--random` (`hashrandom`).
-    HashRandom,
-    /// Neither (`none`).
-    None,
-}
-
-/// A configuration value that cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid {var}={value:?}: {reason}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub value: String,
-    pub reason: String,
-}
-
-/// The effective configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// Free ENIs' worth of IPs to keep ready (ignored when an IP target is set).
-    pub warm_eni_target: u32,
-    /// Free IPs to keep ready; 0 = unset.
-    pub warm_ip_target: u32,
-    /// Floor on the total number of IPs; 0 = unset.
-    pub minimum_ip_target: u32,
-    /// Cap on ENIs below the instance limit; `None` = instance limit.
-    pub max_eni: Option<u32>,
-    /// How long a released IP is kept out of circulation.
-    pub ip_cooldown: Duration,
-    /// MTU of the ENIs.
-    pub eni_mtu: u32,
-    /// MTU of pod veths (reported to the plugin through the conflist; kept here for validation).
-    pub pod_mtu: u32,
-    /// Never call EC2 to change anything.
-    pub disable_provisioning: bool,
-    /// Free /28 prefixes to keep (prefix delegation); 0 = unset.
-    pub warm_prefix_target: u32,
-    /// Ask EC2 for /28 prefixes instead of secondary IPs.
-    pub prefix_delegation: bool,
-    /// Someone else (a NAT gateway) translates pod traffic: no SNAT or connmark rules here.
-    pub external_snat: bool,
-    /// Destinations whose traffic keeps the pod's address.
-    pub exclude_snat_cidrs: Vec<Ipv4Network>,
-    pub randomize_snat: RandomizeSnat,
-    /// The connmark/fwmark bit.
-    pub connmark: u32,
-    pub node_port_support: bool,
-    pub subnet_discovery: bool,
-    /// `CLUSTER_NAME`; empty = unset.
-    pub cluster_name: String,
-    /// `ADDITIONAL_ENI_TAGS`, reserved keys dropped.
-    pub additional_eni_tags: BTreeMap<String, String>,
-    pub disable_leaked_eni_cleanup: bool,
-    /// Release hysteresis: the pool gives back nothing it needed within this long (`AWS_CNI_POOL_RELEASE_DELAY`).
-    pub pool_release_delay: Duration,
-    /// How long an ADD waits for an address on its way before failing (`AWS_CNI_ADD_WAIT_SECONDS`).
-    pub add_wait: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            warm_eni_target: 1,
-            warm_ip_target: 0,
-            minimum_ip_target: 0,
-            max_eni: None,
-            ip_cooldown: Duration::from_secs(30),
-            eni_mtu: 9001,
-            pod_mtu: 9001,
-            disable_provisioning: false,
-            warm_prefix_target: 0,
-            prefix_delegation: false,
-            external_snat: false,
-            exclude_snat_cidrs: Vec::new(),
-            randomize_snat: RandomizeSnat::Prng,
-            connmark: 0x80,
-            node_port_support: true,
-            subnet_discovery: true,
-            cluster_name: String::new(),
-            additional_eni_tags: BTreeMap::new(),
-            disable_leaked_eni_cleanup: false,
-            pool_release_delay: DEFAULT_POOL_RELEASE_DELAY,
-            add_wait: DEFAULT_ADD_WAIT,
-        }
-    }
-}
 
 fn invalid(var: &'static str, value: &str, reason: &str) -> ConfigError {
     ConfigError {
@@ -276,7 +192,9 @@ fn parse_u32(env: &dyn EnvSource, var: &'static str) -> Result<Option<u32>, Conf
     }
 }
 
-fn parse_bool(env: &dyn EnvSource, var: &'static str) -> Result<Option<bool>, ConfigError> {
+/// A boolean variable: `true`/`1`/`yes` or `false`/`0`/`no`, any case, blanks around ignored; unset or empty is
+/// `None`; anything else is an error naming the variable.
+pub fn parse_bool(env: &dyn EnvSource, var: &'static str) -> Result<Option<bool>, ConfigError> {
     match env.get(var) {
         None => Ok(None),
         Some(v) => match v.trim().to_ascii_lowercase().as_str() {

@@ -1,27 +1,27 @@
-//! Host networking for ENIs (anchor-facts §2.3, §3.6): what makes a secondary ENI usable by pods.
+//! Host networking for ENIs: what makes a secondary ENI usable by pods.
 //!
 //! For a secondary ENI on device N (route table N+1):
 //! - find its link by MAC (retrying: the kernel may not have finished hot-plugging it), set the MTU, bring it up;
 //! - give it the ENI's primary IP, and remove the connected subnet route the kernel then adds to main (it would
 //!   steer the whole subnet out of this ENI);
-//! - table N+1: `<gw>/32 dev ethN scope link` and `default via <gw> dev ethN`, gw = subnet base + 1;
+//! - table N+1: `<gw>/32 dev ethN scope link` and `default via <gw> dev ethN`, gw = subnet base + 1 (the VPC
+//!   router);
 //! - rule 32765: `from <ENI primary IP> lookup N+1`.
 //!
 //! The primary ENI only gets its MTU. Removing an ENI ([`HostNetwork::teardown_eni`]) deletes its rule and
 //! empties its table. Node-wide ([`HostNetwork::setup_host`]): the primary ENI's MTU, rule 1024
 //! `fwmark <mark>/<mark> lookup main` (non-VPC pod traffic leaves through the primary ENI) and the SNAT/connmark
-//! iptables rules of [`crate::snat`]. Everything is idempotent, so a restarted daemon, or the reconcile timer
-//! repairing drift, simply re-applies it.
+//! iptables rules of [`crate::host::snat`]. Everything is idempotent, so a restarted daemon, or the reconcile
+//! timer repairing drift, simply re-applies it. (This is the anchor's host layout, rule priorities included:
+//! other tools on the node rely on them.)
 
-use std::sync::Arc;
-use std::time::Duration;
+use datapath::{MacAddr, NetlinkError, RouteSpec, RuleSpec, ENI_PRIMARY_IP_RULE_PRIORITY};
 
-use async_trait::async_trait;
-use datapath::{MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec, ENI_PRIMARY_IP_RULE_PRIORITY};
-
+use super::snat::{self, SnatError, SnatPlan};
+#[cfg(doc)]
+use super::HostNetwork;
+use super::NetlinkHost;
 use crate::datastore::Eni;
-use crate::sim::fabric::subnet_gateway;
-use crate::snat::{CommandIptables, Iptables, RecordingIptables, SnatError, SnatPlan};
 
 /// Priority of the rule sending connmarked (non-VPC) pod traffic to the main table.
 pub const FWMARK_RULE_PRIORITY: u32 = 1024;
@@ -54,46 +54,6 @@ pub enum HostNetError {
     Snat(#[from] SnatError),
 }
 
-/// The host-side effects of ENIs.
-#[async_trait]
-pub trait HostNetwork: Send + Sync + 'static {
-    /// Makes `eni` usable: link, MTU, address, route table, rule. Idempotent.
-    async fn setup_eni(&self, eni: &Eni, mtu: u32) -> Result<(), HostNetError>;
-    /// Undoes [`HostNetwork::setup_eni`] for an ENI being removed: its rule and its table. Idempotent.
-    async fn teardown_eni(&self, _eni: &Eni) -> Result<(), HostNetError> {
-        Ok(())
-    }
-    /// Node-wide settings: primary MTU, fwmark rule, SNAT/connmark. Idempotent.
-    async fn setup_host(&self, _plan: &HostPlan) -> Result<(), HostNetError> {
-        Ok(())
-    }
-}
-
-/// The real thing, over netlink in the daemon's namespace.
-#[derive(Debug, Clone)]
-pub struct NetlinkHostNetwork {
-    nl: Netlink,
-    link_wait: Duration,
-    iptables: Arc<dyn Iptables>,
-}
-
-impl NetlinkHostNetwork {
-    /// Netlink in the daemon's namespace and the machine's `iptables`.
-    pub fn new(nl: Netlink) -> NetlinkHostNetwork {
-        NetlinkHostNetwork {
-            nl,
-            link_wait: Duration::from_millis(200),
-            iptables: Arc::new(CommandIptables::default()),
-        }
-    }
-
-    /// Uses another iptables (a double, or other binaries).
-    pub fn with_iptables(mut self, iptables: Arc<dyn Iptables>) -> NetlinkHostNetwork {
-        self.iptables = iptables;
-        self
-    }
-}
-
 fn eni_rule(eni: &Eni) -> RuleSpec {
     RuleSpec {
         priority: ENI_PRIMARY_IP_RULE_PRIORITY,
@@ -114,9 +74,8 @@ fn fwmark_rule(mark: u32) -> RuleSpec {
     }
 }
 
-#[async_trait]
-impl HostNetwork for NetlinkHostNetwork {
-    async fn setup_eni(&self, eni: &Eni, mtu: u32) -> Result<(), HostNetError> {
+impl NetlinkHost {
+    pub(super) async fn configure_eni(&self, eni: &Eni, mtu: u32) -> Result<(), HostNetError> {
         let wrap = |source| HostNetError::Netlink {
             eni: eni.id.clone(),
             source,
@@ -159,7 +118,7 @@ impl HostNetwork for NetlinkHostNetwork {
             })
             .await
             .map_err(wrap)?;
-        let gw = subnet_gateway(eni.subnet);
+        let gw = datapath::subnet_gateway(eni.subnet.network());
         self.nl
             .replace_route(&RouteSpec {
                 dst: gw,
@@ -186,7 +145,7 @@ impl HostNetwork for NetlinkHostNetwork {
         Ok(())
     }
 
-    async fn teardown_eni(&self, eni: &Eni) -> Result<(), HostNetError> {
+    pub(super) async fn unconfigure_eni(&self, eni: &Eni) -> Result<(), HostNetError> {
         let wrap = |source| HostNetError::Netlink {
             eni: eni.id.clone(),
             source,
@@ -201,7 +160,7 @@ impl HostNetwork for NetlinkHostNetwork {
         Ok(())
     }
 
-    async fn setup_host(&self, plan: &HostPlan) -> Result<(), HostNetError> {
+    pub(super) async fn configure_host(&self, plan: &HostPlan) -> Result<(), HostNetError> {
         let wrap = |source| HostNetError::Netlink {
             eni: "primary".into(),
             source,
@@ -229,72 +188,20 @@ impl HostNetwork for NetlinkHostNetwork {
             primary_if: link.name,
             ..plan.snat.clone()
         };
-        crate::snat::apply(self.iptables.as_ref(), &snat).await?;
-        Ok(())
-    }
-}
-
-/// A double that records which ENIs were set up and torn down, and keeps SNAT rules in an in-memory iptables
-/// (for tests of the daemon's logic without a kernel).
-#[derive(Debug, Default, Clone)]
-pub struct RecordingHostNetwork {
-    pub setups: Arc<std::sync::Mutex<Vec<String>>>,
-    pub teardowns: Arc<std::sync::Mutex<Vec<String>>>,
-    pub iptables: RecordingIptables,
-}
-
-impl RecordingHostNetwork {
-    /// ENIs set up (in order, repeats included).
-    pub fn setups(&self) -> Vec<String> {
-        self.setups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// ENIs torn down.
-    pub fn teardowns(&self) -> Vec<String> {
-        self.teardowns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-}
-
-#[async_trait]
-impl HostNetwork for RecordingHostNetwork {
-    async fn setup_eni(&self, eni: &Eni, _mtu: u32) -> Result<(), HostNetError> {
-        self.setups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(eni.id.clone());
-        Ok(())
-    }
-
-    async fn teardown_eni(&self, eni: &Eni) -> Result<(), HostNetError> {
-        self.teardowns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(eni.id.clone());
-        Ok(())
-    }
-
-    async fn setup_host(&self, plan: &HostPlan) -> Result<(), HostNetError> {
-        let snat = SnatPlan {
-            primary_if: "eth0".into(),
-            ..plan.snat.clone()
-        };
-        crate::snat::apply(&self.iptables, &snat).await?;
+        snat::apply(self.iptables.as_ref(), &snat).await?;
         Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::config::RandomizeSnat;
-    use crate::snat::CommandIptables;
-    use datapath::VethSpec;
+    use crate::host::snat::CommandIptables;
+    use crate::host::HostNetwork;
+    use datapath::{Netlink, VethSpec};
     use std::os::fd::AsRawFd;
 
     fn is_root() -> bool {
@@ -332,7 +239,7 @@ mod tests {
                 .expect("peer link");
             nl.set_up(l.index).await.expect("peer up");
         }
-        let host = NetlinkHostNetwork::new(nl.clone())
+        let host = NetlinkHost::new(nl.clone())
             .with_iptables(Arc::new(CommandIptables::in_netns(&ns_path)));
         let subnet: ipnetwork::Ipv4Network = "10.0.0.0/20".parse().expect("cidr");
         let eni = Eni::new(

@@ -271,9 +271,9 @@ impl CniBackend for CniService {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::hostnet::RecordingHostNetwork;
+    use crate::host::fakes::FakeHost;
     use crate::node::NodeDeps;
-    use crate::reaper::{FakeLinks, ReaperConfig, ReaperMetrics};
+    use crate::reaper::{ReaperConfig, ReaperMetrics};
     use datapath::NetnsId;
 
     const NS: NetnsId = NetnsId {
@@ -286,7 +286,7 @@ mod tests {
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim),
-            hostnet: Arc::new(RecordingHostNetwork::default()),
+            hostnet: Arc::new(FakeHost::default()),
             clock: Arc::new(clock),
         };
         let n = Node::init(deps, Config::default(), None)
@@ -334,7 +334,7 @@ mod tests {
     async fn del_defers_the_offered_veth_only_when_the_reaper_takes_it() {
         let node = node().await;
         let metrics = Arc::new(Metrics::new().expect("metrics"));
-        let links = Arc::new(FakeLinks::default());
+        let links = Arc::new(FakeHost::default());
         links.add(7, "eniaaaaaaaaaaa");
         links.add(8, "enibbbbbbbbbbb");
         let rm = ReaperMetrics::unregistered();

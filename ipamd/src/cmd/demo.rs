@@ -243,7 +243,7 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         .map(|e| e.primary_ip);
     let vpc_router = enis
         .first()
-        .map(|e| crate::sim::fabric::subnet_gateway(e.subnet_cidr));
+        .map(|e| datapath::subnet_gateway(e.subnet_cidr.network()));
     println!();
     println!(
         "{:<12} {:<12} {:<29} {:<12} {:>9}",

@@ -1,6 +1,7 @@
 //! The two HTTP endpoints: Prometheus metrics (`:61678/metrics`, all interfaces, as the anchor) and
 //! introspection (`127.0.0.1:61679` by default, or a `unix:<path>` socket), with the anchor's paths and JSON
-//! shapes (anchor-facts §1.3) plus `/v1/pods`.
+//! shapes (`/v1/enis`, `/v1/eni-configs`, `/v1/networkutils-env-settings`, `/v1/ipamd-env-settings`) plus
+//! `/v1/pods`.
 //!
 //! Introspection never shows container IDs or interface names of IPAM keys: the anchor blanks them since v1.23 so
 //! that nobody on the node can forge a DelNetwork for another pod from what introspection reveals.

@@ -1,0 +1,120 @@
+//! The node's host networking: the one seam between the daemon and the kernel of its own network namespace.
+//!
+//! ```text
+//!   engine (ENI lifecycle, reconcile) ─┐
+//!   restart recovery ──────────────────┼─▶ HostNetwork ─┬─▶ NetlinkHost ─▶ datapath::Netlink + iptables
+//!   veth reaper ───────────────────────┘   (one trait)  └─▶ FakeHost (tests, `fakes` feature)
+//! ```
+//!
+//! [`HostNetwork`] names everything ipamd does to the host, in three groups, one file each:
+//! - [`eni`]: an ENI's link, address, route table and rule; node-wide settings (MTU, the fwmark rule, and the
+//!   SNAT/connmark rules of [`snat`]);
+//! - [`pods`]: what restart recovery needs: does a pod's host veth exist, and removing a gone pod's rules and
+//!   route;
+//! - [`links`]: what the veth reaper needs: a link's name by index, and deleting a link by index.
+//!
+//! [`NetlinkHost`] is the real implementation (one netlink socket in ipamd's namespace, and the machine's
+//! iptables). The test double, [`fakes::FakeHost`], records what was asked and keeps veths, links and iptables
+//! rules in memory; it is compiled only for tests and with the `fakes` feature (which the bench enables), never
+//! into the product.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datapath::{Netlink, NetlinkError};
+
+use crate::datastore::Eni;
+
+pub mod eni;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
+pub mod links;
+pub mod pods;
+pub mod snat;
+
+pub use eni::{HostNetError, HostPlan, FWMARK_RULE_PRIORITY};
+
+/// Everything the daemon does to its host's network. Every method is idempotent.
+#[async_trait]
+pub trait HostNetwork: Send + Sync + 'static {
+    // === ENIs ===
+
+    /// Makes `eni` usable: link, MTU, address, route table, rule.
+    async fn setup_eni(&self, eni: &Eni, mtu: u32) -> Result<(), HostNetError>;
+    /// Undoes [`HostNetwork::setup_eni`] for an ENI being removed: its rule and its table.
+    async fn teardown_eni(&self, eni: &Eni) -> Result<(), HostNetError>;
+    /// Node-wide settings: primary MTU, fwmark rule, SNAT/connmark.
+    async fn setup_host(&self, plan: &HostPlan) -> Result<(), HostNetError>;
+
+    // === pods ===
+
+    /// Whether the host-side veth `name` exists.
+    async fn veth_exists(&self, name: &str) -> Result<bool, NetlinkError>;
+    /// Removes what a pod with `ip` had on the host: rules 512/1536 and the /32 route. Returns every failure.
+    async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError>;
+
+    // === links ===
+
+    /// The name of the link with interface index `index`; `None` when there is none.
+    async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError>;
+    /// Deletes the link with interface index `index`; `false` when it was already gone.
+    async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError>;
+}
+
+/// [`HostNetwork`] over netlink in the daemon's namespace and the machine's `iptables`.
+#[derive(Debug, Clone)]
+pub struct NetlinkHost {
+    nl: Netlink,
+    link_wait: Duration,
+    iptables: Arc<dyn snat::Iptables>,
+}
+
+impl NetlinkHost {
+    /// Netlink in the daemon's namespace and the machine's `iptables`.
+    pub fn new(nl: Netlink) -> NetlinkHost {
+        NetlinkHost {
+            nl,
+            link_wait: Duration::from_millis(200),
+            iptables: Arc::new(snat::CommandIptables::default()),
+        }
+    }
+
+    /// Uses another iptables (a double, or other binaries).
+    pub fn with_iptables(mut self, iptables: Arc<dyn snat::Iptables>) -> NetlinkHost {
+        self.iptables = iptables;
+        self
+    }
+}
+
+#[async_trait]
+impl HostNetwork for NetlinkHost {
+    async fn setup_eni(&self, eni: &Eni, mtu: u32) -> Result<(), HostNetError> {
+        self.configure_eni(eni, mtu).await
+    }
+
+    async fn teardown_eni(&self, eni: &Eni) -> Result<(), HostNetError> {
+        self.unconfigure_eni(eni).await
+    }
+
+    async fn setup_host(&self, plan: &HostPlan) -> Result<(), HostNetError> {
+        self.configure_host(plan).await
+    }
+
+    async fn veth_exists(&self, name: &str) -> Result<bool, NetlinkError> {
+        pods::veth_exists(&self.nl, name).await
+    }
+
+    async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError> {
+        pods::remove_routing(&self.nl, ip).await
+    }
+
+    async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError> {
+        links::name_of(&self.nl, index).await
+    }
+
+    async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError> {
+        links::delete(&self.nl, index).await
+    }
+}

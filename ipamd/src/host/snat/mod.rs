@@ -1,0 +1,40 @@
+//! SNAT and connmark rules for pod traffic leaving the VPC, through iptables.
+//!
+//! Pods have VPC addresses. Traffic to the VPC keeps them; traffic anywhere else must leave from the node's primary
+//! IP (an internet or NAT gateway only translates the primary ENI's primary IP). With `AWS_VPC_K8S_CNI_EXTERNALSNAT`
+//! unset the node does it itself:
+//!
+//! ```text
+//!   nat POSTROUTING  -m comment "AWS SNAT CHAIN" -j AWS-SNAT-CHAIN-0
+//!   AWS-SNAT-CHAIN-0:   -d <each VPC CIDR> RETURN; -d <each excluded CIDR> RETURN;
+//!                       ! -o vlan+ -m addrtype ! --dst-type LOCAL -j SNAT --to-source <primary IP> [--random-fully]
+//!   nat PREROUTING   -i eni+ -j AWS-CONNMARK-CHAIN-0        (new connections from pods)
+//!   AWS-CONNMARK-CHAIN-0: -d <VPC / excluded CIDRs> RETURN; CONNMARK --set-xmark <mark>/<mark>
+//!   nat PREROUTING   CONNMARK --restore-mark --mask <mark>
+//!   mangle PREROUTING -i eni+ CONNMARK --restore-mark --mask <mark>     (every later packet of those connections)
+//!   mangle PREROUTING -i <primary> -m addrtype --dst-type LOCAL --limit-iface-in CONNMARK --set-xmark <mark>
+//!                                                                        (NodePort support)
+//!   rule 1024: fwmark <mark>/<mark> lookup main                          (host::eni, netlink)
+//! ```
+//!
+//! So a pod on a secondary ENI that talks to the internet is routed by the fwmark rule through the main table and
+//! eth0 (not its ENI's table, whose gateway would drop a foreign source), and SNATed to the primary IP on the way
+//! out; its VPC traffic still leaves through its own ENI (rule 1536).
+//!
+//! Applying is idempotent and converges from any state: the two chains are rewritten whole in one
+//! `iptables-restore --noflush` transaction, each jump is added only if `iptables -C` does not find it, and chains
+//! of older layouts (`AWS-SNAT-CHAIN-1..n`, `AWS-CONNMARK-CHAIN-1..n`) are removed. Turning SNAT off removes the
+//! jumps and the chains again.
+//!
+//! Three layers, one file each: [`plan`] (what the rules are: pure), [`apply`] (converging iptables to a plan),
+//! [`iptables`] (the [`Iptables`] trait and the real [`CommandIptables`]). The in-memory model with iptables'
+//! semantics for the commands used (`RecordingIptables`, for tests without root) is with the host's other doubles
+//! in `crate::host::fakes`.
+
+pub mod apply;
+pub mod iptables;
+pub mod plan;
+
+pub use apply::apply;
+pub use iptables::{CommandIptables, Iptables, SnatError};
+pub use plan::{split_rule, SnatPlan, CONNMARK_CHAIN, SNAT_CHAIN};
