@@ -139,11 +139,8 @@ fn init_logging(conf: &PluginConf) {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .ok()
+        // 0640, never through a symlink (pods' names and addresses are in it).
+        hostfs::open_log(path).ok()
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

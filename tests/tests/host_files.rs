@@ -1,7 +1,7 @@
 //! The files ipamd writes on the host, through the real binary: the checkpoint never follows a symlink planted
 //! at its temporary name (someone able to write the checkpoint's directory must not make root overwrite another
-//! file), and the checkpoint and ipamd's own log are not world-readable (container IDs, pod names, addresses):
-//! 0600 and 0640.
+//! file), and the checkpoint and the logs of ipamd and of the plugin are not world-readable (container IDs, pod
+//! names, addresses): 0600 and 0640.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -40,6 +40,11 @@ fn a_symlink_at_the_checkpoints_temporary_name_is_not_followed() {
         .file_type()
         .is_symlink());
     assert_eq!(mode(&checkpoint), 0o600, "checkpoint mode");
+    assert_eq!(
+        mode(&ipamd.dir.path().join("plugin.log")),
+        0o640,
+        "the plugin's log mode"
+    );
 
     let out = cni(&ipamd.node, "DEL", &p, &conf);
     assert!(out.success, "DEL: {}", out.stdout);
