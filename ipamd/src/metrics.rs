@@ -2,7 +2,7 @@
 //! dashboards and alerts keep working), plus ours.
 //!
 //! Where values come from:
-//! - request path: [`crate::rpc`] counts ADD/DEL and observes their latency as ipamd sees it;
+//! - request path: [`crate::serve::rpc`] counts ADD/DEL and observes their latency as ipamd sees it;
 //! - EC2 and IMDS: [`MeteredEc2`] / [`MeteredImds`] wrap the backends and record every call (latency summary by
 //!   API, errors by code, and ours: calls by API and outcome with throttling apart) — nothing in the pool engine
 //!   needs to know about metrics;

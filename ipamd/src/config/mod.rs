@@ -1,5 +1,5 @@
 //! The daemon's configuration: [`Config`], plain data with the anchor's defaults, which the engine reads and
-//! tests build directly. Where its values come from is [`env`] (the environment, with the anchor's variable
+//! tests build directly. Where its values come from is [`env`](mod@env) (the environment, with the anchor's variable
 //! names; the table of variables is there).
 
 use std::collections::BTreeMap;

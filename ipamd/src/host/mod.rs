@@ -14,7 +14,7 @@
 //! - [`links`]: what the veth reaper needs: a link's name by index, and deleting a link by index.
 //!
 //! [`NetlinkHost`] is the real implementation (one netlink socket in ipamd's namespace, and the machine's
-//! iptables). The test double, [`fakes::FakeHost`], records what was asked and keeps veths, links and iptables
+//! iptables). The test double, `fakes::FakeHost`, records what was asked and keeps veths, links and iptables
 //! rules in memory; it is compiled only for tests and with the `fakes` feature (which the bench enables), never
 //! into the product.
 

@@ -26,7 +26,7 @@
 //! of older layouts (`AWS-SNAT-CHAIN-1..n`, `AWS-CONNMARK-CHAIN-1..n`) are removed. Turning SNAT off removes the
 //! jumps and the chains again.
 //!
-//! Three layers, one file each: [`plan`] (what the rules are: pure), [`apply`] (converging iptables to a plan),
+//! Three layers, one file each: [`plan`] (what the rules are: pure), [`apply`](mod@apply) (converging iptables to a plan),
 //! [`iptables`] (the [`Iptables`] trait and the real [`CommandIptables`]). The in-memory model with iptables'
 //! semantics for the commands used (`RecordingIptables`, for tests without root) is with the host's other doubles
 //! in `crate::host::fakes`.
