@@ -20,7 +20,7 @@ fn max_pods(instance_type: &str, options: &MaxPodsOptions) -> Result<u32, MaxPod
     compute(lookup(instance_type).unwrap(), options).map(|r| r.max_pods)
 }
 
-/// Published values (eni-max-pods.txt / anchor study §4); those file values
+/// Published values (the anchor's eni-max-pods.txt); those file values
 /// are uncapped, hence `show_max_allowed`.
 #[test]
 fn published_examples() {

@@ -34,7 +34,7 @@
 //!   are remembered for 60 s so a lagging IMDS or EC2 view cannot bring them back (see [`crate::reconcile`]).
 //! - After `InsufficientFreeAddressesInSubnet`/`InsufficientCidrBlocks` the pool does not try to grow for 120 s.
 //!
-//! Startup follows the anchor (§3.1): read the node and its ENIs from IMDS, confirm their addresses with one
+//! Startup follows the anchor's order: read the node and its ENIs from IMDS, confirm their addresses with one
 //! DescribeNetworkInterfaces for all of them (IMDS may lag: EC2 is the truth, anchor #3887; no address known
 //! only from IMDS is ever handed out, so startup waits for EC2 rather than fall back to IMDS: throttling and
 //! other transient errors are retried in-process for as long as they last, with jittered backoff capped at a

@@ -113,7 +113,8 @@ impl PoolNode for AnchorNode {
 }
 
 impl AnchorNode {
-    /// Startup (§3.1 steps 8, 11, 16).
+    /// Startup, as the anchor's nodeInit: the node and its ENIs from IMDS, their addresses from one
+    /// DescribeNetworkInterfaces (up to 12 tries).
     pub async fn init(
         ec2: Arc<dyn Ec2>,
         imds: Arc<dyn Imds>,
