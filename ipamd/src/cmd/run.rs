@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::checkpoint::Checkpoint;
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
 use crate::host::{HostNetwork, NetlinkHost};
@@ -147,6 +147,7 @@ fn start_reaper(
     env: &dyn EnvSource,
     veth_prefix: &str,
     metrics: &Metrics,
+    clock: Arc<dyn Clock>,
 ) -> Result<Option<(Reaper, ReaperTask)>, DaemonError> {
     if env_bool(env, "AWS_CNI_DISABLE_VETH_REAPER")? {
         tracing::info!(
@@ -167,7 +168,10 @@ fn start_reaper(
         })?),
     };
     let netns = datapath::current_netns_id().map_err(DaemonError::NetnsCheck)?;
-    let links = NetlinkHost::new(datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?);
+    let links = NetlinkHost::new(
+        datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
+        clock,
+    );
     Ok(Some(Reaper::spawn(
         ReaperConfig {
             veth_prefix: veth_prefix.to_string(),
@@ -282,16 +286,18 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         }
     };
     let (ec2, imds) = ec2_stack(&opts, &config, &metrics).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     // One netlink socket for ENI setup and pod recovery; the veth reaper has its own (a veth's deletion waits
     // for RCU grace periods inside the kernel call, and must not hold ENI setup back).
     let host = Arc::new(NetlinkHost::new(
         datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
+        Arc::clone(&clock),
     ));
     let deps = NodeDeps {
         ec2,
         imds,
         hostnet: Arc::clone(&host) as Arc<dyn HostNetwork>,
-        clock: Arc::new(SystemClock::default()),
+        clock: Arc::clone(&clock),
     };
     let observer = metrics.checkpoint_write_seconds.clone();
     let veth_prefix = ProcessEnv
@@ -413,10 +419,11 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         );
     }
 
-    let (reaper, reaper_task) = match start_reaper(&ProcessEnv, &veth_prefix, &metrics)? {
-        Some((r, t)) => (Some(r), Some(t)),
-        None => (None, None),
-    };
+    let (reaper, reaper_task) =
+        match start_reaper(&ProcessEnv, &veth_prefix, &metrics, Arc::clone(&clock))? {
+            Some((r, t)) => (Some(r), Some(t)),
+            None => (None, None),
+        };
     let mut cni_service = CniService::new(Arc::clone(&node), Arc::clone(&metrics));
     if let Some(r) = reaper {
         cni_service = cni_service.with_reaper(r);

@@ -87,7 +87,7 @@ impl NetlinkHost {
             if link.is_some() {
                 break;
             }
-            tokio::time::sleep(self.link_wait * (attempt + 1)).await;
+            self.clock.sleep(self.link_wait * (attempt + 1)).await;
         }
         let link = link.ok_or_else(|| HostNetError::LinkNotFound {
             eni: eni.id.clone(),
@@ -239,7 +239,7 @@ mod tests {
                 .expect("peer link");
             nl.set_up(l.index).await.expect("peer up");
         }
-        let host = NetlinkHost::new(nl.clone())
+        let host = NetlinkHost::new(nl.clone(), Arc::new(crate::clock::SystemClock::default()))
             .with_iptables(Arc::new(CommandIptables::in_netns(&ns_path)));
         let subnet: ipnetwork::Ipv4Network = "10.0.0.0/20".parse().expect("cidr");
         let eni = Eni::new(

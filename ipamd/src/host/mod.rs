@@ -25,6 +25,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datapath::{Netlink, NetlinkError};
 
+use crate::clock::Clock;
 use crate::datastore::Eni;
 
 pub mod eni;
@@ -63,19 +64,32 @@ pub trait HostNetwork: Send + Sync + 'static {
     async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError>;
 }
 
-/// [`HostNetwork`] over netlink in the daemon's namespace and the machine's `iptables`.
-#[derive(Debug, Clone)]
+/// [`HostNetwork`] over netlink in the daemon's namespace and the machine's `iptables`; waits (for a hot-plugged
+/// ENI's link to appear) on the daemon's clock.
+#[derive(Clone)]
 pub struct NetlinkHost {
     nl: Netlink,
+    clock: Arc<dyn Clock>,
     link_wait: Duration,
     iptables: Arc<dyn snat::Iptables>,
 }
 
+impl std::fmt::Debug for NetlinkHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetlinkHost")
+            .field("nl", &self.nl)
+            .field("link_wait", &self.link_wait)
+            .field("iptables", &self.iptables)
+            .finish_non_exhaustive()
+    }
+}
+
 impl NetlinkHost {
     /// Netlink in the daemon's namespace and the machine's `iptables`.
-    pub fn new(nl: Netlink) -> NetlinkHost {
+    pub fn new(nl: Netlink, clock: Arc<dyn Clock>) -> NetlinkHost {
         NetlinkHost {
             nl,
+            clock,
             link_wait: Duration::from_millis(200),
             iptables: Arc::new(snat::CommandIptables::default()),
         }
