@@ -108,6 +108,14 @@ impl Drop for Cleanup {
     }
 }
 
+/// `ipamd demo` as a command: the exit code.
+pub fn main(args: DemoArgs) -> std::process::ExitCode {
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => super::failed("ipamd demo", e),
+    }
+}
+
 /// Runs the demo; see the module docs.
 pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     if !nix::unistd::geteuid().is_root() {

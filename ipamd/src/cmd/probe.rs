@@ -5,13 +5,44 @@
 //! serving. `--ready` adds the readiness question the anchor never asks (#1923: Ready before it has any IP): is
 //! an ADD able to get an address now, or can the pool still grow to give one? If not, exit 4 with the reason.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use aws_cni_proto::{IpamdControlClient, StatusRequest, HEALTH_SERVICE_NAME};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+
+/// Command line of `ipamd health`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthArgs {
+    /// ipamd's socket.
+    #[arg(long, default_value = aws_cni_proto::DEFAULT_IPAMD_SOCKET)]
+    pub socket: PathBuf,
+    /// Also require that ipamd can serve a pod ADD now (or can grow its pool to).
+    #[arg(long)]
+    pub ready: bool,
+    /// Deadline for connecting and for each call, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `ipamd health`: the probe's message on stdout (healthy) or stderr, and its exit code.
+pub fn main(args: HealthArgs) -> ExitCode {
+    match super::small_runtime() {
+        Ok(rt) => {
+            let r = rt.block_on(probe(&args.socket, args.timeout, args.ready));
+            if r.code == 0 {
+                println!("{}", r.message);
+            } else {
+                eprintln!("ipamd health: {}", r.message);
+            }
+            ExitCode::from(r.code)
+        }
+        Err(e) => super::failed("ipamd health", e),
+    }
+}
 
 /// Probe outcome: exit code and a line for stderr/stdout.
 #[derive(Debug, Clone, PartialEq, Eq)]

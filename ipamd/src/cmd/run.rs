@@ -51,19 +51,55 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the pool task (an EC2 call in flight) after SIGTERM.
 pub const POOL_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Options of `ipamd run`.
-#[derive(Debug, Clone)]
+/// Options of `ipamd run` (its command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
+    /// Unix socket to serve gRPC on.
+    #[arg(long, default_value = aws_cni_proto::DEFAULT_IPAMD_SOCKET)]
     pub socket: PathBuf,
+    /// Which EC2 to use.
+    #[arg(long, value_enum, default_value_t = Backend::Aws)]
     pub backend: Backend,
+    /// Instance type of the simulated node (sim backend).
+    #[arg(long, default_value = "m5.large")]
     pub instance_type: String,
-    /// Sim backend: EC2's state, loaded if present and saved after every change.
+    /// Enter this network namespace (e.g. /run/netns/NAME) before anything else.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// The simulated EC2 state (sim backend): loaded from here if present, written here (fsync'd) after every
+    /// change, so the simulated instance survives ipamd's death.
+    #[arg(long)]
     pub sim_state: Option<PathBuf>,
-    /// Sim backend: the VPC fabric in this existing namespace (it then outlives ipamd); default: anonymous.
+    /// Put the simulated VPC fabric in this existing network namespace (e.g. /run/netns/NAME), so ENI links
+    /// outlive ipamd; its owner removes it. Default: an anonymous namespace that dies with ipamd.
+    #[arg(long)]
     pub sim_fabric_netns: Option<PathBuf>,
-    /// Sim backend: how long every EC2 call takes.
+    /// How long every simulated EC2 call takes, e.g. 200ms (sim backend).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub sim_api_latency: Duration,
+    /// Override the max-pods value computed from the instance type.
+    #[arg(long)]
     pub max_pods: Option<u32>,
+}
+
+/// `ipamd run`: enters `--netns` (before any thread or socket exists), then runs the daemon until a signal.
+pub fn main(opts: RunOptions) -> std::process::ExitCode {
+    super::init_tracing();
+    if let Some(ns) = &opts.netns {
+        if let Err(e) = datapath::enter_netns(ns) {
+            return super::failed("ipamd", e);
+        }
+    }
+    let result = super::runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(run(opts)).map_err(|e| e.to_string()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            super::failed("ipamd", e)
+        }
+    }
 }
 
 /// Why the daemon stopped with an error.

@@ -4,7 +4,8 @@
 //! pool counts, and every pod's address with its ENI and route table.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use aws_cni_proto::{FailureReason, IpamdControlClient, ListAllocationsRequest, StatusRequest};
@@ -14,6 +15,37 @@ use aws_cni_proto::{FailureReason, IpamdControlClient, ListAllocationsRequest, S
 pub enum StatusFormat {
     Text,
     Json,
+}
+
+/// Command line of `ipamd status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// ipamd's socket.
+    #[arg(long, default_value = aws_cni_proto::DEFAULT_IPAMD_SOCKET)]
+    pub socket: PathBuf,
+    /// text for people, json for scripts.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: StatusFormat,
+    /// Deadline for connecting and for each call.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `ipamd status`: the report on stdout.
+pub fn main(args: StatusArgs) -> ExitCode {
+    let result = super::small_runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(status(&args.socket, args.timeout, args.output))
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::failed("ipamd status", e),
+    }
 }
 
 /// Why `ipamd status` failed.

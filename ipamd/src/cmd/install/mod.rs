@@ -244,6 +244,15 @@ fn source_dir(args: &InstallArgs) -> Result<PathBuf, InstallError> {
     }
 }
 
+/// `ipamd install` as a command: logging, then [`run`]; the exit code.
+pub fn main(args: InstallArgs) -> std::process::ExitCode {
+    super::init_tracing();
+    match run(&args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => super::failed("ipamd install", e),
+    }
+}
+
 /// `ipamd install` with the process environment.
 pub fn run(args: &InstallArgs) -> Result<(), InstallError> {
     run_with_env(args, &|k: &str| std::env::var(k).ok())
