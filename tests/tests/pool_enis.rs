@@ -19,17 +19,40 @@ fn pods_spread_over_enis_that_are_tagged_and_configured_on_the_host() {
         assert!(out.success, "ADD {i}: {}\n{}", out.stdout, ipamd.log());
         pods.push((ns, p, out));
     }
-    // 9 on the primary ENI, the rest on a second one; WARM_ENI_TARGET=1 keeps a third ready.
+    // 9 on the primary ENI, the rest on a second one; WARM_ENI_TARGET=1 keeps a third ready. That warm ENI may
+    // still be on its way (attached, DeleteOnTermination or host setup pending) when the last ADD answers, so the
+    // checks below are retried until the pool has settled.
+    let ips: Vec<String> = pods.iter().map(|(_, _, o)| result_ip(&o.json)).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match check_attached_enis(&ipamd, &ips) {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(why) => panic!("{why}\n{}", ipamd.log()),
+        }
+    }
+    for (_, p, out) in &pods {
+        let mut conf = conf.clone();
+        conf["prevResult"] = out.json.clone();
+        assert!(cni(node, "DEL", p, &conf).success);
+    }
+}
+
+/// Every attached secondary ENI is tagged, DeleteOnTermination and configured on the host, and exactly three of
+/// the pods' addresses are on secondary ENIs.
+fn check_attached_enis(ipamd: &Ipamd, ips: &[String]) -> Result<(), String> {
+    let node = &ipamd.node;
     let st = ipamd.sim_state();
     let enis: Vec<_> = st["enis"]
         .as_object()
-        .expect("enis")
+        .ok_or("sim state has no enis")?
         .values()
         .cloned()
         .collect();
     let attached: Vec<_> = enis.iter().filter(|e| e["status"] == "in-use").collect();
-    assert!(attached.len() >= 2, "{st}");
-    let ips: Vec<String> = pods.iter().map(|(_, _, o)| result_ip(&o.json)).collect();
+    if attached.len() < 2 {
+        return Err(format!("fewer than 2 ENIs attached: {st}"));
+    }
     let on_secondary = ips
         .iter()
         .filter(|ip| {
@@ -38,39 +61,56 @@ fn pods_spread_over_enis_that_are_tagged_and_configured_on_the_host() {
             })
         })
         .count();
-    assert_eq!(on_secondary, 3, "pods beyond the primary ENI's 9 IPs");
-    let iid = st["instance_id"].as_str().expect("instance id");
+    if on_secondary != 3 {
+        return Err(format!(
+            "{on_secondary} pods beyond the primary ENI's 9 IPs, expected 3: {st}"
+        ));
+    }
+    let iid = st["instance_id"].as_str().ok_or("no instance id")?;
     for e in attached.iter().filter(|e| e["device_index"] != 0) {
-        assert_eq!(e["description"], format!("aws-K8S-{iid}").as_str());
-        assert_eq!(e["tags"]["node.k8s.amazonaws.com/instance_id"], iid);
-        assert_eq!(e["tags"]["cluster.k8s.amazonaws.com/name"], "test-cluster");
-        assert_eq!(e["delete_on_termination"], true);
-        let dev = e["device_index"].as_u64().expect("device");
-        let link = node.ip_json(&["link", "show", "dev", &format!("eth{dev}")]);
-        assert_eq!(link[0]["address"], e["mac"], "link has the ENI's MAC");
-        assert_eq!(link[0]["mtu"], 9001);
+        let want = [
+            (
+                e["description"] == format!("aws-K8S-{iid}").as_str(),
+                "description",
+            ),
+            (
+                e["tags"]["node.k8s.amazonaws.com/instance_id"] == iid,
+                "instance tag",
+            ),
+            (
+                e["tags"]["cluster.k8s.amazonaws.com/name"] == "test-cluster",
+                "cluster tag",
+            ),
+            (e["delete_on_termination"] == true, "DeleteOnTermination"),
+        ];
+        if let Some((_, what)) = want.iter().find(|(ok, _)| !ok) {
+            return Err(format!("ENI {}: {what} not set: {e}", e["id"]));
+        }
+        let dev = e["device_index"].as_u64().ok_or("no device index")?;
+        let name = format!("eth{dev}");
+        let links = arr(&node.ip_json(&["link", "show"]));
+        let link = links.iter().find(|l| l["ifname"] == name.as_str());
+        if !link.is_some_and(|l| l["address"] == e["mac"] && l["mtu"] == 9001) {
+            return Err(format!(
+                "{name} does not carry the ENI's MAC and MTU 9001: {link:?}"
+            ));
+        }
         let table = (dev + 1).to_string();
         let routes = arr(&node.ip_json(&["route", "show", "table", &table]));
-        assert!(
-            routes
-                .iter()
-                .any(|r| r["dst"] == "default" && r["dev"] == format!("eth{dev}").as_str()),
-            "table {table}: {routes:?}"
-        );
+        if !routes
+            .iter()
+            .any(|r| r["dst"] == "default" && r["dev"] == format!("eth{dev}").as_str())
+        {
+            return Err(format!("table {table}: {routes:?}"));
+        }
         let rules = arr(&node.ip_json(&["rule", "show"]));
-        assert!(
-            rules.iter().any(|r| r["priority"] == 32765
-                && r["src"] == e["primary_ip"]
-                && r["table"] == table.as_str()),
-            "rule 32765 for {}: {rules:?}",
-            e["primary_ip"]
-        );
+        if !rules.iter().any(|r| {
+            r["priority"] == 32765 && r["src"] == e["primary_ip"] && r["table"] == table.as_str()
+        }) {
+            return Err(format!("rule 32765 for {}: {rules:?}", e["primary_ip"]));
+        }
     }
-    for (_, p, out) in &pods {
-        let mut conf = conf.clone();
-        conf["prevResult"] = out.json.clone();
-        assert!(cni(node, "DEL", p, &conf).success);
-    }
+    Ok(())
 }
 
 #[test]
