@@ -225,6 +225,7 @@ fn check_mtu(var: &'static str, mtu: u32) -> Result<u32, ConfigError> {
 impl Config {
     /// Reads and validates every variable this daemon understands.
     pub fn from_env(env: &dyn EnvSource) -> Result<Config, ConfigError> {
+        super::anchor_vars::refuse_unsupported(env)?;
         let d = Config::default();
         let max_eni = match env.get(ENV_MAX_ENI) {
             None => None,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 
+pub mod anchor_vars;
 pub mod env;
 
 pub use env::*;
