@@ -13,7 +13,8 @@
 //! assignments on disk, in the anchor's format, group-committed), [`pool`] (the warm-pool policy as a
 //! pure function), [`node`] (the two joined to the outside worlds: [`ec2`], [`imds`], [`hostnet`] with [`snat`],
 //! [`clock`]; every EC2 call paced by [`ratelimit`]; [`reconcile`] keeps datastore, host and EC2 in agreement),
-//! [`rpc`] (the `rpc.CNIBackend` service, which hands DEL's veth deletions to the [`reaper`]), [`daemon`] (`ipamd run`), [`sim`] (the EC2 simulator behind the same
+//! [`rpc`] (the `rpc.CNIBackend` service, which hands DEL's veth deletions to the [`reaper`]), [`netpol`] (what the
+//! network policy agent needs from ipamd), [`daemon`] (`ipamd run`), [`sim`] (the EC2 simulator behind the same
 //! traits, with ENIs as real links), [`demo`] (`ipamd demo`). Every outside world is a trait with a real
 //! implementation and a test double, so the daemon's logic is tested without AWS or root.
 
@@ -31,6 +32,7 @@ pub mod imds;
 pub mod install;
 pub mod logging;
 pub mod metrics;
+pub mod netpol;
 pub mod node;
 pub mod pool;
 pub mod probe;
