@@ -19,7 +19,7 @@
 //! Terminating. The anchor returns a DEL error when the agent cannot be reached, so a node
 //! whose agent is gone strands every deleted pod.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_cni_proto::{DeleteNpRequest, EnforceNpRequest, NpBackendClient};
@@ -73,36 +73,31 @@ pub fn socket(conf: &PluginConf) -> PathBuf {
 }
 
 async fn connect(
-    path: &PathBuf,
+    path: &Path,
     call_timeout: Duration,
 ) -> Result<NpBackendClient<tonic::transport::Channel>, PolicyError> {
     aws_cni_proto::unix_channel_with(path, CONNECT_TIMEOUT, call_timeout)
         .await
         .map(NpBackendClient::new)
         .map_err(|e| PolicyError::Unreachable {
-            path: path.clone(),
+            path: path.to_owned(),
             reason: aws_cni_proto::error_chain(&e),
         })
 }
 
-fn rpc_error(
-    path: &PathBuf,
-    call: &'static str,
-    timeout: Duration,
-    s: &tonic::Status,
-) -> PolicyError {
+fn rpc_error(path: &Path, call: &'static str, timeout: Duration, s: &tonic::Status) -> PolicyError {
     match s.code() {
         tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => PolicyError::Timeout {
-            path: path.clone(),
+            path: path.to_owned(),
             call,
             timeout,
         },
         tonic::Code::Unavailable => PolicyError::Unreachable {
-            path: path.clone(),
+            path: path.to_owned(),
             reason: s.message().to_string(),
         },
         _ => PolicyError::Rpc {
-            path: path.clone(),
+            path: path.to_owned(),
             call,
             status: format!("{:?}: {}", s.code(), s.message()),
         },
@@ -187,5 +182,82 @@ pub async fn delete(conf: &PluginConf, pod: &PodIdentity, mode: &str) {
         Ok(()) => tracing::info!(pod = %pod_name, "DeletePodNp done"),
         Err(e) => tracing::warn!(pod = %pod_name, error = %e,
             "DeletePodNp failed; the DEL succeeds anyway"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{PluginError, NETWORK_POLICY_FAILED};
+
+    fn conf(extra: &str) -> PluginConf {
+        PluginConf::parse(
+            format!(r#"{{"cniVersion":"1.0.0","name":"aws-cni","type":"aws-cni"{extra}}}"#)
+                .as_bytes(),
+        )
+        .expect("conf")
+    }
+
+    fn pod() -> PodIdentity {
+        PodIdentity {
+            namespace: "default".into(),
+            name: "web".into(),
+        }
+    }
+
+    #[test]
+    fn the_socket_is_the_anchors_unless_the_netconf_moves_it() {
+        assert_eq!(
+            socket(&conf("")),
+            PathBuf::from("/var/run/aws-node/npa.sock")
+        );
+        let c = conf(r#","npaSocket":"/tmp/npa.sock","npaTimeoutMs":500"#);
+        assert_eq!(socket(&c), PathBuf::from("/tmp/npa.sock"));
+        assert_eq!(c.npa_timeout_ms, Some(500));
+    }
+
+    #[tokio::test]
+    async fn no_mode_no_call_and_an_absent_agent_is_a_transient_add_failure() {
+        let dir = std::env::temp_dir().join(format!("npa-unit-{}", std::process::id()));
+        let missing = dir.join("npa.sock");
+        let c = conf(&format!(
+            r#","npaSocket":{:?}"#,
+            missing.display().to_string()
+        ));
+        // Empty mode: nothing is dialled, so the missing socket does not matter.
+        assert!(enforce(&c, &pod(), "", 1).await.is_ok());
+        delete(&c, &pod(), "").await;
+
+        let e = enforce(&c, &pod(), "strict", 1)
+            .await
+            .expect_err("no agent");
+        assert!(e.is_transient(), "{e}");
+        let cni = PluginError::from(e).to_cni();
+        assert_eq!(cni.code, 11);
+        assert!(
+            cni.msg.contains("failed to setup network policy") && cni.msg.contains("npa.sock"),
+            "{}",
+            cni.msg
+        );
+        // DEL never fails, agent or not.
+        delete(&c, &pod(), "strict").await;
+    }
+
+    #[test]
+    fn a_refusing_or_failing_agent_is_error_114() {
+        for e in [
+            PolicyError::Refused {
+                path: "/x".into(),
+                call: "EnforceNpToPod",
+            },
+            PolicyError::Rpc {
+                path: "/x".into(),
+                call: "EnforceNpToPod",
+                status: "Internal: boom".into(),
+            },
+        ] {
+            assert!(!e.is_transient());
+            assert_eq!(PluginError::from(e).to_cni().code, NETWORK_POLICY_FAILED);
+        }
     }
 }
