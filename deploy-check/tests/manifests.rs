@@ -307,6 +307,22 @@ fn misspelled_fields_and_wrong_types_fail_the_strict_parse() {
     assert!(e.to_string().contains("duplicate"), "{e}");
 }
 
+/// Each (from, to, expect): the base DaemonSet with `from` replaced by `to` parses, and the invariant check
+/// reports a problem containing `expect`.
+fn assert_caught(cases: &[(&str, &str, &str)]) {
+    for (from, to, expect) in cases {
+        let ds = daemonset(
+            &parse_stream(&mutated(from, to), "mutated")
+                .unwrap_or_else(|e| panic!("{expect}: {e}")),
+        );
+        let problems = daemonset_problems(&ds);
+        assert!(
+            problems.iter().any(|p| p.contains(expect)),
+            "{expect}: not caught: {problems:?}"
+        );
+    }
+}
+
 #[test]
 fn the_invariant_check_catches_broken_daemonsets() {
     let cases: Vec<(&str, &str, &str)> = vec![
@@ -367,17 +383,7 @@ fn the_invariant_check_catches_broken_daemonsets() {
             "limits.memory",
         ),
     ];
-    for (from, to, expect) in cases {
-        let ds = daemonset(
-            &parse_stream(&mutated(from, to), "mutated")
-                .unwrap_or_else(|e| panic!("{expect}: {e}")),
-        );
-        let problems = daemonset_problems(&ds);
-        assert!(
-            problems.iter().any(|p| p.contains(expect)),
-            "{expect}: not caught: {problems:?}"
-        );
-    }
+    assert_caught(&cases);
     // One variable, two values in two containers (the pod MTU is read by ipamd and by the conflist writer).
     let text = read("deploy/base/daemonset.yaml").expect("read");
     let pos = text
@@ -624,7 +630,7 @@ fn the_network_policy_overlay_turns_enforcement_on_with_read_only_rbac() {
 
 #[test]
 fn the_invariant_check_catches_a_policy_agent_unlike_the_anchors() {
-    for (from, to, expect) in [
+    assert_caught(&[
         (
             "amazon/aws-network-policy-agent:v1.4.2",
             "amazon/aws-network-policy-agent:latest",
@@ -660,15 +666,5 @@ fn the_invariant_check_catches_a_policy_agent_unlike_the_anchors() {
             "              value: none",
             "NETWORK_POLICY_ENFORCING_MODE",
         ),
-    ] {
-        let ds = daemonset(
-            &parse_stream(&mutated(from, to), "mutated")
-                .unwrap_or_else(|e| panic!("{expect}: {e}")),
-        );
-        let problems = daemonset_problems(&ds);
-        assert!(
-            problems.iter().any(|p| p.contains(expect)),
-            "{expect}: not caught: {problems:?}"
-        );
-    }
+    ]);
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{
     add_with_retry, bin, cni, expected_veth, moto::DEFAULT_VENV, pod, result_ip, sh, Ipamd, Netns,
-    TempDir, STILL_POOL,
+    PodSpec, TempDir, STILL_POOL,
 };
 use serde_json::{json, Value};
 
@@ -179,6 +179,25 @@ fn assigned_pods(ipamd: &Ipamd) -> Vec<Value> {
     v["pods"].as_array().cloned().unwrap_or_default()
 }
 
+/// ADD of `p` through the real plugin, which must succeed; returns its result.
+fn must_add(ipamd: &Ipamd, p: &PodSpec, conf: &Value) -> Value {
+    let add = add_with_retry(&ipamd.node, p, conf);
+    assert!(
+        add.success,
+        "ADD of {} failed: {}\n{}",
+        p.name,
+        add.stdout,
+        ipamd.log()
+    );
+    add.json
+}
+
+/// DEL of `p` through the real plugin, which must succeed.
+fn must_del(ipamd: &Ipamd, p: &PodSpec, conf: &Value) {
+    let del = cni(&ipamd.node, "DEL", p, conf);
+    assert!(del.success, "DEL of {} failed: {}", p.name, del.stdout);
+}
+
 /// A failed ADD left nothing: no host veth, no eth0 in the pod, no address held in ipamd.
 fn assert_add_undone(ipamd: &Ipamd, pod_ns: &Netns, name: &str) {
     let veth = expected_veth("default", name);
@@ -200,21 +219,14 @@ fn standard_and_strict_add_and_del_tell_the_agent_with_the_anchors_fields() {
         let p = pod(&pod_ns, "web");
         let conf = conf(&ipamd, &agent.socket());
 
-        let add = add_with_retry(&ipamd.node, &p, &conf);
-        assert!(
-            add.success,
-            "{mode}: ADD failed: {}\n{}",
-            add.stdout,
-            agent.log()
-        );
+        must_add(&ipamd, &p, &conf);
         assert_eq!(agent.calls(), vec![enforce_call("web", mode)], "{mode}");
         assert!(
             pod_ns.ping(&ipamd.node_ip()),
             "{mode}: the pod has no network"
         );
 
-        let del = cni(&ipamd.node, "DEL", &p, &conf);
-        assert!(del.success, "{mode}: DEL failed: {}", del.stdout);
+        must_del(&ipamd, &p, &conf);
         assert_eq!(
             agent.calls(),
             vec![enforce_call("web", mode), delete_call("web")],
@@ -230,10 +242,8 @@ fn mode_unset_means_no_policy_call_at_all() {
     let pod_ns = Netns::new("act-pod-");
     let p = pod(&pod_ns, "plain");
     let conf = conf(&ipamd, &agent.socket());
-    let add = add_with_retry(&ipamd.node, &p, &conf);
-    assert!(add.success, "ADD failed: {}", add.stdout);
-    let del = cni(&ipamd.node, "DEL", &p, &conf);
-    assert!(del.success, "DEL failed: {}", del.stdout);
+    must_add(&ipamd, &p, &conf);
+    must_del(&ipamd, &p, &conf);
     assert_eq!(
         agent.calls(),
         Vec::<Value>::new(),
@@ -284,16 +294,9 @@ fn an_absent_agent_fails_the_add_in_both_modes_but_never_a_del() {
         // pod stays in Terminating) and the pod's network and address are gone.
         let mut agent = Agent::start(Answer::Ok, Answer::Ok);
         let conf = conf(&ipamd, &agent.socket());
-        let add = add_with_retry(&ipamd.node, &p, &conf);
-        assert!(add.success, "{mode}: ADD failed: {}", add.stdout);
-        let ip = result_ip(&add.json);
+        let ip = result_ip(&must_add(&ipamd, &p, &conf));
         agent.kill();
-        let del = cni(&ipamd.node, "DEL", &p, &conf);
-        assert!(
-            del.success,
-            "{mode}: DEL failed without an agent: {}",
-            del.stdout
-        );
+        must_del(&ipamd, &p, &conf);
         assert!(
             assigned_pods(&ipamd).is_empty(),
             "{mode}: {ip} still assigned"
@@ -308,11 +311,9 @@ fn a_hung_agent_cannot_hold_a_del() {
     let pod_ns = Netns::new("act-pod-");
     let p = pod(&pod_ns, "stuck");
     let conf = conf(&ipamd, &agent.socket());
-    let add = add_with_retry(&ipamd.node, &p, &conf);
-    assert!(add.success, "ADD failed: {}", add.stdout);
+    must_add(&ipamd, &p, &conf);
     // The double never answers DeletePodNp: the DEL returns anyway, successfully, once its deadline passes.
-    let del = cni(&ipamd.node, "DEL", &p, &conf);
-    assert!(del.success, "DEL failed: {}", del.stdout);
+    must_del(&ipamd, &p, &conf);
     assert_eq!(
         agent.calls(),
         vec![enforce_call("stuck", "strict"), delete_call("stuck")]
