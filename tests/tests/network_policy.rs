@@ -13,8 +13,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    add_with_retry, bin, cni, expected_veth, moto::DEFAULT_VENV, pod, result_ip, sh, Ipamd, Netns,
-    PodSpec, TempDir, STILL_POOL,
+    add_with_retry, bin, cni, expected_veth, moto::DEFAULT_VENV, pod, result_ip, sh, CniOut, Ipamd,
+    Netns, PodSpec, TempDir, STILL_POOL,
 };
 use serde_json::{json, Value};
 
@@ -198,6 +198,20 @@ fn must_del(ipamd: &Ipamd, p: &PodSpec, conf: &Value) {
     assert!(del.success, "DEL of {} failed: {}", p.name, del.stdout);
 }
 
+/// ADD of `p` until the outcome is the policy agent's doing: retried, like kubelet, while ipamd itself says
+/// "try again later" (its pool is still filling), for up to ~10 s.
+fn add_until_policy_verdict(ipamd: &Ipamd, p: &PodSpec, conf: &Value) -> CniOut {
+    for _ in 0..100 {
+        let out = cni(&ipamd.node, "ADD", p, conf);
+        let msg = out.json["msg"].as_str().unwrap_or_default();
+        if out.success || out.code() != 11 || msg.contains("network policy") {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("ipamd never gave {} an address:\n{}", p.name, ipamd.log());
+}
+
 /// A failed ADD left nothing: no host veth, no eth0 in the pod, no address held in ipamd.
 fn assert_add_undone(ipamd: &Ipamd, pod_ns: &Netns, name: &str) {
     let veth = expected_veth("default", name);
@@ -252,13 +266,20 @@ fn mode_unset_means_no_policy_call_at_all() {
 }
 
 #[test]
-fn an_agent_that_refuses_or_errs_fails_the_add_and_the_add_is_undone() {
-    for (answer, code) in [(Answer::Refuse, 114), (Answer::Error, 114)] {
+fn an_agent_that_refuses_errs_or_hangs_fails_the_add_and_the_add_is_undone() {
+    // A hung agent: the call's deadline (npaTimeoutMs) passes, "try again later".
+    for (answer, code) in [
+        (Answer::Refuse, 114),
+        (Answer::Error, 114),
+        (Answer::Hang, 11),
+    ] {
         let ipamd = ipamd_with_mode(Some("strict"));
         let agent = Agent::start(answer, Answer::Ok);
         let pod_ns = Netns::new("act-pod-");
         let p = pod(&pod_ns, "denied");
-        let add = add_with_retry(&ipamd.node, &p, &conf(&ipamd, &agent.socket()));
+        let mut conf = conf(&ipamd, &agent.socket());
+        conf["npaTimeoutMs"] = json!(1000);
+        let add = add_until_policy_verdict(&ipamd, &p, &conf);
         assert!(!add.success, "{answer:?}: ADD succeeded: {}", add.stdout);
         assert_eq!(add.code(), code, "{answer:?}: {}", add.stdout);
         let msg = add.json["msg"].as_str().unwrap_or_default();
@@ -280,7 +301,7 @@ fn an_absent_agent_fails_the_add_in_both_modes_but_never_a_del() {
         let pod_ns = Netns::new("act-pod-");
         let p = pod(&pod_ns, "lonely");
         // As the anchor: no agent, no pod (code 11: the agent may be starting; kubelet retries).
-        let add = cni(&ipamd.node, "ADD", &p, &conf(&ipamd, &npa));
+        let add = add_until_policy_verdict(&ipamd, &p, &conf(&ipamd, &npa));
         assert!(!add.success, "{mode}: ADD without an agent succeeded");
         assert_eq!(add.code(), 11, "{mode}: {}", add.stdout);
         let msg = add.json["msg"].as_str().unwrap_or_default();
