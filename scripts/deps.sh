@@ -54,3 +54,10 @@ if [ ! -x "$moto_venv/bin/moto_server" ] ||
   python3 -m venv "$moto_venv"
   "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
 fi
+
+# grpcio and grpcio-tools in the same venv: the network policy tests (tests/tests/network_policy.rs) generate a
+# stand-in for the policy agent and a client of ipamd from tests/npa/rpc.proto with them.
+if ! "$moto_venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "installing grpcio grpcio-tools into $moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-tools
+fi

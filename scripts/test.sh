@@ -17,9 +17,9 @@ if [ -n "$leftover" ]; then
   echo "$leftover" >&2
   exit 1
 fi
-leftover=$(pgrep -af 'bin/moto_server' || true)
+leftover=$(pgrep -af 'bin/moto_server|npa_double.py' || true)
 if [ -n "$leftover" ]; then
-  echo "tests left moto servers running:" >&2
+  echo "tests left moto servers or policy agent doubles running:" >&2
   echo "$leftover" >&2
   exit 1
 fi

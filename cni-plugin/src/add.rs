@@ -1,5 +1,6 @@
-//! CNI ADD: ask ipamd for an IP, build the pod's network, report it. A failed ADD undoes what it did and gives
-//! the IP back (DelNetwork with Reason "SetupNSFailed", as the anchor).
+//! CNI ADD: ask ipamd for an IP, build the pod's network, tell the network policy agent when ipamd's reply names
+//! a policy mode ([`crate::netpol`]), report it. A failed ADD (the agent's failure included) undoes what it did
+//! and gives the IP back (DelNetwork with Reason "SetupNSFailed", as the anchor).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -121,6 +122,11 @@ pub async fn add(
         gateway: None,
         interface: Some(1),
     }];
+    // The policy agent, when ipamd says there is one: a pod it could not secure is undone (see crate::netpol).
+    if let Err(e) = crate::netpol::enforce(conf, &pod, &reply.network_policy_mode, 1).await {
+        undo(&host, &mut ipamd, env, conf, &host_veth, netns, ip).await;
+        return Err(e.into());
+    }
     Ok(result)
 }
 

@@ -25,6 +25,12 @@ pub struct PluginConf {
     /// Deadline of each call to ipamd, in milliseconds (ours).
     #[serde(rename = "ipamdTimeoutMs", default)]
     pub ipamd_timeout_ms: Option<u64>,
+    /// Where the network policy agent listens (ours; default the anchor's npa.sock).
+    #[serde(rename = "npaSocket", default)]
+    pub npa_socket: Option<PathBuf>,
+    /// Deadline of `EnforceNpToPod`, in milliseconds (ours; see `netpol`).
+    #[serde(rename = "npaTimeoutMs", default)]
+    pub npa_timeout_ms: Option<u64>,
     #[serde(rename = "pluginLogFile", default)]
     pub plugin_log_file: Option<String>,
     #[serde(rename = "pluginLogLevel", default)]

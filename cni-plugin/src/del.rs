@@ -74,11 +74,11 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
     };
 
     let released = release(env, conf, &pod, timeout, offer).await;
-    let (ip, deferred): (Option<Ipv4Addr>, bool) = match &released {
-        Ok(r) => (r.ip.or(prev_ip), r.veth_deferred),
+    let (ip, deferred, policy_mode): (Option<Ipv4Addr>, bool, &str) = match &released {
+        Ok(r) => (r.ip.or(prev_ip), r.veth_deferred, &r.policy_mode),
         Err(e) => {
             tracing::warn!(error = %e, "DelNetwork failed; tearing down from prevResult");
-            (prev_ip, false)
+            (prev_ip, false, "")
         }
     };
     let host = host.map_err(|e| PluginError::Teardown(e.to_string()))?;
@@ -128,6 +128,8 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
         errors = errors.len(),
         "DEL done"
     );
+    // The policy agent, when ipamd says there is one; never fails the DEL (see crate::netpol).
+    crate::netpol::delete(conf, &pod, policy_mode).await;
     if errors.is_empty() {
         Ok(())
     } else {
@@ -142,12 +144,14 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
 }
 
 /// What ipamd said to a DEL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Released {
     /// The IP it released (None if it held none for this container).
     ip: Option<Ipv4Addr>,
     /// It took the offered host veth: its reaper deletes it.
     veth_deferred: bool,
+    /// ipamd's `NetworkPolicyMode` (empty: no policy agent).
+    policy_mode: String,
 }
 
 /// Asks ipamd to release the container's IP, offering it the host veth (`offer`: the link and the namespace we
@@ -197,5 +201,6 @@ async fn release(
             .and_then(|m| m.i_pv4_addr.parse().ok()),
         // Only an offered veth can have been taken.
         veth_deferred: offer.is_some() && reply.veth_deferred,
+        policy_mode: reply.network_policy_mode,
     })
 }

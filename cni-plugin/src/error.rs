@@ -13,6 +13,7 @@
 //! | 111 | the pod's network namespace does not exist |
 //! | 112 | DEL or GC could not remove everything |
 //! | 113 | CHECK found the pod's network different from what ADD built |
+//! | 114 | the network policy agent refused or failed the pod (11 when it is unreachable or does not answer) |
 
 use aws_cni_proto::FailureReason;
 use cni_types::{codes, CniError};
@@ -28,6 +29,7 @@ pub const SETUP_FAILED: u32 = 110;
 pub const NETNS_MISSING: u32 = 111;
 pub const TEARDOWN_INCOMPLETE: u32 = 112;
 pub const DRIFT: u32 = 113;
+pub const NETWORK_POLICY_FAILED: u32 = 114;
 
 /// A plugin failure.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,8 @@ pub enum PluginError {
     Drift(Vec<String>),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("failed to setup network policy: {0}")]
+    NetworkPolicy(#[from] crate::netpol::PolicyError),
 }
 
 impl PluginError {
@@ -84,6 +88,10 @@ impl PluginError {
             PluginError::Teardown(_) => CniError::new(TEARDOWN_INCOMPLETE, self.to_string()),
             PluginError::Drift(_) => CniError::new(DRIFT, self.to_string()),
             PluginError::Runtime(_) => CniError::new(codes::IO, self.to_string()),
+            PluginError::NetworkPolicy(e) if e.is_transient() => {
+                CniError::new(codes::TRY_AGAIN_LATER, self.to_string())
+            }
+            PluginError::NetworkPolicy(_) => CniError::new(NETWORK_POLICY_FAILED, self.to_string()),
         }
     }
 }

@@ -12,6 +12,7 @@ mod del;
 mod error;
 mod gc;
 mod identity;
+mod netpol;
 mod status;
 
 use std::io::{Read, Write};

@@ -4,7 +4,9 @@
 //! (sysctls); the daemon with NET_ADMIN and NET_RAW and nothing else; probes through `ipamd health` (liveness
 //! without `--ready`, readiness with it); the anchor's host paths mounted where the anchor mounts them; the
 //! installer's directories matching its mounts; requests and limits everywhere; and a variable that appears in
-//! several containers having one value (the pod MTU is read by both ipamd and the conflist writer).
+//! several containers having one value (the pod MTU is read by both ipamd and the conflist writer). The network
+//! policy agent's container is the anchor's, checked against the anchor's image, flags, ports, mounts and
+//! privileges ([`agent_problems`]), and exempt from our resource rule (the anchor gives it a CPU request only).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,8 +20,33 @@ pub const MAIN: &str = "aws-node";
 pub const INIT: &str = "aws-vpc-cni-init";
 /// Name of the conflist writer (`ipamd install --phase conflist`).
 pub const CONF: &str = "cni-conf";
+/// Name of the anchor's network policy agent container.
+pub const AGENT: &str = "aws-eks-nodeagent";
+/// The agent's image in the anchor's manifest.
+pub const AGENT_IMAGE: &str =
+    "602401143452.dkr.ecr.us-west-2.amazonaws.com/amazon/aws-network-policy-agent:v1.4.2";
+/// The agent's flags in the anchor's manifest, except `--enable-network-policy` (false there and in our base,
+/// true in deploy/overlays/network-policy).
+pub const AGENT_FLAGS: [&str; 9] = [
+    "--enable-ipv6=false",
+    "--enable-cloudwatch-logs=false",
+    "--enable-policy-event-logs=false",
+    "--log-file=/var/log/aws-routed-eni/network-policy-agent.log",
+    "--metrics-bind-addr=:8162",
+    "--health-probe-bind-addr=:8163",
+    "--conntrack-cache-cleanup-period=300",
+    "--conntrack-cache-table-size=524288",
+    "--log-level=debug",
+];
+/// The agent's host paths: (host path, mount path).
+pub const AGENT_MOUNTS: [(&str, &str); 4] = [
+    ("/opt/cni/bin", "/host/opt/cni/bin"),
+    ("/sys/fs/bpf", "/sys/fs/bpf"),
+    ("/var/log/aws-routed-eni", "/var/log/aws-routed-eni"),
+    ("/var/run/aws-node", "/var/run/aws-node"),
+];
 
-/// The anchor's host paths (those of its DaemonSet, without the network policy agent's /sys/fs/bpf):
+/// The anchor's host paths for our containers (the policy agent's are [`AGENT_MOUNTS`]):
 /// (host path, hostPath type, container, mount path).
 pub const HOST_PATHS: [(&str, Option<&str>, &str, &str); 5] = [
     ("/opt/cni/bin", None, INIT, "/host/opt/cni/bin"),
@@ -192,11 +219,19 @@ pub fn daemonset_problems(ds: &DaemonSet) -> Vec<String> {
         ));
         return p;
     };
-    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    let names: BTreeSet<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
     need(
         &mut p,
-        names.len() == 2,
-        &format!("exactly two containers ({MAIN}, {CONF}), found {names:?}"),
+        pod.containers.len() == 3 && names == BTreeSet::from([MAIN, CONF, AGENT]),
+        &format!("exactly three containers ({MAIN}, {CONF}, {AGENT}), found {names:?}"),
+    );
+    p.extend(agent_problems(pod));
+    let mode = env(main).get("NETWORK_POLICY_ENFORCING_MODE").cloned();
+    need(
+        &mut p,
+        mode.as_deref()
+            .is_none_or(|m| m == "standard" || m == "strict"),
+        &format!("NETWORK_POLICY_ENFORCING_MODE must be standard or strict, is {mode:?}"),
     );
 
     // Privileges.
@@ -297,11 +332,12 @@ pub fn daemonset_problems(ds: &DaemonSet) -> Vec<String> {
         "the main container must expose 61678/TCP named metrics",
     );
 
-    // Resources.
+    // Resources (the agent keeps the anchor's).
     for c in pod
         .containers
         .iter()
         .chain(pod.init_containers.as_deref().unwrap_or_default())
+        .filter(|c| c.name != AGENT)
     {
         let r = c.resources.as_ref();
         for (kind, map) in [
@@ -397,6 +433,86 @@ pub fn daemonset_problems(ds: &DaemonSet) -> Vec<String> {
         }
     }
     p
+}
+
+/// Every way the policy agent's container differs from the anchor's (empty: none).
+pub fn agent_problems(pod: &PodSpec) -> Vec<String> {
+    let mut p = Vec::new();
+    let Some(agent) = container(pod, AGENT, false) else {
+        return vec![format!("no {AGENT} container")];
+    };
+    need(
+        &mut p,
+        agent.image.as_deref() == Some(AGENT_IMAGE),
+        &format!("{AGENT} must run the anchor's image {AGENT_IMAGE}"),
+    );
+    let args = agent.args.clone().unwrap_or_default();
+    let flags: BTreeSet<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with("--enable-network-policy="))
+        .collect();
+    need(
+        &mut p,
+        flags == BTreeSet::from(AGENT_FLAGS) && agent_enforces_in(agent).is_some(),
+        &format!(
+            "{AGENT} must have the anchor's flags and one --enable-network-policy, has {args:?}"
+        ),
+    );
+    need(
+        &mut p,
+        privileged(agent) && caps(agent).0.contains("NET_ADMIN"),
+        &format!("{AGENT} must be privileged with NET_ADMIN (it loads eBPF programs)"),
+    );
+    need(
+        &mut p,
+        agent
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .any(|p| p.container_port == 8162 && p.name.as_deref() == Some("agentmetrics")),
+        &format!("{AGENT} must expose 8162 named agentmetrics"),
+    );
+    for (host, mount_path) in AGENT_MOUNTS {
+        let vol = mount_of(pod, host);
+        let mounted = vol.is_some_and(|vol| {
+            agent
+                .volume_mounts
+                .as_deref()
+                .unwrap_or_default()
+                .iter()
+                .any(|m| m.name == vol && m.mount_path == mount_path)
+        });
+        need(
+            &mut p,
+            mounted,
+            &format!("{AGENT} must mount {host} at {mount_path}"),
+        );
+    }
+    p
+}
+
+fn agent_enforces_in(agent: &Container) -> Option<bool> {
+    let values: Vec<&str> = agent
+        .args
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a.strip_prefix("--enable-network-policy="))
+        .collect();
+    match values.as_slice() {
+        ["true"] => Some(true),
+        ["false"] => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether the policy agent enforces policies (`--enable-network-policy=true`); `None` without an agent or with an
+/// unclear flag.
+pub fn agent_enforces(ds: &DaemonSet) -> Option<bool> {
+    let pod = ds.spec.as_ref()?.template.spec.as_ref()?;
+    agent_enforces_in(container(pod, AGENT, false)?)
 }
 
 /// The value of `var` in container `name` (regular or init).

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use deploy_check::iam::{ec2_trait_methods, policy_problems, Policy};
-use deploy_check::manifests::{daemonset_problems, env_value, CONF, INIT, MAIN};
+use deploy_check::manifests::{
+    agent_enforces, daemonset_problems, env_value, AGENT, CONF, INIT, MAIN,
+};
 use deploy_check::repo::{kustomize, read, root};
 use deploy_check::strict::{parse_stream, strict, yaml_documents, Kustomization, Object};
 use deploy_check::CheckError;
@@ -19,11 +21,12 @@ const BASE_FILES: [&str; 5] = [
     "deploy/base/configmap.yaml",
     "deploy/base/daemonset.yaml",
 ];
-const OVERLAYS: [&str; 4] = [
+const OVERLAYS: [&str; 5] = [
     "prefix-delegation",
     "custom-networking",
     "external-snat",
     "migrate",
+    "network-policy",
 ];
 
 fn objects_of(rel: &str) -> Vec<Object> {
@@ -127,13 +130,23 @@ fn kustomizations_use_only_fields_every_supported_kustomize_reads() {
         .unwrap_or_else(|e| panic!("{e}"));
         // `bases` + `patchesStrategicMerge`: the kustomize v2.0 in Debian's kubectl silently ignores `patches`.
         assert_eq!(k.bases, ["../../base"], "{path}");
-        assert!(k.resources.is_empty(), "{path}");
+        // Only network-policy adds objects (the agent's ClusterRole) and patches the anchor's ConfigMap.
+        let (resources, patched): (&[&str], &[(&str, &str)]) = if o == "network-policy" {
+            (
+                &["rbac.yaml"],
+                &[("DaemonSet", "aws-node"), ("ConfigMap", "amazon-vpc-cni")],
+            )
+        } else {
+            (&[], &[("DaemonSet", "aws-node")])
+        };
+        assert_eq!(k.resources, resources, "{path}");
         for patch in &k.patches_strategic_merge {
             let pp = format!("deploy/overlays/{o}/{patch}");
             let docs = yaml_documents(&read(&pp).expect("read"), &pp).expect("yaml");
             assert_eq!(docs.len(), 1, "{pp}");
-            assert_eq!(docs[0]["kind"], "DaemonSet", "{pp}");
-            assert_eq!(docs[0]["metadata"]["name"], "aws-node", "{pp}");
+            let kind = docs[0]["kind"].as_str().unwrap_or_default();
+            let name = docs[0]["metadata"]["name"].as_str().unwrap_or_default();
+            assert!(patched.contains(&(kind, name)), "{pp}: {kind}/{name}");
             assert_eq!(docs[0]["metadata"]["namespace"], "kube-system", "{pp}");
         }
     }
@@ -185,11 +198,14 @@ fn each_overlay_renders_strictly_keeps_the_invariants_and_changes_only_its_varia
             vec![("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true")],
         ),
         ("migrate", vec![]),
+        // The mode stays the base's `standard`; what changes is the agent (see the network-policy test).
+        ("network-policy", vec![]),
     ] {
         let dir = format!("deploy/overlays/{overlay}");
         let rendered = kustomize(&dir).unwrap_or_else(|e| panic!("{e}"));
         let objs = parse_stream(&rendered, &dir).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(objs.len(), 6, "{dir}: every base object");
+        let extra = if overlay == "network-policy" { 2 } else { 0 };
+        assert_eq!(objs.len(), 6 + extra, "{dir}: every base object");
         let ds = daemonset(&objs);
         let mut problems = daemonset_problems(&ds);
         if overlay == "migrate" {
@@ -291,6 +307,22 @@ fn misspelled_fields_and_wrong_types_fail_the_strict_parse() {
     assert!(e.to_string().contains("duplicate"), "{e}");
 }
 
+/// Each (from, to, expect): the base DaemonSet with `from` replaced by `to` parses, and the invariant check
+/// reports a problem containing `expect`.
+fn assert_caught(cases: &[(&str, &str, &str)]) {
+    for (from, to, expect) in cases {
+        let ds = daemonset(
+            &parse_stream(&mutated(from, to), "mutated")
+                .unwrap_or_else(|e| panic!("{expect}: {e}")),
+        );
+        let problems = daemonset_problems(&ds);
+        assert!(
+            problems.iter().any(|p| p.contains(expect)),
+            "{expect}: not caught: {problems:?}"
+        );
+    }
+}
+
 #[test]
 fn the_invariant_check_catches_broken_daemonsets() {
     let cases: Vec<(&str, &str, &str)> = vec![
@@ -351,17 +383,7 @@ fn the_invariant_check_catches_broken_daemonsets() {
             "limits.memory",
         ),
     ];
-    for (from, to, expect) in cases {
-        let ds = daemonset(
-            &parse_stream(&mutated(from, to), "mutated")
-                .unwrap_or_else(|e| panic!("{expect}: {e}")),
-        );
-        let problems = daemonset_problems(&ds);
-        assert!(
-            problems.iter().any(|p| p.contains(expect)),
-            "{expect}: not caught: {problems:?}"
-        );
-    }
+    assert_caught(&cases);
     // One variable, two values in two containers (the pod MTU is read by ipamd and by the conflist writer).
     let text = read("deploy/base/daemonset.yaml").expect("read");
     let pos = text
@@ -516,4 +538,133 @@ fn every_variable_in_the_daemonset_is_documented_in_the_readme() {
     );
     assert!(root().join("deploy/iam-policy.json").exists());
     let _ = INIT;
+}
+
+#[test]
+fn the_base_carries_the_anchors_policy_agent_disabled_and_the_anchors_mode() {
+    let ds = base_daemonset();
+    assert_eq!(
+        agent_enforces(&ds),
+        Some(false),
+        "the anchor ships it disabled"
+    );
+    assert_eq!(
+        env_value(&ds, MAIN, "NETWORK_POLICY_ENFORCING_MODE").as_deref(),
+        Some("standard")
+    );
+    // The conflist writer and the init container need no mode: only ipamd reads it.
+    for c in [CONF, INIT, AGENT] {
+        assert_eq!(
+            env_value(&ds, c, "NETWORK_POLICY_ENFORCING_MODE"),
+            None,
+            "{c}"
+        );
+    }
+}
+
+#[test]
+fn the_network_policy_overlay_turns_enforcement_on_with_read_only_rbac() {
+    let dir = "deploy/overlays/network-policy";
+    let rendered = kustomize(dir).unwrap_or_else(|e| panic!("{e}"));
+    let objs = parse_stream(&rendered, dir).unwrap_or_else(|e| panic!("{e}"));
+    let ds = daemonset(&objs);
+    assert_eq!(agent_enforces(&ds), Some(true));
+    assert_eq!(
+        env_value(&ds, MAIN, "NETWORK_POLICY_ENFORCING_MODE").as_deref(),
+        Some("standard")
+    );
+    let docs = yaml_documents(&rendered, dir).expect("yaml");
+    let cm = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "amazon-vpc-cni")
+        .expect("ConfigMap");
+    assert_eq!(cm["data"]["enable-network-policy-controller"], "true");
+    assert_eq!(cm["data"]["warm-ip-target"], "1", "the other keys stay");
+
+    let mut resources = BTreeSet::new();
+    let mut bound = false;
+    for o in &objs {
+        match o {
+            Object::ClusterRole(r)
+                if r.metadata.name.as_deref() == Some("aws-node-network-policy") =>
+            {
+                for rule in r.rules.as_deref().unwrap_or_default() {
+                    for v in &rule.verbs {
+                        assert!(["get", "list", "watch"].contains(&v.as_str()), "verb {v}");
+                    }
+                    if rule.non_resource_urls.is_some() {
+                        assert!(rule.api_groups.is_none() && rule.resources.is_none());
+                    } else {
+                        assert_eq!(
+                            rule.api_groups.as_deref(),
+                            Some(&["networking.k8s.aws".to_string()][..])
+                        );
+                    }
+                    resources.extend(rule.resources.clone().unwrap_or_default());
+                }
+            }
+            Object::ClusterRoleBinding(b) if b.role_ref.name == "aws-node-network-policy" => {
+                let s = b.subjects.as_deref().unwrap_or_default();
+                bound = s.len() == 1
+                    && s[0].kind == "ServiceAccount"
+                    && s[0].name == "aws-node"
+                    && s[0].namespace.as_deref() == Some("kube-system");
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        resources,
+        BTreeSet::from(
+            [
+                "policyendpoints",
+                "clusterpolicyendpoints",
+                "policyendpoints/status",
+                "clusterpolicyendpoints/status",
+            ]
+            .map(String::from)
+        )
+    );
+    assert!(bound, "the agent's ClusterRole is bound to aws-node");
+}
+
+#[test]
+fn the_invariant_check_catches_a_policy_agent_unlike_the_anchors() {
+    assert_caught(&[
+        (
+            "amazon/aws-network-policy-agent:v1.4.2",
+            "amazon/aws-network-policy-agent:latest",
+            "anchor's image",
+        ),
+        (
+            "            - --metrics-bind-addr=:8162\n",
+            "",
+            "anchor's flags",
+        ),
+        (
+            "            - --enable-network-policy=false\n",
+            "",
+            "one --enable-network-policy",
+        ),
+        (
+            "              add: [\"NET_ADMIN\"]\n            privileged: true",
+            "              add: [\"NET_ADMIN\"]\n            privileged: false",
+            "privileged with NET_ADMIN",
+        ),
+        (
+            "            - name: bpf-pin-path\n              mountPath: /sys/fs/bpf\n",
+            "",
+            "mount /sys/fs/bpf",
+        ),
+        (
+            "            - containerPort: 8162",
+            "            - containerPort: 8163",
+            "8162",
+        ),
+        (
+            "              value: standard",
+            "              value: none",
+            "NETWORK_POLICY_ENFORCING_MODE",
+        ),
+    ]);
 }

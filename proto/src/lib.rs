@@ -5,6 +5,9 @@
 //! additions (typed failure reasons; the host veth a DEL hands to ipamd to delete in the background) use
 //! tags >= 100, which older peers skip as unknown fields.
 //!
+//! The network policy agent's contract is the anchor's too: `rpc.NPBackend` (served by the agent on
+//! [`DEFAULT_NPA_SOCKET`], called by the plugin) and `rpc.ConfigServerBackend` (served by ipamd, called by the agent).
+//!
 //! Next to it `ipamd` serves `rpc.IpamdControl` (ours: pool status, allocation listing and garbage collection, for
 //! CNI 1.1 STATUS/GC, CHECK and `ipamd status`) and the standard `grpc.health.v1` (through `tonic-health`).
 
@@ -18,16 +21,24 @@ pub mod rpc {
 
 pub use rpc::cni_backend_client::CniBackendClient;
 pub use rpc::cni_backend_server::{CniBackend, CniBackendServer};
+pub use rpc::config_server_backend_client::ConfigServerBackendClient;
+pub use rpc::config_server_backend_server::{ConfigServerBackend, ConfigServerBackendServer};
 pub use rpc::ipamd_control_client::IpamdControlClient;
 pub use rpc::ipamd_control_server::{IpamdControl, IpamdControlServer};
+pub use rpc::np_backend_client::NpBackendClient;
+pub use rpc::np_backend_server::{NpBackend, NpBackendServer};
 pub use rpc::{
     AddNetworkReply, AddNetworkRequest, Allocation, Attachment, DelNetworkReply, DelNetworkRequest,
-    EniStatus, FailureReason, GcReply, GcRequest, IpAllocationMetadata, ListAllocationsReply,
-    ListAllocationsRequest, PoolCounts, StatusReply, StatusRequest,
+    DeleteNpReply, DeleteNpRequest, EnforceNpReply, EnforceNpRequest, EniStatus, FailureReason,
+    GcReply, GcRequest, IpAllocationMetadata, ListAllocationsReply, ListAllocationsRequest,
+    NetworkPolicyAgentConfigReply, PoolCounts, StatusReply, StatusRequest,
 };
 
 /// The anchor's socket path; kept so the two binaries can be swapped for the anchor's.
 pub const DEFAULT_IPAMD_SOCKET: &str = "/var/run/aws-node/ipamd.sock";
+
+/// Where the network policy agent (`aws-eks-nodeagent`) serves `rpc.NPBackend`, as in the anchor.
+pub const DEFAULT_NPA_SOCKET: &str = "/var/run/aws-node/npa.sock";
 
 /// The health service name the anchor registers (and liveness probes ask for).
 pub const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.aws-node";
@@ -39,10 +50,20 @@ pub async fn unix_channel(
     path: &std::path::Path,
     timeout: std::time::Duration,
 ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    unix_channel_with(path, timeout, timeout).await
+}
+
+/// A gRPC channel to a server on a Unix socket with separate deadlines for connecting and for every call (the
+/// policy agent: connecting must fail fast when it is gone, enforcing a pod's policies may take longer).
+pub async fn unix_channel_with(
+    path: &std::path::Path,
+    connect_timeout: std::time::Duration,
+    call_timeout: std::time::Duration,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let socket = path.to_owned();
     tonic::transport::Endpoint::from_static("http://ipamd.local")
-        .connect_timeout(timeout)
-        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .timeout(call_timeout)
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move {

@@ -18,7 +18,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_cni_proto::{CniBackendServer, IpamdControlServer, HEALTH_SERVICE_NAME};
+use aws_cni_proto::{
+    CniBackendServer, ConfigServerBackendServer, IpamdControlServer, HEALTH_SERVICE_NAME,
+};
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -29,6 +31,7 @@ use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
 use crate::host::{HostNetwork, NetlinkHost};
 use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
+use crate::netpol::{ConfigServer, WithPolicyMode};
 use crate::node::{Node, NodeDeps, NodeError, Recovery};
 use crate::ratelimit::PacingConfig;
 use crate::reaper::{Reaper, ReaperConfig, ReaperTask};
@@ -303,6 +306,7 @@ async fn ec2_stack(
 pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let startup = Instant::now();
     let config = Config::from_env(&ProcessEnv)?;
+    let policy_mode = crate::netpol::PolicyMode::from_env(&ProcessEnv)?;
     let endpoints = endpoints(&ProcessEnv)?;
     let metrics = Arc::new(Metrics::new()?);
     // The checkpoint first: a bad one stops ipamd before anything is touched, and is kept as it is.
@@ -474,12 +478,20 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .with_label_values(&["true", "false", ""])
         .observe(startup.elapsed().as_secs_f64());
     tracing::info!(socket = %opts.socket.display(), released_gone_pods = released,
-        "serving rpc.CNIBackend and grpc.health.v1");
+        network_policy_mode = policy_mode.map_or("unset", crate::netpol::PolicyMode::as_str),
+        "serving rpc.CNIBackend, rpc.ConfigServerBackend and grpc.health.v1");
     let drain = Arc::new(Notify::new());
     let drain_now = Arc::clone(&drain);
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(CniBackendServer::new(cni_service))
+        .add_service(CniBackendServer::new(WithPolicyMode::new(
+            cni_service,
+            policy_mode,
+        )))
+        .add_service(ConfigServerBackendServer::new(ConfigServer::new(
+            policy_mode,
+            node.metadata(),
+        )))
         .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(
             &node,
         ))))
