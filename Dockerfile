@@ -50,15 +50,6 @@ RUN apt-get update \
  && for p in portmap loopback host-local bandwidth tuning; do cp /usr/lib/cni/$p /out/cni-plugins/; done
 
 FROM ${DEBIAN_IMAGE} AS final
-ARG VERSION=0.1.0
-ARG REVISION=unknown
-ARG SOURCE=unknown
-LABEL org.opencontainers.image.title="aws-cni" \
-      org.opencontainers.image.description="AWS VPC CNI in Rust: ipamd and the aws-cni plugin (the aws-node DaemonSet)" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.licenses="Apache-2.0"
 # iptables (nft and legacy backends: both multi-call binaries and all extensions), nftables, conntrack. Docs,
 # man pages and apt's lists go (a slim base already excludes them through dpkg's path-exclude).
 RUN apt-get update \
@@ -83,3 +74,13 @@ WORKDIR /app
 # loses the NET_ADMIN the daemon needs at exec (Kubernetes sets no ambient capabilities).
 ENTRYPOINT ["/app/ipamd"]
 CMD ["run"]
+# Last, so a new revision reuses every layer above from the cache.
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG SOURCE=unknown
+LABEL org.opencontainers.image.title="aws-cni" \
+      org.opencontainers.image.description="AWS VPC CNI in Rust: ipamd and the aws-cni plugin (the aws-node DaemonSet)" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.licenses="Apache-2.0"
