@@ -282,6 +282,71 @@ fn the_image_has_every_library_its_binaries_load_and_chooses_the_iptables_backen
     }
 }
 
+/// A container run detached; removed on drop.
+struct Detached(String);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        let _ = podman(None, &["rm", "-f", "-t", "0", &self.0]);
+    }
+}
+
+/// `cni-conf` is its container's PID 1, for which the kernel drops signals without a handler: stopped while it
+/// still waits for ipamd (a node whose ipamd never gets ready), it must exit 0 on SIGTERM rather than sit out the
+/// grace period and be killed.
+#[test]
+fn cni_conf_stops_on_sigterm_while_it_waits_for_ipamd() {
+    preflight();
+    let image = Image::build();
+    let name = unique("awscni-cniconf-");
+    let run = podman(
+        None,
+        &[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--network",
+            "none",
+            "--cap-drop",
+            "ALL",
+            &image.tag,
+            "install",
+            "--phase",
+            "conflist",
+            "--stay",
+            "--ready-timeout",
+            "10m",
+            "--socket",
+            "/var/run/aws-node/ipamd.sock",
+        ],
+    );
+    let ctr = Detached(name);
+    assert!(run.status.success(), "{}", text(&run));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = text(&podman(None, &["logs", &ctr.0]));
+        if logs.contains("waiting for ipamd") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cni-conf never waited:\n{logs}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The manifest's terminationGracePeriodSeconds.
+    let stop = podman(None, &["stop", "-t", "10", &ctr.0]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let code = podman(
+        None,
+        &["inspect", "--format", "{{.State.ExitCode}}", &ctr.0],
+    );
+    assert_eq!(
+        text(&code).trim(),
+        "0",
+        "cni-conf did not stop on SIGTERM:\n{}",
+        text(&podman(None, &["logs", &ctr.0]))
+    );
+}
+
 /// A process killed on drop.
 struct Proc(Child);
 
