@@ -10,7 +10,8 @@
 #   compiled   the two binaries of `build`          } BINARIES picks one; an engine that skips unused stages
 #   prebuilt   the two binaries staged from the host } (BuildKit, buildah) never runs the other
 #   plugins    Debian's containernetworking-plugins: the five that `ipamd install` copies to the host
-#   final      Debian bookworm (slim) with iptables, nftables, conntrack; /app as `ipamd install` expects it
+#   runtime    Debian bookworm (slim) with iptables, nftables, conntrack, the plugins and the conflist template
+#   final      runtime (or RUNTIME) + the binaries: /app as `ipamd install` expects it
 #
 # Why Debian and not distroless: ipamd runs iptables and iptables-restore against whatever backend the node's
 # kubelet and kube-proxy use (nf_tables on current EKS AMIs, legacy on older ones), and the choice must be made
@@ -26,6 +27,9 @@
 ARG RUST_IMAGE=docker.io/library/rust:1.95-bookworm
 ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 ARG BINARIES=compiled
+# The image the final stage adds the binaries to: the runtime stage below, or (scripts/image.sh) that stage built
+# once and tagged, so a build from new binaries makes one image and leaves no intermediate ones behind.
+ARG RUNTIME=runtime
 
 FROM ${RUST_IMAGE} AS build
 WORKDIR /src
@@ -49,7 +53,7 @@ RUN apt-get update \
  && mkdir -p /out/cni-plugins \
  && for p in portmap loopback host-local bandwidth tuning; do cp /usr/lib/cni/$p /out/cni-plugins/; done
 
-FROM ${DEBIAN_IMAGE} AS final
+FROM ${DEBIAN_IMAGE} AS runtime
 # iptables (nft and legacy backends: both multi-call binaries and all extensions), nftables, conntrack. Docs,
 # man pages and apt's lists go (a slim base already excludes them through dpkg's path-exclude).
 RUN apt-get update \
@@ -66,8 +70,10 @@ RUN for c in iptables ip6tables; do \
         --slave /usr/sbin/$c-save $c-save /usr/sbin/iptables-wrapper; \
     done
 COPY --from=plugins /out/cni-plugins/ /app/cni-plugins/
-COPY --from=binaries /ipamd /aws-cni /app/
 COPY deploy/10-aws.conflist.tmpl /app/10-aws.conflist.tmpl
+
+FROM ${RUNTIME} AS final
+COPY --from=binaries /ipamd /aws-cni /app/
 WORKDIR /app
 # Every container of the DaemonSet runs as root (see deploy/base/daemonset.yaml for the privileges each keeps):
 # it writes the host's root-owned /opt/cni/bin, /etc/cni/net.d and /var/run/aws-node, and a non-root process

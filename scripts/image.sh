@@ -12,10 +12,12 @@
 # mirror this machine's apt uses, slimmed as Debian's slim images are (no docs, man pages, locales), cached as a
 # tarball under $AWS_CNI_IMAGE_CACHE (default /var/cache/aws-cni-image) and imported as
 # localhost/aws-cni-base/debian:bookworm-slim; reruns reuse the image, or the tarball if the image was removed.
+# With --binaries the image without them is kept as localhost/aws-cni-base/runtime:<version> (rebuilt from the
+# layer cache when the Dockerfile changes), so a build from new binaries leaves nothing but the image it names.
 # There is no local stand-in for the Rust image: without it, build on the host and pass --binaries.
 #
 # podman runs with scripts/podman/containers.conf (runc, cgroupfs, fixed ulimits: what podman needs on a machine
-# without systemd and without CAP_SYS_RESOURCE) unless CONTAINERS_CONF is set. Prints the image ID last.
+# without systemd and without CAP_SYS_RESOURCE) unless CONTAINERS_CONF is set. Prints the image ID.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -130,5 +132,27 @@ else
   fi
 fi
 
+if [ -n "$binaries" ]; then
+  # Everything but our binaries, as an image of its own (its layers come from the cache when nothing changed):
+  # the final build then only adds the binaries, without layer caching, so the binaries of every build (a test
+  # run's) leave no intermediate images behind, only the final one, which its owner removes.
+  runtime=localhost/aws-cni-base/runtime:$version
+  log "podman build --target runtime -t $runtime"
+  podman build -q --network host --build-arg "DEBIAN_IMAGE=$debian" --target runtime -t "$runtime" \
+    -f Dockerfile . >/dev/null
+  args+=(--layers=false --build-arg "RUNTIME=$runtime")
+fi
 log "podman build -t $tag"
-podman build -q "${args[@]}" -t "$tag" -f Dockerfile .
+id_of() { podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+before=$(id_of "$tag")
+if ! podman build -q "${args[@]}" -t "$tag" -f Dockerfile . >/dev/null; then
+  # podman 4.3 with --layers=false commits and tags the image, then fails removing a stage's working image
+  # ("identifier is not an image"): the build is good if the tag now names a new image.
+  after=$(id_of "$tag")
+  if [ -z "$binaries" ] || [ -z "$after" ] || [ "$after" = "$before" ]; then
+    log "podman build failed"
+    exit 1
+  fi
+  log "(the error above is podman's clean-up after it tagged $tag; the image is complete)"
+fi
+id_of "$tag"

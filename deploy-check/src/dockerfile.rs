@@ -171,6 +171,31 @@ impl Dockerfile {
     pub fn last(&self) -> Option<&Stage> {
         self.stages.last()
     }
+
+    /// The last stage as the image it makes: when its base is an earlier stage (and so on), their instructions
+    /// come first and the base is the first one's.
+    pub fn last_flattened(&self) -> Option<Stage> {
+        let mut at = self.stages.len().checked_sub(1)?;
+        let mut chain = vec![at];
+        while let Some(j) = self.stages[..at]
+            .iter()
+            .rposition(|e| e.name.as_deref() == Some(self.stages[at].base.as_str()))
+        {
+            chain.push(j);
+            at = j;
+        }
+        let root = &self.stages[at];
+        Some(Stage {
+            name: self.stages.last()?.name.clone(),
+            base: root.base.clone(),
+            base_arg: root.base_arg.clone(),
+            instructions: chain
+                .iter()
+                .rev()
+                .flat_map(|&k| self.stages[k].instructions.iter().cloned())
+                .collect(),
+        })
+    }
 }
 
 impl Stage {
@@ -620,10 +645,11 @@ pub fn problems(df: &Dockerfile, cx: &Context<'_>) -> Vec<String> {
         }
     }
 
-    // The final image.
-    let Some(fin) = df.last() else {
+    // The final image: the last stage with the stages it is built on.
+    let Some(fin) = df.last_flattened() else {
         return p;
     };
+    let fin = &fin;
     let release = fin.base.rsplit('/').next().unwrap_or_default();
     if !release.starts_with("debian:bookworm") {
         p.push(format!(

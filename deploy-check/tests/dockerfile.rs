@@ -54,7 +54,7 @@ fn the_dockerfile_passes_the_static_checks() {
         .collect();
     assert_eq!(
         names,
-        ["build", "compiled", "prebuilt", "binaries", "plugins", "final"]
+        ["build", "compiled", "prebuilt", "binaries", "plugins", "runtime", "final"]
     );
 }
 
@@ -82,9 +82,14 @@ fn the_static_checks_catch_broken_recipes() {
         ("rust:1.95-bookworm", "rust:1.70-bookworm", "older than"),
         ("rust:1.95-bookworm", "rust:1.95-trixie", "bookworm"),
         (
-            "FROM ${DEBIAN_IMAGE} AS final",
-            "FROM gcr.io/distroless/cc-debian12 AS final",
+            "FROM ${DEBIAN_IMAGE} AS runtime",
+            "FROM gcr.io/distroless/cc-debian12 AS runtime",
             "must be Debian bookworm",
+        ),
+        (
+            "FROM ${RUNTIME} AS final",
+            "FROM ${DEBIAN_IMAGE} AS final",
+            "does not install iptables",
         ),
         (
             "ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim",

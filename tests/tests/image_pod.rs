@@ -35,7 +35,8 @@
 //! stopped; the node's iptables are then emptied, so every rule found later was written from inside the image.
 //!
 //! podman runs with scripts/podman/containers.conf and the machine's default storage; the test removes every pod,
-//! container and image it made (the base image and the build's layer cache stay, so reruns are fast).
+//! container and image it made (scripts/image.sh's base images, localhost/aws-cni-base/{debian,runtime}, and the
+//! layer cache behind them stay, so reruns are fast).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
