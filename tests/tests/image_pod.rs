@@ -645,6 +645,25 @@ fn play(image: &Image, overlay: &str) {
         }
     }
 
+    // The securityContexts as played: cni-conf root without any capability, aws-node with the manifest's
+    // NET_ADMIN and NET_RAW (and the simulator's SYS_ADMIN).
+    for (c, want) in [
+        ("cni-conf", 0u64),
+        ("aws-node", (1 << 12) | (1 << 13) | (1 << 21)),
+    ] {
+        let status = played.exec(c, &["cat", "/proc/1/status"]);
+        let status = text(&status);
+        let cap_eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
+        assert_eq!(
+            cap_eff,
+            Some(want),
+            "{overlay}: {c} capabilities:\n{status}"
+        );
+    }
+
     // The metrics port the manifest declares, served in the node.
     let port = aws_node["ports"][0]["containerPort"]
         .as_u64()
