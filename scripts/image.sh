@@ -98,6 +98,11 @@ EOF
   podman import -q --change 'CMD ["/bin/bash"]' "$tarball" "$local_debian" >/dev/null
 }
 
+# One build at a time makes the shared base images (tests build in parallel; the first run makes them).
+mkdir -p "$cache"
+exec 9>"$cache/.lock"
+flock 9
+
 debian=$public_debian
 if ! available "$public_debian"; then
   log "$public_debian cannot be pulled: using a local Debian base"
@@ -142,6 +147,7 @@ if [ -n "$binaries" ]; then
     -f Dockerfile . >/dev/null
   args+=(--layers=false --build-arg "RUNTIME=$runtime")
 fi
+flock -u 9
 log "podman build -t $tag"
 id_of() { podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
 before=$(id_of "$tag")
