@@ -18,6 +18,12 @@ have podman || need+=(podman uidmap fuse-overlayfs)
 have runc || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
 have nsenter || need+=(util-linux)
+# The image (scripts/image.sh, tests/tests/image_pod.rs): debootstrap makes the Debian base when no registry can
+# be reached; strip takes the debug info off host-built binaries before they go in.
+have debootstrap || need+=(debootstrap)
+have strip || need+=(binutils)
+# podman kube play builds its pods' infra (pause) image locally around catatonit.
+have catatonit || need+=(catatonit)
 # deploy-check renders deploy/ with `kubectl kustomize` (any kubectl will do; Debian ships it as kubernetes-client).
 have kubectl || need+=(kubernetes-client)
 

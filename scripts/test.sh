@@ -17,6 +17,13 @@ if [ -n "$leftover" ]; then
   echo "$leftover" >&2
   exit 1
 fi
+leftover=$(CONTAINERS_CONF=scripts/podman/containers.conf podman ps -a --format '{{.Names}}' | grep '^aws-node-' || true)
+leftover+=$(CONTAINERS_CONF=scripts/podman/containers.conf podman images --format '{{.Repository}}' | grep 'awscni-image-' || true)
+if [ -n "$leftover" ]; then
+  echo "tests left podman containers or images behind:" >&2
+  echo "$leftover" >&2
+  exit 1
+fi
 leftover=$(pgrep -af 'bin/moto_server|npa_double.py' || true)
 if [ -n "$leftover" ]; then
   echo "tests left moto servers or policy agent doubles running:" >&2

@@ -33,12 +33,16 @@ pub fn current_netns_id() -> std::io::Result<NetnsId> {
 pub const PROC_NET_INIT_INO: u64 = 0xEFFF_FFF9;
 
 /// True when the calling thread is in the machine's real network namespace: the kernel's initial one, or the one
-/// PID 1 lives in (when we may look at PID 1, which sandboxes often forbid). The simulated EC2 node refuses to
+/// PID 1 lives in (when we may look at PID 1, which sandboxes often forbid, and PID 1 is not this process: as the
+/// first process of a container's PID namespace, PID 1 is us and tells nothing). The simulated EC2 node refuses to
 /// run there.
 pub fn is_initial_netns() -> std::io::Result<bool> {
     let me = current_netns_id()?;
     if me.ino == PROC_NET_INIT_INO {
         return Ok(true);
+    }
+    if std::process::id() == 1 {
+        return Ok(false);
     }
     match id_of(Path::new("/proc/1/ns/net")) {
         Ok(init) => Ok(init == me),

@@ -1,16 +1,18 @@
 //! A Dockerfile reader and the static checks of the image recipe.
 //!
-//! What the checks establish without a container engine: the stages and their order; that every `COPY` from the
-//! build context names a file that exists in the repository and is not cut out by `.dockerignore`; that every
-//! `COPY --from` names an earlier stage and, from the Rust stage, only binaries that stage's `cargo build` builds
-//! (packages, bins and features checked against `cargo metadata`); that the builder's Rust is at least the
-//! workspace's `rust-version` and its Debian release is the final image's (same glibc); that the final image's
-//! `/app` holds what `ipamd install` looks for next to its executable (names read from ipamd/src/install.rs); the
-//! ENTRYPOINT and CMD; and that nothing is downloaded outside the package managers.
+//! What the checks establish from the text: the stages and their order; the base images after the global `ARG`
+//! defaults are substituted (a registry and a fixed tag; the builder's Rust at least the workspace's
+//! `rust-version` and its Debian release the final image's, so the same glibc); that every `COPY` from the build
+//! context names a file that exists in the repository and is not cut out by `.dockerignore` (or, for the host-built
+//! binaries, a file under [`PREBUILT_DIR`] that `.dockerignore` lets through); that every `COPY --from` names an
+//! earlier stage and, from the Rust stage, only binaries that stage's `cargo build` builds (packages, bins and
+//! features checked against `cargo metadata`); that the stage switch chosen by an `ARG` offers the same files
+//! whichever stage it names; that the final image's `/app` holds what `ipamd install` looks for next to its
+//! executable (names read from ipamd/src/cmd/install/) and its packages the netfilter tools ipamd runs; the
+//! ENTRYPOINT, CMD and labels; and that nothing is downloaded outside the package managers.
 //!
-//! What they cannot establish: that the base images and packages exist and resolve, that the build succeeds in
-//! the builder (memory, network, toolchain), what a `RUN` really produces (its text is only inspected), and that
-//! the binaries run on the final image. Those need a real build.
+//! What a real build establishes instead (tests/tests/image_pod.rs, with podman): that the bases and packages
+//! resolve, what the `RUN` steps produce, that every binary finds its libraries, and that the DaemonSet's pod runs.
 
 use std::collections::BTreeSet;
 
@@ -32,7 +34,10 @@ pub struct Instruction {
 #[derive(Debug, Clone)]
 pub struct Stage {
     pub name: Option<String>,
+    /// The base with the global `ARG` defaults substituted.
     pub base: String,
+    /// The base as written (`${DEBIAN_IMAGE}`), when it names an `ARG`.
+    pub base_arg: Option<String>,
     pub instructions: Vec<Instruction>,
 }
 
@@ -46,7 +51,26 @@ pub struct Copy {
 
 #[derive(Debug, Clone)]
 pub struct Dockerfile {
+    /// The `ARG`s before the first `FROM` (the only ones a `FROM` can use), with their defaults.
+    pub global_args: Vec<(String, Option<String>)>,
     pub stages: Vec<Stage>,
+}
+
+/// Where `scripts/image.sh` stages host-built binaries for the `prebuilt` stage (inside target/, which
+/// `.dockerignore` otherwise leaves out).
+pub const PREBUILT_DIR: &str = "target/image/";
+
+/// `text` with `$NAME` and `${NAME}` replaced by the defaults of `args` (unknown or default-less ones stay).
+pub fn substitute(text: &str, args: &[(String, Option<String>)]) -> String {
+    let mut out = text.to_string();
+    for (name, default) in args {
+        if let Some(d) = default {
+            out = out
+                .replace(&format!("${{{name}}}"), d)
+                .replace(&format!("${name}"), d);
+        }
+    }
+    out
 }
 
 impl Dockerfile {
@@ -81,6 +105,7 @@ impl Dockerfile {
             ));
         }
         let mut stages: Vec<Stage> = Vec::new();
+        let mut global_args = Vec::new();
         for (line, text) in instrs {
             let (kw, args) = text.split_once(' ').unwrap_or((text.as_str(), ""));
             let ins = Instruction {
@@ -94,7 +119,7 @@ impl Dockerfile {
                     .split_whitespace()
                     .filter(|w| !w.starts_with("--"))
                     .collect();
-                let (base, name) = match words.as_slice() {
+                let (written, name) = match words.as_slice() {
                     [b] => (b.to_string(), None),
                     [b, as_, n] if as_.eq_ignore_ascii_case("as") => {
                         (b.to_string(), Some(n.to_string()))
@@ -106,21 +131,34 @@ impl Dockerfile {
                         ))
                     }
                 };
+                let base = substitute(&written, &global_args);
                 stages.push(Stage {
                     name,
+                    base_arg: written
+                        .contains('$')
+                        .then(|| written.trim_matches(['$', '{', '}']).to_string()),
                     base,
                     instructions: Vec::new(),
                 });
             } else if let Some(s) = stages.last_mut() {
                 s.instructions.push(ins);
-            } else if ins.keyword != "ARG" {
+            } else if ins.keyword == "ARG" {
+                let (n, d) = match ins.args.split_once('=') {
+                    Some((n, d)) => (n.trim(), Some(d.trim().trim_matches('"').to_string())),
+                    None => (ins.args.trim(), None),
+                };
+                global_args.push((n.to_string(), d));
+            } else {
                 return Err(CheckError::invalid(
                     "Dockerfile",
                     format!("line {line}: {} before the first FROM", ins.keyword),
                 ));
             }
         }
-        Ok(Dockerfile { stages })
+        Ok(Dockerfile {
+            global_args,
+            stages,
+        })
     }
 
     pub fn stage(&self, name: &str) -> Option<(usize, &Stage)> {
@@ -132,6 +170,31 @@ impl Dockerfile {
 
     pub fn last(&self) -> Option<&Stage> {
         self.stages.last()
+    }
+
+    /// The last stage as the image it makes: when its base is an earlier stage (and so on), their instructions
+    /// come first and the base is the first one's.
+    pub fn last_flattened(&self) -> Option<Stage> {
+        let mut at = self.stages.len().checked_sub(1)?;
+        let mut chain = vec![at];
+        while let Some(j) = self.stages[..at]
+            .iter()
+            .rposition(|e| e.name.as_deref() == Some(self.stages[at].base.as_str()))
+        {
+            chain.push(j);
+            at = j;
+        }
+        let root = &self.stages[at];
+        Some(Stage {
+            name: self.stages.last()?.name.clone(),
+            base: root.base.clone(),
+            base_arg: root.base_arg.clone(),
+            instructions: chain
+                .iter()
+                .rev()
+                .flat_map(|&k| self.stages[k].instructions.iter().cloned())
+                .collect(),
+        })
     }
 }
 
@@ -194,6 +257,24 @@ pub fn parse_copy(args: &str) -> Option<Copy> {
         from,
         sources: rest,
         dest,
+    })
+}
+
+/// Whether a `COPY` of `stage` puts a file at `path`.
+fn copies_into(stage: &Stage, path: &str) -> bool {
+    stage.copies().iter().any(|c| {
+        if c.dest.ends_with('/') {
+            c.sources.iter().any(|s| {
+                let base = s
+                    .trim_end_matches('/')
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default();
+                format!("{}{base}", c.dest) == path
+            })
+        } else {
+            c.dest == path
+        }
     })
 }
 
@@ -267,7 +348,7 @@ pub struct Context<'a> {
     pub ignore: &'a DockerIgnore,
     /// Whether a path relative to the repository root exists.
     pub exists: &'a dyn Fn(&str) -> bool,
-    /// From ipamd/src/install.rs.
+    /// From ipamd/src/cmd/install/.
     pub upstream_plugins: Vec<String>,
     pub template_name: String,
     pub plugins_dir: String,
@@ -355,7 +436,7 @@ pub fn problems(df: &Dockerfile, cx: &Context<'_>) -> Vec<String> {
     let mut p = Vec::new();
     if df.stages.len() < 3 {
         p.push(format!(
-            "expected at least 3 stages (build, debian, final), found {}",
+            "expected at least 3 stages (build, plugins, final), found {}",
             df.stages.len()
         ));
     }
@@ -369,7 +450,12 @@ pub fn problems(df: &Dockerfile, cx: &Context<'_>) -> Vec<String> {
         let is_stage = df.stages[..i]
             .iter()
             .any(|e| e.name.as_deref() == Some(s.base.as_str()));
-        if !is_stage && s.base != "scratch" {
+        if s.base.contains('$') {
+            p.push(format!(
+                "stage {i}: base {} names an ARG without a default before the first FROM",
+                s.base
+            ));
+        } else if !is_stage && s.base != "scratch" {
             let tag = s.base.rsplit_once(':').map(|(_, t)| t).unwrap_or_default();
             // Distroless publishes no version tags: its name pins the Debian release (a release build should pin
             // the digest too).
@@ -455,6 +541,11 @@ pub fn problems(df: &Dockerfile, cx: &Context<'_>) -> Vec<String> {
                                     p.push(format!("COPY . leaves out {must} (.dockerignore)"));
                                 }
                             }
+                        } else if rel.starts_with(PREBUILT_DIR) {
+                            // Staged by scripts/image.sh before the build, so not in the repository.
+                            if cx.ignore.excluded(rel) {
+                                p.push(format!("COPY {src}: excluded by .dockerignore"));
+                            }
                         } else if !(cx.exists)(rel) {
                             p.push(format!("COPY {src}: not in the repository"));
                         } else if cx.ignore.excluded(rel) {
@@ -470,8 +561,37 @@ pub fn problems(df: &Dockerfile, cx: &Context<'_>) -> Vec<String> {
                     if j >= i {
                         p.push(format!("COPY --from={from}: not an earlier stage"));
                     }
+                    // A stage picked by an ARG (`FROM ${BINARIES} AS binaries`): what is copied from it must be in
+                    // its default and in `prebuilt`, whichever the build picks.
+                    let switch = fs.base_arg.is_some() && df.stage(&fs.base).is_some();
+                    let picks: Vec<usize> = match switch {
+                        true => df.stages[..j]
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, e)| {
+                                e.name.as_deref() == Some(fs.base.as_str())
+                                    || e.name.as_deref() == Some("prebuilt")
+                            })
+                            .map(|(k, _)| k)
+                            .collect(),
+                        false => Vec::new(),
+                    };
+                    if switch && picks.len() < 2 {
+                        p.push(format!(
+                            "stage {from} is picked by an ARG: it needs a default stage and a `prebuilt` one"
+                        ));
+                    }
                     for src in &c.sources {
-                        if j == build_idx {
+                        if !picks.is_empty() {
+                            for &k in &picks {
+                                if !copies_into(&df.stages[k], src) {
+                                    p.push(format!(
+                                        "COPY --from={from} {src}: stage {} does not provide it",
+                                        df.stages[k].name.clone().unwrap_or_default()
+                                    ));
+                                }
+                            }
+                        } else if j == build_idx {
                             match src.strip_prefix(&target) {
                                 Some(bin) if built.contains(bin) => {}
                                 _ => p.push(format!(
@@ -525,16 +645,39 @@ pub fn problems(df: &Dockerfile, cx: &Context<'_>) -> Vec<String> {
         }
     }
 
-    // The final image.
-    let Some(fin) = df.last() else {
+    // The final image: the last stage with the stages it is built on.
+    let Some(fin) = df.last_flattened() else {
         return p;
     };
-    let distroless = fin.base.contains("/distroless/") && fin.base.ends_with("-debian12");
-    if !(distroless || fin.base == "scratch") {
+    let fin = &fin;
+    let release = fin.base.rsplit('/').next().unwrap_or_default();
+    if !release.starts_with("debian:bookworm") {
         p.push(format!(
-            "the final stage must be distroless (Debian 12) or scratch, is {}",
+            "the final stage must be Debian bookworm (the builder's glibc, and the node's netfilter tools), is {}",
             fin.base
         ));
+    }
+    let fin_run = fin.run_text();
+    for pkg in ["iptables", "nftables", "conntrack"] {
+        let installed = fin_run
+            .split("&&")
+            .any(|cmd| cmd.contains("apt-get install") && cmd.split_whitespace().any(|w| w == pkg));
+        if !installed {
+            p.push(format!("the final stage does not install {pkg}"));
+        }
+    }
+    let labels: String = fin
+        .all("LABEL")
+        .map(|l| l.args.as_str())
+        .collect::<Vec<_>>()
+        .join(" ");
+    for label in [
+        "org.opencontainers.image.version",
+        "org.opencontainers.image.source",
+    ] {
+        if !labels.contains(&format!("{label}=")) {
+            p.push(format!("the final image has no label {label}"));
+        }
     }
     let mut files = BTreeSet::new();
     for c in fin.copies() {

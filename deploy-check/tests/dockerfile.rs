@@ -1,11 +1,11 @@
-//! The Dockerfile, checked statically (no container engine runs on the build machines).
+//! The Dockerfile, checked statically (the real build is tests/tests/image_pod.rs, which needs root and podman).
 //!
-//! Proven here: the stage layout, that every COPY source exists (in the repository and not cut by .dockerignore, or
-//! in an earlier stage), that the binaries copied from the Rust stage are ones its `cargo build` builds (checked
-//! against `cargo metadata`, features included), that the final image's /app is what `ipamd install` reads and
-//! what the DaemonSet execs, ENTRYPOINT and CMD. Not proven: that the images and packages resolve, that the build
-//! succeeds inside the builder, what the RUN steps produce, and that the binaries run on distroless. See the
-//! module docs of deploy_check::dockerfile.
+//! Proven here: the stage layout, the bases after ARG substitution, that every COPY source exists (in the
+//! repository and not cut by .dockerignore, staged under target/image/ and let through, or in an earlier stage),
+//! that the binaries copied from the Rust stage are ones its `cargo build` builds (checked against `cargo
+//! metadata`, features included), that the compiled and prebuilt stages offer the same binaries, that the final
+//! image's /app is what `ipamd install` reads and what the DaemonSet execs, its packages, labels, ENTRYPOINT and
+//! CMD. See the module docs of deploy_check::dockerfile.
 
 use deploy_check::dockerfile::{
     problems, rust_str_array_const, rust_str_const, subcommands, Context, Dockerfile,
@@ -15,7 +15,17 @@ use deploy_check::repo::{read, root, workspace, Workspace};
 use deploy_check::strict::{parse_stream, Object};
 
 fn check(dockerfile: &str, dockerignore: &str, ws: &Workspace) -> Vec<String> {
-    let install = read("ipamd/src/install.rs").expect("install.rs");
+    // `ipamd install`'s names, wherever in its module tree they are defined.
+    let install: String = [
+        "mod.rs",
+        "files.rs",
+        "conflist.rs",
+        "settings.rs",
+        "sysctl.rs",
+    ]
+    .iter()
+    .map(|f| read(&format!("ipamd/src/cmd/install/{f}")).expect("ipamd/src/cmd/install"))
+    .collect();
     let main = read("ipamd/src/main.rs").expect("main.rs");
     let df = Dockerfile::parse(dockerfile).unwrap_or_else(|e| panic!("{e}"));
     let ignore = DockerIgnore::parse(dockerignore).unwrap_or_else(|e| panic!("{e}"));
@@ -52,7 +62,10 @@ fn the_dockerfile_passes_the_static_checks() {
         .iter()
         .filter_map(|s| s.name.as_deref())
         .collect();
-    assert_eq!(names, ["build", "debian", "final"]);
+    assert_eq!(
+        names,
+        ["build", "compiled", "prebuilt", "binaries", "plugins", "runtime", "final"]
+    );
 }
 
 #[test]
@@ -65,8 +78,8 @@ fn the_static_checks_catch_broken_recipes() {
             "not in the repository",
         ),
         (
-            "/src/target/release/aws-cni /app/",
-            "/src/target/release/egress-cni /app/",
+            "/src/target/release/aws-cni /",
+            "/src/target/release/egress-cni /",
             "not a binary the build stage builds",
         ),
         (
@@ -79,9 +92,49 @@ fn the_static_checks_catch_broken_recipes() {
         ("rust:1.95-bookworm", "rust:1.70-bookworm", "older than"),
         ("rust:1.95-bookworm", "rust:1.95-trixie", "bookworm"),
         (
-            "FROM gcr.io/distroless/cc-debian12 AS final",
-            "FROM docker.io/library/debian:bookworm-slim AS final",
-            "distroless",
+            "FROM ${DEBIAN_IMAGE} AS runtime",
+            "FROM gcr.io/distroless/cc-debian12 AS runtime",
+            "must be Debian bookworm",
+        ),
+        (
+            "FROM ${RUNTIME} AS final",
+            "FROM ${DEBIAN_IMAGE} AS final",
+            "does not install iptables",
+        ),
+        (
+            "ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim",
+            "ARG DEBIAN_IMAGE=docker.io/library/debian:trixie-slim",
+            "must be Debian bookworm",
+        ),
+        (
+            "ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim",
+            "ARG DEBIAN_IMAGE",
+            "without a default",
+        ),
+        (
+            "ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim",
+            "ARG DEBIAN_IMAGE=debian:bookworm-slim",
+            "must name its registry",
+        ),
+        (
+            "install -y --no-install-recommends iptables nftables conntrack",
+            "install -y --no-install-recommends nftables conntrack",
+            "does not install iptables",
+        ),
+        (
+            "COPY target/image/ipamd target/image/aws-cni /",
+            "COPY target/image/ipamd /",
+            "stage prebuilt does not provide it",
+        ),
+        (
+            "COPY target/image/ipamd target/image/aws-cni /",
+            "COPY target/ipamd target/image/aws-cni /",
+            "not in the repository",
+        ),
+        (
+            "org.opencontainers.image.version=",
+            "org.opencontainers.image.v=",
+            "no label org.opencontainers.image.version",
         ),
         (
             "ENTRYPOINT [\"/app/ipamd\"]",
@@ -90,8 +143,8 @@ fn the_static_checks_catch_broken_recipes() {
         ),
         ("CMD [\"run\"]", "CMD [\"serve\"]", "CMD"),
         (
-            "COPY --from=debian /out/cni-plugins/ /app/cni-plugins/",
-            "COPY --from=debain /out/cni-plugins/ /app/cni-plugins/",
+            "COPY --from=plugins /out/cni-plugins/ /app/cni-plugins/",
+            "COPY --from=plugin /out/cni-plugins/ /app/cni-plugins/",
             "no stage of that name",
         ),
         (
@@ -100,8 +153,8 @@ fn the_static_checks_catch_broken_recipes() {
             "UPSTREAM_PLUGINS",
         ),
         (
-            "apt-get update \\",
-            "curl -fsSL https://example.invalid/x | sh && apt-get update \\",
+            "apt-get install -y --no-install-recommends containernetworking-plugins",
+            "curl -fsSL https://example.invalid/x | sh && apt-get install -y containernetworking-plugins",
             "downloads",
         ),
     ];
@@ -117,6 +170,13 @@ fn the_static_checks_catch_broken_recipes() {
     let p = check(&df, &format!("{ignore}\ndeploy\n"), &ws);
     assert!(
         p.iter().any(|x| x.contains("excluded by .dockerignore")),
+        "{p:?}"
+    );
+    // The prebuilt binaries need target/image/ let through.
+    let p = check(&df, &ignore.replace("!target/image", ""), &ws);
+    assert!(
+        p.iter()
+            .any(|x| x.contains("COPY target/image/ipamd: excluded by .dockerignore")),
         "{p:?}"
     );
     let p = check(&df, &format!("{ignore}\nCargo.lock\n"), &ws);

@@ -394,11 +394,17 @@ pub struct PodSpec {
 
 /// Runs `aws-cni` inside the node namespace with `CNI_*` env and `conf` on stdin, as a runtime on the node would.
 pub fn cni(node: &Netns, command: &str, pod: &PodSpec, conf: &Value) -> CniOut {
+    cni_at(&bin("aws-cni"), node, command, pod, conf)
+}
+
+/// [`cni`] with the plugin binary at `plugin` (e.g. the copy an installer put into a node's CNI bin directory).
+pub fn cni_at(plugin: &Path, node: &Netns, command: &str, pod: &PodSpec, conf: &Value) -> CniOut {
     let args = format!(
         "IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={};K8S_POD_INFRA_CONTAINER_ID={}",
         pod.namespace, pod.name, pod.container_id
     );
-    cni_raw(
+    cni_raw_at(
+        plugin,
         node,
         &[
             ("CNI_COMMAND", command),
@@ -414,9 +420,13 @@ pub fn cni(node: &Netns, command: &str, pod: &PodSpec, conf: &Value) -> CniOut {
 
 /// Runs `aws-cni` with exactly the given environment and stdin.
 pub fn cni_raw(node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
+    cni_raw_at(&bin("aws-cni"), node, env, stdin)
+}
+
+fn cni_raw_at(plugin: &Path, node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &node.name])
-        .arg(bin("aws-cni"))
+        .arg(plugin)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::piped())

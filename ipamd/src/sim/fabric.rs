@@ -113,12 +113,18 @@ impl NetnsFabric {
             fabric.set_up(lo.index).await?;
         }
         // The node "boots" like an EKS AMI: forwarding on (pods' traffic is routed through the node), loopback up.
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
-            NetlinkError::NetnsOpen {
-                path: "/proc/sys/net/ipv4/ip_forward".into(),
-                source,
-            }
-        })?;
+        // Written only when off: a node booted by an earlier run already has it, and in a container (the
+        // DaemonSet's pod) /proc/sys is read-only.
+        let forwarding =
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+        if forwarding.trim() != "1" {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| {
+                NetlinkError::NetnsOpen {
+                    path: "/proc/sys/net/ipv4/ip_forward".into(),
+                    source,
+                }
+            })?;
+        }
         if let Some(lo) = node.link_by_name("lo").await? {
             node.set_up(lo.index).await?;
         }

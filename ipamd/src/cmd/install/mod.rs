@@ -299,7 +299,20 @@ pub fn run_with_env(
         .map_err(InstallError::Runtime)?;
     rt.block_on(async {
         if matches!(args.phase, Phase::All | Phase::Conflist) {
-            wait_ready(&args.socket, args.ready_timeout, args.poll_interval).await?;
+            let ready = wait_ready(&args.socket, args.ready_timeout, args.poll_interval);
+            if args.stay {
+                // A container's PID 1 gets no signal it has no handler for: stopped before ipamd is ready, it
+                // would sit out the grace period and be killed.
+                tokio::select! {
+                    r = ready => r?,
+                    () = wait_for_stop() => {
+                        tracing::info!("stopped before ipamd was ready: conflist not written");
+                        return Ok(());
+                    }
+                }
+            } else {
+                ready.await?;
+            }
             std::fs::create_dir_all(&settings.conf_dir)
                 .map_err(io_err("creating", &settings.conf_dir))?;
             let path = atomic_write(
