@@ -4,8 +4,8 @@
 //! is kept), discover the node, configure its ENIs, restore the checkpoint's pods onto the addresses EC2
 //! confirms, fill the pool, bind the socket, release restored pods whose veth is gone (before the first
 //! connection is accepted), and only then serve, so a runtime that sees the socket (and the health service
-//! SERVING) can get IPs at once. The recovery order is in [`crate::reconcile`], the checkpoint's format and group
-//! commit in [`crate::checkpoint`].
+//! SERVING) can get IPs at once. The recovery order is in [`crate::engine::reconcile`], the checkpoint's format and group
+//! commit in [`crate::engine::checkpoint`].
 //!
 //! SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (at most [`DRAIN_TIMEOUT`]), stop
 //! the pool task (at most [`POOL_STOP_TIMEOUT`]), let the veth reaper delete what DELs queued (at most
@@ -23,17 +23,17 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::checkpoint::Checkpoint;
+use crate::engine::checkpoint::Checkpoint;
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
 use crate::hostnet::NetlinkHostNetwork;
 use crate::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
 use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
-use crate::node::{Node, NodeDeps, NodeError, Recovery};
+use crate::engine::{Node, NodeDeps, NodeError, Recovery};
 use crate::ratelimit::PacingConfig;
 use crate::reaper::{NetlinkLinks, Reaper, ReaperConfig, ReaperTask};
-use crate::reconcile::NetlinkPodHost;
+use crate::engine::reconcile::NetlinkPodHost;
 use crate::rpc::CniService;
 use crate::sim::fabric::NetnsFabric;
 use crate::sim::{SimEc2, SimError, SimSpec};
@@ -92,7 +92,7 @@ pub enum DaemonError {
     #[error("node: {0}")]
     Node(#[from] NodeError),
     #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    Checkpoint(#[from] crate::engine::checkpoint::CheckpointError),
     #[error("socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -231,7 +231,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let checkpoint_path = checkpoint_path(&opts);
     let entries = match &checkpoint_path {
         Some(path) => {
-            let entries = crate::checkpoint::read(path)?;
+            let entries = crate::engine::checkpoint::read(path)?;
             tracing::info!(path = %path.display(), entries = entries.as_ref().map_or(0, Vec::len),
                 "read the checkpoint");
             entries
@@ -420,7 +420,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
 
     let listener = bind_socket(&opts.socket)?;
     // Connections made from now on wait in the listen backlog while restored pods are checked (see
-    // crate::reconcile): a DEL that tore its pod down while the socket was absent is honoured here.
+    // crate::engine::reconcile): a DEL that tore its pod down while the socket was absent is honoured here.
     let released = node.start_serving().await;
     metrics
         .startup_duration_seconds
@@ -497,13 +497,13 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
 /// (memory only) without one, since every run without saved state is a new instance.
 fn checkpoint_path(opts: &RunOptions) -> Option<PathBuf> {
     if let Some(p) = ProcessEnv
-        .get(crate::checkpoint::ENV_BACKING_STORE)
+        .get(crate::engine::checkpoint::ENV_BACKING_STORE)
         .filter(|p| !p.trim().is_empty())
     {
         return Some(PathBuf::from(p));
     }
     match opts.backend {
-        Backend::Aws => Some(crate::checkpoint::path_from_env(|_| None)),
+        Backend::Aws => Some(crate::engine::checkpoint::path_from_env(|_| None)),
         Backend::Sim => opts
             .sim_state
             .as_ref()

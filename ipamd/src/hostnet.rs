@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datapath::{MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec, ENI_PRIMARY_IP_RULE_PRIORITY};
 
-use crate::datastore::Eni;
+use crate::core::datastore::Eni;
 use crate::sim::fabric::subnet_gateway;
 use crate::snat::{CommandIptables, Iptables, RecordingIptables, SnatError, SnatPlan};
 

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::engine::Node;
 
 /// Where an HTTP server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]

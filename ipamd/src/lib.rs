@@ -17,13 +17,13 @@
 //! traits, with ENIs as real links), [`demo`] (`ipamd demo`). Every outside world is a trait with a real
 //! implementation and a test double, so the daemon's logic is tested without AWS or root.
 
-pub mod checkpoint;
 pub mod clock;
 pub mod config;
+pub mod core;
 pub mod control;
 pub mod daemon;
-pub mod datastore;
 pub mod demo;
+pub mod engine;
 pub mod ec2;
 pub mod hostnet;
 pub mod http;
@@ -31,12 +31,9 @@ pub mod imds;
 pub mod install;
 pub mod logging;
 pub mod metrics;
-pub mod node;
-pub mod pool;
 pub mod probe;
 pub mod ratelimit;
 pub mod reaper;
-pub mod reconcile;
 pub mod rpc;
 #[cfg(test)]
 mod scenarios;

@@ -37,7 +37,7 @@ use crate::ec2::{
     InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
 };
 use crate::imds::{Imds, ImdsEni, ImdsError, NodeMetadata};
-use crate::node::Node;
+use crate::engine::Node;
 
 /// Observations kept per label set for the latency summary's quantiles.
 pub const SUMMARY_WINDOW: usize = 512;

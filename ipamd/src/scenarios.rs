@@ -13,13 +13,13 @@ use tokio::sync::Notify;
 
 use crate::clock::{Clock, TokioClock};
 use crate::config::Config;
-use crate::datastore::{IpamKey, PodMeta};
+use crate::core::datastore::{IpamKey, PodMeta};
 use crate::ec2::{
     CreateEniRequest, Ec2, IpRequest, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER,
     TAG_INSTANCE_ID,
 };
 use crate::hostnet::RecordingHostNetwork;
-use crate::node::{Node, NodeDeps};
+use crate::engine::{Node, NodeDeps};
 use crate::sim::{Fault, NoHotplug, SimEc2, SimSpec, SimSubnet, SIM_SUBNET_ID};
 
 struct Harness {
@@ -88,7 +88,7 @@ impl Harness {
     }
 
     /// One ADD, retried like kubelet (every second, up to `tries`). Returns the failure if it never worked.
-    async fn add_pod(&mut self, tries: u32) -> Result<Ipv4Addr, crate::node::AddFailure> {
+    async fn add_pod(&mut self, tries: u32) -> Result<Ipv4Addr, crate::engine::AddFailure> {
         let key = IpamKey {
             network_name: "aws-cni".into(),
             container_id: format!("c{}", self.next),

@@ -736,7 +736,7 @@ impl SimEc2 {
                 return;
             }
         };
-        if let Err(e) = crate::checkpoint::write_atomic(path, &json) {
+        if let Err(e) = crate::engine::checkpoint::write_atomic(path, &json) {
             tracing::warn!(path = %path.display(), error = %e, "cannot write simulator state");
         }
     }

@@ -14,7 +14,7 @@
 //! - nothing held or cooling down is ever removed, except by a *forced* removal, which is only for addresses or
 //!   ENIs that EC2 itself says are gone (the pods on them have lost their address anyway).
 //! - every change to who holds what bumps [`Datastore::generation`], so a writer of the checkpoint knows whether
-//!   what it wrote covers a given change (see [`crate::checkpoint`]);
+//!   what it wrote covers a given change (see [`crate::engine::checkpoint`]);
 //! - a DEL whose key holds nothing falls back to the anchor's placeholder key of allocations it migrated from
 //!   CRI (`_migrated-from-cri`, same container ID, ifname `unknown`), as the anchor still does.
 //!

@@ -2,7 +2,7 @@
 //!
 //! Request path (ADD/DEL) and pool path never block each other: an ADD takes the datastore lock for a few
 //! microseconds and never calls EC2 or IMDS. The pool task alone talks to EC2, one step at a time
-//! ([`crate::pool::decide`]), and only takes the datastore lock to read counts or to apply what EC2 returned.
+//! ([`crate::core::pool::decide`]), and only takes the datastore lock to read counts or to apply what EC2 returned.
 //!
 //! An ADD that finds no usable address **waits** for one when one is on its way (see [`Node::add_durable`]): an
 //! address in cooldown whose cooldown ends within the wait bound (`AWS_CNI_ADD_WAIT_SECONDS`), or a pool that is
@@ -15,7 +15,7 @@
 //! subnet exhausted, throttled, ...). The anchor fails at once, and kubelet then backs off for seconds.
 //!
 //! Release hysteresis (`AWS_CNI_POOL_RELEASE_DELAY`): every pool step samples the pool's need into a
-//! [`crate::pool::HighWater`], and nothing is given back below its peak over the delay (see [`crate::pool`]).
+//! [`crate::core::pool::HighWater`], and nothing is given back below its peak over the delay (see [`crate::core::pool`]).
 //!
 //! Pool steps, reconciliation and the leaked-ENI cleanup are serialised (one EC2 actor per node), and every EC2
 //! call goes through [`crate::ratelimit::PacedEc2`]: a client-side token bucket, jittered retries, a count by API.
@@ -31,7 +31,7 @@
 //!   datastore first (no ADD can take its IPs meanwhile), host teardown, DetachNetworkInterface, then
 //!   DeleteNetworkInterface retried while EC2 still sees it in use; NotFound counts as done.
 //! - Shrinking is rate-limited (one release per 30 s, anchor `decreaseIPPoolInterval`), and addresses given back
-//!   are remembered for 60 s so a lagging IMDS or EC2 view cannot bring them back (see [`crate::reconcile`]).
+//!   are remembered for 60 s so a lagging IMDS or EC2 view cannot bring them back (see [`crate::engine::reconcile`]).
 //! - After `InsufficientFreeAddressesInSubnet`/`InsufficientCidrBlocks` the pool does not try to grow for 120 s.
 //!
 //! Startup follows the anchor (§3.1): read the node and its ENIs from IMDS, confirm their addresses with one
@@ -40,11 +40,14 @@
 //! other transient errors are retried in-process for as long as they last, with jittered backoff capped at a
 //! minute, and only a permanent error such as a missing IAM permission stops the daemon), apply the node-wide host
 //! settings (fwmark rule, SNAT), configure each ENI on the host, restore the checkpoint's assignments onto the
-//! addresses EC2 confirmed (see [`crate::reconcile`] for the recovery order), then fill the pool before serving.
+//! addresses EC2 confirmed (see [`crate::engine::reconcile`] for the recovery order), then fill the pool before serving.
 //!
 //! Durability: [`Node::add_durable`] and [`Node::del_durable`] (what the gRPC service calls) return only once
-//! the change is in the checkpoint ([`crate::checkpoint`], group commit); [`Node::add`] and [`Node::del`] change
+//! the change is in the checkpoint ([`crate::engine::checkpoint`], group commit); [`Node::add`] and [`Node::del`] change
 //! memory only and leave the write to the background flusher ([`Node::run_checkpointer`]).
+
+pub mod checkpoint;
+pub mod reconcile;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -57,10 +60,10 @@ use instance_limits::max_pods::{compute, CniVersion, MaxPodsOptions, DEFAULT_CNI
 use ipnetwork::Ipv4Network;
 use tokio::sync::Notify;
 
-use crate::checkpoint::{Checkpoint, CheckpointEntry, CheckpointError};
+use crate::engine::checkpoint::{Checkpoint, CheckpointEntry, CheckpointError};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::datastore::{
+use crate::core::datastore::{
     Allocation, AssignError, AssignmentRecord, Datastore, Eni, IpamKey, PodMeta, PoolStats,
 };
 use crate::ec2::{
@@ -70,9 +73,9 @@ use crate::ec2::{
 };
 use crate::hostnet::{HostNetError, HostNetwork, HostPlan};
 use crate::imds::{Imds, ImdsError, NodeMetadata};
-use crate::pool::{decide, Decision, EniRoom, HighWater, Outlook, PoolPolicy, PREFIX_SIZE};
+use crate::core::pool::{decide, Decision, EniRoom, HighWater, Outlook, PoolPolicy, PREFIX_SIZE};
 use crate::ratelimit::{CallCounts, PacedEc2, PacingConfig};
-use crate::reconcile::PodHost;
+use crate::engine::reconcile::PodHost;
 use crate::snat::SnatPlan;
 
 /// Minimum time between two shrinking steps (anchor `decreaseIPPoolInterval`).
@@ -107,7 +110,7 @@ pub enum NodeError {
     #[error(transparent)]
     HostNet(#[from] HostNetError),
     #[error("datastore: {0}")]
-    Datastore(#[from] crate::datastore::DatastoreError),
+    Datastore(#[from] crate::core::datastore::DatastoreError),
     /// EC2 refused to describe the node's ENIs with an error retrying cannot fix (transient ones are retried
     /// for as long as they last).
     #[error(
@@ -126,7 +129,7 @@ pub const STARTUP_RETRY: crate::ratelimit::Backoff = crate::ratelimit::Backoff {
     cap: Duration::from_secs(60),
 };
 
-/// What a restarting node restores and how it checks it (see [`crate::reconcile`]). The default restores
+/// What a restarting node restores and how it checks it (see [`crate::engine::reconcile`]). The default restores
 /// nothing and keeps assignments in memory only.
 #[derive(Clone)]
 pub struct Recovery {
@@ -162,7 +165,7 @@ impl std::fmt::Debug for Recovery {
     }
 }
 
-/// Restored assignments not yet confirmed by the host (see [`crate::reconcile`]).
+/// Restored assignments not yet confirmed by the host (see [`crate::engine::reconcile`]).
 #[derive(Debug, Default)]
 pub(crate) struct RecoveryState {
     /// Restored keys whose veth has not been seen (or not seen late enough to be sure).
@@ -1385,10 +1388,10 @@ impl Node {
 
     /// The pool task: wakes on every ADD/DEL (after [`POOL_DEBOUNCE`]) and every `interval`, grows or shrinks the pool, backs off on EC2
     /// errors with jitter, reconciles with IMDS/EC2 every minute and looks for leaked ENIs every hour (see
-    /// [`crate::reconcile`]). Returns when `shutdown` fires.
+    /// [`crate::engine::reconcile`]). Returns when `shutdown` fires.
     pub async fn run_pool(self: Arc<Self>, interval: Duration, shutdown: Arc<Notify>) {
         let mut failures: u32 = 0;
-        let mut timers = crate::reconcile::Timers::new(self.deps.clock.now());
+        let mut timers = crate::engine::reconcile::Timers::new(self.deps.clock.now());
         loop {
             let mut delay = None;
             for _ in 0..16 {

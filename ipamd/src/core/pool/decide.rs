@@ -59,7 +59,7 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 
-use crate::datastore::PoolStats;
+use crate::core::datastore::PoolStats;
 use crate::ec2::IpRequest;
 
 /// Addresses in a /28.

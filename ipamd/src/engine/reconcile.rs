@@ -24,7 +24,7 @@
 //!
 //! **Restart recovery** (anchor §3.1 step 12, with the anchor's restart bugs #3887, #3019, #1967, #711 closed).
 //! In this order, before the socket opens:
-//! 1. the checkpoint is read first of all ([`crate::checkpoint::read`]); a bad file stops ipamd and is kept;
+//! 1. the checkpoint is read first of all ([`crate::engine::checkpoint::read`]); a bad file stops ipamd and is kept;
 //! 2. the node's ENIs come from IMDS, and their addresses from EC2 (DescribeNetworkInterfaces, retried; never
 //!    IMDS's address lists, which lag);
 //! 3. each checkpointed assignment is put back on the address EC2 confirmed (`Node::restore`). An address no
@@ -55,15 +55,15 @@ use async_trait::async_trait;
 use datapath::pod::PodTeardown;
 use datapath::{Netlink, NetlinkError};
 
-use crate::checkpoint::CheckpointEntry;
-use crate::datastore::{Eni, IpamKey, RestoreError};
+use crate::engine::checkpoint::CheckpointEntry;
+use crate::core::datastore::{Eni, IpamKey, RestoreError};
 use crate::ec2::{
     Ec2, Ec2Error, EniDescription, EniFilter, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME,
     TAG_CREATED_AT, TAG_INSTANCE_ID, TAG_NO_MANAGE,
 };
 use crate::hostnet::HostNetError;
 use crate::imds::ImdsError;
-use crate::node::{lock, mac_of, Node, NodeError, RELEASED_MEMORY, STARTUP_RETRY};
+use crate::engine::{lock, mac_of, Node, NodeError, RELEASED_MEMORY, STARTUP_RETRY};
 
 /// A restored pod's veth must have been seen at least this long after the socket opened to be confirmed.
 pub const RESTORE_SETTLE: Duration = Duration::from_secs(15);
@@ -781,14 +781,14 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::checkpoint::Checkpoint;
+    use crate::engine::checkpoint::Checkpoint;
     use crate::clock::{Clock, ManualClock};
     use crate::config::Config;
-    use crate::datastore::{PodMeta, MIGRATED_IF_NAME, MIGRATED_NETWORK_NAME};
+    use crate::core::datastore::{PodMeta, MIGRATED_IF_NAME, MIGRATED_NETWORK_NAME};
     use crate::ec2::IpRequest;
     use crate::hostnet::RecordingHostNetwork;
     use crate::imds::Imds;
-    use crate::node::{NodeDeps, Recovery};
+    use crate::engine::{NodeDeps, Recovery};
     use crate::ratelimit::PacingConfig;
     use crate::sim::{NoHotplug, SimEc2, SimSpec};
 
@@ -826,7 +826,7 @@ mod tests {
 
         /// An ipamd (re)started on the same instance, restoring what the checkpoint holds.
         async fn ipamd(&self) -> Arc<Node> {
-            let entries = crate::checkpoint::read(&self.path())
+            let entries = crate::engine::checkpoint::read(&self.path())
                 .expect("checkpoint")
                 .unwrap_or_default();
             let deps = NodeDeps {
@@ -862,7 +862,7 @@ mod tests {
         }
 
         fn checkpointed(&self) -> Vec<(String, Ipv4Addr)> {
-            let mut v: Vec<_> = crate::checkpoint::read(&self.path())
+            let mut v: Vec<_> = crate::engine::checkpoint::read(&self.path())
                 .expect("read")
                 .unwrap_or_default()
                 .into_iter()

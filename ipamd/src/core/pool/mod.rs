@@ -1,0 +1,2 @@
+mod decide;
+pub use decide::*;
