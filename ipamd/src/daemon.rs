@@ -23,17 +23,18 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::engine::checkpoint::Checkpoint;
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::{Node, NodeDeps, NodeError, NodeFacts, Recovery};
 use crate::hostnet::NetlinkHostNetwork;
 use crate::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
+use crate::kube::NoCluster;
 use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
-use crate::engine::{Node, NodeDeps, NodeError, Recovery};
+use crate::pod_host::NetlinkPodHost;
 use crate::ratelimit::PacingConfig;
 use crate::reaper::{NetlinkLinks, Reaper, ReaperConfig, ReaperTask};
-use crate::engine::reconcile::NetlinkPodHost;
 use crate::rpc::CniService;
 use crate::sim::fabric::NetnsFabric;
 use crate::sim::{SimEc2, SimError, SimSpec};
@@ -244,7 +245,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         }
     };
     let clock = Arc::new(SystemClock::default());
-    let deps = match opts.backend {
+    let (deps, facts) = match opts.backend {
         #[cfg(not(feature = "aws"))]
         Backend::Aws => return Err(DaemonError::AwsBackendUnavailable),
         #[cfg(feature = "aws")]
@@ -258,12 +259,19 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             })
             .await?;
             let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
-            NodeDeps {
+            // What connect read (IMDS's node, the limits) is passed on: the engine reads neither again.
+            let facts = NodeFacts {
+                meta: aws.node,
+                limits: *aws.limits,
+            };
+            let deps = NodeDeps {
                 ec2: Arc::new(MeteredEc2::new(Arc::new(aws.ec2), Arc::clone(&metrics))),
                 imds: Arc::new(MeteredImds::new(Arc::new(aws.imds), Arc::clone(&metrics))),
                 hostnet: Arc::new(NetlinkHostNetwork::new(nl)),
                 clock,
-            }
+                cluster: Arc::new(NoCluster),
+            };
+            (deps, facts)
         }
         Backend::Sim => {
             if datapath::is_initial_netns().map_err(DaemonError::NetnsCheck)? {
@@ -279,12 +287,15 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             .map_err(DaemonError::Fabric)?;
             let sim = SimEc2::launch(spec, Arc::new(fabric)).await?;
             let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
-            NodeDeps {
+            let deps = NodeDeps {
                 ec2: Arc::new(MeteredEc2::new(Arc::new(sim.clone()), Arc::clone(&metrics))),
                 imds: Arc::new(MeteredImds::new(Arc::new(sim), Arc::clone(&metrics))),
                 hostnet: Arc::new(NetlinkHostNetwork::new(nl)),
                 clock,
-            }
+                cluster: Arc::new(NoCluster),
+            };
+            let facts = NodeFacts::discover(deps.imds.as_ref()).await?;
+            (deps, facts)
         }
     };
     let observer = metrics.checkpoint_write_seconds.clone();
@@ -309,6 +320,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let init_started = Instant::now();
     let node = match Node::init_recovering(
         deps,
+        facts,
         config,
         opts.max_pods,
         PacingConfig::default(),

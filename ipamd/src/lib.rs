@@ -19,18 +19,20 @@
 
 pub mod clock;
 pub mod config;
-pub mod core;
 pub mod control;
+pub mod core;
 pub mod daemon;
 pub mod demo;
-pub mod engine;
 pub mod ec2;
+pub mod engine;
 pub mod hostnet;
 pub mod http;
 pub mod imds;
 pub mod install;
+pub mod kube;
 pub mod logging;
 pub mod metrics;
+pub mod pod_host;
 pub mod probe;
 pub mod ratelimit;
 pub mod reaper;
@@ -40,3 +42,4 @@ mod scenarios;
 pub mod sim;
 pub mod snat;
 pub mod status_cmd;
+pub mod sync;

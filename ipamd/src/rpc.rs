@@ -26,8 +26,9 @@ use aws_cni_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::core::datastore::{Allocation, IpamKey, PodMeta};
+use crate::engine::admission::ADD_DEADLINE_MARGIN;
+use crate::engine::Node;
 use crate::metrics::Metrics;
-use crate::engine::{Node, ADD_DEADLINE_MARGIN};
 use crate::reaper::{Reaper, VethOffer};
 
 /// See the module docs.
@@ -271,8 +272,8 @@ impl CniBackend for CniService {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::hostnet::RecordingHostNetwork;
     use crate::engine::NodeDeps;
+    use crate::hostnet::RecordingHostNetwork;
     use crate::reaper::{FakeLinks, ReaperConfig, ReaperMetrics};
     use datapath::NetnsId;
 
@@ -288,8 +289,12 @@ mod tests {
             imds: Arc::new(sim),
             hostnet: Arc::new(RecordingHostNetwork::default()),
             clock: Arc::new(clock),
+            cluster: Arc::new(crate::kube::NoCluster),
         };
-        let n = Node::init(deps, Config::default(), None)
+        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
+            .await
+            .expect("facts");
+        let n = Node::init(deps, facts, Config::default(), None)
             .await
             .expect("init");
         n.fill().await.expect("fill");

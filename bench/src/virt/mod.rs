@@ -115,8 +115,10 @@ pub async fn start(
                 imds,
                 hostnet: Arc::new(NullHost),
                 clock,
+                cluster: Arc::new(ipamd::kube::NoCluster),
             };
-            let node = Node::init_with(deps, config, max_pods, PacingConfig::default())
+            let facts = ipamd::engine::NodeFacts::discover(deps.imds.as_ref()).await.map_err(BenchError::Node)?;
+            let node = Node::init_with(deps, facts, config, max_pods, PacingConfig::default())
                 .await
                 .map_err(|e| BenchError::Node(e.to_string()))?;
             // As `ipamd run`: a failed fill is not fatal, the pool task retries.

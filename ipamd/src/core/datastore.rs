@@ -21,11 +21,10 @@
 //! The datastore is plain data with no I/O; callers serialise access (one mutex in the daemon).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use super::family::{Addr, Family, Prefix};
 use datapath::MacAddr;
-use ipnetwork::Ipv4Network;
 
 /// Who holds an IP: the CNI's identity of one pod interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -49,19 +48,19 @@ pub struct Eni {
     pub mac: MacAddr,
     pub device_number: u32,
     pub route_table: u32,
-    pub primary_ip: Ipv4Addr,
-    pub subnet: Ipv4Network,
+    pub primary_ip: Addr,
+    pub subnet: Prefix,
     pub is_primary: bool,
     /// When the daemon attached (or adopted) it, monotonic; young ENIs are not freed.
     pub attached_at: Duration,
-    prefixes: BTreeSet<Ipv4Network>,
-    slots: BTreeMap<Ipv4Addr, Slot>,
+    prefixes: BTreeSet<Prefix>,
+    slots: BTreeMap<Addr, Slot>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Slot {
     /// The delegated prefix this address belongs to (`None`: a secondary IP).
-    prefix: Option<Ipv4Network>,
+    prefix: Option<Prefix>,
     holder: Option<Holder>,
     /// Monotonic time of the last release; drives the cooldown.
     released_at: Option<Duration>,
@@ -83,8 +82,8 @@ impl Eni {
         id: impl Into<String>,
         mac: MacAddr,
         device_number: u32,
-        primary_ip: Ipv4Addr,
-        subnet: Ipv4Network,
+        primary_ip: Addr,
+        subnet: Prefix,
     ) -> Eni {
         Eni {
             id: id.into(),
@@ -101,7 +100,7 @@ impl Eni {
     }
 
     /// Delegated /28 prefixes on this ENI.
-    pub fn prefixes(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
+    pub fn prefixes(&self) -> impl Iterator<Item = Prefix> + '_ {
         self.prefixes.iter().copied()
     }
 
@@ -114,7 +113,7 @@ impl Eni {
     }
 
     /// Secondary IPs (not from prefixes) neither held nor cooling down: safe to give back to EC2.
-    pub fn releasable_ips(&self, now: Duration, cooldown: Duration) -> Vec<Ipv4Addr> {
+    pub fn releasable_ips(&self, now: Duration, cooldown: Duration) -> Vec<Addr> {
         self.slots
             .iter()
             .filter(|(_, s)| {
@@ -125,7 +124,7 @@ impl Eni {
     }
 
     /// Prefixes none of whose addresses is held or cooling down.
-    pub fn releasable_prefixes(&self, now: Duration, cooldown: Duration) -> Vec<Ipv4Network> {
+    pub fn releasable_prefixes(&self, now: Duration, cooldown: Duration) -> Vec<Prefix> {
         self.prefixes
             .iter()
             .filter(|p| {
@@ -149,7 +148,7 @@ impl Eni {
     }
 
     /// The secondary IPs of this ENI.
-    pub fn ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn ips(&self) -> impl Iterator<Item = Addr> + '_ {
         self.slots.keys().copied()
     }
 }
@@ -166,7 +165,7 @@ pub fn route_table_for(device_number: u32) -> u32 {
 /// Where an assigned IP lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
-    pub ip: Ipv4Addr,
+    pub ip: Addr,
     pub eni_id: String,
     pub device_number: u32,
     pub route_table: u32,
@@ -230,11 +229,11 @@ pub struct AssignmentRecord {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
     #[error("{0} is not an address of any ENI of this node (per EC2)")]
-    UnknownIp(Ipv4Addr),
+    UnknownIp(Addr),
     #[error("{ip} is already held by container {holder}")]
-    IpHeld { ip: Ipv4Addr, holder: String },
+    IpHeld { ip: Addr, holder: String },
     #[error("the key already holds {0}")]
-    KeyHolds(Ipv4Addr),
+    KeyHolds(Addr),
 }
 
 /// Why a datastore change was refused.
@@ -243,11 +242,11 @@ pub enum DatastoreError {
     #[error("ENI {0} is not in the datastore")]
     UnknownEni(String),
     #[error("IP {ip} is already on ENI {eni}")]
-    DuplicateIp { ip: Ipv4Addr, eni: String },
+    DuplicateIp { ip: Addr, eni: String },
     #[error("IP {ip} on ENI {eni} is assigned to a pod or cooling down")]
-    IpInUse { ip: Ipv4Addr, eni: String },
+    IpInUse { ip: Addr, eni: String },
     #[error("IP {ip} is not a secondary IP of ENI {eni}")]
-    NotOnEni { ip: Ipv4Addr, eni: String },
+    NotOnEni { ip: Addr, eni: String },
     #[error("ENI {eni} still has {held} assigned and {cooling} cooling address(es)")]
     EniInUse {
         eni: String,
@@ -260,8 +259,8 @@ pub enum DatastoreError {
 #[derive(Debug, Clone)]
 pub struct Datastore {
     enis: BTreeMap<String, Eni>,
-    by_key: HashMap<IpamKey, Ipv4Addr>,
-    by_ip: HashMap<Ipv4Addr, String>,
+    by_key: HashMap<IpamKey, Addr>,
+    by_ip: HashMap<Addr, String>,
     cooldown: Duration,
     generation: u64,
 }
@@ -301,7 +300,7 @@ impl Datastore {
     }
 
     /// Adds secondary IPs to an ENI. IPs already on this ENI are skipped; an IP on another ENI is an error.
-    pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<usize, DatastoreError> {
+    pub fn add_ips(&mut self, eni_id: &str, ips: &[Addr]) -> Result<usize, DatastoreError> {
         for ip in ips {
             if let Some(owner) = self.by_ip.get(ip) {
                 if owner != eni_id {
@@ -331,7 +330,7 @@ impl Datastore {
     pub fn add_prefixes(
         &mut self,
         eni_id: &str,
-        prefixes: &[Ipv4Network],
+        prefixes: &[Prefix],
     ) -> Result<usize, DatastoreError> {
         for p in prefixes {
             for ip in p.iter() {
@@ -367,7 +366,7 @@ impl Datastore {
     pub fn remove_ips(
         &mut self,
         eni_id: &str,
-        ips: &[Ipv4Addr],
+        ips: &[Addr],
         now: Duration,
     ) -> Result<(), DatastoreError> {
         let cooldown = self.cooldown;
@@ -401,7 +400,7 @@ impl Datastore {
     pub fn remove_prefixes(
         &mut self,
         eni_id: &str,
-        prefixes: &[Ipv4Network],
+        prefixes: &[Prefix],
         now: Duration,
     ) -> Result<(), DatastoreError> {
         let cooldown = self.cooldown;
@@ -420,7 +419,7 @@ impl Datastore {
         Ok(())
     }
 
-    fn drop_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Vec<IpamKey> {
+    fn drop_ips(&mut self, eni_id: &str, ips: &[Addr]) -> Vec<IpamKey> {
         let mut evicted = Vec::new();
         if let Some(eni) = self.enis.get_mut(eni_id) {
             for ip in ips {
@@ -439,7 +438,7 @@ impl Datastore {
         evicted
     }
 
-    fn drop_prefixes(&mut self, eni_id: &str, prefixes: &[Ipv4Network]) -> Vec<IpamKey> {
+    fn drop_prefixes(&mut self, eni_id: &str, prefixes: &[Prefix]) -> Vec<IpamKey> {
         let mut ips = Vec::new();
         if let Some(eni) = self.enis.get_mut(eni_id) {
             for p in prefixes {
@@ -457,39 +456,40 @@ impl Datastore {
     pub fn sync_eni(
         &mut self,
         eni_id: &str,
-        ips: &[Ipv4Addr],
-        prefixes: &[Ipv4Network],
-        skip: &dyn Fn(Ipv4Addr) -> bool,
+        ips: &[Addr],
+        prefixes: &[Prefix],
+        skip: &dyn Fn(Addr) -> bool,
     ) -> Result<SyncReport, DatastoreError> {
+        let prefix_size = Family::V4Prefix.per_slot() as usize;
         let eni = self
             .enis
             .get(eni_id)
             .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
-        let gone_ips: Vec<Ipv4Addr> = eni
+        let gone_ips: Vec<Addr> = eni
             .slots
             .iter()
             .filter(|(ip, s)| s.prefix.is_none() && !ips.contains(ip))
             .map(|(ip, _)| *ip)
             .collect();
-        let gone_prefixes: Vec<Ipv4Network> = eni
+        let gone_prefixes: Vec<Prefix> = eni
             .prefixes
             .iter()
             .filter(|p| !prefixes.contains(p))
             .copied()
             .collect();
-        let new_ips: Vec<Ipv4Addr> = ips
+        let new_ips: Vec<Addr> = ips
             .iter()
             .filter(|ip| !eni.slots.contains_key(ip) && !skip(**ip))
             .copied()
             .collect();
-        let new_prefixes: Vec<Ipv4Network> = prefixes
+        let new_prefixes: Vec<Prefix> = prefixes
             .iter()
             .filter(|p| !eni.prefixes.contains(p) && !skip(p.network()))
             .copied()
             .collect();
         let mut report = SyncReport {
-            added: new_ips.len() + new_prefixes.len() * 16,
-            removed: gone_ips.len() + gone_prefixes.len() * 16,
+            added: new_ips.len() + new_prefixes.len() * prefix_size,
+            removed: gone_ips.len() + gone_prefixes.len() * prefix_size,
             evicted: self.drop_ips(eni_id, &gone_ips),
         };
         report
@@ -521,7 +521,7 @@ impl Datastore {
                 cooling,
             });
         }
-        let ips: Vec<Ipv4Addr> = eni.slots.keys().copied().collect();
+        let ips: Vec<Addr> = eni.slots.keys().copied().collect();
         let evicted = self.drop_ips(eni_id, &ips);
         self.enis.remove(eni_id);
         Ok(evicted)
@@ -545,7 +545,7 @@ impl Datastore {
         self.allocation_of(*ip)
     }
 
-    fn allocation_of(&self, ip: Ipv4Addr) -> Option<Allocation> {
+    fn allocation_of(&self, ip: Addr) -> Option<Allocation> {
         let eni = self.enis.get(self.by_ip.get(&ip)?)?;
         Some(Allocation {
             ip,
@@ -616,7 +616,7 @@ impl Datastore {
         &mut self,
         key: &IpamKey,
         meta: &PodMeta,
-        ip: Ipv4Addr,
+        ip: Addr,
         assigned_at: Duration,
         wall: Duration,
     ) -> Result<Allocation, RestoreError> {
@@ -685,7 +685,7 @@ impl Datastore {
 
     /// Takes back an address that never reached a pod (its ADD failed before answering): free at once, no
     /// cooldown. Does nothing unless `key` holds exactly `ip`.
-    pub fn unassign_unused(&mut self, key: &IpamKey, ip: Ipv4Addr) {
+    pub fn unassign_unused(&mut self, key: &IpamKey, ip: Addr) {
         if self.by_key.get(key) != Some(&ip) {
             return;
         }
@@ -815,6 +815,8 @@ fn in_cooldown(slot: &Slot, now: Duration, cooldown: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnetwork::Ipv4Network;
+    use std::net::Ipv4Addr;
 
     fn key(c: &str) -> IpamKey {
         IpamKey {
