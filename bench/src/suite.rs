@@ -604,7 +604,9 @@ const CHURN_CONFIGS: [(&str, &[(&str, &str)]); 2] = [
 
 fn churn_section(plan: &Plan, bins: &Binaries) -> Result<Section, BenchError> {
     let max_pods = instance_limits::lookup(REAL_INSTANCE)
-        .and_then(|l| ipamd::engine::policy_for(l, &ipamd::config::Config::default(), None).ok())
+        .and_then(|l| {
+            ipamd::core::pool::policy_for(l, &ipamd::config::Config::default(), None).ok()
+        })
         .map_or(0, |p| p.max_pods);
     let mut runs = Vec::new();
     for (label, vars) in CHURN_CONFIGS {
@@ -1019,7 +1021,7 @@ fn refill_floor(
 ) -> Result<Duration, BenchError> {
     let limits = instance_limits::lookup("m5.xlarge")
         .ok_or_else(|| BenchError::Other("m5.xlarge not in the table".into()))?;
-    let p = ipamd::engine::policy_for(limits, &virt::config_of(vars)?, None)
+    let p = ipamd::core::pool::policy_for(limits, &virt::config_of(vars)?, None)
         .map_err(BenchError::Other)?;
     let k = if p.prefix_delegation {
         1

@@ -95,7 +95,8 @@ impl CallsResult {
 pub fn wave_size(instance_type: &str) -> Result<usize, BenchError> {
     let limits = instance_limits::lookup(instance_type)
         .ok_or_else(|| BenchError::Other(format!("unknown instance type {instance_type}")))?;
-    let p = ipamd::engine::policy_for(limits, &Config::default(), None).map_err(BenchError::Other)?;
+    let p = ipamd::core::pool::policy_for(limits, &Config::default(), None)
+        .map_err(BenchError::Other)?;
     Ok(((p.max_pods / 2) as usize).clamp(1, 60))
 }
 

@@ -29,9 +29,10 @@ use ipamd::ec2::{
     Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
     InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
 };
+use ipamd::engine::{Node, NodeDeps, NodeFacts};
 use ipamd::hostnet::{HostNetError, HostNetwork};
 use ipamd::imds::Imds;
-use ipamd::engine::{Node, NodeDeps};
+use ipamd::kube::NoCluster;
 use ipamd::ratelimit::{PacingConfig, TokenBucket};
 use ipamd::sim::ThrottleSpec;
 use ipnetwork::Ipv4Network;
@@ -115,9 +116,11 @@ pub async fn start(
                 imds,
                 hostnet: Arc::new(NullHost),
                 clock,
-                cluster: Arc::new(ipamd::kube::NoCluster),
+                cluster: Arc::new(NoCluster),
             };
-            let facts = ipamd::engine::NodeFacts::discover(deps.imds.as_ref()).await.map_err(BenchError::Node)?;
+            let facts = NodeFacts::discover(deps.imds.as_ref())
+                .await
+                .map_err(|e| BenchError::Node(e.to_string()))?;
             let node = Node::init_with(deps, facts, config, max_pods, PacingConfig::default())
                 .await
                 .map_err(|e| BenchError::Node(e.to_string()))?;

@@ -211,19 +211,28 @@ impl Node {
     /// Whether the pool cannot get more addresses now: max-pods reached, every ENI attached and full,
     /// provisioning disabled, or the subnet out of addresses (within its backoff).
     pub(super) fn growth_blocked(&self, stats: &PoolStats, now: Duration) -> bool {
-        let slots = self.policy.slots_per_eni();
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
-        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
-            && self.rooms(now).iter().all(|r| r.slots >= slots);
+        let at_eni_limit = self.at_eni_limit(stats, now);
         let status = lock(&self.status);
-        let at_eni_limit =
-            all_full || matches!(status.last_decision, Some(Decision::AtEniLimit { .. }));
         let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
             && status.grow_blocked_until.is_some_and(|t| now < t);
         total >= self.policy.max_pods
             || at_eni_limit
             || self.config.disable_provisioning
             || subnet_exhausted
+    }
+
+    /// Whether the node is at its ENI limit: every ENI slot used and every ENI full (known without waiting for
+    /// the pool task's verdict), or the pool task's last decision said so.
+    fn at_eni_limit(&self, stats: &PoolStats, now: Duration) -> bool {
+        let slots = self.policy.slots_per_eni();
+        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
+            && self.rooms(now).iter().all(|r| r.slots >= slots);
+        all_full
+            || matches!(
+                lock(&self.status).last_decision,
+                Some(Decision::AtEniLimit { .. })
+            )
     }
 
     /// Releases the IP of `key`; `None` when it held none (repeated DEL). The checkpoint is written in the
@@ -264,15 +273,10 @@ impl Node {
         let AssignError::NoFreeIp { in_cooldown } = err;
         let stats = self.stats();
         let now = self.deps.clock.now();
-        // Every ENI slot used and every ENI full: known without waiting for the pool task's verdict.
-        let slots = self.policy.slots_per_eni();
-        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
-            && self.rooms(now).iter().all(|r| r.slots >= slots);
+        let at_eni_limit = self.at_eni_limit(&stats, now);
         let cannot_grow = self.growth_blocked(&stats, now);
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
-        let at_eni_limit =
-            all_full || matches!(status.last_decision, Some(Decision::AtEniLimit { .. }));
         let cooldown_secs = self.config.ip_cooldown.as_secs();
         let (reason, message) = if in_cooldown > 0 && cannot_grow {
             (

@@ -1,7 +1,8 @@
 //! Leaked-ENI cleanup: ENIs a crash left behind in EC2, found and deleted.
 //!
-//! Runs (first run after a random 0–300 s, then hourly plus up to 5 min of jitter; off with
-//! `DISABLE_LEAKED_ENI_CLEANUP` or `DISABLE_NETWORK_RESOURCE_PROVISIONING`): ENIs tagged with this instance's ID,
+//! The reconcile timers ([`super::reconcile::Timers`]) run it first after a random 0–300 s, then hourly plus up
+//! to 5 min of jitter (off with off with
+//! `DISABLE_LEAKED_ENI_CLEANUP` or `DISABLE_NETWORK_RESOURCE_PROVISIONING`). ENIs tagged with this instance's ID,
 //! `available` (not attached), in this VPC (and cluster, with `CLUSTER_NAME`), with the `aws-K8S-` description,
 //! and a `createdAt` tag older than 5 minutes are deleted. One without `createdAt` is stamped now and left for a
 //! later run. These are the ENIs a crash between create and attach, or between detach and delete, leaves behind.

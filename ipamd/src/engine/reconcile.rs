@@ -1,4 +1,6 @@
-//! Keeping the datastore, the host and EC2 in agreement: the reconcile timer.
+//! Keeping the datastore, the host and EC2 in agreement: the reconcile pass, and the timers of the periodic jobs
+//! ([`Timers`]: reconcile, the check of restored pods ([`super::recovery`]), the leaked-ENI cleanup
+//! ([`super::leak_gc`])).
 //!
 //! **Reconcile** (every 60 s, skipped while the pool acted in the last 60 s, as the anchor: right after an action
 //! IMDS is expected to lag; but never skipped for more than 5 minutes in a row, and run at once when EC2 said an
@@ -15,7 +17,6 @@
 //!   this instance;
 //! - the host side of every ENI and the node-wide rules are re-applied (idempotent: repairs drift such as a
 //!   deleted rule or route).
-//!
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -33,7 +34,6 @@ use crate::sync::lock;
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
 /// A reconcile is not skipped for longer than this.
 pub const RECONCILE_MAX_SKIP: Duration = Duration::from_secs(300);
-/// Leaked-ENI cleanup period.
 
 /// Why a reconcile pass stopped.
 #[derive(Debug, thiserror::Error)]
