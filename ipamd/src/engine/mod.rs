@@ -14,7 +14,8 @@
 //! - [`enis`]: the ENI lifecycle (assign, release, attach, free) and where a new ENI goes ([`enis::placement`]);
 //! - [`reconcile`]: the datastore, the host and EC2 kept in agreement; [`leak_gc`]: ENIs a crash left behind;
 //! - [`recovery`]: a restart's checkpoint put back, checked against EC2 and the host;
-//! - [`checkpoint`]: the assignments on disk, group-committed.
+//! - [`checkpoint`]: the assignments on disk (the anchor's file format, group-committed writes);
+//!   [`persist`]: the engine's side of it (durable ADD/DEL, the background flusher).
 //!
 //! The request path and the pool path never block each other: an ADD takes the datastore lock for a few
 //! microseconds and never calls EC2 or IMDS; only the pool task (and reconcile, serialised with it) talks to EC2.
@@ -33,6 +34,7 @@ pub mod admission;
 pub mod checkpoint;
 pub mod enis;
 pub mod leak_gc;
+pub mod persist;
 pub mod pool_task;
 pub mod reconcile;
 pub mod recovery;
