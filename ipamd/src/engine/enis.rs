@@ -467,3 +467,165 @@ impl Node {
             .collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::{NodeDeps, NodeFacts};
+    use crate::hostnet::RecordingHostNetwork;
+    use crate::kube::{ClusterNode, FakeCluster, ENI_CONFIG_KEY};
+
+    fn node_meta() -> NodeMetadata {
+        NodeMetadata {
+            instance_id: "i-1".into(),
+            instance_type: "m5.large".into(),
+            availability_zone: "us-east-1a".into(),
+            primary_mac: "02:00:00:00:00:01".into(),
+            local_ipv4: Ipv4Addr::new(10, 0, 0, 10),
+            vpc_cidrs: vec![],
+            region: "us-east-1".into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-node".into(),
+            security_groups: vec!["sg-node".into()],
+        }
+    }
+
+    fn subnet(id: &str, free: u64, tag: Option<&str>) -> SubnetDescription {
+        let mut tags = BTreeMap::new();
+        if let Some(v) = tag {
+            tags.insert(TAG_CNI_SUBNET.to_string(), v.to_string());
+        }
+        SubnetDescription {
+            id: id.into(),
+            cidr: "10.0.0.0/24".parse().expect("cidr"),
+            availability_zone: "us-east-1a".into(),
+            vpc_id: "vpc-1".into(),
+            available_ip_count: free,
+            tags,
+        }
+    }
+
+    fn at(subnet_id: &str, sgs: &[&str]) -> Placement {
+        Placement {
+            subnet_id: subnet_id.into(),
+            security_groups: sgs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn without_discovery_or_eni_config_an_eni_goes_where_the_node_is() {
+        assert_eq!(
+            placement(&node_meta(), None, None),
+            at("subnet-node", &["sg-node"])
+        );
+    }
+
+    #[test]
+    fn discovery_picks_the_tagged_or_node_subnet_with_most_free_addresses() {
+        let subnets = [
+            subnet("subnet-node", 50, None),
+            subnet("subnet-untagged", 900, None),
+            subnet("subnet-cni", 200, Some("1")),
+            subnet("subnet-excluded", 800, Some("0")),
+        ];
+        assert_eq!(
+            placement(&node_meta(), None, Some(&subnets)),
+            at("subnet-cni", &["sg-node"])
+        );
+        // A tie goes to the node's subnet; nothing qualifying falls back to it.
+        let tie = [
+            subnet("subnet-cni", 50, Some("1")),
+            subnet("subnet-node", 50, None),
+        ];
+        assert_eq!(
+            placement(&node_meta(), None, Some(&tie)).subnet_id,
+            "subnet-node"
+        );
+        assert_eq!(
+            placement(&node_meta(), None, Some(&[subnet("subnet-x", 5, None)])).subnet_id,
+            "subnet-node"
+        );
+    }
+
+    #[test]
+    fn an_eni_config_wins_and_brings_its_security_groups_or_the_nodes() {
+        let subnets = [subnet("subnet-cni", 900, Some("1"))];
+        let cfg = EniConfig {
+            name: "az1".into(),
+            subnets: vec!["subnet-pods".into(), "subnet-later".into()],
+            security_groups: vec!["sg-pods".into()],
+        };
+        assert_eq!(
+            placement(&node_meta(), Some(&cfg), Some(&subnets)),
+            at("subnet-pods", &["sg-pods"])
+        );
+        let no_sgs = EniConfig {
+            security_groups: vec![],
+            ..cfg.clone()
+        };
+        assert_eq!(
+            placement(&node_meta(), Some(&no_sgs), None),
+            at("subnet-pods", &["sg-node"])
+        );
+        // An ENIConfig without a subnet cannot place anything: the node's own view applies.
+        let empty = EniConfig {
+            subnets: vec![],
+            ..cfg
+        };
+        assert_eq!(
+            placement(&node_meta(), Some(&empty), None),
+            at("subnet-node", &["sg-node"])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_eni_goes_to_the_subnet_the_clusters_eni_config_names() {
+        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |_| {}).await;
+        let cluster = FakeCluster::default();
+        let mut node = ClusterNode::default();
+        node.annotations
+            .insert(ENI_CONFIG_KEY.into(), "custom".into());
+        *lock(&cluster.node) = Some(node);
+        lock(&cluster.eni_configs).insert(
+            "custom".into(),
+            EniConfig {
+                name: "custom".into(),
+                subnets: vec!["subnet-custom".into()],
+                security_groups: vec![],
+            },
+        );
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(RecordingHostNetwork::default()),
+            clock: Arc::new(clock),
+            cluster: Arc::new(cluster),
+        };
+        let facts = NodeFacts::discover(deps.imds.as_ref())
+            .await
+            .expect("facts");
+        let n = Node::init(deps, facts, Config::default(), None)
+            .await
+            .expect("init");
+        // The primary ENI fills first (the warm target); once a pod takes an address, the next ENI is created in
+        // the ENIConfig's subnet, which this simulated VPC does not have.
+        n.fill().await.expect("the primary ENI fills");
+        let key = crate::core::datastore::IpamKey {
+            network_name: "aws-cni".into(),
+            container_id: "c1".into(),
+            if_name: "eth0".into(),
+        };
+        n.add(&key, &crate::core::datastore::PodMeta::default())
+            .expect("an address");
+        let err = n
+            .pool_step()
+            .await
+            .expect_err("no such subnet in the simulator");
+        assert!(err.to_string().contains("subnet-custom"), "{err}");
+        assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&1));
+        assert_eq!(sim.calls().get("DescribeSubnets"), None);
+    }
+}

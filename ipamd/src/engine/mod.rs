@@ -592,6 +592,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_snapshot_is_what_the_datastore_and_the_policy_say() {
+        let (n, _, _) = node("m5.large", Config::default()).await;
+        n.fill().await.expect("fill");
+        let held = n.add(&key(1), &PodMeta::default()).expect("ip");
+        let snap = n.snapshot();
+        assert_eq!(snap.stats, n.stats());
+        assert_eq!(
+            (snap.max_enis, snap.ips_per_eni),
+            (n.policy().max_enis, n.policy().ips_per_eni)
+        );
+        assert_eq!(snap.enis.len(), 1);
+        let eni = &snap.enis[0];
+        assert_eq!((eni.total(), eni.assigned, eni.cooldown), (9, 1, 0));
+        let marked: Vec<_> = eni
+            .addresses
+            .iter()
+            .filter(|(_, h)| *h)
+            .map(|(ip, _)| *ip)
+            .collect();
+        assert_eq!(marked, vec![held.ip]);
+        assert_eq!((snap.adds_waiting, snap.force_removed), (0, 0));
+        assert!(snap.connmark, "ipamd does SNAT itself by default");
+    }
+
+    #[tokio::test]
     async fn m5_large_fills_to_27_ips_and_reports_eni_limit() {
         let (n, sim, _) = node("m5.large", Config::default()).await;
         let mut ips = std::collections::HashSet::new();
