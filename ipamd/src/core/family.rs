@@ -2,8 +2,8 @@
 //!
 //! The pool policy and the engine ask the [`Family`] in force instead of assuming IPv4: how many addresses one
 //! EC2 "slot" brings ([`Family::per_slot`]: a secondary IP is one, a delegated /28 is sixteen), and which
-//! request grows an ENI ([`Family::request`]). The datastore names its address types through this module
-//! ([`Addr`], [`Prefix`]) rather than spelling `Ipv4Addr` itself.
+//! request grows an ENI ([`Family::request`]). The datastore is generic over the [`IpVersion`] (the address and
+//! prefix types, and how a prefix splits into addresses); [`V4`] is the one implemented.
 //!
 //! | family | pods get | EC2 grows an ENI by | slot |
 //! |---|---|---|---|
@@ -12,21 +12,54 @@
 //!
 //! Adding IPv6 (the anchor's IPv6 mode: one /80 per node on the primary ENI, assigned once at startup, no warm
 //! pool and no secondary ENIs) means: a `V6Prefix` variant here (its slot is a whole /80, its request
-//! `AssignIpv6Addresses` with a prefix count); [`Addr`]/[`Prefix`] becoming the family's own types (the
-//! datastore keyed by `IpAddr`, or generic over the family, with a /80's addresses materialised as pods take
-//! them rather than all at once); and a policy whose `decide` holds once the node has its prefix. The
-//! checkpoint already carries an `ipv6` field per allocation.
+//! `AssignIpv6Addresses` with a prefix count); a `V6` [`IpVersion`] (`Ipv6Addr`, `Ipv6Network`), whose
+//! `prefix_addresses` a datastore must not expand eagerly (a /80 holds 2^48 addresses: slots are made as pods
+//! take them); and a policy whose `decide` holds once the node has its prefix. The checkpoint already carries an
+//! `ipv6` field per allocation.
 
+use std::fmt::{Debug, Display};
+use std::hash::Hash;
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
 use crate::ec2::IpRequest;
 
-/// An address the datastore hands out (today: IPv4).
-pub type Addr = Ipv4Addr;
-/// A delegated prefix the datastore splits into addresses (today: an IPv4 /28).
-pub type Prefix = Ipv4Network;
+/// The address types of one IP version, as the datastore keys on them: it is generic over this trait
+/// (`Datastore<V: IpVersion = V4>`), so a second version is a second implementation, not an edit of every
+/// signature.
+pub trait IpVersion:
+    Copy + Debug + Default + PartialEq + Eq + Hash + Send + Sync + 'static
+{
+    /// One address handed to a pod.
+    type Addr: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static;
+    /// A delegated prefix (or an ENI's subnet).
+    type Prefix: Copy + Ord + Hash + Debug + Display + Send + Sync + 'static;
+    /// Addresses in one delegated prefix.
+    const PREFIX_SIZE: u32;
+    /// Every address of a delegated prefix, lowest first.
+    fn prefix_addresses(prefix: Self::Prefix) -> impl Iterator<Item = Self::Addr>;
+    /// The first address of a prefix (how a given-back prefix is remembered).
+    fn prefix_base(prefix: Self::Prefix) -> Self::Addr;
+}
+
+/// IPv4: addresses are `Ipv4Addr`, delegated prefixes /28s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct V4;
+
+impl IpVersion for V4 {
+    type Addr = Ipv4Addr;
+    type Prefix = Ipv4Network;
+    const PREFIX_SIZE: u32 = 16;
+
+    fn prefix_addresses(prefix: Ipv4Network) -> impl Iterator<Item = Ipv4Addr> {
+        prefix.iter()
+    }
+
+    fn prefix_base(prefix: Ipv4Network) -> Ipv4Addr {
+        prefix.network()
+    }
+}
 
 /// How the node gets its pods' addresses (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,7 +84,7 @@ impl Family {
     pub const fn per_slot(self) -> u32 {
         match self {
             Family::V4Secondary => 1,
-            Family::V4Prefix => 16,
+            Family::V4Prefix => V4::PREFIX_SIZE,
         }
     }
 
@@ -80,7 +113,9 @@ mod tests {
         assert_eq!(Family::V4Secondary.request(3), IpRequest::Secondary(3));
         assert_eq!(Family::V4Prefix.request(2), IpRequest::Prefixes(2));
         // A /28 holds sixteen addresses.
-        let p: Prefix = "10.0.0.16/28".parse().expect("cidr");
+        let p: Ipv4Network = "10.0.0.16/28".parse().expect("cidr");
+        assert_eq!(V4::prefix_addresses(p).count(), V4::PREFIX_SIZE as usize);
+        assert_eq!(V4::prefix_base(p), Ipv4Addr::new(10, 0, 0, 16));
         assert_eq!(p.size(), Family::V4Prefix.per_slot());
         assert_eq!(Family::V4Secondary.per_slot(), 1);
     }
