@@ -4,7 +4,7 @@
 //! is kept), discover the node, configure its ENIs, restore the checkpoint's pods onto the addresses EC2
 //! confirms, fill the pool, bind the socket, release restored pods whose veth is gone (before the first
 //! connection is accepted), and only then serve, so a runtime that sees the socket (and the health service
-//! SERVING) can get IPs at once. The recovery order is in [`crate::engine::reconcile`], the checkpoint's format and group
+//! SERVING) can get IPs at once. The recovery order is in [`crate::engine::recovery`], the checkpoint's format and group
 //! commit in [`crate::engine::checkpoint`].
 //!
 //! SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (at most [`DRAIN_TIMEOUT`]), stop
@@ -432,7 +432,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
 
     let listener = bind_socket(&opts.socket)?;
     // Connections made from now on wait in the listen backlog while restored pods are checked (see
-    // crate::engine::reconcile): a DEL that tore its pod down while the socket was absent is honoured here.
+    // crate::engine::recovery): a DEL that tore its pod down while the socket was absent is honoured here.
     let released = node.start_serving().await;
     metrics
         .startup_duration_seconds

@@ -9,13 +9,16 @@
 //!                                                                                 └─ host ENI networking (netlink)
 //! ```
 //!
-//! Modules, from the inside out: [`datastore`] (who holds which IP; no I/O), [`checkpoint`] (the datastore's
-//! assignments on disk, in the anchor's format, group-committed), [`pool`] (the warm-pool policy as a
-//! pure function), [`node`] (the two joined to the outside worlds: [`ec2`], [`imds`], [`hostnet`] with [`snat`],
-//! [`clock`]; every EC2 call paced by [`ratelimit`]; [`reconcile`] keeps datastore, host and EC2 in agreement),
-//! [`rpc`] (the `rpc.CNIBackend` service, which hands DEL's veth deletions to the [`reaper`]), [`daemon`] (`ipamd run`), [`sim`] (the EC2 simulator behind the same
-//! traits, with ENIs as real links), [`demo`] (`ipamd demo`). Every outside world is a trait with a real
-//! implementation and a test double, so the daemon's logic is tested without AWS or root.
+//! Modules, from the inside out: [`core`] (no I/O: the [`core::datastore`] of who holds which address, generic
+//! over the [`core::family`] of addresses; the warm-pool policy [`core::pool`] as a pure function; the
+//! [`core::snapshot`] that reporting reads), [`engine`] (the core joined to the outside worlds, one room per idea:
+//! admission of ADD/DEL, the pool task, the ENI lifecycle, reconcile, leak cleanup, restart recovery, the
+//! checkpoint), the outside worlds as traits ([`ec2`], [`imds`], [`hostnet`] with [`snat`], [`pod_host`],
+//! [`kube`], [`clock`]; every EC2 call paced by [`ratelimit`]), [`rpc`] (the `rpc.CNIBackend` service, which hands
+//! DEL's veth deletions to the [`reaper`]), [`metrics`] (fed a [`core::snapshot::PoolSnapshot`]), [`daemon`]
+//! (`ipamd run`), [`sim`] (the EC2 simulator behind the same traits, with ENIs as real links), [`demo`]
+//! (`ipamd demo`). Every outside world is a trait with a real implementation and a test double, so the daemon's
+//! logic is tested without AWS or root.
 
 pub mod clock;
 pub mod config;

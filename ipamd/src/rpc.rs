@@ -6,7 +6,7 @@
 //!
 //! An ADD with no address free waits for one on its way (see [`crate::engine`]) up to `AWS_CNI_ADD_WAIT_SECONDS`,
 //! and never past the caller's own deadline: when the request carries `grpc-timeout` (our plugin sets it; so
-//! does any gRPC client with a deadline), the wait ends [`crate::engine::ADD_DEADLINE_MARGIN`] before it.
+//! does any gRPC client with a deadline), the wait ends [`crate::engine::admission::ADD_DEADLINE_MARGIN`] before it.
 //!
 //! Both calls answer only once their change is in the checkpoint ([`crate::engine::checkpoint`], group commit), so an ADD
 //! the plugin saw succeed survives any crash of ipamd, and so does a DEL. A DEL whose write fails still releases

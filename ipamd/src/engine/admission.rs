@@ -4,11 +4,11 @@
 //! address **waits** for one when one is on its way (see [`Node::add_durable`]): an address in cooldown whose
 //! cooldown ends within the wait bound (`AWS_CNI_ADD_WAIT_SECONDS`), or a pool that is growing (below max-pods, an
 //! ENI slot or room left, provisioning allowed, no subnet-full error). Waiting ADDs queue first come first served
-//! ([`super::AddQueue`]); every DEL, every pool step and every reconcile pass wakes them, and each sleeps on the
+//! (`AddQueue`); every DEL, every pool step and every reconcile pass wakes them, and each sleeps on the
 //! engine's clock until the next cooldown ends, so virtual-time tests and benchmarks see the same behaviour. They
 //! also count as demand: the pool task ([`super::pool_task`]) asks EC2 for every waiting ADD plus the warm target
 //! in one call. When nothing is coming, or the bound passes, the ADD fails with the specific reason (cooldown,
-//! max-pods, ENI limit, subnet exhausted, throttled, ...): [`Node::explain`]. The anchor fails at once, and
+//! max-pods, ENI limit, subnet exhausted, throttled, ...): `Node::explain`. The anchor fails at once, and
 //! kubelet then backs off for seconds.
 //!
 //! Durability: [`Node::add_durable`] and [`Node::del_durable`] (what the gRPC service calls) return only once

@@ -1,7 +1,7 @@
 //! The checkpoint: who holds which address, on disk, in the anchor's format, so a restarted ipamd (or the anchor
 //! after a rollback, or we after the anchor) knows every running pod's address.
 //!
-//! **File** (anchor-facts §3.5): `AWS_VPC_K8S_CNI_BACKING_STORE`, default `/var/run/aws-node/ipam.json`:
+//! **File** (as the anchor): `AWS_VPC_K8S_CNI_BACKING_STORE`, default `/var/run/aws-node/ipam.json`:
 //!
 //! ```json
 //! {"version":"vpc-cni-ipam/1","allocations":[{"networkName":"aws-cni","containerID":"8f3c…","ifName":"eth0",

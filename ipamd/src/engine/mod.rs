@@ -123,7 +123,7 @@ impl NodeFacts {
     }
 }
 
-/// What a restarting node restores and how it checks it (see [`crate::engine::reconcile`]). The default restores
+/// What a restarting node restores and how it checks it (see [`recovery`]). The default restores
 /// nothing and keeps assignments in memory only.
 #[derive(Clone)]
 pub struct Recovery {
@@ -159,7 +159,7 @@ impl std::fmt::Debug for Recovery {
     }
 }
 
-/// Restored assignments not yet confirmed by the host (see [`crate::engine::reconcile`]).
+/// Restored assignments not yet confirmed by the host (see [`recovery`]).
 #[derive(Debug, Default)]
 pub(crate) struct RecoveryState {
     /// Restored keys whose veth has not been seen (or not seen late enough to be sure).

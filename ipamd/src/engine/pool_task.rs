@@ -1,8 +1,8 @@
 //! The pool task: the one EC2 actor of the node, which keeps addresses ready.
 //!
 //! [`Node::run_pool`] wakes on every ADD and DEL (after [`POOL_DEBOUNCE`], so a burst is one decision and one EC2
-//! call) and every interval, asks the pure policy ([`crate::core::pool::decide`]) what to do with the counts
-//! ([`Node::rooms`]) and the [`Outlook`] (waiting ADDs, the release hysteresis' floor, whether a shrink is due),
+//! call) and every interval, asks the pure policy ([`crate::core::pool::decide()`]) what to do with the counts
+//! (`Node::rooms`) and the [`Outlook`] (waiting ADDs, the release hysteresis' floor, whether a shrink is due),
 //! and carries out one step at a time through the ENI lifecycle ([`super::enis`]). Pool steps, reconciliation and
 //! the leaked-ENI cleanup are serialised (`Node::actor`), and every EC2 call goes through
 //! [`crate::ratelimit::PacedEc2`]. EC2 errors are backed off with jitter; a throttled API waits for its gate.

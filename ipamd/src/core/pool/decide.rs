@@ -1,4 +1,4 @@
-//! The step: [`decide`] takes the policy, the counts, each ENI's room and the [`Outlook`], and says what to do
+//! The step: [`decide()`] takes the policy, the counts, each ENI's room and the [`Outlook`], and says what to do
 //! next (see the module docs of [`crate::core::pool`] for the formulas).
 
 use std::net::Ipv4Addr;

@@ -1,9 +1,9 @@
 //! Warm-pool policy: given the node's counts, what to ask EC2 for next, or what to give back.
 //!
 //! Three files: [`policy`] (the knobs and limits, and the counts they imply: shortage, need, excess),
-//! [`high_water`] (the release hysteresis' sliding-window maximum) and [`decide`] (the step).
+//! [`high_water`] (the release hysteresis' sliding-window maximum) and [`decide()`] (the step).
 //!
-//! The policy is a pure function ([`decide`]) so it can be tested exhaustively; the daemon's pool task calls it
+//! The policy is a pure function ([`decide()`]) so it can be tested exhaustively; the daemon's pool task calls it
 //! in a loop and carries out one step at a time (see [`crate::engine::pool_task`]). It follows the anchor with
 //! its units: an *address* is a secondary IP, or one of the sixteen of a /28 prefix in prefix-delegation mode
 //! (PD); a *slot* is what EC2 counts against an ENI's IPv4 limit (one per secondary IP or per prefix). Besides
@@ -56,9 +56,9 @@
 //! 0) there. It never makes the pool exceed max-pods: `keep` blocks shrinking, it never causes growth, and
 //! addresses above max-pods are always given back.
 
-mod decide;
-mod high_water;
-mod policy;
+pub mod decide;
+pub mod high_water;
+pub mod policy;
 
 pub use decide::{decide, Decision, EniRoom, Outlook, MIN_ENI_LIFETIME};
 pub use high_water::HighWater;
