@@ -291,10 +291,7 @@ mod tests {
             clock: Arc::new(clock),
             cluster: Arc::new(crate::kube::NoCluster),
         };
-        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
-            .await
-            .expect("facts");
-        let n = Node::init(deps, facts, Config::default(), None)
+        let n = Node::start(deps, Config::default(), None)
             .await
             .expect("init");
         n.fill().await.expect("fill");

@@ -67,12 +67,7 @@ impl Harness {
             cluster: Arc::new(crate::kube::NoCluster),
         };
         let config = Config::from_env(&env(vars)).expect("config");
-        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
-            .await
-            .expect("facts");
-        let node = Node::init(deps, facts, config, max_pods)
-            .await
-            .expect("init");
+        let node = Node::start(deps, config, max_pods).await.expect("init");
         let _ = node.fill().await;
         let shutdown = Arc::new(Notify::new());
         let task =

@@ -333,18 +333,35 @@ impl<V: IpVersion> Datastore<V> {
         self.enis.get(id)
     }
 
-    /// Adds secondary IPs to an ENI. IPs already on this ENI are skipped; an IP on another ENI is an error.
-    pub fn add_ips(&mut self, eni_id: &str, ips: &[V::Addr]) -> Result<usize, DatastoreError<V>> {
+    /// The ENI `eni_id`, or the error that it is not in the datastore.
+    fn known_eni(&self, eni_id: &str) -> Result<&Eni<V>, DatastoreError<V>> {
+        self.enis
+            .get(eni_id)
+            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))
+    }
+
+    /// An address may live on one ENI only: refuses `ips` if any is on an ENI other than `eni_id`.
+    fn check_not_elsewhere(
+        &self,
+        eni_id: &str,
+        ips: impl IntoIterator<Item = V::Addr>,
+    ) -> Result<(), DatastoreError<V>> {
         for ip in ips {
-            if let Some(owner) = self.by_ip.get(ip) {
+            if let Some(owner) = self.by_ip.get(&ip) {
                 if owner != eni_id {
                     return Err(DatastoreError::DuplicateIp {
-                        ip: *ip,
+                        ip,
                         eni: owner.clone(),
                     });
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Adds secondary IPs to an ENI. IPs already on this ENI are skipped; an IP on another ENI is an error.
+    pub fn add_ips(&mut self, eni_id: &str, ips: &[V::Addr]) -> Result<usize, DatastoreError<V>> {
+        self.check_not_elsewhere(eni_id, ips.iter().copied())?;
         let eni = self
             .enis
             .get_mut(eni_id)
@@ -366,18 +383,10 @@ impl<V: IpVersion> Datastore<V> {
         eni_id: &str,
         prefixes: &[V::Prefix],
     ) -> Result<usize, DatastoreError<V>> {
-        for p in prefixes {
-            for ip in V::prefix_addresses(*p) {
-                if let Some(owner) = self.by_ip.get(&ip) {
-                    if owner != eni_id {
-                        return Err(DatastoreError::DuplicateIp {
-                            ip,
-                            eni: owner.clone(),
-                        });
-                    }
-                }
-            }
-        }
+        self.check_not_elsewhere(
+            eni_id,
+            prefixes.iter().flat_map(|p| V::prefix_addresses(*p)),
+        )?;
         let eni = self
             .enis
             .get_mut(eni_id)
@@ -404,10 +413,7 @@ impl<V: IpVersion> Datastore<V> {
         now: Duration,
     ) -> Result<(), DatastoreError<V>> {
         let cooldown = self.cooldown;
-        let eni = self
-            .enis
-            .get(eni_id)
-            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let eni = self.known_eni(eni_id)?;
         for ip in ips {
             match eni.slots.get(ip) {
                 Some(s) if s.prefix.is_none() => {
@@ -438,10 +444,7 @@ impl<V: IpVersion> Datastore<V> {
         now: Duration,
     ) -> Result<(), DatastoreError<V>> {
         let cooldown = self.cooldown;
-        let eni = self
-            .enis
-            .get(eni_id)
-            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let eni = self.known_eni(eni_id)?;
         let free = eni.releasable_prefixes(now, cooldown);
         if let Some(p) = prefixes.iter().find(|p| !free.contains(p)) {
             return Err(DatastoreError::IpInUse {
@@ -495,10 +498,7 @@ impl<V: IpVersion> Datastore<V> {
         skip: &dyn Fn(V::Addr) -> bool,
     ) -> Result<SyncReport, DatastoreError<V>> {
         let prefix_size = V::PREFIX_SIZE as usize;
-        let eni = self
-            .enis
-            .get(eni_id)
-            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let eni = self.known_eni(eni_id)?;
         let gone_ips: Vec<V::Addr> = eni
             .slots
             .iter()
@@ -542,10 +542,7 @@ impl<V: IpVersion> Datastore<V> {
         now: Duration,
         force: bool,
     ) -> Result<Vec<IpamKey>, DatastoreError<V>> {
-        let eni = self
-            .enis
-            .get(eni_id)
-            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let eni = self.known_eni(eni_id)?;
         let held = eni.assigned_count();
         let cooling = eni.cooldown_count(now, self.cooldown);
         if !force && (held > 0 || cooling > 0) {

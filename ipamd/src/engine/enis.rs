@@ -21,7 +21,7 @@ use datapath::MacAddr;
 use ipnetwork::Ipv4Network;
 
 use super::{Node, NodeError};
-use crate::core::datastore::Eni;
+use crate::core::datastore::{DatastoreError, Eni};
 use crate::ec2::{
     CreateEniRequest, Ec2, Ec2Error, EniDescription, IpRequest, SubnetDescription, SubnetFilter,
     ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER, TAG_ENI_OWNER_VALUE,
@@ -306,12 +306,7 @@ impl Node {
                 message: e.to_string(),
             });
         }
-        let mut ds = lock(&self.ds);
-        ds.add_eni(new);
-        if let Err(e) = ds
-            .add_ips(&eni.id, &eni.secondary_ips)
-            .and_then(|_| ds.add_prefixes(&eni.id, &eni.ipv4_prefixes))
-        {
+        if let Err(e) = self.load_eni(new, &eni.secondary_ips, &eni.ipv4_prefixes) {
             tracing::error!(eni = %eni.id, error = %e, "datastore refused the new ENI's addresses");
         }
         tracing::info!(
@@ -455,6 +450,21 @@ impl Node {
         Ok(out)
     }
 
+    /// Puts an ENI (set up on the host) into the datastore with the addresses EC2 gave it.
+    pub(super) fn load_eni(
+        &self,
+        eni: Eni,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+    ) -> Result<(), DatastoreError> {
+        let id = eni.id.clone();
+        let mut ds = lock(&self.ds);
+        ds.add_eni(eni);
+        ds.add_ips(&id, ips)?;
+        ds.add_prefixes(&id, prefixes)?;
+        Ok(())
+    }
+
     /// The ENIs IMDS lists on network card 0 (the only card the node's pods use).
     pub(crate) async fn imds_enis(&self) -> Result<Vec<ImdsEni>, ImdsError> {
         Ok(self
@@ -474,7 +484,7 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::engine::{NodeDeps, NodeFacts};
+    use crate::engine::NodeDeps;
     use crate::hostnet::RecordingHostNetwork;
     use crate::kube::{ClusterNode, FakeCluster, ENI_CONFIG_KEY};
 
@@ -604,10 +614,7 @@ mod tests {
             clock: Arc::new(clock),
             cluster: Arc::new(cluster),
         };
-        let facts = NodeFacts::discover(deps.imds.as_ref())
-            .await
-            .expect("facts");
-        let n = Node::init(deps, facts, Config::default(), None)
+        let n = Node::start(deps, Config::default(), None)
             .await
             .expect("init");
         // The primary ENI fills first (the warm target); once a pod takes an address, the next ENI is created in

@@ -429,10 +429,7 @@ impl Node {
                 .hostnet
                 .setup_eni(&eni, node.config.eni_mtu)
                 .await?;
-            let mut ds = lock(&node.ds);
-            ds.add_eni(eni);
-            ds.add_ips(&ie.eni_id, &ips)?;
-            ds.add_prefixes(&ie.eni_id, &prefixes)?;
+            node.load_eni(eni, &ips, &prefixes)?;
         }
         node.restore(recovery.entries).await?;
         tracing::info!(
@@ -547,6 +544,20 @@ impl Node {
 }
 
 #[cfg(test)]
+impl Node {
+    /// Starts a node the way the simulated backend does: its facts read once from the deps' IMDS, default
+    /// pacing, nothing to restore.
+    pub(crate) async fn start(
+        deps: NodeDeps,
+        config: Config,
+        max_pods_override: Option<u32>,
+    ) -> Result<Arc<Node>, NodeError> {
+        let facts = NodeFacts::discover(deps.imds.as_ref()).await?;
+        Node::init(deps, facts, config, max_pods_override).await
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
@@ -564,10 +575,7 @@ mod tests {
             clock: Arc::new(clock.clone()),
             cluster: Arc::new(crate::kube::NoCluster),
         };
-        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
-            .await
-            .expect("facts");
-        let n = Node::init(deps, facts, config, None).await.expect("init");
+        let n = Node::start(deps, config, None).await.expect("init");
         (n, sim, clock)
     }
 
@@ -671,10 +679,7 @@ mod tests {
             clock: Arc::new(clock.clone()),
             cluster: Arc::new(crate::kube::NoCluster),
         };
-        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
-            .await
-            .expect("facts");
-        let n = Node::init(deps, facts, Config::default(), None).await;
+        let n = Node::start(deps, Config::default(), None).await;
         (n, sim, clock, extra)
     }
 

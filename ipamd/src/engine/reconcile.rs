@@ -193,12 +193,7 @@ impl Node {
                 .filter(|p| !released.contains_key(&p.network()))
                 .copied()
                 .collect();
-            let mut ds = lock(&self.ds);
-            ds.add_eni(eni);
-            if let Err(e) = ds
-                .add_ips(&d.id, &ips)
-                .and_then(|_| ds.add_prefixes(&d.id, &prefixes))
-            {
+            if let Err(e) = self.load_eni(eni, &ips, &prefixes) {
                 tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
             }
             tracing::info!(eni = %d.id, device = ie.device_number, "adopted ENI found in IMDS");

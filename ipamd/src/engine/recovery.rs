@@ -201,12 +201,7 @@ impl Node {
                 tracing::warn!(eni = %d.id, error = %e, "ENI attached per EC2 but not usable on the host yet");
                 continue;
             }
-            let mut ds = lock(&self.ds);
-            ds.add_eni(eni);
-            if let Err(e) = ds
-                .add_ips(&d.id, &d.secondary_ips)
-                .and_then(|_| ds.add_prefixes(&d.id, &d.ipv4_prefixes))
-            {
+            if let Err(e) = self.load_eni(eni, &d.secondary_ips, &d.ipv4_prefixes) {
                 tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
             }
             tracing::info!(eni = %d.id, device, "adopted an ENI IMDS does not list yet");
