@@ -604,7 +604,9 @@ const CHURN_CONFIGS: [(&str, &[(&str, &str)]); 2] = [
 
 fn churn_section(plan: &Plan, bins: &Binaries) -> Result<Section, BenchError> {
     let max_pods = instance_limits::lookup(REAL_INSTANCE)
-        .and_then(|l| ipamd::node::policy_for(l, &ipamd::config::Config::default(), None).ok())
+        .and_then(|l| {
+            ipamd::core::pool::policy_for(l, &ipamd::config::Config::default(), None).ok()
+        })
         .map_or(0, |p| p.max_pods);
     let mut runs = Vec::new();
     for (label, vars) in CHURN_CONFIGS {
@@ -819,7 +821,7 @@ fn calls_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Section,
              all and leaves the node empty for 120 s. A pod without an address is retried every second (each \
              failure counted) until its wave ends (then it counts as never placed). `IP_COOLDOWN_PERIOD` 30 s \
              (default), IMDS lag 1 s, attach latency 2 s, EC2's per-API throttling. Calls counted by the \
-             simulator, startup included, per 1,000 pods. *Ours* is `ipamd::node::Node` with its pool task as \
+             simulator, startup included, per 1,000 pods. *Ours* is `ipamd::engine::Node` with its pool task as \
              `ipamd run` runs it; the *anchor model* is the anchor's policy (5 s loop, cooldown \
              counted as available, no wake-up on ADD, allocation in whole ENIs or prefixes without a max-pods \
              cap, WARM_* semantics, 60 s reconcile, hourly leak check, the SDK's standard retryer) written from \
@@ -1019,7 +1021,7 @@ fn refill_floor(
 ) -> Result<Duration, BenchError> {
     let limits = instance_limits::lookup("m5.xlarge")
         .ok_or_else(|| BenchError::Other("m5.xlarge not in the table".into()))?;
-    let p = ipamd::node::policy_for(limits, &virt::config_of(vars)?, None)
+    let p = ipamd::core::pool::policy_for(limits, &virt::config_of(vars)?, None)
         .map_err(BenchError::Other)?;
     let k = if p.prefix_delegation {
         1

@@ -122,9 +122,9 @@ pub async fn run(args: &GenLimitsArgs) -> Result<usize, GenLimitsError> {
     Ok(count)
 }
 
-/// The limits of `instance_type`: the compiled-in table, else one DescribeInstanceTypes call whose answer is
-/// added to the table for the rest of the process (the anchor's fallback for instance types newer than its
-/// table).
+/// The limits of `instance_type`: the compiled-in table, else one DescribeInstanceTypes call (the anchor's
+/// runtime fallback). The caller passes them on (`AwsBackend::limits`, then the engine's `NodeFacts`); nothing is
+/// registered process-wide.
 pub async fn limits_or_describe(
     ec2: &dyn Ec2,
     instance_type: &str,

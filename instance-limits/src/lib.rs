@@ -191,31 +191,19 @@ impl InstanceLimits {
 
 include!(concat!(env!("OUT_DIR"), "/table.rs"));
 
-/// The limits of `instance_type` (exact, case-sensitive name), by binary search; then among the types
-/// [`learn`]ed at run time.
+/// The limits of `instance_type` (exact, case-sensitive name) in the compiled-in table, by binary search.
 pub fn lookup(instance_type: &str) -> Option<&'static InstanceLimits> {
     TABLE
         .binary_search_by(|limits| limits.instance_type.cmp(instance_type))
         .ok()
         .and_then(|index| TABLE.get(index))
-        .or_else(|| {
-            LEARNED
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .find(|l| l.instance_type == instance_type)
-                .copied()
-        })
 }
 
-/// Limits learned at run time for types the compiled-in table lacks.
-static LEARNED: std::sync::RwLock<Vec<&'static InstanceLimits>> =
-    std::sync::RwLock::new(Vec::new());
-
-/// Makes [`lookup`] know `row`'s type from now on, for an instance type newer than the compiled-in table
-/// (the daemon's DescribeInstanceTypes fallback). A type the table already has keeps its compiled-in limits,
-/// which are returned. Each newly learned type costs one small allocation that lives for the rest of the
-/// process (a daemon learns at most its own instance type). [`all`] and [`suggest`] do not see learned types.
+/// The limits `row` describes, for an instance type newer than the compiled-in table (the daemon's
+/// DescribeInstanceTypes fallback at startup). A type the table already has keeps its compiled-in limits, which
+/// are returned. Nothing is registered: [`lookup`], [`all`] and [`suggest`] still see only the table, and the
+/// caller passes the limits on to whoever needs them. A new type costs one small allocation that lives for the
+/// rest of the process (the table's rows are `'static`; a daemon learns at most its own type, once).
 pub fn learn(row: &format::Row) -> Result<&'static InstanceLimits, String> {
     row.validate()?;
     if let Some(known) = lookup(&row.instance_type) {
@@ -225,13 +213,6 @@ pub fn learn(row: &format::Row) -> Result<&'static InstanceLimits, String> {
         .hypervisor
         .parse()
         .map_err(|e: ParseHypervisorError| e.to_string())?;
-    let mut learned = LEARNED.write().unwrap_or_else(|p| p.into_inner());
-    if let Some(known) = learned
-        .iter()
-        .find(|l| l.instance_type == row.instance_type)
-    {
-        return Ok(known);
-    }
     let cards: Vec<NetworkCard> = row
         .network_cards
         .iter()
@@ -248,7 +229,6 @@ pub fn learn(row: &format::Row) -> Result<&'static InstanceLimits, String> {
         bare_metal: row.bare_metal,
         vcpus: row.vcpus,
     }));
-    learned.push(limits);
     Ok(limits)
 }
 
@@ -322,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn learned_types_are_found_and_known_types_keep_their_limits() {
+    fn learned_types_are_returned_not_registered_and_known_types_keep_their_limits() {
         let row = format::Row {
             instance_type: "zz9.learned".into(),
             enis: 4,
@@ -337,11 +317,9 @@ mod tests {
         assert!(lookup("zz9.learned").is_none());
         let learned = learn(&row).expect("learn");
         assert_eq!(learned.total_enis(), 6);
-        assert_eq!(lookup("zz9.learned"), Some(learned));
-        assert!(
-            std::ptr::eq(learn(&row).expect("again"), learned),
-            "learned once"
-        );
+        assert_eq!(learned.instance_type, "zz9.learned");
+        assert_eq!((learned.enis, learned.ipv4_per_eni), (4, 15));
+        assert!(lookup("zz9.learned").is_none(), "no process-wide registry");
         let mut known = row.clone();
         known.instance_type = "m5.large".into();
         assert_eq!(

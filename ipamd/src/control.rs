@@ -17,8 +17,8 @@ use aws_cni_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::datastore::{Allocation, IpamKey, PodMeta};
-use crate::node::Node;
+use crate::core::datastore::{Allocation, IpamKey, PodMeta};
+use crate::engine::Node;
 
 /// See the module docs.
 #[derive(Debug, Clone)]

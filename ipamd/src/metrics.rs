@@ -32,12 +32,13 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::core::snapshot::PoolSnapshot;
 use crate::ec2::{
     Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
     InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
 };
 use crate::imds::{Imds, ImdsEni, ImdsError, NodeMetadata};
-use crate::node::Node;
+use crate::sync::lock;
 
 /// Observations kept per label set for the latency summary's quantiles.
 pub const SUMMARY_WINDOW: usize = 512;
@@ -481,36 +482,29 @@ impl Metrics {
         }
     }
 
-    /// Sets the pool gauges from the node's current state.
-    pub fn refresh(&self, node: &Node) {
-        let policy = node.policy();
-        self.eni_max.set(i64::from(policy.max_enis));
+    /// Sets the pool gauges from a snapshot of the pool ([`crate::engine::Node::snapshot`]).
+    pub fn refresh(&self, snap: &PoolSnapshot) {
+        self.eni_max.set(i64::from(snap.max_enis));
         self.ip_max
-            .set(i64::from(policy.max_enis) * i64::from(policy.ips_per_eni));
-        let ds = node.datastore();
-        let stats = node.stats();
+            .set(i64::from(snap.max_enis) * i64::from(snap.ips_per_eni));
+        let stats = snap.stats;
         self.eni_allocated.set(stats.enis as i64);
         self.total_ip_addresses.set(stats.total as i64);
         self.assigned_ip_addresses.set(stats.assigned as i64);
-        let assigned: BTreeMap<Ipv4Addr, String> = ds
-            .assignments()
-            .into_iter()
-            .map(|(_, _, a)| (a.ip, a.eni_id))
-            .collect();
         self.assigned_ip_per_eni.reset();
         self.assigned_ip_per_cidr.reset();
         self.pool_ips.reset();
-        for eni in ds.enis() {
-            let total = eni.ip_count() as i64;
-            let used = eni.assigned_count() as i64;
+        for eni in &snap.enis {
+            let total = eni.total() as i64;
+            let used = eni.assigned as i64;
             self.assigned_ip_per_eni
                 .with_label_values(&[&eni.id])
                 .set(used);
-            for ip in eni.ips() {
-                let cidr = Ipv4Network::from(ip).to_string();
+            for (ip, held) in &eni.addresses {
+                let cidr = Ipv4Network::from(*ip).to_string();
                 self.assigned_ip_per_cidr
                     .with_label_values(&[&cidr])
-                    .set(i64::from(assigned.contains_key(&ip)));
+                    .set(i64::from(*held));
             }
             self.pool_ips
                 .with_label_values(&[&eni.id, "total"])
@@ -519,37 +513,31 @@ impl Metrics {
                 .with_label_values(&[&eni.id, "assigned"])
                 .set(used);
         }
-        let now = node.deps.clock.now();
         let mut prefixes = 0i64;
-        for eni in ds.enis() {
-            let total = eni.ip_count() as i64;
-            let used = eni.assigned_count() as i64;
-            let cooldown = eni.cooldown_count(now, ds.cooldown()) as i64;
+        for eni in &snap.enis {
+            let total = eni.total() as i64;
+            let used = eni.assigned as i64;
+            let cooldown = eni.cooldown as i64;
             self.pool_ips
                 .with_label_values(&[&eni.id, "cooldown"])
                 .set(cooldown);
             self.pool_ips
                 .with_label_values(&[&eni.id, "available"])
                 .set((total - used - cooldown).max(0));
-            prefixes += eni.prefixes().count() as i64;
+            prefixes += eni.prefixes as i64;
         }
         self.total_ipv4_prefixes.set(prefixes);
-        self.pool_keep.set(i64::from(node.pool_floor()));
+        self.pool_keep.set(i64::from(snap.keep));
         self.add_waiting
-            .set(i64::try_from(node.adds_waiting()).unwrap_or(i64::MAX));
+            .set(i64::try_from(snap.adds_waiting).unwrap_or(i64::MAX));
         // Connmark rules are programmed through iptables (the anchor reports iptables or nftables here), and only
         // when ipamd does SNAT itself or NodePort support is on.
-        let cfg = node.config();
-        let connmark = !cfg.external_snat || cfg.node_port_support;
         self.connmark_backend
             .with_label_values(&["iptables"])
-            .set(i64::from(connmark));
+            .set(i64::from(snap.connmark));
         // Counters the engine keeps itself: bring ours up to its totals.
-        let forced = node.counters().force_removed;
-        let mut seen = self
-            .force_removed_seen
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let forced = snap.force_removed;
+        let mut seen = lock(&self.force_removed_seen);
         if forced > *seen {
             self.force_removed_ips.inc_by(forced - *seen);
             *seen = forced;

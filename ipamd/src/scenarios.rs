@@ -13,13 +13,13 @@ use tokio::sync::Notify;
 
 use crate::clock::{Clock, TokioClock};
 use crate::config::Config;
-use crate::datastore::{IpamKey, PodMeta};
+use crate::core::datastore::{IpamKey, PodMeta};
 use crate::ec2::{
     CreateEniRequest, Ec2, IpRequest, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER,
     TAG_INSTANCE_ID,
 };
+use crate::engine::{Node, NodeDeps};
 use crate::host::fakes::FakeHost;
-use crate::node::{Node, NodeDeps};
 use crate::sim::{Fault, NoHotplug, SimEc2, SimSpec, SimSubnet, SIM_SUBNET_ID};
 
 struct Harness {
@@ -64,9 +64,10 @@ impl Harness {
             imds: Arc::new(sim.clone()),
             hostnet: Arc::new(host.clone()),
             clock: Arc::clone(&clock),
+            cluster: Arc::new(crate::kube::NoCluster),
         };
         let config = Config::from_env(&env(vars)).expect("config");
-        let node = Node::init(deps, config, max_pods).await.expect("init");
+        let node = Node::start(deps, config, max_pods).await.expect("init");
         let _ = node.fill().await;
         let shutdown = Arc::new(Notify::new());
         let task =
@@ -88,7 +89,10 @@ impl Harness {
     }
 
     /// One ADD, retried like kubelet (every second, up to `tries`). Returns the failure if it never worked.
-    async fn add_pod(&mut self, tries: u32) -> Result<Ipv4Addr, crate::node::AddFailure> {
+    async fn add_pod(
+        &mut self,
+        tries: u32,
+    ) -> Result<Ipv4Addr, crate::engine::admission::AddFailure> {
         let key = IpamKey {
             network_name: "aws-cni".into(),
             container_id: format!("c{}", self.next),

@@ -44,13 +44,13 @@ use std::time::Duration;
 
 use ipamd::clock::Clock;
 use ipamd::config::Config;
-use ipamd::datastore::{Datastore, Eni, IpamKey, PodMeta};
+use ipamd::core::datastore::{Datastore, Eni, IpamKey, PodMeta};
+use ipamd::core::pool::{PoolPolicy, PREFIX_SIZE};
 use ipamd::ec2::{
     CreateEniRequest, Ec2, Ec2Error, EniFilter, IpRequest, SubnetFilter, ENI_DESCRIPTION_PREFIX,
     TAG_CREATED_AT, TAG_INSTANCE_ID,
 };
 use ipamd::imds::{Imds, NodeMetadata};
-use ipamd::pool::{PoolPolicy, PREFIX_SIZE};
 use tokio::sync::Notify;
 
 use super::PoolNode;
@@ -130,7 +130,7 @@ impl AnchorNode {
             .ok_or_else(|| BenchError::Node(format!("unknown type {}", meta.instance_type)))?;
         // Same max-pods, ENI and per-ENI limits as our engine: the comparison is about policy only.
         let policy =
-            ipamd::node::policy_for(limits, &config, max_pods).map_err(BenchError::Node)?;
+            ipamd::core::pool::policy_for(limits, &config, max_pods).map_err(BenchError::Node)?;
         let node = Arc::new(AnchorNode {
             ec2,
             imds,

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ipamd::clock::{Clock, TokioClock};
 use ipamd::config::Config;
-use ipamd::datastore::IpamKey;
+use ipamd::core::datastore::IpamKey;
 use ipamd::sim::{NoHotplug, SimEc2, SimSpec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -95,7 +95,8 @@ impl CallsResult {
 pub fn wave_size(instance_type: &str) -> Result<usize, BenchError> {
     let limits = instance_limits::lookup(instance_type)
         .ok_or_else(|| BenchError::Other(format!("unknown instance type {instance_type}")))?;
-    let p = ipamd::node::policy_for(limits, &Config::default(), None).map_err(BenchError::Other)?;
+    let p = ipamd::core::pool::policy_for(limits, &Config::default(), None)
+        .map_err(BenchError::Other)?;
     Ok(((p.max_pods / 2) as usize).clamp(1, 60))
 }
 

@@ -2,12 +2,12 @@
 //! pool behaviour (cooldowns, 5 s loops, 60 s reconciles, token-bucket refills, attach latency) run in seconds.
 //!
 //! Two engines drive the same simulator through the same `Ec2` and `Imds` traits:
-//! - **ours**: `ipamd::node::Node` with its pool task (`run_pool`), client-side pacing and reconcile, exactly as
+//! - **ours**: `ipamd::engine::Node` with its pool task (`run_pool`), client-side pacing and reconcile, exactly as
 //!   `ipamd run` wires them, with the host double (no kernel side);
 //! - **anchor model**: [`anchor::AnchorNode`], the anchor's pool policy (see
 //!   that module), behind a model of the AWS SDK's standard retryer ([`SdkRetryEc2`]).
 //!
-//! Both use the same datastore type (`ipamd::datastore::Datastore`) for who holds which address and for the
+//! Both use the same datastore type (`ipamd::core::datastore::Datastore`) for who holds which address and for the
 //! cooldown, so an ADD succeeds or fails by the same rule in both; only the pool policy and the EC2 discipline
 //! differ. EC2 calls are counted where EC2 would count them: by the simulator (single node) or by the shared
 //! account ([`AccountEc2`], cluster), throttled calls included.
@@ -24,14 +24,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use ipamd::clock::Clock;
 use ipamd::config::Config;
-use ipamd::datastore::{IpamKey, PodMeta};
+use ipamd::core::datastore::{IpamKey, PodMeta};
 use ipamd::ec2::{
     Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
     InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
 };
+use ipamd::engine::{Node, NodeDeps, NodeFacts};
 use ipamd::host::fakes::FakeHost;
 use ipamd::imds::Imds;
-use ipamd::node::{Node, NodeDeps};
+use ipamd::kube::NoCluster;
 use ipamd::ratelimit::{PacingConfig, TokenBucket};
 use ipamd::sim::ThrottleSpec;
 use ipnetwork::Ipv4Network;
@@ -105,8 +106,12 @@ pub async fn start(
                 // The virtual benchmarks have no kernel side.
                 hostnet: Arc::new(FakeHost::default()),
                 clock,
+                cluster: Arc::new(NoCluster),
             };
-            let node = Node::init_with(deps, config, max_pods, PacingConfig::default())
+            let facts = NodeFacts::discover(deps.imds.as_ref())
+                .await
+                .map_err(|e| BenchError::Node(e.to_string()))?;
+            let node = Node::init_with(deps, facts, config, max_pods, PacingConfig::default())
                 .await
                 .map_err(|e| BenchError::Node(e.to_string()))?;
             // As `ipamd run`: a failed fill is not fatal, the pool task retries.

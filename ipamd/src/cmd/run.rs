@@ -4,8 +4,8 @@
 //! is kept), discover the node, configure its ENIs, restore the checkpoint's pods onto the addresses EC2
 //! confirms, fill the pool, bind the socket, release restored pods whose veth is gone (before the first
 //! connection is accepted), and only then serve, so a runtime that sees the socket (and the health service
-//! SERVING) can get IPs at once. The recovery order is in [`crate::reconcile`], the checkpoint's format and group
-//! commit in [`crate::checkpoint`].
+//! SERVING) can get IPs at once. The recovery order is in [`crate::engine::recovery`], the checkpoint's format and group
+//! commit in [`crate::engine::checkpoint`].
 //!
 //! SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish (at most [`DRAIN_TIMEOUT`]), stop
 //! the pool task (at most [`POOL_STOP_TIMEOUT`]), let the veth reaper delete what DELs queued (at most
@@ -25,14 +25,15 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::checkpoint::Checkpoint;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
+use crate::engine::checkpoint::Checkpoint;
+use crate::engine::{Node, NodeDeps, NodeError, NodeFacts, Recovery};
 use crate::host::{HostNetwork, NetlinkHost};
+use crate::kube::NoCluster;
 use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
 use crate::netpol::{ConfigServer, WithPolicyMode};
-use crate::node::{Node, NodeDeps, NodeError, Recovery};
 use crate::ratelimit::PacingConfig;
 use crate::reaper::{Reaper, ReaperConfig, ReaperTask};
 use crate::serve::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
@@ -130,7 +131,7 @@ pub enum DaemonError {
     #[error("node: {0}")]
     Node(#[from] NodeError),
     #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    Checkpoint(#[from] crate::engine::checkpoint::CheckpointError),
     #[error("socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -254,6 +255,13 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
+/// The EC2 and IMDS clients as the engine uses them, and the node's facts when connecting already read them.
+type Ec2Stack = (
+    Arc<dyn crate::ec2::Ec2>,
+    Arc<dyn crate::imds::Imds>,
+    Option<NodeFacts>,
+);
+
 /// The EC2 and IMDS the node talks to, assembled in one place: the backend (the instance's EC2 and IMDS, or the
 /// simulator on a simulated node), each call metered. (The pacing layer, the node's token bucket and throttle
 /// gate, is added by the node itself.)
@@ -261,8 +269,10 @@ async fn ec2_stack(
     opts: &RunOptions,
     config: &Config,
     metrics: &Arc<Metrics>,
-) -> Result<(Arc<dyn crate::ec2::Ec2>, Arc<dyn crate::imds::Imds>), DaemonError> {
-    let (ec2, imds): (Arc<dyn crate::ec2::Ec2>, Arc<dyn crate::imds::Imds>) = match opts.backend {
+) -> Result<Ec2Stack, DaemonError> {
+    let (ec2, imds, facts): (Arc<dyn crate::ec2::Ec2>, Arc<dyn crate::imds::Imds>, _) = match opts
+        .backend
+    {
         #[cfg(not(feature = "aws"))]
         Backend::Aws => {
             let _ = config;
@@ -278,7 +288,11 @@ async fn ec2_stack(
                 crate::ratelimit::backend_env(k, |v| crate::config::EnvSource::get(&ProcessEnv, v))
             })
             .await?;
-            (Arc::new(aws.ec2), Arc::new(aws.imds))
+            let facts = NodeFacts {
+                meta: aws.node,
+                limits: *aws.limits,
+            };
+            (Arc::new(aws.ec2), Arc::new(aws.imds), Some(facts))
         }
         Backend::Sim => {
             if datapath::is_initial_netns().map_err(DaemonError::NetnsCheck)? {
@@ -293,12 +307,13 @@ async fn ec2_stack(
             }
             .map_err(DaemonError::Fabric)?;
             let sim = SimEc2::launch(spec, Arc::new(fabric)).await?;
-            (Arc::new(sim.clone()), Arc::new(sim))
+            (Arc::new(sim.clone()), Arc::new(sim), None)
         }
     };
     Ok((
         Arc::new(MeteredEc2::new(ec2, Arc::clone(metrics))),
         Arc::new(MeteredImds::new(imds, Arc::clone(metrics))),
+        facts,
     ))
 }
 
@@ -313,7 +328,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let checkpoint_path = checkpoint_path(&opts);
     let entries = match &checkpoint_path {
         Some(path) => {
-            let entries = crate::checkpoint::read(path)?;
+            let entries = crate::engine::checkpoint::read(path)?;
             tracing::info!(path = %path.display(), entries = entries.as_ref().map_or(0, Vec::len),
                 "read the checkpoint");
             entries
@@ -325,7 +340,13 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             None
         }
     };
-    let (ec2, imds) = ec2_stack(&opts, &config, &metrics).await?;
+    let (ec2, imds, facts) = ec2_stack(&opts, &config, &metrics).await?;
+    // What the aws backend read while connecting (IMDS's node, the limits) is passed on; the simulator's node is
+    // read from its IMDS once. The engine reads neither again.
+    let facts = match facts {
+        Some(facts) => facts,
+        None => NodeFacts::discover(imds.as_ref()).await?,
+    };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     // One netlink socket for ENI setup and pod recovery; the veth reaper has its own (a veth's deletion waits
     // for RCU grace periods inside the kernel call, and must not hold ENI setup back).
@@ -338,6 +359,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         imds,
         hostnet: Arc::clone(&host) as Arc<dyn HostNetwork>,
         clock: Arc::clone(&clock),
+        cluster: Arc::new(NoCluster),
     };
     let observer = metrics.checkpoint_write_seconds.clone();
     let veth_prefix = ProcessEnv
@@ -359,6 +381,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let init_started = Instant::now();
     let node = match Node::init_recovering(
         deps,
+        facts,
         config,
         opts.max_pods,
         PacingConfig::default(),
@@ -471,7 +494,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
 
     let listener = bind_socket(&opts.socket)?;
     // Connections made from now on wait in the listen backlog while restored pods are checked (see
-    // crate::reconcile): a DEL that tore its pod down while the socket was absent is honoured here.
+    // crate::engine::recovery): a DEL that tore its pod down while the socket was absent is honoured here.
     let released = node.start_serving().await;
     metrics
         .startup_duration_seconds
@@ -556,13 +579,13 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
 /// (memory only) without one, since every run without saved state is a new instance.
 fn checkpoint_path(opts: &RunOptions) -> Option<PathBuf> {
     if let Some(p) = ProcessEnv
-        .get(crate::checkpoint::ENV_BACKING_STORE)
+        .get(crate::engine::checkpoint::ENV_BACKING_STORE)
         .filter(|p| !p.trim().is_empty())
     {
         return Some(PathBuf::from(p));
     }
     match opts.backend {
-        Backend::Aws => Some(crate::checkpoint::path_from_env(|_| None)),
+        Backend::Aws => Some(crate::engine::checkpoint::path_from_env(|_| None)),
         Backend::Sim => opts
             .sim_state
             .as_ref()

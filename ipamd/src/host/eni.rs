@@ -21,7 +21,7 @@ use super::snat::{self, SnatError, SnatPlan};
 #[cfg(doc)]
 use super::HostNetwork;
 use super::NetlinkHost;
-use crate::datastore::Eni;
+use crate::core::datastore::Eni;
 
 /// Priority of the rule sending connmarked (non-VPC) pod traffic to the main table.
 pub const FWMARK_RULE_PRIORITY: u32 = 1024;

@@ -14,7 +14,7 @@ use datapath::NetlinkError;
 use super::snat::plan::quote;
 use super::snat::{self, split_rule, Iptables, SnatError, SnatPlan};
 use super::{HostNetError, HostNetwork, HostPlan};
-use crate::datastore::Eni;
+use crate::core::datastore::Eni;
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

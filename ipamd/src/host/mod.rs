@@ -26,7 +26,7 @@ use async_trait::async_trait;
 use datapath::{Netlink, NetlinkError};
 
 use crate::clock::Clock;
-use crate::datastore::Eni;
+use crate::core::datastore::Eni;
 
 pub mod eni;
 #[cfg(any(test, feature = "fakes"))]

@@ -20,8 +20,8 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use crate::engine::Node;
 use crate::metrics::Metrics;
-use crate::node::Node;
 
 /// Where an HTTP server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +83,7 @@ fn json_response(v: Value) -> Response {
 }
 
 async fn metrics_handler(State(st): State<HttpState>) -> Response {
-    st.metrics.refresh(&st.node);
+    st.metrics.refresh(&st.node.snapshot());
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

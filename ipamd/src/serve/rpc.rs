@@ -4,11 +4,11 @@
 //! (the anchor refuses a plugin of another build, which turns every rolling upgrade into failed ADDs), and a
 //! failed ADD says why in `FailureReason`/`FailureMessage` (tags 100+, ignored by the anchor's plugin).
 //!
-//! An ADD with no address free waits for one on its way (see [`crate::node`]) up to `AWS_CNI_ADD_WAIT_SECONDS`,
+//! An ADD with no address free waits for one on its way (see [`crate::engine`]) up to `AWS_CNI_ADD_WAIT_SECONDS`,
 //! and never past the caller's own deadline: when the request carries `grpc-timeout` (our plugin sets it; so
-//! does any gRPC client with a deadline), the wait ends [`crate::node::ADD_DEADLINE_MARGIN`] before it.
+//! does any gRPC client with a deadline), the wait ends [`crate::engine::admission::ADD_DEADLINE_MARGIN`] before it.
 //!
-//! Both calls answer only once their change is in the checkpoint ([`crate::checkpoint`], group commit), so an ADD
+//! Both calls answer only once their change is in the checkpoint ([`crate::engine::checkpoint`], group commit), so an ADD
 //! the plugin saw succeed survives any crash of ipamd, and so does a DEL. A DEL whose write fails still releases
 //! the address in memory and says so (`INTERNAL`); the plugin then tears the pod down itself.
 //!
@@ -25,9 +25,10 @@ use aws_cni_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::datastore::{Allocation, IpamKey, PodMeta};
+use crate::core::datastore::{Allocation, IpamKey, PodMeta};
+use crate::engine::admission::ADD_DEADLINE_MARGIN;
+use crate::engine::Node;
 use crate::metrics::Metrics;
-use crate::node::{Node, ADD_DEADLINE_MARGIN};
 use crate::reaper::{Reaper, VethOffer};
 
 /// See the module docs.
@@ -271,8 +272,8 @@ impl CniBackend for CniService {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::engine::NodeDeps;
     use crate::host::fakes::FakeHost;
-    use crate::node::NodeDeps;
     use crate::reaper::{ReaperConfig, ReaperMetrics};
     use datapath::NetnsId;
 
@@ -288,8 +289,9 @@ mod tests {
             imds: Arc::new(sim),
             hostnet: Arc::new(FakeHost::default()),
             clock: Arc::new(clock),
+            cluster: Arc::new(crate::kube::NoCluster),
         };
-        let n = Node::init(deps, Config::default(), None)
+        let n = Node::start(deps, Config::default(), None)
             .await
             .expect("init");
         n.fill().await.expect("fill");

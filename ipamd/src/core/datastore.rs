@@ -14,7 +14,7 @@
 //! - nothing held or cooling down is ever removed, except by a *forced* removal, which is only for addresses or
 //!   ENIs that EC2 itself says are gone (the pods on them have lost their address anyway).
 //! - every change to who holds what bumps [`Datastore::generation`], so a writer of the checkpoint knows whether
-//!   what it wrote covers a given change (see [`crate::checkpoint`]);
+//!   what it wrote covers a given change (see [`crate::engine::checkpoint`]);
 //! - a DEL whose key holds nothing falls back to the anchor's placeholder key of allocations it migrated from
 //!   CRI (`_migrated-from-cri`, same container ID, ifname `unknown`), as the anchor still does.
 //!
@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use datapath::MacAddr;
 use ipnetwork::Ipv4Network;
+
+use super::family::{IpVersion, V4};
 
 /// Who holds an IP: the CNI's identity of one pod interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,27 +46,37 @@ pub struct PodMeta {
 
 /// One ENI as the datastore knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Eni {
+pub struct Eni<V: IpVersion = V4> {
     pub id: String,
     pub mac: MacAddr,
     pub device_number: u32,
     pub route_table: u32,
-    pub primary_ip: Ipv4Addr,
-    pub subnet: Ipv4Network,
+    pub primary_ip: V::Addr,
+    pub subnet: V::Prefix,
     pub is_primary: bool,
     /// When the daemon attached (or adopted) it, monotonic; young ENIs are not freed.
     pub attached_at: Duration,
-    prefixes: BTreeSet<Ipv4Network>,
-    slots: BTreeMap<Ipv4Addr, Slot>,
+    prefixes: BTreeSet<V::Prefix>,
+    slots: BTreeMap<V::Addr, Slot<V>>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Slot {
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Slot<V: IpVersion> {
     /// The delegated prefix this address belongs to (`None`: a secondary IP).
-    prefix: Option<Ipv4Network>,
+    prefix: Option<V::Prefix>,
     holder: Option<Holder>,
     /// Monotonic time of the last release; drives the cooldown.
     released_at: Option<Duration>,
+}
+
+impl<V: IpVersion> Default for Slot<V> {
+    fn default() -> Self {
+        Slot {
+            prefix: None,
+            holder: None,
+            released_at: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +90,7 @@ struct Holder {
 }
 
 impl Eni {
-    /// A new ENI with no secondary IPs.
+    /// A new IPv4 ENI with no secondary IPs.
     pub fn new(
         id: impl Into<String>,
         mac: MacAddr,
@@ -86,6 +98,19 @@ impl Eni {
         primary_ip: Ipv4Addr,
         subnet: Ipv4Network,
     ) -> Eni {
+        Eni::<V4>::of(id, mac, device_number, primary_ip, subnet)
+    }
+}
+
+impl<V: IpVersion> Eni<V> {
+    /// A new ENI of any IP version, with no addresses.
+    pub fn of(
+        id: impl Into<String>,
+        mac: MacAddr,
+        device_number: u32,
+        primary_ip: V::Addr,
+        subnet: V::Prefix,
+    ) -> Eni<V> {
         Eni {
             id: id.into(),
             mac,
@@ -101,7 +126,7 @@ impl Eni {
     }
 
     /// Delegated /28 prefixes on this ENI.
-    pub fn prefixes(&self) -> impl Iterator<Item = Ipv4Network> + '_ {
+    pub fn prefixes(&self) -> impl Iterator<Item = V::Prefix> + '_ {
         self.prefixes.iter().copied()
     }
 
@@ -114,7 +139,7 @@ impl Eni {
     }
 
     /// Secondary IPs (not from prefixes) neither held nor cooling down: safe to give back to EC2.
-    pub fn releasable_ips(&self, now: Duration, cooldown: Duration) -> Vec<Ipv4Addr> {
+    pub fn releasable_ips(&self, now: Duration, cooldown: Duration) -> Vec<V::Addr> {
         self.slots
             .iter()
             .filter(|(_, s)| {
@@ -125,7 +150,7 @@ impl Eni {
     }
 
     /// Prefixes none of whose addresses is held or cooling down.
-    pub fn releasable_prefixes(&self, now: Duration, cooldown: Duration) -> Vec<Ipv4Network> {
+    pub fn releasable_prefixes(&self, now: Duration, cooldown: Duration) -> Vec<V::Prefix> {
         self.prefixes
             .iter()
             .filter(|p| {
@@ -149,7 +174,7 @@ impl Eni {
     }
 
     /// The secondary IPs of this ENI.
-    pub fn ips(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    pub fn ips(&self) -> impl Iterator<Item = V::Addr> + '_ {
         self.slots.keys().copied()
     }
 }
@@ -165,8 +190,8 @@ pub fn route_table_for(device_number: u32) -> u32 {
 
 /// Where an assigned IP lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allocation {
-    pub ip: Ipv4Addr,
+pub struct Allocation<V: IpVersion = V4> {
+    pub ip: V::Addr,
     pub eni_id: String,
     pub device_number: u32,
     pub route_table: u32,
@@ -216,10 +241,10 @@ pub const MIGRATED_IF_NAME: &str = "unknown";
 
 /// One assignment with its wall-clock time, as the checkpoint records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AssignmentRecord {
+pub struct AssignmentRecord<V: IpVersion = V4> {
     pub key: IpamKey,
     pub meta: PodMeta,
-    pub allocation: Allocation,
+    pub allocation: Allocation<V>,
     /// When it was made, since the Unix epoch.
     pub wall: Duration,
     /// When it was made, on the monotonic clock (restored ones: estimated from `wall`).
@@ -228,26 +253,26 @@ pub struct AssignmentRecord {
 
 /// Why a checkpointed assignment could not be restored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RestoreError {
+pub enum RestoreError<V: IpVersion = V4> {
     #[error("{0} is not an address of any ENI of this node (per EC2)")]
-    UnknownIp(Ipv4Addr),
+    UnknownIp(V::Addr),
     #[error("{ip} is already held by container {holder}")]
-    IpHeld { ip: Ipv4Addr, holder: String },
+    IpHeld { ip: V::Addr, holder: String },
     #[error("the key already holds {0}")]
-    KeyHolds(Ipv4Addr),
+    KeyHolds(V::Addr),
 }
 
 /// Why a datastore change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DatastoreError {
+pub enum DatastoreError<V: IpVersion = V4> {
     #[error("ENI {0} is not in the datastore")]
     UnknownEni(String),
     #[error("IP {ip} is already on ENI {eni}")]
-    DuplicateIp { ip: Ipv4Addr, eni: String },
+    DuplicateIp { ip: V::Addr, eni: String },
     #[error("IP {ip} on ENI {eni} is assigned to a pod or cooling down")]
-    IpInUse { ip: Ipv4Addr, eni: String },
+    IpInUse { ip: V::Addr, eni: String },
     #[error("IP {ip} is not a secondary IP of ENI {eni}")]
-    NotOnEni { ip: Ipv4Addr, eni: String },
+    NotOnEni { ip: V::Addr, eni: String },
     #[error("ENI {eni} still has {held} assigned and {cooling} cooling address(es)")]
     EniInUse {
         eni: String,
@@ -258,16 +283,24 @@ pub enum DatastoreError {
 
 /// See the module docs.
 #[derive(Debug, Clone)]
-pub struct Datastore {
-    enis: BTreeMap<String, Eni>,
-    by_key: HashMap<IpamKey, Ipv4Addr>,
-    by_ip: HashMap<Ipv4Addr, String>,
+pub struct Datastore<V: IpVersion = V4> {
+    enis: BTreeMap<String, Eni<V>>,
+    by_key: HashMap<IpamKey, V::Addr>,
+    by_ip: HashMap<V::Addr, String>,
     cooldown: Duration,
     generation: u64,
 }
 
 impl Datastore {
+    /// An empty IPv4 datastore whose released addresses sit out `cooldown`.
     pub fn new(cooldown: Duration) -> Datastore {
+        Datastore::<V4>::of(cooldown)
+    }
+}
+
+impl<V: IpVersion> Datastore<V> {
+    /// An empty datastore of any IP version.
+    pub fn of(cooldown: Duration) -> Datastore<V> {
         Datastore {
             enis: BTreeMap::new(),
             by_key: HashMap::new(),
@@ -283,7 +316,7 @@ impl Datastore {
     }
 
     /// Adds an ENI (replacing nothing: an ENI already present is left as it is).
-    pub fn add_eni(&mut self, eni: Eni) {
+    pub fn add_eni(&mut self, eni: Eni<V>) {
         for ip in eni.slots.keys() {
             self.by_ip.insert(*ip, eni.id.clone());
         }
@@ -291,27 +324,44 @@ impl Datastore {
     }
 
     /// The ENIs, ordered by ID.
-    pub fn enis(&self) -> impl Iterator<Item = &Eni> {
+    pub fn enis(&self) -> impl Iterator<Item = &Eni<V>> {
         self.enis.values()
     }
 
     /// One ENI.
-    pub fn eni(&self, id: &str) -> Option<&Eni> {
+    pub fn eni(&self, id: &str) -> Option<&Eni<V>> {
         self.enis.get(id)
     }
 
-    /// Adds secondary IPs to an ENI. IPs already on this ENI are skipped; an IP on another ENI is an error.
-    pub fn add_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Result<usize, DatastoreError> {
+    /// The ENI `eni_id`, or the error that it is not in the datastore.
+    fn known_eni(&self, eni_id: &str) -> Result<&Eni<V>, DatastoreError<V>> {
+        self.enis
+            .get(eni_id)
+            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))
+    }
+
+    /// An address may live on one ENI only: refuses `ips` if any is on an ENI other than `eni_id`.
+    fn check_not_elsewhere(
+        &self,
+        eni_id: &str,
+        ips: impl IntoIterator<Item = V::Addr>,
+    ) -> Result<(), DatastoreError<V>> {
         for ip in ips {
-            if let Some(owner) = self.by_ip.get(ip) {
+            if let Some(owner) = self.by_ip.get(&ip) {
                 if owner != eni_id {
                     return Err(DatastoreError::DuplicateIp {
-                        ip: *ip,
+                        ip,
                         eni: owner.clone(),
                     });
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Adds secondary IPs to an ENI. IPs already on this ENI are skipped; an IP on another ENI is an error.
+    pub fn add_ips(&mut self, eni_id: &str, ips: &[V::Addr]) -> Result<usize, DatastoreError<V>> {
+        self.check_not_elsewhere(eni_id, ips.iter().copied())?;
         let eni = self
             .enis
             .get_mut(eni_id)
@@ -331,20 +381,12 @@ impl Datastore {
     pub fn add_prefixes(
         &mut self,
         eni_id: &str,
-        prefixes: &[Ipv4Network],
-    ) -> Result<usize, DatastoreError> {
-        for p in prefixes {
-            for ip in p.iter() {
-                if let Some(owner) = self.by_ip.get(&ip) {
-                    if owner != eni_id {
-                        return Err(DatastoreError::DuplicateIp {
-                            ip,
-                            eni: owner.clone(),
-                        });
-                    }
-                }
-            }
-        }
+        prefixes: &[V::Prefix],
+    ) -> Result<usize, DatastoreError<V>> {
+        self.check_not_elsewhere(
+            eni_id,
+            prefixes.iter().flat_map(|p| V::prefix_addresses(*p)),
+        )?;
         let eni = self
             .enis
             .get_mut(eni_id)
@@ -355,7 +397,7 @@ impl Datastore {
                 continue;
             }
             added += 1;
-            for ip in p.iter() {
+            for ip in V::prefix_addresses(*p) {
                 eni.slots.entry(ip).or_default().prefix = Some(*p);
                 self.by_ip.insert(ip, eni_id.to_string());
             }
@@ -367,14 +409,11 @@ impl Datastore {
     pub fn remove_ips(
         &mut self,
         eni_id: &str,
-        ips: &[Ipv4Addr],
+        ips: &[V::Addr],
         now: Duration,
-    ) -> Result<(), DatastoreError> {
+    ) -> Result<(), DatastoreError<V>> {
         let cooldown = self.cooldown;
-        let eni = self
-            .enis
-            .get(eni_id)
-            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let eni = self.known_eni(eni_id)?;
         for ip in ips {
             match eni.slots.get(ip) {
                 Some(s) if s.prefix.is_none() => {
@@ -401,18 +440,15 @@ impl Datastore {
     pub fn remove_prefixes(
         &mut self,
         eni_id: &str,
-        prefixes: &[Ipv4Network],
+        prefixes: &[V::Prefix],
         now: Duration,
-    ) -> Result<(), DatastoreError> {
+    ) -> Result<(), DatastoreError<V>> {
         let cooldown = self.cooldown;
-        let eni = self
-            .enis
-            .get(eni_id)
-            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+        let eni = self.known_eni(eni_id)?;
         let free = eni.releasable_prefixes(now, cooldown);
         if let Some(p) = prefixes.iter().find(|p| !free.contains(p)) {
             return Err(DatastoreError::IpInUse {
-                ip: p.network(),
+                ip: V::prefix_base(*p),
                 eni: eni_id.to_string(),
             });
         }
@@ -420,7 +456,7 @@ impl Datastore {
         Ok(())
     }
 
-    fn drop_ips(&mut self, eni_id: &str, ips: &[Ipv4Addr]) -> Vec<IpamKey> {
+    fn drop_ips(&mut self, eni_id: &str, ips: &[V::Addr]) -> Vec<IpamKey> {
         let mut evicted = Vec::new();
         if let Some(eni) = self.enis.get_mut(eni_id) {
             for ip in ips {
@@ -439,12 +475,12 @@ impl Datastore {
         evicted
     }
 
-    fn drop_prefixes(&mut self, eni_id: &str, prefixes: &[Ipv4Network]) -> Vec<IpamKey> {
+    fn drop_prefixes(&mut self, eni_id: &str, prefixes: &[V::Prefix]) -> Vec<IpamKey> {
         let mut ips = Vec::new();
         if let Some(eni) = self.enis.get_mut(eni_id) {
             for p in prefixes {
                 if eni.prefixes.remove(p) {
-                    ips.extend(p.iter());
+                    ips.extend(V::prefix_addresses(*p));
                 }
             }
         }
@@ -457,39 +493,37 @@ impl Datastore {
     pub fn sync_eni(
         &mut self,
         eni_id: &str,
-        ips: &[Ipv4Addr],
-        prefixes: &[Ipv4Network],
-        skip: &dyn Fn(Ipv4Addr) -> bool,
-    ) -> Result<SyncReport, DatastoreError> {
-        let eni = self
-            .enis
-            .get(eni_id)
-            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
-        let gone_ips: Vec<Ipv4Addr> = eni
+        ips: &[V::Addr],
+        prefixes: &[V::Prefix],
+        skip: &dyn Fn(V::Addr) -> bool,
+    ) -> Result<SyncReport, DatastoreError<V>> {
+        let prefix_size = V::PREFIX_SIZE as usize;
+        let eni = self.known_eni(eni_id)?;
+        let gone_ips: Vec<V::Addr> = eni
             .slots
             .iter()
             .filter(|(ip, s)| s.prefix.is_none() && !ips.contains(ip))
             .map(|(ip, _)| *ip)
             .collect();
-        let gone_prefixes: Vec<Ipv4Network> = eni
+        let gone_prefixes: Vec<V::Prefix> = eni
             .prefixes
             .iter()
             .filter(|p| !prefixes.contains(p))
             .copied()
             .collect();
-        let new_ips: Vec<Ipv4Addr> = ips
+        let new_ips: Vec<V::Addr> = ips
             .iter()
             .filter(|ip| !eni.slots.contains_key(ip) && !skip(**ip))
             .copied()
             .collect();
-        let new_prefixes: Vec<Ipv4Network> = prefixes
+        let new_prefixes: Vec<V::Prefix> = prefixes
             .iter()
-            .filter(|p| !eni.prefixes.contains(p) && !skip(p.network()))
+            .filter(|p| !eni.prefixes.contains(p) && !skip(V::prefix_base(**p)))
             .copied()
             .collect();
         let mut report = SyncReport {
-            added: new_ips.len() + new_prefixes.len() * 16,
-            removed: gone_ips.len() + gone_prefixes.len() * 16,
+            added: new_ips.len() + new_prefixes.len() * prefix_size,
+            removed: gone_ips.len() + gone_prefixes.len() * prefix_size,
             evicted: self.drop_ips(eni_id, &gone_ips),
         };
         report
@@ -507,11 +541,8 @@ impl Datastore {
         eni_id: &str,
         now: Duration,
         force: bool,
-    ) -> Result<Vec<IpamKey>, DatastoreError> {
-        let eni = self
-            .enis
-            .get(eni_id)
-            .ok_or_else(|| DatastoreError::UnknownEni(eni_id.to_string()))?;
+    ) -> Result<Vec<IpamKey>, DatastoreError<V>> {
+        let eni = self.known_eni(eni_id)?;
         let held = eni.assigned_count();
         let cooling = eni.cooldown_count(now, self.cooldown);
         if !force && (held > 0 || cooling > 0) {
@@ -521,7 +552,7 @@ impl Datastore {
                 cooling,
             });
         }
-        let ips: Vec<Ipv4Addr> = eni.slots.keys().copied().collect();
+        let ips: Vec<V::Addr> = eni.slots.keys().copied().collect();
         let evicted = self.drop_ips(eni_id, &ips);
         self.enis.remove(eni_id);
         Ok(evicted)
@@ -540,12 +571,12 @@ impl Datastore {
     }
 
     /// The allocation held by `key`, if any.
-    pub fn lookup(&self, key: &IpamKey) -> Option<Allocation> {
+    pub fn lookup(&self, key: &IpamKey) -> Option<Allocation<V>> {
         let ip = self.by_key.get(key)?;
         self.allocation_of(*ip)
     }
 
-    fn allocation_of(&self, ip: Ipv4Addr) -> Option<Allocation> {
+    fn allocation_of(&self, ip: V::Addr) -> Option<Allocation<V>> {
         let eni = self.enis.get(self.by_ip.get(&ip)?)?;
         Some(Allocation {
             ip,
@@ -561,7 +592,7 @@ impl Datastore {
         key: &IpamKey,
         meta: &PodMeta,
         now: Duration,
-    ) -> Result<Allocation, AssignError> {
+    ) -> Result<Allocation<V>, AssignError> {
         self.assign_at(key, meta, now, Duration::ZERO)
             .map(|(a, _)| a)
     }
@@ -574,12 +605,12 @@ impl Datastore {
         meta: &PodMeta,
         now: Duration,
         wall: Duration,
-    ) -> Result<(Allocation, bool), AssignError> {
+    ) -> Result<(Allocation<V>, bool), AssignError> {
         if let Some(existing) = self.lookup(key) {
             return Ok((existing, false));
         }
         let cooldown = self.cooldown;
-        let mut enis: Vec<&mut Eni> = self.enis.values_mut().collect();
+        let mut enis: Vec<&mut Eni<V>> = self.enis.values_mut().collect();
         enis.sort_by_key(|e| e.device_number);
         for eni in enis {
             let free = eni
@@ -616,10 +647,10 @@ impl Datastore {
         &mut self,
         key: &IpamKey,
         meta: &PodMeta,
-        ip: Ipv4Addr,
+        ip: V::Addr,
         assigned_at: Duration,
         wall: Duration,
-    ) -> Result<Allocation, RestoreError> {
+    ) -> Result<Allocation<V>, RestoreError<V>> {
         if let Some(held) = self.by_key.get(key) {
             return Err(RestoreError::KeyHolds(*held));
         }
@@ -655,7 +686,7 @@ impl Datastore {
 
     /// Releases the IP held by `key`; `None` when the key holds nothing (a repeated DEL). A key holding nothing
     /// falls back to the anchor's CRI-migration placeholder of the same container (see the module docs).
-    pub fn unassign(&mut self, key: &IpamKey, now: Duration) -> Option<Allocation> {
+    pub fn unassign(&mut self, key: &IpamKey, now: Duration) -> Option<Allocation<V>> {
         let key = if self.by_key.contains_key(key) {
             key.clone()
         } else {
@@ -685,7 +716,7 @@ impl Datastore {
 
     /// Takes back an address that never reached a pod (its ADD failed before answering): free at once, no
     /// cooldown. Does nothing unless `key` holds exactly `ip`.
-    pub fn unassign_unused(&mut self, key: &IpamKey, ip: Ipv4Addr) {
+    pub fn unassign_unused(&mut self, key: &IpamKey, ip: V::Addr) {
         if self.by_key.get(key) != Some(&ip) {
             return;
         }
@@ -710,7 +741,7 @@ impl Datastore {
     }
 
     /// The assignment held by `key`, with its times.
-    pub fn record(&self, key: &IpamKey) -> Option<AssignmentRecord> {
+    pub fn record(&self, key: &IpamKey) -> Option<AssignmentRecord<V>> {
         let ip = *self.by_key.get(key)?;
         let eni = self.enis.get(self.by_ip.get(&ip)?)?;
         let h = eni.slots.get(&ip)?.holder.as_ref()?;
@@ -729,7 +760,7 @@ impl Datastore {
     }
 
     /// Every assignment with its times, in a stable order (ENI ID, then address).
-    pub fn records(&self) -> Vec<AssignmentRecord> {
+    pub fn records(&self) -> Vec<AssignmentRecord<V>> {
         let mut out = Vec::new();
         for eni in self.enis.values() {
             for (ip, slot) in &eni.slots {
@@ -753,7 +784,7 @@ impl Datastore {
     }
 
     /// Every assignment: `(key, pod, allocation)`.
-    pub fn assignments(&self) -> Vec<(IpamKey, PodMeta, Allocation)> {
+    pub fn assignments(&self) -> Vec<(IpamKey, PodMeta, Allocation<V>)> {
         let mut out = Vec::new();
         for eni in self.enis.values() {
             for (ip, slot) in &eni.slots {
@@ -807,7 +838,7 @@ impl Datastore {
     }
 }
 
-fn in_cooldown(slot: &Slot, now: Duration, cooldown: Duration) -> bool {
+fn in_cooldown<V: IpVersion>(slot: &Slot<V>, now: Duration, cooldown: Duration) -> bool {
     slot.released_at
         .is_some_and(|t| now.saturating_sub(t) < cooldown)
 }
@@ -815,6 +846,8 @@ fn in_cooldown(slot: &Slot, now: Duration, cooldown: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ipnetwork::Ipv4Network;
+    use std::net::Ipv4Addr;
 
     fn key(c: &str) -> IpamKey {
         IpamKey {
@@ -822,6 +855,66 @@ mod tests {
             container_id: c.into(),
             if_name: "eth0".into(),
         }
+    }
+
+    /// An IPv6 version for the test only (/124 prefixes of sixteen addresses): the datastore's rules hold for any
+    /// [`IpVersion`], which is what lets IPv6 be added as a version rather than as an edit of every signature.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+    struct TestV6;
+
+    impl IpVersion for TestV6 {
+        type Addr = std::net::Ipv6Addr;
+        type Prefix = ipnetwork::Ipv6Network;
+        const PREFIX_SIZE: u32 = 16;
+
+        fn prefix_addresses(prefix: Self::Prefix) -> impl Iterator<Item = Self::Addr> {
+            prefix.iter()
+        }
+
+        fn prefix_base(prefix: Self::Prefix) -> Self::Addr {
+            prefix.network()
+        }
+    }
+
+    #[test]
+    fn the_same_rules_hold_for_another_ip_version() {
+        let cooldown = Duration::from_secs(30);
+        let mut ds: Datastore<TestV6> = Datastore::of(cooldown);
+        let subnet: ipnetwork::Ipv6Network = "2001:db8::/64".parse().expect("cidr");
+        let primary: std::net::Ipv6Addr = "2001:db8::10".parse().expect("ip");
+        ds.add_eni(Eni::of(
+            "eni-0",
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            0,
+            primary,
+            subnet,
+        ));
+        let prefix: ipnetwork::Ipv6Network = "2001:db8::100/124".parse().expect("prefix");
+        assert_eq!(ds.add_prefixes("eni-0", &[prefix]).expect("prefix"), 1);
+        let s = ds.stats(Duration::ZERO);
+        assert_eq!((s.total, s.prefixes, s.free_prefixes), (16, 1, 1));
+        let meta = PodMeta::default();
+        let (a, fresh) = ds
+            .assign_at(&key("a"), &meta, Duration::ZERO, Duration::ZERO)
+            .expect("ip");
+        assert!(fresh && prefix.contains(a.ip), "{}", a.ip);
+        let again = ds
+            .assign_at(&key("a"), &meta, Duration::ZERO, Duration::ZERO)
+            .expect("same");
+        assert_eq!(again, (a.clone(), false), "idempotent per key");
+        assert_eq!(ds.unassign(&key("a"), Duration::ZERO), Some(a.clone()));
+        // Cooling down: neither available nor releasable until the cooldown passes.
+        assert!(ds
+            .eni("eni-0")
+            .expect("eni")
+            .releasable_prefixes(Duration::ZERO, cooldown)
+            .is_empty());
+        assert_eq!(
+            ds.eni("eni-0")
+                .expect("eni")
+                .releasable_prefixes(cooldown, cooldown),
+            vec![prefix]
+        );
     }
 
     fn store(ips_per_eni: &[u8]) -> Datastore {

@@ -1,30 +1,9 @@
-//! Keeping the datastore, the host and EC2 in agreement: the reconcile timer and the leaked-ENI cleanup.
+//! Restart recovery: the checkpoint's assignments put back on the addresses EC2 confirms, and checked against
+//! the host before and after the socket opens.
 //!
-//! **Reconcile** (every 60 s, skipped while the pool acted in the last 60 s, as the anchor: right after an action
-//! IMDS is expected to lag; but never skipped for more than 5 minutes in a row, and run at once when EC2 said an
-//! ENI we hold does not exist). IMDS is read (no EC2 call) and compared with the datastore; EC2 is asked only about
-//! what differs, because IMDS is eventually consistent and has made the anchor delete in-use ENIs and hand out
-//! unassigned IPs (#1967, #3019, #3887):
-//! - an ENI in IMDS but not in the datastore (attached by someone, or by us before a crash or a failed host
-//!   setup) is described in EC2; unless tagged `no_manage=true` it is set up on the host and adopted with EC2's
-//!   addresses;
-//! - an ENI whose IMDS addresses differ from the datastore's is described in EC2 and EC2's list wins: missing
-//!   addresses are added (except those we gave back less than 60 s ago), addresses EC2 no longer has are removed
-//!   even if a pod holds them (the pod has lost it already; counted as force-removed);
-//! - an ENI in the datastore but not in IMDS is removed only if EC2 confirms it is gone or no longer attached to
-//!   this instance;
-//! - the host side of every ENI and the node-wide rules are re-applied (idempotent: repairs drift such as a
-//!   deleted rule or route).
-//!
-//! **Leaked-ENI cleanup** (first run after a random 0–300 s, then hourly plus up to 5 min of jitter; off with
-//! `DISABLE_LEAKED_ENI_CLEANUP` or `DISABLE_NETWORK_RESOURCE_PROVISIONING`): ENIs tagged with this instance's ID,
-//! `available` (not attached), in this VPC (and cluster, with `CLUSTER_NAME`), with the `aws-K8S-` description,
-//! and a `createdAt` tag older than 5 minutes are deleted. One without `createdAt` is stamped now and left for a
-//! later run. These are the ENIs a crash between create and attach, or between detach and delete, leaves behind.
-//!
-//! **Restart recovery** (the anchor's last startup step, with the anchor's restart bugs #3887, #3019, #1967, #711 closed).
+//! As the anchor does, with the anchor's restart bugs #3887, #3019, #1967 and #711 closed.
 //! In this order, before the socket opens:
-//! 1. the checkpoint is read first of all ([`crate::checkpoint::read`]); a bad file stops ipamd and is kept;
+//! 1. the checkpoint is read first of all ([`crate::engine::checkpoint::read`]); a bad file stops ipamd and is kept;
 //! 2. the node's ENIs come from IMDS, and their addresses from EC2 (DescribeNetworkInterfaces, retried; never
 //!    IMDS's address lists, which lag);
 //! 3. each checkpointed assignment is put back on the address EC2 confirmed (`Node::restore`). An address no
@@ -44,21 +23,17 @@
 //!    when step 5 ran is caught by the pool task's next check (every [`RESTORE_RECHECK`] once settled) or the
 //!    next reconcile pass, which repeat the check for unconfirmed pods.
 //!
-//! Only restored pods are checked this way: a pod ADDed by this process is released by its DEL or by CNI GC.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::checkpoint::CheckpointEntry;
-use crate::datastore::{Eni, IpamKey, RestoreError};
-use crate::ec2::{
-    Ec2, Ec2Error, EniDescription, EniFilter, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME,
-    TAG_CREATED_AT, TAG_INSTANCE_ID, TAG_NO_MANAGE,
-};
-use crate::host::HostNetError;
-use crate::imds::ImdsError;
-use crate::node::{lock, mac_of, Node, NodeError, RELEASED_MEMORY, STARTUP_RETRY};
+use super::checkpoint::CheckpointEntry;
+use super::enis::mac_of;
+use super::{Node, NodeError};
+use crate::core::datastore::{Eni, IpamKey, RestoreError};
+use crate::ec2::{Ec2, EniDescription, EniFilter, TAG_NO_MANAGE};
+use crate::sync::lock;
 
 /// A restored pod's veth must have been seen at least this long after the socket opened to be confirmed.
 pub const RESTORE_SETTLE: Duration = Duration::from_secs(15);
@@ -68,376 +43,12 @@ pub const RESTORE_GRACE: Duration = Duration::from_secs(15);
 /// After the settle time, unconfirmed restored pods are checked this often by the pool task.
 pub const RESTORE_RECHECK: Duration = Duration::from_secs(5);
 
-/// Reconcile period (anchor `nodeIPPoolReconcileInterval`).
-pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
-/// A reconcile is not skipped for longer than this.
-pub const RECONCILE_MAX_SKIP: Duration = Duration::from_secs(300);
-/// Leaked-ENI cleanup period.
-pub const LEAK_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
-/// Random delay before the first leak check, and jitter added to every later one.
-pub const LEAK_CHECK_JITTER: Duration = Duration::from_secs(300);
-/// An available ENI younger than this may still be on its way to being attached.
-pub const LEAK_MIN_AGE: Duration = Duration::from_secs(300);
-
-/// Why a reconcile pass stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum ReconcileError {
-    #[error("reading IMDS: {0}")]
-    Imds(#[from] ImdsError),
-    #[error(transparent)]
-    Ec2(#[from] Ec2Error),
-    #[error(transparent)]
-    HostNet(#[from] HostNetError),
-}
-
-/// What a reconcile pass did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ReconcileReport {
-    /// Whether the pass ran (false: skipped because the pool acted recently).
-    pub ran: bool,
-    pub adopted: Vec<String>,
-    pub removed: Vec<String>,
-    /// ENIs whose addresses were re-read from EC2.
-    pub synced: Vec<String>,
-}
-
-/// When the periodic jobs run next.
-#[derive(Debug, Clone)]
-pub struct Timers {
-    next_reconcile: Duration,
-    last_reconcile: Duration,
-    next_leak_check: Duration,
-}
-
-fn jitter(max: Duration) -> Duration {
-    max.mul_f64(rand::random::<f64>())
-}
-
-impl Timers {
-    pub fn new(now: Duration) -> Timers {
-        Timers {
-            next_reconcile: now + RECONCILE_INTERVAL,
-            last_reconcile: now,
-            next_leak_check: now + jitter(LEAK_CHECK_JITTER),
-        }
-    }
-
-    /// Runs whichever job is due. Failures are logged; the next period retries.
-    pub async fn run_due(&mut self, node: &Node) {
-        let now = node.deps.clock.now();
-        // Restored pods still unconfirmed are checked as soon as the settle time allows, not only at the next
-        // reconcile: their addresses are held until then.
-        if node.restored_check_due(now) {
-            let _actor = node.actor.lock().await;
-            node.check_restored().await;
-        }
-        let wanted = std::mem::take(&mut lock(&node.status).reconcile_wanted);
-        if now >= self.next_reconcile || wanted {
-            self.next_reconcile = now + RECONCILE_INTERVAL;
-            let force = wanted || now.saturating_sub(self.last_reconcile) >= RECONCILE_MAX_SKIP;
-            match node.reconcile(force).await {
-                Ok(r) if r.ran => self.last_reconcile = now,
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reconcile failed"),
-            }
-        }
-        if now >= self.next_leak_check {
-            self.next_leak_check = now + LEAK_CHECK_INTERVAL + jitter(LEAK_CHECK_JITTER);
-            if !node.config.disable_leaked_eni_cleanup && !node.config.disable_provisioning {
-                match node.cleanup_leaked_enis().await {
-                    Ok(n) if n > 0 => tracing::info!(deleted = n, "deleted leaked ENIs"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "leaked-ENI cleanup failed"),
-                }
-            }
-        }
-    }
-}
-
-fn same_addresses(ds_eni: &Eni, imds: &crate::imds::ImdsEni) -> bool {
-    let mut a: Vec<_> = ds_eni.ips().collect();
-    a.sort();
-    let mut b: Vec<_> = imds.ipv4s.iter().skip(1).copied().collect();
-    b.extend(imds.ipv4_prefixes.iter().flat_map(|p| p.iter()));
-    b.sort();
-    a == b
-}
-
-impl Node {
-    /// Describes ENIs one call for all; if one is unknown to EC2 (the whole call fails), one by one.
-    pub(crate) async fn describe_each(
-        &self,
-        ids: &[String],
-    ) -> Result<HashMap<String, Option<EniDescription>>, Ec2Error> {
-        let mut out = HashMap::new();
-        if ids.is_empty() {
-            return Ok(out);
-        }
-        match self.ec2.describe_network_interfaces(ids).await {
-            Ok(v) => {
-                for d in v {
-                    out.insert(d.id.clone(), Some(d));
-                }
-            }
-            Err(Ec2Error::NotFound { .. }) => {
-                for id in ids {
-                    match self
-                        .ec2
-                        .describe_network_interfaces(std::slice::from_ref(id))
-                        .await
-                    {
-                        Ok(v) => {
-                            out.insert(id.clone(), v.into_iter().next());
-                        }
-                        Err(Ec2Error::NotFound { .. }) => {
-                            out.insert(id.clone(), None);
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        Ok(out)
-    }
-
-    /// One reconcile pass (see the module docs). `force` ignores the recent-action skip.
-    pub async fn reconcile(&self, force: bool) -> Result<ReconcileReport, ReconcileError> {
-        let _actor = self.actor.lock().await;
-        let now = self.deps.clock.now();
-        let recent = lock(&self.status)
-            .last_action
-            .is_some_and(|t| now.saturating_sub(t) < RECONCILE_INTERVAL);
-        let mut report = ReconcileReport::default();
-        // Host-only, and cheap: restored pods not yet confirmed (see the module docs).
-        if !lock(&self.recovery).unconfirmed.is_empty() {
-            self.check_restored().await;
-        }
-        if recent && !force {
-            return Ok(report);
-        }
-        report.ran = true;
-        let imds: Vec<_> = self
-            .deps
-            .imds
-            .enis()
-            .await?
-            .into_iter()
-            .filter(|e| e.network_card == 0)
-            .collect();
-        let known: BTreeMap<String, Eni> = lock(&self.ds)
-            .enis()
-            .map(|e| (e.id.clone(), e.clone()))
-            .collect();
-
-        let mut to_describe = Vec::new();
-        for ie in &imds {
-            match known.get(&ie.eni_id) {
-                None => to_describe.push(ie.eni_id.clone()),
-                Some(e) if !same_addresses(e, ie) => to_describe.push(ie.eni_id.clone()),
-                Some(_) => {}
-            }
-        }
-        let vanished: Vec<String> = known
-            .keys()
-            .filter(|id| !imds.iter().any(|ie| ie.eni_id == **id))
-            .cloned()
-            .collect();
-        to_describe.extend(vanished.iter().cloned());
-        let described = self.describe_each(&to_describe).await?;
-
-        // Adopt new ENIs.
-        for ie in imds.iter().filter(|ie| !known.contains_key(&ie.eni_id)) {
-            let Some(Some(d)) = described.get(&ie.eni_id) else {
-                continue;
-            };
-            if d.instance_id.as_deref() != Some(self.meta.instance_id.as_str()) {
-                continue;
-            }
-            if ie.device_number != 0
-                && d.tags.get(TAG_NO_MANAGE).map(String::as_str) == Some("true")
-            {
-                continue;
-            }
-            let Ok(mac) = mac_of(d) else {
-                continue;
-            };
-            let mut eni = Eni::new(&d.id, mac, ie.device_number, d.primary_ip, d.subnet_cidr);
-            eni.attached_at = now;
-            self.deps
-                .hostnet
-                .setup_eni(&eni, self.config.eni_mtu)
-                .await?;
-            let released = lock(&self.status).released.clone();
-            let ips: Vec<_> = d
-                .secondary_ips
-                .iter()
-                .filter(|ip| !released.contains_key(ip))
-                .copied()
-                .collect();
-            let prefixes: Vec<_> = d
-                .ipv4_prefixes
-                .iter()
-                .filter(|p| !released.contains_key(&p.network()))
-                .copied()
-                .collect();
-            let mut ds = lock(&self.ds);
-            ds.add_eni(eni);
-            if let Err(e) = ds
-                .add_ips(&d.id, &ips)
-                .and_then(|_| ds.add_prefixes(&d.id, &prefixes))
-            {
-                tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
-            }
-            tracing::info!(eni = %d.id, device = ie.device_number, "adopted ENI found in IMDS");
-            report.adopted.push(d.id.clone());
-        }
-
-        // Addresses that drifted: EC2 wins.
-        let drifted: Vec<String> = imds
-            .iter()
-            .filter(|ie| {
-                known
-                    .get(&ie.eni_id)
-                    .is_some_and(|e| !same_addresses(e, ie))
-            })
-            .map(|ie| ie.eni_id.clone())
-            .collect();
-        {
-            let mut st = lock(&self.status);
-            st.released
-                .retain(|_, t| now.saturating_sub(*t) < RELEASED_MEMORY);
-            let released = st.released.clone();
-            let skip = |ip| released.contains_key(&ip);
-            let mut ds = lock(&self.ds);
-            for id in &drifted {
-                let Some(Some(d)) = described.get(id) else {
-                    continue;
-                };
-                match ds.sync_eni(id, &d.secondary_ips, &d.ipv4_prefixes, &skip) {
-                    Ok(r) => {
-                        st.force_removed += r.evicted.len() as u64;
-                        if !r.evicted.is_empty() {
-                            tracing::warn!(eni = %id, pods = ?r.evicted, "EC2 no longer has addresses pods held");
-                        }
-                        if r.added + r.removed > 0 {
-                            report.synced.push(id.clone());
-                        }
-                    }
-                    Err(e) => tracing::warn!(eni = %id, error = %e, "cannot sync ENI"),
-                }
-            }
-        }
-
-        // ENIs gone from IMDS: removed only when EC2 agrees.
-        for id in &vanished {
-            let gone = match described.get(id) {
-                Some(None) => true,
-                Some(Some(d)) => {
-                    d.instance_id.as_deref() != Some(self.meta.instance_id.as_str())
-                        || d.device_index.is_none()
-                }
-                None => false,
-            };
-            let Some(eni) = known.get(id) else {
-                continue;
-            };
-            if !gone || eni.is_primary {
-                continue;
-            }
-            let evicted = lock(&self.ds).remove_eni(id, now, true).unwrap_or_default();
-            lock(&self.status).force_removed += evicted.len() as u64;
-            if let Err(e) = self.deps.hostnet.teardown_eni(eni).await {
-                tracing::warn!(eni = %id, error = %e, "host teardown of a vanished ENI failed");
-            }
-            tracing::warn!(eni = %id, pods = ?evicted, "ENI is gone from EC2; removed");
-            report.removed.push(id.clone());
-        }
-
-        // Drift on the host: re-apply (idempotent).
-        let enis: Vec<Eni> = lock(&self.ds).enis().cloned().collect();
-        for eni in &enis {
-            self.deps
-                .hostnet
-                .setup_eni(eni, self.config.eni_mtu)
-                .await?;
-        }
-        if let Some(mac) = datapath::MacAddr::parse(&self.meta.primary_mac) {
-            self.deps.hostnet.setup_host(&self.host_plan(mac)).await?;
-        }
-        self.wake.notify_one();
-        tracing::info!(
-            adopted = ?report.adopted,
-            removed = ?report.removed,
-            synced = ?report.synced,
-            unconfirmed = lock(&self.recovery).unconfirmed.len(),
-            "reconcile pass finished"
-        );
-        Ok(report)
-    }
-
-    /// Asks the pool task for a full reconcile pass at its next turn (SIGUSR1 in the daemon).
-    pub fn request_reconcile(&self) {
-        lock(&self.status).reconcile_wanted = true;
-        self.wake.notify_one();
-    }
-
-    /// Deletes this instance's leaked ENIs (see the module docs). Returns how many were deleted.
-    pub async fn cleanup_leaked_enis(&self) -> Result<usize, Ec2Error> {
-        let _actor = self.actor.lock().await;
-        let mut filter = EniFilter {
-            vpc_id: Some(self.meta.vpc_id.clone()),
-            status: Some("available".into()),
-            ..EniFilter::default()
-        };
-        filter
-            .tags
-            .insert(TAG_INSTANCE_ID.to_string(), self.meta.instance_id.clone());
-        if !self.config.cluster_name.is_empty() {
-            filter.tags.insert(
-                TAG_CLUSTER_NAME.to_string(),
-                self.config.cluster_name.clone(),
-            );
-        }
-        let wall = self.deps.clock.wall();
-        let mut deleted = 0;
-        for eni in self.ec2.list_network_interfaces(&filter).await? {
-            if !eni.description.starts_with(ENI_DESCRIPTION_PREFIX) {
-                continue;
-            }
-            let created = eni
-                .tags
-                .get(TAG_CREATED_AT)
-                .and_then(|t| humantime::parse_rfc3339(t).ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-            match created {
-                None => {
-                    let mut tags = BTreeMap::new();
-                    tags.insert(
-                        TAG_CREATED_AT.to_string(),
-                        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + wall).to_string(),
-                    );
-                    self.ec2.create_tags(&eni.id, &tags).await?;
-                }
-                Some(t) if wall.saturating_sub(t) >= LEAK_MIN_AGE => {
-                    match self.ec2.delete_network_interface(&eni.id).await {
-                        Ok(()) | Err(Ec2Error::NotFound { .. }) => {
-                            tracing::info!(eni = %eni.id, "deleted leaked ENI");
-                            deleted += 1;
-                        }
-                        Err(e) => {
-                            tracing::warn!(eni = %eni.id, error = %e, "cannot delete leaked ENI")
-                        }
-                    }
-                }
-                Some(_) => {}
-            }
-        }
-        Ok(deleted)
-    }
-}
-
-// === restart recovery ===
+/// The wait between startup attempts to confirm the node's ENIs with EC2 (1, 2, 4, ... s, equal jitter, at
+/// most a minute); retried for as long as the failure is transient.
+pub const STARTUP_RETRY: crate::ratelimit::Backoff = crate::ratelimit::Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(60),
+};
 
 /// What restoring the checkpoint did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -547,7 +158,7 @@ impl Node {
         Ok(report)
     }
 
-    fn restore_one(&self, e: &CheckpointEntry) -> Result<(), RestoreError> {
+    pub(super) fn restore_one(&self, e: &CheckpointEntry) -> Result<(), RestoreError> {
         let now = self.deps.clock.now();
         let age = self.deps.clock.wall().saturating_sub(e.wall);
         lock(&self.ds)
@@ -557,7 +168,7 @@ impl Node {
 
     /// ENIs EC2 says are attached to this instance (network card 0) that the datastore does not have: set up on
     /// the host and adopted with EC2's addresses. Returns their IDs.
-    async fn adopt_enis_missing_from_imds(&self) -> Vec<String> {
+    pub(super) async fn adopt_enis_missing_from_imds(&self) -> Vec<String> {
         let filter = EniFilter {
             attachment_instance_id: Some(self.meta.instance_id.clone()),
             ..EniFilter::default()
@@ -590,12 +201,7 @@ impl Node {
                 tracing::warn!(eni = %d.id, error = %e, "ENI attached per EC2 but not usable on the host yet");
                 continue;
             }
-            let mut ds = lock(&self.ds);
-            ds.add_eni(eni);
-            if let Err(e) = ds
-                .add_ips(&d.id, &d.secondary_ips)
-                .and_then(|_| ds.add_prefixes(&d.id, &d.ipv4_prefixes))
-            {
+            if let Err(e) = self.load_eni(eni, &d.secondary_ips, &d.ipv4_prefixes) {
                 tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
             }
             tracing::info!(eni = %d.id, device, "adopted an ENI IMDS does not list yet");
@@ -714,19 +320,19 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
+    use std::collections::{BTreeMap, HashSet};
     use std::path::PathBuf;
     use std::sync::Arc;
 
     use super::*;
-    use crate::checkpoint::Checkpoint;
     use crate::clock::{Clock, ManualClock};
     use crate::config::Config;
-    use crate::datastore::{PodMeta, MIGRATED_IF_NAME, MIGRATED_NETWORK_NAME};
+    use crate::core::datastore::{PodMeta, MIGRATED_IF_NAME, MIGRATED_NETWORK_NAME};
     use crate::ec2::IpRequest;
+    use crate::engine::checkpoint::Checkpoint;
+    use crate::engine::{NodeDeps, Recovery};
     use crate::host::fakes::FakeHost;
     use crate::imds::Imds;
-    use crate::node::{NodeDeps, Recovery};
     use crate::ratelimit::PacingConfig;
     use crate::sim::{NoHotplug, SimEc2, SimSpec};
 
@@ -764,7 +370,7 @@ mod tests {
 
         /// An ipamd (re)started on the same instance, restoring what the checkpoint holds.
         async fn ipamd(&self) -> Arc<Node> {
-            let entries = crate::checkpoint::read(&self.path())
+            let entries = crate::engine::checkpoint::read(&self.path())
                 .expect("checkpoint")
                 .unwrap_or_default();
             let deps = NodeDeps {
@@ -772,6 +378,7 @@ mod tests {
                 imds: Arc::new(self.sim.clone()),
                 hostnet: Arc::new(FakeHost::default()),
                 clock: Arc::new(self.clock.clone()),
+                cluster: Arc::new(crate::kube::NoCluster),
             };
             let recovery = Recovery {
                 checkpoint: Some(Arc::new(Checkpoint::new(self.path()))),
@@ -784,7 +391,10 @@ mod tests {
                 minimum_ip_target: 20,
                 ..Config::default()
             };
-            Node::init_recovering(deps, config, None, PacingConfig::default(), recovery)
+            let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
+                .await
+                .expect("facts");
+            Node::init_recovering(deps, facts, config, None, PacingConfig::default(), recovery)
                 .await
                 .expect("init")
         }
@@ -800,7 +410,7 @@ mod tests {
         }
 
         fn checkpointed(&self) -> Vec<(String, Ipv4Addr)> {
-            let mut v: Vec<_> = crate::checkpoint::read(&self.path())
+            let mut v: Vec<_> = crate::engine::checkpoint::read(&self.path())
                 .expect("read")
                 .unwrap_or_default()
                 .into_iter()

@@ -1,90 +1,17 @@
-//! Warm-pool policy: given the node's counts, what to ask EC2 for next, or what to give back.
-//!
-//! The policy is a pure function ([`decide`]) so it can be tested exhaustively; the daemon's pool task calls it
-//! in a loop and carries out one step at a time (see `node.rs`). It follows the anchor's pool manager with
-//! its units: an *address* is a secondary IP, or one of the sixteen of a /28 prefix in prefix-delegation mode
-//! (PD); a *slot* is what EC2 counts against an ENI's IPv4 limit (one per secondary IP or per prefix). Besides
-//! the counts it takes an [`Outlook`]: the ADDs waiting for an address, the recent peak of need (`keep`), and
-//! whether a shrink step is due.
-//!
-//! ```text
-//!   short (addresses the pool lacks; `waiting` = ADD requests waiting for an address):
-//!     IP targets set (WARM_IP_TARGET / MINIMUM_IP_TARGET):  max(WARM_IP + waiting - available, MINIMUM_IP - total, 0)
-//!     PD, WARM_PREFIX_TARGET:                               16 x WARM_PREFIX + waiting - available
-//!     otherwise (WARM_ENI_TARGET, default 1):               WARM_ENI x addresses_per_eni + waiting - available
-//!     (a target of 0 with nothing available still asks for one, as the anchor does)
-//!   never past max-pods (anchor #2793): nothing once total >= max-pods; secondary IPs capped at
-//!     max-pods - total; in PD a /28 is indivisible, so the last prefix may overshoot by less than 16.
-//!
-//!   short > 0   fill the lowest ENI with a free slot     one AssignPrivateIpAddresses (N IPs or N prefixes)
-//!               else attach a new ENI with its addresses one CreateNetworkInterface (addresses pre-assigned)
-//!               else the node is at its ENI limit
-//!   otherwise, at most once per shrink interval (the engine says when):
-//!     excess = max(total - max-pods,                                 shrinking respects max-pods too
-//!                  min(over_target, total - keep))                   never below the recent peak of need
-//!       over_target = min(available - WARM_IP, total - MINIMUM_IP)   only with IP targets
-//!                     16 x (free prefixes - WARM_PREFIX)             PD without IP targets
-//!     excess > 0  give back free, cooled-down IPs (or whole free prefixes), highest device first
-//!     else        free one ENI: not the primary, attached >= 1 min, no pod, no IP in cooldown, the pool
-//!                 without it still holds `keep` addresses and is not short (for WARM_ENI_TARGET this is the
-//!                 anchor's available >= (WARM_ENI + 1) x addresses_per_eni)
-//! ```
-//!
-//! `available` excludes IPs in cooldown (the anchor counts them, #2896, so its pool stops growing while ADDs fail).
-//! With only WARM_ENI_TARGET the pool never gives back single IPs (as the anchor), only whole ENIs.
-//!
-//! **Coalesced growth.** A burst of ADDs is one EC2 call, not one per ADD: an ADD that finds no address waits
-//! (see `Node::add_durable`) and counts in `waiting`, so the step the pool takes asks for every waiting ADD
-//! *plus* the warm target at once (within the ENI's room and max-pods), and the engine lets a burst gather for a
-//! few milliseconds before it decides. With WARM_ENI_TARGET the pool already fills a whole ENI per call.
-//!
-//! **Release hysteresis** (`AWS_CNI_POOL_RELEASE_DELAY`, ours; default 300 s, 0 = the anchor's behaviour).
-//! [`PoolPolicy::need`] is what the pool should hold right now (addresses held or cooling, plus waiting ADDs,
-//! plus the warm target, or MINIMUM_IP_TARGET). The engine keeps the highest `need` seen over the last release
-//! delay ([`HighWater`], a sliding-window maximum) and passes it as `keep`: nothing is given back, neither
-//! addresses nor prefixes nor ENIs, that would take the pool below it. A node whose pods come in waves (a
-//! Deployment scaled up and down, a batch job every few minutes, CI runners) therefore keeps the addresses of
-//! its last wave instead of giving them back between waves and asking for them again — the anchor's ENI and
-//! address thrash, one Create/Attach/Detach/Delete or Assign/Unassign per wave. The delay counts from the last
-//! moment the addresses were needed, not from when they were obtained; once demand has stayed lower for the
-//! whole delay, the pool shrinks by the anchor's rules (one step per 30 s shrink interval, MIN_ENI_LIFETIME,
-//! cooldown). The trade-off: the subnet's addresses (and ENI slots) stay with a node up to the delay longer
-//! after its pods are gone, which matters in a nearly full subnet shared by many nodes — lower the delay (or set
-//! 0) there. It never makes the pool exceed max-pods: `keep` blocks shrinking, it never causes growth, and
-//! addresses above max-pods are always given back.
+//! The step: [`decide()`] takes the policy, the counts, each ENI's room and the [`Outlook`], and says what to do
+//! next (see the module docs of [`crate::core::pool`] for the formulas).
 
-use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 
-use crate::datastore::PoolStats;
+use super::policy::{u, PoolPolicy};
+use crate::core::datastore::PoolStats;
 use crate::ec2::IpRequest;
-
-/// Addresses in a /28.
-pub const PREFIX_SIZE: u32 = 16;
 
 /// An ENI younger than this is never freed (anchor `minENILifeTime`).
 pub const MIN_ENI_LIFETIME: Duration = Duration::from_secs(60);
-
-/// The knobs and limits the policy needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolPolicy {
-    pub warm_eni_target: u32,
-    pub warm_ip_target: u32,
-    pub minimum_ip_target: u32,
-    /// Free /28 prefixes to keep (PD without IP targets).
-    pub warm_prefix_target: u32,
-    /// Addresses come as /28 prefixes.
-    pub prefix_delegation: bool,
-    /// Addresses one ENI can hold besides its primary IP: IPv4 per ENI - 1, times 16 in PD.
-    pub ips_per_eni: u32,
-    /// ENIs the node may have (instance limit on the default card, lowered by MAX_ENI).
-    pub max_enis: u32,
-    /// Addresses the node may hold in total (the anchor compares total IPs with max-pods directly).
-    pub max_pods: u32,
-}
 
 /// One ENI as the policy sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -119,59 +46,6 @@ pub struct Outlook {
     pub may_shrink: bool,
 }
 
-/// A sliding-window maximum of the pool's need: the highest value sampled in the last `window` (the release
-/// hysteresis of the module docs). The engine samples at every pool step (at least every 5 s, and after every
-/// ADD and DEL), and the newest sample never expires, so the mark follows the need with at most one sampling
-/// interval of lag. Samples are kept as a deque of strictly decreasing values: a record is amortised O(1) and
-/// the deque never holds more entries than there were drops within the window.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HighWater {
-    window: Duration,
-    /// `(time, value)`, values strictly decreasing from front to back.
-    samples: VecDeque<(Duration, u32)>,
-}
-
-impl HighWater {
-    /// A high-water mark over `window`; a zero window remembers nothing (the peak is always 0).
-    pub fn new(window: Duration) -> HighWater {
-        HighWater {
-            window,
-            samples: VecDeque::new(),
-        }
-    }
-
-    /// Records `value` sampled at `now` (monotonic; a time before the last sample counts as the last one's).
-    pub fn record(&mut self, now: Duration, value: u32) {
-        if self.window.is_zero() {
-            return;
-        }
-        let now = self.samples.back().map_or(now, |(t, _)| now.max(*t));
-        while self.samples.back().is_some_and(|(_, v)| *v <= value) {
-            self.samples.pop_back();
-        }
-        self.samples.push_back((now, value));
-        self.expire(now);
-    }
-
-    /// The highest value sampled within `window` before `now`, or the newest sample if all are older (0 when
-    /// none was ever recorded or the window is zero).
-    pub fn peak(&mut self, now: Duration) -> u32 {
-        self.expire(now);
-        self.samples.front().map_or(0, |(_, v)| *v)
-    }
-
-    fn expire(&mut self, now: Duration) {
-        while self.samples.len() > 1
-            && self
-                .samples
-                .front()
-                .is_some_and(|(t, _)| now.saturating_sub(*t) >= self.window)
-        {
-            self.samples.pop_front();
-        }
-    }
-}
-
 /// What to do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -203,111 +77,6 @@ impl Decision {
     }
 }
 
-fn u(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
-}
-
-impl PoolPolicy {
-    /// Whether WARM_IP_TARGET or MINIMUM_IP_TARGET is in force (they override the ENI/prefix targets).
-    pub fn uses_ip_targets(&self) -> bool {
-        self.warm_ip_target > 0 || self.minimum_ip_target > 0
-    }
-
-    /// EC2 slots per ENI besides the primary IP.
-    pub fn slots_per_eni(&self) -> u32 {
-        if self.prefix_delegation {
-            self.ips_per_eni / PREFIX_SIZE
-        } else {
-            self.ips_per_eni
-        }
-    }
-
-    /// Addresses one slot brings.
-    fn per_slot(&self) -> u32 {
-        if self.prefix_delegation {
-            PREFIX_SIZE
-        } else {
-            1
-        }
-    }
-
-    /// Free addresses the targets ask for (WARM_IP_TARGET, 16 x WARM_PREFIX_TARGET or WARM_ENI_TARGET ENIs'
-    /// worth).
-    fn warm_addresses(&self) -> u32 {
-        if self.uses_ip_targets() {
-            self.warm_ip_target
-        } else if self.prefix_delegation {
-            self.warm_prefix_target.saturating_mul(PREFIX_SIZE)
-        } else {
-            self.warm_eni_target.saturating_mul(self.ips_per_eni)
-        }
-    }
-
-    fn raw_short(&self, total: u32, available: u32, waiting: u32) -> u32 {
-        let want = self.warm_addresses().saturating_add(waiting);
-        if self.uses_ip_targets() {
-            want.saturating_sub(available)
-                .max(self.minimum_ip_target.saturating_sub(total))
-        } else if want == 0 && available == 0 {
-            1 // a target of 0 still keeps one address ready, as the anchor does
-        } else {
-            want.saturating_sub(available)
-        }
-    }
-
-    /// How many addresses the pool is short of its target with `waiting` ADDs waiting (0 = none), within
-    /// max-pods.
-    pub fn shortage(&self, s: &PoolStats, waiting: u32) -> u32 {
-        let total = u(s.total);
-        if total >= self.max_pods {
-            return 0;
-        }
-        let short = self.raw_short(total, u(s.available), waiting);
-        if self.prefix_delegation {
-            short
-        } else {
-            short.min(self.max_pods - total)
-        }
-    }
-
-    /// The addresses the pool should hold right now to be on target: those held or cooling, one per waiting
-    /// ADD, and the warm target (at least MINIMUM_IP_TARGET; whole prefixes in PD), never above max-pods. The
-    /// engine's release hysteresis keeps the peak of this over its window (see the module docs).
-    pub fn need(&self, s: &PoolStats, waiting: u32) -> u32 {
-        let busy = u(s.total.saturating_sub(s.available));
-        let mut need = busy
-            .saturating_add(waiting)
-            .saturating_add(self.warm_addresses());
-        if self.uses_ip_targets() {
-            need = need.max(self.minimum_ip_target);
-        }
-        if self.prefix_delegation {
-            need = need.div_ceil(PREFIX_SIZE).saturating_mul(PREFIX_SIZE);
-        }
-        need.min(self.max_pods)
-    }
-
-    /// Addresses above what the pool should hold, never taking it below `keep` except to get back under max-pods
-    /// (see the module docs).
-    pub fn excess(&self, s: &PoolStats, keep: u32) -> u32 {
-        let total = u(s.total);
-        let available = u(s.available);
-        let over_max_pods = total.saturating_sub(self.max_pods);
-        let over_target = if self.uses_ip_targets() {
-            available
-                .saturating_sub(self.warm_ip_target)
-                .min(total.saturating_sub(self.minimum_ip_target))
-        } else if self.prefix_delegation {
-            u(s.free_prefixes)
-                .saturating_sub(self.warm_prefix_target)
-                .saturating_mul(PREFIX_SIZE)
-        } else {
-            0
-        };
-        over_max_pods.max(over_target.min(total.saturating_sub(keep)))
-    }
-}
-
 fn grow(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom], short: u32) -> Decision {
     let total = u(stats.total);
     let headroom = policy.max_pods.saturating_sub(total);
@@ -326,7 +95,7 @@ fn grow(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom], short: u32) -
         };
         let count = want.min(room).min(allowed).max(1);
         let eni_id = eni.eni_id.clone();
-        return if policy.prefix_delegation {
+        return if policy.family().uses_prefixes() {
             Decision::AssignPrefixes { eni_id, count }
         } else {
             Decision::AssignIps { eni_id, count }
@@ -339,12 +108,9 @@ fn grow(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom], short: u32) -
             slots_per_eni
         };
         let count = want.min(slots_per_eni).min(allowed).max(1);
-        let request = if policy.prefix_delegation {
-            IpRequest::Prefixes(count)
-        } else {
-            IpRequest::Secondary(count)
+        return Decision::AttachEni {
+            request: policy.family().request(count),
         };
-        return Decision::AttachEni { request };
     }
     Decision::AtEniLimit { short }
 }
@@ -359,8 +125,8 @@ fn shrink(
     if excess > 0 {
         // Highest device first: draining the newest ENIs lets them be freed later.
         for eni in enis.iter().rev() {
-            if policy.prefix_delegation {
-                let n = (excess / PREFIX_SIZE) as usize;
+            if policy.family().uses_prefixes() {
+                let n = (excess / policy.per_slot()) as usize;
                 if n > 0 && !eni.releasable_prefixes.is_empty() {
                     return Some(Decision::ReleasePrefixes {
                         eni_id: eni.eni_id.clone(),
@@ -432,6 +198,7 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::pool::{HighWater, PREFIX_SIZE};
 
     /// No waiting ADD, no hysteresis, shrinking allowed: the anchor's policy.
     const SHRINK: Outlook = Outlook {
@@ -817,65 +584,6 @@ mod tests {
             decide(&p, &stats, &enis, &SHRINK),
             Decision::AtEniLimit { short: 1 }
         );
-    }
-
-    #[test]
-    fn high_water_is_a_sliding_window_maximum() {
-        let s = Duration::from_secs;
-        let mut hw = HighWater::new(s(300));
-        assert_eq!(hw.peak(s(0)), 0, "nothing recorded");
-        hw.record(s(0), 10);
-        hw.record(s(10), 40);
-        hw.record(s(20), 25);
-        hw.record(s(30), 5);
-        assert_eq!(hw.peak(s(30)), 40);
-        // 40 was sampled at 10 s: it holds until 310 s, then 25 (sampled at 20 s) until 320 s, then 5.
-        assert_eq!(hw.peak(s(309)), 40);
-        assert_eq!(hw.peak(s(310)), 25);
-        assert_eq!(hw.peak(s(320)), 5);
-        // The newest sample never expires: it is the current value until something newer is recorded.
-        assert_eq!(hw.peak(s(10_000)), 5);
-        // A higher sample replaces every lower one before it at once.
-        hw.record(s(10_000), 7);
-        hw.record(s(10_001), 3);
-        assert_eq!(hw.peak(s(10_001)), 7);
-        // A time going backwards counts as the last sample's time (no panic, no reordering).
-        hw.record(s(9_000), 6);
-        assert_eq!(hw.peak(s(10_299)), 7);
-        assert_eq!(hw.peak(s(10_301)), 6);
-    }
-
-    #[test]
-    fn high_water_matches_a_brute_force_window_maximum() {
-        // Deterministic pseudo-random samples; the deque must agree with a scan of every sample in the window.
-        let window = Duration::from_secs(60);
-        let mut hw = HighWater::new(window);
-        let mut all: Vec<(Duration, u32)> = Vec::new();
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut t = Duration::ZERO;
-        for _ in 0..2_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            t += Duration::from_secs(x % 20);
-            let v = u32::try_from(x % 100).expect("small");
-            hw.record(t, v);
-            all.push((t, v));
-            let in_window = all
-                .iter()
-                .filter(|(at, _)| t.saturating_sub(*at) < window)
-                .map(|(_, v)| *v)
-                .max()
-                .unwrap_or(v);
-            assert_eq!(hw.peak(t), in_window, "at {t:?}");
-        }
-    }
-
-    #[test]
-    fn a_zero_window_remembers_nothing() {
-        let mut hw = HighWater::new(Duration::ZERO);
-        hw.record(Duration::ZERO, 50);
-        assert_eq!(hw.peak(Duration::ZERO), 0);
     }
 
     fn stats(total: usize, assigned: usize, cooldown: usize) -> PoolStats {

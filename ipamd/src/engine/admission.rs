@@ -1,0 +1,345 @@
+//! Admission: ADD and DEL, the requests the plugin makes through the gRPC service.
+//!
+//! An ADD takes the datastore lock for a few microseconds and never calls EC2 or IMDS. One that finds no usable
+//! address **waits** for one when one is on its way (see [`Node::add_durable`]): an address in cooldown whose
+//! cooldown ends within the wait bound (`AWS_CNI_ADD_WAIT_SECONDS`), or a pool that is growing (below max-pods, an
+//! ENI slot or room left, provisioning allowed, no subnet-full error). Waiting ADDs queue first come first served
+//! (`AddQueue`); every DEL, every pool step and every reconcile pass wakes them, and each sleeps on the
+//! engine's clock until the next cooldown ends, so virtual-time tests and benchmarks see the same behaviour. They
+//! also count as demand: the pool task ([`super::pool_task`]) asks EC2 for every waiting ADD plus the warm target
+//! in one call. When nothing is coming, or the bound passes, the ADD fails with the specific reason (cooldown,
+//! max-pods, ENI limit, subnet exhausted, throttled, ...): `Node::explain`. The anchor fails at once, and
+//! kubelet then backs off for seconds.
+//!
+//! Durability: [`Node::add_durable`] and [`Node::del_durable`] (what the gRPC service calls) return only once
+//! the change is in the checkpoint ([`super::checkpoint`], group commit); [`Node::add`] and [`Node::del`] change
+//! memory only and leave the write to the background flusher ([`Node::run_checkpointer`]).
+
+use std::time::Duration;
+
+use aws_cni_proto::FailureReason;
+
+use super::checkpoint::CheckpointError;
+use super::{AddQueue, Node};
+use crate::core::datastore::{Allocation, AssignError, IpamKey, PodMeta, PoolStats};
+use crate::core::pool::Decision;
+use crate::ec2::Ec2Error;
+use crate::sync::lock;
+
+/// A waiting ADD answers this long before the caller's gRPC deadline (`grpc-timeout`), leaving room for the
+/// checkpoint write and the reply.
+pub const ADD_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+
+/// Why an ADD got no IP: a reason code the plugin maps to a CNI error, and a sentence for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddFailure {
+    pub reason: FailureReason,
+    pub message: String,
+}
+
+/// Leaves the queue however the waiting ADD ends (served, failed, or its request dropped by a gone client).
+struct Ticket<'a> {
+    queue: &'a AddQueue,
+    id: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.queue.leave(self.id);
+    }
+}
+
+impl Node {
+    /// Assigns an IP to `key` (or returns the one it holds). Never waits on EC2. The checkpoint is written in
+    /// the background; see [`Node::add_durable`].
+    pub fn add(&self, key: &IpamKey, meta: &PodMeta) -> Result<Allocation, AddFailure> {
+        self.assign_now(key, meta).map(|(a, _, _)| a)
+    }
+
+    pub(super) fn assign_now(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+    ) -> Result<(Allocation, bool, u64), AddFailure> {
+        self.try_assign(key, meta).map_err(|e| self.explain(e))
+    }
+
+    /// [`Node::add`] that waits up to `AWS_CNI_ADD_WAIT_SECONDS` for an address on its way (see the module
+    /// docs), and returns only once the assignment is in the checkpoint. If it cannot be written, the address is
+    /// taken back (it never reached the pod) and the ADD fails with `INTERNAL`.
+    pub async fn add_durable(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+    ) -> Result<Allocation, AddFailure> {
+        self.add_durable_within(key, meta, self.config.add_wait)
+            .await
+    }
+
+    /// [`Node::add_durable`] waiting at most `bound` for an address (the gRPC service passes the smaller of
+    /// the configured bound and the caller's deadline); a zero bound fails at once, as the anchor does.
+    pub async fn add_durable_within(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        bound: Duration,
+    ) -> Result<Allocation, AddFailure> {
+        let (alloc, fresh, generation) = self.assign_waiting(key, meta, bound).await?;
+        if let Err(e) = self.persist(generation).await {
+            if fresh {
+                lock(&self.ds).unassign_unused(key, alloc.ip);
+                self.flush.notify_one();
+                self.adds.poke();
+            }
+            return Err(AddFailure {
+                reason: FailureReason::Internal,
+                message: format!("the assignment of {} could not be persisted: {e}", alloc.ip),
+            });
+        }
+        // A concurrent request for the same key (a repeated ADD whose first write failed and was undone, or a
+        // DEL) may have changed it while we waited: answer only what is held, and durably so.
+        if lock(&self.ds).lookup(key).map(|a| a.ip) != Some(alloc.ip) {
+            return Err(AddFailure {
+                reason: FailureReason::NotReady,
+                message: format!(
+                    "the assignment of {} was undone by a concurrent request for the same container; retry",
+                    alloc.ip
+                ),
+            });
+        }
+        Ok(alloc)
+    }
+
+    /// Assigns an address to `key`, waiting up to `bound` for one on its way: first come first served behind
+    /// the ADDs already waiting, woken by DELs, pool steps and reconcile passes, and sleeping on the clock until
+    /// the next cooldown ends. Fails with the specific reason when nothing is coming or the bound passes.
+    pub(super) async fn assign_waiting(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        bound: Duration,
+    ) -> Result<(Allocation, bool, u64), AddFailure> {
+        if bound.is_zero() || self.adds.len() == 0 {
+            match self.try_assign(key, meta) {
+                Ok(r) => return Ok(r),
+                Err(e) if bound.is_zero() => return Err(self.explain(e)),
+                Err(_) => {}
+            }
+        }
+        let started = self.deps.clock.now();
+        let deadline = started + bound;
+        let ticket = Ticket {
+            queue: &self.adds,
+            id: self.adds.join(),
+        };
+        // The pool counts waiting ADDs as demand: let it see this one.
+        self.wake.notify_one();
+        loop {
+            let notified = self.adds.event.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.deps.clock.now();
+            if self.adds.is_first(ticket.id) {
+                match self.try_assign(key, meta) {
+                    Ok(r) => {
+                        if now > started {
+                            tracing::debug!(
+                                container = %key.container_id,
+                                waited = ?now.saturating_sub(started),
+                                "ADD got an address after waiting"
+                            );
+                        }
+                        return Ok(r);
+                    }
+                    Err(e) => {
+                        if now >= deadline || !self.address_coming(now, deadline) {
+                            return Err(self.explain(e));
+                        }
+                    }
+                }
+            } else if now >= deadline {
+                let in_cooldown = self.stats().cooldown;
+                return Err(self.explain(AssignError::NoFreeIp { in_cooldown }));
+            }
+            let until = lock(&self.ds)
+                .next_cooldown_end(now)
+                .map_or(deadline, |t| t.min(deadline));
+            tokio::select! {
+                () = &mut notified => {}
+                () = self.deps.clock.sleep(until.saturating_sub(now)) => {}
+            }
+        }
+    }
+
+    /// One assignment attempt, no waiting; wakes the pool (the pool may now be below target).
+    pub(super) fn try_assign(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+    ) -> Result<(Allocation, bool, u64), AssignError> {
+        let now = self.deps.clock.now();
+        let wall = self.deps.clock.wall();
+        let res = {
+            let mut ds = lock(&self.ds);
+            ds.assign_at(key, meta, now, wall)
+                .map(|(a, fresh)| (a, fresh, ds.generation()))
+        };
+        self.wake.notify_one();
+        if matches!(res, Ok((_, true, _))) {
+            self.flush.notify_one();
+        }
+        res
+    }
+
+    /// Whether an address can reach a waiting ADD by `deadline`: a cooldown ends by then, or the pool can grow.
+    pub(super) fn address_coming(&self, now: Duration, deadline: Duration) -> bool {
+        if lock(&self.ds)
+            .next_cooldown_end(now)
+            .is_some_and(|t| t <= deadline)
+        {
+            return true;
+        }
+        let blocked = self.growth_blocked(&self.stats(), now);
+        // Missing IAM permissions do not fix themselves within seconds.
+        let unauthorized = matches!(
+            lock(&self.status).last_error,
+            Some(Ec2Error::Unauthorized { .. })
+        );
+        !blocked && !unauthorized
+    }
+
+    /// Whether the pool cannot get more addresses now: max-pods reached, every ENI attached and full,
+    /// provisioning disabled, or the subnet out of addresses (within its backoff).
+    pub(super) fn growth_blocked(&self, stats: &PoolStats, now: Duration) -> bool {
+        let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
+        let at_eni_limit = self.at_eni_limit(stats, now);
+        let status = lock(&self.status);
+        let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
+            && status.grow_blocked_until.is_some_and(|t| now < t);
+        total >= self.policy.max_pods
+            || at_eni_limit
+            || self.config.disable_provisioning
+            || subnet_exhausted
+    }
+
+    /// Whether the node is at its ENI limit: every ENI slot used and every ENI full (known without waiting for
+    /// the pool task's verdict), or the pool task's last decision said so.
+    fn at_eni_limit(&self, stats: &PoolStats, now: Duration) -> bool {
+        let slots = self.policy.slots_per_eni();
+        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
+            && self.rooms(now).iter().all(|r| r.slots >= slots);
+        all_full
+            || matches!(
+                lock(&self.status).last_decision,
+                Some(Decision::AtEniLimit { .. })
+            )
+    }
+
+    /// Releases the IP of `key`; `None` when it held none (repeated DEL). The checkpoint is written in the
+    /// background; see [`Node::del_durable`].
+    pub fn del(&self, key: &IpamKey) -> Option<Allocation> {
+        self.release_now(key).0
+    }
+
+    pub(super) fn release_now(&self, key: &IpamKey) -> (Option<Allocation>, u64) {
+        let res = {
+            let mut ds = lock(&self.ds);
+            let r = ds.unassign(key, self.deps.clock.now());
+            (r, ds.generation())
+        };
+        self.wake.notify_one();
+        if res.0.is_some() {
+            self.flush.notify_one();
+            // With no cooldown the address is usable now; else waiters re-plan around its cooldown's end.
+            self.adds.poke();
+        }
+        res
+    }
+
+    /// [`Node::del`] that returns only once the release is in the checkpoint. The address is released in memory
+    /// even if the write fails (the error says so); the next write records it.
+    pub async fn del_durable(&self, key: &IpamKey) -> Result<Option<Allocation>, CheckpointError> {
+        let (released, generation) = self.release_now(key);
+        self.persist(generation).await?;
+        Ok(released)
+    }
+
+    /// ADDs waiting for an address now.
+    pub fn adds_waiting(&self) -> usize {
+        self.adds.len()
+    }
+
+    pub(super) fn explain(&self, err: AssignError) -> AddFailure {
+        let AssignError::NoFreeIp { in_cooldown } = err;
+        let stats = self.stats();
+        let now = self.deps.clock.now();
+        let at_eni_limit = self.at_eni_limit(&stats, now);
+        let cannot_grow = self.growth_blocked(&stats, now);
+        let status = lock(&self.status);
+        let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
+        let cooldown_secs = self.config.ip_cooldown.as_secs();
+        let (reason, message) = if in_cooldown > 0 && cannot_grow {
+            (
+                FailureReason::AllFreeIpsInCooldown,
+                format!(
+                    "all {in_cooldown} free address(es) are in their {cooldown_secs}s reuse cooldown and the node \
+                     cannot get more ({total} addresses, max-pods {}, {} of {} ENIs)",
+                    self.policy.max_pods, stats.enis, self.policy.max_enis
+                ),
+            )
+        } else if total >= self.policy.max_pods {
+            (
+                FailureReason::MaxPodsReached,
+                format!(
+                    "node holds {total} addresses, its max-pods limit ({}), all assigned",
+                    self.policy.max_pods
+                ),
+            )
+        } else if at_eni_limit {
+            (
+                FailureReason::NodeAtEniLimit,
+                format!(
+                    "all {} ENIs of this instance type are attached and full ({total} addresses, {} assigned)",
+                    self.policy.max_enis, stats.assigned
+                ),
+            )
+        } else if let Some(e) = &status.last_error {
+            let reason = match e {
+                Ec2Error::Throttled { .. } => FailureReason::Ec2Throttled,
+                Ec2Error::SubnetExhausted { .. } => FailureReason::SubnetExhausted,
+                _ => FailureReason::Ec2Error,
+            };
+            (reason, format!("no free IP and the pool cannot grow: {e}"))
+        } else if let Some((api, hold)) = self.ec2.throttling() {
+            // The pool task is waiting at the API's throttle gate (PacedEc2 retries it): say so.
+            (
+                FailureReason::Ec2Throttled,
+                format!(
+                    "no free IP and the pool cannot grow yet: EC2 is throttling {api} (RequestLimitExceeded); \
+                     this node asks again within {}s",
+                    hold.as_secs().max(1)
+                ),
+            )
+        } else if self.config.disable_provisioning {
+            (
+                FailureReason::NoFreeIpPoolGrowing,
+                "no free IP and DISABLE_NETWORK_RESOURCE_PROVISIONING=true: ipamd will not ask EC2 for more"
+                    .to_string(),
+            )
+        } else if in_cooldown > 0 {
+            (
+                FailureReason::AllFreeIpsInCooldown,
+                format!(
+                    "all {in_cooldown} free address(es) are in their {cooldown_secs}s reuse cooldown; the pool \
+                     is growing"
+                ),
+            )
+        } else {
+            (
+                FailureReason::NoFreeIpPoolGrowing,
+                format!("no free IP yet ({total} addresses, all assigned); the pool is growing"),
+            )
+        };
+        AddFailure { reason, message }
+    }
+}

@@ -1,0 +1,638 @@
+//! The ENI lifecycle: addresses asked of EC2 and given back, ENIs attached and freed.
+//!
+//! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created); where the
+//!   ENI goes comes from [`placement`] (subnet and security groups; the seam custom networking plugs into);
+//!   CreateNetworkInterface with description `aws-K8S-<instance>`, the tags (`instance_id`, `createdAt`, the
+//!   cluster tags with `CLUSTER_NAME`, `ADDITIONAL_ENI_TAGS`) and its first addresses already assigned;
+//!   AttachNetworkInterface (failure: the new ENI is deleted at once); DeleteOnTermination (failure: the ENI is
+//!   detached and deleted); wait for IMDS to show it (bounded: IMDS lags); host setup (table, routes, rule, MTU);
+//!   only then are its addresses handed out.
+//! - **free**: only an ENI the policy picked (never the primary, never with pods or IPs in cooldown): out of the
+//!   datastore first (no ADD can take its IPs meanwhile), host teardown, DetachNetworkInterface, then
+//!   DeleteNetworkInterface retried while EC2 still sees it in use; NotFound counts as done.
+//! - **assign / release**: addresses given back are out of the datastore before EC2 is asked, and remembered for
+//!   [`RELEASED_MEMORY`] so a lagging IMDS or EC2 view cannot bring them back (see [`super::reconcile`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use datapath::MacAddr;
+use ipnetwork::Ipv4Network;
+
+use super::{Node, NodeError};
+use crate::core::datastore::{DatastoreError, Eni};
+use crate::ec2::{
+    CreateEniRequest, Ec2, Ec2Error, EniDescription, IpRequest, SubnetDescription, SubnetFilter,
+    ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER, TAG_ENI_OWNER_VALUE,
+    TAG_INSTANCE_ID,
+};
+use crate::imds::{ImdsEni, ImdsError, NodeMetadata};
+use crate::kube::{node_eni_config, EniConfig};
+use crate::sync::lock;
+
+/// How long given-back addresses are not re-added from a stale view (anchor `ipReconcileCooldown`).
+pub const RELEASED_MEMORY: Duration = Duration::from_secs(60);
+
+/// Subnet tag that makes a subnet a candidate for new ENIs (subnet discovery).
+pub const TAG_CNI_SUBNET: &str = "kubernetes.io/role/cni";
+
+pub(crate) fn mac_of(eni: &EniDescription) -> Result<MacAddr, NodeError> {
+    MacAddr::parse(&eni.mac).ok_or_else(|| NodeError::BadMac {
+        eni: eni.id.clone(),
+        mac: eni.mac.clone(),
+    })
+}
+
+/// Where a new ENI goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    pub subnet_id: String,
+    pub security_groups: Vec<String>,
+}
+
+/// Where a new ENI goes, decided from what is known (pure):
+/// - with an ENIConfig for the node (custom networking): its first subnet, and its security groups (the primary
+///   ENI's when it lists none);
+/// - else with the candidate subnets of subnet discovery (`subnets`, the node's VPC and availability zone): the
+///   one with most free addresses among the node's subnet and the subnets tagged `kubernetes.io/role/cni` (value
+///   "0" excludes), the node's subnet on a tie; none qualifying: the node's subnet;
+/// - else the node's subnet. The security groups are the primary ENI's, except with an ENIConfig.
+pub fn placement(
+    node: &NodeMetadata,
+    eni_config: Option<&EniConfig>,
+    subnets: Option<&[SubnetDescription]>,
+) -> Placement {
+    if let Some(cfg) = eni_config {
+        if let Some(subnet) = cfg.subnets.first() {
+            let security_groups = if cfg.security_groups.is_empty() {
+                node.security_groups.clone()
+            } else {
+                cfg.security_groups.clone()
+            };
+            return Placement {
+                subnet_id: subnet.clone(),
+                security_groups,
+            };
+        }
+    }
+    let subnet_id = subnets
+        .and_then(|subnets| {
+            subnets
+                .iter()
+                .filter(|s| match s.tags.get(TAG_CNI_SUBNET) {
+                    Some(v) => v != "0",
+                    None => s.id == node.subnet_id,
+                })
+                .max_by_key(|s| (s.available_ip_count, s.id == node.subnet_id))
+        })
+        .map_or_else(|| node.subnet_id.clone(), |s| s.id.clone());
+    Placement {
+        subnet_id,
+        security_groups: node.security_groups.clone(),
+    }
+}
+
+impl Node {
+    pub(super) async fn assign(&self, eni_id: &str, req: IpRequest) -> Result<(), Ec2Error> {
+        let got = match self.ec2.assign_private_ips(eni_id, req).await {
+            Ok(got) => got,
+            Err(e @ Ec2Error::IpLimitExceeded { .. }) => {
+                // Our view of the ENI is behind EC2's: re-read it.
+                tracing::warn!(eni = eni_id, error = %e, "ENI fuller than we thought; re-reading it");
+                self.resync_enis(&[eni_id.to_string()]).await?;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
+        let mut ds = lock(&self.ds);
+        let res = ds
+            .add_ips(eni_id, &got.ips)
+            .and_then(|a| ds.add_prefixes(eni_id, &got.prefixes).map(|b| a + b));
+        match res {
+            Ok(n) => tracing::info!(eni = eni_id, ?req, added = n, "assigned addresses"),
+            Err(e) => {
+                tracing::error!(eni = eni_id, error = %e, "EC2 returned addresses the datastore refused")
+            }
+        }
+        Ok(())
+    }
+
+    /// Re-reads ENIs from EC2 and makes the datastore match (addresses only).
+    pub(crate) async fn resync_enis(&self, ids: &[String]) -> Result<(), Ec2Error> {
+        let described = self.ec2.describe_network_interfaces(ids).await?;
+        let now = self.deps.clock.now();
+        let mut st = lock(&self.status);
+        st.released
+            .retain(|_, t| now.saturating_sub(*t) < RELEASED_MEMORY);
+        let released = st.released.clone();
+        let skip = |ip: Ipv4Addr| released.contains_key(&ip);
+        let mut ds = lock(&self.ds);
+        for d in described {
+            match ds.sync_eni(&d.id, &d.secondary_ips, &d.ipv4_prefixes, &skip) {
+                Ok(r) => {
+                    if !r.evicted.is_empty() {
+                        tracing::warn!(eni = %d.id, pods = ?r.evicted, "EC2 no longer has addresses pods held");
+                    }
+                    st.force_removed += r.evicted.len() as u64;
+                    if r.added + r.removed > 0 {
+                        tracing::info!(eni = %d.id, added = r.added, removed = r.removed, "ENI addresses synced with EC2");
+                    }
+                }
+                Err(e) => tracing::warn!(eni = %d.id, error = %e, "cannot sync ENI"),
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn release(
+        &self,
+        eni_id: &str,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+    ) -> Result<(), Ec2Error> {
+        let now = self.deps.clock.now();
+        // Out of the datastore first, so no ADD takes them while EC2 is asked.
+        {
+            let mut ds = lock(&self.ds);
+            let res = ds
+                .remove_ips(eni_id, ips, now)
+                .and_then(|()| ds.remove_prefixes(eni_id, prefixes, now));
+            if let Err(e) = res {
+                tracing::debug!(eni = eni_id, error = %e, "release skipped: addresses changed");
+                return Ok(());
+            }
+        }
+        match self.ec2.unassign_private_ips(eni_id, ips, prefixes).await {
+            Ok(()) => {
+                let mut st = lock(&self.status);
+                for ip in ips
+                    .iter()
+                    .copied()
+                    .chain(prefixes.iter().map(|p| p.network()))
+                {
+                    st.released.insert(ip, now);
+                }
+                tracing::info!(
+                    eni = eni_id,
+                    ips = ips.len(),
+                    prefixes = prefixes.len(),
+                    "gave addresses back to EC2"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // EC2 may or may not have applied it: let reconcile find out; until then, use them again.
+                let mut ds = lock(&self.ds);
+                if let Err(err) = ds
+                    .add_ips(eni_id, ips)
+                    .and_then(|_| ds.add_prefixes(eni_id, prefixes))
+                {
+                    tracing::warn!(eni = eni_id, error = %err, "cannot restore addresses after failed release");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Where a new ENI goes: asks the cluster for the node's ENIConfig (custom networking) and, without one and
+    /// with subnet discovery on, EC2 for the candidate subnets; [`placement`] decides.
+    pub(super) async fn placement(&self) -> Placement {
+        if let Some(cfg) = node_eni_config(self.deps.cluster.as_ref()).await {
+            return placement(&self.meta, Some(&cfg), None);
+        }
+        if !self.config.subnet_discovery {
+            return placement(&self.meta, None, None);
+        }
+        let filter = SubnetFilter {
+            ids: Vec::new(),
+            vpc_id: Some(self.meta.vpc_id.clone()),
+            availability_zone: Some(self.meta.availability_zone.clone()),
+        };
+        match self.ec2.describe_subnets(&filter).await {
+            Ok(subnets) => placement(&self.meta, None, Some(&subnets)),
+            Err(e) => {
+                tracing::warn!(error = %e, "subnet discovery failed; using the node's subnet");
+                placement(&self.meta, None, None)
+            }
+        }
+    }
+
+    pub(super) fn eni_tags(&self) -> BTreeMap<String, String> {
+        let mut tags = self.config.additional_eni_tags.clone();
+        tags.insert(TAG_INSTANCE_ID.to_string(), self.meta.instance_id.clone());
+        tags.insert(
+            TAG_CREATED_AT.to_string(),
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + self.deps.clock.wall())
+                .to_string(),
+        );
+        if !self.config.cluster_name.is_empty() {
+            tags.insert(
+                TAG_CLUSTER_NAME.to_string(),
+                self.config.cluster_name.clone(),
+            );
+            tags.insert(TAG_ENI_OWNER.to_string(), TAG_ENI_OWNER_VALUE.to_string());
+        }
+        tags
+    }
+
+    pub(super) async fn attach_eni(&self, request: IpRequest) -> Result<(), Ec2Error> {
+        let instance = self.ec2.describe_instance(&self.meta.instance_id).await?;
+        let used: Vec<u32> = instance
+            .attachments
+            .iter()
+            .filter(|(card, _)| *card == 0)
+            .map(|(_, d)| *d)
+            .collect();
+        let Some(device_index) = (1..self.policy.max_enis.max(2)).find(|d| !used.contains(d))
+        else {
+            return Err(Ec2Error::EniLimitExceeded {
+                api: "DescribeInstances",
+            });
+        };
+        let Placement {
+            subnet_id,
+            security_groups,
+        } = self.placement().await;
+        let eni = self
+            .ec2
+            .create_network_interface(CreateEniRequest {
+                subnet_id,
+                description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
+                security_groups,
+                tags: self.eni_tags(),
+                ips: request,
+            })
+            .await?;
+        let attachment = match self
+            .ec2
+            .attach_network_interface(&eni.id, &self.meta.instance_id, device_index, 0)
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                // A created-but-unattached ENI is a leak waiting to happen: delete it now.
+                if let Err(del) = self.ec2.delete_network_interface(&eni.id).await {
+                    tracing::warn!(eni = %eni.id, error = %del, "could not delete ENI after failed attach; \
+                        the leaked-ENI cleanup will retry");
+                }
+                return Err(e);
+            }
+        };
+        if let Err(e) = self
+            .ec2
+            .set_delete_on_termination(&eni.id, &attachment)
+            .await
+        {
+            tracing::warn!(eni = %eni.id, error = %e, "could not set DeleteOnTermination; freeing the ENI");
+            self.detach_and_delete(&eni.id, Some(attachment)).await;
+            return Err(e);
+        }
+        self.wait_for_imds(&eni.id).await;
+        let mac = mac_of(&eni).map_err(|e| Ec2Error::Other {
+            api: "CreateNetworkInterface",
+            code: "InvalidMac".into(),
+            message: e.to_string(),
+        })?;
+        let mut new = Eni::new(&eni.id, mac, device_index, eni.primary_ip, eni.subnet_cidr);
+        new.attached_at = self.deps.clock.now();
+        if let Err(e) = self.deps.hostnet.setup_eni(&new, self.config.eni_mtu).await {
+            // Keep the ENI (EC2 has it attached) but do not hand out its IPs: pods on it would have no route.
+            // Reconcile adopts it once the host side works.
+            tracing::error!(eni = %eni.id, error = %e, "ENI attached but host setup failed; will retry");
+            return Err(Ec2Error::Other {
+                api: "AttachNetworkInterface",
+                code: "HostSetupFailed".into(),
+                message: e.to_string(),
+            });
+        }
+        if let Err(e) = self.load_eni(new, &eni.secondary_ips, &eni.ipv4_prefixes) {
+            tracing::error!(eni = %eni.id, error = %e, "datastore refused the new ENI's addresses");
+        }
+        tracing::info!(
+            eni = %eni.id,
+            device_index,
+            subnet = %eni.subnet_id,
+            ips = eni.secondary_ips.len(),
+            prefixes = eni.ipv4_prefixes.len(),
+            "attached ENI"
+        );
+        Ok(())
+    }
+
+    /// Waits (bounded, with backoff) until IMDS lists the ENI, as the anchor does after an attach.
+    pub(super) async fn wait_for_imds(&self, eni_id: &str) {
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..12 {
+            match self.deps.imds.enis().await {
+                Ok(enis) if enis.iter().any(|e| e.eni_id == eni_id) => return,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "IMDS read failed while waiting for an ENI"),
+            }
+            self.deps.clock.sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+        tracing::warn!(
+            eni = eni_id,
+            "IMDS does not show the new ENI yet; continuing with EC2's view"
+        );
+    }
+
+    pub(super) async fn free_eni(&self, eni_id: &str) -> Result<(), Ec2Error> {
+        let now = self.deps.clock.now();
+        let eni = {
+            let mut ds = lock(&self.ds);
+            let Some(eni) = ds.eni(eni_id).cloned() else {
+                return Ok(());
+            };
+            if eni.is_primary {
+                return Ok(());
+            }
+            if let Err(e) = ds.remove_eni(eni_id, now, false) {
+                tracing::debug!(eni = eni_id, error = %e, "ENI no longer free; kept");
+                return Ok(());
+            }
+            eni
+        };
+        if let Err(e) = self.deps.hostnet.teardown_eni(&eni).await {
+            tracing::warn!(eni = eni_id, error = %e, "host teardown of the ENI failed");
+        }
+        {
+            let mut st = lock(&self.status);
+            for ip in eni.ips() {
+                st.released.insert(ip, now);
+            }
+        }
+        self.detach_and_delete(eni_id, None).await;
+        tracing::info!(eni = eni_id, device = eni.device_number, "freed ENI");
+        Ok(())
+    }
+
+    /// Detaches (if attached) and deletes an ENI, retrying as the anchor does. Failures are logged: a leftover
+    /// ENI is found again by reconcile (still attached) or by the leaked-ENI cleanup (available).
+    pub(crate) async fn detach_and_delete(&self, eni_id: &str, attachment: Option<String>) {
+        let attachment = match attachment {
+            Some(a) => Some(a),
+            None => match self
+                .ec2
+                .describe_network_interfaces(&[eni_id.to_string()])
+                .await
+            {
+                Ok(d) => d.into_iter().next().and_then(|d| d.attachment_id),
+                Err(Ec2Error::NotFound { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(eni = eni_id, error = %e, "cannot look up the ENI's attachment");
+                    return;
+                }
+            },
+        };
+        if let Some(a) = attachment {
+            if let Err(e) = self.ec2.detach_network_interface(&a).await {
+                if !matches!(e, Ec2Error::NotFound { .. }) {
+                    tracing::warn!(eni = eni_id, error = %e, "detach failed; reconcile will retry");
+                    return;
+                }
+            }
+            // The anchor waits for the detachment to settle before deleting.
+            self.deps.clock.sleep(Duration::from_secs(2)).await;
+        }
+        let mut wait = Duration::from_millis(500);
+        for _ in 0..6 {
+            match self.ec2.delete_network_interface(eni_id).await {
+                Ok(()) | Err(Ec2Error::NotFound { .. }) => return,
+                Err(e) => {
+                    tracing::debug!(eni = eni_id, error = %e, "delete failed; retrying");
+                    self.deps.clock.sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+        tracing::warn!(
+            eni = eni_id,
+            "could not delete the ENI; the leaked-ENI cleanup will"
+        );
+    }
+
+    /// Describes ENIs one call for all; if one is unknown to EC2 (the whole call fails), one by one.
+    pub(crate) async fn describe_each(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Option<EniDescription>>, Ec2Error> {
+        let mut out = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        match self.ec2.describe_network_interfaces(ids).await {
+            Ok(v) => {
+                for d in v {
+                    out.insert(d.id.clone(), Some(d));
+                }
+            }
+            Err(Ec2Error::NotFound { .. }) => {
+                for id in ids {
+                    match self
+                        .ec2
+                        .describe_network_interfaces(std::slice::from_ref(id))
+                        .await
+                    {
+                        Ok(v) => {
+                            out.insert(id.clone(), v.into_iter().next());
+                        }
+                        Err(Ec2Error::NotFound { .. }) => {
+                            out.insert(id.clone(), None);
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(out)
+    }
+
+    /// Puts an ENI (set up on the host) into the datastore with the addresses EC2 gave it.
+    pub(super) fn load_eni(
+        &self,
+        eni: Eni,
+        ips: &[Ipv4Addr],
+        prefixes: &[Ipv4Network],
+    ) -> Result<(), DatastoreError> {
+        let id = eni.id.clone();
+        let mut ds = lock(&self.ds);
+        ds.add_eni(eni);
+        ds.add_ips(&id, ips)?;
+        ds.add_prefixes(&id, prefixes)?;
+        Ok(())
+    }
+
+    /// The ENIs IMDS lists on network card 0 (the only card the node's pods use).
+    pub(crate) async fn imds_enis(&self) -> Result<Vec<ImdsEni>, ImdsError> {
+        Ok(self
+            .deps
+            .imds
+            .enis()
+            .await?
+            .into_iter()
+            .filter(|e| e.network_card == 0)
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::engine::NodeDeps;
+    use crate::host::fakes::FakeHost;
+    use crate::kube::{ClusterNode, FakeCluster, ENI_CONFIG_KEY};
+
+    fn node_meta() -> NodeMetadata {
+        NodeMetadata {
+            instance_id: "i-1".into(),
+            instance_type: "m5.large".into(),
+            availability_zone: "us-east-1a".into(),
+            primary_mac: "02:00:00:00:00:01".into(),
+            local_ipv4: Ipv4Addr::new(10, 0, 0, 10),
+            vpc_cidrs: vec![],
+            region: "us-east-1".into(),
+            vpc_id: "vpc-1".into(),
+            subnet_id: "subnet-node".into(),
+            security_groups: vec!["sg-node".into()],
+        }
+    }
+
+    fn subnet(id: &str, free: u64, tag: Option<&str>) -> SubnetDescription {
+        let mut tags = BTreeMap::new();
+        if let Some(v) = tag {
+            tags.insert(TAG_CNI_SUBNET.to_string(), v.to_string());
+        }
+        SubnetDescription {
+            id: id.into(),
+            cidr: "10.0.0.0/24".parse().expect("cidr"),
+            availability_zone: "us-east-1a".into(),
+            vpc_id: "vpc-1".into(),
+            available_ip_count: free,
+            tags,
+        }
+    }
+
+    fn at(subnet_id: &str, sgs: &[&str]) -> Placement {
+        Placement {
+            subnet_id: subnet_id.into(),
+            security_groups: sgs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn without_discovery_or_eni_config_an_eni_goes_where_the_node_is() {
+        assert_eq!(
+            placement(&node_meta(), None, None),
+            at("subnet-node", &["sg-node"])
+        );
+    }
+
+    #[test]
+    fn discovery_picks_the_tagged_or_node_subnet_with_most_free_addresses() {
+        let subnets = [
+            subnet("subnet-node", 50, None),
+            subnet("subnet-untagged", 900, None),
+            subnet("subnet-cni", 200, Some("1")),
+            subnet("subnet-excluded", 800, Some("0")),
+        ];
+        assert_eq!(
+            placement(&node_meta(), None, Some(&subnets)),
+            at("subnet-cni", &["sg-node"])
+        );
+        // A tie goes to the node's subnet; nothing qualifying falls back to it.
+        let tie = [
+            subnet("subnet-cni", 50, Some("1")),
+            subnet("subnet-node", 50, None),
+        ];
+        assert_eq!(
+            placement(&node_meta(), None, Some(&tie)).subnet_id,
+            "subnet-node"
+        );
+        assert_eq!(
+            placement(&node_meta(), None, Some(&[subnet("subnet-x", 5, None)])).subnet_id,
+            "subnet-node"
+        );
+    }
+
+    #[test]
+    fn an_eni_config_wins_and_brings_its_security_groups_or_the_nodes() {
+        let subnets = [subnet("subnet-cni", 900, Some("1"))];
+        let cfg = EniConfig {
+            name: "az1".into(),
+            subnets: vec!["subnet-pods".into(), "subnet-later".into()],
+            security_groups: vec!["sg-pods".into()],
+        };
+        assert_eq!(
+            placement(&node_meta(), Some(&cfg), Some(&subnets)),
+            at("subnet-pods", &["sg-pods"])
+        );
+        let no_sgs = EniConfig {
+            security_groups: vec![],
+            ..cfg.clone()
+        };
+        assert_eq!(
+            placement(&node_meta(), Some(&no_sgs), None),
+            at("subnet-pods", &["sg-node"])
+        );
+        // An ENIConfig without a subnet cannot place anything: the node's own view applies.
+        let empty = EniConfig {
+            subnets: vec![],
+            ..cfg
+        };
+        assert_eq!(
+            placement(&node_meta(), Some(&empty), None),
+            at("subnet-node", &["sg-node"])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_eni_goes_to_the_subnet_the_clusters_eni_config_names() {
+        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |_| {}).await;
+        let cluster = FakeCluster::default();
+        let mut node = ClusterNode::default();
+        node.annotations
+            .insert(ENI_CONFIG_KEY.into(), "custom".into());
+        *lock(&cluster.node) = Some(node);
+        lock(&cluster.eni_configs).insert(
+            "custom".into(),
+            EniConfig {
+                name: "custom".into(),
+                subnets: vec!["subnet-custom".into()],
+                security_groups: vec![],
+            },
+        );
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock),
+            cluster: Arc::new(cluster),
+        };
+        let n = Node::start(deps, Config::default(), None)
+            .await
+            .expect("init");
+        // The primary ENI fills first (the warm target); once a pod takes an address, the next ENI is created in
+        // the ENIConfig's subnet, which this simulated VPC does not have.
+        n.fill().await.expect("the primary ENI fills");
+        let key = crate::core::datastore::IpamKey {
+            network_name: "aws-cni".into(),
+            container_id: "c1".into(),
+            if_name: "eth0".into(),
+        };
+        n.add(&key, &crate::core::datastore::PodMeta::default())
+            .expect("an address");
+        let err = n
+            .pool_step()
+            .await
+            .expect_err("no such subnet in the simulator");
+        assert!(err.to_string().contains("subnet-custom"), "{err}");
+        assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&1));
+        assert_eq!(sim.calls().get("DescribeSubnets"), None);
+    }
+}
