@@ -98,12 +98,22 @@ fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn init_tracing() {
+/// Installs logging; an `AWS_VPC_K8S_CNI_LOGLEVEL` that is no level stops the start, naming the variable (else
+/// the filter would take it as a target name and log nothing at all).
+fn init_tracing() -> Result<(), String> {
     let settings = ipamd::logging::LogSettings::from_env(
         |k| std::env::var(k).ok(),
         std::path::Path::new("/host/var/log").exists(),
     );
+    if !ipamd::logging::LOG_LEVELS.contains(&settings.level.as_str()) {
+        return Err(format!(
+            "invalid AWS_VPC_K8S_CNI_LOGLEVEL={:?}: expected one of {}",
+            settings.level,
+            ipamd::logging::LOG_LEVELS.join(", ")
+        ));
+    }
     ipamd::logging::init(&settings);
+    Ok(())
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -113,11 +123,33 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Raises the soft limit on open files to the hard limit. Runtimes start containers with a soft limit of 1024
+/// (containerd 2.x), and Rust does not raise it: ipamd holds a descriptor per gRPC, HTTP and netlink connection,
+/// and running out of them fails pods' ADDs.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+            } else {
+                tracing::info!(from = soft, to = hard, "raised the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            init_tracing();
+            if let Err(e) = init_tracing() {
+                eprintln!("ipamd: {e}");
+                return ExitCode::FAILURE;
+            }
+            raise_nofile_limit();
             if let Some(ns) = &args.netns {
                 if let Err(e) = datapath::enter_netns(ns) {
                     eprintln!("ipamd: {e}");
@@ -192,7 +224,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Install(args) => {
-            init_tracing();
+            if let Err(e) = init_tracing() {
+                eprintln!("ipamd install: {e}");
+                return ExitCode::FAILURE;
+            }
             match ipamd::install::run(&args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -44,7 +44,9 @@
 //!    when step 5 ran is caught by the pool task's next check (every [`RESTORE_RECHECK`] once settled) or the
 //!    next reconcile pass, which repeat the check for unconfirmed pods.
 //!
-//! Only restored pods are checked this way: a pod ADDed by this process is released by its DEL or by CNI GC.
+//! Every reconcile period the same check runs for every pod, restored or not: a DEL that could not reach ipamd
+//! (stalled past the plugin's deadline) succeeded after tearing down from prevResult, and its address is released
+//! once the pod's veth has been gone for [`RESTORE_GRACE`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
@@ -144,6 +146,19 @@ impl Timers {
                 Ok(r) if r.ran => self.last_reconcile = now,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+            // Every pod, not only restored ones, has its veth looked up each period: a DEL that could not reach
+            // ipamd (stalled, restarting) tore the pod down from prevResult and succeeded, and its address comes
+            // back here once the pod's veth is gone (after the same grace as a restored pod's).
+            if node.pods.is_some() {
+                let keys: Vec<IpamKey> = lock(&node.ds)
+                    .assignments()
+                    .into_iter()
+                    .map(|(k, _, _)| k)
+                    .collect();
+                lock(&node.recovery).unconfirmed.extend(keys);
+                let _actor = node.actor.lock().await;
+                node.check_restored().await;
             }
         }
         if now >= self.next_leak_check {
@@ -755,7 +770,7 @@ impl Node {
                         tracing::warn!(ip = %a.ip, error = %e, "cannot remove a gone pod's rules");
                     }
                     tracing::warn!(container = %key.container_id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
-                        ip = %a.ip, %veth, "restored pod is gone (no host veth): released its address");
+                        ip = %a.ip, %veth, "pod is gone (no host veth): released its address");
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(%veth, error = %e, "cannot look up a restored pod's veth"),

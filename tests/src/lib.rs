@@ -302,6 +302,11 @@ impl Ipamd {
         self.dir.path().join("ipamd.sock")
     }
 
+    /// The daemon's process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default()
     }
