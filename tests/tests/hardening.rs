@@ -852,3 +852,34 @@ print("served")
         "a client's reason became a label"
     );
 }
+
+#[test]
+fn d12_racing_add_and_del_of_one_container_leave_no_stale_rule() {
+    let ipamd = Ipamd::start("m5.large", &[("IP_COOLDOWN_PERIOD", "0")]);
+    let conf = ipamd.conf("1.0.0");
+    let namespaces: Vec<Netns> = (0..12).map(|_| Netns::new("act-pod-")).collect();
+    std::thread::scope(|s| {
+        for (i, ns) in namespaces.iter().enumerate() {
+            let p = pod(ns, &format!("race{i}"));
+            let (node, conf) = (&ipamd.node, &conf);
+            let p2 = p.clone();
+            s.spawn(move || cni(node, "ADD", &p, conf));
+            s.spawn(move || {
+                std::thread::sleep(Duration::from_millis(3 * i as u64));
+                cni(node, "DEL", &p2, conf)
+            });
+        }
+    });
+    // A final DEL of each (what the runtime does for a sandbox it gives up): nothing may be left behind.
+    for (i, ns) in namespaces.iter().enumerate() {
+        let out = cni(&ipamd.node, "DEL", &pod(ns, &format!("race{i}")), &conf);
+        assert!(out.success, "{}", out.stdout);
+    }
+    let held: Vec<String> = held(&ipamd).into_iter().map(|(_, ip)| ip).collect();
+    assert!(held.is_empty(), "addresses still held: {held:?}");
+    let stale: Vec<Value> = arr(&ipamd.node.ip_json(&["rule", "show"]))
+        .into_iter()
+        .filter(|r| r["priority"] == 512)
+        .collect();
+    assert!(stale.is_empty(), "stale rules: {stale:?}");
+}
