@@ -362,16 +362,31 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
         }
         match route_to(host, ip).await {
             // Nothing routes to the address any more: its rules are ours (or stale), remove them.
-            Ok(None) => match host.rules().await {
-                Ok(rules) => {
-                    for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
-                        if let Err(e) = host.delete_rule(rule).await {
+            Ok(None) => {
+                match host.rules().await {
+                    Ok(rules) => {
+                        for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
+                            if let Err(e) = host.delete_rule(rule).await {
+                                errors.push(e);
+                            }
+                        }
+                    }
+                    Err(e) => errors.push(e),
+                }
+                // A new holder of the address may have built its route (and then its rules) between the check
+                // and the deletion: give it back its `to` rule, which is the same for every pod. (Its `from` rule
+                // names its ENI's table, which only its own ADD knows; that window is one netlink round trip,
+                // and needs a reuse cooldown of 0.)
+                match route_to(host, ip).await {
+                    Ok(Some(_)) => {
+                        if let Err(e) = host.add_rule(&pod_rules(ip, MAIN_TABLE)[0]).await {
                             errors.push(e);
                         }
                     }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
                 }
-                Err(e) => errors.push(e),
-            },
+            }
             Ok(Some(oif)) => tracing::info!(
                 %ip, ?oif,
                 "the host route to this address leads to another link: its rules and route are left alone"

@@ -883,3 +883,58 @@ fn d12_racing_add_and_del_of_one_container_leave_no_stale_rule() {
         .collect();
     assert!(stale.is_empty(), "stale rules: {stale:?}");
 }
+
+#[test]
+fn d6_dels_racing_adds_that_reuse_their_addresses_leave_every_live_pod_routed() {
+    let ipamd = Ipamd::start(
+        "m5.large",
+        &[("IP_COOLDOWN_PERIOD", "0"), ("WARM_IP_TARGET", "1")],
+    );
+    let conf = ipamd.conf("1.0.0");
+    let node = &ipamd.node;
+    let mut live: Vec<(Netns, PodSpec, Value)> = Vec::new();
+    for round in 0..4 {
+        let fresh: Vec<Netns> = (0..6).map(|_| Netns::new("act-pod-")).collect();
+        let added: Vec<CniOut> = std::thread::scope(|s| {
+            for (_, p, prev) in &live {
+                let c = with_prev(&conf, prev);
+                s.spawn(move || cni(node, "DEL", p, &c));
+            }
+            let hs: Vec<_> = fresh
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| {
+                    let p = pod(ns, &format!("r{round}p{i}"));
+                    let conf = &conf;
+                    s.spawn(move || add_with_retry(node, &p, conf))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().expect("ADD")).collect()
+        });
+        live = fresh
+            .into_iter()
+            .zip(added)
+            .enumerate()
+            .map(|(i, (ns, out))| {
+                assert!(out.success, "{}", out.stdout);
+                let p = pod(&ns, &format!("r{round}p{i}"));
+                (ns, p, out.json)
+            })
+            .collect();
+        for (_, p, prev) in &live {
+            let ip = result_ip(prev);
+            let veth = expected_veth("default", &p.name);
+            assert!(
+                has_rule(node, &ip),
+                "round {round}: live pod {} lost rule 512 of {ip}",
+                p.name
+            );
+            assert_eq!(
+                route_dev(node, &ip).as_deref(),
+                Some(veth.as_str()),
+                "round {round}: live pod {} lost its route",
+                p.name
+            );
+        }
+    }
+}
