@@ -200,16 +200,7 @@ pub async fn teardown(host: &Netlink, what: &PodTeardown<'_>) -> Vec<NetlinkErro
     let mut errors = Vec::new();
 
     if let Some(ip) = what.ip {
-        match host.rules().await {
-            Ok(rules) => {
-                for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
-                    if let Err(e) = host.delete_rule(rule).await {
-                        errors.push(e);
-                    }
-                }
-            }
-            Err(e) => errors.push(e),
-        }
+        delete_pod_rules(host, ip, &mut errors).await;
         if let Err(e) = host.delete_route(&host_route(ip, None)).await {
             errors.push(e);
         }
@@ -363,16 +354,7 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
         match route_to(host, ip).await {
             // Nothing routes to the address any more: its rules are ours (or stale), remove them.
             Ok(None) => {
-                match host.rules().await {
-                    Ok(rules) => {
-                        for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
-                            if let Err(e) = host.delete_rule(rule).await {
-                                errors.push(e);
-                            }
-                        }
-                    }
-                    Err(e) => errors.push(e),
-                }
+                delete_pod_rules(host, ip, &mut errors).await;
                 // A new holder of the address may have built its route (and then its rules) between the check
                 // and the deletion: give it back its `to` rule, which is the same for every pod. (Its `from` rule
                 // names its ENI's table, which only its own ADD knows; that window is one netlink round trip,
@@ -427,6 +409,20 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
         }
     }
     errors
+}
+
+/// Deletes the 512/1536 rules of `ip`, adding every failure to `errors`.
+async fn delete_pod_rules(host: &Netlink, ip: Ipv4Addr, errors: &mut Vec<NetlinkError>) {
+    match host.rules().await {
+        Ok(rules) => {
+            for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
+                if let Err(e) = host.delete_rule(rule).await {
+                    errors.push(e);
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
 }
 
 /// The output interface of the main table's `/32` route to `ip`: `None` when there is none, `Some(None)` for a

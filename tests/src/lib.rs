@@ -419,8 +419,20 @@ pub fn cni(node: &Netns, command: &str, pod: &PodSpec, conf: &Value) -> CniOut {
 
 /// Runs `aws-cni` with exactly the given environment and stdin.
 pub fn cni_raw(node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
+    cni_raw_wrapped(node, &[], env, stdin)
+}
+
+/// [`cni_raw`] with `aws-cni` started through `wrapper` (a command and its arguments, e.g. `unshare --pid`) inside
+/// the node namespace.
+pub fn cni_raw_wrapped(
+    node: &Netns,
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> CniOut {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &node.name])
+        .args(wrapper)
         .arg(bin("aws-cni"))
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    add_with_retry, arr, bin, cni, cni_raw, eventually, expected_veth, pod, result_ip, sh, CniOut,
-    Ipamd, Netns, PodSpec, TempDir, STILL_POOL,
+    add_with_retry, arr, bin, cni, cni_raw, cni_raw_wrapped, eventually, expected_veth, pod,
+    result_ip, sh, CniOut, Ipamd, Netns, PodSpec, TempDir, STILL_POOL,
 };
 use serde_json::{json, Value};
 
@@ -65,40 +65,12 @@ fn holds_ip(ipamd: &Ipamd, ip: &str) -> bool {
 
 /// `aws-cni` as PID 1 of a new PID namespace inside the node namespace, so that `/proc/1/ns/net` is the node's.
 fn cni_as_pid1(node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &node.name,
-        "unshare",
-        "--pid",
-        "--fork",
-        "--mount-proc",
-    ])
-    .arg(bin("aws-cni"))
-    .env_clear()
-    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn unshare aws-cni");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin)
-        .expect("stdin");
-    let out = child.wait_with_output().expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    CniOut {
-        success: out.status.success(),
-        stdout,
-        json,
-    }
+    cni_raw_wrapped(
+        node,
+        &["unshare", "--pid", "--fork", "--mount-proc"],
+        env,
+        stdin,
+    )
 }
 
 /// The machine's own routing and links, to prove the tests never touched them.
