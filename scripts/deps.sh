@@ -54,3 +54,17 @@ if [ ! -x "$moto_venv/bin/moto_server" ] ||
   python3 -m venv "$moto_venv"
   "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
 fi
+
+# gRPC clients of other languages in the tests (a Python grpcio client with default options against ipamd's
+# socket), in the same venv; the stubs are generated from proto/ at test time.
+if ! "$moto_venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
+  echo "installing grpcio and grpcio-tools into $moto_venv"
+  "$moto_venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-tools
+fi
+
+# cargo-fuzz for the short fuzz run (scripts/fuzz.sh); it builds with the nightly toolchain, or with
+# RUSTC_BOOTSTRAP=1 on stable when no nightly is installed.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install -q cargo-fuzz --locked
+fi
