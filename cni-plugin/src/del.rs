@@ -2,9 +2,10 @@
 //!
 //! - ipamd answers: it tells us the IP it released; we remove that IP's rules and route at once (so the address
 //!   can be reused), and the veth either ourselves or, when ipamd took it, ipamd's reaper in the background.
-//! - ipamd is down or errs: tear down from prevResult and succeed anyway (as the anchor); the IP stays assigned
-//!   in ipamd until its reconciliation finds the pod gone. A pod must never hang in Terminating because the
-//!   daemon restarts.
+//! - ipamd answers that it held nothing for the container: nothing is removed (below), success.
+//! - ipamd is down or errs: tear down what prevResult names and the kernel confirms, and succeed anyway (as the
+//!   anchor); the IP stays assigned in ipamd until its reconcile finds the pod's veth gone (`ipamd::reconcile`).
+//!   A pod must never hang in Terminating because the daemon restarts.
 //! - containerd's second DEL (no netns, no prevResult) and repeated DELs: nothing left to remove, success.
 //!
 //! The veth. Deleting a veth pair costs the kernel RCU grace periods (about 30 ms, up to 80 ms) against well
@@ -28,7 +29,7 @@
 //!   of `CNI_IFNAME` in `CNI_NETNS` or the link the host route to the address goes through. It is offered to
 //!   ipamd's reaper only in the first case, the only one known before DelNetwork.
 //! - Routes and rules: the route only through that veth, the rules only when no route to the address is left,
-//!   so a DEL never takes the routing of a pod the address was handed to meanwhile.
+//!   so a DEL does not take the routing of a pod the address was handed to meanwhile.
 //!
 //! With ipamd unreachable and a prevResult that names another live pod's address and veth, the kernel confirms
 //! the lie (the route does go through that veth): DEL cannot tell, exactly as the anchor's cannot. That needs a
