@@ -61,9 +61,17 @@ if [ ! -x "$moto_venv/bin/moto_server" ] ||
   "$moto_venv/bin/pip" install -q --disable-pip-version-check "moto[server]==$moto_version"
 fi
 
-# grpcio and grpcio-tools in the same venv: the network policy tests (tests/tests/network_policy.rs) generate a
-# stand-in for the policy agent and a client of ipamd from tests/npa/rpc.proto with them.
+# gRPC clients and servers of other languages in the tests, in the same venv: a Python grpcio client with
+# default options against ipamd's socket (stubs generated from proto/ at test time), and the network policy
+# tests' stand-in for the policy agent (generated from tests/npa/rpc.proto).
 if ! "$moto_venv/bin/python" -c 'import grpc, grpc_tools' 2>/dev/null; then
-  echo "installing grpcio grpcio-tools into $moto_venv"
+  echo "installing grpcio and grpcio-tools into $moto_venv"
   "$moto_venv/bin/pip" install -q --disable-pip-version-check grpcio grpcio-tools
+fi
+
+# cargo-fuzz for the short fuzz run (scripts/fuzz.sh); it builds with the nightly toolchain, or with
+# RUSTC_BOOTSTRAP=1 on stable when no nightly is installed.
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "installing cargo-fuzz"
+  cargo install -q cargo-fuzz --locked
 fi

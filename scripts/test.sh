@@ -11,6 +11,8 @@ features=ipamd/aws,integration-tests/aws
 cargo clippy --workspace --all-targets --features "$features" --quiet -- -D warnings
 cargo build --workspace --bins --features "$features" --quiet
 cargo test --workspace --features "$features"
+# Every parser under libFuzzer for a short while: a crash fails the run, running out of time does not.
+scripts/fuzz.sh "${AWS_CNI_FUZZ_SECONDS:-30}"
 leftover=$(ip netns list | grep -E '^(act-|awscni-)' || true)
 if [ -n "$leftover" ]; then
   echo "tests left network namespaces behind:" >&2

@@ -8,6 +8,11 @@ use serde::Deserialize;
 /// Default log file of the anchor's plugin.
 pub const DEFAULT_LOG_FILE: &str = "/var/log/aws-routed-eni/plugin.log";
 
+/// Longest `ipamdTimeoutMs` accepted: 10 minutes (kubelet gives up on a sandbox long before).
+pub const MAX_IPAMD_TIMEOUT_MS: u64 = 600_000;
+/// The `pluginLogLevel` values accepted (any case).
+pub const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
 /// `aws-cni`'s entry in the conflist.
 #[derive(Debug, Clone, Deserialize)]
 pub struct PluginConf {
@@ -49,14 +54,32 @@ impl PluginConf {
         // NetConf::parse does the spec's checks (JSON, name/type, version) with the spec's codes.
         NetConf::parse(bytes)?;
         let conf: PluginConf = cni_types::parse_plugin_conf(bytes)?;
-        if conf.veth_prefix.is_empty()
-            || conf.veth_prefix.len() > 4
-            || ["eth", "lo", "vlan"].contains(&conf.veth_prefix.as_str())
+        let p = conf.veth_prefix.as_str();
+        if p.is_empty()
+            || p.len() > 4
+            || ["eth", "lo", "vlan"].contains(&p)
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            || p.bytes().all(|b| b == b'.')
         {
             return Err(CniError::invalid_config(format!(
-                "vethPrefix {:?} must be 1 to 4 characters and not eth, lo or vlan",
-                conf.veth_prefix
+                "vethPrefix {p:?} must be 1 to 4 of A-Z a-z 0-9 _ . - (not only dots), and not eth, lo or vlan"
             )));
+        }
+        if let Some(ms) = conf.ipamd_timeout_ms {
+            if ms == 0 || ms > MAX_IPAMD_TIMEOUT_MS {
+                return Err(CniError::invalid_config(format!(
+                    "ipamdTimeoutMs {ms} must be between 1 and {MAX_IPAMD_TIMEOUT_MS}"
+                )));
+            }
+        }
+        if let Some(level) = &conf.plugin_log_level {
+            if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+                return Err(CniError::invalid_config(format!(
+                    "pluginLogLevel {level:?} must be one of trace, debug, info, warn, error (any case)"
+                )));
+            }
         }
         if let Some(mode) = &conf.pod_sg_enforcing_mode {
             if !mode.is_empty() && mode != "strict" && mode != "standard" {
@@ -123,6 +146,26 @@ mod tests {
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","mtu":"70000"}"#,
                 "mtu",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","vethPrefix":".."}"#,
+                "vethPrefix",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","vethPrefix":"é"}"#,
+                "vethPrefix",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","vethPrefix":"a/b"}"#,
+                "vethPrefix",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","ipamdTimeoutMs":1000000000000000}"#,
+                "ipamdTimeoutMs",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","pluginLogLevel":"garbage"}"#,
+                "pluginLogLevel",
             ),
             (
                 r#"{"cniVersion":"1.0.0","name":"n","type":"aws-cni","mtu":"abc"}"#,

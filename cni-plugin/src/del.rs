@@ -2,9 +2,10 @@
 //!
 //! - ipamd answers: it tells us the IP it released; we remove that IP's rules and route at once (so the address
 //!   can be reused), and the veth either ourselves or, when ipamd took it, ipamd's reaper in the background.
-//! - ipamd is down or errs: tear down from prevResult and succeed anyway (as the anchor); the IP stays assigned
-//!   in ipamd until its reconciliation finds the pod gone. A pod must never hang in Terminating because the
-//!   daemon restarts.
+//! - ipamd answers that it held nothing for the container: nothing is removed (below), success.
+//! - ipamd is down or errs: tear down what prevResult names and the kernel confirms, and succeed anyway (as the
+//!   anchor); the IP stays assigned in ipamd until its reconcile finds the pod's veth gone (`ipamd::reconcile`).
+//!   A pod must never hang in Terminating because the daemon restarts.
 //! - containerd's second DEL (no netns, no prevResult) and repeated DELs: nothing left to remove, success.
 //!
 //! The veth. Deleting a veth pair costs the kernel RCU grace periods (about 30 ms, up to 80 ms) against well
@@ -17,6 +18,23 @@
 //! offer. A veth still present after DEL returns is therefore expected for a moment; a re-ADD of the pod replaces
 //! it (see `datapath::pod::setup`) and the reaper never deletes the new one.
 //!
+//! What DEL removes is only what it can tie to this container (`datapath::pod::teardown_owned`):
+//! - ipamd's answer decides the address. When ipamd answers that it held nothing for (network, container,
+//!   ifname), DEL removes nothing at all: the host veth name comes from the pod's name, which every sandbox of a
+//!   pod shares, so a repeated DEL of an old sandbox (containerd's second DEL, kubelet's sandbox GC) would
+//!   otherwise cut off the pod's new sandbox; and a prevResult may name another pod's address or interface.
+//! - prevResult is used only when ipamd cannot be asked, and then only as far as the kernel confirms it (below).
+//!   A malformed prevResult is logged and ignored, never a reason to keep the address.
+//! - The host veth goes only when it is a veth of the pod name pattern (prefix + 11 hex) and is either the peer
+//!   of `CNI_IFNAME` in `CNI_NETNS` or the link the host route to the address goes through. It is offered to
+//!   ipamd's reaper only in the first case, the only one known before DelNetwork.
+//! - Routes and rules: the route only through that veth, the rules only when no route to the address is left,
+//!   so a DEL does not take the routing of a pod the address was handed to meanwhile.
+//!
+//! With ipamd unreachable and a prevResult that names another live pod's address and veth, the kernel confirms
+//! the lie (the route does go through that veth): DEL cannot tell, exactly as the anchor's cannot. That needs a
+//! caller with the runtime's privileges.
+//!
 //! Teardown keeps going past failures and reports all of them.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -24,7 +42,7 @@ use std::time::Duration;
 
 use aws_cni_proto::DelNetworkRequest;
 use cni_types::CniEnv;
-use datapath::pod::{self, PodTeardown};
+use datapath::pod::{self, OwnedTeardown};
 use datapath::{LinkInfo, Netlink, NetnsId};
 
 use crate::client::{self, rpc_error};
@@ -35,7 +53,13 @@ use crate::identity::PodIdentity;
 /// Runs DEL.
 pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(), PluginError> {
     let pod = PodIdentity::from_env(env);
-    let prev = conf.net.prev_result()?;
+    let prev = match conf.net.prev_result() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e.msg, "DEL: prevResult unreadable; ignored");
+            None
+        }
+    };
     let prev_ip = prev.as_ref().and_then(|r| {
         r.ips.iter().find_map(|c| match c.address.ip() {
             IpAddr::V4(ip) => Some(ip),
@@ -45,26 +69,39 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
     let prev_veth = prev.as_ref().and_then(|r| {
         r.interfaces
             .iter()
-            .find(|i| i.sandbox.is_none() && i.name.starts_with(&conf.veth_prefix))
+            .find(|i| i.sandbox.is_none() && datapath::is_pod_veth_name(&i.name, &conf.veth_prefix))
             .map(|i| i.name.clone())
     });
 
     let host_veth = prev_veth.unwrap_or_else(|| pod.host_veth(&conf.veth_prefix));
     // A netlink failure must not keep the IP from being returned: it is reported after DelNetwork.
     let host = Netlink::connect(None);
-    // The host veth as it is now, offered to ipamd. A failed lookup offers nothing: we delete it ourselves.
+    // The host veth as it is now: only a veth of the pod name pattern is a candidate.
     let looked_up = match &host {
         Ok(host) => host.link_by_name(&host_veth).await,
         Err(_) => Ok(None),
     };
     let host_link = match looked_up {
-        Ok(link) => link,
+        Ok(link) => link.filter(|l| l.is_veth),
         Err(e) => {
             tracing::warn!(veth = %host_veth, error = %e, "cannot look up the host veth");
             None
         }
     };
-    let offer = match (&host_link, datapath::current_netns_id()) {
+    let pod_end = match pod::find_pod_end(env.netns.as_deref(), env.ifname.as_deref()).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look at the pod's interface");
+            None
+        }
+    };
+    // Offered to ipamd's reaper only when it is this container's pair: its peer is CNI_IFNAME in CNI_NETNS.
+    let peer_tied = host_link.as_ref().filter(|h| {
+        pod_end
+            .as_ref()
+            .is_some_and(|p| pod::is_peer_of(&p.link, h))
+    });
+    let offer = match (peer_tied, datapath::current_netns_id()) {
         (Some(link), Ok(netns)) => Some((link, netns)),
         (Some(_), Err(e)) => {
             tracing::warn!(error = %e, "cannot identify our network namespace; deleting the veth here");
@@ -75,51 +112,32 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
 
     let released = release(env, conf, &pod, timeout, offer).await;
     let (ip, deferred, policy_mode): (Option<Ipv4Addr>, bool, &str) = match &released {
-        Ok(r) => (r.ip.or(prev_ip), r.veth_deferred, &r.policy_mode),
+        // Nothing held for this container (a repeated or stale DEL): nothing on the host is ours, and the policy
+        // agent is not told either, since the pod's name may belong to a newer sandbox whose policies are live.
+        Ok(r) if r.ip.is_none() => {
+            tracing::info!(
+                container = ?env.container_id,
+                "DEL done: ipamd holds no address for this container, so nothing here is its to remove"
+            );
+            return Ok(());
+        }
+        Ok(r) => (r.ip, r.veth_deferred, &r.policy_mode),
         Err(e) => {
-            tracing::warn!(error = %e, "DelNetwork failed; tearing down from prevResult");
+            tracing::warn!(error = %e, "DelNetwork failed; tearing down what prevResult names and the kernel confirms");
             (prev_ip, false, "")
         }
     };
     let host = host.map_err(|e| PluginError::Teardown(e.to_string()))?;
-
-    let errors = match host_link.as_ref().filter(|_| deferred) {
-        // ipamd's reaper deletes the pair: only the rules and the route here, and the pod end only if it is not
-        // that veth's peer.
-        Some(link) => {
-            let mut errors = pod::teardown(
-                &host,
-                &PodTeardown {
-                    host_veth: None,
-                    netns_path: None,
-                    container_ifname: None,
-                    ip,
-                },
-            )
-            .await;
-            errors.extend(
-                pod::teardown_pod_end_except_peer(
-                    env.netns.as_deref(),
-                    env.ifname.as_deref(),
-                    link,
-                )
-                .await,
-            );
-            errors
-        }
-        None => {
-            pod::teardown(
-                &host,
-                &PodTeardown {
-                    host_veth: Some(&host_veth),
-                    netns_path: env.netns.as_deref(),
-                    container_ifname: env.ifname.as_deref(),
-                    ip,
-                },
-            )
-            .await
-        }
-    };
+    let errors = pod::teardown_owned(
+        &host,
+        &OwnedTeardown {
+            ip,
+            host_veth: host_link.as_ref(),
+            pod_end: pod_end.as_ref(),
+            veth_deferred: deferred,
+        },
+    )
+    .await;
     tracing::info!(
         container = ?env.container_id,
         ip = ?ip,

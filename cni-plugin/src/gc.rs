@@ -127,13 +127,8 @@ pub async fn gc(conf: &PluginConf, timeout: Duration) -> Result<(), PluginError>
     }
 }
 
-/// `<prefix>` followed by exactly 11 lower-case hex digits: the anchor's pod veth names.
 fn is_pod_veth(name: &str, prefix: &str) -> bool {
-    name.strip_prefix(prefix).is_some_and(|h| {
-        h.len() == 11
-            && h.bytes()
-                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    })
+    datapath::is_pod_veth_name(name, prefix)
 }
 
 #[cfg(test)]

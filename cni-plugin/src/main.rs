@@ -11,6 +11,7 @@ mod conf;
 mod del;
 mod error;
 mod gc;
+mod guard;
 mod identity;
 mod netpol;
 mod status;
@@ -86,6 +87,16 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
         .ipamd_timeout_ms
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_TIMEOUT);
+    if env.command.is_attachment_command() {
+        guard::refuse_node_netns(env).map_err(|e| e.to_cni())?;
+    }
+    // ADD and DEL of one attachment never run at once (see `guard`); the lock is held until this returns.
+    let _lock = match env.command {
+        Command::Add | Command::Del => {
+            Some(guard::lock_attachment(env, &conf.net.name, timeout).map_err(|e| e.to_cni())?)
+        }
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -120,14 +131,57 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
     }
 }
 
+/// Libraries whose debug and trace lines are HTTP/2 frame dumps (most of a DEBUG log's bytes): they log at info
+/// at most, whatever `pluginLogLevel` says, while our own DEBUG lines stay.
+const QUIET_LIBRARIES: [&str; 6] = ["h2", "hyper", "hyper_util", "tower", "tonic", "rtnetlink"];
+
+/// The log filter for `pluginLogLevel` (already validated by [`PluginConf::parse`]).
+fn log_filter(level: &str) -> String {
+    let level = level.to_ascii_lowercase();
+    let libraries = match level.as_str() {
+        "trace" | "debug" => "info",
+        other => other,
+    };
+    let mut filter = level.clone();
+    for lib in QUIET_LIBRARIES {
+        filter.push_str(&format!(",{lib}={libraries}"));
+    }
+    filter
+}
+
+/// The plugin log is rotated when it reaches this size (as ipamd's).
+const LOG_ROTATE_BYTES: u64 = 100 * 1024 * 1024;
+/// Rotated plugin logs kept (`plugin.log.1` .. `plugin.log.5`).
+const LOG_KEEP: u32 = 5;
+
+/// Rotates `path` when it has reached [`LOG_ROTATE_BYTES`]: `path.4` becomes `path.5`, ..., `path` becomes
+/// `path.1`. Plugins run concurrently: two may rotate at once, which can only drop one rotated file early, never
+/// lose the current one (a rename of a missing file just fails).
+fn rotate_log(path: &std::path::Path) {
+    let Ok(md) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if !md.is_file() || md.len() < LOG_ROTATE_BYTES {
+        return;
+    }
+    let numbered = |n: u32| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(format!(".{n}"));
+        std::path::PathBuf::from(p)
+    };
+    for n in (1..LOG_KEEP).rev() {
+        let _ = std::fs::rename(numbered(n), numbered(n + 1));
+    }
+    let _ = std::fs::rename(path, numbered(1));
+}
+
 fn init_logging(conf: &PluginConf) {
     use tracing_subscriber::EnvFilter;
     let level = conf
         .plugin_log_level
         .clone()
-        .unwrap_or_else(|| "info".into())
-        .to_ascii_lowercase();
-    let filter = EnvFilter::try_new(&level).unwrap_or_else(|_| EnvFilter::new("info"));
+        .unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_new(log_filter(&level)).unwrap_or_else(|_| EnvFilter::new("info"));
     let target = conf
         .plugin_log_file
         .clone()
@@ -140,6 +194,7 @@ fn init_logging(conf: &PluginConf) {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
+        rotate_log(path);
         // 0640, never through a symlink (pods' names and addresses are in it).
         hostfs::open_log(path).ok()
     };
@@ -150,4 +205,20 @@ fn init_logging(conf: &PluginConf) {
         Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_keeps_our_lines_and_caps_the_libraries_at_info() {
+        let f = log_filter("DEBUG");
+        assert!(f.starts_with("debug,"), "{f}");
+        for lib in QUIET_LIBRARIES {
+            assert!(f.contains(&format!(",{lib}=info")), "{f}");
+        }
+        // A quieter level applies to the libraries too.
+        assert!(log_filter("error").contains("h2=error"));
+    }
 }

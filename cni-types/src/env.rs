@@ -246,6 +246,11 @@ pub fn validate_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest `K8S_POD_NAME` accepted: Kubernetes' limit for a pod name (a DNS subdomain).
+pub const MAX_POD_NAME_LEN: usize = 253;
+/// Longest `K8S_POD_NAMESPACE` accepted: Kubernetes' limit for a namespace (a DNS label).
+pub const MAX_POD_NAMESPACE_LEN: usize = 63;
+
 /// `CNI_ARGS`: `K=V;K=V`. The Kubernetes keys runtimes send are pulled out; everything else is
 /// kept in `other`, so unknown keys are never an error here (what `IgnoreUnknown` controls in
 /// libcni) and the plugin decides what it cares about.
@@ -284,9 +289,21 @@ impl CniArgs {
                 return Err(args_error(format!("{pair:?} has an empty key")));
             }
             let non_empty = || (!value.is_empty()).then(|| value.to_string());
+            // Kubernetes bounds pod names (a DNS subdomain) and namespaces (a DNS label): a longer value is no
+            // pod, and would be stored and logged on every call.
+            let bounded = |key: &str, max: usize| {
+                if value.len() > max {
+                    Err(args_error(format!(
+                        "{key} has {} bytes, more than Kubernetes allows ({max})",
+                        value.len()
+                    )))
+                } else {
+                    Ok(non_empty())
+                }
+            };
             match key {
-                "K8S_POD_NAME" => out.pod_name = non_empty(),
-                "K8S_POD_NAMESPACE" => out.pod_namespace = non_empty(),
+                "K8S_POD_NAME" => out.pod_name = bounded(key, MAX_POD_NAME_LEN)?,
+                "K8S_POD_NAMESPACE" => out.pod_namespace = bounded(key, MAX_POD_NAMESPACE_LEN)?,
                 "K8S_POD_INFRA_CONTAINER_ID" => out.pod_infra_container_id = non_empty(),
                 "K8S_POD_UID" => out.pod_uid = non_empty(),
                 "IgnoreUnknown" => {
@@ -325,6 +342,20 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         CniEnv::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn pod_names_longer_than_kubernetes_allows_are_refused() {
+        let ok = CniArgs::parse(&format!("K8S_POD_NAME={}", "a".repeat(253))).expect("253 bytes");
+        assert_eq!(ok.pod_name.map(|n| n.len()), Some(253));
+        for args in [
+            format!("K8S_POD_NAME={}", "a".repeat(254)),
+            format!("K8S_POD_NAMESPACE={}", "a".repeat(64)),
+        ] {
+            let e = CniArgs::parse(&args).expect_err("too long");
+            assert_eq!(e.code, codes::INVALID_ENV);
+            assert!(e.details.contains("K8S_POD_"), "{}", e.details);
+        }
     }
 
     const ID: &str = "3f6940ab5ab43bc522569d15b23f8c1bbde1d7678b080398506924fc01d72755";

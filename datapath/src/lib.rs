@@ -20,11 +20,11 @@ mod netns;
 pub mod pod;
 
 pub use error::NetlinkError;
-pub use names::{host_veth_name, random_mac, subnet_gateway, MacAddr};
+pub use names::{host_veth_name, is_pod_veth_name, random_mac, subnet_gateway, MacAddr};
 pub use netlink::{LinkInfo, Netlink, RouteSpec, RuleInfo, RuleSpec, VethSpec};
 pub use netns::{
     create_named_netns, current_netns_id, delete_named_netns, enter_netns, in_netns, in_netns_file,
-    is_initial_netns, new_anonymous_netns, NetnsId, NETNS_RUN_DIR,
+    is_initial_netns, is_own_or_initial_netns, new_anonymous_netns, NetnsId, NETNS_RUN_DIR,
 };
 
 /// The main routing table.

@@ -33,6 +33,18 @@ pub fn subnet_gateway(network: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::from(u32::from(network).wrapping_add(1))
 }
 
+/// True for the names [`host_veth_name`] gives the first interface of a pod: `prefix` followed by exactly 11
+/// lower-case hex digits. Whatever deletes host links on a pod's behalf (DEL, GC, ipamd's veth reaper) deletes
+/// nothing else: not the node's interfaces, not a bridge or an ENI that happens to share the prefix.
+pub fn is_pod_veth_name(name: &str, prefix: &str) -> bool {
+    !prefix.is_empty()
+        && name.strip_prefix(prefix).is_some_and(|h| {
+            h.len() == 11
+                && h.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
+}
+
 /// A 48-bit Ethernet address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);

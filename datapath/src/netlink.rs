@@ -50,6 +50,8 @@ pub struct LinkInfo {
     pub up: bool,
     /// `IFLA_LINK`: for a veth, the index of its peer (in the peer's namespace).
     pub peer_index: Option<u32>,
+    /// The link's kind is `veth` (`IFLA_INFO_KIND`).
+    pub is_veth: bool,
 }
 
 /// An IPv4 route: `dst/prefix_len [via gateway] [dev oif] table T [scope link]`.
@@ -726,9 +728,18 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
         mtu: 0,
         up: m.header.flags.contains(LinkFlags::Up),
         peer_index: None,
+        is_veth: false,
     };
     for a in &m.attributes {
         match a {
+            LinkAttribute::LinkInfo(infos) => {
+                info.is_veth = infos.iter().any(|i| {
+                    matches!(
+                        i,
+                        netlink_packet_route::link::LinkInfo::Kind(InfoKind::Veth)
+                    )
+                })
+            }
             LinkAttribute::IfName(n) => info.name = n.clone(),
             LinkAttribute::Address(b) => info.mac = MacAddr::from_slice(b),
             LinkAttribute::Mtu(v) => info.mtu = *v,

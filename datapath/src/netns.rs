@@ -51,6 +51,22 @@ pub fn is_initial_netns() -> std::io::Result<bool> {
     }
 }
 
+/// True when the namespace at `path` is the calling thread's own or the machine's initial one (the kernel's
+/// initial namespace, or PID 1's when we may look at it). A pod's namespace is never either: the CNI plugin refuses
+/// such a `CNI_NETNS` before touching anything, since the "pod" interface it would create, address or delete
+/// would be the node's own (its primary interface, its default route).
+pub fn is_own_or_initial_netns(path: &Path) -> std::io::Result<bool> {
+    let target = id_of(path)?;
+    if target.ino == PROC_NET_INIT_INO || target == current_netns_id()? {
+        return Ok(true);
+    }
+    match id_of(Path::new("/proc/1/ns/net")) {
+        Ok(init) => Ok(init == target),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Runs `f` on a fresh OS thread that has entered the namespace at `path`, and returns its result.
 ///
 /// The thread ends when `f` returns, so no long-lived thread is ever left in a foreign namespace. Used to create

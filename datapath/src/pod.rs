@@ -200,16 +200,7 @@ pub async fn teardown(host: &Netlink, what: &PodTeardown<'_>) -> Vec<NetlinkErro
     let mut errors = Vec::new();
 
     if let Some(ip) = what.ip {
-        match host.rules().await {
-            Ok(rules) => {
-                for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
-                    if let Err(e) = host.delete_rule(rule).await {
-                        errors.push(e);
-                    }
-                }
-            }
-            Err(e) => errors.push(e),
-        }
+        delete_pod_rules(host, ip, &mut errors).await;
         if let Err(e) = host.delete_route(&host_route(ip, None)).await {
             errors.push(e);
         }
@@ -273,6 +264,178 @@ pub async fn teardown_pod_end_except_peer(
     }
 }
 
+/// A pod's end of its veth pair as a DEL finds it: the interface `CNI_IFNAME` in `CNI_NETNS`, and a socket in
+/// that namespace.
+#[derive(Debug, Clone)]
+pub struct PodEnd {
+    pub netns: Netlink,
+    pub link: LinkInfo,
+}
+
+/// Looks up the interface `ifname` in the namespace at `netns_path`. `None` when either is not given or gone.
+pub async fn find_pod_end(
+    netns_path: Option<&Path>,
+    ifname: Option<&str>,
+) -> Result<Option<PodEnd>, NetlinkError> {
+    let (Some(path), Some(ifname)) = (netns_path, ifname) else {
+        return Ok(None);
+    };
+    if !path.exists() {
+        return Ok(None);
+    }
+    let netns = match Netlink::connect(Some(path)) {
+        Ok(n) => n,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(netns
+        .link_by_name(ifname)
+        .await?
+        .map(|link| PodEnd { netns, link }))
+}
+
+/// What a DEL may remove, each item still to be tied to the container by the kernel's state before it goes.
+#[derive(Debug, Clone, Default)]
+pub struct OwnedTeardown<'a> {
+    /// The pod's address: ipamd's answer (or, with ipamd unreachable, prevResult's).
+    pub ip: Option<Ipv4Addr>,
+    /// The host veth found under the pod's veth name (already checked to be a veth of that name pattern).
+    pub host_veth: Option<&'a LinkInfo>,
+    /// The interface `CNI_IFNAME` in `CNI_NETNS`.
+    pub pod_end: Option<&'a PodEnd>,
+    /// ipamd's reaper deletes `host_veth` (so its peer is left alone too).
+    pub veth_deferred: bool,
+}
+
+/// Removes what can be tied to one container, and nothing else:
+///
+/// - the host veth, when it is the peer of the pod end in the container's namespace, or when the host route to
+///   `ip` goes through it;
+/// - the route to `ip`, only through that veth (with its interface index), so a route that now leads to another
+///   pod's veth (the address was handed to a new pod meanwhile) stays;
+/// - the rules 512/1536 of `ip`, only when no route to `ip` is left afterwards (a new holder of the address
+///   builds its route before its rules, so a route to another link means the rules are that pod's);
+/// - the pod end, when it carries `ip` or is the peer of the tied host veth.
+///
+/// Attempts every step, returns every failure; missing objects are not errors.
+pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<NetlinkError> {
+    let mut errors = Vec::new();
+    let host_route_oif = match what.ip {
+        Some(ip) => match route_to(host, ip).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Without the route we cannot tell whose the rules are: leave them, report it.
+                errors.push(e);
+                return errors;
+            }
+        },
+        None => None,
+    };
+    let peer_tied = match (what.host_veth, what.pod_end) {
+        (Some(h), Some(p)) => is_peer_of(&p.link, h),
+        _ => false,
+    };
+    let tied = what.host_veth.filter(|h| {
+        peer_tied || (host_route_oif.is_some() && host_route_oif == Some(Some(h.index)))
+    });
+
+    if let Some(ip) = what.ip {
+        let route_is_ours = match host_route_oif {
+            None => false,
+            Some(oif) => tied.is_some_and(|h| oif == Some(h.index)),
+        };
+        if route_is_ours {
+            if let Some(h) = tied {
+                if let Err(e) = host.delete_route(&host_route(ip, Some(h.index))).await {
+                    errors.push(e);
+                }
+            }
+        }
+        match route_to(host, ip).await {
+            // Nothing routes to the address any more: its rules are ours (or stale), remove them.
+            Ok(None) => {
+                delete_pod_rules(host, ip, &mut errors).await;
+                // A new holder of the address may have built its route (and then its rules) between the check
+                // and the deletion: give it back its `to` rule, which is the same for every pod. (Its `from` rule
+                // names its ENI's table, which only its own ADD knows; that window is one netlink round trip,
+                // and needs a reuse cooldown of 0.)
+                match route_to(host, ip).await {
+                    Ok(Some(_)) => {
+                        if let Err(e) = host.add_rule(&pod_rules(ip, MAIN_TABLE)[0]).await {
+                            errors.push(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+            Ok(Some(oif)) => tracing::info!(
+                %ip, ?oif,
+                "the host route to this address leads to another link: its rules and route are left alone"
+            ),
+            Err(e) => errors.push(e),
+        }
+    }
+
+    let mut pair_gone = false;
+    if let Some(p) = what.pod_end {
+        let carries_ip = match what.ip {
+            Some(ip) => match p.netns.addresses(p.link.index).await {
+                Ok(addrs) => addrs
+                    .iter()
+                    .any(|(a, len)| *a == std::net::IpAddr::V4(ip) && *len == 32),
+                Err(e) => {
+                    errors.push(e);
+                    false
+                }
+            },
+            None => false,
+        };
+        let reaped_with_host = what.veth_deferred && peer_tied;
+        if (carries_ip || peer_tied) && !reaped_with_host {
+            match p.netns.delete_link_by_index(p.link.index).await {
+                // Deleting either end removes the pair.
+                Ok(_) if peer_tied => pair_gone = true,
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if let Some(h) = tied {
+        if !what.veth_deferred && !pair_gone {
+            if let Err(e) = host.delete_link_by_index(h.index).await {
+                errors.push(e);
+            }
+        }
+    }
+    errors
+}
+
+/// Deletes the 512/1536 rules of `ip`, adding every failure to `errors`.
+async fn delete_pod_rules(host: &Netlink, ip: Ipv4Addr, errors: &mut Vec<NetlinkError>) {
+    match host.rules().await {
+        Ok(rules) => {
+            for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
+                if let Err(e) = host.delete_rule(rule).await {
+                    errors.push(e);
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+}
+
+/// The output interface of the main table's `/32` route to `ip`: `None` when there is none, `Some(None)` for a
+/// route without one.
+async fn route_to(host: &Netlink, ip: Ipv4Addr) -> Result<Option<Option<u32>>, NetlinkError> {
+    Ok(host
+        .routes(MAIN_TABLE)
+        .await?
+        .into_iter()
+        .find(|r| r.dst == ip && r.prefix_len == 32)
+        .map(|r| r.oif))
+}
+
 /// True when `a` and `b` are the two ends of one veth pair (in their own namespaces).
 pub fn is_peer_of(a: &LinkInfo, b: &LinkInfo) -> bool {
     a.peer_index == Some(b.index) && b.peer_index == Some(a.index)
@@ -298,6 +461,7 @@ mod tests {
             mtu: 1500,
             up: true,
             peer_index,
+            is_veth: true,
         }
     }
 

@@ -39,6 +39,9 @@ pub enum LogTarget {
 /// The anchor's default log file.
 pub const DEFAULT_LOG_FILE: &str = "/host/var/log/aws-routed-eni/ipamd.log";
 
+/// The values `AWS_VPC_K8S_CNI_LOGLEVEL` may take (any case); `fatal` (the anchor's) logs errors only.
+pub const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "fatal"];
+
 /// Log settings from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
@@ -159,8 +162,23 @@ pub fn report_suppressed() {
 /// Installs the global subscriber; returns the rate limit (for periodic reports). Never fails: if the log file
 /// cannot be opened, logs go to stderr and say why.
 pub fn init(settings: &LogSettings) -> RateLimit {
+    // Our own lines at the configured level; the HTTP/2 and gRPC libraries at info at most: their debug and trace
+    // lines are frame dumps that would drown everything else.
+    let level = match settings.level.as_str() {
+        "fatal" => "error",
+        other => other,
+    };
+    let libraries = match level {
+        "trace" | "debug" => "info",
+        other => other,
+    };
+    let directives = ["h2", "hyper", "hyper_util", "tower", "tonic", "rtnetlink"]
+        .iter()
+        .fold(level.to_string(), |acc, lib| {
+            format!("{acc},{lib}={libraries}")
+        });
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
+        .or_else(|_| EnvFilter::try_new(&directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let limit = RateLimit::default();
     let mut fallback_reason = None;

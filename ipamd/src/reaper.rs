@@ -254,10 +254,9 @@ impl Reaper {
 
     fn check(&self, offer: &VethOffer) -> Result<(), OfferError> {
         let prefix = &self.config.veth_prefix;
-        if !offer.name.starts_with(prefix.as_str())
-            || offer.name.len() <= prefix.len()
-            || offer.name.len() > MAX_IFNAME_LEN
-        {
+        // Only the pod veth names DEL derives (prefix + 11 lower-case hex): never a bridge, an ENI or the node's
+        // own interface that merely shares the prefix.
+        if !datapath::is_pod_veth_name(&offer.name, prefix) || offer.name.len() > MAX_IFNAME_LEN {
             return Err(OfferError::NotAPodVeth {
                 name: offer.name.clone(),
                 prefix: prefix.clone(),
@@ -451,7 +450,7 @@ mod tests {
             .expect("offer taken");
         // Index 13 does not exist: already gone, a success.
         reaper
-            .offer(&offer("enidddddddddd", 13))
+            .offer(&offer("eniddddddddddd", 13))
             .expect("offer taken");
         settle(&m, 3).await;
         assert_eq!(*links.deleted.lock().expect("lock"), vec![10]);
@@ -528,6 +527,15 @@ mod tests {
             reaper.offer(&offer("eni0123456789abcdef", 2)),
             Err(OfferError::NotAPodVeth { .. })
         ));
+        for not_a_pod_veth in ["enimgmt", "eniAAAAAAAAAAA", "eniaaaaaaaaaa"] {
+            assert!(
+                matches!(
+                    reaper.offer(&offer(not_a_pod_veth, 2)),
+                    Err(OfferError::NotAPodVeth { .. })
+                ),
+                "{not_a_pod_veth}"
+            );
+        }
         assert!(matches!(
             reaper.offer(&offer("eniaaaaaaaaaaa", 0)),
             Err(OfferError::NoIndex { .. })
@@ -543,7 +551,7 @@ mod tests {
             reaper.offer(&elsewhere),
             Err(OfferError::OtherNetns { .. })
         ));
-        assert_eq!(m.count("refused"), 6);
+        assert_eq!(m.count("refused"), 9);
         assert_eq!(m.pending.get(), 0);
         task.shutdown(Duration::from_secs(5)).await;
     }

@@ -13,6 +13,8 @@
 
 #![allow(clippy::doc_markdown)]
 
+pub mod authority;
+
 /// Generated types and stubs for package `rpc`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod rpc {

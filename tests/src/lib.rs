@@ -302,6 +302,11 @@ impl Ipamd {
         self.dir.path().join("ipamd.sock")
     }
 
+    /// The daemon's process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default()
     }
@@ -420,12 +425,34 @@ pub fn cni_at(plugin: &Path, node: &Netns, command: &str, pod: &PodSpec, conf: &
 
 /// Runs `aws-cni` with exactly the given environment and stdin.
 pub fn cni_raw(node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
-    cni_raw_at(&bin("aws-cni"), node, env, stdin)
+    cni_raw_wrapped(node, &[], env, stdin)
+}
+
+/// [`cni_raw`] with `aws-cni` started through `wrapper` (a command and its arguments, e.g. `unshare --pid`) inside
+/// the node namespace.
+pub fn cni_raw_wrapped(
+    node: &Netns,
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> CniOut {
+    cni_raw_in(&bin("aws-cni"), node, wrapper, env, stdin)
 }
 
 fn cni_raw_at(plugin: &Path, node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
+    cni_raw_in(plugin, node, &[], env, stdin)
+}
+
+fn cni_raw_in(
+    plugin: &Path,
+    node: &Netns,
+    wrapper: &[&str],
+    env: &[(&str, &str)],
+    stdin: &[u8],
+) -> CniOut {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &node.name])
+        .args(wrapper)
         .arg(plugin)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")

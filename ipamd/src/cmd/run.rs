@@ -88,7 +88,10 @@ pub struct RunOptions {
 
 /// `ipamd run`: enters `--netns` (before any thread or socket exists), then runs the daemon until a signal.
 pub fn main(opts: RunOptions) -> std::process::ExitCode {
-    super::init_tracing();
+    if let Err(e) = super::init_tracing() {
+        return super::failed("ipamd", e);
+    }
+    super::raise_nofile_limit();
     if let Some(ns) = &opts.netns {
         if let Err(e) = datapath::enter_netns(ns) {
             return super::failed("ipamd", e);
@@ -518,9 +521,13 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(
             &node,
         ))))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
-            drain_now.notified().await
-        });
+        // Clients that send the socket's path as `:authority` (gRPC-core, grpc-java) are served too.
+        .serve_with_incoming_shutdown(
+            tokio_stream::StreamExt::map(UnixListenerStream::new(listener), |conn| {
+                conn.map(aws_cni_proto::authority::NormalizeAuthority::new)
+            }),
+            async move { drain_now.notified().await },
+        );
     let mut server = tokio::spawn(server);
     let served = tokio::select! {
         r = &mut server => r,

@@ -184,6 +184,17 @@ pub async fn status(
         } else {
             format!("{}/{}", a.k8s_pod_namespace, a.k8s_pod_name)
         };
+        // Names come from clients: control characters are shown escaped, never written raw to the terminal.
+        let pod: String = pod
+            .chars()
+            .flat_map(|c| {
+                if c.is_control() {
+                    c.escape_default().collect::<Vec<_>>()
+                } else {
+                    vec![c]
+                }
+            })
+            .collect();
         let table = if a.route_table_id == 254 {
             "main".to_string()
         } else {

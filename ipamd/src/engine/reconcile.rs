@@ -24,7 +24,7 @@ use std::time::Duration;
 use super::enis::{mac_of, RELEASED_MEMORY};
 use super::leak_gc::{LEAK_CHECK_INTERVAL, LEAK_CHECK_JITTER};
 use super::Node;
-use crate::core::datastore::Eni;
+use crate::core::datastore::{Eni, IpamKey};
 use crate::ec2::{Ec2Error, TAG_NO_MANAGE};
 use crate::host::HostNetError;
 use crate::imds::ImdsError;
@@ -95,6 +95,19 @@ impl Timers {
                 Ok(r) if r.ran => self.last_reconcile = now,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reconcile failed"),
+            }
+            // Every pod, not only restored ones, has its veth looked up each period: a DEL that could not reach
+            // ipamd (stalled, restarting) tore the pod down from prevResult and succeeded, and its address comes
+            // back here once the pod's veth is gone (after the same grace as a restored pod's).
+            if node.pods.is_some() {
+                let keys: Vec<IpamKey> = lock(&node.ds)
+                    .assignments()
+                    .into_iter()
+                    .map(|(k, _, _)| k)
+                    .collect();
+                lock(&node.recovery).unconfirmed.extend(keys);
+                let _actor = node.actor.lock().await;
+                node.check_restored().await;
             }
         }
         if now >= self.next_leak_check {

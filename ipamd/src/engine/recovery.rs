@@ -23,6 +23,9 @@
 //!    when step 5 ran is caught by the pool task's next check (every [`RESTORE_RECHECK`] once settled) or the
 //!    next reconcile pass, which repeat the check for unconfirmed pods.
 //!
+//! Every reconcile period the same check runs for every pod, restored or not: a DEL that could not reach ipamd
+//! (stalled past the plugin's deadline) succeeded after tearing down from prevResult, and its address is released
+//! once the pod's veth has been gone for [`RESTORE_GRACE`].
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -298,7 +301,7 @@ impl Node {
                         tracing::warn!(ip = %a.ip, error = %e, "cannot remove a gone pod's rules");
                     }
                     tracing::warn!(container = %key.container_id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
-                        ip = %a.ip, %veth, "restored pod is gone (no host veth): released its address");
+                        ip = %a.ip, %veth, "pod is gone (no host veth): released its address");
                 }
                 Ok(false) => {}
                 Err(e) => tracing::warn!(%veth, error = %e, "cannot look up a restored pod's veth"),

@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::FileTypeExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -251,17 +252,25 @@ pub async fn spawn(
                         addr: sa.to_string(),
                         source,
                     })?;
-            Ok(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::warn!(error = %e, "http server stopped");
-                }
-            }))
+            Ok(tokio::spawn(serve_bounded(listener, router, stop)))
         }
         BindAddress::Unix(path) => {
-            let _ = std::fs::remove_file(path);
+            // Only a socket (a previous run's) is replaced: anything else at that path is refused, never deleted.
+            match std::fs::symlink_metadata(path) {
+                Ok(md) if md.file_type().is_socket() => {
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(_) => {
+                    return Err(ServeError {
+                        addr: format!("unix:{}", path.display()),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "the path exists and is not a socket; not replacing it",
+                        ),
+                    })
+                }
+                Err(_) => {}
+            }
             if let Some(dir) = path.parent() {
                 let _ = std::fs::create_dir_all(dir);
             }
@@ -269,15 +278,54 @@ pub async fn spawn(
                 addr: format!("unix:{}", path.display()),
                 source,
             })?;
-            Ok(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::warn!(error = %e, "http server stopped");
-                }
-            }))
+            Ok(tokio::spawn(serve_bounded(listener, router, stop)))
         }
+    }
+}
+
+/// Connections each endpoint serves at once; one more is closed as soon as it is accepted, so slow or idle
+/// clients can never hold more file descriptors than this.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A client has this long to send a request's headers (then the connection is closed).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest life of one connection, keep-alive included.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Serves HTTP/1 on `listener` until `stop` completes: at most [`MAX_CONNECTIONS`] at once, headers within
+/// [`HEADER_READ_TIMEOUT`], each connection closed after [`CONNECTION_LIFETIME`]. (`axum::serve` has neither a
+/// header timeout nor a cap: a thousand slowloris connections held a thousand descriptors.)
+async fn serve_bounded<L>(
+    mut listener: L,
+    router: Router,
+    stop: impl std::future::Future<Output = ()> + Send,
+) where
+    L: axum::serve::Listener,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    tokio::pin!(stop);
+    loop {
+        let io = tokio::select! {
+            (io, _) = listener.accept() => io,
+            () = &mut stop => return,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::debug!(
+                max = MAX_CONNECTIONS,
+                "http: connection limit reached; closing a new connection"
+            );
+            drop(io);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(permit);
+        });
     }
 }
 

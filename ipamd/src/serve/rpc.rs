@@ -31,6 +31,11 @@ use crate::engine::Node;
 use crate::metrics::Metrics;
 use crate::reaper::{Reaper, VethOffer};
 
+/// Longest pod name Kubernetes allows (a DNS subdomain).
+pub const MAX_POD_NAME_LEN: usize = 253;
+/// Longest namespace name Kubernetes allows (a DNS label).
+pub const MAX_POD_NAMESPACE_LEN: usize = 63;
+
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub struct CniService {
@@ -161,6 +166,23 @@ impl CniBackend for CniService {
                 }))
             }
         };
+        // Kubernetes bounds both (a DNS subdomain, a DNS label); anything longer is no pod, and would make every
+        // checkpoint write carry it.
+        if req.k8s_pod_name.len() > MAX_POD_NAME_LEN
+            || req.k8s_pod_namespace.len() > MAX_POD_NAMESPACE_LEN
+        {
+            return Ok(Response::new(AddNetworkReply {
+                success: false,
+                failure_reason: FailureReason::InvalidRequest as i32,
+                failure_message: format!(
+                    "K8S_POD_NAME may have at most {MAX_POD_NAME_LEN} bytes and K8S_POD_NAMESPACE at most \
+                     {MAX_POD_NAMESPACE_LEN} (got {} and {})",
+                    req.k8s_pod_name.len(),
+                    req.k8s_pod_namespace.len()
+                ),
+                ..Default::default()
+            }));
+        }
         let meta = PodMeta {
             namespace: req.k8s_pod_namespace.clone(),
             name: req.k8s_pod_name.clone(),
@@ -215,13 +237,16 @@ impl CniBackend for CniService {
     ) -> Result<Response<DelNetworkReply>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
+        // The label takes the reasons plugins send; anything else a client makes up is counted as "other", so
+        // the number of series stays bounded whatever callers send.
+        let reason = match req.reason.as_str() {
+            "" | "PodDeleted" => "PodDeleted",
+            "SetupNSFailed" => "SetupNSFailed",
+            _ => "other",
+        };
         self.metrics
             .del_ip_req_count
-            .with_label_values(&[if req.reason.is_empty() {
-                "PodDeleted"
-            } else {
-                &req.reason
-            }])
+            .with_label_values(&[reason])
             .inc();
         let key = match key_of(&req.network_name, &req.container_id, &req.if_name) {
             Ok(k) => k,
@@ -246,11 +271,13 @@ impl CniBackend for CniService {
                 }));
             }
         };
-        let veth_deferred = self.defer_veth(&req);
+        // A veth is taken only from a DEL that released an address: a DEL for a key ipamd holds nothing for (a
+        // repeated or stale DEL, a caller naming another pod's veth) gets nothing deleted on its behalf.
+        let veth_deferred = released.is_some() && self.defer_veth(&req);
         tracing::info!(
             pod = %format!("{}/{}", req.k8s_pod_namespace, req.k8s_pod_name),
             container = %key.container_id,
-            reason = %req.reason,
+            reason,
             ip = ?released.as_ref().map(|a| a.ip),
             veth_deferred,
             "DelNetwork"

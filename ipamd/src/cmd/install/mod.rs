@@ -246,7 +246,9 @@ fn source_dir(args: &InstallArgs) -> Result<PathBuf, InstallError> {
 
 /// `ipamd install` as a command: logging, then [`run`]; the exit code.
 pub fn main(args: InstallArgs) -> std::process::ExitCode {
-    super::init_tracing();
+    if let Err(e) = super::init_tracing() {
+        return super::failed("ipamd install", e);
+    }
     match run(&args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => super::failed("ipamd install", e),
