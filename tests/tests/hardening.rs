@@ -783,7 +783,9 @@ fn grpc_core_clients_with_default_options_are_served_and_d9_reasons_stay_bounded
     let gen = python(
         dir.path(),
         &format!(
-            "from grpc_tools import protoc; import sys; sys.exit(protoc.main(['protoc', '-I{}', \
+            "import grpc_tools, os, sys; from grpc_tools import protoc; \
+             wk = os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'); \
+             sys.exit(protoc.main(['protoc', '-I{}', '-I' + wk, \
              '--python_out=.', '--grpc_python_out=.', 'rpc.proto']))",
             proto_dir.display()
         ),
