@@ -20,7 +20,7 @@ mod netns;
 pub mod pod;
 
 pub use error::NetlinkError;
-pub use names::{host_veth_name, random_mac, MacAddr};
+pub use names::{host_veth_name, random_mac, subnet_gateway, MacAddr};
 pub use netlink::{LinkInfo, Netlink, RouteSpec, RuleInfo, RuleSpec, VethSpec};
 pub use netns::{
     create_named_netns, current_netns_id, delete_named_netns, enter_netns, in_netns, in_netns_file,

@@ -1,6 +1,7 @@
-//! Names and addresses derived for pods.
+//! Names and addresses derived for pods, and the VPC's router address of a subnet.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use sha1::{Digest, Sha1};
 
@@ -25,6 +26,11 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod_name: &str, index: usiz
     }
     name.truncate(prefix.len() + 11);
     name
+}
+
+/// A VPC subnet's router: the network address + 1 (the ENI's default gateway).
+pub fn subnet_gateway(subnet: ipnetwork::Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
 }
 
 /// A 48-bit Ethernet address.

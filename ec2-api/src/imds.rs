@@ -1,4 +1,4 @@
-//! The instance metadata service as the daemon uses it (anchor-facts §3.1 steps 4 and 8).
+//! The instance metadata service as the daemon uses it (as the anchor does at startup and on reconcile).
 //!
 //! IMDS is eventually consistent with EC2: right after an attach or an IP assignment it may still show the old
 //! state. Callers therefore treat it as a hint to be confirmed, never as the truth about what EC2 has assigned.

@@ -24,19 +24,20 @@ use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::checkpoint::Checkpoint;
-use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
 use crate::hostnet::NetlinkHostNetwork;
 use crate::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
-use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
+use crate::metered::{Meter, MeteredEc2, MeteredImds};
+use crate::metrics::Metrics;
 use crate::node::{Node, NodeDeps, NodeError, Recovery};
 use crate::ratelimit::PacingConfig;
 use crate::reaper::{NetlinkLinks, Reaper, ReaperConfig, ReaperTask};
 use crate::reconcile::NetlinkPodHost;
 use crate::rpc::CniService;
-use crate::sim::fabric::NetnsFabric;
-use crate::sim::{SimEc2, SimError, SimSpec};
+use ec2_api::clock::SystemClock;
+#[cfg(feature = "sim")]
+use ec2_sim::SimError;
 
 /// Which EC2 the daemon talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -78,6 +79,8 @@ pub enum DaemonError {
     SimInInitialNetns,
     #[error("the aws backend is not available in this build yet; use --backend sim")]
     AwsBackendUnavailable,
+    #[error("the sim backend is not available in this build (built without the `sim` feature)")]
+    SimBackendUnavailable,
     #[cfg(feature = "aws")]
     #[error("aws backend: {0}")]
     Aws(#[from] ec2_aws::BackendError),
@@ -85,6 +88,7 @@ pub enum DaemonError {
     NetnsCheck(std::io::Error),
     #[error("building the simulated VPC: {0}")]
     Fabric(datapath::NetlinkError),
+    #[cfg(feature = "sim")]
     #[error("simulator: {0}")]
     Sim(#[from] SimError),
     #[error("netlink: {0}")]
@@ -253,35 +257,54 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             // limits (compiled-in table, else DescribeInstanceTypes).
             // The SDK makes one attempt per call (unless AWS_EC2_MAX_ATTEMPTS says otherwise): PacedEc2 retries,
             // through the throttle gate, so SDK retries would only multiply throttled calls.
-            let aws = ec2_aws::connect(|k: &str| {
-                crate::ratelimit::backend_env(k, |v| crate::config::EnvSource::get(&ProcessEnv, v))
+            let aws = ec2_aws::connect(ec2_aws::AwsOptions::caller_retries(), |k: &str| {
+                ProcessEnv.get(k)
             })
             .await?;
             let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
             NodeDeps {
-                ec2: Arc::new(MeteredEc2::new(Arc::new(aws.ec2), Arc::clone(&metrics))),
-                imds: Arc::new(MeteredImds::new(Arc::new(aws.imds), Arc::clone(&metrics))),
+                ec2: Arc::new(MeteredEc2::new(
+                    Meter::new(Arc::clone(&metrics), clock.clone()),
+                    Arc::new(aws.ec2),
+                )),
+                imds: Arc::new(MeteredImds::new(
+                    Arc::new(aws.imds),
+                    Arc::clone(&metrics),
+                    clock.clone(),
+                )),
                 hostnet: Arc::new(NetlinkHostNetwork::new(nl)),
                 clock,
             }
         }
+        #[cfg(not(feature = "sim"))]
+        Backend::Sim => return Err(DaemonError::SimBackendUnavailable),
+        #[cfg(feature = "sim")]
         Backend::Sim => {
             if datapath::is_initial_netns().map_err(DaemonError::NetnsCheck)? {
                 return Err(DaemonError::SimInInitialNetns);
             }
-            let mut spec = SimSpec::new(&opts.instance_type);
-            spec.state_file = opts.sim_state.clone();
-            spec.api_latency = opts.sim_api_latency;
-            let fabric = match &opts.sim_fabric_netns {
-                Some(path) => NetnsFabric::in_netns(path, spec.subnet_cidr, config.eni_mtu).await,
-                None => NetnsFabric::new(spec.subnet_cidr, config.eni_mtu).await,
-            }
-            .map_err(DaemonError::Fabric)?;
-            let sim = SimEc2::launch(spec, Arc::new(fabric)).await?;
+            let sim = ec2_sim::run::start(ec2_sim::run::RunSpec {
+                instance_type: opts.instance_type.clone(),
+                placement: ec2_sim::run::Placement::for_run(
+                    opts.sim_state.as_deref(),
+                    opts.sim_fabric_netns.as_deref(),
+                    checkpoint_path.as_deref(),
+                ),
+                api_latency: opts.sim_api_latency,
+                mtu: config.eni_mtu,
+            })
+            .await?;
             let nl = datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?;
             NodeDeps {
-                ec2: Arc::new(MeteredEc2::new(Arc::new(sim.clone()), Arc::clone(&metrics))),
-                imds: Arc::new(MeteredImds::new(Arc::new(sim), Arc::clone(&metrics))),
+                ec2: Arc::new(MeteredEc2::new(
+                    Meter::new(Arc::clone(&metrics), clock.clone()),
+                    Arc::new(sim.clone()),
+                )),
+                imds: Arc::new(MeteredImds::new(
+                    Arc::new(sim),
+                    Arc::clone(&metrics),
+                    clock.clone(),
+                )),
                 hostnet: Arc::new(NetlinkHostNetwork::new(nl)),
                 clock,
             }
@@ -492,9 +515,9 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// The checkpoint file: `AWS_VPC_K8S_CNI_BACKING_STORE` when set, else the anchor's default for the aws backend.
-/// A simulated node's checkpoint belongs to its simulated instance: `ipam.json` beside `--sim-state`, and none
-/// (memory only) without one, since every run without saved state is a new instance.
+/// The checkpoint file: `AWS_VPC_K8S_CNI_BACKING_STORE` when set, else the anchor's default. A simulated node's
+/// checkpoint belongs to its simulated instance: with `--sim-state`, `ipam.json` beside it; without, the default
+/// (the instance's state is then kept beside the checkpoint, see `ec2_sim::run`).
 fn checkpoint_path(opts: &RunOptions) -> Option<PathBuf> {
     if let Some(p) = ProcessEnv
         .get(crate::checkpoint::ENV_BACKING_STORE)
@@ -504,13 +527,13 @@ fn checkpoint_path(opts: &RunOptions) -> Option<PathBuf> {
     }
     match opts.backend {
         Backend::Aws => Some(crate::checkpoint::path_from_env(|_| None)),
-        Backend::Sim => opts
-            .sim_state
-            .as_ref()
-            .map(|state| match state.file_name() {
+        Backend::Sim => Some(match &opts.sim_state {
+            Some(state) => match state.file_name() {
                 Some(n) if n == "ipam.json" => state.with_file_name("ipam-checkpoint.json"),
                 _ => state.with_file_name("ipam.json"),
-            }),
+            },
+            None => crate::checkpoint::path_from_env(|_| None),
+        }),
     }
 }
 

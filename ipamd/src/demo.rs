@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ec2::EniDescription;
+use ec2_api::EniDescription;
 
 /// Options of `ipamd demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -243,7 +243,7 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         .map(|e| e.primary_ip);
     let vpc_router = enis
         .first()
-        .map(|e| crate::sim::fabric::subnet_gateway(e.subnet_cidr));
+        .map(|e| datapath::subnet_gateway(e.subnet_cidr));
     println!();
     println!(
         "{:<12} {:<12} {:<29} {:<12} {:>9}",

@@ -20,8 +20,8 @@ use async_trait::async_trait;
 use datapath::{MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec, ENI_PRIMARY_IP_RULE_PRIORITY};
 
 use crate::datastore::Eni;
-use crate::sim::fabric::subnet_gateway;
 use crate::snat::{CommandIptables, Iptables, RecordingIptables, SnatError, SnatPlan};
+use datapath::subnet_gateway;
 
 /// Priority of the rule sending connmarked (non-VPC) pod traffic to the main table.
 pub const FWMARK_RULE_PRIORITY: u32 = 1024;

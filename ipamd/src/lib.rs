@@ -11,25 +11,25 @@
 //!
 //! Modules, from the inside out: [`datastore`] (who holds which IP; no I/O), [`checkpoint`] (the datastore's
 //! assignments on disk, in the anchor's format, group-committed), [`pool`] (the warm-pool policy as a
-//! pure function), [`node`] (the two joined to the outside worlds: [`ec2`], [`imds`], [`hostnet`] with [`snat`],
-//! [`clock`]; every EC2 call paced by [`ratelimit`]; [`reconcile`] keeps datastore, host and EC2 in agreement),
-//! [`rpc`] (the `rpc.CNIBackend` service, which hands DEL's veth deletions to the [`reaper`]), [`daemon`] (`ipamd run`), [`sim`] (the EC2 simulator behind the same
-//! traits, with ENIs as real links), [`demo`] (`ipamd demo`). Every outside world is a trait with a real
-//! implementation and a test double, so the daemon's logic is tested without AWS or root.
+//! pure function), [`node`] (the two joined to the outside worlds: EC2 and IMDS through the `ec2_api` traits,
+//! [`hostnet`] with [`snat`], the `ec2_api::clock`; every EC2 call paced by [`ratelimit`] and recorded by
+//! [`metered`], both layers on `ec2_api::Layered`; [`reconcile`] keeps datastore, host and EC2 in agreement),
+//! [`rpc`] (the `rpc.CNIBackend` service, which hands DEL's veth deletions to the [`reaper`]), [`daemon`]
+//! (`ipamd run`, on the aws backend `ec2-aws` or, with the `sim` feature, the simulator `ec2-sim`), [`demo`]
+//! (`ipamd demo`). Every outside world is a trait with a real implementation and a test double, so the
+//! daemon's logic is tested without AWS or root.
 
 pub mod checkpoint;
-pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datastore;
 pub mod demo;
-pub mod ec2;
 pub mod hostnet;
 pub mod http;
-pub mod imds;
 pub mod install;
 pub mod logging;
+pub mod metered;
 pub mod metrics;
 pub mod node;
 pub mod pool;
@@ -40,6 +40,5 @@ pub mod reconcile;
 pub mod rpc;
 #[cfg(test)]
 mod scenarios;
-pub mod sim;
 pub mod snat;
 pub mod status_cmd;

@@ -58,22 +58,22 @@ use ipnetwork::Ipv4Network;
 use tokio::sync::Notify;
 
 use crate::checkpoint::{Checkpoint, CheckpointEntry, CheckpointError};
-use crate::clock::Clock;
 use crate::config::Config;
 use crate::datastore::{
     Allocation, AssignError, AssignmentRecord, Datastore, Eni, IpamKey, PodMeta, PoolStats,
 };
-use crate::ec2::{
+use crate::hostnet::{HostNetError, HostNetwork, HostPlan};
+use crate::pool::{decide, Decision, EniRoom, HighWater, Outlook, PoolPolicy, PREFIX_SIZE};
+use crate::ratelimit::{CallCounts, PacedEc2, Pacer, PacingConfig};
+use crate::reconcile::PodHost;
+use crate::snat::SnatPlan;
+use ec2_api::clock::Clock;
+use ec2_api::{
     CreateEniRequest, Ec2, Ec2Error, EniDescription, IpRequest, SubnetFilter,
     ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER, TAG_ENI_OWNER_VALUE,
     TAG_INSTANCE_ID, TAG_NO_MANAGE,
 };
-use crate::hostnet::{HostNetError, HostNetwork, HostPlan};
-use crate::imds::{Imds, ImdsError, NodeMetadata};
-use crate::pool::{decide, Decision, EniRoom, HighWater, Outlook, PoolPolicy, PREFIX_SIZE};
-use crate::ratelimit::{CallCounts, PacedEc2, PacingConfig};
-use crate::reconcile::PodHost;
-use crate::snat::SnatPlan;
+use ec2_api::{Imds, ImdsError, NodeMetadata};
 
 /// Minimum time between two shrinking steps (anchor `decreaseIPPoolInterval`).
 pub const SHRINK_INTERVAL: Duration = Duration::from_secs(30);
@@ -405,9 +405,8 @@ impl Node {
             }
         })?;
         let ec2 = Arc::new(PacedEc2::new(
+            Pacer::new(Arc::clone(&deps.clock), pacing),
             Arc::clone(&deps.ec2),
-            Arc::clone(&deps.clock),
-            pacing,
         ));
         let primary_mac = MacAddr::parse(&meta.primary_mac).ok_or_else(|| NodeError::BadMac {
             eni: "primary".into(),
@@ -1451,12 +1450,12 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
     use crate::hostnet::RecordingHostNetwork;
-    use crate::sim::SimEc2;
+    use ec2_api::clock::ManualClock;
+    use ec2_sim::SimEc2;
 
     async fn node(instance_type: &str, config: Config) -> (Arc<Node>, SimEc2, ManualClock) {
-        let (sim, clock) = crate::sim::on_manual_clock(instance_type, |_| {}).await;
+        let (sim, clock) = ec2_sim::on_manual_clock(instance_type, |_| {}).await;
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim.clone()),
@@ -1516,7 +1515,7 @@ mod tests {
         async fn node(&self) -> Result<NodeMetadata, ImdsError> {
             self.inner.node().await
         }
-        async fn enis(&self) -> Result<Vec<crate::imds::ImdsEni>, ImdsError> {
+        async fn enis(&self) -> Result<Vec<ec2_api::ImdsEni>, ImdsError> {
             let mut enis = self.inner.enis().await?;
             if let Some(primary) = enis.iter_mut().find(|e| e.device_number == 0) {
                 primary.ipv4s.push(self.extra);
@@ -1526,10 +1525,10 @@ mod tests {
     }
 
     async fn throttled_start(
-        fault: crate::sim::Fault,
+        fault: ec2_sim::Fault,
         count: u32,
     ) -> (Result<Arc<Node>, NodeError>, SimEc2, ManualClock, Ipv4Addr) {
-        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
         let extra = Ipv4Addr::new(10, 0, 15, 250);
         sim.inject_faults(fault, Some("DescribeNetworkInterfaces"), count);
         let deps = NodeDeps {
@@ -1548,7 +1547,7 @@ mod tests {
     #[tokio::test]
     async fn startup_outlasts_throttling_in_process_and_serves_only_what_ec2_confirmed() {
         // 60 throttles in a row: ten times what the old 6-attempt startup survived.
-        let (n, sim, clock, extra) = throttled_start(crate::sim::Fault::Throttle, 60).await;
+        let (n, sim, clock, extra) = throttled_start(ec2_sim::Fault::Throttle, 60).await;
         let n = n.expect("startup waits for EC2 instead of exiting");
         let c = n.counters().ec2;
         assert_eq!(c.throttled.get("DescribeNetworkInterfaces"), Some(&60));
@@ -1578,7 +1577,7 @@ mod tests {
 
     #[tokio::test]
     async fn startup_fails_fast_on_a_permanent_error() {
-        let (n, sim, _, _) = throttled_start(crate::sim::Fault::Unauthorized, 1).await;
+        let (n, sim, _, _) = throttled_start(ec2_sim::Fault::Unauthorized, 1).await;
         let err = n.expect_err("not authorized is not retried");
         assert!(
             matches!(

@@ -60,7 +60,7 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 
 use crate::datastore::PoolStats;
-use crate::ec2::IpRequest;
+use ec2_api::IpRequest;
 
 /// Addresses in a /28.
 pub const PREFIX_SIZE: u32 = 16;

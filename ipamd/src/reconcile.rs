@@ -57,13 +57,13 @@ use datapath::{Netlink, NetlinkError};
 
 use crate::checkpoint::CheckpointEntry;
 use crate::datastore::{Eni, IpamKey, RestoreError};
-use crate::ec2::{
+use crate::hostnet::HostNetError;
+use crate::node::{lock, mac_of, Node, NodeError, RELEASED_MEMORY, STARTUP_RETRY};
+use ec2_api::ImdsError;
+use ec2_api::{
     Ec2, Ec2Error, EniDescription, EniFilter, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME,
     TAG_CREATED_AT, TAG_INSTANCE_ID, TAG_NO_MANAGE,
 };
-use crate::hostnet::HostNetError;
-use crate::imds::ImdsError;
-use crate::node::{lock, mac_of, Node, NodeError, RELEASED_MEMORY, STARTUP_RETRY};
 
 /// A restored pod's veth must have been seen at least this long after the socket opened to be confirmed.
 pub const RESTORE_SETTLE: Duration = Duration::from_secs(15);
@@ -159,7 +159,7 @@ impl Timers {
     }
 }
 
-fn same_addresses(ds_eni: &Eni, imds: &crate::imds::ImdsEni) -> bool {
+fn same_addresses(ds_eni: &Eni, imds: &ec2_api::ImdsEni) -> bool {
     let mut a: Vec<_> = ds_eni.ips().collect();
     a.sort();
     let mut b: Vec<_> = imds.ipv4s.iter().skip(1).copied().collect();
@@ -782,15 +782,15 @@ mod tests {
 
     use super::*;
     use crate::checkpoint::Checkpoint;
-    use crate::clock::{Clock, ManualClock};
     use crate::config::Config;
     use crate::datastore::{PodMeta, MIGRATED_IF_NAME, MIGRATED_NETWORK_NAME};
-    use crate::ec2::IpRequest;
     use crate::hostnet::RecordingHostNetwork;
-    use crate::imds::Imds;
     use crate::node::{NodeDeps, Recovery};
     use crate::ratelimit::PacingConfig;
-    use crate::sim::{NoHotplug, SimEc2, SimSpec};
+    use ec2_api::clock::{Clock, ManualClock};
+    use ec2_api::Imds;
+    use ec2_api::IpRequest;
+    use ec2_sim::{NoHotplug, SimEc2, SimSpec};
 
     struct Box_ {
         sim: SimEc2,
@@ -1080,8 +1080,8 @@ mod tests {
         let me = b.sim.instance_id();
         let eni = b
             .sim
-            .create_network_interface(crate::ec2::CreateEniRequest {
-                subnet_id: crate::sim::SIM_SUBNET_ID.into(),
+            .create_network_interface(ec2_api::CreateEniRequest {
+                subnet_id: ec2_sim::SIM_SUBNET_ID.into(),
                 description: "aws-K8S-i".into(),
                 security_groups: vec![],
                 tags: BTreeMap::new(),

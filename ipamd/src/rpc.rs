@@ -282,7 +282,7 @@ mod tests {
     };
 
     async fn node() -> Arc<Node> {
-        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |_| {}).await;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |_| {}).await;
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim),
