@@ -16,6 +16,20 @@ pub struct SimNic {
     pub is_primary: bool,
 }
 
+impl SimNic {
+    /// The NIC of an attached ENI (`None` while detached or with an unparsable MAC).
+    pub fn of(eni: &ec2_api::EniDescription) -> Option<SimNic> {
+        Some(SimNic {
+            device_index: eni.device_index?,
+            network_card: eni.network_card_index,
+            mac: datapath::MacAddr::parse(&eni.mac)?,
+            primary_ip: eni.primary_ip,
+            subnet: eni.subnet_cidr,
+            is_primary: eni.device_index == Some(0) && eni.network_card_index == 0,
+        })
+    }
+}
+
 /// Makes attached ENIs visible to the node (links in its namespace) and routes the VPC's traffic to them.
 pub trait NicHotplug: Send + Sync + 'static {
     /// A NIC was attached.

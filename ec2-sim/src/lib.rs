@@ -56,7 +56,7 @@ pub use hotplug::{NicHotplug, NoHotplug, SimNic};
 pub use spec::{Fault, SimError, SimSpec, SimSubnet, ThrottleSpec, SIM_SUBNET_ID};
 
 use imds::{apply_imds, imds_eni_of};
-use state::{mac_of, new_eni, subnet_free, SimState, SubnetState};
+use state::{new_eni, subnet_free, SimState, SubnetState};
 
 /// The simulated account. Cheap to clone (shared state).
 #[derive(Clone)]
@@ -178,24 +178,15 @@ impl SimEc2 {
             eni.status = "in-use".into();
             eni.delete_on_termination = true;
         }
-        let sim = SimEc2 {
-            state: Arc::new(Mutex::new(state)),
-            hotplug,
-            state_file: spec.state_file,
-            file_lock: Arc::new(Mutex::new(())),
-            clock: spec.clock,
-            imds_lag: Duration::ZERO,
-            attach_latency: spec.attach_latency,
-            timeout: spec.timeout,
-            api_latency: spec.api_latency,
-            throttle: spec.throttle,
-        };
+        let imds_lag = spec.imds_lag;
+        let sim = SimEc2::assemble(state, spec, hotplug);
         // The primary ENI is visible at boot; later changes lag.
-        sim.publish(&primary_id);
         let sim = SimEc2 {
-            imds_lag: spec.imds_lag,
+            imds_lag: Duration::ZERO,
             ..sim
         };
+        sim.publish(&primary_id);
+        let sim = SimEc2 { imds_lag, ..sim };
         let nic = sim
             .nic_of(&primary_id)
             .ok_or_else(|| SimError::Plug("primary ENI vanished".into()))?;
@@ -238,16 +229,23 @@ impl SimEc2 {
     }
 
     fn nic_of(&self, eni_id: &str) -> Option<SimNic> {
-        let st = self.lock();
-        let eni = st.enis.get(eni_id)?;
-        Some(SimNic {
-            device_index: eni.device_index?,
-            network_card: eni.network_card_index,
-            mac: mac_of(eni)?,
-            primary_ip: eni.primary_ip,
-            subnet: eni.subnet_cidr,
-            is_primary: eni.device_index == Some(0) && eni.network_card_index == 0,
-        })
+        self.lock().enis.get(eni_id).and_then(SimNic::of)
+    }
+
+    /// The account around `state`, with the settings of `spec`.
+    fn assemble(state: SimState, spec: SimSpec, hotplug: Arc<dyn NicHotplug>) -> SimEc2 {
+        SimEc2 {
+            state: Arc::new(Mutex::new(state)),
+            hotplug,
+            state_file: spec.state_file,
+            file_lock: Arc::new(Mutex::new(())),
+            clock: spec.clock,
+            imds_lag: spec.imds_lag,
+            attach_latency: spec.attach_latency,
+            timeout: spec.timeout,
+            api_latency: spec.api_latency,
+            throttle: spec.throttle,
+        }
     }
 
     /// Schedules IMDS to show the ENI's current state (or its absence) after the lag.

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::hotplug::{NicHotplug, SimNic};
 use crate::imds::imds_eni_of;
 use crate::spec::{SimError, SimSpec};
-use crate::state::{addresses, mac_of, subnet_free, SimState};
+use crate::state::{addresses, subnet_free, SimState};
 use crate::SimEc2;
 
 impl SimEc2 {
@@ -60,31 +60,13 @@ impl SimEc2 {
             .filter(|e| e.status == "in-use")
             .filter_map(|e| {
                 Some((
-                    SimNic {
-                        device_index: e.device_index?,
-                        network_card: e.network_card_index,
-                        mac: mac_of(e)?,
-                        primary_ip: e.primary_ip,
-                        subnet: e.subnet_cidr,
-                        is_primary: e.device_index == Some(0) && e.network_card_index == 0,
-                    },
+                    SimNic::of(e)?,
                     addresses(&e.secondary_ips, &e.ipv4_prefixes),
                 ))
             })
             .collect();
         let enis = nics.len();
-        let sim = SimEc2 {
-            state: Arc::new(Mutex::new(state)),
-            hotplug,
-            state_file: spec.state_file,
-            file_lock: Arc::new(Mutex::new(())),
-            clock: spec.clock,
-            imds_lag: spec.imds_lag,
-            attach_latency: spec.attach_latency,
-            timeout: spec.timeout,
-            api_latency: spec.api_latency,
-            throttle: spec.throttle,
-        };
+        let sim = SimEc2::assemble(state, spec, hotplug);
         sim.hotplug
             .restore(nics)
             .await

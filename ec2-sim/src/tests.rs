@@ -241,19 +241,19 @@ struct RecordingHotplug {
 }
 
 impl NicHotplug for RecordingHotplug {
-    fn plug(&self, _nic: SimNic) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+    fn plug(&self, nic: SimNic) -> BoxFuture<'_, Result<(), String>> {
+        NoHotplug.plug(nic)
     }
-    fn unplug(&self, _nic: SimNic) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+    fn unplug(&self, nic: SimNic) -> BoxFuture<'_, Result<(), String>> {
+        NoHotplug.unplug(nic)
     }
     fn bind_ips(
         &self,
-        _mac: datapath::MacAddr,
-        _ips: Vec<Ipv4Addr>,
-        _bound: bool,
+        mac: datapath::MacAddr,
+        ips: Vec<Ipv4Addr>,
+        bound: bool,
     ) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async { Ok(()) })
+        NoHotplug.bind_ips(mac, ips, bound)
     }
     fn restore(&self, nics: Vec<(SimNic, Vec<Ipv4Addr>)>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {

@@ -51,11 +51,13 @@ struct RunArgs {
     #[arg(long)]
     netns: Option<PathBuf>,
     /// The simulated EC2 state (sim backend): loaded from here if present, written here (fsync'd) after every
-    /// change, so the simulated instance survives ipamd's death.
+    /// change, so the simulated instance survives ipamd's death. Default: sim-ec2.json beside the checkpoint,
+    /// with the VPC fabric in a kept namespace (awscni-sim-<hash>, logged), so a restart resumes the instance.
     #[arg(long)]
     sim_state: Option<PathBuf>,
     /// Put the simulated VPC fabric in this existing network namespace (e.g. /run/netns/NAME), so ENI links
-    /// outlive ipamd; its owner removes it. Default: an anonymous namespace that dies with ipamd.
+    /// outlive ipamd; its owner removes it. Default: the kept namespace without --sim-state, else an anonymous
+    /// namespace that dies with ipamd.
     #[arg(long)]
     sim_fabric_netns: Option<PathBuf>,
     /// How long every simulated EC2 call takes, e.g. 200ms (sim backend).
