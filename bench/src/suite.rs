@@ -820,7 +820,7 @@ fn calls_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Section,
              failure counted) until its wave ends (then it counts as never placed). `IP_COOLDOWN_PERIOD` 30 s \
              (default), IMDS lag 1 s, attach latency 2 s, EC2's per-API throttling. Calls counted by the \
              simulator, startup included, per 1,000 pods. *Ours* is `ipamd::node::Node` with its pool task as \
-             `ipamd run` runs it; the *anchor model* is the anchor's policy (anchor-facts §3.4: 5 s loop, cooldown \
+             `ipamd run` runs it; the *anchor model* is the anchor's policy (5 s loop, cooldown \
              counted as available, no wake-up on ADD, allocation in whole ENIs or prefixes without a max-pods \
              cap, WARM_* semantics, 60 s reconcile, hourly leak check, the SDK's standard retryer) written from \
              its description, on the same datastore and simulator (see `bench/src/virt/anchor.rs`).",

@@ -1,7 +1,7 @@
 //! [`AwsEc2`]: the [`Ec2`] trait on aws-sdk-ec2.
 //!
 //! Each trait method is one EC2 operation (two for calls whose answer lacks a field the trait needs, see
-//! below), with the anchor's parameters (anchor-facts §3.2). Failures go through [`crate::errors`]; list calls
+//! below), with the anchor's parameters. Failures go through [`crate::errors`]; list calls
 //! follow `NextToken` until EC2 stops sending one ([`paginate`]), and refuse to loop on a token EC2 repeats.
 //!
 //! Two places where EC2's answer and the trait differ:

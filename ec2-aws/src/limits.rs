@@ -123,7 +123,7 @@ pub async fn run(args: &GenLimitsArgs) -> Result<usize, GenLimitsError> {
 }
 
 /// The limits of `instance_type`: the compiled-in table, else one DescribeInstanceTypes call whose answer is
-/// added to the table for the rest of the process (anchor-facts §4: "Runtime fallback").
+/// added to the table for the rest of the process (the anchor's runtime fallback).
 pub async fn limits_or_describe(
     ec2: &dyn Ec2,
     instance_type: &str,

@@ -50,8 +50,8 @@
 //! sooner than `d/2`.
 //!
 //! The bucket is `ec2_api`'s [`TokenBucket`], the same one the simulator uses server-side, per API, to answer
-//! `RequestLimitExceeded`, and `ec2-aws` under the SDK. The backend below makes one attempt per call (its own
-//! retries are off by default, `ec2_aws::Options::sdk_max_attempts`): the retries are this layer's.
+//! `RequestLimitExceeded`, and `ec2-aws` under the SDK. The aws backend below makes one attempt per call
+//! (`ec2_aws::AwsOptions::caller_retries`): the retries are this layer's.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

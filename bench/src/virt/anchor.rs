@@ -1,4 +1,4 @@
-//! A model of the anchor's (aws-node's) IPv4 pool manager, from anchor-facts §3.1, §3.2 and §3.4, written from
+//! A model of the anchor's (aws-node's) IPv4 pool manager, from the anchor's documented behaviour, written from
 //! that description (no anchor code), driven through the same simulator as our engine.
 //!
 //! Modelled:

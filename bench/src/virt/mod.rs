@@ -4,7 +4,7 @@
 //! Two engines drive the same simulator through the same `Ec2` and `Imds` traits:
 //! - **ours**: `ipamd::node::Node` with its pool task (`run_pool`), client-side pacing and reconcile, exactly as
 //!   `ipamd run` wires them, with a no-op host network;
-//! - **anchor model**: [`anchor::AnchorNode`], the anchor's pool policy as anchor-facts §3.4 describes it (see
+//! - **anchor model**: [`anchor::AnchorNode`], the anchor's pool policy as the anchor documents it (see
 //!   that module), behind a model of the AWS SDK's standard retryer ([`SdkRetryEc2`]).
 //!
 //! Both use the same datastore type (`ipamd::datastore::Datastore`) for who holds which address and for the
