@@ -84,6 +84,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_subnet_gateway_is_the_network_address_plus_one() {
+        let subnet: ipnetwork::Ipv4Network = "10.0.16.0/20".parse().expect("cidr");
+        assert_eq!(subnet_gateway(subnet), Ipv4Addr::new(10, 0, 16, 1));
+    }
+
+    #[test]
     fn veth_name_matches_sha1_of_namespace_dot_pod() {
         // Independent oracle: `printf default.nginx | sha1sum` = c440f455693b69cd...
         let name = host_veth_name("eni", "default", "nginx", 0);
