@@ -16,4 +16,5 @@ pub mod real;
 pub mod report;
 pub mod stats;
 pub mod suite;
+pub mod time;
 pub mod virt;

@@ -72,9 +72,12 @@ fn run(args: RunArgs) -> Result<(), BenchError> {
         me,
     };
     let plan = Plan::new(args.quick, args.seed, args.only.clone());
-    let started = std::time::Instant::now();
+    let started = aws_cni_bench::time::now();
     let mut progress = |msg: &str| {
-        eprintln!("[{:>5.0} s] {msg}", started.elapsed().as_secs_f64());
+        eprintln!(
+            "[{:>5.0} s] {msg}",
+            aws_cni_bench::time::since(started).as_secs_f64()
+        );
     };
     let report = suite::run(&plan, &bins, &mut progress)?;
     suite::write_report(&report, &args.out)?;

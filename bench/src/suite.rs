@@ -1,7 +1,7 @@
 //! The suite: runs each benchmark, turns its samples into a report section with tables, targets and caveats.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -128,7 +128,7 @@ pub fn machine_info(bins: &Binaries) -> Vec<(String, String)> {
     let mut m = Vec::new();
     m.push((
         "date (UTC)".into(),
-        humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        humantime::format_rfc3339_seconds(crate::time::wall()).to_string(),
     ));
     m.push((
         "CPU".into(),
@@ -216,7 +216,7 @@ pub fn run(
     bins: &Binaries,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Report, BenchError> {
-    let t0 = Instant::now();
+    let t0 = crate::time::now();
     let mut report = Report {
         machine: machine_info(bins),
         quick: plan.quick,
@@ -280,7 +280,7 @@ pub fn run(
     if plan.wants("scale-up") {
         report.sections.push(scaleup_section(plan, progress)?);
     }
-    report.wall_time = t0.elapsed();
+    report.wall_time = crate::time::since(t0);
     Ok(report)
 }
 
@@ -928,7 +928,7 @@ fn scaleup_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Sectio
                 "scale-up: {nodes} nodes, {label}, {}",
                 engine.label()
             ));
-            let w0 = Instant::now();
+            let w0 = crate::time::now();
             let r = virt::run_virtual(scaleup::cluster(
                 engine,
                 *nodes,
@@ -937,7 +937,7 @@ fn scaleup_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Sectio
                 vars,
                 limit,
             ))??;
-            let wall = w0.elapsed();
+            let wall = crate::time::since(w0);
             let waits = Summary::of(&r.waits);
             let pct = 100.0 * r.throttled() as f64 / r.calls().max(1) as f64;
             let placed = match r.all_placed_after {

@@ -68,6 +68,9 @@ pub fn lock_path(dir: &Path, network: &str, container_id: &str, ifname: &str) ->
 
 /// Takes the attachment's lock, waiting at most `timeout` (then: try again later). A lock directory that cannot
 /// be created or opened is logged and the verb goes on unlocked: a read-only /run must not stop every pod.
+// The plugin is a process that lives for one CNI call and has no clock seam (it does not link ec2-api): the
+// bounded wait for the attachment lock reads the monotonic clock directly.
+#[allow(clippy::disallowed_methods)]
 pub fn lock_attachment(
     env: &CniEnv,
     network: &str,

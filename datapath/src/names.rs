@@ -1,6 +1,7 @@
-//! Names and addresses derived for pods.
+//! Names and addresses derived for pods, and the VPC's router address of a subnet.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use sha1::{Digest, Sha1};
 
@@ -27,10 +28,9 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod_name: &str, index: usiz
     name
 }
 
-/// The router of a VPC subnet whose network address is `network`: the subnet's base address + 1 (EC2 reserves it
-/// in every subnet for the VPC router, which is an ENI's default gateway).
-pub fn subnet_gateway(network: std::net::Ipv4Addr) -> std::net::Ipv4Addr {
-    std::net::Ipv4Addr::from(u32::from(network).wrapping_add(1))
+/// A VPC subnet's router: the network address + 1 (the ENI's default gateway).
+pub fn subnet_gateway(subnet: ipnetwork::Ipv4Network) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
 }
 
 /// True for the names [`host_veth_name`] gives the first interface of a pod: `prefix` followed by exactly 11
@@ -96,6 +96,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_subnet_gateway_is_the_network_address_plus_one() {
+        let subnet: ipnetwork::Ipv4Network = "10.0.16.0/20".parse().expect("cidr");
+        assert_eq!(subnet_gateway(subnet), Ipv4Addr::new(10, 0, 16, 1));
+    }
+
+    #[test]
     fn veth_name_matches_sha1_of_namespace_dot_pod() {
         // Independent oracle: `printf default.nginx | sha1sum` = c440f455693b69cd...
         let name = host_veth_name("eni", "default", "nginx", 0);
@@ -117,14 +123,6 @@ mod tests {
         assert!(MacAddr::parse("0a:1b:2c:3d:4e").is_none());
         assert!(MacAddr::parse("0a:1b:2c:3d:4e:5f:00").is_none());
         assert!(MacAddr::parse("zz:1b:2c:3d:4e:5f").is_none());
-    }
-
-    #[test]
-    fn subnet_gateway_is_the_base_plus_one() {
-        assert_eq!(
-            subnet_gateway("10.0.16.0".parse().expect("ip")),
-            std::net::Ipv4Addr::new(10, 0, 16, 1)
-        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!                                                 │     (unknown or misspelled field = error, with its path)
 //!                                                 └─▶ manifests::daemonset_problems (hostNetwork, probes, mounts,
 //!                                                       capabilities, resources, env consistency)
-//!   deploy/iam-policy.json ───▶ iam::Policy (strict) ─▶ actions == the EC2 calls of ec2_api::Ec2
+//!   deploy/iam-policy.json ───▶ iam::Policy (strict) ─▶ actions == the EC2 calls (ec2_api::Api)
 //!   Dockerfile, .dockerignore ─▶ dockerfile::Dockerfile ─▶ stages, COPY sources, built binaries, ENTRYPOINT
 //! ```
 //!

@@ -236,7 +236,7 @@ impl Ec2Error {
     }
 }
 
-/// The EC2 calls the daemon makes (the anchor's, with its parameters).
+/// The EC2 calls the daemon makes (each is one [`crate::Api`]).
 #[async_trait]
 pub trait Ec2: Send + Sync + 'static {
     /// CreateNetworkInterface with addresses assigned at creation.

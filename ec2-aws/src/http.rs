@@ -1,28 +1,30 @@
-//! The HTTP client under the EC2 SDK client: the SDK's default HTTPS client, with every attempt gated by the
-//! per-API token bucket ([`crate::bucket`]).
+//! The HTTP client under the EC2 SDK client: the SDK's default HTTPS client, with every request gated by the
+//! per-action token bucket ([`crate::bucket`]).
 //!
 //! ```text
-//!   AwsEc2 ──▶ aws-sdk-ec2 operation ──▶ SDK retry loop (standard mode: max attempts, exponential backoff
-//!                                         │                 with full jitter, retry quota)
-//!                                         ▼  every attempt, first or retry
-//!                                   BucketedConnector: bucket(Action).acquire()  ── refused ─▶ ConnectorError
-//!                                         │                                          (ThrottlingError kind: the
-//!                                         ▼                                           SDK backs off and retries)
-//!                                   default hyper/rustls connector ──▶ EC2
-//!                                         │
-//!                                         └─ HTTP 503 (RequestLimitExceeded, Unavailable): drain the bucket
+//!   ipamd's pacer (retries, throttle gates) ──▶ AwsEc2 ──▶ aws-sdk-ec2 operation (one attempt per call by
+//!                                                           │  default; more with AWS_EC2_MAX_ATTEMPTS)
+//!                                                           ▼  every attempt
+//!                                     BucketedConnector: bucket(Action).acquire()  ── refused ─▶ ConnectorError
+//!                                                           │                          (ThrottlingError kind)
+//!                                                           ▼
+//!                                     default hyper/rustls connector ──▶ EC2
+//!                                                           │
+//!                                                           └─ HTTP 503 (RequestLimitExceeded, Unavailable):
+//!                                                              drain the bucket
 //! ```
 //!
-//! Placing the bucket at the connector is what puts the SDK's *retries* under it too: the retry loop lives
-//! above the connector, so a retry storm spends tokens like any other request. The EC2 query protocol carries
-//! the operation name in the form body (`Action=DescribeNetworkInterfaces&...`), which is how the connector
-//! picks the bucket without any help from the caller.
+//! The bucket sits at the connector so that nothing reaches EC2 without a token, whoever retries: the caller
+//! (ipamd's pacer, the default) or, when configured for more attempts, the SDK's retry loop above the
+//! connector. The EC2 query protocol carries the operation name in the form body
+//! (`Action=DescribeNetworkInterfaces&...`), which is how the connector picks the bucket without any help from
+//! the caller.
 //!
 //! When the bucket refuses, the attempt fails with a connector error of kind `ThrottlingError` whose source is
-//! [`ClientThrottled`]; if the SDK runs out of attempts, [`crate::errors`] turns it into `Ec2Error::Throttled`.
+//! [`ClientThrottled`]; [`crate::errors`] turns it into `Ec2Error::Throttled`, and the caller's throttle
+//! handling takes over.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient,
@@ -132,7 +134,7 @@ impl HttpConnector for BucketedConnector {
             if response.status().as_u16() == 503 {
                 // EC2 answers RequestLimitExceeded (and Unavailable) with 503: the account is over its
                 // budget, so stop spending this node's burst.
-                bucket.drain(Instant::now());
+                bucket.drain();
             }
             Ok(response)
         })

@@ -12,7 +12,7 @@
 //! from inside a container network namespace the answer is dropped on the way and the `PUT` times out. Such a
 //! failure is reported with that explanation instead of a bare timeout.
 //!
-//! Paths read at startup (as the anchor), under `/latest/meta-data/`:
+//! Paths read (as the anchor reads them at startup and on reconcile), under `/latest/meta-data/`:
 //!
 //! ```text
 //!   node():  instance-id  instance-type  placement/availability-zone  placement/region  mac  local-ipv4

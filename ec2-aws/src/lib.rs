@@ -1,16 +1,18 @@
 //! The `aws` backend of ipamd: [`ec2_api::Ec2`] on aws-sdk-ec2 and [`ec2_api::Imds`] on IMDSv2.
 //!
 //! ```text
-//!  ipamd ──Arc<dyn Ec2>──▶ AwsEc2 ──▶ aws-sdk-ec2 ──▶ SDK retries ──▶ BucketedConnector ──▶ hyper/rustls ──▶ EC2
-//!    │                     (errors.rs: EC2 code → Ec2Error)      (bucket.rs: per-API token bucket)
+//!  ipamd ──Arc<dyn Ec2>──▶ AwsEc2 ──▶ aws-sdk-ec2 (1 attempt) ──▶ BucketedConnector ──▶ hyper/rustls ──▶ EC2
+//!    │                     (errors.rs: EC2 code → Ec2Error)       (bucket.rs: per-API token bucket)
 //!    └──Arc<dyn Imds>──▶ AwsImds ──▶ aws-config IMDS client (token PUT, TTL, retries) ──▶ 169.254.169.254
 //! ```
 //!
 //! * [`ec2`]: every call of the trait, with pagination and the anchor's parameters.
 //! * [`errors`]: the mapping from EC2 error codes to [`ec2_api::Ec2Error`] classes.
-//! * [`bucket`] and [`http`]: the client-side rate limit that every HTTP attempt (SDK retries included) passes.
+//! * [`bucket`] and [`http`]: the client-side rate limit that every HTTP request passes (on `ec2_api`'s
+//!   token bucket and clock).
 //! * [`imds`]: the node and its ENIs from IMDSv2, with the eventual-consistency retries.
-//! * [`options`]: `AWS_EC2_ENDPOINT`, `HTTP_TIMEOUT`, attempts; the user agent (`app/aws-cni-<version>`).
+//! * [`options`]: `AWS_EC2_ENDPOINT`, `HTTP_TIMEOUT`, who retries (the caller by default under ipamd, or
+//!   the SDK); the user agent (`app/aws-cni-<version>`).
 //! * [`limits`]: `ipamd gen-limits` and the DescribeInstanceTypes fallback for unknown instance types.
 //!
 //! Startup ([`connect`]) follows the anchor: IMDS first, for the region and the
@@ -59,9 +61,13 @@ pub enum BackendError {
     Limits(#[from] limits::FallbackError),
 }
 
-/// Connects the backend; `get` reads the environment (see [`options`]).
-pub async fn connect(get: impl Fn(&str) -> Option<String>) -> Result<AwsBackend, BackendError> {
-    let opts = AwsOptions::from_env(get)?;
+/// Connects the backend; `get` reads the environment (see [`options`]) over `base` (e.g.
+/// [`AwsOptions::caller_retries`]).
+pub async fn connect(
+    base: AwsOptions,
+    get: impl Fn(&str) -> Option<String>,
+) -> Result<AwsBackend, BackendError> {
+    let opts = AwsOptions::from_env_over(base, get)?;
     let imds = AwsImds::from_env();
     let node = imds.node().await?;
     tracing::info!(

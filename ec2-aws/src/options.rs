@@ -4,7 +4,13 @@
 //! |---|---|---|
 //! | `AWS_EC2_ENDPOINT` | (the regional endpoint) | EC2 endpoint URL override |
 //! | `HTTP_TIMEOUT` | `10` | seconds per HTTP attempt; values below 10 are raised to 10, as the anchor does |
-//! | `AWS_EC2_MAX_ATTEMPTS` | `3` | attempts per call (first try + SDK retries), 1..=10 |
+//! | `AWS_EC2_MAX_ATTEMPTS` | `1` under ipamd, else `3` | attempts per call (first try + SDK retries), 1..=10 |
+//!
+//! **Who retries.** The SDK's standard retry loop (3 attempts, backoff with full jitter, a retry quota) is the
+//! default of [`AwsOptions::default`]. ipamd starts from [`AwsOptions::caller_retries`] instead: one attempt per
+//! call, because its pacer retries through the API's throttle gate and the node's bucket, and an SDK loop
+//! under it would multiply every throttled call by its own attempts without seeing the gate. An operator who
+//! sets `AWS_EC2_MAX_ATTEMPTS` gets that many SDK attempts either way.
 //!
 //! The SDK's own variables keep working: credentials (`AWS_ACCESS_KEY_ID`, `AWS_WEB_IDENTITY_TOKEN_FILE` for
 //! IRSA, the instance profile through IMDS, ...), `AWS_ENDPOINT_URL_EC2`, `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
@@ -66,9 +72,27 @@ impl Default for AwsOptions {
 }
 
 impl AwsOptions {
-    /// Reads the variables of the module docs through `get` (e.g. `|k| std::env::var(k).ok()`).
+    /// The defaults for a caller that retries on its own (ipamd's pacer): one SDK attempt per call (see the
+    /// module docs).
+    pub fn caller_retries() -> AwsOptions {
+        AwsOptions {
+            max_attempts: 1,
+            ..AwsOptions::default()
+        }
+    }
+
+    /// Reads the variables of the module docs through `get` (e.g. `|k| std::env::var(k).ok()`) over the SDK's
+    /// defaults.
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<AwsOptions, OptionsError> {
-        let mut o = AwsOptions::default();
+        AwsOptions::from_env_over(AwsOptions::default(), get)
+    }
+
+    /// Reads the variables of the module docs through `get`; what they leave unset comes from `base`.
+    pub fn from_env_over(
+        base: AwsOptions,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<AwsOptions, OptionsError> {
+        let mut o = base;
         if let Some(ep) = get(ENV_EC2_ENDPOINT).filter(|v| !v.trim().is_empty()) {
             let ep = ep.trim().to_string();
             if !(ep.starts_with("http://") || ep.starts_with("https://")) {
@@ -164,6 +188,35 @@ mod tests {
         assert_eq!(o.max_attempts, 5);
         assert!(AwsOptions::from_env(env(&[(ENV_MAX_ATTEMPTS, "0")])).is_err());
         assert!(AwsOptions::from_env(env(&[(ENV_MAX_ATTEMPTS, "11")])).is_err());
+    }
+
+    #[test]
+    fn a_caller_that_retries_gets_one_sdk_attempt_unless_the_operator_says_otherwise() {
+        let o = AwsOptions::from_env_over(AwsOptions::caller_retries(), env(&[])).expect("unset");
+        assert_eq!(o.max_attempts, 1);
+        let o = AwsOptions::from_env_over(
+            AwsOptions::caller_retries(),
+            env(&[(ENV_MAX_ATTEMPTS, " ")]),
+        )
+        .expect("empty");
+        assert_eq!(o.max_attempts, 1);
+        let o = AwsOptions::from_env_over(
+            AwsOptions::caller_retries(),
+            env(&[(ENV_MAX_ATTEMPTS, "5")]),
+        )
+        .expect("set");
+        assert_eq!(o.max_attempts, 5);
+        // Everything else is read as for the SDK's defaults.
+        let o = AwsOptions::from_env_over(
+            AwsOptions::caller_retries(),
+            env(&[(ENV_HTTP_TIMEOUT, "25")]),
+        )
+        .expect("timeout");
+        assert_eq!(o.http_timeout, Duration::from_secs(25));
+        assert_eq!(
+            AwsOptions::from_env(env(&[])).expect("sdk").max_attempts,
+            DEFAULT_MAX_ATTEMPTS
+        );
     }
 
     #[test]

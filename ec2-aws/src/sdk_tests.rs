@@ -498,7 +498,7 @@ async fn throttling_is_retried_by_the_sdk_then_reported_and_drains_the_bucket() 
         ec2_error(503, "RequestLimitExceeded"),
     ]);
     let buckets = Buckets::uniform(BucketConfig {
-        capacity: 10.0,
+        capacity: 10,
         refill_per_sec: 1000.0,
         max_wait: Duration::from_secs(1),
     });
@@ -525,7 +525,7 @@ async fn sdk_retries_spend_tokens_and_stop_when_the_bucket_is_empty() {
         ec2_error(500, "InternalError"),
     ]);
     let buckets = Buckets::uniform(BucketConfig {
-        capacity: 2.0,
+        capacity: 2,
         refill_per_sec: 0.0,
         max_wait: Duration::ZERO,
     });

@@ -15,7 +15,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
+
+use ec2_api::clock::{Clock, SystemClock};
 
 use tracing::callsite::Identifier;
 use tracing::{Metadata, Subscriber};
@@ -82,7 +84,7 @@ impl LogSettings {
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
-    last: Instant,
+    last: Duration,
     suppressed: u64,
     location: String,
 }
@@ -91,11 +93,12 @@ struct Bucket {
 #[derive(Debug, Clone, Default)]
 pub struct RateLimit {
     buckets: Arc<Mutex<HashMap<Identifier, Bucket>>>,
+    clock: SystemClock,
 }
 
 impl RateLimit {
     /// Takes a token for `meta`'s callsite at `now`; false when the callsite is over its rate.
-    pub fn allow(&self, meta: &Metadata<'_>, now: Instant) -> bool {
+    pub fn allow(&self, meta: &Metadata<'_>, now: Duration) -> bool {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let b = buckets.entry(meta.callsite()).or_insert_with(|| Bucket {
             tokens: BURST,
@@ -107,7 +110,7 @@ impl RateLimit {
                 meta.line().unwrap_or(0)
             ),
         });
-        let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
+        let elapsed = now.saturating_sub(b.last).as_secs_f64();
         b.tokens = (b.tokens + elapsed * PER_SECOND).min(BURST);
         b.last = now;
         if b.tokens >= 1.0 {
@@ -146,7 +149,7 @@ impl<S: Subscriber> Filter<S> for RateLimit {
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
-        self.allow(event.metadata(), Instant::now())
+        self.allow(event.metadata(), self.clock.now())
     }
 }
 
@@ -276,7 +279,7 @@ mod tests {
             callsite: &DUMMY_CALLSITE,
             kind: tracing::metadata::Kind::EVENT
         );
-        let t0 = Instant::now();
+        let t0 = Duration::from_secs(100);
         let allowed = (0..1000).filter(|_| limit.allow(&meta, t0)).count();
         assert_eq!(allowed, BURST as usize, "a burst is allowed, then nothing");
         let suppressed = limit.take_suppressed();

@@ -3,7 +3,7 @@
 //!
 //! Where values come from:
 //! - request path: [`crate::serve::rpc`] counts ADD/DEL and observes their latency as ipamd sees it;
-//! - EC2 and IMDS: [`MeteredEc2`] / [`MeteredImds`] wrap the backends and record every call (latency summary by
+//! - EC2 and IMDS: [`crate::metered`]'s layers wrap the backends and record every call (latency summary by
 //!   API, errors by code, and ours: calls by API and outcome with throttling apart) — nothing in the pool engine
 //!   needs to know about metrics;
 //! - pool state: gauges are refreshed from the datastore when scraped ([`Metrics::refresh`]), so they are exact
@@ -19,11 +19,8 @@
 //! feature feeds them; the test of this module lists which.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
-use async_trait::async_trait;
 use ipnetwork::Ipv4Network;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
@@ -33,11 +30,6 @@ use prometheus::{
 };
 
 use crate::core::snapshot::PoolSnapshot;
-use crate::ec2::{
-    Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
-    InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
-};
-use crate::imds::{Imds, ImdsEni, ImdsError, NodeMetadata};
 use crate::sync::lock;
 
 /// Observations kept per label set for the latency summary's quantiles.
@@ -562,27 +554,6 @@ impl Metrics {
         }
         text
     }
-
-    fn record_aws(&self, api: &'static str, started: Instant, err: Option<&str>, throttled: bool) {
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        let (error, status) = match err {
-            None => ("false", "200"),
-            Some(_) if throttled => ("true", "503"),
-            Some(_) => ("true", "400"),
-        };
-        self.aws_api_latency_ms.observe(&[api, error, status], ms);
-        let outcome = match (err, throttled) {
-            (None, _) => "ok",
-            (Some(_), true) => "throttled",
-            (Some(_), false) => "error",
-        };
-        self.ec2_calls.with_label_values(&[api, outcome]).inc();
-        if let Some(code) = err {
-            self.aws_api_error_count
-                .with_label_values(&[api, code])
-                .inc();
-        }
-    }
 }
 
 /// Registers an `Arc`'d collector.
@@ -594,222 +565,6 @@ impl<C: Collector> Collector for SharedCollector<C> {
     }
     fn collect(&self) -> Vec<MetricFamily> {
         self.0.collect()
-    }
-}
-
-/// An [`Ec2`] that records every call in [`Metrics`] and delegates to the real backend.
-pub struct MeteredEc2 {
-    inner: Arc<dyn Ec2>,
-    metrics: Arc<Metrics>,
-}
-
-impl MeteredEc2 {
-    pub fn new(inner: Arc<dyn Ec2>, metrics: Arc<Metrics>) -> MeteredEc2 {
-        MeteredEc2 { inner, metrics }
-    }
-
-    async fn call<T>(
-        &self,
-        api: &'static str,
-        fut: impl std::future::Future<Output = Result<T, Ec2Error>>,
-    ) -> Result<T, Ec2Error> {
-        self.metrics
-            .ec2api_req_count
-            .with_label_values(&[api])
-            .inc();
-        self.metrics
-            .ipamd_action_inprogress
-            .with_label_values(&[api])
-            .inc();
-        let started = Instant::now();
-        let res = fut.await;
-        self.metrics
-            .ipamd_action_inprogress
-            .with_label_values(&[api])
-            .dec();
-        match &res {
-            Ok(_) => self.metrics.record_aws(api, started, None, false),
-            Err(e) => {
-                self.metrics
-                    .ec2api_error_count
-                    .with_label_values(&[api])
-                    .inc();
-                self.metrics.record_aws(
-                    api,
-                    started,
-                    Some(e.code()),
-                    matches!(e, Ec2Error::Throttled { .. }),
-                );
-            }
-        }
-        res
-    }
-}
-
-#[async_trait]
-impl Ec2 for MeteredEc2 {
-    async fn create_network_interface(
-        &self,
-        req: CreateEniRequest,
-    ) -> Result<EniDescription, Ec2Error> {
-        self.call(
-            "CreateNetworkInterface",
-            self.inner.create_network_interface(req),
-        )
-        .await
-    }
-    async fn attach_network_interface(
-        &self,
-        eni_id: &str,
-        instance_id: &str,
-        device_index: u32,
-        network_card_index: u32,
-    ) -> Result<String, Ec2Error> {
-        self.call(
-            "AttachNetworkInterface",
-            self.inner.attach_network_interface(
-                eni_id,
-                instance_id,
-                device_index,
-                network_card_index,
-            ),
-        )
-        .await
-    }
-    async fn set_delete_on_termination(
-        &self,
-        eni_id: &str,
-        attachment_id: &str,
-    ) -> Result<(), Ec2Error> {
-        self.call(
-            "ModifyNetworkInterfaceAttribute",
-            self.inner.set_delete_on_termination(eni_id, attachment_id),
-        )
-        .await
-    }
-    async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
-        self.call(
-            "AssignPrivateIpAddresses",
-            self.inner.assign_private_ips(eni_id, req),
-        )
-        .await
-    }
-    async fn unassign_private_ips(
-        &self,
-        eni_id: &str,
-        ips: &[Ipv4Addr],
-        prefixes: &[Ipv4Network],
-    ) -> Result<(), Ec2Error> {
-        self.call(
-            "UnassignPrivateIpAddresses",
-            self.inner.unassign_private_ips(eni_id, ips, prefixes),
-        )
-        .await
-    }
-    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.call(
-            "DetachNetworkInterface",
-            self.inner.detach_network_interface(attachment_id),
-        )
-        .await
-    }
-    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        self.call(
-            "DeleteNetworkInterface",
-            self.inner.delete_network_interface(eni_id),
-        )
-        .await
-    }
-    async fn describe_network_interfaces(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.call(
-            "DescribeNetworkInterfaces",
-            self.inner.describe_network_interfaces(ids),
-        )
-        .await
-    }
-    async fn list_network_interfaces(
-        &self,
-        filter: &EniFilter,
-    ) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.call(
-            "DescribeNetworkInterfaces",
-            self.inner.list_network_interfaces(filter),
-        )
-        .await
-    }
-    async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
-        self.call(
-            "DescribeInstances",
-            self.inner.describe_instance(instance_id),
-        )
-        .await
-    }
-    async fn describe_subnets(
-        &self,
-        filter: &SubnetFilter,
-    ) -> Result<Vec<SubnetDescription>, Ec2Error> {
-        self.call("DescribeSubnets", self.inner.describe_subnets(filter))
-            .await
-    }
-    async fn create_tags(
-        &self,
-        resource_id: &str,
-        tags: &BTreeMap<String, String>,
-    ) -> Result<(), Ec2Error> {
-        self.call("CreateTags", self.inner.create_tags(resource_id, tags))
-            .await
-    }
-    async fn describe_instance_types(
-        &self,
-        types: &[String],
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-        self.call(
-            "DescribeInstanceTypes",
-            self.inner.describe_instance_types(types),
-        )
-        .await
-    }
-}
-
-/// An [`Imds`] that times every read under api=`GetMetadata`, as the anchor does.
-pub struct MeteredImds {
-    inner: Arc<dyn Imds>,
-    metrics: Arc<Metrics>,
-}
-
-impl MeteredImds {
-    pub fn new(inner: Arc<dyn Imds>, metrics: Arc<Metrics>) -> MeteredImds {
-        MeteredImds { inner, metrics }
-    }
-
-    fn record<T>(&self, started: Instant, res: &Result<T, ImdsError>) {
-        let err = res.as_ref().err().map(|_| "GetMetadataError");
-        self.metrics.record_aws("GetMetadata", started, err, false);
-        if err.is_some() {
-            self.metrics
-                .aws_utils_error_count
-                .with_label_values(&["GetMetadata", "GetMetadataError"])
-                .inc();
-        }
-    }
-}
-
-#[async_trait]
-impl Imds for MeteredImds {
-    async fn node(&self) -> Result<NodeMetadata, ImdsError> {
-        let started = Instant::now();
-        let res = self.inner.node().await;
-        self.record(started, &res);
-        res
-    }
-    async fn enis(&self) -> Result<Vec<ImdsEni>, ImdsError> {
-        let started = Instant::now();
-        let res = self.inner.enis().await;
-        self.record(started, &res);
-        res
     }
 }
 

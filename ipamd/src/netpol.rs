@@ -25,7 +25,7 @@ use aws_cni_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::config::{ConfigError, EnvSource};
-use crate::imds::NodeMetadata;
+use ec2_api::NodeMetadata;
 
 /// The variable, with the anchor's name.
 pub const ENV_NETWORK_POLICY_ENFORCING_MODE: &str = "NETWORK_POLICY_ENFORCING_MODE";

@@ -4,7 +4,8 @@
 //! EC2 throttles each account per region with token buckets (one per API; `RequestLimitExceeded` when empty; a
 //! refused request takes no token). Every node of a cluster draws from the same account buckets, so a node that
 //! retries hard makes every other node's calls fail too (anchor issues #405, #887, #3719). The anchor has no
-//! client-side limit, only the SDK's retries. Here every EC2 call of the pool engine goes through [`PacedEc2`]:
+//! client-side limit, only the SDK's retries. Here every EC2 call of the pool engine goes through [`PacedEc2`],
+//! the [`Pacer`] layered over the backend (an [`Ec2Layer`]: the whole policy is [`Pacer::paced`]):
 //!
 //! ```text
 //!   call ─▶ wait until this API's gate opens (held shut after RequestLimitExceeded, see below)
@@ -48,75 +49,18 @@
 //! `d = min(cap, base·2^n)`, so retries from many nodes spread out instead of arriving together, yet never retry
 //! sooner than `d/2`.
 //!
-//! The simulator uses the same [`TokenBucket`] server-side, per API, to answer `RequestLimitExceeded`.
+//! The bucket is `ec2_api`'s [`TokenBucket`], the same one the simulator uses server-side, per API, to answer
+//! `RequestLimitExceeded`, and `ec2-aws` under the SDK. The aws backend below makes one attempt per call
+//! (`ec2_aws::AwsOptions::caller_retries`): the retries are this layer's.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use ipnetwork::Ipv4Network;
-
-use crate::clock::Clock;
-use crate::ec2::{
-    Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
-    InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
-};
-
-/// A token bucket on a clock (see the module docs).
-#[derive(Debug, Clone)]
-pub struct TokenBucket {
-    capacity: f64,
-    refill_per_sec: f64,
-    tokens: f64,
-    last: Duration,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(capacity: u32, refill_per_sec: f64, now: Duration) -> TokenBucket {
-        TokenBucket {
-            capacity: f64::from(capacity.max(1)),
-            refill_per_sec: refill_per_sec.max(0.0),
-            tokens: f64::from(capacity.max(1)),
-            last: now,
-        }
-    }
-
-    fn refill(&mut self, now: Duration) {
-        let dt = now.saturating_sub(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.refill_per_sec).min(self.capacity);
-        self.last = self.last.max(now);
-    }
-
-    /// Takes a token, or says how long until one is there.
-    pub fn try_take(&mut self, now: Duration) -> Result<(), Duration> {
-        self.refill(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            return Ok(());
-        }
-        if self.refill_per_sec <= 0.0 {
-            return Err(Duration::from_secs(3600));
-        }
-        let secs = (1.0 - self.tokens) / self.refill_per_sec;
-        Err(Duration::from_secs_f64(secs.max(0.001)))
-    }
-
-    /// Empties the bucket (a throttling burst in the simulator).
-    pub fn drain(&mut self, now: Duration) {
-        self.refill(now);
-        self.tokens = 0.0;
-    }
-
-    /// Tokens left now (for tests and status).
-    pub fn tokens(&mut self, now: Duration) -> f64 {
-        self.refill(now);
-        self.tokens
-    }
-}
+use ec2_api::bucket::TokenBucket;
+use ec2_api::clock::Clock;
+use ec2_api::layer::{Attempt, Call};
+use ec2_api::{Api, Ec2Error, Ec2Layer, Layered};
 
 /// Exponential backoff with equal jitter (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -260,21 +204,6 @@ impl Default for PacingConfig {
     }
 }
 
-/// The variable the aws backend (`ec2-aws`) reads for the SDK's attempts per call.
-pub const ENV_SDK_MAX_ATTEMPTS: &str = "AWS_EC2_MAX_ATTEMPTS";
-
-/// The environment as the aws backend sees it under [`PacedEc2`]: unless the operator sets
-/// `AWS_EC2_MAX_ATTEMPTS`, the SDK makes one attempt per call. [`PacedEc2`] retries (through the API's throttle
-/// gate and the node's bucket); an SDK retry loop under it would multiply every throttled call by its own
-/// attempts (3 by default) without seeing the gate.
-pub fn backend_env(var: &str, get: impl Fn(&str) -> Option<String>) -> Option<String> {
-    let v = get(var);
-    if var == ENV_SDK_MAX_ATTEMPTS && v.as_deref().is_none_or(|v| v.trim().is_empty()) {
-        return Some("1".into());
-    }
-    v
-}
-
 /// What the pacer saw, by API name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallCounts {
@@ -300,9 +229,11 @@ impl CallCounts {
     }
 }
 
-/// An [`Ec2`] that paces, retries and counts every call of the inner one (see the module docs).
-pub struct PacedEc2 {
-    inner: Arc<dyn Ec2>,
+/// An [`ec2_api::Ec2`] that paces, retries and counts every call of the inner one (see the module docs).
+pub type PacedEc2 = Layered<Pacer>;
+
+/// The pacing layer (see the module docs); its state (gates, counts) is what the engine asks about.
+pub struct Pacer {
     clock: Arc<dyn Clock>,
     cfg: PacingConfig,
     bucket: Mutex<TokenBucket>,
@@ -310,9 +241,9 @@ pub struct PacedEc2 {
     counts: Mutex<CallCounts>,
 }
 
-impl std::fmt::Debug for PacedEc2 {
+impl std::fmt::Debug for Pacer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PacedEc2")
+        f.debug_struct("Pacer")
             .field("cfg", &self.cfg)
             .finish_non_exhaustive()
     }
@@ -322,7 +253,7 @@ fn bump(m: &mut BTreeMap<&'static str, u64>, api: &'static str) {
     *m.entry(api).or_default() += 1;
 }
 
-impl PacedEc2 {
+impl Pacer {
     /// Adds one to the `api` entry of the counter `which` picks.
     fn count(
         &self,
@@ -335,10 +266,9 @@ impl PacedEc2 {
         );
     }
 
-    pub fn new(inner: Arc<dyn Ec2>, clock: Arc<dyn Clock>, cfg: PacingConfig) -> PacedEc2 {
+    pub fn new(clock: Arc<dyn Clock>, cfg: PacingConfig) -> Pacer {
         let bucket = TokenBucket::new(cfg.burst, cfg.per_second, clock.now());
-        PacedEc2 {
-            inner,
+        Pacer {
             clock,
             cfg,
             bucket: Mutex::new(bucket),
@@ -442,19 +372,16 @@ impl PacedEc2 {
         bump(&mut c.sent, api);
     }
 
-    async fn call<T, F, Fut>(&self, api: &'static str, mut f: F) -> Result<T, Ec2Error>
-    where
-        F: FnMut() -> Fut + Send,
-        Fut: Future<Output = Result<T, Ec2Error>> + Send,
-        T: Send,
-    {
+    /// One call of `api` under the pacing discipline of the module docs; `call` makes one attempt.
+    pub async fn paced<T>(&self, api: Api, call: Call<'_, T>) -> Result<T, Ec2Error> {
+        let api = api.name();
         let mut attempt = 1;
         let started = self.clock.now();
         loop {
             self.pass_gate(api).await;
             self.take_token(api).await;
             let sent_at = self.clock.now();
-            match f().await {
+            match call().await {
                 Ok(v) => {
                     self.on_success(api);
                     return Ok(v);
@@ -481,152 +408,21 @@ impl PacedEc2 {
     }
 }
 
-#[async_trait]
-impl Ec2 for PacedEc2 {
-    async fn create_network_interface(
-        &self,
-        req: CreateEniRequest,
-    ) -> Result<EniDescription, Ec2Error> {
-        self.call("CreateNetworkInterface", || {
-            self.inner.create_network_interface(req.clone())
-        })
-        .await
-    }
-
-    async fn attach_network_interface(
-        &self,
-        eni_id: &str,
-        instance_id: &str,
-        device_index: u32,
-        network_card_index: u32,
-    ) -> Result<String, Ec2Error> {
-        self.call("AttachNetworkInterface", || {
-            self.inner.attach_network_interface(
-                eni_id,
-                instance_id,
-                device_index,
-                network_card_index,
-            )
-        })
-        .await
-    }
-
-    async fn set_delete_on_termination(
-        &self,
-        eni_id: &str,
-        attachment_id: &str,
-    ) -> Result<(), Ec2Error> {
-        self.call("ModifyNetworkInterfaceAttribute", || {
-            self.inner.set_delete_on_termination(eni_id, attachment_id)
-        })
-        .await
-    }
-
-    async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
-        self.call("AssignPrivateIpAddresses", || {
-            self.inner.assign_private_ips(eni_id, req)
-        })
-        .await
-    }
-
-    async fn unassign_private_ips(
-        &self,
-        eni_id: &str,
-        ips: &[Ipv4Addr],
-        prefixes: &[Ipv4Network],
-    ) -> Result<(), Ec2Error> {
-        self.call("UnassignPrivateIpAddresses", || {
-            self.inner.unassign_private_ips(eni_id, ips, prefixes)
-        })
-        .await
-    }
-
-    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.call("DetachNetworkInterface", || {
-            self.inner.detach_network_interface(attachment_id)
-        })
-        .await
-    }
-
-    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        self.call("DeleteNetworkInterface", || {
-            self.inner.delete_network_interface(eni_id)
-        })
-        .await
-    }
-
-    async fn describe_network_interfaces(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.call("DescribeNetworkInterfaces", || {
-            self.inner.describe_network_interfaces(ids)
-        })
-        .await
-    }
-
-    async fn list_network_interfaces(
-        &self,
-        filter: &EniFilter,
-    ) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.call("DescribeNetworkInterfaces", || {
-            self.inner.list_network_interfaces(filter)
-        })
-        .await
-    }
-
-    async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
-        self.call("DescribeInstances", || {
-            self.inner.describe_instance(instance_id)
-        })
-        .await
-    }
-
-    async fn describe_subnets(
-        &self,
-        filter: &SubnetFilter,
-    ) -> Result<Vec<SubnetDescription>, Ec2Error> {
-        self.call("DescribeSubnets", || self.inner.describe_subnets(filter))
-            .await
-    }
-
-    async fn create_tags(
-        &self,
-        resource_id: &str,
-        tags: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), Ec2Error> {
-        self.call("CreateTags", || self.inner.create_tags(resource_id, tags))
-            .await
-    }
-
-    async fn describe_instance_types(
-        &self,
-        types: &[String],
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-        self.call("DescribeInstanceTypes", || {
-            self.inner.describe_instance_types(types)
-        })
-        .await
+impl Ec2Layer for Pacer {
+    fn around<'a, T: Send + 'a>(&'a self, api: Api, call: Call<'a, T>) -> Attempt<'a, T> {
+        Box::pin(self.paced(api, call))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::TokioClock;
-    use crate::sim::{NoHotplug, SimEc2, SimSpec};
+    use ec2_api::clock::TokioClock;
+    use ec2_api::Ec2;
+    use ec2_sim::{NoHotplug, SimEc2, SimSpec};
 
-    #[test]
-    fn bucket_bursts_then_paces() {
-        let mut b = TokenBucket::new(3, 2.0, Duration::ZERO);
-        for _ in 0..3 {
-            assert!(b.try_take(Duration::ZERO).is_ok());
-        }
-        let wait = b.try_take(Duration::ZERO).expect_err("empty");
-        assert!(wait > Duration::from_millis(400) && wait <= Duration::from_millis(500));
-        assert!(b.try_take(Duration::from_millis(500)).is_ok());
-        // Refill never exceeds the capacity.
-        assert!(b.tokens(Duration::from_secs(3600)) <= 3.0);
+    fn pace(inner: Arc<dyn ec2_api::Ec2>, clock: Arc<dyn Clock>, cfg: PacingConfig) -> PacedEc2 {
+        PacedEc2::new(Pacer::new(clock, cfg), inner)
     }
 
     #[test]
@@ -640,23 +436,6 @@ mod tests {
             let full = Duration::from_secs(1 << (attempt - 1).min(3));
             assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
         }
-    }
-
-    #[test]
-    fn the_sdk_makes_one_attempt_per_call_unless_the_operator_says_otherwise() {
-        let unset = |_: &str| None;
-        assert_eq!(backend_env(ENV_SDK_MAX_ATTEMPTS, unset), Some("1".into()));
-        let empty = |_: &str| Some(" ".to_string());
-        assert_eq!(backend_env(ENV_SDK_MAX_ATTEMPTS, empty), Some("1".into()));
-        let set = |k: &str| (k == ENV_SDK_MAX_ATTEMPTS).then(|| "5".to_string());
-        assert_eq!(backend_env(ENV_SDK_MAX_ATTEMPTS, set), Some("5".into()));
-        // Everything else passes through.
-        assert_eq!(backend_env("HTTP_TIMEOUT", unset), None);
-        let other = |k: &str| Some(format!("v-{k}"));
-        assert_eq!(
-            backend_env("HTTP_TIMEOUT", other),
-            Some("v-HTTP_TIMEOUT".into())
-        );
     }
 
     fn cfg() -> CongestionConfig {
@@ -755,14 +534,14 @@ mod tests {
     #[tokio::test]
     async fn throttled_calls_wait_at_the_shared_gate_and_are_retried_without_resending_anything_else(
     ) {
-        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
-        let paced = PacedEc2::new(
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
+        let paced = pace(
             Arc::new(sim.clone()),
             Arc::new(clock.clone()),
             PacingConfig::default(),
         );
         let iid = sim.instance_id();
-        sim.inject_faults(crate::sim::Fault::Throttle, Some("DescribeInstances"), 5);
+        sim.inject_faults(ec2_sim::Fault::Throttle, Some("DescribeInstances"), 5);
         let start = clock.now();
         paced
             .describe_instance(&iid)
@@ -783,7 +562,7 @@ mod tests {
         assert_eq!(sim.calls().len(), 1, "{:?}", sim.calls());
 
         // Throttled past the budget: the error reaches the caller, who can ask how long the gate stays shut.
-        let short = PacedEc2::new(
+        let short = pace(
             Arc::new(sim.clone()),
             Arc::new(clock.clone()),
             PacingConfig {
@@ -791,7 +570,7 @@ mod tests {
                 ..PacingConfig::default()
             },
         );
-        sim.inject_faults(crate::sim::Fault::Throttle, Some("DescribeInstances"), 1000);
+        sim.inject_faults(ec2_sim::Fault::Throttle, Some("DescribeInstances"), 1000);
         let err = short.describe_instance(&iid).await.expect_err("budget");
         assert!(matches!(err, Ec2Error::Throttled { .. }), "{err}");
         let sent = short
@@ -811,7 +590,7 @@ mod tests {
         let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
             .await
             .expect("sim");
-        let paced = PacedEc2::new(
+        let paced = pace(
             Arc::new(sim.clone()),
             Arc::clone(&clock),
             PacingConfig {
@@ -830,18 +609,14 @@ mod tests {
         assert_eq!(paced.counts().sent.get("DescribeInstances"), Some(&5));
         assert_eq!(paced.counts().paced.get("DescribeInstances"), Some(&3));
 
-        sim.inject_faults(crate::sim::Fault::ServerError, Some("DescribeInstances"), 2);
+        sim.inject_faults(ec2_sim::Fault::ServerError, Some("DescribeInstances"), 2);
         paced
             .describe_instance(&iid)
             .await
             .expect("retried past 5xx");
         assert_eq!(paced.counts().retried.get("DescribeInstances"), Some(&2));
 
-        sim.inject_faults(
-            crate::sim::Fault::ServerError,
-            Some("DescribeInstances"),
-            10,
-        );
+        sim.inject_faults(ec2_sim::Fault::ServerError, Some("DescribeInstances"), 10);
         let err = paced.describe_instance(&iid).await.expect_err("gives up");
         assert!(err.is_retryable());
     }

@@ -11,16 +11,16 @@ use std::time::Duration;
 use aws_cni_proto::FailureReason;
 use tokio::sync::Notify;
 
-use crate::clock::{Clock, TokioClock};
 use crate::config::Config;
 use crate::core::datastore::{IpamKey, PodMeta};
-use crate::ec2::{
+use crate::engine::{Node, NodeDeps};
+use crate::host::fakes::FakeHost;
+use ec2_api::clock::{Clock, TokioClock};
+use ec2_api::{
     CreateEniRequest, Ec2, IpRequest, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER,
     TAG_INSTANCE_ID,
 };
-use crate::engine::{Node, NodeDeps};
-use crate::host::fakes::FakeHost;
-use crate::sim::{Fault, NoHotplug, SimEc2, SimSpec, SimSubnet, SIM_SUBNET_ID};
+use ec2_sim::{Fault, NoHotplug, SimEc2, SimSpec, SimSubnet, SIM_SUBNET_ID};
 
 struct Harness {
     node: Arc<Node>,

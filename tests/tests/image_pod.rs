@@ -466,6 +466,28 @@ fn playable_pod(
     fabric: &Netns,
 ) -> Value {
     let mut spec = template["spec"].clone();
+    // The network policy agent is AWS's image (an eBPF program loader), not ours, and cannot be pulled here: it is
+    // not played, and neither are the volumes only it mounts. Without it, ipamd must not announce a policy mode,
+    // or every ADD would wait for an agent that is not there (as the anchor's would).
+    spec["containers"]
+        .as_array_mut()
+        .expect("containers")
+        .retain(|c| c["name"] != "aws-eks-nodeagent");
+    let mounted: Vec<Value> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|k| spec[*k].as_array().cloned().unwrap_or_default())
+        .flat_map(|c| c["volumeMounts"].as_array().cloned().unwrap_or_default())
+        .map(|m| m["name"].clone())
+        .collect();
+    spec["volumes"]
+        .as_array_mut()
+        .expect("volumes")
+        .retain(|v| mounted.contains(&v["name"]));
+    for c in spec["containers"].as_array_mut().expect("containers") {
+        if let Some(env) = c["env"].as_array_mut() {
+            env.retain(|e| e["name"] != "NETWORK_POLICY_ENFORCING_MODE");
+        }
+    }
     for c in containers_mut(&mut spec) {
         c["image"] = json!(image);
         // podman refuses port mappings with host networking (Kubernetes takes them as documentation there); the

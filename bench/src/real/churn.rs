@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{new_pod, Namespaces, Plugin, Runner};
 use crate::error::{check_interrupt, BenchError};
@@ -45,7 +45,7 @@ pub fn run(
 ) -> Result<ChurnResult, BenchError> {
     let next = AtomicUsize::new(0);
     let out = Mutex::new(ChurnResult::default());
-    let t0 = Instant::now();
+    let t0 = crate::time::now();
     let results: Vec<Result<(), BenchError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..workers)
             .map(|_| s.spawn(|| worker(runner, plugin, total, &next, &out)))
@@ -58,7 +58,7 @@ pub fn run(
             })
             .collect()
     });
-    let wall = t0.elapsed();
+    let wall = crate::time::since(t0);
     for r in results {
         r?;
     }
@@ -82,7 +82,7 @@ fn worker(
             return Ok(());
         }
         let mut pod = new_pod(&mut nss, plugin, i)?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = crate::time::now() + Duration::from_secs(60);
         let add = loop {
             check_interrupt()?;
             let r = runner.run(plugin, "ADD", &pod)?;
@@ -98,7 +98,7 @@ fn worker(
                     o.failure_samples.push(msg);
                 }
             }
-            if Instant::now() > deadline {
+            if crate::time::now() > deadline {
                 let _ = runner.run(plugin, "DEL", &pod);
                 let _ = nss.delete(&pod.netns);
                 return Err(BenchError::Cni {

@@ -8,7 +8,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use datapath::pod::{self, PodNetwork, PodTeardown};
 use datapath::Netlink;
@@ -54,9 +54,9 @@ pub fn run(
                 table: datapath::MAIN_TABLE,
                 mtu: 9001,
             };
-            let t0 = Instant::now();
+            let t0 = crate::time::now();
             let setup = pod::setup(&host, &ns, &spec).await;
-            let t_setup = t0.elapsed();
+            let t_setup = crate::time::since(t0);
             // The teardown in its two halves (together exactly what `teardown` does with every field set).
             let routing = PodTeardown {
                 ip: Some(ip),
@@ -68,13 +68,13 @@ pub fn run(
                 container_ifname: Some("eth0"),
                 ip: None,
             };
-            let t1 = Instant::now();
+            let t1 = crate::time::now();
             let mut errors = pod::teardown(&host, &routing).await;
-            let t_routing = t1.elapsed();
-            let t2 = Instant::now();
+            let t_routing = crate::time::since(t1);
+            let t2 = crate::time::now();
             errors.extend(pod::teardown(&host, &links).await);
-            let t_veth = t2.elapsed();
-            let t_teardown = t1.elapsed();
+            let t_veth = crate::time::since(t2);
+            let t_teardown = crate::time::since(t1);
             nss.delete(&ns)?;
             setup?;
             if let Some(e) = errors.into_iter().next() {

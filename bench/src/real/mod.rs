@@ -19,7 +19,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{check_interrupt, BenchError};
 
@@ -151,6 +151,10 @@ impl Ipamd {
             .arg(node_ns)
             .arg("--socket")
             .arg(&socket)
+            // A new simulated instance per run, its state and checkpoint in the run's directory (without it,
+            // ipamd would keep and resume one beside /var/run/aws-node/ipam.json).
+            .arg("--sim-state")
+            .arg(dir.join("sim-ec2.json"))
             .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .envs(env.iter().copied())
@@ -164,7 +168,7 @@ impl Ipamd {
             log,
         };
         // A pool sized in hundreds of addresses takes a minute to fill at ipamd's client-side EC2 pace.
-        let deadline = Instant::now() + Duration::from_secs(180);
+        let deadline = crate::time::now() + Duration::from_secs(180);
         while !me.socket.exists() {
             check_interrupt()?;
             if let Some(Ok(Some(status))) = me.child.as_mut().map(Child::try_wait) {
@@ -173,7 +177,7 @@ impl Ipamd {
                     me.log_tail()
                 )));
             }
-            if Instant::now() > deadline {
+            if crate::time::now() > deadline {
                 return Err(BenchError::IpamdNotReady(format!(
                     "no socket after 180 s: {}",
                     me.log_tail()
@@ -214,11 +218,11 @@ impl Ipamd {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = crate::time::now() + Duration::from_secs(10);
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
+                Ok(None) if crate::time::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20))
                 }
                 _ => {
@@ -427,7 +431,7 @@ pub fn exec_timed(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let t0 = Instant::now();
+    let t0 = crate::time::now();
     let mut child = cmd
         .spawn()
         .map_err(BenchError::io(format!("spawning {}", prog.display())))?;
@@ -438,7 +442,7 @@ pub fn exec_timed(
     let out = child
         .wait_with_output()
         .map_err(BenchError::io(format!("waiting for {}", prog.display())))?;
-    let elapsed = t0.elapsed();
+    let elapsed = crate::time::since(t0);
     Ok(CniRun {
         elapsed,
         ok: out.status.success(),
@@ -479,7 +483,7 @@ pub fn add_patiently(
     pod: &mut Pod,
     patience: Duration,
 ) -> Result<u32, BenchError> {
-    let deadline = Instant::now() + patience;
+    let deadline = crate::time::now() + patience;
     let mut failures = 0;
     loop {
         check_interrupt()?;
@@ -489,7 +493,7 @@ pub fn add_patiently(
             return Ok(failures);
         }
         failures += 1;
-        if Instant::now() > deadline {
+        if crate::time::now() > deadline {
             return Err(BenchError::Cni {
                 plugin: plugin.label(),
                 command: "ADD",

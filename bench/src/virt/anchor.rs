@@ -42,15 +42,15 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use ipamd::clock::Clock;
-use ipamd::config::Config;
-use ipamd::core::datastore::{Datastore, Eni, IpamKey, PodMeta};
-use ipamd::core::pool::{PoolPolicy, PREFIX_SIZE};
-use ipamd::ec2::{
+use ec2_api::clock::Clock;
+use ec2_api::{
     CreateEniRequest, Ec2, Ec2Error, EniFilter, IpRequest, SubnetFilter, ENI_DESCRIPTION_PREFIX,
     TAG_CREATED_AT, TAG_INSTANCE_ID,
 };
-use ipamd::imds::{Imds, NodeMetadata};
+use ec2_api::{Imds, NodeMetadata};
+use ipamd::config::Config;
+use ipamd::core::datastore::{Datastore, Eni, IpamKey, PodMeta};
+use ipamd::core::pool::{PoolPolicy, PREFIX_SIZE};
 use tokio::sync::Notify;
 
 use super::PoolNode;

@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipamd::clock::{Clock, TokioClock};
+use ec2_api::clock::{Clock, TokioClock};
+use ec2_sim::{NoHotplug, SimEc2, SimSpec};
 use ipamd::config::Config;
 use ipamd::core::datastore::IpamKey;
-use ipamd::sim::{NoHotplug, SimEc2, SimSpec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

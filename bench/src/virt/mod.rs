@@ -17,25 +17,20 @@ pub mod calls;
 pub mod scaleup;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use ipamd::clock::Clock;
+use ec2_api::bucket::TokenBucket;
+use ec2_api::clock::Clock;
+use ec2_api::layer::{Attempt, Call};
+use ec2_api::{Api, Ec2, Ec2Error, Ec2Layer, Imds, Layered};
+use ec2_sim::ThrottleSpec;
 use ipamd::config::Config;
 use ipamd::core::datastore::{IpamKey, PodMeta};
-use ipamd::ec2::{
-    Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
-    InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
-};
 use ipamd::engine::{Node, NodeDeps, NodeFacts};
 use ipamd::host::fakes::FakeHost;
-use ipamd::imds::Imds;
 use ipamd::kube::NoCluster;
-use ipamd::ratelimit::{PacingConfig, TokenBucket};
-use ipamd::sim::ThrottleSpec;
-use ipnetwork::Ipv4Network;
+use ipamd::ratelimit::PacingConfig;
 use tokio::sync::Notify;
 
 use crate::error::BenchError;
@@ -126,7 +121,8 @@ pub async fn start(
             })
         }
         Engine::Anchor => {
-            let ec2: Arc<dyn Ec2> = Arc::new(SdkRetryEc2::new(ec2, Arc::clone(&clock)));
+            let ec2: Arc<dyn Ec2> =
+                Arc::new(SdkRetryEc2::new(SdkRetry::new(Arc::clone(&clock)), ec2));
             let node = anchor::AnchorNode::init(ec2, imds, clock, config, max_pods).await?;
             let task = tokio::task::spawn_local(Arc::clone(&node).run(Arc::clone(&shutdown)));
             Ok(Running {
@@ -142,8 +138,10 @@ pub async fn start(
 /// errors (throttling, timeouts, 5xx), "full jitter" backoff `random[0,1) × 2^attempt` seconds capped at 20 s,
 /// and the client's retry quota (500 tokens; a retry costs 5, 10 after a timeout; a success refunds the retry's
 /// cost, or adds 1 when it needed none), which stops retries when many fail.
-pub struct SdkRetryEc2 {
-    inner: Arc<dyn Ec2>,
+pub type SdkRetryEc2 = Layered<SdkRetry>;
+
+/// The retry model of [`SdkRetryEc2`], as an [`Ec2Layer`].
+pub struct SdkRetry {
     clock: Arc<dyn Clock>,
     quota: Mutex<u32>,
 }
@@ -151,25 +149,19 @@ pub struct SdkRetryEc2 {
 const SDK_MAX_ATTEMPTS: u32 = 3;
 const SDK_QUOTA: u32 = 500;
 
-impl SdkRetryEc2 {
-    pub fn new(inner: Arc<dyn Ec2>, clock: Arc<dyn Clock>) -> SdkRetryEc2 {
-        SdkRetryEc2 {
-            inner,
+impl SdkRetry {
+    pub fn new(clock: Arc<dyn Clock>) -> SdkRetry {
+        SdkRetry {
             clock,
             quota: Mutex::new(SDK_QUOTA),
         }
     }
 
-    async fn call<T, F, Fut>(&self, mut f: F) -> Result<T, Ec2Error>
-    where
-        F: FnMut() -> Fut + Send,
-        Fut: std::future::Future<Output = Result<T, Ec2Error>> + Send,
-        T: Send,
-    {
+    async fn retried<T>(&self, call: Call<'_, T>) -> Result<T, Ec2Error> {
         let mut attempt = 1;
         let mut paid = 0;
         loop {
-            match f().await {
+            match call().await {
                 Ok(v) => {
                     let mut q = self.quota.lock().unwrap_or_else(|p| p.into_inner());
                     *q = (*q + if paid > 0 { paid } else { 1 }).min(SDK_QUOTA);
@@ -200,95 +192,9 @@ impl SdkRetryEc2 {
     }
 }
 
-#[async_trait]
-impl Ec2 for SdkRetryEc2 {
-    async fn create_network_interface(
-        &self,
-        req: CreateEniRequest,
-    ) -> Result<EniDescription, Ec2Error> {
-        self.call(|| self.inner.create_network_interface(req.clone()))
-            .await
-    }
-    async fn attach_network_interface(
-        &self,
-        eni_id: &str,
-        instance_id: &str,
-        device_index: u32,
-        card: u32,
-    ) -> Result<String, Ec2Error> {
-        self.call(|| {
-            self.inner
-                .attach_network_interface(eni_id, instance_id, device_index, card)
-        })
-        .await
-    }
-    async fn set_delete_on_termination(
-        &self,
-        eni_id: &str,
-        attachment_id: &str,
-    ) -> Result<(), Ec2Error> {
-        self.call(|| self.inner.set_delete_on_termination(eni_id, attachment_id))
-            .await
-    }
-    async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
-        self.call(|| self.inner.assign_private_ips(eni_id, req))
-            .await
-    }
-    async fn unassign_private_ips(
-        &self,
-        eni_id: &str,
-        ips: &[Ipv4Addr],
-        prefixes: &[Ipv4Network],
-    ) -> Result<(), Ec2Error> {
-        self.call(|| self.inner.unassign_private_ips(eni_id, ips, prefixes))
-            .await
-    }
-    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.call(|| self.inner.detach_network_interface(attachment_id))
-            .await
-    }
-    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        self.call(|| self.inner.delete_network_interface(eni_id))
-            .await
-    }
-    async fn describe_network_interfaces(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.call(|| self.inner.describe_network_interfaces(ids))
-            .await
-    }
-    async fn list_network_interfaces(
-        &self,
-        filter: &EniFilter,
-    ) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.call(|| self.inner.list_network_interfaces(filter))
-            .await
-    }
-    async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
-        self.call(|| self.inner.describe_instance(instance_id))
-            .await
-    }
-    async fn describe_subnets(
-        &self,
-        filter: &SubnetFilter,
-    ) -> Result<Vec<SubnetDescription>, Ec2Error> {
-        self.call(|| self.inner.describe_subnets(filter)).await
-    }
-    async fn create_tags(
-        &self,
-        resource_id: &str,
-        tags: &BTreeMap<String, String>,
-    ) -> Result<(), Ec2Error> {
-        self.call(|| self.inner.create_tags(resource_id, tags))
-            .await
-    }
-    async fn describe_instance_types(
-        &self,
-        types: &[String],
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-        self.call(|| self.inner.describe_instance_types(types))
-            .await
+impl Ec2Layer for SdkRetry {
+    fn around<'a, T: Send + 'a>(&'a self, _api: Api, call: Call<'a, T>) -> Attempt<'a, T> {
+        Box::pin(self.retried(call))
     }
 }
 
@@ -314,14 +220,15 @@ impl Account {
         })
     }
 
-    fn gate(&self, api: &'static str) -> Result<(), Ec2Error> {
+    fn gate(&self, api: Api) -> Result<(), Ec2Error> {
         let now = self.clock.now();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (cap, rate) = if api.starts_with("Describe") {
-            self.spec.non_mutating
-        } else {
+        let (cap, rate) = if api.is_mutating() {
             self.spec.mutating
+        } else {
+            self.spec.non_mutating
         };
+        let api = api.name();
         let ok =
             st.0.entry(api)
                 .or_insert_with(|| TokenBucket::new(cap, rate, now))
@@ -349,102 +256,14 @@ impl Account {
 
 /// One node's EC2 endpoint in a shared [`Account`]: the account's buckets first, then the node's simulator
 /// (whose own throttling is off).
-pub struct AccountEc2 {
-    pub account: Arc<Account>,
-    pub inner: Arc<dyn Ec2>,
-}
+pub type AccountEc2 = Layered<Arc<Account>>;
 
-#[async_trait]
-impl Ec2 for AccountEc2 {
-    async fn create_network_interface(
-        &self,
-        req: CreateEniRequest,
-    ) -> Result<EniDescription, Ec2Error> {
-        self.account.gate("CreateNetworkInterface")?;
-        self.inner.create_network_interface(req).await
-    }
-    async fn attach_network_interface(
-        &self,
-        eni_id: &str,
-        instance_id: &str,
-        device_index: u32,
-        card: u32,
-    ) -> Result<String, Ec2Error> {
-        self.account.gate("AttachNetworkInterface")?;
-        self.inner
-            .attach_network_interface(eni_id, instance_id, device_index, card)
-            .await
-    }
-    async fn set_delete_on_termination(
-        &self,
-        eni_id: &str,
-        attachment_id: &str,
-    ) -> Result<(), Ec2Error> {
-        self.account.gate("ModifyNetworkInterfaceAttribute")?;
-        self.inner
-            .set_delete_on_termination(eni_id, attachment_id)
-            .await
-    }
-    async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
-        self.account.gate("AssignPrivateIpAddresses")?;
-        self.inner.assign_private_ips(eni_id, req).await
-    }
-    async fn unassign_private_ips(
-        &self,
-        eni_id: &str,
-        ips: &[Ipv4Addr],
-        prefixes: &[Ipv4Network],
-    ) -> Result<(), Ec2Error> {
-        self.account.gate("UnassignPrivateIpAddresses")?;
-        self.inner.unassign_private_ips(eni_id, ips, prefixes).await
-    }
-    async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.account.gate("DetachNetworkInterface")?;
-        self.inner.detach_network_interface(attachment_id).await
-    }
-    async fn delete_network_interface(&self, eni_id: &str) -> Result<(), Ec2Error> {
-        self.account.gate("DeleteNetworkInterface")?;
-        self.inner.delete_network_interface(eni_id).await
-    }
-    async fn describe_network_interfaces(
-        &self,
-        ids: &[String],
-    ) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.account.gate("DescribeNetworkInterfaces")?;
-        self.inner.describe_network_interfaces(ids).await
-    }
-    async fn list_network_interfaces(
-        &self,
-        filter: &EniFilter,
-    ) -> Result<Vec<EniDescription>, Ec2Error> {
-        self.account.gate("DescribeNetworkInterfaces")?;
-        self.inner.list_network_interfaces(filter).await
-    }
-    async fn describe_instance(&self, instance_id: &str) -> Result<InstanceDescription, Ec2Error> {
-        self.account.gate("DescribeInstances")?;
-        self.inner.describe_instance(instance_id).await
-    }
-    async fn describe_subnets(
-        &self,
-        filter: &SubnetFilter,
-    ) -> Result<Vec<SubnetDescription>, Ec2Error> {
-        self.account.gate("DescribeSubnets")?;
-        self.inner.describe_subnets(filter).await
-    }
-    async fn create_tags(
-        &self,
-        resource_id: &str,
-        tags: &BTreeMap<String, String>,
-    ) -> Result<(), Ec2Error> {
-        self.account.gate("CreateTags")?;
-        self.inner.create_tags(resource_id, tags).await
-    }
-    async fn describe_instance_types(
-        &self,
-        types: &[String],
-    ) -> Result<Vec<InstanceTypeInfo>, Ec2Error> {
-        self.account.gate("DescribeInstanceTypes")?;
-        self.inner.describe_instance_types(types).await
+impl Ec2Layer for Account {
+    fn around<'a, T: Send + 'a>(&'a self, api: Api, call: Call<'a, T>) -> Attempt<'a, T> {
+        match self.gate(api) {
+            Ok(()) => call(),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
+        }
     }
 }
 

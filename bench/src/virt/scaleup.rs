@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ipamd::clock::{Clock, TokioClock};
-use ipamd::ec2::Ec2;
-use ipamd::sim::{NoHotplug, SimEc2, SimSpec, ThrottleSpec};
+use ec2_api::clock::{Clock, TokioClock};
+use ec2_api::Ec2;
+use ec2_sim::{NoHotplug, SimEc2, SimSpec, ThrottleSpec};
 use rand::Rng;
 
 use super::{config_of, key, start, Account, AccountCounts, AccountEc2, Engine};
@@ -99,10 +99,7 @@ pub async fn cluster(
             let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
                 .await
                 .map_err(|e| BenchError::Node(e.to_string()))?;
-            let ec2: Arc<dyn Ec2> = Arc::new(AccountEc2 {
-                account,
-                inner: Arc::new(sim.clone()),
-            });
+            let ec2: Arc<dyn Ec2> = Arc::new(AccountEc2::new(account, Arc::new(sim.clone())));
             // A daemon that cannot start exits; Kubernetes restarts it with CrashLoopBackOff (10 s, doubling, at
             // most 5 min). Ours waits out throttling in-process (only a permanent error ends a start); the anchor
             // model's startup does not fail on throttling either. A restart counted here is a real failure.

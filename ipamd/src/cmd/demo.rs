@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::ec2::EniDescription;
+use ec2_api::clock::{Clock, SystemClock};
+use ec2_api::EniDescription;
 
 /// Options of `ipamd demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,11 +78,11 @@ impl Drop for Cleanup {
         if let Some(mut child) = self.ipamd.take() {
             let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
+            let clock = SystemClock::default();
             loop {
                 match child.try_wait() {
                     Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
+                    Ok(None) if clock.now() < Duration::from_secs(5) => {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                     _ => {
@@ -212,7 +213,7 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
             prev_result: None,
             error: None,
         };
-        let started = Instant::now();
+        let clock = SystemClock::default();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -240,7 +241,7 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
                 }
             }
         }
-        row.setup_ms = started.elapsed().as_secs_f64() * 1000.0;
+        row.setup_ms = clock.now().as_secs_f64() * 1000.0;
         rows.push(row);
     }
 
@@ -251,7 +252,7 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         .map(|e| e.primary_ip);
     let vpc_router = enis
         .first()
-        .map(|e| datapath::subnet_gateway(e.subnet_cidr.network()));
+        .map(|e| datapath::subnet_gateway(e.subnet_cidr));
     println!();
     println!(
         "{:<12} {:<12} {:<29} {:<12} {:>9}",
@@ -347,7 +348,7 @@ fn wait_for_socket(
     check: &dyn Fn() -> Result<(), DemoError>,
     dir: &Path,
 ) -> Result<(), DemoError> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let clock = SystemClock::default();
     while !socket.exists() {
         check()?;
         if let Some(child) = cleanup.ipamd.as_mut() {
@@ -356,7 +357,7 @@ fn wait_for_socket(
                 return Err(DemoError::Setup(format!("ipamd exited ({status}):\n{log}")));
             }
         }
-        if Instant::now() > deadline {
+        if clock.now() > Duration::from_secs(20) {
             return Err(DemoError::Setup(
                 "ipamd did not open its socket within 20 s".into(),
             ));

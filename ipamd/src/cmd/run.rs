@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_cni_proto::{
     CniBackendServer, ConfigServerBackendServer, IpamdControlServer, HEALTH_SERVICE_NAME,
@@ -25,21 +25,22 @@ use tokio::net::UnixListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError, EnvSource, ProcessEnv};
 use crate::control::ControlService;
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::{Node, NodeDeps, NodeError, NodeFacts, Recovery};
 use crate::host::{HostNetwork, NetlinkHost};
 use crate::kube::NoCluster;
-use crate::metrics::{MeteredEc2, MeteredImds, Metrics};
+use crate::metered::{Meter, MeteredEc2, MeteredImds};
+use crate::metrics::Metrics;
 use crate::netpol::{ConfigServer, WithPolicyMode};
 use crate::ratelimit::PacingConfig;
 use crate::reaper::{Reaper, ReaperConfig, ReaperTask};
 use crate::serve::http::{self, BindAddress, BindAddressError, HttpState, ServeError};
 use crate::serve::rpc::CniService;
-use crate::sim::fabric::NetnsFabric;
-use crate::sim::{SimEc2, SimError, SimSpec};
+use ec2_api::clock::{Clock, SystemClock};
+#[cfg(feature = "sim")]
+use ec2_sim::SimError;
 
 /// Which EC2 the daemon talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -71,11 +72,13 @@ pub struct RunOptions {
     #[arg(long)]
     pub netns: Option<PathBuf>,
     /// The simulated EC2 state (sim backend): loaded from here if present, written here (fsync'd) after every
-    /// change, so the simulated instance survives ipamd's death.
+    /// change, so the simulated instance survives ipamd's death. Default: sim-ec2.json beside the checkpoint,
+    /// with the VPC fabric in a kept namespace (awscni-sim-<hash>, logged), so a restart resumes the instance.
     #[arg(long)]
     pub sim_state: Option<PathBuf>,
     /// Put the simulated VPC fabric in this existing network namespace (e.g. /run/netns/NAME), so ENI links
-    /// outlive ipamd; its owner removes it. Default: an anonymous namespace that dies with ipamd.
+    /// outlive ipamd; its owner removes it. Default: the kept namespace without --sim-state, else an anonymous
+    /// namespace that dies with ipamd.
     #[arg(long)]
     pub sim_fabric_netns: Option<PathBuf>,
     /// How long every simulated EC2 call takes, e.g. 200ms (sim backend).
@@ -120,6 +123,8 @@ pub enum DaemonError {
     SimInInitialNetns,
     #[error("the aws backend is not available in this build yet; use --backend sim")]
     AwsBackendUnavailable,
+    #[error("the sim backend is not available in this build (built without the `sim` feature)")]
+    SimBackendUnavailable,
     #[cfg(feature = "aws")]
     #[error("aws backend: {0}")]
     Aws(#[from] ec2_aws::BackendError),
@@ -127,6 +132,7 @@ pub enum DaemonError {
     NetnsCheck(std::io::Error),
     #[error("building the simulated VPC: {0}")]
     Fabric(datapath::NetlinkError),
+    #[cfg(feature = "sim")]
     #[error("simulator: {0}")]
     Sim(#[from] SimError),
     #[error("netlink: {0}")]
@@ -260,8 +266,8 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener, DaemonError> {
 
 /// The EC2 and IMDS clients as the engine uses them, and the node's facts when connecting already read them.
 type Ec2Stack = (
-    Arc<dyn crate::ec2::Ec2>,
-    Arc<dyn crate::imds::Imds>,
+    Arc<dyn ec2_api::Ec2>,
+    Arc<dyn ec2_api::Imds>,
     Option<NodeFacts>,
 );
 
@@ -271,14 +277,15 @@ type Ec2Stack = (
 async fn ec2_stack(
     opts: &RunOptions,
     config: &Config,
+    checkpoint_path: Option<&Path>,
     metrics: &Arc<Metrics>,
+    clock: &Arc<dyn Clock>,
 ) -> Result<Ec2Stack, DaemonError> {
-    let (ec2, imds, facts): (Arc<dyn crate::ec2::Ec2>, Arc<dyn crate::imds::Imds>, _) = match opts
-        .backend
+    let (ec2, imds, facts): (Arc<dyn ec2_api::Ec2>, Arc<dyn ec2_api::Imds>, _) = match opts.backend
     {
         #[cfg(not(feature = "aws"))]
         Backend::Aws => {
-            let _ = config;
+            let _ = (config, checkpoint_path);
             return Err(DaemonError::AwsBackendUnavailable);
         }
         #[cfg(feature = "aws")]
@@ -287,8 +294,8 @@ async fn ec2_stack(
             // limits (compiled-in table, else DescribeInstanceTypes).
             // The SDK makes one attempt per call (unless AWS_EC2_MAX_ATTEMPTS says otherwise): PacedEc2 retries,
             // through the throttle gate, so SDK retries would only multiply throttled calls.
-            let aws = ec2_aws::connect(|k: &str| {
-                crate::ratelimit::backend_env(k, |v| crate::config::EnvSource::get(&ProcessEnv, v))
+            let aws = ec2_aws::connect(ec2_aws::AwsOptions::caller_retries(), |k: &str| {
+                ProcessEnv.get(k)
             })
             .await?;
             let facts = NodeFacts {
@@ -297,32 +304,45 @@ async fn ec2_stack(
             };
             (Arc::new(aws.ec2), Arc::new(aws.imds), Some(facts))
         }
+        #[cfg(not(feature = "sim"))]
+        Backend::Sim => return Err(DaemonError::SimBackendUnavailable),
+        #[cfg(feature = "sim")]
         Backend::Sim => {
             if datapath::is_initial_netns().map_err(DaemonError::NetnsCheck)? {
                 return Err(DaemonError::SimInInitialNetns);
             }
-            let mut spec = SimSpec::new(&opts.instance_type);
-            spec.state_file = opts.sim_state.clone();
-            spec.api_latency = opts.sim_api_latency;
-            let fabric = match &opts.sim_fabric_netns {
-                Some(path) => NetnsFabric::in_netns(path, spec.subnet_cidr, config.eni_mtu).await,
-                None => NetnsFabric::new(spec.subnet_cidr, config.eni_mtu).await,
-            }
-            .map_err(DaemonError::Fabric)?;
-            let sim = SimEc2::launch(spec, Arc::new(fabric)).await?;
+            let sim = ec2_sim::run::start(ec2_sim::run::RunSpec {
+                instance_type: opts.instance_type.clone(),
+                placement: ec2_sim::run::Placement::for_run(
+                    opts.sim_state.as_deref(),
+                    opts.sim_fabric_netns.as_deref(),
+                    checkpoint_path,
+                ),
+                api_latency: opts.sim_api_latency,
+                mtu: config.eni_mtu,
+            })
+            .await?;
             (Arc::new(sim.clone()), Arc::new(sim), None)
         }
     };
     Ok((
-        Arc::new(MeteredEc2::new(ec2, Arc::clone(metrics))),
-        Arc::new(MeteredImds::new(imds, Arc::clone(metrics))),
+        Arc::new(MeteredEc2::new(
+            Meter::new(Arc::clone(metrics), Arc::clone(clock)),
+            ec2,
+        )),
+        Arc::new(MeteredImds::new(
+            imds,
+            Arc::clone(metrics),
+            Arc::clone(clock),
+        )),
         facts,
     ))
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
-    let startup = Instant::now();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+    let startup = clock.now();
     let config = Config::from_env(&ProcessEnv)?;
     let policy_mode = crate::netpol::PolicyMode::from_env(&ProcessEnv)?;
     let endpoints = endpoints(&ProcessEnv)?;
@@ -343,14 +363,15 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             None
         }
     };
-    let (ec2, imds, facts) = ec2_stack(&opts, &config, &metrics).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
+    let (ec2, imds, facts) =
+        ec2_stack(&opts, &config, checkpoint_path.as_deref(), &metrics, &clock).await?;
     // What the aws backend read while connecting (IMDS's node, the limits) is passed on; the simulator's node is
     // read from its IMDS once. The engine reads neither again.
     let facts = match facts {
         Some(facts) => facts,
         None => NodeFacts::discover(imds.as_ref()).await?,
     };
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock::default());
     // One netlink socket for ENI setup and pod recovery; the veth reaper has its own (a veth's deletion waits
     // for RCU grace periods inside the kernel call, and must not hold ENI setup back).
     let host = Arc::new(NetlinkHost::new(
@@ -381,7 +402,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         pods: Some(host),
         veth_prefix: veth_prefix.clone(),
     };
-    let init_started = Instant::now();
+    let init_started = clock.now();
     let node = match Node::init_recovering(
         deps,
         facts,
@@ -397,14 +418,14 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             metrics
                 .node_initialization_duration_seconds
                 .with_label_values(&["false"])
-                .observe(init_started.elapsed().as_secs_f64());
+                .observe(clock.now().saturating_sub(init_started).as_secs_f64());
             return Err(e.into());
         }
     };
     metrics
         .node_initialization_duration_seconds
         .with_label_values(&["true"])
-        .observe(init_started.elapsed().as_secs_f64());
+        .observe(clock.now().saturating_sub(init_started).as_secs_f64());
     if let Err(e) = node.fill().await {
         // Not fatal: the anchor never makes the node unusable because EC2 said no; the pool task retries.
         tracing::warn!(error = %e, "initial pool fill failed; will retry in the background");
@@ -502,7 +523,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     metrics
         .startup_duration_seconds
         .with_label_values(&["true", "false", ""])
-        .observe(startup.elapsed().as_secs_f64());
+        .observe(clock.now().saturating_sub(startup).as_secs_f64());
     tracing::info!(socket = %opts.socket.display(), released_gone_pods = released,
         network_policy_mode = policy_mode.map_or("unset", crate::netpol::PolicyMode::as_str),
         "serving rpc.CNIBackend, rpc.ConfigServerBackend and grpc.health.v1");
@@ -581,9 +602,9 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// The checkpoint file: `AWS_VPC_K8S_CNI_BACKING_STORE` when set, else the anchor's default for the aws backend.
-/// A simulated node's checkpoint belongs to its simulated instance: `ipam.json` beside `--sim-state`, and none
-/// (memory only) without one, since every run without saved state is a new instance.
+/// The checkpoint file: `AWS_VPC_K8S_CNI_BACKING_STORE` when set, else the anchor's default. A simulated node's
+/// checkpoint belongs to its simulated instance: with `--sim-state`, `ipam.json` beside it; without, the default
+/// (the instance's state is then kept beside the checkpoint, see `ec2_sim::run`).
 fn checkpoint_path(opts: &RunOptions) -> Option<PathBuf> {
     if let Some(p) = ProcessEnv
         .get(crate::engine::checkpoint::ENV_BACKING_STORE)
@@ -593,13 +614,13 @@ fn checkpoint_path(opts: &RunOptions) -> Option<PathBuf> {
     }
     match opts.backend {
         Backend::Aws => Some(crate::engine::checkpoint::path_from_env(|_| None)),
-        Backend::Sim => opts
-            .sim_state
-            .as_ref()
-            .map(|state| match state.file_name() {
+        Backend::Sim => Some(match &opts.sim_state {
+            Some(state) => match state.file_name() {
                 Some(n) if n == "ipam.json" => state.with_file_name("ipam-checkpoint.json"),
                 _ => state.with_file_name("ipam.json"),
-            }),
+            },
+            None => crate::engine::checkpoint::path_from_env(|_| None),
+        }),
     }
 }
 

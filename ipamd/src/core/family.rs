@@ -23,7 +23,7 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-use crate::ec2::IpRequest;
+use ec2_api::IpRequest;
 
 /// The address types of one IP version, as the datastore keys on them: it is generic over this trait
 /// (`Datastore<V: IpVersion = V4>`), so a second version is a second implementation, not an edit of every

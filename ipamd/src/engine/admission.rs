@@ -23,8 +23,8 @@ use super::checkpoint::CheckpointError;
 use super::{AddQueue, Node};
 use crate::core::datastore::{Allocation, AssignError, IpamKey, PodMeta, PoolStats};
 use crate::core::pool::Decision;
-use crate::ec2::Ec2Error;
 use crate::sync::lock;
+use ec2_api::Ec2Error;
 
 /// A waiting ADD answers this long before the caller's gRPC deadline (`grpc-timeout`), leaving room for the
 /// checkpoint write and the reply.

@@ -22,14 +22,14 @@ use ipnetwork::Ipv4Network;
 
 use super::{Node, NodeError};
 use crate::core::datastore::{DatastoreError, Eni};
-use crate::ec2::{
+use crate::kube::{node_eni_config, EniConfig};
+use crate::sync::lock;
+use ec2_api::{
     CreateEniRequest, Ec2, Ec2Error, EniDescription, IpRequest, SubnetDescription, SubnetFilter,
     ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT, TAG_ENI_OWNER, TAG_ENI_OWNER_VALUE,
     TAG_INSTANCE_ID,
 };
-use crate::imds::{ImdsEni, ImdsError, NodeMetadata};
-use crate::kube::{node_eni_config, EniConfig};
-use crate::sync::lock;
+use ec2_api::{ImdsEni, ImdsError, NodeMetadata};
 
 /// How long given-back addresses are not re-added from a stale view (anchor `ipReconcileCooldown`).
 pub const RELEASED_MEMORY: Duration = Duration::from_secs(60);
@@ -593,7 +593,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_eni_goes_to_the_subnet_the_clusters_eni_config_names() {
-        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |_| {}).await;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |_| {}).await;
         let cluster = FakeCluster::default();
         let mut node = ClusterNode::default();
         node.annotations

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::Node;
-use crate::ec2::{
+use ec2_api::{
     Ec2, Ec2Error, EniFilter, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT,
     TAG_INSTANCE_ID,
 };

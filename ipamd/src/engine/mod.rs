@@ -49,18 +49,18 @@ use instance_limits::InstanceLimits;
 use tokio::sync::Notify;
 
 use self::checkpoint::{Checkpoint, CheckpointEntry, CheckpointError};
-use crate::clock::Clock;
 use crate::config::Config;
 use crate::core::datastore::{Datastore, Eni, IpamKey, PoolStats};
 use crate::core::pool::{policy_for, Decision, HighWater, PoolPolicy};
 use crate::core::snapshot::{EniSnapshot, PoolSnapshot};
-use crate::ec2::{Ec2, Ec2Error, TAG_NO_MANAGE};
 use crate::host::snat::SnatPlan;
 use crate::host::{HostNetError, HostNetwork, HostPlan};
-use crate::imds::{Imds, ImdsError, NodeMetadata};
 use crate::kube::Cluster;
-use crate::ratelimit::{CallCounts, PacedEc2, PacingConfig};
+use crate::ratelimit::{CallCounts, PacedEc2, Pacer, PacingConfig};
 use crate::sync::lock;
+use ec2_api::clock::Clock;
+use ec2_api::{Ec2, Ec2Error, TAG_NO_MANAGE};
+use ec2_api::{Imds, ImdsError, NodeMetadata};
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -342,9 +342,8 @@ impl Node {
             }
         })?;
         let ec2 = Arc::new(PacedEc2::new(
+            Pacer::new(Arc::clone(&deps.clock), pacing),
             Arc::clone(&deps.ec2),
-            Arc::clone(&deps.clock),
-            pacing,
         ));
         let primary_mac = MacAddr::parse(&meta.primary_mac).ok_or_else(|| NodeError::BadMac {
             eni: "primary".into(),
@@ -559,14 +558,14 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::ManualClock;
     use crate::core::datastore::PodMeta;
     use crate::host::fakes::FakeHost;
-    use crate::sim::SimEc2;
     use aws_cni_proto::FailureReason;
+    use ec2_api::clock::ManualClock;
+    use ec2_sim::SimEc2;
 
     async fn node(instance_type: &str, config: Config) -> (Arc<Node>, SimEc2, ManualClock) {
-        let (sim, clock) = crate::sim::on_manual_clock(instance_type, |_| {}).await;
+        let (sim, clock) = ec2_sim::on_manual_clock(instance_type, |_| {}).await;
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim.clone()),
@@ -652,7 +651,7 @@ mod tests {
         async fn node(&self) -> Result<NodeMetadata, ImdsError> {
             self.inner.node().await
         }
-        async fn enis(&self) -> Result<Vec<crate::imds::ImdsEni>, ImdsError> {
+        async fn enis(&self) -> Result<Vec<ec2_api::ImdsEni>, ImdsError> {
             let mut enis = self.inner.enis().await?;
             if let Some(primary) = enis.iter_mut().find(|e| e.device_number == 0) {
                 primary.ipv4s.push(self.extra);
@@ -662,10 +661,10 @@ mod tests {
     }
 
     async fn throttled_start(
-        fault: crate::sim::Fault,
+        fault: ec2_sim::Fault,
         count: u32,
     ) -> (Result<Arc<Node>, NodeError>, SimEc2, ManualClock, Ipv4Addr) {
-        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
         let extra = Ipv4Addr::new(10, 0, 15, 250);
         sim.inject_faults(fault, Some("DescribeNetworkInterfaces"), count);
         let deps = NodeDeps {
@@ -685,7 +684,7 @@ mod tests {
     #[tokio::test]
     async fn startup_outlasts_throttling_in_process_and_serves_only_what_ec2_confirmed() {
         // 60 throttles in a row: ten times what the old 6-attempt startup survived.
-        let (n, sim, clock, extra) = throttled_start(crate::sim::Fault::Throttle, 60).await;
+        let (n, sim, clock, extra) = throttled_start(ec2_sim::Fault::Throttle, 60).await;
         let n = n.expect("startup waits for EC2 instead of exiting");
         let c = n.counters().ec2;
         assert_eq!(c.throttled.get("DescribeNetworkInterfaces"), Some(&60));
@@ -715,7 +714,7 @@ mod tests {
 
     #[tokio::test]
     async fn startup_fails_fast_on_a_permanent_error() {
-        let (n, sim, _, _) = throttled_start(crate::sim::Fault::Unauthorized, 1).await;
+        let (n, sim, _, _) = throttled_start(ec2_sim::Fault::Unauthorized, 1).await;
         let err = n.expect_err("not authorized is not retried");
         assert!(
             matches!(

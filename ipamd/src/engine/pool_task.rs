@@ -22,8 +22,8 @@ use super::reconcile::Timers;
 use super::Node;
 use crate::core::datastore::PoolStats;
 use crate::core::pool::{decide, Decision, EniRoom, Outlook, PREFIX_SIZE};
-use crate::ec2::{Ec2Error, IpRequest};
 use crate::sync::lock;
+use ec2_api::{Ec2Error, IpRequest};
 
 /// Minimum time between two shrinking steps (anchor `decreaseIPPoolInterval`).
 pub const SHRINK_INTERVAL: Duration = Duration::from_secs(30);

@@ -25,10 +25,10 @@ use super::enis::{mac_of, RELEASED_MEMORY};
 use super::leak_gc::{LEAK_CHECK_INTERVAL, LEAK_CHECK_JITTER};
 use super::Node;
 use crate::core::datastore::{Eni, IpamKey};
-use crate::ec2::{Ec2Error, TAG_NO_MANAGE};
 use crate::host::HostNetError;
-use crate::imds::ImdsError;
 use crate::sync::lock;
+use ec2_api::ImdsError;
+use ec2_api::{Ec2Error, TAG_NO_MANAGE};
 
 /// Reconcile period (anchor `nodeIPPoolReconcileInterval`).
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
@@ -123,7 +123,7 @@ impl Timers {
     }
 }
 
-fn same_addresses(ds_eni: &Eni, imds: &crate::imds::ImdsEni) -> bool {
+fn same_addresses(ds_eni: &Eni, imds: &ec2_api::ImdsEni) -> bool {
     let mut a: Vec<_> = ds_eni.ips().collect();
     a.sort();
     let mut b: Vec<_> = imds.ipv4s.iter().skip(1).copied().collect();

@@ -35,8 +35,8 @@ use super::checkpoint::CheckpointEntry;
 use super::enis::mac_of;
 use super::{Node, NodeError};
 use crate::core::datastore::{Eni, IpamKey, RestoreError};
-use crate::ec2::{Ec2, EniDescription, EniFilter, TAG_NO_MANAGE};
 use crate::sync::lock;
+use ec2_api::{Ec2, EniDescription, EniFilter, TAG_NO_MANAGE};
 
 /// A restored pod's veth must have been seen at least this long after the socket opened to be confirmed.
 pub const RESTORE_SETTLE: Duration = Duration::from_secs(15);
@@ -328,16 +328,16 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::clock::{Clock, ManualClock};
     use crate::config::Config;
     use crate::core::datastore::{PodMeta, MIGRATED_IF_NAME, MIGRATED_NETWORK_NAME};
-    use crate::ec2::IpRequest;
     use crate::engine::checkpoint::Checkpoint;
     use crate::engine::{NodeDeps, Recovery};
     use crate::host::fakes::FakeHost;
-    use crate::imds::Imds;
     use crate::ratelimit::PacingConfig;
-    use crate::sim::{NoHotplug, SimEc2, SimSpec};
+    use ec2_api::clock::{Clock, ManualClock};
+    use ec2_api::Imds;
+    use ec2_api::IpRequest;
+    use ec2_sim::{NoHotplug, SimEc2, SimSpec};
 
     struct Box_ {
         sim: SimEc2,
@@ -631,8 +631,8 @@ mod tests {
         let me = b.sim.instance_id();
         let eni = b
             .sim
-            .create_network_interface(crate::ec2::CreateEniRequest {
-                subnet_id: crate::sim::SIM_SUBNET_ID.into(),
+            .create_network_interface(ec2_api::CreateEniRequest {
+                subnet_id: ec2_sim::SIM_SUBNET_ID.into(),
                 description: "aws-K8S-i".into(),
                 security_groups: vec![],
                 tags: BTreeMap::new(),

@@ -118,7 +118,7 @@ impl NetlinkHost {
             })
             .await
             .map_err(wrap)?;
-        let gw = datapath::subnet_gateway(eni.subnet.network());
+        let gw = datapath::subnet_gateway(eni.subnet);
         self.nl
             .replace_route(&RouteSpec {
                 dst: gw,
@@ -239,7 +239,7 @@ mod tests {
                 .expect("peer link");
             nl.set_up(l.index).await.expect("peer up");
         }
-        let host = NetlinkHost::new(nl.clone(), Arc::new(crate::clock::SystemClock::default()))
+        let host = NetlinkHost::new(nl.clone(), Arc::new(ec2_api::clock::SystemClock::default()))
             .with_iptables(Arc::new(CommandIptables::in_netns(&ns_path)));
         let subnet: ipnetwork::Ipv4Network = "10.0.0.0/20".parse().expect("cidr");
         let eni = Eni::new(

@@ -25,8 +25,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use datapath::{Netlink, NetlinkError};
 
-use crate::clock::Clock;
 use crate::core::datastore::Eni;
+use ec2_api::clock::Clock;
 
 pub mod eni;
 #[cfg(any(test, feature = "fakes"))]

@@ -17,7 +17,7 @@
 //! it (else the plugin deletes the veth itself, as it does with the anchor's ipamd).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_cni_proto::{
     AddNetworkReply, AddNetworkRequest, CniBackend, DelNetworkReply, DelNetworkRequest,
@@ -148,7 +148,8 @@ impl CniBackend for CniService {
         &self,
         request: Request<AddNetworkRequest>,
     ) -> Result<Response<AddNetworkReply>, Status> {
-        let started = Instant::now();
+        let clock = Arc::clone(&self.node.deps.clock);
+        let started = clock.now();
         self.metrics.add_ip_req_count.inc();
         let wait = add_wait_bound(
             self.node.config().add_wait,
@@ -194,7 +195,7 @@ impl CniBackend for CniService {
                     container = %key.container_id,
                     ip = %a.ip,
                     eni = %a.eni_id,
-                    elapsed_us = started.elapsed().as_micros() as u64,
+                    elapsed_us = clock.now().saturating_sub(started).as_micros() as u64,
                     "AddNetwork"
                 );
                 AddNetworkReply {
@@ -227,7 +228,7 @@ impl CniBackend for CniService {
         };
         self.metrics
             .add_latency_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(clock.now().saturating_sub(started).as_secs_f64());
         Ok(Response::new(reply))
     }
 
@@ -235,7 +236,8 @@ impl CniBackend for CniService {
         &self,
         request: Request<DelNetworkRequest>,
     ) -> Result<Response<DelNetworkReply>, Status> {
-        let started = Instant::now();
+        let clock = Arc::clone(&self.node.deps.clock);
+        let started = clock.now();
         let req = request.into_inner();
         // The label takes the reasons plugins send; anything else a client makes up is counted as "other", so
         // the number of series stays bounded whatever callers send.
@@ -284,7 +286,7 @@ impl CniBackend for CniService {
         );
         self.metrics
             .del_latency_seconds
-            .observe(started.elapsed().as_secs_f64());
+            .observe(clock.now().saturating_sub(started).as_secs_f64());
         // Unknown key: a repeated DEL, or a pod ipamd never saw. Success with no IP, so DEL stays idempotent.
         Ok(Response::new(DelNetworkReply {
             success: true,
@@ -310,7 +312,7 @@ mod tests {
     };
 
     async fn node() -> Arc<Node> {
-        let (sim, clock) = crate::sim::on_manual_clock("m5.large", |_| {}).await;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |_| {}).await;
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim),

@@ -52,7 +52,7 @@
 //! optional plugin enabled the output is the template with the values substituted, byte for byte.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub mod conflist;
 pub mod files;
@@ -207,7 +207,9 @@ pub async fn wait_ready(
     timeout: Duration,
     interval: Duration,
 ) -> Result<(), InstallError> {
-    let start = Instant::now();
+    use ec2_api::clock::Clock as _;
+    let clock = ec2_api::clock::SystemClock::default();
+    let start = clock.now();
     let per_call = interval.clamp(Duration::from_millis(500), Duration::from_secs(5));
     let mut last = String::new();
     loop {
@@ -220,7 +222,7 @@ pub async fn wait_ready(
             tracing::info!(socket = %socket.display(), "waiting for ipamd: {}", r.message);
             last = r.message;
         }
-        let waited = start.elapsed();
+        let waited = clock.now().saturating_sub(start);
         if waited >= timeout {
             return Err(InstallError::NotReady {
                 socket: socket.to_path_buf(),

@@ -8,7 +8,7 @@ use ipnetwork::Ipv4Network;
 
 use super::policy::{u, PoolPolicy};
 use crate::core::datastore::PoolStats;
-use crate::ec2::IpRequest;
+use ec2_api::IpRequest;
 
 /// An ENI younger than this is never freed (anchor `minENILifeTime`).
 pub const MIN_ENI_LIFETIME: Duration = Duration::from_secs(60);

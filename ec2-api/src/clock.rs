@@ -1,4 +1,6 @@
-//! Time as an outside world: the daemon reads it, and waits on it, through [`Clock`] so tests can drive it.
+//! Time as an outside world: the daemon, the backends and the simulator read it, and wait on it, through
+//! [`Clock`] so tests can drive it. `std::time::Instant::now` and `SystemTime::now` are refused by clippy
+//! (`clippy.toml`, `disallowed-methods`) everywhere but here.
 //!
 //! Three clocks:
 //! - [`SystemClock`]: the real one (`std::time::Instant`, `tokio::time::sleep`).
@@ -7,12 +9,14 @@
 //!   pool behaviour (cooldowns, shrink intervals, reconcile and leak-cleanup timers, EC2 token-bucket refills,
 //!   attach latency) run in milliseconds with every task of the daemon live. This is the clock of the virtual-time
 //!   scenario tests and benchmarks.
-//! - [`ManualClock`]: moves only when told to; `sleep` moves it forward by the duration at once. For tests that
-//!   drive one step at a time from a single task.
+//! - `ManualClock` (feature `fakes`, and in tests): moves only when told to; `sleep` moves it forward by the
+//!   duration at once. For tests that drive one step at a time from a single task.
 
 use std::future::Future;
 use std::pin::Pin;
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(any(test, feature = "fakes"))]
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,6 +42,7 @@ pub struct SystemClock {
 }
 
 impl Default for SystemClock {
+    #[allow(clippy::disallowed_methods)] // the one place that reads the real monotonic clock
     fn default() -> Self {
         SystemClock {
             origin: std::time::Instant::now(),
@@ -49,6 +54,7 @@ impl Clock for SystemClock {
     fn now(&self) -> Duration {
         self.origin.elapsed()
     }
+    #[allow(clippy::disallowed_methods)] // the one place that reads the real wall clock
     fn wall(&self) -> Duration {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -81,11 +87,13 @@ impl Clock for TokioClock {
 }
 
 /// A clock that moves only when told to (tests, and virtual-time simulations).
+#[cfg(any(test, feature = "fakes"))]
 #[derive(Debug, Clone, Default)]
 pub struct ManualClock {
     nanos: Arc<AtomicU64>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl ManualClock {
     /// Moves time forward.
     pub fn advance(&self, by: Duration) {
@@ -94,6 +102,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Clock for ManualClock {
     fn now(&self) -> Duration {
         Duration::from_nanos(self.nanos.load(Ordering::SeqCst))
@@ -113,6 +122,7 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
+    #[allow(clippy::disallowed_methods)] // measures real time on purpose
     async fn tokio_clock_jumps_in_virtual_time() {
         let c = TokioClock::default();
         let real = std::time::Instant::now();

@@ -31,11 +31,11 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use datapath::{MacAddr, Netlink, NetlinkError, VethSpec};
+use datapath::{subnet_gateway, MacAddr, Netlink, NetlinkError, VethSpec};
 use futures::future::BoxFuture;
 use ipnetwork::Ipv4Network;
 
-use super::{NicHotplug, SimNic};
+use crate::hotplug::{NicHotplug, SimNic};
 
 const BRIDGE: &str = "vpc";
 
@@ -59,11 +59,6 @@ impl std::fmt::Debug for NetnsFabric {
     }
 }
 
-/// The subnet's router address: network + 1, as in a VPC.
-pub fn subnet_gateway(subnet: Ipv4Network) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(subnet.network()).wrapping_add(1))
-}
-
 impl NetnsFabric {
     /// Builds the fabric for `subnet` in a new anonymous namespace. The node side is the caller's current
     /// namespace.
@@ -83,6 +78,25 @@ impl NetnsFabric {
             source,
         })?;
         NetnsFabric::build(ns, subnet, mtu).await
+    }
+
+    /// Builds the fabric in the named namespace `/run/netns/<name>`, created if missing and then kept: it
+    /// outlives ipamd until someone deletes it (`ip netns del <name>`). `fresh` first deletes one left by an
+    /// earlier simulated instance, so a new instance starts on an empty wire.
+    pub async fn named(
+        name: &str,
+        fresh: bool,
+        subnet: Ipv4Network,
+        mtu: u32,
+    ) -> Result<NetnsFabric, NetlinkError> {
+        let path = Path::new(datapath::NETNS_RUN_DIR).join(name);
+        if fresh && path.exists() {
+            datapath::delete_named_netns(name)?;
+        }
+        if !path.exists() {
+            datapath::create_named_netns(name)?;
+        }
+        NetnsFabric::in_netns(&path, subnet, mtu).await
     }
 
     async fn build(

@@ -1,0 +1,279 @@
+//! `ec2-sim`: an EC2 account with one instance, behind the same [`Ec2`] and [`Imds`] traits as AWS.
+//!
+//! It is faithful where the daemon's correctness depends on it, and moto is not:
+//! - **Limits** of the instance type from the compiled-in table: ENIs per network card (multi-card types attach
+//!   on every card), IPv4 addresses per ENI (primary + secondaries + /28 prefixes share the slots, as on EC2),
+//!   device indexes that must be free; prefix delegation only on Nitro types.
+//! - **Subnets** with a finite set of free addresses (AWS reserves the first four and the last); /28 prefixes need
+//!   an aligned, wholly free block, so a subnet fragmented by other tenants ([`SimSpec::taken`]) answers
+//!   `InsufficientCidrBlocks` while it still has free addresses. Extra subnets (with tags, for subnet discovery)
+//!   can be added.
+//! - **Eventual consistency**: IMDS shows each ENI change [`SimSpec::imds_lag`] after EC2 made it.
+//! - **Attach latency**: an ENI stays `attaching` (and its NIC absent) for [`SimSpec::attach_latency`].
+//! - **Throttling**: a token bucket per API, like EC2's request-rate limits (mutating and non-mutating actions have
+//!   different sizes), answering `RequestLimitExceeded`; [`SimEc2::throttle_for`] makes every call fail for a while.
+//! - **Faults**: [`SimEc2::inject_faults`] makes the next N calls (of one API or any) fail with a 5xx, time out
+//!   before or after EC2 applied them (the ambiguous case a client must reconcile), or be throttled.
+//!
+//! Time comes from [`SimSpec::clock`], so under virtual time latencies, lags and bucket refills cost nothing.
+//! Every call is counted by API ([`SimEc2::calls`]), failed ones included, as EC2 would see them.
+//!
+//! ENIs become real links through a [`NicHotplug`]: attaching an ENI plugs a NIC with the ENI's MAC into the node's
+//! namespace, as the hypervisor would (see [`fabric`]).
+//!
+//! **Persistence.** With [`SimSpec::state_file`], EC2's state outlives ipamd as the real EC2 does: it is written
+//! after every call (atomically: temp file, fsync, rename, fsync of the directory) before the call returns, and
+//! loaded when ipamd starts again. So an ipamd killed with SIGKILL restarts on the same instance, ENIs and
+//! addresses, and a change EC2 made but whose answer ipamd never got is there too. On load, an attachment
+//! interrupted by the crash completes (as EC2 would finish it), IMDS shows the state at once, and the NICs are
+//! plugged again through [`NicHotplug::restore`] (a fabric in a namespace that outlived ipamd keeps its links;
+//! stale ones are removed). The file is also what tools (the demo, tests) read to see what "EC2" holds.
+//! Throttling buckets, injected faults and pending IMDS lag are not persisted. [`run`] is how `ipamd run
+//! --backend sim` places the state and the fabric (by default both outlive ipamd).
+
+mod ec2;
+pub mod fabric;
+mod faults;
+mod hotplug;
+mod imds;
+mod persist;
+pub mod run;
+mod spec;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ec2_api::clock::Clock;
+use ec2_api::{Api, EniDescription, IpRequest};
+use instance_limits::InstanceLimits;
+
+pub use hotplug::{NicHotplug, NoHotplug, SimNic};
+pub use spec::{Fault, SimError, SimSpec, SimSubnet, ThrottleSpec, SIM_SUBNET_ID};
+
+use imds::{apply_imds, imds_eni_of};
+use state::{new_eni, subnet_free, SimState, SubnetState};
+
+/// The simulated account. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct SimEc2 {
+    state: Arc<Mutex<SimState>>,
+    hotplug: Arc<dyn NicHotplug>,
+    state_file: Option<PathBuf>,
+    /// Serialises writes of the state file (serialisation and write together, so writes land in order).
+    file_lock: Arc<Mutex<()>>,
+    clock: Arc<dyn Clock>,
+    imds_lag: Duration,
+    attach_latency: Duration,
+    timeout: Duration,
+    api_latency: Duration,
+    throttle: Option<ThrottleSpec>,
+}
+
+impl std::fmt::Debug for SimEc2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimEc2").finish_non_exhaustive()
+    }
+}
+
+impl SimEc2 {
+    /// Builds the account, launches the instance and plugs its primary ENI; or, when [`SimSpec::state_file`]
+    /// exists, loads the account from it and plugs its attached ENIs back (see the module docs).
+    pub async fn launch(spec: SimSpec, hotplug: Arc<dyn NicHotplug>) -> Result<SimEc2, SimError> {
+        if let Some(path) = spec.state_file.clone() {
+            match std::fs::read(&path) {
+                Ok(bytes) => return SimEc2::resume(spec, hotplug, &path, &bytes).await,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(SimError::State {
+                        path,
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+        let limits: &InstanceLimits =
+            instance_limits::lookup(&spec.instance_type).ok_or_else(|| {
+                let near = instance_limits::suggest(&spec.instance_type, 3);
+                let hint = if near.is_empty() {
+                    String::new()
+                } else {
+                    format!("; did you mean {}?", near.join(", "))
+                };
+                SimError::UnknownInstanceType(spec.instance_type.clone(), hint)
+            })?;
+        let mut subnets = BTreeMap::new();
+        let all_subnets = std::iter::once((spec.subnet_cidr, BTreeMap::new()))
+            .chain(spec.extra_subnets.iter().map(|s| (s.cidr, s.tags.clone())));
+        for (i, (cidr, tags)) in all_subnets.enumerate() {
+            if !spec.vpc_cidr.contains(cidr.network()) || cidr.prefix() > 28 {
+                return Err(SimError::Subnet(
+                    cidr.to_string(),
+                    format!("must be a /28 or larger inside the VPC {}", spec.vpc_cidr),
+                ));
+            }
+            let id = format!("subnet-0sim{:013}", i + 1);
+            let free = subnet_free(cidr, &spec.taken);
+            subnets.insert(
+                id.clone(),
+                SubnetState {
+                    id,
+                    cidr,
+                    tags,
+                    free_count: free.len(),
+                    free,
+                },
+            );
+        }
+        let mut network_cards: Vec<(u32, u32)> = limits
+            .network_cards
+            .iter()
+            .map(|c| (c.index, c.max_enis))
+            .collect();
+        if network_cards.is_empty() {
+            network_cards.push((0, limits.enis));
+        }
+        let mut state = SimState {
+            instance_id: "i-0a1b2c3d4e5f60718".into(),
+            instance_type: spec.instance_type.clone(),
+            subnet_id: SIM_SUBNET_ID.into(),
+            subnet_cidr: spec.subnet_cidr,
+            vpc_id: "vpc-0sim00000000000001".into(),
+            vpc_cidr: spec.vpc_cidr,
+            security_groups: vec!["sg-0sim00000000000001".into()],
+            availability_zone: spec.availability_zone.clone(),
+            network_cards,
+            ipv4_per_eni: limits.ipv4_per_eni,
+            prefix_delegation: limits.supports_prefix_delegation(),
+            subnets,
+            enis: BTreeMap::new(),
+            next_id: 1,
+            calls: BTreeMap::new(),
+            imds_reads: 0,
+            imds_view: BTreeMap::new(),
+            imds_pending: VecDeque::new(),
+            buckets: BTreeMap::new(),
+            throttled_until: Duration::ZERO,
+            faults: Vec::new(),
+        };
+        let primary = new_eni(
+            &mut state,
+            SIM_SUBNET_ID,
+            "primary network interface".into(),
+            BTreeMap::new(),
+            IpRequest::Secondary(0),
+        )
+        .map_err(|e| SimError::Plug(e.to_string()))?;
+        let primary_id = primary.id.clone();
+        state.enis.insert(primary_id.clone(), primary);
+        let instance_id = state.instance_id.clone();
+        if let Some(eni) = state.enis.get_mut(&primary_id) {
+            eni.device_index = Some(0);
+            eni.attachment_id = Some("eni-attach-primary".into());
+            eni.instance_id = Some(instance_id);
+            eni.status = "in-use".into();
+            eni.delete_on_termination = true;
+        }
+        let imds_lag = spec.imds_lag;
+        let sim = SimEc2::assemble(state, spec, hotplug);
+        // The primary ENI is visible at boot; later changes lag.
+        let sim = SimEc2 {
+            imds_lag: Duration::ZERO,
+            ..sim
+        };
+        sim.publish(&primary_id);
+        let sim = SimEc2 { imds_lag, ..sim };
+        let nic = sim
+            .nic_of(&primary_id)
+            .ok_or_else(|| SimError::Plug("primary ENI vanished".into()))?;
+        sim.hotplug.plug(nic).await.map_err(SimError::Plug)?;
+        sim.snapshot();
+        Ok(sim)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A panic while holding the lock would be a simulator bug; keep serving rather than cascade it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls made so far, by API name (failed calls included).
+    pub fn calls(&self) -> BTreeMap<&'static str, u64> {
+        self.lock().calls.clone()
+    }
+
+    /// IMDS reads made so far.
+    pub fn imds_reads(&self) -> u64 {
+        self.lock().imds_reads
+    }
+
+    /// The instance's ID.
+    pub fn instance_id(&self) -> String {
+        self.lock().instance_id.clone()
+    }
+
+    /// Every ENI in the account.
+    pub fn all_enis(&self) -> Vec<EniDescription> {
+        self.lock().enis.values().cloned().collect()
+    }
+
+    /// Free addresses in a subnet.
+    pub fn free_addresses(&self, subnet_id: &str) -> usize {
+        self.lock()
+            .subnets
+            .get(subnet_id)
+            .map_or(0, |s| s.free.len())
+    }
+
+    fn nic_of(&self, eni_id: &str) -> Option<SimNic> {
+        self.lock().enis.get(eni_id).and_then(SimNic::of)
+    }
+
+    /// The account around `state`, with the settings of `spec`.
+    fn assemble(state: SimState, spec: SimSpec, hotplug: Arc<dyn NicHotplug>) -> SimEc2 {
+        SimEc2 {
+            state: Arc::new(Mutex::new(state)),
+            hotplug,
+            state_file: spec.state_file,
+            file_lock: Arc::new(Mutex::new(())),
+            clock: spec.clock,
+            imds_lag: spec.imds_lag,
+            attach_latency: spec.attach_latency,
+            timeout: spec.timeout,
+            api_latency: spec.api_latency,
+            throttle: spec.throttle,
+        }
+    }
+
+    /// Schedules IMDS to show the ENI's current state (or its absence) after the lag.
+    fn publish(&self, eni_id: &str) {
+        let due = self.clock.now() + self.imds_lag;
+        let mut st = self.lock();
+        let view = st.enis.get(eni_id).and_then(imds_eni_of);
+        st.imds_pending.push_back((due, eni_id.to_string(), view));
+        if self.imds_lag.is_zero() {
+            apply_imds(&mut st, due);
+        }
+    }
+}
+
+/// For tests: a simulated `instance_type` on a [`ManualClock`](ec2_api::clock::ManualClock) (returned too), with
+/// its spec adjusted by `tune` before the launch.
+#[cfg(any(test, feature = "fakes"))]
+#[allow(clippy::expect_used)]
+pub async fn on_manual_clock(
+    instance_type: &str,
+    tune: impl FnOnce(&mut SimSpec),
+) -> (SimEc2, ec2_api::clock::ManualClock) {
+    let clock = ec2_api::clock::ManualClock::default();
+    let mut spec = SimSpec::new(instance_type);
+    spec.clock = Arc::new(clock.clone());
+    tune(&mut spec);
+    let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+        .await
+        .expect("sim");
+    (sim, clock)
+}

@@ -1,0 +1,139 @@
+//! What to simulate: the instance type, VPC and subnets, latencies, EC2's rate limits, and where state lives.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ec2_api::clock::{Clock, SystemClock};
+use ipnetwork::Ipv4Network;
+
+/// Why the simulator could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("unknown instance type {0:?} (not in the instance-limits table{1})")]
+    UnknownInstanceType(String, String),
+    #[error("invalid subnet {0}: {1}")]
+    Subnet(String, String),
+    #[error("cannot plug the primary ENI into the node: {0}")]
+    Plug(String),
+    #[error("simulator state {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    #[error("simulator state {path}: cannot plug the saved ENIs back: {reason}")]
+    Restore { path: PathBuf, reason: String },
+    #[error("building the simulated VPC: {0}")]
+    Fabric(#[source] datapath::NetlinkError),
+}
+
+/// An extra subnet of the VPC (same availability zone), e.g. one tagged `kubernetes.io/role/cni`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimSubnet {
+    pub cidr: Ipv4Network,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// EC2's request-rate buckets: `(capacity, refill per second)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThrottleSpec {
+    /// Create/Attach/Modify/Assign/Unassign/Detach/Delete/CreateTags.
+    pub mutating: (u32, f64),
+    /// Describe*.
+    pub non_mutating: (u32, f64),
+}
+
+impl Default for ThrottleSpec {
+    /// EC2's documented defaults for an account: mutating 200 tokens refilled at 5/s, non-mutating 100 at 20/s.
+    fn default() -> Self {
+        ThrottleSpec {
+            mutating: (200, 5.0),
+            non_mutating: (100, 20.0),
+        }
+    }
+}
+
+/// A failure to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 500 `InternalError`; nothing applied.
+    ServerError,
+    /// 503 `Unavailable`; nothing applied.
+    Unavailable,
+    /// No answer within the client's timeout; nothing applied.
+    Timeout,
+    /// No answer within the client's timeout, but EC2 did apply the call.
+    TimeoutAfterApply,
+    /// `RequestLimitExceeded`.
+    Throttle,
+    /// `UnauthorizedOperation`: the IAM policy lacks the permission; nothing applied.
+    Unauthorized,
+}
+
+/// Simulator settings.
+#[derive(Clone)]
+pub struct SimSpec {
+    pub instance_type: String,
+    pub vpc_cidr: Ipv4Network,
+    pub subnet_cidr: Ipv4Network,
+    pub availability_zone: String,
+    /// Where to write the JSON snapshot after every change.
+    pub state_file: Option<PathBuf>,
+    /// More subnets in the VPC and AZ.
+    pub extra_subnets: Vec<SimSubnet>,
+    /// Addresses of the node subnet held by other tenants (fragmentation).
+    pub taken: Vec<Ipv4Addr>,
+    /// How long IMDS lags behind EC2.
+    pub imds_lag: Duration,
+    /// How long an attachment takes.
+    pub attach_latency: Duration,
+    /// How long a timed-out call takes to fail.
+    pub timeout: Duration,
+    /// How long every call takes before EC2 acts on it (a real call takes tens to hundreds of milliseconds).
+    pub api_latency: Duration,
+    /// Server-side throttling; `None` = unlimited.
+    pub throttle: Option<ThrottleSpec>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SimSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimSpec")
+            .field("instance_type", &self.instance_type)
+            .field("subnet_cidr", &self.subnet_cidr)
+            .field("imds_lag", &self.imds_lag)
+            .field("attach_latency", &self.attach_latency)
+            .field("throttle", &self.throttle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimSpec {
+    /// The defaults the demo and tests use: VPC 10.0.0.0/16, node subnet 10.0.0.0/20, EC2's throttling, no lag.
+    pub fn new(instance_type: &str) -> SimSpec {
+        SimSpec {
+            instance_type: instance_type.to_string(),
+            vpc_cidr: Ipv4Network::new(Ipv4Addr::new(10, 0, 0, 0), 16)
+                .unwrap_or_else(|_| unreachable_net()),
+            subnet_cidr: Ipv4Network::new(Ipv4Addr::new(10, 0, 0, 0), 20)
+                .unwrap_or_else(|_| unreachable_net()),
+            availability_zone: "us-west-2a".into(),
+            state_file: None,
+            extra_subnets: Vec::new(),
+            taken: Vec::new(),
+            imds_lag: Duration::ZERO,
+            attach_latency: Duration::ZERO,
+            timeout: Duration::from_secs(10),
+            api_latency: Duration::ZERO,
+            throttle: Some(ThrottleSpec::default()),
+            clock: Arc::new(SystemClock::default()),
+        }
+    }
+}
+
+fn unreachable_net() -> Ipv4Network {
+    // Only reached if ipnetwork rejected a literal /16 or /20, which it does not.
+    Ipv4Network::from(Ipv4Addr::UNSPECIFIED)
+}
+
+/// The node's subnet ID in the simulator.
+pub const SIM_SUBNET_ID: &str = "subnet-0sim0000000000001";

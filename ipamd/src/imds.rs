@@ -1,3 +1,0 @@
-//! The IMDS trait and its types live in the `ec2-api` crate (shared with the aws backend); re-exported here.
-
-pub use ec2_api::imds::*;
