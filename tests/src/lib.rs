@@ -247,12 +247,9 @@ pub struct Ipamd {
 }
 
 impl Ipamd {
-    /// Starts `ipamd run --backend sim` for `instance_type` with extra environment, and waits for its socket.
-    pub fn start(instance_type: &str, env: &[(&str, &str)]) -> Ipamd {
-        require_root();
-        let node = Netns::new("act-node-");
-        let dir = TempDir::new();
-        let log = std::fs::File::create(dir.path().join("ipamd.log")).expect("log file");
+    /// `ipamd run --backend sim` for `instance_type` in `node`, with its socket, simulator state and checkpoint in
+    /// `dir` (the default checkpoint, /var/run/aws-node/ipam.json, is the machine's): not started yet.
+    pub fn command(node: &Netns, dir: &TempDir, instance_type: &str) -> Command {
         let mut cmd = Command::new(bin("ipamd"));
         cmd.args(["run", "--backend", "sim", "--instance-type", instance_type])
             .arg("--netns")
@@ -261,12 +258,21 @@ impl Ipamd {
             .arg(dir.path().join("ipamd.sock"))
             .arg("--sim-state")
             .arg(dir.path().join("sim-ec2.json"))
-            .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
-            // Each daemon its own checkpoint (the default, /var/run/aws-node/ipam.json, is the machine's).
             .env(
                 "AWS_VPC_K8S_CNI_BACKING_STORE",
                 dir.path().join("ipam.json"),
-            )
+            );
+        cmd
+    }
+
+    /// Starts `ipamd run --backend sim` for `instance_type` with extra environment, and waits for its socket.
+    pub fn start(instance_type: &str, env: &[(&str, &str)]) -> Ipamd {
+        require_root();
+        let node = Netns::new("act-node-");
+        let dir = TempDir::new();
+        let log = std::fs::File::create(dir.path().join("ipamd.log")).expect("log file");
+        let mut cmd = Ipamd::command(&node, &dir, instance_type);
+        cmd.env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);

@@ -2,10 +2,10 @@
 //! have (security groups for pods, custom networking, IPv6, ...) stops `ipamd run` before it touches the node, with
 //! an error that names the variable; the same variable at its default value starts normally.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use integration_tests::{bin, require_root, Ipamd, Netns, TempDir};
+use integration_tests::{require_root, Ipamd, Netns, TempDir};
 
 /// Runs `ipamd run --backend sim` with `env` and waits for it to exit; `None` if it is still running after 20 s
 /// (then it is killed).
@@ -14,19 +14,8 @@ fn run_expecting_exit(env: &[(&str, &str)]) -> Option<(bool, String, Vec<String>
     let node = Netns::new("act-refuse-");
     let dir = TempDir::new();
     let before = node.snapshot();
-    let mut cmd = Command::new(bin("ipamd"));
-    cmd.args(["run", "--backend", "sim", "--instance-type", "m5.large"])
-        .arg("--netns")
-        .arg(node.path())
-        .arg("--socket")
-        .arg(dir.path().join("ipamd.sock"))
-        .arg("--sim-state")
-        .arg(dir.path().join("sim-ec2.json"))
-        .env("AWS_VPC_K8S_CNI_LOG_FILE", "stderr")
-        .env(
-            "AWS_VPC_K8S_CNI_BACKING_STORE",
-            dir.path().join("ipam.json"),
-        )
+    let mut cmd = Ipamd::command(&node, &dir, "m5.large");
+    cmd.env("AWS_VPC_K8S_CNI_LOG_FILE", "stderr")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -248,17 +248,11 @@ pub fn refuse_unsupported(env: &dyn EnvSource) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeSet, HashMap};
+    use std::collections::BTreeSet;
     use std::path::PathBuf;
 
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::config::env::env_map as env;
 
     #[test]
     fn defaults_and_unset_values_start() {

@@ -303,16 +303,19 @@ impl Config {
     }
 }
 
+/// An environment for tests: the given pairs, nothing else.
+#[cfg(test)]
+pub(crate) fn env_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    use super::env_map as env;
     use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn defaults_are_the_anchors() {
