@@ -191,6 +191,8 @@ pub struct Metrics {
     pub pool_keep: IntGauge,
     /// ADDs waiting for an address on its way.
     pub add_waiting: IntGauge,
+    /// The SNAT/connmark backend chosen at startup (`nftables`, `iptables-nft`, `iptables-legacy`): 1.
+    pub snat_backend: IntGaugeVec,
 }
 
 /// Registers families and remembers their declarations.
@@ -459,6 +461,11 @@ impl Metrics {
                 "awscni_add_waiting",
                 "ADD requests waiting for an address on its way",
             )?,
+            snat_backend: r.gauge_vec(
+                "awscni_snat_backend",
+                "The SNAT/connmark backend chosen at startup",
+                &["backend"],
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -537,13 +544,22 @@ impl Metrics {
         self.pool_keep.set(i64::from(node.pool_floor()));
         self.add_waiting
             .set(i64::try_from(node.adds_waiting()).unwrap_or(i64::MAX));
-        // Connmark rules are programmed through iptables (the anchor reports iptables or nftables here), and only
-        // when ipamd does SNAT itself or NodePort support is on.
+        // Connmark rules exist only when ipamd does SNAT itself or NodePort support is on; the anchor's label is
+        // `iptables` or `nftables`, ours (`awscni_snat_backend`) names the iptables flavour too.
         let cfg = node.config();
         let connmark = !cfg.external_snat || cfg.node_port_support;
-        self.connmark_backend
-            .with_label_values(&["iptables"])
-            .set(i64::from(connmark));
+        if let Some(sel) = crate::host::snat::backend::selection() {
+            let family = match sel.kind {
+                crate::host::snat::BackendKind::Nftables => "nftables",
+                _ => "iptables",
+            };
+            self.connmark_backend
+                .with_label_values(&[family])
+                .set(i64::from(connmark));
+            self.snat_backend
+                .with_label_values(&[sel.kind.as_str()])
+                .set(1);
+        }
         // Counters the engine keeps itself: bring ours up to its totals.
         let forced = node.counters().force_removed;
         let mut seen = self

@@ -71,7 +71,9 @@ pub struct NetlinkHost {
     nl: Netlink,
     clock: Arc<dyn Clock>,
     link_wait: Duration,
-    iptables: Arc<dyn snat::Iptables>,
+    snat: Arc<snat::Backends>,
+    /// The pods' host veth prefix, for SNAT plans that leave it empty.
+    veth_prefix: String,
 }
 
 impl std::fmt::Debug for NetlinkHost {
@@ -79,7 +81,8 @@ impl std::fmt::Debug for NetlinkHost {
         f.debug_struct("NetlinkHost")
             .field("nl", &self.nl)
             .field("link_wait", &self.link_wait)
-            .field("iptables", &self.iptables)
+            .field("snat", &self.snat)
+            .field("veth_prefix", &self.veth_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -91,14 +94,43 @@ impl NetlinkHost {
             nl,
             clock,
             link_wait: Duration::from_millis(200),
-            iptables: Arc::new(snat::CommandIptables::default()),
+            snat: Arc::new(snat::Backends::new(
+                Arc::new(snat::IptablesBackend {
+                    kind: snat::BackendKind::IptablesNft,
+                    iptables: Arc::new(snat::CommandIptables::default()),
+                }),
+                Vec::new(),
+            )),
+            veth_prefix: String::new(),
         }
     }
 
-    /// Uses another iptables (a double, or other binaries).
-    pub fn with_iptables(mut self, iptables: Arc<dyn snat::Iptables>) -> NetlinkHost {
-        self.iptables = iptables;
+    /// Uses another iptables (a double, or other binaries) as the only SNAT backend.
+    pub fn with_iptables(self, iptables: Arc<dyn snat::Iptables>) -> NetlinkHost {
+        self.with_snat(snat::Backends::new(
+            Arc::new(snat::IptablesBackend {
+                kind: snat::BackendKind::IptablesNft,
+                iptables,
+            }),
+            Vec::new(),
+        ))
+    }
+
+    /// Uses these SNAT backends (see [`snat::backend`]).
+    pub fn with_snat(mut self, backends: snat::Backends) -> NetlinkHost {
+        self.snat = Arc::new(backends);
         self
+    }
+
+    /// The pods' host veth prefix, used by SNAT plans that leave theirs empty.
+    pub fn with_veth_prefix(mut self, prefix: impl Into<String>) -> NetlinkHost {
+        self.veth_prefix = prefix.into();
+        self
+    }
+
+    /// The SNAT backend in use.
+    pub fn snat_backend(&self) -> snat::BackendKind {
+        self.snat.kind()
     }
 }
 

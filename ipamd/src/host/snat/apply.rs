@@ -106,6 +106,7 @@ mod tests {
             randomize: RandomizeSnat::Prng,
             connmark: 0x80,
             node_port_support: true,
+            veth_prefix: String::new(),
         }
     }
 
