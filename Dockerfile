@@ -21,25 +21,28 @@ RUN cargo build --locked --release -p ipamd -p aws-cni --features ipamd/aws
 
 FROM docker.io/library/debian:bookworm-slim AS debian
 RUN apt-get update \
- && apt-get install -y --no-install-recommends containernetworking-plugins iptables \
+ && apt-get install -y --no-install-recommends containernetworking-plugins iptables nftables \
  && rm -rf /var/lib/apt/lists/*
-# Stage into /out: the plugins `ipamd install` copies to the host, and iptables for ipamd's SNAT rules (it runs
-# `iptables` and `iptables-restore`): both multi-call binaries, the nft backend under the plain names (the default
-# of current EKS AMIs; the legacy one as iptables-legacy*), the extensions, and every library they load except
+# Stage into /out: the plugins `ipamd install` copies to the host, and the tools of ipamd's SNAT backends (`nft`,
+# `iptables-nft*`, `iptables-legacy*`; ipamd picks one from what kube-proxy uses): both multi-call binaries, the
+# nft backend also under the plain names (the default of current EKS AMIs), the extensions, and every library they load except
 # glibc's own, which distroless has.
 RUN set -eu; \
     mkdir -p /out/cni-plugins /out/usr/sbin; \
     for p in portmap loopback host-local bandwidth tuning; do cp /usr/lib/cni/$p /out/cni-plugins/; done; \
-    cp /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /out/usr/sbin/; \
+    cp /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft /out/usr/sbin/; \
     for n in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do \
       ln -s xtables-nft-multi /out/usr/sbin/$n; \
     done; \
+    for n in iptables ip6tables; do for s in "" -save -restore; do \
+      ln -s xtables-nft-multi /out/usr/sbin/$n-nft$s; \
+    done; done; \
     for n in iptables ip6tables; do for s in "" -save -restore; do \
       ln -s xtables-legacy-multi /out/usr/sbin/$n-legacy$s; \
     done; done; \
     xt=$(dirname "$(readlink -f /usr/lib/*/xtables/libxt_comment.so)"); \
     mkdir -p "/out$xt" && cp -a "$xt/." "/out$xt/"; \
-    for f in /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi "$xt"/*.so; do \
+    for f in /usr/sbin/xtables-nft-multi /usr/sbin/xtables-legacy-multi /usr/sbin/nft "$xt"/*.so; do \
       ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }'; \
     done | sort -u | while read -r lib; do \
       case "$(basename "$lib")" in libc.so*|libm.so*|ld-linux*|libpthread.so*|libdl.so*|librt.so*) continue;; esac; \

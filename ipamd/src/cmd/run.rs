@@ -332,7 +332,9 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .filter(|p| !p.is_empty())
         .unwrap_or_else(|| "eni".into());
     let snat = crate::host::snat::detect::choose_on_host(
-        ProcessEnv.get(crate::host::snat::detect::BACKEND_ENV).as_deref(),
+        ProcessEnv
+            .get(crate::host::snat::detect::BACKEND_ENV)
+            .as_deref(),
         None,
     )
     .await?;

@@ -123,7 +123,9 @@ pub async fn remove_iptables(ipt: &dyn Iptables) -> Result<(), SnatError> {
                 Some("-N") if words.len() > 1 && is_aws_chain(&words[1]) => {
                     chains.push(words[1].clone())
                 }
-                Some("-A") if words.len() > 1 && !is_aws_chain(&words[1]) && is_aws_rule(&words) => {
+                Some("-A")
+                    if words.len() > 1 && !is_aws_chain(&words[1]) && is_aws_rule(&words) =>
+                {
                     let mut del = s(&["-t", table, "-D"]);
                     del.extend(words.into_iter().skip(1));
                     if let Err(e) = ipt.run(&del).await {
@@ -278,18 +280,36 @@ mod tests {
     async fn remove_takes_every_layout_away_and_leaves_other_rules() {
         let ipt = RecordingIptables::default();
         // The anchor's rules with its default prefix, then ours with a custom one on top.
-        super::super::apply(&ipt, &plan("")).await.expect("anchor layout");
-        let custom = plan("cali");
-        super::super::apply(&ipt, &custom).await.expect("custom prefix");
-        ipt.run(&s(&["-t", "nat", "-A", "PREROUTING", "-j", "KUBE-SERVICES-X"]))
+        super::super::apply(&ipt, &plan(""))
             .await
-            .expect_err("unknown target is refused");
+            .expect("anchor layout");
+        let custom = plan("cali");
+        super::super::apply(&ipt, &custom)
+            .await
+            .expect("custom prefix");
+        ipt.run(&s(&[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-j",
+            "KUBE-SERVICES-X",
+        ]))
+        .await
+        .expect_err("unknown target is refused");
         ipt.run(&s(&["-t", "nat", "-N", "KUBE-SERVICES"]))
             .await
             .expect("kube chain");
-        ipt.run(&s(&["-t", "nat", "-I", "PREROUTING", "-j", "KUBE-SERVICES"]))
-            .await
-            .expect("kube jump");
+        ipt.run(&s(&[
+            "-t",
+            "nat",
+            "-I",
+            "PREROUTING",
+            "-j",
+            "KUBE-SERVICES",
+        ]))
+        .await
+        .expect("kube jump");
         let pre = ipt.rules("nat", "PREROUTING").expect("pre");
         assert!(
             pre.iter().any(|r| r.contains(&"cali+".to_string())),
@@ -303,6 +323,70 @@ mod tests {
             ipt.rules("nat", "PREROUTING"),
             Some(vec![s(&["-j", "KUBE-SERVICES"])])
         );
+    }
+
+    fn is_root() -> bool {
+        nix::unistd::geteuid().is_root()
+    }
+
+    fn nat_rules(ns: &str, bin: &str) -> String {
+        let out = std::process::Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args([bin, "-w", "5", "-t", "nat", "-S"])
+            .output()
+            .expect("iptables -S");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A node upgraded from the anchor (its iptables layout in both iptables flavours and its `table ip aws-cni`)
+    /// keeps only the chosen backend's rules, and switching again moves them.
+    #[tokio::test]
+    async fn switching_backends_on_a_real_kernel_leaves_only_the_chosen_ones_rules() {
+        if !is_root()
+            || std::process::Command::new("nft")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
+            eprintln!("skipped: needs root and nft");
+            return;
+        }
+        use std::os::fd::AsRawFd;
+        let ns = datapath::new_anonymous_netns().expect("netns");
+        let path = format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
+        let p = std::path::Path::new(&path);
+        let anchor = plan("");
+        for legacy in [false, true] {
+            super::super::apply(&iptables_binaries(legacy, Some(p)), &anchor)
+                .await
+                .expect("anchor layout");
+        }
+        let nft = super::super::CommandNft::in_netns(p);
+        use super::super::Nft;
+        nft.run("table ip aws-cni {\n chain snat-mark {\n  ct mark set ct mark | 0x80\n }\n}\n")
+            .await
+            .expect("anchor table");
+        assert!(nat_rules(&path, "iptables-legacy").contains(CONNMARK_CHAIN));
+
+        let ours = plan("eni");
+        let backends = real_backends(BackendKind::Nftables, Some(p));
+        backends.apply(&ours).await.expect("nftables");
+        for bin in ["iptables-nft", "iptables-legacy"] {
+            let rules = nat_rules(&path, bin);
+            assert!(!rules.contains("AWS"), "{bin}:\n{rules}");
+        }
+        let table = nft
+            .list_table("ip", "aws-cni")
+            .await
+            .expect("list")
+            .expect("our table");
+        assert!(table.contains("nat-prerouting"), "{table}");
+
+        let backends = real_backends(BackendKind::IptablesLegacy, Some(p));
+        backends.apply(&ours).await.expect("legacy");
+        assert_eq!(nft.list_table("ip", "aws-cni").await.expect("list"), None);
+        assert!(nat_rules(&path, "iptables-legacy").contains(SNAT_CHAIN));
+        assert!(!nat_rules(&path, "iptables-nft").contains("AWS"));
     }
 
     #[test]

@@ -37,9 +37,9 @@ pub struct Probes<'a> {
 
 async fn has_hint(ipt: &dyn Iptables) -> bool {
     match ipt.run(&s(&["-t", "mangle", "-S"])).await {
-        Ok(out) => out.lines().any(|l| {
-            l == "-N KUBE-IPTABLES-HINT" || l == "-N KUBE-KUBELET-CANARY"
-        }),
+        Ok(out) => out
+            .lines()
+            .any(|l| l == "-N KUBE-IPTABLES-HINT" || l == "-N KUBE-KUBELET-CANARY"),
         Err(_) => false,
     }
 }
@@ -190,7 +190,9 @@ mod tests {
         let nft = RecordingNft::default();
         let legacy = with_rules(&[hint]).await;
         let ipt_nft = with_rules(&[many, many]).await;
-        let sel = decide(Some("auto"), &nft, &ipt_nft, &legacy).await.expect("c");
+        let sel = decide(Some("auto"), &nft, &ipt_nft, &legacy)
+            .await
+            .expect("c");
         assert_eq!(sel.kind, BackendKind::IptablesLegacy, "{sel:?}");
         let ipt_nft = with_rules(&[hint]).await;
         let sel = decide(None, &nft, &ipt_nft, &legacy).await.expect("c");
@@ -221,7 +223,9 @@ mod tests {
         let nft = RecordingNft::default();
         nft.add_table("ip kube-proxy", "table ip kube-proxy {}");
         let e = RecordingIptables::default();
-        let sel = decide(Some("iptables-legacy"), &nft, &e, &e).await.expect("c");
+        let sel = decide(Some("iptables-legacy"), &nft, &e, &e)
+            .await
+            .expect("c");
         assert_eq!(sel.kind, BackendKind::IptablesLegacy);
         assert!(sel.reason.contains(BACKEND_ENV), "{sel:?}");
         assert_eq!(

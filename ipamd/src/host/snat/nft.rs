@@ -114,7 +114,9 @@ impl Nft for CommandNft {
             .await
         {
             Ok(out) => Ok(Some(out)),
-            Err(SnatError::Failed { stderr, .. }) if stderr.contains("No such file or directory") => {
+            Err(SnatError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -130,7 +132,10 @@ fn restore_rules(mark: u32, prefix: &str) -> Vec<String> {
     bits(mark)
         .flat_map(|b| {
             [
-                format!("{prefix}ct mark & {b:#x} == 0x0 meta mark set meta mark & {:#x}", !b),
+                format!(
+                    "{prefix}ct mark & {b:#x} == 0x0 meta mark set meta mark & {:#x}",
+                    !b
+                ),
                 format!("{prefix}ct mark & {b:#x} == {b:#x} meta mark set meta mark | {b:#x}"),
             ]
         })
@@ -369,7 +374,11 @@ mod tests {
             .nth(1)
             .and_then(|c| c.split('}').next())
             .expect("chain");
-        let lines: Vec<&str> = pre.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let lines: Vec<&str> = pre
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
         assert_eq!(
             lines[0],
             "type nat hook prerouting priority -90; policy accept;"
@@ -382,7 +391,10 @@ mod tests {
         );
         assert!(t.contains("ip daddr 192.168.0.0/16 return"), "{t}");
         assert!(t.contains("snat to 10.0.0.4 fully-random"), "{t}");
-        assert!(t.contains("iifname \"ens5\" fib daddr . iif type local"), "{t}");
+        assert!(
+            t.contains("iifname \"ens5\" fib daddr . iif type local"),
+            "{t}"
+        );
         assert!(!t.contains("eni*"), "{t}");
     }
 
@@ -391,7 +403,10 @@ mod tests {
         let mut p = plan();
         p.external_snat = true;
         let t = nft_table(&p).expect("table");
-        assert!(!t.contains("snat to") && !t.contains("nat-prerouting"), "{t}");
+        assert!(
+            !t.contains("snat to") && !t.contains("nat-prerouting"),
+            "{t}"
+        );
         assert!(t.contains("mangle-prerouting"), "{t}");
         p.node_port_support = false;
         assert_eq!(nft_table(&p), None);
@@ -413,7 +428,10 @@ mod tests {
     #[tokio::test]
     async fn the_backend_replaces_the_table_whole_and_removes_it() {
         let nft = RecordingNft::default();
-        nft.add_table("ip aws-cni", "table ip aws-cni {\n  chain stale {\n  }\n}\n");
+        nft.add_table(
+            "ip aws-cni",
+            "table ip aws-cni {\n  chain stale {\n  }\n}\n",
+        );
         let b = NftBackend {
             nft: std::sync::Arc::new(nft.clone()),
         };
@@ -434,7 +452,12 @@ mod tests {
     /// The script is accepted by the kernel and `nft` (in a throwaway namespace), and re-applying it is stable.
     #[tokio::test]
     async fn real_nft_accepts_the_table_and_replaces_it_atomically() {
-        if !is_root() || std::process::Command::new("nft").arg("--version").output().is_err() {
+        if !is_root()
+            || std::process::Command::new("nft")
+                .arg("--version")
+                .output()
+                .is_err()
+        {
             eprintln!("skipped: needs root and nft");
             return;
         }
@@ -452,7 +475,10 @@ mod tests {
             .await
             .expect("list")
             .expect("table");
-        assert!(first.contains("priority dstnat + 10") || first.contains("priority -90"), "{first}");
+        assert!(
+            first.contains("priority dstnat + 10") || first.contains("priority -90"),
+            "{first}"
+        );
         assert!(first.contains("fib daddr type local return"), "{first}");
         b.apply(&plan()).await.expect("again");
         assert_eq!(
