@@ -249,6 +249,11 @@ pub struct Ipamd {
 impl Ipamd {
     /// Starts `ipamd run --backend sim` for `instance_type` with extra environment, and waits for its socket.
     pub fn start(instance_type: &str, env: &[(&str, &str)]) -> Ipamd {
+        Ipamd::start_with_args(instance_type, env, &[])
+    }
+
+    /// [`Ipamd::start`] with extra `ipamd run` arguments (e.g. `--sim-fabric-netns PATH`).
+    pub fn start_with_args(instance_type: &str, env: &[(&str, &str)], args: &[&str]) -> Ipamd {
         require_root();
         let node = Netns::new("act-node-");
         let dir = TempDir::new();
@@ -261,6 +266,7 @@ impl Ipamd {
             .arg(dir.path().join("ipamd.sock"))
             .arg("--sim-state")
             .arg(dir.path().join("sim-ec2.json"))
+            .args(args)
             .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
             // Each daemon its own checkpoint (the default, /var/run/aws-node/ipam.json, is the machine's).
             .env(
@@ -296,6 +302,11 @@ impl Ipamd {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn socket(&self) -> PathBuf {
