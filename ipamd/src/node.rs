@@ -763,7 +763,8 @@ impl Node {
             (r, ds.generation())
         };
         self.wake.notify_one();
-        if res.0.is_some() {
+        if let Some(a) = &res.0 {
+            crate::host::forget_flows_later(&self.deps.hostnet, a.ip);
             self.flush.notify_one();
             // With no cooldown the address is usable now; else waiters re-plan around its cooldown's end.
             self.adds.poke();

@@ -55,6 +55,11 @@ pub trait HostNetwork: Send + Sync + 'static {
     async fn veth_exists(&self, name: &str) -> Result<bool, NetlinkError>;
     /// Removes what a pod with `ip` had on the host: rules 512/1536 and the /32 route. Returns every failure.
     async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError>;
+    /// Deletes the conntrack flows of `ip` (an address going back to the pool); returns how many.
+    async fn forget_flows(
+        &self,
+        ip: Ipv4Addr,
+    ) -> Result<usize, datapath::conntrack::ConntrackError>;
 
     // === links ===
 
@@ -62,6 +67,22 @@ pub trait HostNetwork: Send + Sync + 'static {
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError>;
     /// Deletes the link with interface index `index`; `false` when it was already gone.
     async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError>;
+}
+
+/// Deletes the conntrack flows of a released address in the background (DEL does not wait for it; the address's
+/// cooldown covers the deletion), logging the outcome. Does nothing outside a tokio runtime.
+pub fn forget_flows_later(host: &Arc<dyn HostNetwork>, ip: Ipv4Addr) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let host = Arc::clone(host);
+    rt.spawn(async move {
+        match host.forget_flows(ip).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(%ip, flows = n, "deleted the conntrack flows of a released address"),
+            Err(e) => tracing::warn!(%ip, error = %e, "could not delete the conntrack flows of a released address"),
+        }
+    });
 }
 
 /// [`HostNetwork`] over netlink in the daemon's namespace and the machine's `iptables`; waits (for a hot-plugged
@@ -154,6 +175,13 @@ impl HostNetwork for NetlinkHost {
 
     async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError> {
         pods::remove_routing(&self.nl, ip).await
+    }
+
+    async fn forget_flows(
+        &self,
+        ip: Ipv4Addr,
+    ) -> Result<usize, datapath::conntrack::ConntrackError> {
+        pods::forget_flows(ip).await
     }
 
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError> {
