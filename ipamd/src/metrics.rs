@@ -193,6 +193,8 @@ pub struct Metrics {
     pub add_waiting: IntGauge,
     /// The SNAT/connmark backend chosen at startup (`nftables`, `iptables-nft`, `iptables-legacy`): 1.
     pub snat_backend: IntGaugeVec,
+    /// Pods' host rules and routes that drift repair put back or removed (see [`crate::host::drift`]).
+    pub pod_routing_repairs: IntCounter,
 }
 
 /// Registers families and remembers their declarations.
@@ -466,6 +468,10 @@ impl Metrics {
                 "The SNAT/connmark backend chosen at startup",
                 &["backend"],
             )?,
+            pod_routing_repairs: r.counter(
+                "awscni_pod_routing_repairs_total",
+                "Pods' host rules and routes put back or removed by drift repair",
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -559,6 +565,11 @@ impl Metrics {
             self.snat_backend
                 .with_label_values(&[sel.kind.as_str()])
                 .set(1);
+        }
+        let repairs = crate::host::drift::repairs_total();
+        let seen = self.pod_routing_repairs.get();
+        if repairs > seen {
+            self.pod_routing_repairs.inc_by(repairs - seen);
         }
         // Counters the engine keeps itself: bring ours up to its totals.
         let forced = node.counters().force_removed;

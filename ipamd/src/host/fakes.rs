@@ -35,6 +35,8 @@ pub struct FakeHost {
     pub iptables: RecordingIptables,
     pub veths: Arc<Mutex<BTreeSet<String>>>,
     pub removed: Arc<Mutex<Vec<Ipv4Addr>>>,
+    /// The pods of every drift repair asked for.
+    pub repaired: Arc<Mutex<Vec<Vec<super::drift::PodRoute>>>>,
     /// Addresses whose conntrack flows were deleted.
     pub forgotten: Arc<Mutex<Vec<Ipv4Addr>>>,
     pub links: Arc<Mutex<BTreeMap<u32, String>>>,
@@ -108,6 +110,15 @@ impl HostNetwork for FakeHost {
     async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError> {
         guard(&self.removed).push(ip);
         Vec::new()
+    }
+
+    async fn repair_pods(
+        &self,
+        pods: &[super::drift::PodRoute],
+        _pool: &BTreeSet<Ipv4Addr>,
+    ) -> Result<super::drift::Repairs, NetlinkError> {
+        guard(&self.repaired).push(pods.to_vec());
+        Ok(super::drift::Repairs::default())
     }
 
     async fn forget_flows(

@@ -28,6 +28,7 @@ use datapath::{Netlink, NetlinkError};
 use crate::clock::Clock;
 use crate::datastore::Eni;
 
+pub mod drift;
 pub mod eni;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
@@ -55,6 +56,13 @@ pub trait HostNetwork: Send + Sync + 'static {
     async fn veth_exists(&self, name: &str) -> Result<bool, NetlinkError>;
     /// Removes what a pod with `ip` had on the host: rules 512/1536 and the /32 route. Returns every failure.
     async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError>;
+    /// Drift repair: brings the rules and routes of `pods` back, and removes those of `pool` addresses no pod
+    /// holds (see [`drift`]).
+    async fn repair_pods(
+        &self,
+        pods: &[drift::PodRoute],
+        pool: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<drift::Repairs, NetlinkError>;
     /// Deletes the conntrack flows of `ip` (an address going back to the pool); returns how many.
     async fn forget_flows(
         &self,
@@ -175,6 +183,19 @@ impl HostNetwork for NetlinkHost {
 
     async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError> {
         pods::remove_routing(&self.nl, ip).await
+    }
+
+    async fn repair_pods(
+        &self,
+        pods: &[drift::PodRoute],
+        pool: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<drift::Repairs, NetlinkError> {
+        let prefix = if self.veth_prefix.is_empty() {
+            snat::plan::DEFAULT_VETH_PREFIX
+        } else {
+            &self.veth_prefix
+        };
+        drift::repair(&self.nl, pods, pool, prefix).await
     }
 
     async fn forget_flows(
