@@ -288,8 +288,16 @@ impl Conntrack {
 
     /// Deletes every flow `addr` takes part in; returns how many were deleted.
     pub fn delete_flows_of(&self, addr: Ipv4Addr) -> Result<usize, ConntrackError> {
+        self.delete_flows_where(|f| f.involves(addr))
+    }
+
+    /// Deletes every flow `matches` selects, from one dump; returns how many were deleted.
+    pub fn delete_flows_where(
+        &self,
+        matches: impl Fn(&Flow) -> bool,
+    ) -> Result<usize, ConntrackError> {
         let mut deleted = 0;
-        for flow in self.flows()?.iter().filter(|f| f.involves(addr)) {
+        for flow in self.flows()?.iter().filter(|f| matches(f)) {
             if self.delete(flow)? {
                 deleted += 1;
             }

@@ -764,7 +764,7 @@ impl Node {
         };
         self.wake.notify_one();
         if let Some(a) = &res.0 {
-            crate::host::forget_flows_later(&self.deps.hostnet, a.ip);
+            self.deps.hostnet.forget_flows(a.ip);
             self.flush.notify_one();
             // With no cooldown the address is usable now; else waiters re-plan around its cooldown's end.
             self.adds.poke();

@@ -121,12 +121,8 @@ impl HostNetwork for FakeHost {
         Ok(super::drift::Repairs::default())
     }
 
-    async fn forget_flows(
-        &self,
-        ip: Ipv4Addr,
-    ) -> Result<usize, datapath::conntrack::ConntrackError> {
+    fn forget_flows(&self, ip: Ipv4Addr) {
         guard(&self.forgotten).push(ip);
-        Ok(0)
     }
 
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError> {

@@ -63,11 +63,9 @@ pub trait HostNetwork: Send + Sync + 'static {
         pods: &[drift::PodRoute],
         pool: &std::collections::BTreeSet<Ipv4Addr>,
     ) -> Result<drift::Repairs, NetlinkError>;
-    /// Deletes the conntrack flows of `ip` (an address going back to the pool); returns how many.
-    async fn forget_flows(
-        &self,
-        ip: Ipv4Addr,
-    ) -> Result<usize, datapath::conntrack::ConntrackError>;
+    /// Has the conntrack flows of `ip` (an address going back to the pool) deleted, in the background: the
+    /// caller (DEL) does not wait, and the address's cooldown covers the deletion.
+    fn forget_flows(&self, ip: Ipv4Addr);
 
     // === links ===
 
@@ -75,22 +73,6 @@ pub trait HostNetwork: Send + Sync + 'static {
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError>;
     /// Deletes the link with interface index `index`; `false` when it was already gone.
     async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError>;
-}
-
-/// Deletes the conntrack flows of a released address in the background (DEL does not wait for it; the address's
-/// cooldown covers the deletion), logging the outcome. Does nothing outside a tokio runtime.
-pub fn forget_flows_later(host: &Arc<dyn HostNetwork>, ip: Ipv4Addr) {
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let host = Arc::clone(host);
-    rt.spawn(async move {
-        match host.forget_flows(ip).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(%ip, flows = n, "deleted the conntrack flows of a released address"),
-            Err(e) => tracing::warn!(%ip, error = %e, "could not delete the conntrack flows of a released address"),
-        }
-    });
 }
 
 /// [`HostNetwork`] over netlink in the daemon's namespace and the machine's `iptables`; waits (for a hot-plugged
@@ -103,6 +85,7 @@ pub struct NetlinkHost {
     snat: Arc<snat::Backends>,
     /// The pods' host veth prefix, for SNAT plans that leave it empty.
     veth_prefix: String,
+    flows: Arc<pods::FlowReaper>,
 }
 
 impl std::fmt::Debug for NetlinkHost {
@@ -131,6 +114,7 @@ impl NetlinkHost {
                 Vec::new(),
             )),
             veth_prefix: String::new(),
+            flows: Arc::default(),
         }
     }
 
@@ -198,11 +182,8 @@ impl HostNetwork for NetlinkHost {
         drift::repair(&self.nl, pods, pool, prefix).await
     }
 
-    async fn forget_flows(
-        &self,
-        ip: Ipv4Addr,
-    ) -> Result<usize, datapath::conntrack::ConntrackError> {
-        pods::forget_flows(ip).await
+    fn forget_flows(&self, ip: Ipv4Addr) {
+        self.flows.queue(ip);
     }
 
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError> {

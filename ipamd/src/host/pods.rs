@@ -7,7 +7,7 @@
 //! came while ipamd was down), so that the address can be handed out again.
 //!
 //! When an address goes back to the pool, the flows conntrack still holds for it are deleted
-//! ([`forget_flows`]): a new pod given the address must not inherit the old pod's NAT and marks.
+//! ([`FlowReaper`], in batches): a new pod given the address must not inherit the old pod's NAT and marks.
 
 use std::net::Ipv4Addr;
 
@@ -31,14 +31,57 @@ pub(super) async fn remove_routing(nl: &Netlink, ip: Ipv4Addr) -> Vec<NetlinkErr
     .await
 }
 
-/// Deletes every conntrack flow of `ip` in the daemon's namespace (over ctnetlink, on a blocking thread); returns
-/// how many were deleted.
-pub(super) async fn forget_flows(
-    ip: Ipv4Addr,
-) -> Result<usize, datapath::conntrack::ConntrackError> {
-    tokio::task::spawn_blocking(move || datapath::conntrack::Conntrack::open()?.delete_flows_of(ip))
-        .await
-        .map_err(|e| {
-            datapath::conntrack::ConntrackError::Socket(std::io::Error::other(e.to_string()))
-        })?
+/// Deletes released addresses' conntrack flows in the background, in batches: one dump of the table serves every
+/// address released since the last one, so a burst of DELs costs one dump, and DEL never waits for it.
+#[derive(Debug, Default)]
+pub(super) struct FlowReaper {
+    pending: std::sync::Mutex<std::collections::BTreeSet<Ipv4Addr>>,
+    wake: tokio::sync::Notify,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl FlowReaper {
+    /// Queues `ip`; starts the worker on first use (nothing happens outside a tokio runtime).
+    pub(super) fn queue(self: &std::sync::Arc<Self>, ip: Ipv4Addr) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(ip);
+        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            rt.spawn(std::sync::Arc::clone(self).run());
+        }
+        self.wake.notify_one();
+    }
+
+    async fn run(self: std::sync::Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            let batch = std::mem::take(
+                &mut *self
+                    .pending
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            if batch.is_empty() {
+                continue;
+            }
+            let ips = batch.clone();
+            let res = tokio::task::spawn_blocking(move || {
+                datapath::conntrack::Conntrack::open()?
+                    .delete_flows_where(|f| ips.iter().any(|ip| f.involves(*ip)))
+            })
+            .await;
+            match res {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::info!(addresses = ?batch, flows = n,
+                    "deleted the conntrack flows of released addresses"),
+                Ok(Err(e)) => tracing::warn!(addresses = ?batch, error = %e,
+                    "could not delete the conntrack flows of released addresses"),
+                Err(e) => tracing::warn!(error = %e, "conntrack worker failed"),
+            }
+        }
+    }
 }
