@@ -259,20 +259,12 @@ pub fn selection() -> Option<&'static Selection> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RandomizeSnat;
     use crate::host::fakes::RecordingIptables;
 
     fn plan(prefix: &str) -> SnatPlan {
         SnatPlan {
-            primary_ip: "10.0.0.4".parse().expect("ip"),
-            primary_if: "eth0".into(),
-            vpc_cidrs: vec!["10.0.0.0/16".parse().expect("cidr")],
-            exclude_cidrs: Vec::new(),
-            external_snat: false,
-            randomize: RandomizeSnat::Prng,
-            connmark: 0x80,
-            node_port_support: true,
             veth_prefix: prefix.into(),
+            ..crate::host::snat::testing::plan()
         }
     }
 
@@ -325,10 +317,6 @@ mod tests {
         );
     }
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     fn nat_rules(ns: &str, bin: &str) -> String {
         let out = std::process::Command::new("nsenter")
             .arg(format!("--net={ns}"))
@@ -342,18 +330,9 @@ mod tests {
     /// keeps only the chosen backend's rules, and switching again moves them.
     #[tokio::test]
     async fn switching_backends_on_a_real_kernel_leaves_only_the_chosen_ones_rules() {
-        if !is_root()
-            || std::process::Command::new("nft")
-                .arg("--version")
-                .output()
-                .is_err()
-        {
-            eprintln!("skipped: needs root and nft");
+        let Some((_ns, path)) = crate::host::snat::testing::scratch_netns_with_nft() else {
             return;
-        }
-        use std::os::fd::AsRawFd;
-        let ns = datapath::new_anonymous_netns().expect("netns");
-        let path = format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
+        };
         let p = std::path::Path::new(&path);
         let anchor = plan("");
         for legacy in [false, true] {

@@ -50,3 +50,42 @@ pub use backend::{BackendKind, Backends, IptablesBackend, SnatBackend};
 pub use iptables::{CommandIptables, Iptables, SnatError};
 pub use nft::{CommandNft, Nft, NftBackend};
 pub use plan::{split_rule, SnatPlan, CONNMARK_CHAIN, SNAT_CHAIN};
+
+/// Test helpers shared by the layers' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::fs::File;
+    use std::os::fd::AsRawFd;
+
+    use super::SnatPlan;
+    use crate::config::RandomizeSnat;
+
+    /// A node's plan: primary 10.0.0.4 on eth0, VPC 10.0.0.0/16, 192.168.0.0/16 excluded, mark 0x80, NodePort
+    /// support, the default veth prefix.
+    pub(crate) fn plan() -> SnatPlan {
+        SnatPlan {
+            primary_ip: "10.0.0.4".parse().expect("ip"),
+            primary_if: "eth0".into(),
+            vpc_cidrs: vec!["10.0.0.0/16".parse().expect("cidr")],
+            exclude_cidrs: vec!["192.168.0.0/16".parse().expect("cidr")],
+            external_snat: false,
+            randomize: RandomizeSnat::Prng,
+            connmark: 0x80,
+            node_port_support: true,
+            veth_prefix: String::new(),
+        }
+    }
+
+    /// A throwaway network namespace (gone when the file is dropped) and its path, when running as root with
+    /// `nft` installed; `None` (the caller skips) otherwise.
+    pub(crate) fn scratch_netns_with_nft() -> Option<(File, String)> {
+        let nft = std::process::Command::new("nft").arg("--version").output();
+        if !nix::unistd::geteuid().is_root() || nft.is_err() {
+            eprintln!("skipped: needs root and nft");
+            return None;
+        }
+        let ns = datapath::new_anonymous_netns().expect("netns");
+        let path = format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
+        Some((ns, path))
+    }
+}

@@ -354,15 +354,9 @@ mod tests {
 
     fn plan() -> SnatPlan {
         SnatPlan {
-            primary_ip: "10.0.0.4".parse().expect("ip"),
             primary_if: "ens5".into(),
-            vpc_cidrs: vec!["10.0.0.0/16".parse().expect("cidr")],
-            exclude_cidrs: vec!["192.168.0.0/16".parse().expect("cidr")],
-            external_snat: false,
-            randomize: RandomizeSnat::Prng,
-            connmark: 0x80,
-            node_port_support: true,
             veth_prefix: "cali".into(),
+            ..crate::host::snat::testing::plan()
         }
     }
 
@@ -445,25 +439,12 @@ mod tests {
         assert_eq!(nft.table("ip aws-cni"), None);
     }
 
-    fn is_root() -> bool {
-        nix::unistd::geteuid().is_root()
-    }
-
     /// The script is accepted by the kernel and `nft` (in a throwaway namespace), and re-applying it is stable.
     #[tokio::test]
     async fn real_nft_accepts_the_table_and_replaces_it_atomically() {
-        if !is_root()
-            || std::process::Command::new("nft")
-                .arg("--version")
-                .output()
-                .is_err()
-        {
-            eprintln!("skipped: needs root and nft");
+        let Some((_ns, path)) = crate::host::snat::testing::scratch_netns_with_nft() else {
             return;
-        }
-        use std::os::fd::AsRawFd;
-        let ns = datapath::new_anonymous_netns().expect("netns");
-        let path = format!("/proc/{}/fd/{}", std::process::id(), ns.as_raw_fd());
+        };
         let nft = CommandNft::in_netns(&path);
         let b = NftBackend {
             nft: std::sync::Arc::new(nft.clone()),
