@@ -209,12 +209,10 @@ pub fn iptables_binaries(legacy: bool, netns: Option<&std::path::Path>) -> super
 /// The real backend of `kind`, in `netns` (the process's own when `None`).
 pub fn real_backend(kind: BackendKind, netns: Option<&std::path::Path>) -> Arc<dyn SnatBackend> {
     match kind {
-        BackendKind::Nftables => Arc::new(super::NftBackend {
-            nft: Arc::new(super::CommandNft {
-                nft: "nft".into(),
-                netns: netns.map(Into::into),
-            }),
-        }),
+        BackendKind::Nftables => Arc::new(super::NftBackend::new(Arc::new(super::CommandNft {
+            nft: "nft".into(),
+            netns: netns.map(Into::into),
+        }))),
         _ => Arc::new(IptablesBackend {
             kind,
             iptables: Arc::new(iptables_binaries(

@@ -229,10 +229,60 @@ pub fn nft_script(plan: Option<&SnatPlan>) -> String {
     script
 }
 
+/// Each chain of a table and how many rules it has, from our script or from `nft list table` (the two print
+/// rules differently, but one per line inside `chain … { … }`, after the `type …` line of a base chain).
+fn shape(table: &str) -> Shape {
+    let mut out: Shape = Vec::new();
+    let mut inside = false;
+    for line in table.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|l| l.strip_suffix(" {"))
+        {
+            out.push((name.to_string(), 0));
+            inside = true;
+        } else if line == "}" {
+            inside = false;
+        } else if inside && !line.is_empty() && !line.starts_with("type ") {
+            if let Some(last) = out.last_mut() {
+                last.1 += 1;
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A table's chains with their rule counts ([`shape`]).
+type Shape = Vec<(String, usize)>;
+/// The last script written, and the shape of its table.
+type Written = Option<(String, Shape)>;
+
 /// [`SnatBackend`] over our own nftables table.
+///
+/// The table is rewritten only when the plan changed or the kernel's copy no longer has the chains and rule counts
+/// of the last one written (someone flushed or deleted it): rewriting re-registers the hooks, and an unchanged
+/// table has no reason to move among the other tables' chains of the same priority.
 #[derive(Debug, Clone)]
 pub struct NftBackend {
     pub nft: std::sync::Arc<dyn Nft>,
+    written: std::sync::Arc<std::sync::Mutex<Written>>,
+}
+
+impl NftBackend {
+    /// The backend over `nft`.
+    pub fn new(nft: std::sync::Arc<dyn Nft>) -> NftBackend {
+        NftBackend {
+            nft,
+            written: std::sync::Arc::default(),
+        }
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, Written> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[async_trait]
@@ -242,10 +292,27 @@ impl SnatBackend for NftBackend {
     }
 
     async fn apply(&self, plan: &SnatPlan) -> Result<(), SnatError> {
-        self.nft.run(&nft_script(Some(plan))).await
+        let script = nft_script(Some(plan));
+        let last = self.written().clone();
+        if let Some((_, want)) = last.as_ref().filter(|(w, _)| *w == script) {
+            let have = self.nft.list_table("ip", NFT_TABLE).await?;
+            let intact = match &have {
+                Some(listing) => shape(listing) == *want,
+                None => want.is_empty(),
+            };
+            if intact {
+                return Ok(());
+            }
+            tracing::warn!("table ip {NFT_TABLE} changed behind ipamd's back; rewriting it");
+        }
+        self.nft.run(&script).await?;
+        let want = nft_table(plan).map(|t| shape(&t)).unwrap_or_default();
+        *self.written() = Some((script, want));
+        Ok(())
     }
 
     async fn remove(&self) -> Result<(), SnatError> {
+        *self.written() = None;
         self.nft.run(&nft_script(None)).await
     }
 }
@@ -426,14 +493,26 @@ mod tests {
             "ip aws-cni",
             "table ip aws-cni {\n  chain stale {\n  }\n}\n",
         );
-        let b = NftBackend {
-            nft: std::sync::Arc::new(nft.clone()),
-        };
+        let b = NftBackend::new(std::sync::Arc::new(nft.clone()));
         b.apply(&plan()).await.expect("apply");
         let t = nft.table("ip aws-cni").expect("table");
         assert!(!t.contains("stale") && t.contains("snat-mark"), "{t}");
         b.apply(&plan()).await.expect("again");
-        assert_eq!(nft.table("ip aws-cni"), Some(t));
+        assert_eq!(nft.table("ip aws-cni"), Some(t.clone()));
+        assert_eq!(nft.log().len(), 1, "an intact table is not rewritten");
+        // Flushed behind our back: rewritten.
+        nft.add_table(
+            "ip aws-cni",
+            &t.replace("    fib daddr type local return\n", ""),
+        );
+        b.apply(&plan()).await.expect("repair");
+        assert_eq!(nft.log().len(), 2);
+        assert_eq!(nft.table("ip aws-cni"), Some(t.clone()));
+        // A changed plan is written.
+        let mut other = plan();
+        other.connmark = 0x100;
+        b.apply(&other).await.expect("changed");
+        assert_eq!(nft.log().len(), 3);
         b.remove().await.expect("remove");
         b.remove().await.expect("remove twice");
         assert_eq!(nft.table("ip aws-cni"), None);
@@ -446,9 +525,7 @@ mod tests {
             return;
         };
         let nft = CommandNft::in_netns(&path);
-        let b = NftBackend {
-            nft: std::sync::Arc::new(nft.clone()),
-        };
+        let b = NftBackend::new(std::sync::Arc::new(nft.clone()));
         assert_eq!(nft.list_table("ip", NFT_TABLE).await.expect("list"), None);
         b.apply(&plan()).await.expect("apply");
         let first = nft
@@ -462,6 +539,15 @@ mod tests {
         );
         assert!(first.contains("fib daddr type local return"), "{first}");
         b.apply(&plan()).await.expect("again");
+        assert_eq!(
+            nft.list_table("ip", NFT_TABLE).await.expect("list"),
+            Some(first.clone())
+        );
+        // A chain flushed behind our back is noticed through `nft list table` and rewritten.
+        nft.run("flush chain ip aws-cni nat-prerouting\n")
+            .await
+            .expect("flush");
+        b.apply(&plan()).await.expect("repair");
         assert_eq!(
             nft.list_table("ip", NFT_TABLE).await.expect("list"),
             Some(first.clone())
