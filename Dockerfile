@@ -24,9 +24,9 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends containernetworking-plugins iptables nftables \
  && rm -rf /var/lib/apt/lists/*
 # Stage into /out: the plugins `ipamd install` copies to the host, and the tools of ipamd's SNAT backends (`nft`,
-# `iptables-nft*`, `iptables-legacy*`; ipamd picks one from what kube-proxy uses): both multi-call binaries, the
-# nft backend also under the plain names (the default of current EKS AMIs), the extensions, and every library they load except
-# glibc's own, which distroless has.
+# `iptables-nft*`, `iptables-legacy*`; ipamd picks one from what kube-proxy uses): `nft`, both iptables multi-call
+# binaries (the nft one also under the plain names, the default of current EKS AMIs), the extensions, and every
+# library they load except glibc's own, which distroless has.
 RUN set -eu; \
     mkdir -p /out/cni-plugins /out/usr/sbin; \
     for p in portmap loopback host-local bandwidth tuning; do cp /usr/lib/cni/$p /out/cni-plugins/; done; \
