@@ -180,10 +180,15 @@ impl Backends {
         if !self.others_removed.load(Ordering::Relaxed) {
             let mut clean = true;
             for other in &self.others {
-                if let Err(e) = other.remove().await {
-                    clean = false;
-                    tracing::warn!(backend = %other.kind(), error = %e,
-                        "could not remove the rules of a backend not in use");
+                match other.remove().await {
+                    Ok(()) => {}
+                    // Its tool is not installed: it cannot have rules here either.
+                    Err(SnatError::Spawn { .. }) => {}
+                    Err(e) => {
+                        clean = false;
+                        tracing::warn!(backend = %other.kind(), error = %e,
+                            "could not remove the rules of a backend not in use");
+                    }
                 }
             }
             self.others_removed.store(clean, Ordering::Relaxed);
