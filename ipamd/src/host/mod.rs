@@ -183,7 +183,7 @@ impl HostNetwork for NetlinkHost {
     }
 
     fn forget_flows(&self, ip: Ipv4Addr) {
-        self.flows.queue(ip);
+        self.flows.queue(ip, &self.clock);
     }
 
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError> {

@@ -31,8 +31,15 @@ pub(super) async fn remove_routing(nl: &Netlink, ip: Ipv4Addr) -> Vec<NetlinkErr
     .await
 }
 
-/// Deletes released addresses' conntrack flows in the background, in batches: one dump of the table serves every
-/// address released since the last one, so a burst of DELs costs one dump, and DEL never waits for it.
+/// Deletes released addresses' conntrack flows in the background, in batches: the worker waits until releases
+/// pause for [`FLOW_QUIET`] (at most [`FLOW_BATCH_MAX`] after the first), then one dump of the table serves every
+/// address released meanwhile. So a burst of DELs costs one dump, run between DELs rather than against each one,
+/// and DEL never waits for it. The address's cooldown (`IP_COOLDOWN_PERIOD`, 30 s by default) must outlast
+/// [`FLOW_BATCH_MAX`], or a reused address could lose its new pod's first flows.
+pub(super) const FLOW_QUIET: std::time::Duration = std::time::Duration::from_millis(200);
+/// See [`FlowReaper`].
+pub(super) const FLOW_BATCH_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Debug, Default)]
 pub(super) struct FlowReaper {
     pending: std::sync::Mutex<std::collections::BTreeSet<Ipv4Addr>>,
@@ -42,7 +49,11 @@ pub(super) struct FlowReaper {
 
 impl FlowReaper {
     /// Queues `ip`; starts the worker on first use (nothing happens outside a tokio runtime).
-    pub(super) fn queue(self: &std::sync::Arc<Self>, ip: Ipv4Addr) {
+    pub(super) fn queue(
+        self: &std::sync::Arc<Self>,
+        ip: Ipv4Addr,
+        clock: &std::sync::Arc<dyn crate::clock::Clock>,
+    ) {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -51,14 +62,21 @@ impl FlowReaper {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(ip);
         if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            rt.spawn(std::sync::Arc::clone(self).run());
+            rt.spawn(std::sync::Arc::clone(self).run(std::sync::Arc::clone(clock)));
         }
         self.wake.notify_one();
     }
 
-    async fn run(self: std::sync::Arc<Self>) {
+    async fn run(self: std::sync::Arc<Self>, clock: std::sync::Arc<dyn crate::clock::Clock>) {
         loop {
             self.wake.notified().await;
+            let first = clock.now();
+            while clock.now().saturating_sub(first) < FLOW_BATCH_MAX {
+                tokio::select! {
+                    _ = self.wake.notified() => {}
+                    _ = clock.sleep(FLOW_QUIET) => break,
+                }
+            }
             let batch = std::mem::take(
                 &mut *self
                     .pending
