@@ -7,6 +7,8 @@ need=()
 have() { command -v "$1" >/dev/null 2>&1; }
 have ip || need+=(iproute2)
 have iptables || need+=(iptables)
+# nft: ipamd's nftables SNAT/connmark backend, and the tests that write kube-proxy's nftables-mode rules.
+have nft || need+=(nftables)
 have ping || need+=(iputils-ping)
 have conntrack || need+=(conntrack)
 have jq || need+=(jq)

@@ -12,7 +12,10 @@
 //! The pod plumbing itself (veth whose host end is created directly in the host namespace, the /32, the
 //! 169.254.1.1 gateway and its permanent neighbour, host route and policy rules) is composed from these primitives
 //! in [`pod`], so the plugin and the daemon's cleanup paths share one definition of "a pod's network".
+//!
+//! [`conntrack`] deletes the tracked flows of an address (ctnetlink), for addresses going back to the pool.
 
+pub mod conntrack;
 mod error;
 mod names;
 mod netlink;

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = ipamd::checkpoint::parse(std::path::Path::new("/fuzz/ipam.json"), data);
+    let _ = ipamd::engine::checkpoint::parse(std::path::Path::new("/fuzz/ipam.json"), data);
 });

@@ -139,6 +139,12 @@ impl IpamdControl for ControlService {
             enis,
             last_decision: decision.map(|d| format!("{d:?}")).unwrap_or_default(),
             last_error: error.map(|e| e.to_string()).unwrap_or_default(),
+            snat_backend: crate::host::snat::backend::selection()
+                .map(|s| s.kind.as_str().to_string())
+                .unwrap_or_default(),
+            snat_backend_reason: crate::host::snat::backend::selection()
+                .map(|s| s.reason.clone())
+                .unwrap_or_default(),
         }))
     }
 

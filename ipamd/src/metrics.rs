@@ -184,6 +184,10 @@ pub struct Metrics {
     pub pool_keep: IntGauge,
     /// ADDs waiting for an address on its way.
     pub add_waiting: IntGauge,
+    /// The SNAT/connmark backend chosen at startup (`nftables`, `iptables-nft`, `iptables-legacy`): 1.
+    pub snat_backend: IntGaugeVec,
+    /// Pods' host rules and routes that drift repair put back or removed (see [`crate::host::drift`]).
+    pub pod_routing_repairs: IntCounter,
 }
 
 /// Registers families and remembers their declarations.
@@ -452,6 +456,15 @@ impl Metrics {
                 "awscni_add_waiting",
                 "ADD requests waiting for an address on its way",
             )?,
+            snat_backend: r.gauge_vec(
+                "awscni_snat_backend",
+                "The SNAT/connmark backend chosen at startup",
+                &["backend"],
+            )?,
+            pod_routing_repairs: r.counter(
+                "awscni_pod_routing_repairs_total",
+                "Pods' host rules and routes put back or removed by drift repair",
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -522,11 +535,25 @@ impl Metrics {
         self.pool_keep.set(i64::from(snap.keep));
         self.add_waiting
             .set(i64::try_from(snap.adds_waiting).unwrap_or(i64::MAX));
-        // Connmark rules are programmed through iptables (the anchor reports iptables or nftables here), and only
-        // when ipamd does SNAT itself or NodePort support is on.
-        self.connmark_backend
-            .with_label_values(&["iptables"])
-            .set(i64::from(snap.connmark));
+        // Connmark rules exist only when ipamd does SNAT itself or NodePort support is on; the anchor's label is
+        // `iptables` or `nftables`, ours (`awscni_snat_backend`) names the iptables flavour too.
+        if let Some(sel) = crate::host::snat::backend::selection() {
+            let family = match sel.kind {
+                crate::host::snat::BackendKind::Nftables => "nftables",
+                _ => "iptables",
+            };
+            self.connmark_backend
+                .with_label_values(&[family])
+                .set(i64::from(snap.connmark));
+            self.snat_backend
+                .with_label_values(&[sel.kind.as_str()])
+                .set(1);
+        }
+        let repairs = crate::host::drift::repairs_total();
+        let seen = self.pod_routing_repairs.get();
+        if repairs > seen {
+            self.pod_routing_repairs.inc_by(repairs - seen);
+        }
         // Counters the engine keeps itself: bring ours up to its totals.
         let forced = snap.force_removed;
         let mut seen = lock(&self.force_removed_seen);

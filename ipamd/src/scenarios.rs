@@ -1036,3 +1036,19 @@ async fn waves_keep_their_addresses_for_the_release_delay() {
         h.stop().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_released_address_has_its_conntrack_flows_deleted() {
+    let h = Harness::start("t3.nano", &[]).await;
+    h.wait(SETTLE).await;
+    let a = h
+        .node
+        .add_durable(&pod_key("old"), &PodMeta::default())
+        .await
+        .expect("an address");
+    assert!(h.host.forgotten.lock().expect("lock").is_empty());
+    assert!(h.node.del(&pod_key("old")).is_some());
+    assert!(h.node.del(&pod_key("old")).is_none(), "DEL twice");
+    assert_eq!(*h.host.forgotten.lock().expect("lock"), vec![a.ip]);
+    h.stop().await;
+}

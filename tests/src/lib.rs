@@ -267,12 +267,18 @@ impl Ipamd {
 
     /// Starts `ipamd run --backend sim` for `instance_type` with extra environment, and waits for its socket.
     pub fn start(instance_type: &str, env: &[(&str, &str)]) -> Ipamd {
+        Ipamd::start_with_args(instance_type, env, &[])
+    }
+
+    /// [`Ipamd::start`] with extra `ipamd run` arguments (e.g. `--sim-fabric-netns PATH`).
+    pub fn start_with_args(instance_type: &str, env: &[(&str, &str)], args: &[&str]) -> Ipamd {
         require_root();
         let node = Netns::new("act-node-");
         let dir = TempDir::new();
         let log = std::fs::File::create(dir.path().join("ipamd.log")).expect("log file");
         let mut cmd = Ipamd::command(&node, &dir, instance_type);
-        cmd.env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
+        cmd.args(args)
+            .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -304,13 +310,13 @@ impl Ipamd {
         }
     }
 
-    pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("ipamd.sock")
-    }
-
-    /// The daemon's process ID while it runs.
+    /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("ipamd.sock")
     }
 
     pub fn log(&self) -> String {

@@ -47,12 +47,17 @@ fn health_follows_grpc_health_probe_exit_codes_and_ready_means_can_serve_pods() 
         "ENI table: {text}"
     );
     assert!(text.contains("pool last"), "last decision: {text}");
+    assert!(
+        text.contains("snat       nftables (no kube-proxy rules found"),
+        "SNAT backend and why: {text}"
+    );
     let json = ipamd_cmd(&["status", "--socket", &sock, "--output", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("json");
     assert_eq!(v["ready"], false);
     assert_eq!(v["pool"]["assigned"], 1);
     assert_eq!(v["pods"][0]["ip"], result_ip(&add.json).as_str());
     assert_eq!(v["instanceType"], "t3.nano");
+    assert_eq!(v["snatBackend"], "nftables");
     assert_eq!(v["enis"][0]["assigned"], 1);
     assert_eq!(v["enis"][0]["primary"], true);
     assert!(

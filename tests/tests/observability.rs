@@ -85,8 +85,13 @@ fn every_declared_metric_is_exported_and_moves_with_pods() {
     assert!(before.contains("# TYPE awscni_aws_api_latency_ms summary"));
     assert!(before.contains("# TYPE awscni_add_ip_req_count counter"));
     assert_eq!(value(&before, "awscni_eni_max"), 1.0);
+    // The test node has no kube-proxy, and nft works: the nftables backend is chosen.
     assert_eq!(
-        value(&before, "awscni_connmark_backend{backend=\"iptables\"}"),
+        value(&before, "awscni_connmark_backend{backend=\"nftables\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&before, "awscni_snat_backend{backend=\"nftables\"}"),
         1.0
     );
     assert!(

@@ -62,7 +62,7 @@ fn snat_packets(node: &Netns) -> u64 {
 #[test]
 fn secondary_eni_pods_use_their_table_for_vpc_and_snat_to_the_primary_ip_for_the_internet() {
     // t3.nano: 2 ENIs with one secondary IP each, so the second pod lands on the secondary ENI (eth1).
-    let ipamd = Ipamd::start("t3.nano", &[]);
+    let ipamd = Ipamd::start("t3.nano", &[("AWS_CNI_SNAT_BACKEND", "iptables-nft")]);
     let node = &ipamd.node;
     let conf = ipamd.conf("1.0.0");
     let primary_ip = ipamd.node_ip();
@@ -175,7 +175,13 @@ fn secondary_eni_pods_use_their_table_for_vpc_and_snat_to_the_primary_ip_for_the
 
 #[test]
 fn external_snat_leaves_no_snat_rules() {
-    let ipamd = Ipamd::start("t3.nano", &[("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true")]);
+    let ipamd = Ipamd::start(
+        "t3.nano",
+        &[
+            ("AWS_VPC_K8S_CNI_EXTERNALSNAT", "true"),
+            ("AWS_CNI_SNAT_BACKEND", "iptables-nft"),
+        ],
+    );
     let out = ipamd.node.exec(&["iptables", "-w", "5", "-t", "nat", "-S"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);

@@ -117,6 +117,8 @@ pub fn main(opts: RunOptions) -> std::process::ExitCode {
 pub enum DaemonError {
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
+    #[error("SNAT backend: {0}")]
+    SnatBackend(#[from] crate::host::snat::detect::BadBackend),
     #[error("the sim backend refuses to run in the host's initial network namespace (it would create links \
              on the machine's real network); start it in a namespace of its own, e.g. `ip netns exec NAME ipamd \
              run --backend sim` or `ipamd run --backend sim --netns /run/netns/NAME`")]
@@ -374,10 +376,27 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     };
     // One netlink socket for ENI setup and pod recovery; the veth reaper has its own (a veth's deletion waits
     // for RCU grace periods inside the kernel call, and must not hold ENI setup back).
-    let host = Arc::new(NetlinkHost::new(
-        datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
-        Arc::clone(&clock),
-    ));
+    let veth_prefix = ProcessEnv
+        .get("AWS_VPC_K8S_CNI_VETHPREFIX")
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "eni".into());
+    let snat = crate::host::snat::detect::choose_on_host(
+        ProcessEnv
+            .get(crate::host::snat::detect::BACKEND_ENV)
+            .as_deref(),
+        None,
+    )
+    .await?;
+    tracing::info!(backend = %snat.kind, reason = %snat.reason, "SNAT/connmark backend chosen");
+    crate::host::snat::backend::record_selection(snat.clone());
+    let host = Arc::new(
+        NetlinkHost::new(
+            datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
+            Arc::clone(&clock),
+        )
+        .with_snat(crate::host::snat::backend::real_backends(snat.kind, None))
+        .with_veth_prefix(veth_prefix.clone()),
+    );
     let deps = NodeDeps {
         ec2,
         imds,
@@ -386,10 +405,6 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         cluster: Arc::new(NoCluster),
     };
     let observer = metrics.checkpoint_write_seconds.clone();
-    let veth_prefix = ProcessEnv
-        .get("AWS_VPC_K8S_CNI_VETHPREFIX")
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "eni".into());
     let recovery = Recovery {
         checkpoint: checkpoint_path.map(|path| {
             Arc::new(

@@ -110,6 +110,8 @@ pub async fn status(
             },
             "lastDecision": st.last_decision,
             "lastError": st.last_error,
+            "snatBackend": st.snat_backend,
+            "snatBackendReason": st.snat_backend_reason,
             "enis": st.enis.iter().map(|e| serde_json::json!({
                 "id": e.eniid, "deviceNumber": e.device_number, "primary": e.is_primary,
                 "total": e.total, "assigned": e.assigned, "cooldown": e.cooldown, "available": e.available,
@@ -151,6 +153,13 @@ pub async fn status(
     }
     if !st.last_error.is_empty() {
         let _ = writeln!(out, "EC2 error  {}", st.last_error);
+    }
+    if !st.snat_backend.is_empty() {
+        let _ = writeln!(
+            out,
+            "snat       {} ({})",
+            st.snat_backend, st.snat_backend_reason
+        );
     }
     let _ = writeln!(out);
     let _ = writeln!(

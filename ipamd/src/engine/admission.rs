@@ -248,7 +248,9 @@ impl Node {
             (r, ds.generation())
         };
         self.wake.notify_one();
-        if res.0.is_some() {
+        if let Some(a) = &res.0 {
+            // The address's old flows must not steer its next pod's traffic (queued: the DEL does not wait).
+            self.deps.hostnet.forget_flows(a.ip);
             self.flush.notify_one();
             // With no cooldown the address is usable now; else waiters re-plan around its cooldown's end.
             self.adds.poke();

@@ -456,6 +456,7 @@ impl Node {
                 randomize: self.config.randomize_snat,
                 connmark: self.config.connmark,
                 node_port_support: self.config.node_port_support,
+                veth_prefix: self.veth_prefix.clone(),
             },
         }
     }

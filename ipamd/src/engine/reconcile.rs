@@ -285,6 +285,11 @@ impl Node {
         if let Some(mac) = datapath::MacAddr::parse(&self.meta.primary_mac) {
             self.deps.hostnet.setup_host(&self.host_plan(mac)).await?;
         }
+        // Pods' rules 512/1536 and host routes, put back where a host network manager removed them.
+        let (pods, pool) = crate::host::drift::pod_routes(&lock(&self.ds), &self.veth_prefix);
+        if let Err(e) = self.deps.hostnet.repair_pods(&pods, &pool).await {
+            tracing::warn!(error = %e, "drift repair of pods' rules and routes failed; next reconcile retries");
+        }
         self.wake.notify_one();
         tracing::info!(
             adopted = ?report.adopted,

@@ -17,7 +17,7 @@
 
 use datapath::{MacAddr, NetlinkError, RouteSpec, RuleSpec, ENI_PRIMARY_IP_RULE_PRIORITY};
 
-use super::snat::{self, SnatError, SnatPlan};
+use super::snat::{SnatError, SnatPlan};
 #[cfg(doc)]
 use super::HostNetwork;
 use super::NetlinkHost;
@@ -184,11 +184,14 @@ impl NetlinkHost {
         } else {
             self.nl.delete_rule(&rule).await.map_err(wrap)?;
         }
-        let snat = SnatPlan {
+        let mut snat = SnatPlan {
             primary_if: link.name,
             ..plan.snat.clone()
         };
-        snat::apply(self.iptables.as_ref(), &snat).await?;
+        if snat.veth_prefix.is_empty() {
+            snat.veth_prefix.clone_from(&self.veth_prefix);
+        }
+        self.snat.apply(&snat).await?;
         Ok(())
     }
 }
@@ -261,6 +264,7 @@ mod tests {
                 randomize: RandomizeSnat::Prng,
                 connmark: 0x80,
                 node_port_support: true,
+                veth_prefix: String::new(),
             },
         };
         let save = || {

@@ -24,7 +24,8 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///
 /// - ENIs: records which were set up and torn down (in order, repeats included); node-wide settings apply the
 ///   SNAT plan to [`FakeHost::iptables`] with `eth0` as the primary interface.
-/// - Pods: the veths that exist ([`FakeHost::veths`]) and the addresses whose routing was removed.
+/// - Pods: the veths that exist ([`FakeHost::veths`]), the addresses whose routing was removed, and those whose
+///   conntrack flows were deleted ([`FakeHost::forgotten`]).
 /// - Links: the links that exist by index, the indexes whose deletion fails, the deleted indexes, and an
 ///   optional gate that holds every deletion until [`FakeHost::release`] lets it through.
 #[derive(Debug, Default, Clone)]
@@ -34,6 +35,10 @@ pub struct FakeHost {
     pub iptables: RecordingIptables,
     pub veths: Arc<Mutex<BTreeSet<String>>>,
     pub removed: Arc<Mutex<Vec<Ipv4Addr>>>,
+    /// The pods of every drift repair asked for.
+    pub repaired: Arc<Mutex<Vec<Vec<super::drift::PodRoute>>>>,
+    /// Addresses whose conntrack flows were deleted.
+    pub forgotten: Arc<Mutex<Vec<Ipv4Addr>>>,
     pub links: Arc<Mutex<BTreeMap<u32, String>>>,
     pub failing: Arc<Mutex<BTreeSet<u32>>>,
     pub deleted: Arc<Mutex<Vec<u32>>>,
@@ -105,6 +110,19 @@ impl HostNetwork for FakeHost {
     async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError> {
         guard(&self.removed).push(ip);
         Vec::new()
+    }
+
+    async fn repair_pods(
+        &self,
+        pods: &[super::drift::PodRoute],
+        _pool: &BTreeSet<Ipv4Addr>,
+    ) -> Result<super::drift::Repairs, NetlinkError> {
+        guard(&self.repaired).push(pods.to_vec());
+        Ok(super::drift::Repairs::default())
+    }
+
+    fn forget_flows(&self, ip: Ipv4Addr) {
+        guard(&self.forgotten).push(ip);
     }
 
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError> {

@@ -28,6 +28,7 @@ use datapath::{Netlink, NetlinkError};
 use crate::core::datastore::Eni;
 use ec2_api::clock::Clock;
 
+pub mod drift;
 pub mod eni;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fakes;
@@ -55,6 +56,16 @@ pub trait HostNetwork: Send + Sync + 'static {
     async fn veth_exists(&self, name: &str) -> Result<bool, NetlinkError>;
     /// Removes what a pod with `ip` had on the host: rules 512/1536 and the /32 route. Returns every failure.
     async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError>;
+    /// Drift repair: brings the rules and routes of `pods` back, and removes those of `pool` addresses no pod
+    /// holds (see [`drift`]).
+    async fn repair_pods(
+        &self,
+        pods: &[drift::PodRoute],
+        pool: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<drift::Repairs, NetlinkError>;
+    /// Has the conntrack flows of `ip` (an address going back to the pool) deleted, in the background: the
+    /// caller (DEL) does not wait, and the address's cooldown covers the deletion.
+    fn forget_flows(&self, ip: Ipv4Addr);
 
     // === links ===
 
@@ -71,7 +82,10 @@ pub struct NetlinkHost {
     nl: Netlink,
     clock: Arc<dyn Clock>,
     link_wait: Duration,
-    iptables: Arc<dyn snat::Iptables>,
+    snat: Arc<snat::Backends>,
+    /// The pods' host veth prefix, for SNAT plans that leave it empty.
+    veth_prefix: String,
+    flows: Arc<pods::FlowReaper>,
 }
 
 impl std::fmt::Debug for NetlinkHost {
@@ -79,7 +93,8 @@ impl std::fmt::Debug for NetlinkHost {
         f.debug_struct("NetlinkHost")
             .field("nl", &self.nl)
             .field("link_wait", &self.link_wait)
-            .field("iptables", &self.iptables)
+            .field("snat", &self.snat)
+            .field("veth_prefix", &self.veth_prefix)
             .finish_non_exhaustive()
     }
 }
@@ -91,14 +106,44 @@ impl NetlinkHost {
             nl,
             clock,
             link_wait: Duration::from_millis(200),
-            iptables: Arc::new(snat::CommandIptables::default()),
+            snat: Arc::new(snat::Backends::new(
+                Arc::new(snat::IptablesBackend {
+                    kind: snat::BackendKind::IptablesNft,
+                    iptables: Arc::new(snat::CommandIptables::default()),
+                }),
+                Vec::new(),
+            )),
+            veth_prefix: String::new(),
+            flows: Arc::default(),
         }
     }
 
-    /// Uses another iptables (a double, or other binaries).
-    pub fn with_iptables(mut self, iptables: Arc<dyn snat::Iptables>) -> NetlinkHost {
-        self.iptables = iptables;
+    /// Uses another iptables (a double, or other binaries) as the only SNAT backend.
+    pub fn with_iptables(self, iptables: Arc<dyn snat::Iptables>) -> NetlinkHost {
+        self.with_snat(snat::Backends::new(
+            Arc::new(snat::IptablesBackend {
+                kind: snat::BackendKind::IptablesNft,
+                iptables,
+            }),
+            Vec::new(),
+        ))
+    }
+
+    /// Uses these SNAT backends (see [`snat::backend`]).
+    pub fn with_snat(mut self, backends: snat::Backends) -> NetlinkHost {
+        self.snat = Arc::new(backends);
         self
+    }
+
+    /// The pods' host veth prefix, used by SNAT plans that leave theirs empty.
+    pub fn with_veth_prefix(mut self, prefix: impl Into<String>) -> NetlinkHost {
+        self.veth_prefix = prefix.into();
+        self
+    }
+
+    /// The SNAT backend in use.
+    pub fn snat_backend(&self) -> snat::BackendKind {
+        self.snat.kind()
     }
 }
 
@@ -122,6 +167,23 @@ impl HostNetwork for NetlinkHost {
 
     async fn remove_pod_routing(&self, ip: Ipv4Addr) -> Vec<NetlinkError> {
         pods::remove_routing(&self.nl, ip).await
+    }
+
+    async fn repair_pods(
+        &self,
+        pods: &[drift::PodRoute],
+        pool: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<drift::Repairs, NetlinkError> {
+        let prefix = if self.veth_prefix.is_empty() {
+            snat::plan::DEFAULT_VETH_PREFIX
+        } else {
+            &self.veth_prefix
+        };
+        drift::repair(&self.nl, pods, pool, prefix).await
+    }
+
+    fn forget_flows(&self, ip: Ipv4Addr) {
+        self.flows.queue(ip, &self.clock);
     }
 
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError> {

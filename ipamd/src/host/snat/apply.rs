@@ -95,19 +95,7 @@ mod tests {
     use super::*;
     use crate::config::RandomizeSnat;
     use crate::host::fakes::RecordingIptables;
-
-    fn plan() -> SnatPlan {
-        SnatPlan {
-            primary_ip: "10.0.0.4".parse().expect("ip"),
-            primary_if: "eth0".into(),
-            vpc_cidrs: vec!["10.0.0.0/16".parse().expect("cidr")],
-            exclude_cidrs: vec!["192.168.0.0/16".parse().expect("cidr")],
-            external_snat: false,
-            randomize: RandomizeSnat::Prng,
-            connmark: 0x80,
-            node_port_support: true,
-        }
-    }
+    use crate::host::snat::testing::plan;
 
     #[tokio::test]
     async fn snat_chain_has_vpc_and_excluded_returns_then_snat_to_primary() {

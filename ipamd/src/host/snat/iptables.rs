@@ -66,7 +66,11 @@ impl CommandIptables {
     }
 }
 
-fn run_blocking(bin: &str, args: &[String], stdin: Option<&str>) -> Result<String, SnatError> {
+pub(crate) fn run_blocking(
+    bin: &str,
+    args: &[String],
+    stdin: Option<&str>,
+) -> Result<String, SnatError> {
     use std::io::Write;
     let cmd = format!("{bin} {}", args.join(" "));
     let spawn = |e: std::io::Error| SnatError::Spawn {

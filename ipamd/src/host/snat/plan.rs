@@ -21,6 +21,9 @@ pub struct SnatPlan {
     pub randomize: RandomizeSnat,
     pub connmark: u32,
     pub node_port_support: bool,
+    /// The host-side veth prefix of pods (`AWS_VPC_K8S_CNI_VETHPREFIX`); empty means the default `eni`. Rules
+    /// match pod traffic by it (`-i <prefix>+`, `iifname "<prefix>*"`).
+    pub veth_prefix: String,
 }
 
 pub(crate) fn s(v: &[&str]) -> Vec<String> {
@@ -68,7 +71,19 @@ pub fn split_rule(line: &str) -> Vec<String> {
     out
 }
 
+/// The veth prefix when none is configured.
+pub const DEFAULT_VETH_PREFIX: &str = "eni";
+
 impl SnatPlan {
+    /// The configured veth prefix, or [`DEFAULT_VETH_PREFIX`].
+    pub fn veth_prefix(&self) -> &str {
+        if self.veth_prefix.is_empty() {
+            DEFAULT_VETH_PREFIX
+        } else {
+            &self.veth_prefix
+        }
+    }
+
     fn mark(&self) -> String {
         format!("{:#x}/{:#x}", self.connmark, self.connmark)
     }
@@ -163,6 +178,7 @@ impl SnatPlan {
     pub(crate) fn fixed_rules(&self) -> Vec<(&'static str, &'static str, Vec<String>, bool)> {
         let snat = !self.external_snat;
         let mark = format!("{:#x}", self.connmark);
+        let veths = format!("{}+", self.veth_prefix());
         vec![
             (
                 "nat",
@@ -182,7 +198,7 @@ impl SnatPlan {
                 "PREROUTING",
                 s(&[
                     "-i",
-                    "eni+",
+                    &veths,
                     "-m",
                     "comment",
                     "--comment",
@@ -213,7 +229,7 @@ impl SnatPlan {
                 "PREROUTING",
                 s(&[
                     "-i",
-                    "eni+",
+                    &veths,
                     "-m",
                     "comment",
                     "--comment",
