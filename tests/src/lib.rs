@@ -435,6 +435,22 @@ pub fn cni_at(plugin: &Path, node: &Netns, command: &str, pod: &PodSpec, conf: &
     )
 }
 
+/// A pod added through the real plugin: its namespace, its spec and the plugin's answer.
+pub type AddedPod = (Netns, PodSpec, CniOut);
+
+/// Two pods, "first" and "second", each in a namespace of its own named after `prefix`, added one after the other
+/// (on an instance with one secondary IP per ENI the second lands on the secondary ENI). Fails the test, with
+/// ipamd's log, if either ADD fails.
+pub fn add_two_pods(ipamd: &Ipamd, conf: &Value, prefix: &str) -> [AddedPod; 2] {
+    ["first", "second"].map(|name| {
+        let ns = Netns::new(&format!("{prefix}{}-", &name[..1]));
+        let p = pod(&ns, name);
+        let out = add_with_retry(&ipamd.node, &p, conf);
+        assert!(out.success, "ADD {name}: {}\n{}", out.stdout, ipamd.log());
+        (ns, p, out)
+    })
+}
+
 /// Runs `aws-cni` with exactly the given environment and stdin.
 pub fn cni_raw(node: &Netns, env: &[(&str, &str)], stdin: &[u8]) -> CniOut {
     cni_raw_wrapped(node, &[], env, stdin)

@@ -16,7 +16,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use integration_tests::{add_with_retry, arr, pod, result_ip, Ipamd, Netns, TempDir};
+use integration_tests::{add_two_pods, arr, result_ip, Ipamd, Netns, TempDir};
 
 const CLUSTER_IP: &str = "172.20.0.10";
 
@@ -194,14 +194,7 @@ fn scenario(backend: &str, mode: KubeProxy) -> Outcome {
     let conf = ipamd.conf("1.0.0");
 
     // Two pods: the second lands on the secondary ENI (eth1).
-    let ns1 = Netns::new("act-svc-a-");
-    let ns2 = Netns::new("act-svc-b-");
-    let p1 = pod(&ns1, "first");
-    let p2 = pod(&ns2, "second");
-    let out1 = add_with_retry(node, &p1, &conf);
-    assert!(out1.success, "ADD 1: {}\n{}", out1.stdout, ipamd.log());
-    let out2 = add_with_retry(node, &p2, &conf);
-    assert!(out2.success, "ADD 2: {}\n{}", out2.stdout, ipamd.log());
+    let [_first, (ns2, _, out2)] = add_two_pods(&ipamd, &conf, "act-svc-");
     let ip2 = result_ip(&out2.json);
 
     // The backend: a namespace on the VPC bridge, at the top of the subnet, routed through the VPC router.

@@ -4,7 +4,7 @@
 //! and conntrack, in the node's namespace. The "internet" is an address (198.51.100.1, TEST-NET-2) held by the
 //! simulator's VPC namespace, outside the VPC CIDR.
 
-use integration_tests::{add_with_retry, arr, cni, pod, result_ip, Ipamd, Netns};
+use integration_tests::{add_two_pods, arr, cni, result_ip, Ipamd, Netns};
 use serde_json::Value;
 
 const INTERNET: &str = "198.51.100.1";
@@ -67,14 +67,7 @@ fn secondary_eni_pods_use_their_table_for_vpc_and_snat_to_the_primary_ip_for_the
     let conf = ipamd.conf("1.0.0");
     let primary_ip = ipamd.node_ip();
 
-    let ns1 = Netns::new("act-snat-a-");
-    let ns2 = Netns::new("act-snat-b-");
-    let p1 = pod(&ns1, "first");
-    let p2 = pod(&ns2, "second");
-    let out1 = add_with_retry(node, &p1, &conf);
-    assert!(out1.success, "ADD 1: {}\n{}", out1.stdout, ipamd.log());
-    let out2 = add_with_retry(node, &p2, &conf);
-    assert!(out2.success, "ADD 2: {}\n{}", out2.stdout, ipamd.log());
+    let [(ns1, p1, out1), (ns2, p2, out2)] = add_two_pods(&ipamd, &conf, "act-snat-");
     let ip1 = result_ip(&out1.json);
     let ip2 = result_ip(&out2.json);
     assert_eq!(

@@ -137,7 +137,6 @@ pub async fn repair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use datapath::VethSpec;
 
     /// A namespace with two pod veths (one pod on a secondary ENI) whose rules and route are deleted, and a
     /// stale rule for a pool address no pod holds: one pass repairs all, a second finds nothing.
@@ -150,18 +149,7 @@ mod tests {
         let ns = datapath::new_anonymous_netns().expect("netns");
         let nl = Netlink::connect_file(&ns).expect("netlink");
         for (name, peer) in [("enia", "pa"), ("enib", "pb")] {
-            nl.create_veth(&VethSpec {
-                name,
-                mac: None,
-                mtu: 1500,
-                peer_name: peer,
-                peer_mac: None,
-                peer_netns: None,
-            })
-            .await
-            .expect("veth");
-            let l = nl.link_by_name(name).await.expect("l").expect("link");
-            nl.set_up(l.index).await.expect("up");
+            crate::host::test_veth(&nl, name, peer, None).await;
         }
         let a: Ipv4Addr = "10.0.0.10".parse().expect("ip");
         let b: Ipv4Addr = "10.0.0.20".parse().expect("ip");

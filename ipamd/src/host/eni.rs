@@ -204,7 +204,7 @@ mod tests {
     use crate::config::RandomizeSnat;
     use crate::host::snat::CommandIptables;
     use crate::host::HostNetwork;
-    use datapath::{Netlink, VethSpec};
+    use datapath::Netlink;
     use std::os::fd::AsRawFd;
 
     fn is_root() -> bool {
@@ -225,22 +225,7 @@ mod tests {
         let primary_mac = MacAddr([0x0e, 0, 0, 0, 0, 1]);
         let eni_mac = MacAddr([0x0e, 0, 0, 0, 0, 2]);
         for (name, peer, mac) in [("eth0", "p0", primary_mac), ("eth1", "p1", eni_mac)] {
-            nl.create_veth(&VethSpec {
-                name,
-                mac: Some(mac),
-                mtu: 1500,
-                peer_name: peer,
-                peer_mac: None,
-                peer_netns: None,
-            })
-            .await
-            .expect("veth");
-            let l = nl
-                .link_by_name(peer)
-                .await
-                .expect("peer")
-                .expect("peer link");
-            nl.set_up(l.index).await.expect("peer up");
+            crate::host::test_veth(&nl, name, peer, Some(mac)).await;
         }
         let host = NetlinkHost::new(nl.clone(), Arc::new(ec2_api::clock::SystemClock::default()))
             .with_iptables(Arc::new(CommandIptables::in_netns(&ns_path)));

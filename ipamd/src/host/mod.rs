@@ -194,3 +194,28 @@ impl HostNetwork for NetlinkHost {
         links::delete(&self.nl, index).await
     }
 }
+
+/// A veth pair `name`/`peer` in `nl`'s namespace, both ends up: the stand-in for an ENI or a pod's host veth in
+/// the root-only tests of this module's rooms.
+#[cfg(test)]
+pub(crate) async fn test_veth(
+    nl: &Netlink,
+    name: &str,
+    peer: &str,
+    mac: Option<datapath::MacAddr>,
+) {
+    nl.create_veth(&datapath::VethSpec {
+        name,
+        mac,
+        mtu: 1500,
+        peer_name: peer,
+        peer_mac: None,
+        peer_netns: None,
+    })
+    .await
+    .expect("veth");
+    for end in [name, peer] {
+        let l = nl.link_by_name(end).await.expect("link").expect("exists");
+        nl.set_up(l.index).await.expect("up");
+    }
+}
