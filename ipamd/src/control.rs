@@ -109,7 +109,7 @@ impl IpamdControl for ControlService {
         let (ready, reason, message, counts) = readiness(&self.node);
         let meta = self.node.metadata();
         let ds = self.node.datastore();
-        let now = self.node.deps.clock.now();
+        let now = self.node.clock().now();
         let enis = ds
             .enis()
             .map(|e| {
@@ -129,6 +129,7 @@ impl IpamdControl for ControlService {
             })
             .collect();
         let (decision, error) = self.node.last_decision();
+        let snat = self.node.snat_report();
         Ok(Response::new(StatusReply {
             ready,
             reason: reason as i32,
@@ -139,12 +140,8 @@ impl IpamdControl for ControlService {
             enis,
             last_decision: decision.map(|d| format!("{d:?}")).unwrap_or_default(),
             last_error: error.map(|e| e.to_string()).unwrap_or_default(),
-            snat_backend: crate::host::snat::backend::selection()
-                .map(|s| s.kind.as_str().to_string())
-                .unwrap_or_default(),
-            snat_backend_reason: crate::host::snat::backend::selection()
-                .map(|s| s.reason.clone())
-                .unwrap_or_default(),
+            snat_backend: snat.as_ref().map(|s| s.backend.clone()).unwrap_or_default(),
+            snat_backend_reason: snat.map(|s| s.reason).unwrap_or_default(),
         }))
     }
 

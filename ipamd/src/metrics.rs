@@ -537,19 +537,13 @@ impl Metrics {
             .set(i64::try_from(snap.adds_waiting).unwrap_or(i64::MAX));
         // Connmark rules exist only when ipamd does SNAT itself or NodePort support is on; the anchor's label is
         // `iptables` or `nftables`, ours (`awscni_snat_backend`) names the iptables flavour too.
-        if let Some(sel) = crate::host::snat::backend::selection() {
-            let family = match sel.kind {
-                crate::host::snat::BackendKind::Nftables => "nftables",
-                _ => "iptables",
-            };
+        if let Some(sel) = &snap.snat {
             self.connmark_backend
-                .with_label_values(&[family])
+                .with_label_values(&[&sel.family])
                 .set(i64::from(snap.connmark));
-            self.snat_backend
-                .with_label_values(&[sel.kind.as_str()])
-                .set(1);
+            self.snat_backend.with_label_values(&[&sel.backend]).set(1);
         }
-        let repairs = crate::host::drift::repairs_total();
+        let repairs = snap.routing_repairs;
         let seen = self.pod_routing_repairs.get();
         if repairs > seen {
             self.pod_routing_repairs.inc_by(repairs - seen);

@@ -250,14 +250,20 @@ impl Ipamd {
     /// `ipamd run --backend sim` for `instance_type` in `node`, with its socket, simulator state and checkpoint in
     /// `dir` (the default checkpoint, /var/run/aws-node/ipam.json, is the machine's): not started yet.
     pub fn command(node: &Netns, dir: &TempDir, instance_type: &str) -> Command {
+        let mut cmd = Ipamd::command_without_sim_state(node, dir, instance_type);
+        cmd.arg("--sim-state").arg(dir.path().join("sim-ec2.json"));
+        cmd
+    }
+
+    /// [`Ipamd::command`] without `--sim-state`: the simulator keeps its state beside the checkpoint and its
+    /// fabric in a kept namespace, as `ipamd run --backend sim` does on a node with no flags.
+    pub fn command_without_sim_state(node: &Netns, dir: &TempDir, instance_type: &str) -> Command {
         let mut cmd = Command::new(bin("ipamd"));
         cmd.args(["run", "--backend", "sim", "--instance-type", instance_type])
             .arg("--netns")
             .arg(node.path())
             .arg("--socket")
             .arg(dir.path().join("ipamd.sock"))
-            .arg("--sim-state")
-            .arg(dir.path().join("sim-ec2.json"))
             .env(
                 "AWS_VPC_K8S_CNI_BACKING_STORE",
                 dir.path().join("ipam.json"),

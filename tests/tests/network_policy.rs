@@ -391,16 +391,7 @@ fn an_invalid_mode_stops_ipamd_at_startup_naming_the_variable() {
     let node = Netns::new("act-node-");
     let dir = TempDir::new();
     for bad in ["none", "enforcing", ""] {
-        let out = Command::new(bin("ipamd"))
-            .args(["run", "--backend", "sim", "--instance-type", "m5.large"])
-            .arg("--netns")
-            .arg(node.path())
-            .arg("--socket")
-            .arg(dir.path().join("ipamd.sock"))
-            .env(
-                "AWS_VPC_K8S_CNI_BACKING_STORE",
-                dir.path().join("ipam.json"),
-            )
+        let out = Ipamd::command(&node, &dir, "m5.large")
             .env("DISABLE_METRICS", "true")
             .env("DISABLE_INTROSPECTION", "true")
             .env("NETWORK_POLICY_ENFORCING_MODE", bad)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use integration_tests::{arr, bin, eventually, require_root, sh, Netns, TempDir};
+use integration_tests::{arr, bin, eventually, require_root, sh, Ipamd, Netns, TempDir};
 use serde_json::Value;
 
 /// A daemon killed on drop, so a failed assertion leaves no ipamd behind.
@@ -27,16 +27,7 @@ fn spawn(node: &Netns, dir: &TempDir) -> Daemon {
         .append(true)
         .open(dir.path().join("ipamd.log"))
         .expect("log");
-    Command::new(bin("ipamd"))
-        .args(["run", "--backend", "sim", "--instance-type", "m5.large"])
-        .arg("--netns")
-        .arg(node.path())
-        .arg("--socket")
-        .arg(dir.path().join("ipamd.sock"))
-        .env(
-            "AWS_VPC_K8S_CNI_BACKING_STORE",
-            dir.path().join("ipam.json"),
-        )
+    Ipamd::command_without_sim_state(node, dir, "m5.large")
         .env("AWS_VPC_K8S_CNI_LOG_FORMAT", "text")
         // More addresses than the primary ENI holds: a second ENI at startup.
         .env("MINIMUM_IP_TARGET", "15")

@@ -388,13 +388,13 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     )
     .await?;
     tracing::info!(backend = %snat.kind, reason = %snat.reason, "SNAT/connmark backend chosen");
-    crate::host::snat::backend::record_selection(snat.clone());
     let host = Arc::new(
         NetlinkHost::new(
             datapath::Netlink::connect(None).map_err(DaemonError::Netlink)?,
             Arc::clone(&clock),
         )
         .with_snat(crate::host::snat::backend::real_backends(snat.kind, None))
+        .with_snat_selection(snat.clone())
         .with_veth_prefix(veth_prefix.clone()),
     );
     let deps = NodeDeps {

@@ -23,6 +23,21 @@ pub struct PoolSnapshot {
     pub connmark: bool,
     /// Addresses pods lost because EC2 no longer had them, since startup.
     pub force_removed: u64,
+    /// Pods' rules and routes drift repair put back or took away, since startup.
+    pub routing_repairs: u64,
+    /// The SNAT/connmark backend the host uses, when the host chose one.
+    pub snat: Option<SnatReport>,
+}
+
+/// The SNAT/connmark backend chosen at startup, and why (for metrics and `ipamd status`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnatReport {
+    /// `nftables`, `iptables-nft` or `iptables-legacy`.
+    pub backend: String,
+    /// The anchor's coarser name for the same choice: `nftables` or `iptables`.
+    pub family: String,
+    /// Why this backend.
+    pub reason: String,
 }
 
 /// One ENI at that moment.

@@ -52,7 +52,7 @@ use self::checkpoint::{Checkpoint, CheckpointEntry, CheckpointError};
 use crate::config::Config;
 use crate::core::datastore::{Datastore, Eni, IpamKey, PoolStats};
 use crate::core::pool::{policy_for, Decision, HighWater, PoolPolicy};
-use crate::core::snapshot::{EniSnapshot, PoolSnapshot};
+use crate::core::snapshot::{EniSnapshot, PoolSnapshot, SnatReport};
 use crate::host::snat::SnatPlan;
 use crate::host::{HostNetError, HostNetwork, HostPlan};
 use crate::kube::Cluster;
@@ -187,6 +187,8 @@ pub(crate) struct PoolStatus {
     pub(crate) released: HashMap<Ipv4Addr, Duration>,
     /// Addresses pods lost because EC2 no longer had them.
     pub(crate) force_removed: u64,
+    /// Pods' rules and routes drift repair changed.
+    pub(crate) routing_repairs: u64,
     /// EC2 said an ENI or address we hold does not exist: reconcile at the next chance.
     pub(crate) reconcile_wanted: bool,
     /// The pool's need over the release delay (release hysteresis); created with the node.
@@ -522,7 +524,19 @@ impl Node {
             adds_waiting: self.adds_waiting(),
             connmark: !self.config.external_snat || self.config.node_port_support,
             force_removed: lock(&self.status).force_removed,
+            routing_repairs: lock(&self.status).routing_repairs,
+            snat: self.deps.hostnet.snat_report(),
         }
+    }
+
+    /// The SNAT/connmark backend the host chose, and why.
+    pub fn snat_report(&self) -> Option<SnatReport> {
+        self.deps.hostnet.snat_report()
+    }
+
+    /// The daemon's clock (for timing requests).
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.deps.clock
     }
 
     /// The last pool decision and EC2 error (for status pages).

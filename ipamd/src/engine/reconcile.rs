@@ -287,8 +287,11 @@ impl Node {
         }
         // Pods' rules 512/1536 and host routes, put back where a host network manager removed them.
         let (pods, pool) = crate::host::drift::pod_routes(&lock(&self.ds), &self.veth_prefix);
-        if let Err(e) = self.deps.hostnet.repair_pods(&pods, &pool).await {
-            tracing::warn!(error = %e, "drift repair of pods' rules and routes failed; next reconcile retries");
+        match self.deps.hostnet.repair_pods(&pods, &pool).await {
+            Ok(done) => lock(&self.status).routing_repairs += done.total() as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "drift repair of pods' rules and routes failed; next reconcile retries")
+            }
         }
         self.wake.notify_one();
         tracing::info!(

@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use datapath::{Netlink, NetlinkError};
 
 use crate::core::datastore::Eni;
+use crate::core::snapshot::SnatReport;
 use ec2_api::clock::Clock;
 
 pub mod drift;
@@ -73,6 +74,13 @@ pub trait HostNetwork: Send + Sync + 'static {
     async fn link_name(&self, index: u32) -> Result<Option<String>, NetlinkError>;
     /// Deletes the link with interface index `index`; `false` when it was already gone.
     async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError>;
+
+    // === reporting ===
+
+    /// The SNAT/connmark backend chosen for this host, when one was chosen.
+    fn snat_report(&self) -> Option<SnatReport> {
+        None
+    }
 }
 
 /// [`HostNetwork`] over netlink in the daemon's namespace and the machine's `iptables`; waits (for a hot-plugged
@@ -83,6 +91,8 @@ pub struct NetlinkHost {
     clock: Arc<dyn Clock>,
     link_wait: Duration,
     snat: Arc<snat::Backends>,
+    /// Why the SNAT backend was chosen (startup detection), for reporting.
+    snat_selection: Option<snat::backend::Selection>,
     /// The pods' host veth prefix, for SNAT plans that leave it empty.
     veth_prefix: String,
     flows: Arc<pods::FlowReaper>,
@@ -113,6 +123,7 @@ impl NetlinkHost {
                 }),
                 Vec::new(),
             )),
+            snat_selection: None,
             veth_prefix: String::new(),
             flows: Arc::default(),
         }
@@ -132,6 +143,12 @@ impl NetlinkHost {
     /// Uses these SNAT backends (see [`snat::backend`]).
     pub fn with_snat(mut self, backends: snat::Backends) -> NetlinkHost {
         self.snat = Arc::new(backends);
+        self
+    }
+
+    /// Records why the SNAT backend was chosen (reported by [`HostNetwork::snat_report`]).
+    pub fn with_snat_selection(mut self, selection: snat::backend::Selection) -> NetlinkHost {
+        self.snat_selection = Some(selection);
         self
     }
 
@@ -192,6 +209,18 @@ impl HostNetwork for NetlinkHost {
 
     async fn delete_link(&self, index: u32) -> Result<bool, NetlinkError> {
         links::delete(&self.nl, index).await
+    }
+
+    fn snat_report(&self) -> Option<SnatReport> {
+        self.snat_selection.as_ref().map(|s| SnatReport {
+            backend: s.kind.as_str().to_string(),
+            family: match s.kind {
+                snat::BackendKind::Nftables => "nftables",
+                _ => "iptables",
+            }
+            .to_string(),
+            reason: s.reason.clone(),
+        })
     }
 }
 

@@ -148,7 +148,7 @@ impl CniBackend for CniService {
         &self,
         request: Request<AddNetworkRequest>,
     ) -> Result<Response<AddNetworkReply>, Status> {
-        let clock = Arc::clone(&self.node.deps.clock);
+        let clock = Arc::clone(self.node.clock());
         let started = clock.now();
         self.metrics.add_ip_req_count.inc();
         let wait = add_wait_bound(
@@ -236,7 +236,7 @@ impl CniBackend for CniService {
         &self,
         request: Request<DelNetworkRequest>,
     ) -> Result<Response<DelNetworkReply>, Status> {
-        let clock = Arc::clone(&self.node.deps.clock);
+        let clock = Arc::clone(self.node.clock());
         let started = clock.now();
         let req = request.into_inner();
         // The label takes the reasons plugins send; anything else a client makes up is counted as "other", so

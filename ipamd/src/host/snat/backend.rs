@@ -7,7 +7,7 @@
 //! `AWS-CONNMARK-CHAIN-0` and `table ip aws-cni`), so that two layouts never mark or translate the same packet.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -245,18 +245,6 @@ pub fn real_backends(kind: BackendKind, netns: Option<&std::path::Path>) -> Back
 pub struct Selection {
     pub kind: BackendKind,
     pub reason: String,
-}
-
-static SELECTED: OnceLock<Selection> = OnceLock::new();
-
-/// Records the daemon's choice (the first call wins; the daemon makes it once at startup).
-pub fn record_selection(selection: Selection) {
-    let _ = SELECTED.set(selection);
-}
-
-/// The daemon's choice, once made.
-pub fn selection() -> Option<&'static Selection> {
-    SELECTED.get()
 }
 
 #[cfg(test)]
