@@ -449,28 +449,28 @@ impl Ec2 for SimEc2 {
                     what: format!("subnet {id} (InvalidSubnetID.NotFound)"),
                 }),
                 None => Ok(st
-                .subnets
-                .values()
-                .map(|s| SubnetDescription {
-                    id: s.id.clone(),
-                    cidr: s.cidr,
-                    availability_zone: s
-                        .availability_zone
-                        .clone()
-                        .unwrap_or_else(|| st.availability_zone.clone()),
-                    vpc_id: st.vpc_id.clone(),
-                    available_ip_count: s.free.len() as u64,
-                    tags: s.tags.clone(),
-                })
-                .filter(|s| {
-                    (filter.ids.is_empty() || filter.ids.contains(&s.id))
-                        && filter.vpc_id.as_ref().is_none_or(|v| *v == s.vpc_id)
-                        && filter
+                    .subnets
+                    .values()
+                    .map(|s| SubnetDescription {
+                        id: s.id.clone(),
+                        cidr: s.cidr,
+                        availability_zone: s
                             .availability_zone
-                            .as_ref()
-                            .is_none_or(|z| *z == s.availability_zone)
-                })
-                .collect()),
+                            .clone()
+                            .unwrap_or_else(|| st.availability_zone.clone()),
+                        vpc_id: st.vpc_id.clone(),
+                        available_ip_count: s.free.len() as u64,
+                        tags: s.tags.clone(),
+                    })
+                    .filter(|s| {
+                        (filter.ids.is_empty() || filter.ids.contains(&s.id))
+                            && filter.vpc_id.as_ref().is_none_or(|v| *v == s.vpc_id)
+                            && filter
+                                .availability_zone
+                                .as_ref()
+                                .is_none_or(|z| *z == s.availability_zone)
+                    })
+                    .collect()),
             }
         };
         self.finish(api, post, res).await

@@ -252,8 +252,12 @@ mod tests {
     #[test]
     fn an_unusable_file_at_startup_names_itself() {
         let err = FileCluster::open(Path::new("/nonexistent/objects.json")).expect_err("missing");
-        assert!(err.to_string().contains("/nonexistent/objects.json"), "{err}");
-        let dir = std::env::temp_dir().join(format!("awscni-clusterfile-bad-{}", std::process::id()));
+        assert!(
+            err.to_string().contains("/nonexistent/objects.json"),
+            "{err}"
+        );
+        let dir =
+            std::env::temp_dir().join(format!("awscni-clusterfile-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("bad.json");
         std::fs::write(&path, r#"{"eniConfigs": [{"spec": {}}]}"#).expect("write");

@@ -73,7 +73,8 @@ pub fn readiness(node: &Node) -> (bool, FailureReason, String, PoolCounts) {
         .any(|e| !e.excluded_for_pods && to_u32(e.ip_count()) < p.ips_per_eni);
     if !room_on_enis && counts.enis < p.max_enis {
         if let Some(problem) = node.eni_config_blocked() {
-            let msg = format!("no free address and custom networking cannot attach a new ENI: {problem}");
+            let msg =
+                format!("no free address and custom networking cannot attach a new ENI: {problem}");
             return (false, FailureReason::EniConfigInvalid, msg, counts);
         }
     }

@@ -92,7 +92,10 @@ impl ClusterNode {
             return (v.clone(), EniConfigSource::ExternalLabel);
         }
         if let Some(v) = self.annotations.get(&keys.annotation) {
-            return (v.clone(), EniConfigSource::Annotation(keys.annotation.clone()));
+            return (
+                v.clone(),
+                EniConfigSource::Annotation(keys.annotation.clone()),
+            );
         }
         if let Some(v) = self.labels.get(&keys.label) {
             return (v.clone(), EniConfigSource::Label(keys.label.clone()));
@@ -248,14 +251,18 @@ mod tests {
         // The anchor's default keys: the annotation and label k8s.amazonaws.com/eniConfig.
         let d = EniConfigKeys::default();
         assert_eq!(
-            node(&[(ENI_CONFIG_KEY, "by-label")], &[]).eni_config_name(&d).0,
+            node(&[(ENI_CONFIG_KEY, "by-label")], &[])
+                .eni_config_name(&d)
+                .0,
             "by-label"
         );
         assert_eq!(node(&[zone], &[]).eni_config_name(&d).0, "default");
         // The label of ENI_CONFIG_LABEL_DEF is not the annotation's key: an annotation with the label's key is
         // not read, and a label with the annotation's key is not either.
         assert_eq!(
-            node(&[(ENI_CONFIG_KEY, "label")], &[zone]).eni_config_name(&keys).0,
+            node(&[(ENI_CONFIG_KEY, "label")], &[zone])
+                .eni_config_name(&keys)
+                .0,
             "default"
         );
     }
@@ -263,10 +270,16 @@ mod tests {
     #[test]
     fn a_present_but_empty_key_decides_as_in_the_anchor() {
         let keys = zone_keys();
-        let named = node(&[("topology.kubernetes.io/zone", "us-east-1a")], &[(ENI_CONFIG_KEY, "")]);
+        let named = node(
+            &[("topology.kubernetes.io/zone", "us-east-1a")],
+            &[(ENI_CONFIG_KEY, "")],
+        );
         assert_eq!(
             named.eni_config_name(&keys),
-            (String::new(), EniConfigSource::Annotation(ENI_CONFIG_KEY.into()))
+            (
+                String::new(),
+                EniConfigSource::Annotation(ENI_CONFIG_KEY.into())
+            )
         );
     }
 
@@ -299,7 +312,11 @@ mod tests {
         let n = node(&[], &[(ENI_CONFIG_KEY, "us-east-1a")]);
         *crate::sync::lock(&fake.node) = Some(n.clone());
         assert_eq!(fake.node().await, Some(n));
-        assert_eq!(fake.eni_config("us-east-1a").await, None, "named but absent");
+        assert_eq!(
+            fake.eni_config("us-east-1a").await,
+            None,
+            "named but absent"
+        );
         let cfg = EniConfig {
             name: "us-east-1a".into(),
             subnets: vec!["subnet-pods".into()],

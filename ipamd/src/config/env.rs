@@ -429,8 +429,8 @@ mod tests {
     fn custom_networking_reads_its_keys_with_the_anchors_defaults() {
         let off = Config::from_env(&env(&[("ENI_CONFIG_LABEL_DEF", "x")])).expect("off");
         assert_eq!(off.custom_networking, None);
-        let on = Config::from_env(&env(&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")]))
-            .expect("on");
+        let on =
+            Config::from_env(&env(&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")])).expect("on");
         assert_eq!(
             on.custom_networking,
             Some(crate::kube::EniConfigKeys {

@@ -107,7 +107,10 @@ pub fn eni_config_placement(
             });
         };
         if d.availability_zone != node.availability_zone || d.vpc_id != node.vpc_id {
-            found.push(format!("{} in {} ({})", d.id, d.availability_zone, d.vpc_id));
+            found.push(format!(
+                "{} in {} ({})",
+                d.id, d.availability_zone, d.vpc_id
+            ));
             continue;
         }
         if best.is_none_or(|b| d.available_ip_count > b.available_ip_count) {
@@ -155,10 +158,7 @@ impl Node {
         keys: &EniConfigKeys,
     ) -> Result<(EniConfig, String), EniConfigProblem> {
         let cluster = &self.deps.cluster;
-        let node = cluster
-            .node()
-            .await
-            .ok_or(EniConfigProblem::NodeUnknown)?;
+        let node = cluster.node().await.ok_or(EniConfigProblem::NodeUnknown)?;
         let (name, source) = node.eni_config_name(keys);
         let source = source.to_string();
         {
@@ -171,7 +171,10 @@ impl Node {
         }
         match cluster.eni_config(&name).await {
             Some(cfg) => Ok((cfg, source)),
-            None => Err(EniConfigProblem::Missing { name, origin: source }),
+            None => Err(EniConfigProblem::Missing {
+                name,
+                origin: source,
+            }),
         }
     }
 
@@ -188,7 +191,11 @@ impl Node {
             name: cfg.name.clone(),
             error,
         };
-        match self.ec2.describe_subnets(&by_ids(cfg.subnets.clone())).await {
+        match self
+            .ec2
+            .describe_subnets(&by_ids(cfg.subnets.clone()))
+            .await
+        {
             Ok(d) => Ok(d),
             Err(Ec2Error::NotFound { .. }) => {
                 let mut all = Vec::new();
@@ -382,7 +389,10 @@ mod tests {
             &described,
         )
         .expect("placed");
-        assert_eq!(p.subnet_id, "subnet-a2", "the other zone's bigger subnet is skipped");
+        assert_eq!(
+            p.subnet_id, "subnet-a2",
+            "the other zone's bigger subnet is skipped"
+        );
         assert_eq!(p.security_groups, ["sg-pods"]);
         assert_eq!(chosen.available_ip_count, 300);
         // A tie goes to the subnet listed first; no security groups: the primary ENI's.
@@ -440,5 +450,205 @@ mod tests {
                 .cause(),
             "no-subnet"
         );
+    }
+
+    mod engine {
+        use std::sync::Arc;
+
+        use aws_cni_proto::FailureReason;
+        use ec2_sim::{SimEc2, SimSubnet};
+
+        use crate::config::Config;
+        use crate::core::datastore::{IpamKey, PodMeta};
+        use crate::engine::{Node, NodeDeps};
+        use crate::host::fakes::FakeHost;
+        use crate::kube::{ClusterNode, EniConfig, EniConfigKeys, FakeCluster};
+        use crate::sync::lock;
+
+        const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+        /// A simulated m5.large in us-west-2a with subnets 10.0.64.0/20 and 10.0.80.0/24 in its zone and
+        /// 10.0.96.0/20 in us-west-2b; custom networking on with ENI_CONFIG_LABEL_DEF=topology.kubernetes.io/zone.
+        async fn node_with(cluster: &FakeCluster) -> (Arc<Node>, SimEc2, Vec<String>) {
+            let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |s| {
+                s.extra_subnets = [
+                    ("10.0.64.0/20", None),
+                    ("10.0.80.0/24", None),
+                    ("10.0.96.0/20", Some("us-west-2b".to_string())),
+                ]
+                .into_iter()
+                .map(|(c, z)| SimSubnet {
+                    cidr: c.parse().expect("cidr"),
+                    tags: Default::default(),
+                    availability_zone: z,
+                })
+                .collect();
+            })
+            .await;
+            let ids: Vec<String> = sim.subnets().into_iter().map(|(id, _, _)| id).collect();
+            let deps = NodeDeps {
+                ec2: Arc::new(sim.clone()),
+                imds: Arc::new(sim.clone()),
+                hostnet: Arc::new(FakeHost::default()),
+                clock: Arc::new(clock),
+                cluster: Arc::new(cluster.clone()),
+            };
+            let config = Config {
+                custom_networking: Some(EniConfigKeys {
+                    label: ZONE_LABEL.into(),
+                    ..EniConfigKeys::default()
+                }),
+                ..Config::default()
+            };
+            let n = Node::start(deps, config, None).await.expect("init");
+            (n, sim, ids)
+        }
+
+        fn zone_node(cluster: &FakeCluster) {
+            let mut node = ClusterNode::default();
+            node.labels.insert(ZONE_LABEL.into(), "us-west-2a".into());
+            *lock(&cluster.node) = Some(node);
+        }
+
+        fn put(cluster: &FakeCluster, name: &str, subnets: &[&String], sgs: &[&str]) {
+            lock(&cluster.eni_configs).insert(
+                name.into(),
+                EniConfig {
+                    name: name.into(),
+                    subnets: subnets.iter().map(|s| s.to_string()).collect(),
+                    security_groups: sgs.iter().map(|s| s.to_string()).collect(),
+                },
+            );
+        }
+
+        fn key(c: &str) -> IpamKey {
+            IpamKey {
+                network_name: "aws-cni".into(),
+                container_id: c.into(),
+                if_name: "eth0".into(),
+            }
+        }
+
+        #[tokio::test]
+        async fn pods_land_on_an_eni_in_the_eni_configs_zone_subnet_with_its_security_groups() {
+            let cluster = FakeCluster::default();
+            zone_node(&cluster);
+            // ids: [node subnet, 10.0.64.0/20 (a), 10.0.80.0/24 (a), 10.0.96.0/20 (b)]
+            let (probe, _, ids) = node_with(&FakeCluster::default()).await;
+            drop(probe);
+            put(
+                &cluster,
+                "us-west-2a",
+                &[&ids[2], &ids[3], &ids[1]],
+                &["sg-pods"],
+            );
+            let (n, sim, _) = node_with(&cluster).await;
+            n.fill().await.expect("fill");
+            let enis = sim.all_enis();
+            let secondary: Vec<_> = enis.iter().filter(|e| e.device_index != Some(0)).collect();
+            assert_eq!(secondary.len(), 1, "one ENI for the warm target: {enis:?}");
+            let eni = secondary[0];
+            assert_eq!(
+                eni.subnet_id, ids[1],
+                "the zone's subnet with most free addresses"
+            );
+            assert_eq!(sim.security_groups_of(&eni.id), ["sg-pods"]);
+            let primary = enis
+                .iter()
+                .find(|e| e.device_index == Some(0))
+                .expect("primary");
+            assert!(
+                primary.secondary_ips.is_empty(),
+                "the primary ENI carries no pod addresses"
+            );
+            let a = n.add(&key("c1"), &PodMeta::default()).expect("an address");
+            assert_eq!(a.eni_id, eni.id);
+            let status = n.eni_config_status().expect("custom networking on");
+            assert_eq!(status.name.as_deref(), Some("us-west-2a"));
+            assert_eq!(status.subnet.as_deref(), Some(ids[1].as_str()));
+            assert_eq!(status.problem, None);
+            // max-pods leaves the primary ENI out: (3 - 1) x 9 + 2.
+            assert_eq!(n.policy().max_pods, 20);
+
+            // A changed ENIConfig affects new ENIs only.
+            put(&cluster, "us-west-2a", &[&ids[2]], &["sg-other"]);
+            for i in 2..=9 {
+                n.add(&key(&format!("c{i}")), &PodMeta::default())
+                    .expect("the first ENI's addresses");
+            }
+            n.fill().await.expect("grow");
+            let enis = sim.all_enis();
+            assert!(
+                enis.iter().any(|e| e.id == eni.id && e.subnet_id == ids[1]),
+                "kept"
+            );
+            let newer = enis
+                .iter()
+                .find(|e| e.device_index == Some(2))
+                .expect("a second ENI");
+            assert_eq!(newer.subnet_id, ids[2]);
+            assert_eq!(sim.security_groups_of(&newer.id), ["sg-other"]);
+        }
+
+        #[tokio::test]
+        async fn a_missing_eni_config_fails_the_add_naming_it_and_attaches_nothing() {
+            let cluster = FakeCluster::default();
+            zone_node(&cluster);
+            let (n, sim, ids) = node_with(&cluster).await;
+            n.fill().await.expect("fill holds");
+            assert_eq!(sim.calls().get("CreateNetworkInterface"), None);
+            let err = n
+                .add_durable_within(
+                    &key("c1"),
+                    &PodMeta::default(),
+                    std::time::Duration::from_secs(5),
+                )
+                .await
+                .expect_err("no ENI anywhere");
+            assert_eq!(err.reason, FailureReason::EniConfigInvalid);
+            assert!(
+                err.message.contains("\"us-west-2a\"")
+                    && err.message.contains("does not exist")
+                    && err.message.contains(ZONE_LABEL),
+                "{}",
+                err.message
+            );
+            let (ready, reason, _, _) = crate::control::readiness(&n);
+            assert!(!ready);
+            assert_eq!(reason, FailureReason::EniConfigInvalid);
+            let status = n.eni_config_status().expect("on");
+            assert_eq!(status.cause, "missing");
+
+            // Only a subnet of another zone: still nothing, and the cause says so.
+            put(&cluster, "us-west-2a", &[&ids[3]], &[]);
+            n.fill().await.expect("fill holds");
+            assert_eq!(sim.calls().get("CreateNetworkInterface"), None);
+            let err = n
+                .add(&key("c2"), &PodMeta::default())
+                .expect_err("other zone");
+            assert!(err.message.contains("us-west-2b"), "{}", err.message);
+            assert_eq!(n.eni_config_status().expect("on").cause, "other-zone");
+
+            // Fixed: the next pool step places the ENI.
+            put(&cluster, "us-west-2a", &[&ids[3], &ids[2]], &[]);
+            let t = n.deps.clock.now();
+            while n.deps.clock.now() < t + super::super::RECHECK_FAILED_AFTER {
+                n.deps.clock.sleep(std::time::Duration::from_secs(10)).await;
+            }
+            n.fill().await.expect("fill");
+            assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&1));
+            assert!(n.add(&key("c3"), &PodMeta::default()).is_ok());
+            assert_eq!(n.eni_config_blocked(), None);
+        }
+
+        #[tokio::test]
+        async fn without_a_node_object_nothing_is_placed_and_status_says_why() {
+            let (n, sim, _) = node_with(&FakeCluster::default()).await;
+            n.fill().await.expect("fill holds");
+            assert_eq!(sim.calls().get("CreateNetworkInterface"), None);
+            let status = n.eni_config_status().expect("on");
+            assert_eq!(status.cause, "node-unknown");
+            assert_eq!(status.name, None);
+        }
     }
 }

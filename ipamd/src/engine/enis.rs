@@ -21,9 +21,9 @@ use std::time::Duration;
 use datapath::MacAddr;
 use ipnetwork::Ipv4Network;
 
+use super::custom_net::EniConfigProblem;
 use super::{Node, NodeError};
 use crate::core::datastore::{DatastoreError, Eni};
-use super::custom_net::EniConfigProblem;
 use crate::sync::lock;
 use ec2_api::{
     CreateEniRequest, Ec2, Ec2Error, EniDescription, IpRequest, SubnetDescription, SubnetFilter,
@@ -220,7 +220,11 @@ impl Node {
     }
 
     /// Creates and attaches an ENI at `at` (from [`Node::placement`]) with `request`'s addresses.
-    pub(super) async fn attach_eni(&self, request: IpRequest, at: Placement) -> Result<(), Ec2Error> {
+    pub(super) async fn attach_eni(
+        &self,
+        request: IpRequest,
+        at: Placement,
+    ) -> Result<(), Ec2Error> {
         let instance = self.ec2.describe_instance(&self.meta.instance_id).await?;
         let used: Vec<u32> = instance
             .attachments
@@ -528,10 +532,7 @@ mod tests {
             subnet("subnet-cni", 50, Some("1")),
             subnet("subnet-node", 50, None),
         ];
-        assert_eq!(
-            placement(&node_meta(), Some(&tie)).subnet_id,
-            "subnet-node"
-        );
+        assert_eq!(placement(&node_meta(), Some(&tie)).subnet_id, "subnet-node");
         assert_eq!(
             placement(&node_meta(), Some(&[subnet("subnet-x", 5, None)])).subnet_id,
             "subnet-node"
