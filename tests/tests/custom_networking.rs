@@ -316,3 +316,30 @@ fn the_daemons_max_pods_with_custom_networking_is_the_clis() {
         assert!(secondary_enis(&ipamd.sim_state()).is_empty());
     }
 }
+
+#[test]
+fn the_demo_with_custom_networking_shows_pods_in_the_eni_configs_subnet() {
+    integration_tests::require_root();
+    let out = sh(
+        bin("ipamd").to_str().expect("path"),
+        &["demo", "--custom-networking", "--pods", "3"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pod_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("demo-pod-") && l.contains("(eth"))
+        .collect();
+    assert_eq!(pod_lines.len(), 3, "{text}");
+    for l in pod_lines {
+        assert!(
+            l.contains(" 10.0.64.") && l.contains("10.0.64.0/20") && !l.contains("(eth0)"),
+            "a pod outside the ENIConfig's subnet: {l}"
+        );
+    }
+    assert!(text.contains("0 pod(s) outside the ENIConfig"), "{text}");
+}
