@@ -14,9 +14,9 @@
 //!   node's zone, an unknown subnet. The pool then attaches no ENI (never a silent fallback to the node's
 //!   subnet; an ENI with room still gets addresses, as in the anchor), an ADD that needs a new ENI fails at once
 //!   naming the `ENIConfig` and the cause (`ENI_CONFIG_INVALID`), and `ipamd status`, readiness and the metric
-//!   `awscni_eniconfig_invalid` say so. A failed check of the same `ENIConfig` is reused for
-//!   [`RECHECK_FAILED_AFTER`] so waking ADDs do not become DescribeSubnets calls; a changed `ENIConfig` is checked
-//!   at once.
+//!   `awscni_eniconfig_invalid` say so. A failed check of the same `ENIConfig` (unknown subnet, other zone) is
+//!   reused for [`RECHECK_FAILED_AFTER`] so waking ADDs do not become DescribeSubnets calls; a changed `ENIConfig`
+//!   is checked at once, and so is one whose check failed in EC2 itself (throttling, timeouts).
 //! - **The primary ENI** carries no pod addresses ([`crate::core::datastore::Eni::excluded_for_pods`], set at
 //!   startup), and max-pods leaves it out (`ipamd max-pods --cni-custom-networking-enabled`).
 //! - A changed `ENIConfig` affects new ENIs only: attached ENIs and the addresses on them stay.
@@ -250,6 +250,8 @@ impl Node {
                 *c == cfg
                     && match res {
                         Ok(_) => !fresh,
+                        // EC2's own failures (throttling, timeouts) are asked again: PacedEc2 paces them.
+                        Err(EniConfigProblem::Ec2 { .. }) => false,
                         Err(_) => now.saturating_sub(*at) < RECHECK_FAILED_AFTER,
                     }
             })
