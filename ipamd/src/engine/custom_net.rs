@@ -281,6 +281,13 @@ impl Node {
         let mut st = lock(&self.custom_net);
         match res {
             Ok(p) => {
+                // Fixed (a watch saw the ENIConfig change): the pool may place an ENI again, and ADDs may wait
+                // for it rather than fail on the old verdict.
+                if st.blocked.take().is_some() {
+                    tracing::info!("custom networking: the node's ENIConfig is usable again");
+                    self.wake.notify_one();
+                    self.adds.poke();
+                }
                 if let Some(s) = chosen {
                     st.status.subnet = Some(s.id);
                     st.status.availability_zone = s.availability_zone;
@@ -318,6 +325,14 @@ impl Node {
         Some(lock(&self.custom_net).status.clone())
     }
 
+    /// Reads the node's `ENIConfig` again (its subnets are checked with EC2 only when it changed) for status,
+    /// metrics and introspection; a usable one lifts the pool's block.
+    pub(crate) async fn refresh_eni_config(&self, keys: &EniConfigKeys) {
+        if let Err(p) = self.check_eni_config(keys, false).await {
+            tracing::debug!(problem = %p, "custom networking: ENIConfig check");
+        }
+    }
+
     /// Re-reads the node's `ENIConfig` every `interval` (checking its subnets with EC2 only when it changed),
     /// so status, metrics and `/v1/eni-configs` follow the cluster. Returns at once when custom networking is
     /// off, and when `shutdown` fires.
@@ -326,9 +341,7 @@ impl Node {
             return;
         };
         loop {
-            if let Err(p) = self.check_eni_config(&keys, false).await {
-                tracing::debug!(problem = %p, "custom networking: ENIConfig check");
-            }
+            self.refresh_eni_config(&keys).await;
             tokio::select! {
                 () = shutdown.notified() => return,
                 () = self.deps.clock.sleep(interval) => {}
@@ -630,13 +643,22 @@ mod tests {
                 .expect_err("other zone");
             assert!(err.message.contains("us-west-2b"), "{}", err.message);
             assert_eq!(n.eni_config_status().expect("on").cause, "other-zone");
+            // The same verdict is reused for a minute: waking ADDs do not each cost a DescribeSubnets.
+            let described = sim.calls().get("DescribeSubnets").copied();
+            assert!(described.is_some());
+            n.fill().await.expect("fill holds");
+            n.fill().await.expect("fill holds");
+            assert_eq!(sim.calls().get("DescribeSubnets").copied(), described);
 
-            // Fixed: the next pool step places the ENI.
+            // Fixed: the watch lifts the block at its next look (the changed ENIConfig is checked at once, not
+            // after the failed check's minute), and the next pool step places the ENI.
             put(&cluster, "us-west-2a", &[&ids[3], &ids[2]], &[]);
-            let t = n.deps.clock.now();
-            while n.deps.clock.now() < t + super::super::RECHECK_FAILED_AFTER {
-                n.deps.clock.sleep(std::time::Duration::from_secs(10)).await;
-            }
+            let keys = n.config.custom_networking.clone().expect("on");
+            n.refresh_eni_config(&keys).await;
+            assert_eq!(n.eni_config_blocked(), None);
+            let (ready, _, msg, _) = crate::control::readiness(&n);
+            assert!(ready, "{msg}");
+            assert_eq!(n.eni_config_status().expect("on").problem, None);
             n.fill().await.expect("fill");
             assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&1));
             assert!(n.add(&key("c3"), &PodMeta::default()).is_ok());
