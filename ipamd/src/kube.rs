@@ -161,7 +161,8 @@ pub trait Cluster: Send + Sync + 'static {
     async fn eni_config(&self, name: &str) -> Option<EniConfig>;
 }
 
-/// No Kubernetes API configured: nothing is known, every decision uses the instance's own view.
+/// No Kubernetes API configured: nothing is known. Decisions use the instance's own view, except custom
+/// networking, which then places no ENI at all (it cannot know the node's `ENIConfig`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoCluster;
 
