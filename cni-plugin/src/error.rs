@@ -9,6 +9,7 @@
 //! | 102 | the node has every ENI attached and full |
 //! | 103 | the subnet has no free addresses |
 //! | 104 | ipamd internal error |
+//! | 105 | custom networking: the node's ENIConfig is missing or invalid (the message names it and the cause) |
 //! | 110 | programming the pod's network failed |
 //! | 111 | the pod's network namespace does not exist |
 //! | 112 | DEL or GC could not remove everything |
@@ -25,6 +26,7 @@ pub const MAX_PODS_REACHED: u32 = 101;
 pub const NODE_AT_ENI_LIMIT: u32 = 102;
 pub const SUBNET_EXHAUSTED: u32 = 103;
 pub const IPAMD_INTERNAL: u32 = 104;
+pub const ENI_CONFIG_INVALID: u32 = 105;
 pub const SETUP_FAILED: u32 = 110;
 pub const NETNS_MISSING: u32 = 111;
 pub const TEARDOWN_INCOMPLETE: u32 = 112;
@@ -75,6 +77,7 @@ impl PluginError {
                     FailureReason::SubnetExhausted => SUBNET_EXHAUSTED,
                     FailureReason::InvalidRequest => codes::INVALID_CONFIG,
                     FailureReason::Internal => IPAMD_INTERNAL,
+                    FailureReason::EniConfigInvalid => ENI_CONFIG_INVALID,
                     FailureReason::FailureUnspecified => IPAMD_REFUSED,
                 };
                 CniError::new(
@@ -125,5 +128,6 @@ mod tests {
         assert_eq!(code(FailureReason::MaxPodsReached), 101);
         assert_eq!(code(FailureReason::NodeAtEniLimit), 102);
         assert_eq!(code(FailureReason::SubnetExhausted), 103);
+        assert_eq!(code(FailureReason::EniConfigInvalid), 105);
     }
 }

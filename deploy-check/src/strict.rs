@@ -97,6 +97,9 @@ pub struct EniConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EniConfigSpec {
     pub subnet: String,
+    /// Ours: more candidate subnets (ipamd takes the node zone's with most free addresses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<String>,
 }

@@ -465,7 +465,10 @@ fn the_crd_schema_and_the_eniconfig_type_agree() {
         .as_ref()
         .map(|p| p.keys().map(String::as_str).collect())
         .unwrap_or_default();
-    assert_eq!(props, BTreeSet::from(["subnet", "securityGroups"]));
+    assert_eq!(
+        props,
+        BTreeSet::from(["subnet", "subnets", "securityGroups"])
+    );
     assert_eq!(spec.required.as_deref(), Some(&["subnet".to_string()][..]));
     // The example and the strict type: a field the schema lacks is refused.
     let bad = read("deploy/examples/eniconfig.yaml")

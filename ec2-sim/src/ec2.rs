@@ -35,6 +35,23 @@ impl SimEc2 {
                     message: format!("instance {instance_id} does not exist"),
                 });
             }
+            // EC2 attaches an ENI only to an instance in its subnet's availability zone.
+            let eni_zone = st
+                .enis
+                .get(eni_id)
+                .and_then(|e| st.subnets.get(&e.subnet_id))
+                .and_then(|s| s.availability_zone.clone());
+            if let Some(zone) = eni_zone.filter(|z| *z != st.availability_zone) {
+                return Err(Ec2Error::Other {
+                    api,
+                    code: "InvalidParameterCombination".into(),
+                    message: format!(
+                        "{eni_id} is in {zone} and instance {instance_id} in {}: they must be in the same \
+                         availability zone",
+                        st.availability_zone
+                    ),
+                });
+            }
             let Some(&(_, max)) = st.network_cards.iter().find(|(i, _)| *i == card) else {
                 return Err(Ec2Error::Other {
                     api,
@@ -258,6 +275,7 @@ impl SimEc2 {
         released.push(eni.primary_ip);
         release(&mut st, &subnet, released);
         st.enis.remove(eni_id);
+        st.eni_security_groups.remove(eni_id);
         Ok(())
     }
 }
@@ -274,6 +292,8 @@ impl Ec2 for SimEc2 {
             let mut st = self.lock();
             new_eni(&mut st, &req.subnet_id, req.description, req.tags, req.ips).inspect(|eni| {
                 st.enis.insert(eni.id.clone(), eni.clone());
+                st.eni_security_groups
+                    .insert(eni.id.clone(), req.security_groups.clone());
             })
         };
         self.finish(api, post, res).await
@@ -422,26 +442,36 @@ impl Ec2 for SimEc2 {
         let post = self.gate(api).await?;
         let res = {
             let st = self.lock();
-            Ok(st
-                .subnets
-                .values()
-                .map(|s| SubnetDescription {
-                    id: s.id.clone(),
-                    cidr: s.cidr,
-                    availability_zone: st.availability_zone.clone(),
-                    vpc_id: st.vpc_id.clone(),
-                    available_ip_count: s.free.len() as u64,
-                    tags: s.tags.clone(),
-                })
-                .filter(|s| {
-                    (filter.ids.is_empty() || filter.ids.contains(&s.id))
-                        && filter.vpc_id.as_ref().is_none_or(|v| *v == s.vpc_id)
-                        && filter
+            // EC2 refuses the whole call when an asked-for subnet does not exist.
+            match filter.ids.iter().find(|id| !st.subnets.contains_key(*id)) {
+                Some(id) => Err(Ec2Error::NotFound {
+                    api,
+                    what: format!("subnet {id} (InvalidSubnetID.NotFound)"),
+                }),
+                None => Ok(st
+                    .subnets
+                    .values()
+                    .map(|s| SubnetDescription {
+                        id: s.id.clone(),
+                        cidr: s.cidr,
+                        availability_zone: s
                             .availability_zone
-                            .as_ref()
-                            .is_none_or(|z| *z == s.availability_zone)
-                })
-                .collect())
+                            .clone()
+                            .unwrap_or_else(|| st.availability_zone.clone()),
+                        vpc_id: st.vpc_id.clone(),
+                        available_ip_count: s.free.len() as u64,
+                        tags: s.tags.clone(),
+                    })
+                    .filter(|s| {
+                        (filter.ids.is_empty() || filter.ids.contains(&s.id))
+                            && filter.vpc_id.as_ref().is_none_or(|v| *v == s.vpc_id)
+                            && filter
+                                .availability_zone
+                                .as_ref()
+                                .is_none_or(|z| *z == s.availability_zone)
+                    })
+                    .collect()),
+            }
         };
         self.finish(api, post, res).await
     }

@@ -107,9 +107,12 @@ impl SimEc2 {
                 SimError::UnknownInstanceType(spec.instance_type.clone(), hint)
             })?;
         let mut subnets = BTreeMap::new();
-        let all_subnets = std::iter::once((spec.subnet_cidr, BTreeMap::new()))
-            .chain(spec.extra_subnets.iter().map(|s| (s.cidr, s.tags.clone())));
-        for (i, (cidr, tags)) in all_subnets.enumerate() {
+        let all_subnets = std::iter::once((spec.subnet_cidr, BTreeMap::new(), None)).chain(
+            spec.extra_subnets
+                .iter()
+                .map(|s| (s.cidr, s.tags.clone(), s.availability_zone.clone())),
+        );
+        for (i, (cidr, tags, availability_zone)) in all_subnets.enumerate() {
             if !spec.vpc_cidr.contains(cidr.network()) || cidr.prefix() > 28 {
                 return Err(SimError::Subnet(
                     cidr.to_string(),
@@ -124,6 +127,7 @@ impl SimEc2 {
                     id,
                     cidr,
                     tags,
+                    availability_zone,
                     free_count: free.len(),
                     free,
                 },
@@ -151,6 +155,7 @@ impl SimEc2 {
             prefix_delegation: limits.supports_prefix_delegation(),
             subnets,
             enis: BTreeMap::new(),
+            eni_security_groups: BTreeMap::new(),
             next_id: 1,
             calls: BTreeMap::new(),
             imds_reads: 0,
@@ -170,6 +175,8 @@ impl SimEc2 {
         .map_err(|e| SimError::Plug(e.to_string()))?;
         let primary_id = primary.id.clone();
         state.enis.insert(primary_id.clone(), primary);
+        let groups = state.security_groups.clone();
+        state.eni_security_groups.insert(primary_id.clone(), groups);
         let instance_id = state.instance_id.clone();
         if let Some(eni) = state.enis.get_mut(&primary_id) {
             eni.device_index = Some(0);
@@ -218,6 +225,30 @@ impl SimEc2 {
     /// Every ENI in the account.
     pub fn all_enis(&self) -> Vec<EniDescription> {
         self.lock().enis.values().cloned().collect()
+    }
+
+    /// The security groups of an ENI (empty for one EC2 does not have).
+    pub fn security_groups_of(&self, eni_id: &str) -> Vec<String> {
+        self.lock()
+            .eni_security_groups
+            .get(eni_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Every subnet of the VPC: `(id, CIDR, availability zone)`.
+    pub fn subnets(&self) -> Vec<(String, ipnetwork::Ipv4Network, String)> {
+        let st = self.lock();
+        st.subnets
+            .values()
+            .map(|s| {
+                let zone = s
+                    .availability_zone
+                    .clone()
+                    .unwrap_or_else(|| st.availability_zone.clone());
+                (s.id.clone(), s.cidr, zone)
+            })
+            .collect()
     }
 
     /// Free addresses in a subnet.

@@ -26,11 +26,14 @@ pub enum SimError {
     Fabric(#[source] datapath::NetlinkError),
 }
 
-/// An extra subnet of the VPC (same availability zone), e.g. one tagged `kubernetes.io/role/cni`.
+/// An extra subnet of the VPC, e.g. one tagged `kubernetes.io/role/cni`, or one for custom networking's
+/// ENIConfigs (possibly in another availability zone, where an ENI cannot be attached to the instance).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimSubnet {
     pub cidr: Ipv4Network,
     pub tags: BTreeMap<String, String>,
+    /// Its availability zone; `None`: the instance's.
+    pub availability_zone: Option<String>,
 }
 
 /// EC2's request-rate buckets: `(capacity, refill per second)`.

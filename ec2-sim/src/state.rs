@@ -17,6 +17,9 @@ pub(crate) struct SubnetState {
     pub(crate) id: String,
     pub(crate) cidr: Ipv4Network,
     pub(crate) tags: BTreeMap<String, String>,
+    /// `None`: the instance's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) availability_zone: Option<String>,
     /// Recomputed on load: every address of the subnet but the reserved ones, other tenants' and the ENIs'.
     #[serde(skip)]
     pub(crate) free: BTreeSet<Ipv4Addr>,
@@ -49,6 +52,10 @@ pub(crate) struct SimState {
     pub(crate) prefix_delegation: bool,
     pub(crate) subnets: BTreeMap<String, SubnetState>,
     pub(crate) enis: BTreeMap<String, EniDescription>,
+    /// The security groups of each ENI (as CreateNetworkInterface set them; the primary ENI's are the
+    /// instance's).
+    #[serde(default)]
+    pub(crate) eni_security_groups: BTreeMap<String, Vec<String>>,
     pub(crate) next_id: u64,
     #[serde(deserialize_with = "load_calls")]
     pub(crate) calls: BTreeMap<&'static str, u64>,

@@ -441,3 +441,76 @@ async fn a_layer_may_answer_without_calling() {
     assert_eq!(err.api(), "DescribeInstances");
     assert!(sim.calls().is_empty(), "nothing reached EC2");
 }
+
+#[tokio::test]
+async fn subnets_have_zones_enis_keep_their_security_groups_and_attach_only_in_the_instances_zone()
+{
+    let mut spec = SimSpec::new("m5.large");
+    spec.extra_subnets = vec![
+        SimSubnet {
+            cidr: "10.0.64.0/20".parse().expect("cidr"),
+            tags: BTreeMap::new(),
+            availability_zone: None,
+        },
+        SimSubnet {
+            cidr: "10.0.96.0/20".parse().expect("cidr"),
+            tags: BTreeMap::new(),
+            availability_zone: Some("us-west-2b".into()),
+        },
+    ];
+    let s = SimEc2::launch(spec, Arc::new(NoHotplug))
+        .await
+        .expect("launch");
+    let iid = s.instance_id();
+    let subnets = s.subnets();
+    let (same, other) = (subnets[1].0.clone(), subnets[2].0.clone());
+    assert_eq!(subnets[2].2, "us-west-2b");
+    let described = s
+        .describe_subnets(&SubnetFilter {
+            ids: vec![same.clone(), other.clone()],
+            ..SubnetFilter::default()
+        })
+        .await
+        .expect("describe");
+    let zone_of = |id: &str| {
+        described
+            .iter()
+            .find(|d| d.id == id)
+            .map(|d| d.availability_zone.clone())
+    };
+    assert_eq!(zone_of(&same).as_deref(), Some("us-west-2a"));
+    assert_eq!(zone_of(&other).as_deref(), Some("us-west-2b"));
+    assert!(
+        described.iter().all(|d| d.available_ip_count == 4091),
+        "{described:?}"
+    );
+    // EC2 refuses the whole call when one asked-for subnet does not exist.
+    let err = s
+        .describe_subnets(&SubnetFilter {
+            ids: vec![same.clone(), "subnet-nope".into()],
+            ..SubnetFilter::default()
+        })
+        .await
+        .expect_err("unknown subnet");
+    assert!(
+        matches!(&err, Ec2Error::NotFound { what, .. } if what.contains("subnet-nope")),
+        "{err}"
+    );
+    let mut r = req(IpRequest::Secondary(1));
+    r.subnet_id = other;
+    r.security_groups = vec!["sg-pods".into()];
+    let far = s.create_network_interface(r.clone()).await.expect("create");
+    assert_eq!(s.security_groups_of(&far.id), ["sg-pods"]);
+    let err = s
+        .attach_network_interface(&far.id, &iid, 1, 0)
+        .await
+        .expect_err("another zone");
+    assert!(err.to_string().contains("availability zone"), "{err}");
+    r.subnet_id = same;
+    let near = s.create_network_interface(r).await.expect("create");
+    s.attach_network_interface(&near.id, &iid, 1, 0)
+        .await
+        .expect("same zone");
+    s.delete_network_interface(&far.id).await.expect("delete");
+    assert!(s.security_groups_of(&far.id).is_empty());
+}

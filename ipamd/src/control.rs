@@ -67,7 +67,17 @@ pub fn readiness(node: &Node) -> (bool, FailureReason, String, PoolCounts) {
         );
         return (false, reason, msg, counts);
     }
-    let room_on_enis = ds.enis().any(|e| to_u32(e.ip_count()) < p.ips_per_eni);
+    // Custom networking's primary ENI takes no pods: its room is not the pool's.
+    let room_on_enis = ds
+        .enis()
+        .any(|e| !e.excluded_for_pods && to_u32(e.ip_count()) < p.ips_per_eni);
+    if !room_on_enis && counts.enis < p.max_enis {
+        if let Some(problem) = node.eni_config_blocked() {
+            let msg =
+                format!("no free address and custom networking cannot attach a new ENI: {problem}");
+            return (false, FailureReason::EniConfigInvalid, msg, counts);
+        }
+    }
     if room_on_enis || counts.enis < p.max_enis {
         let msg = "no free address yet; the pool is growing".to_string();
         return (true, FailureReason::FailureUnspecified, msg, counts);
@@ -130,6 +140,7 @@ impl IpamdControl for ControlService {
             .collect();
         let (decision, error) = self.node.last_decision();
         let snat = self.node.snat_report();
+        let cn = self.node.eni_config_status();
         Ok(Response::new(StatusReply {
             ready,
             reason: reason as i32,
@@ -142,6 +153,25 @@ impl IpamdControl for ControlService {
             last_error: error.map(|e| e.to_string()).unwrap_or_default(),
             snat_backend: snat.as_ref().map(|s| s.backend.clone()).unwrap_or_default(),
             snat_backend_reason: snat.map(|s| s.reason).unwrap_or_default(),
+            custom_networking: cn.is_some(),
+            eni_config: cn.as_ref().and_then(|c| c.name.clone()).unwrap_or_default(),
+            eni_config_source: cn.as_ref().map(|c| c.source.clone()).unwrap_or_default(),
+            eni_config_subnet: cn
+                .as_ref()
+                .and_then(|c| {
+                    c.subnet.as_ref().map(|s| {
+                        format!(
+                            "{s} ({}, {} free addresses)",
+                            c.availability_zone, c.free_addresses
+                        )
+                    })
+                })
+                .unwrap_or_default(),
+            eni_config_security_groups: cn
+                .as_ref()
+                .map(|c| c.security_groups.clone())
+                .unwrap_or_default(),
+            eni_config_problem: cn.and_then(|c| c.problem).unwrap_or_default(),
         }))
     }
 

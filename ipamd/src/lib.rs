@@ -23,6 +23,7 @@
 //! trait with a real implementation and a test double, so the daemon's logic is tested without AWS or root; the
 //! doubles ([`host`]'s `fakes`, [`kube`]'s fake cluster) are compiled only for tests and with the `fakes` feature.
 
+pub mod cluster_file;
 pub mod cmd;
 pub mod config;
 pub mod control;

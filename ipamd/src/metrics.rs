@@ -188,6 +188,11 @@ pub struct Metrics {
     pub snat_backend: IntGaugeVec,
     /// Pods' host rules and routes that drift repair put back or removed (see [`crate::host::drift`]).
     pub pod_routing_repairs: IntCounter,
+    /// Custom networking: 1 for the node's ENIConfig and the subnet the next ENI goes to, while it is usable.
+    pub eniconfig_in_use: IntGaugeVec,
+    /// Custom networking: 1 while the node's ENIConfig cannot place a new ENI, with the cause (`node-unknown`,
+    /// `missing`, `no-subnet`, `unknown-subnet`, `other-zone`, `ec2-error`).
+    pub eniconfig_invalid: IntGaugeVec,
 }
 
 /// Registers families and remembers their declarations.
@@ -465,6 +470,16 @@ impl Metrics {
                 "awscni_pod_routing_repairs_total",
                 "Pods' host rules and routes put back or removed by drift repair",
             )?,
+            eniconfig_in_use: r.gauge_vec(
+                "awscni_eniconfig_in_use",
+                "Custom networking: the node's ENIConfig and the subnet of its next ENI (1 while usable)",
+                &["eniconfig", "subnet"],
+            )?,
+            eniconfig_invalid: r.gauge_vec(
+                "awscni_eniconfig_invalid",
+                "Custom networking: 1 while the node's ENIConfig cannot place a new ENI, by cause",
+                &["eniconfig", "cause"],
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -542,6 +557,24 @@ impl Metrics {
                 .with_label_values(&[&sel.family])
                 .set(i64::from(snap.connmark));
             self.snat_backend.with_label_values(&[&sel.backend]).set(1);
+        }
+        self.eniconfig_in_use.reset();
+        self.eniconfig_invalid.reset();
+        if let Some(cn) = &snap.eni_config {
+            let name = cn.name.as_deref().unwrap_or("");
+            match &cn.problem {
+                Some(_) => self
+                    .eniconfig_invalid
+                    .with_label_values(&[name, &cn.cause])
+                    .set(1),
+                None => {
+                    if let Some(subnet) = &cn.subnet {
+                        self.eniconfig_in_use
+                            .with_label_values(&[name, subnet])
+                            .set(1);
+                    }
+                }
+            }
         }
         let repairs = snap.routing_repairs;
         let seen = self.pod_routing_repairs.get();

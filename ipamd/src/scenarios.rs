@@ -748,10 +748,12 @@ async fn subnet_discovery_puts_new_enis_in_the_emptiest_tagged_subnet() {
             SimSubnet {
                 cidr: "10.0.64.0/20".parse().expect("cidr"),
                 tags: tagged("1"),
+                availability_zone: None,
             },
             SimSubnet {
                 cidr: "10.0.128.0/18".parse().expect("cidr"),
                 tags: tagged("0"),
+                availability_zone: None,
             },
         ];
     };

@@ -51,11 +51,6 @@ fn run_expecting_exit(env: &[(&str, &str)]) -> Option<(bool, String, Vec<String>
 fn unsupported_anchor_modes_stop_startup_naming_the_variable() {
     let cases = [
         ("ENABLE_POD_ENI", "true", "security groups for pods"),
-        (
-            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
-            "true",
-            "custom networking",
-        ),
         ("ENABLE_IPv6", "true", "IPv6"),
         ("ENABLE_MULTI_NIC", "true", "network cards"),
         ("MANAGE_UNTAGGED_ENI", "false", "untagged ENIs"),

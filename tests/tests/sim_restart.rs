@@ -3,10 +3,10 @@
 //! death, says so in its log, and the next start resumes the same instance, ENIs and addresses.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use integration_tests::{arr, bin, eventually, require_root, sh, Ipamd, Netns, TempDir};
+use integration_tests::{arr, eventually, require_root, sh, Ipamd, Netns, TempDir};
 use serde_json::Value;
 
 /// A daemon killed on drop, so a failed assertion leaves no ipamd behind.

@@ -3,12 +3,19 @@
 //! 1. creates a node namespace and starts `ipamd run --backend sim` in it (this binary, as a child);
 //! 2. creates N pod namespaces and runs the real `aws-cni` ADD for each, exactly as a runtime would (from the
 //!    node namespace, `CNI_*` env, netconf on stdin), retrying "try again later" like kubelet;
-//! 3. pings from every pod to the node and to the next pod;
-//! 4. prints a table (pod, IP, ENI, route table, setup ms) and the pings;
+//! 3. pings from every pod to the node, its subnet's router and the next pod;
+//! 4. prints a table (pod, IP, ENI, subnet, route table, setup ms) and the pings;
 //! 5. DELs every pod, stops ipamd, deletes every namespace and file it made. This also runs after a failure or
 //!    Ctrl-C (SIGINT/SIGTERM set a flag the steps check; children get the signal too and die).
 //!
-//! Exit status 0 only if every ping succeeded.
+//! With `--custom-networking` the node runs with `AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true`: the simulated VPC gets
+//! the subnets 10.0.64.0/20 and 10.0.80.0/24, a cluster-objects file (`ipamd run --cluster-objects`, the
+//! development source: there is no API server here) labels the node with its zone and holds the ENIConfig of that
+//! zone listing both subnets and a security group, and every pod must get its address on an ENI in one of them
+//! with that security group, never the node's subnet.
+//!
+//! Exit status 0 only if every ping succeeded (and, with custom networking, every pod is in the ENIConfig's
+//! subnets with its security group).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -34,6 +41,9 @@ pub struct DemoArgs {
     /// The aws-cni binary (default: next to this ipamd).
     #[arg(long)]
     pub cni_bin: Option<PathBuf>,
+    /// Custom networking: pods on ENIs in the subnets of the node's ENIConfig (see the module docs).
+    #[arg(long)]
+    pub custom_networking: bool,
 }
 
 /// Why the demo failed.
@@ -51,6 +61,35 @@ pub enum DemoError {
     Interrupted,
     #[error("{failed} of {total} pings failed")]
     PingsFailed { failed: usize, total: usize },
+    #[error("custom networking: {0} pod(s) not on an ENI in the ENIConfig's subnets with its security group")]
+    OutsideEniConfig(usize),
+}
+
+/// `--custom-networking`: the ENIConfig's subnets (as the simulator names them: the node's subnet is the first,
+/// each `--sim-subnet` the next) and security group.
+const CN_SUBNETS: [(&str, &str); 2] = [
+    ("10.0.64.0/20", "subnet-0sim0000000000002"),
+    ("10.0.80.0/24", "subnet-0sim0000000000003"),
+];
+const CN_SECURITY_GROUP: &str = "sg-0demopods00000001";
+const CN_ZONE: &str = "us-west-2a";
+const CN_ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// The development source of cluster objects for `--custom-networking`: this node labelled with its zone, and the
+/// zone's ENIConfig.
+fn cluster_objects() -> serde_json::Value {
+    serde_json::json!({
+        "node": {"metadata": {"name": "demo-node", "labels": {CN_ZONE_LABEL: CN_ZONE}}},
+        "eniConfigs": [{
+            "apiVersion": "crd.k8s.amazonaws.com/v1alpha1", "kind": "ENIConfig",
+            "metadata": {"name": CN_ZONE},
+            "spec": {
+                "subnet": CN_SUBNETS[0].1,
+                "subnets": [CN_SUBNETS[1].1],
+                "securityGroups": [CN_SECURITY_GROUP],
+            },
+        }],
+    })
 }
 
 struct PodRow {
@@ -162,14 +201,28 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     let state = dir.join("sim-ec2.json");
     let log = std::fs::File::create(dir.join("ipamd.log"))
         .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let child = Command::new(&me)
-        .args([
-            "run",
-            "--backend",
-            "sim",
-            "--instance-type",
-            &args.instance_type,
-        ])
+    let mut ipamd = Command::new(&me);
+    ipamd.arg("run");
+    if args.custom_networking {
+        let objects = dir.join("cluster-objects.json");
+        std::fs::write(&objects, cluster_objects().to_string())
+            .map_err(|e| DemoError::Setup(format!("{}: {e}", objects.display())))?;
+        println!(
+            "custom networking: node label {CN_ZONE_LABEL}={CN_ZONE}, ENIConfig {CN_ZONE:?} -> subnets {} and {}, \
+             security group {CN_SECURITY_GROUP}",
+            CN_SUBNETS[0].0, CN_SUBNETS[1].0
+        );
+        for (cidr, _) in CN_SUBNETS {
+            ipamd.args(["--sim-subnet", cidr]);
+        }
+        ipamd
+            .arg("--cluster-objects")
+            .arg(&objects)
+            .env("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")
+            .env("ENI_CONFIG_LABEL_DEF", CN_ZONE_LABEL);
+    }
+    let child = ipamd
+        .args(["--backend", "sim", "--instance-type", &args.instance_type])
         .arg("--netns")
         .arg(&node_path)
         .arg("--socket")
@@ -245,24 +298,35 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         rows.push(row);
     }
 
-    let enis = read_enis(&state);
+    let (enis, groups) = read_state(&state);
     let node_ip = enis
         .iter()
         .find(|e| e.device_index == Some(0))
         .map(|e| e.primary_ip);
-    let vpc_router = enis
-        .first()
-        .map(|e| datapath::subnet_gateway(e.subnet_cidr));
+    let eni_of = |ip: Ipv4Addr| enis.iter().find(|e| e.secondary_ips.contains(&ip));
     println!();
     println!(
-        "{:<12} {:<12} {:<29} {:<12} {:>9}",
-        "POD", "IP", "ENI", "ROUTE TABLE", "SETUP MS"
+        "{:<12} {:<12} {:<29} {:<14} {:<12} {:>9}",
+        "POD", "IP", "ENI", "SUBNET", "ROUTE TABLE", "SETUP MS"
     );
+    let mut outside = 0;
     for r in &rows {
-        let eni =
-            r.ip.and_then(|ip| enis.iter().find(|e| e.secondary_ips.contains(&ip)))
-                .map(|e| format!("{} (eth{})", e.id, e.device_index.unwrap_or(0)))
-                .unwrap_or_else(|| "-".into());
+        let found = r.ip.and_then(eni_of);
+        if args.custom_networking && r.ip.is_some() {
+            let in_config = found.is_some_and(|e| {
+                CN_SUBNETS.iter().any(|(_, id)| e.subnet_id == *id)
+                    && groups.get(&e.id).is_some_and(|g| g == &[CN_SECURITY_GROUP])
+            });
+            if !in_config {
+                outside += 1;
+            }
+        }
+        let subnet = found
+            .map(|e| e.subnet_cidr.to_string())
+            .unwrap_or_else(|| "-".into());
+        let eni = found
+            .map(|e| format!("{} (eth{})", e.id, e.device_index.unwrap_or(0)))
+            .unwrap_or_else(|| "-".into());
         let table = match r.device {
             Some(0) => "main".to_string(),
             Some(d) => (d + 1).to_string(),
@@ -270,8 +334,8 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         };
         let ip = r.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into());
         println!(
-            "{:<12} {:<12} {:<29} {:<12} {:>9.1}",
-            r.name, ip, eni, table, r.setup_ms
+            "{:<12} {:<12} {:<29} {:<14} {:<12} {:>9.1}",
+            r.name, ip, eni, subnet, table, r.setup_ms
         );
         if let Some(e) = &r.error {
             println!("  {e}");
@@ -290,9 +354,10 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         if let Some(n) = node_ip {
             targets.push(("node".into(), n));
         }
-        // The VPC router, reached through the pod's ENI (its route table for pods on secondary ENIs).
-        if let Some(gw) = vpc_router {
-            targets.push(("vpc-router".into(), gw));
+        // The router of the pod's subnet, reached through the pod's ENI (its route table for pods on secondary
+        // ENIs).
+        if let Some(e) = r.ip.and_then(eni_of) {
+            targets.push(("vpc-router".into(), datapath::subnet_gateway(e.subnet_cidr)));
         }
         if ok_rows.len() > 1 {
             let next = ok_rows[(i + 1) % ok_rows.len()];
@@ -336,8 +401,26 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         failed,
         del_errors
     );
+    if args.custom_networking {
+        let placed: Vec<String> = enis
+            .iter()
+            .filter(|e| e.device_index != Some(0))
+            .map(|e| {
+                let sgs = groups.get(&e.id).map(|g| g.join(",")).unwrap_or_default();
+                format!("{} in {} ({}) with {sgs}", e.id, e.subnet_id, e.subnet_cidr)
+            })
+            .collect();
+        println!(
+            "custom networking: pod ENIs {}; {} pod(s) outside the ENIConfig",
+            placed.join("; "),
+            outside
+        );
+    }
     if failed > 0 || del_errors > 0 {
         return Err(DemoError::PingsFailed { failed, total });
+    }
+    if outside > 0 {
+        return Err(DemoError::OutsideEniConfig(outside));
     }
     Ok(())
 }
@@ -439,14 +522,17 @@ fn ping(netns: &str, ip: Ipv4Addr) -> Result<bool, DemoError> {
     .map_err(|e| DemoError::Setup(e.to_string()))
 }
 
-fn read_enis(state: &Path) -> Vec<EniDescription> {
+/// The simulator's ENIs and each one's security groups, from its state file.
+fn read_state(state: &Path) -> (Vec<EniDescription>, BTreeMap<String, Vec<String>>) {
     #[derive(serde::Deserialize)]
     struct State {
         enis: BTreeMap<String, EniDescription>,
+        #[serde(default)]
+        eni_security_groups: BTreeMap<String, Vec<String>>,
     }
     std::fs::read(state)
         .ok()
         .and_then(|b| serde_json::from_slice::<State>(&b).ok())
-        .map(|s| s.enis.into_values().collect())
+        .map(|s| (s.enis.into_values().collect(), s.eni_security_groups))
         .unwrap_or_default()
 }

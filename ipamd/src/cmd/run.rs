@@ -84,6 +84,16 @@ pub struct RunOptions {
     /// How long every simulated EC2 call takes, e.g. 200ms (sim backend).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub sim_api_latency: Duration,
+    /// More subnets in the simulated VPC (sim backend, a fresh instance only): CIDR inside 10.0.0.0/16, optionally
+    /// `@ZONE` for another availability zone (default: the node's, us-west-2a). Repeatable; IDs are given in
+    /// order (subnet-0sim0000000000002, ...) and listed in the state file. For custom networking's ENIConfigs.
+    #[arg(long = "sim-subnet", value_name = "CIDR[@ZONE]")]
+    pub sim_subnets: Vec<String>,
+    /// Development source of cluster objects (no API server): a JSON file with this node's object and the
+    /// ENIConfigs, re-read when it changes (see `ipamd::cluster_file`). Without it, nothing is known of the
+    /// cluster.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_objects: Option<PathBuf>,
     /// Override the max-pods value computed from the instance type.
     #[arg(long)]
     pub max_pods: Option<u32>,
@@ -156,6 +166,10 @@ pub enum DaemonError {
     BindAddress(#[from] BindAddressError),
     #[error(transparent)]
     Http(#[from] ServeError),
+    #[error(transparent)]
+    ClusterObjects(#[from] crate::cluster_file::ClusterFileError),
+    #[error("--sim-subnet {value:?}: {reason}")]
+    SimSubnet { value: String, reason: String },
 }
 
 /// Endpoint settings, from the anchor's variables.
@@ -322,6 +336,11 @@ async fn ec2_stack(
                 ),
                 api_latency: opts.sim_api_latency,
                 mtu: config.eni_mtu,
+                extra_subnets: opts
+                    .sim_subnets
+                    .iter()
+                    .map(|v| sim_subnet(v))
+                    .collect::<Result<_, _>>()?,
             })
             .await?;
             (Arc::new(sim.clone()), Arc::new(sim), None)
@@ -402,7 +421,10 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         imds,
         hostnet: Arc::clone(&host) as Arc<dyn HostNetwork>,
         clock: Arc::clone(&clock),
-        cluster: Arc::new(NoCluster),
+        cluster: match &opts.cluster_objects {
+            Some(path) => Arc::new(crate::cluster_file::FileCluster::open(path)?),
+            None => Arc::new(NoCluster),
+        },
     };
     let observer = metrics.checkpoint_write_seconds.clone();
     let recovery = Recovery {
@@ -452,6 +474,11 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let (stop_flusher, flusher_stop) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(Arc::clone(&node).run_checkpointer(flusher_stop));
     let reconcile_signal = tokio::spawn(reconcile_on_sigusr1(Arc::clone(&node)));
+    // Custom networking: the node's ENIConfig followed for status, metrics and introspection (returns at once
+    // when off).
+    let eni_config_watch = tokio::spawn(
+        Arc::clone(&node).run_eni_config_watch(Duration::from_secs(5), Arc::clone(&shutdown)),
+    );
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter
@@ -487,7 +514,6 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
                 ("ENABLE_SUBNET_DISCOVERY", "true"),
             ],
         ),
-        eni_config: None,
     };
     let mut http_tasks = Vec::new();
     // Every 10 s, say how many log events the rate limit dropped (if any).
@@ -584,6 +610,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     shutdown.notify_waiters();
     shutdown.notify_one();
     reconcile_signal.abort();
+    eni_config_watch.abort();
     match tokio::time::timeout(POOL_STOP_TIMEOUT, pool).await {
         Ok(Err(e)) => tracing::warn!(error = %e, "pool task ended abnormally"),
         Ok(Ok(())) => {}
@@ -669,4 +696,27 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
+}
+
+/// `--sim-subnet CIDR[@ZONE]`.
+#[cfg(feature = "sim")]
+fn sim_subnet(value: &str) -> Result<ec2_sim::SimSubnet, DaemonError> {
+    let err = |reason: &str| DaemonError::SimSubnet {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let (cidr, zone) = match value.split_once('@') {
+        Some((c, z)) if !z.trim().is_empty() => (c, Some(z.trim().to_string())),
+        Some(_) => return Err(err("an empty zone after @")),
+        None => (value, None),
+    };
+    let cidr = cidr
+        .trim()
+        .parse()
+        .map_err(|_| err("expected an IPv4 CIDR, e.g. 10.0.64.0/20"))?;
+    Ok(ec2_sim::SimSubnet {
+        cidr,
+        tags: std::collections::BTreeMap::new(),
+        availability_zone: zone,
+    })
 }

@@ -112,6 +112,15 @@ pub async fn status(
             "lastError": st.last_error,
             "snatBackend": st.snat_backend,
             "snatBackendReason": st.snat_backend_reason,
+            "customNetworking": if st.custom_networking {
+                serde_json::json!({
+                    "eniConfig": st.eni_config, "source": st.eni_config_source,
+                    "subnet": st.eni_config_subnet, "securityGroups": st.eni_config_security_groups,
+                    "problem": st.eni_config_problem,
+                })
+            } else {
+                serde_json::Value::Null
+            },
             "enis": st.enis.iter().map(|e| serde_json::json!({
                 "id": e.eniid, "deviceNumber": e.device_number, "primary": e.is_primary,
                 "total": e.total, "assigned": e.assigned, "cooldown": e.cooldown, "available": e.available,
@@ -153,6 +162,29 @@ pub async fn status(
     }
     if !st.last_error.is_empty() {
         let _ = writeln!(out, "EC2 error  {}", st.last_error);
+    }
+    if st.custom_networking {
+        let name = if st.eni_config.is_empty() {
+            "unknown".to_string()
+        } else {
+            format!("{:?} ({})", st.eni_config, st.eni_config_source)
+        };
+        let _ = writeln!(out, "ENIConfig  {name}");
+        if !st.eni_config_subnet.is_empty() {
+            let _ = writeln!(
+                out,
+                "           next ENI: subnet {}, security groups {}",
+                st.eni_config_subnet,
+                st.eni_config_security_groups.join(",")
+            );
+        }
+        if !st.eni_config_problem.is_empty() {
+            let _ = writeln!(
+                out,
+                "           PROBLEM: {} (no new ENI until it is fixed; never the node's subnet)",
+                st.eni_config_problem
+            );
+        }
     }
     if !st.snat_backend.is_empty() {
         let _ = writeln!(

@@ -82,6 +82,9 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
     ("DISABLE_POD_V6", Stance::Read("the installer (conflist)")),
     ("ENABLE_BANDWIDTH_PLUGIN", Stance::Read("the installer (conflist)")),
     ("NETWORK_POLICY_ENFORCING_MODE", Stance::Read("ipamd (policy agent contract)")),
+    ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", Stance::Read("ipamd")),
+    ("ENI_CONFIG_ANNOTATION_DEF", Stance::Read("ipamd (custom networking)")),
+    ("ENI_CONFIG_LABEL_DEF", Stance::Read("ipamd (custom networking)")),
     (
         "ENABLE_POD_ENI",
         Stance::Refused {
@@ -110,14 +113,6 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
         Stance::Refused {
             default: Default::Bool(true),
             why: "IPv4 is the only family supported yet: turning it off would leave pods with no address",
-        },
-    ),
-    (
-        "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
-        Stance::Refused {
-            default: Default::Bool(false),
-            why: "custom networking (ENIConfig) is not supported yet: pods would get addresses from the node's \
-                  subnet with the node's security groups instead of the ENIConfig's",
         },
     ),
     (
@@ -163,14 +158,6 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
     (
         "ENABLE_V4_EGRESS",
         Stance::Ignored("only meaningful in IPv6 mode, which is refused"),
-    ),
-    (
-        "ENI_CONFIG_ANNOTATION_DEF",
-        Stance::Ignored("only meaningful with custom networking, which is refused"),
-    ),
-    (
-        "ENI_CONFIG_LABEL_DEF",
-        Stance::Ignored("only meaningful with custom networking, which is refused"),
     ),
     (
         "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
@@ -262,10 +249,10 @@ mod tests {
             ("ENABLE_IPv6", "false"),
             ("ENABLE_IPv4", "true"),
             ("MANAGE_UNTAGGED_ENI", "true"),
-            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "FALSE"),
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
             ("AWS_EXTERNAL_SERVICE_CIDRS", " "),
             ("ENABLE_MULTI_NIC", ""),
-            // Ignored variables are never refused, whatever their value.
+            // Ignored and read variables are never refused, whatever their value.
             ("AWS_MANAGE_ENIS_NON_SCHEDULABLE", "true"),
             ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
         ]);

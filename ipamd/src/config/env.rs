@@ -26,6 +26,9 @@
 //! | `CLUSTER_NAME` | "" | cluster tag on new ENIs, and leak-cleanup filter |
 //! | `ADDITIONAL_ENI_TAGS` | {} | JSON object of extra ENI tags (keys containing `k8s.amazonaws.com` dropped) |
 //! | `DISABLE_LEAKED_ENI_CLEANUP` | false | no periodic deletion of this instance's leaked ENIs |
+//! | `AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG` | false | custom networking: new ENIs in the subnet and security groups of the node's `ENIConfig`; the primary ENI carries no pods |
+//! | `ENI_CONFIG_ANNOTATION_DEF` | `k8s.amazonaws.com/eniConfig` | node annotation naming the `ENIConfig` |
+//! | `ENI_CONFIG_LABEL_DEF` | `k8s.amazonaws.com/eniConfig` | node label naming the `ENIConfig` (after the label `vpc.amazonaws.com/externalEniConfig` and the annotation; else `default`) |
 //!
 //! Ours (prefix `AWS_CNI_`, no anchor equivalent):
 //!
@@ -91,6 +94,9 @@ pub const ENV_ENABLE_SUBNET_DISCOVERY: &str = "ENABLE_SUBNET_DISCOVERY";
 pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
 pub const ENV_ADDITIONAL_ENI_TAGS: &str = "ADDITIONAL_ENI_TAGS";
 pub const ENV_DISABLE_LEAKED_ENI_CLEANUP: &str = "DISABLE_LEAKED_ENI_CLEANUP";
+pub const ENV_CUSTOM_NETWORK_CFG: &str = "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG";
+pub const ENV_ENI_CONFIG_ANNOTATION_DEF: &str = "ENI_CONFIG_ANNOTATION_DEF";
+pub const ENV_ENI_CONFIG_LABEL_DEF: &str = "ENI_CONFIG_LABEL_DEF";
 pub const ENV_POOL_RELEASE_DELAY: &str = "AWS_CNI_POOL_RELEASE_DELAY";
 pub const ENV_ADD_WAIT_SECONDS: &str = "AWS_CNI_ADD_WAIT_SECONDS";
 
@@ -210,6 +216,32 @@ pub fn parse_bool(env: &dyn EnvSource, var: &'static str) -> Result<Option<bool>
     }
 }
 
+/// Custom networking: `None` unless `AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG` is true; then the annotation and label
+/// keys naming the node's `ENIConfig` (unset or empty: the anchor's default, `k8s.amazonaws.com/eniConfig`).
+fn parse_custom_networking(
+    env: &dyn EnvSource,
+) -> Result<Option<crate::kube::EniConfigKeys>, ConfigError> {
+    if !parse_bool(env, ENV_CUSTOM_NETWORK_CFG)?.unwrap_or(false) {
+        return Ok(None);
+    }
+    let mut keys = crate::kube::EniConfigKeys::default();
+    for (var, slot) in [
+        (ENV_ENI_CONFIG_ANNOTATION_DEF, &mut keys.annotation),
+        (ENV_ENI_CONFIG_LABEL_DEF, &mut keys.label),
+    ] {
+        let v = env.get(var).unwrap_or_default();
+        let t = v.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid(var, &v, "expected a label or annotation key"));
+        }
+        *slot = t.to_string();
+    }
+    Ok(Some(keys))
+}
+
 fn check_mtu(var: &'static str, mtu: u32) -> Result<u32, ConfigError> {
     if (576..=9001).contains(&mtu) {
         Ok(mtu)
@@ -299,6 +331,7 @@ impl Config {
                 .map_or(d.pool_release_delay, |s| Duration::from_secs(u64::from(s))),
             add_wait: parse_u32(env, ENV_ADD_WAIT_SECONDS)?
                 .map_or(d.add_wait, |s| Duration::from_secs(u64::from(s))),
+            custom_networking: parse_custom_networking(env)?,
         })
     }
 }
@@ -390,6 +423,36 @@ mod tests {
         let d = Config::default();
         assert!(d.subnet_discovery && d.node_port_support && !d.external_snat);
         assert_eq!(d.randomize_snat, RandomizeSnat::Prng);
+    }
+
+    #[test]
+    fn custom_networking_reads_its_keys_with_the_anchors_defaults() {
+        let off = Config::from_env(&env(&[("ENI_CONFIG_LABEL_DEF", "x")])).expect("off");
+        assert_eq!(off.custom_networking, None);
+        let on =
+            Config::from_env(&env(&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")])).expect("on");
+        assert_eq!(
+            on.custom_networking,
+            Some(crate::kube::EniConfigKeys {
+                annotation: "k8s.amazonaws.com/eniConfig".into(),
+                label: "k8s.amazonaws.com/eniConfig".into(),
+            })
+        );
+        let zone = Config::from_env(&env(&[
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
+            ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
+            ("ENI_CONFIG_ANNOTATION_DEF", " "),
+        ]))
+        .expect("zone");
+        let keys = zone.custom_networking.expect("on");
+        assert_eq!(keys.label, "topology.kubernetes.io/zone");
+        assert_eq!(keys.annotation, "k8s.amazonaws.com/eniConfig");
+        let bad = Config::from_env(&env(&[
+            ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
+            ("ENI_CONFIG_LABEL_DEF", "two words"),
+        ]))
+        .expect_err("bad key");
+        assert_eq!(bad.var, "ENI_CONFIG_LABEL_DEF");
     }
 
     #[test]

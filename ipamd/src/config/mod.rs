@@ -80,6 +80,9 @@ pub struct Config {
     pub pool_release_delay: Duration,
     /// How long an ADD waits for an address on its way before failing (`AWS_CNI_ADD_WAIT_SECONDS`).
     pub add_wait: Duration,
+    /// Custom networking (`AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true`): which node annotation and label name the
+    /// node's `ENIConfig`; `None` when off.
+    pub custom_networking: Option<crate::kube::EniConfigKeys>,
 }
 
 impl Default for Config {
@@ -106,6 +109,7 @@ impl Default for Config {
             disable_leaked_eni_cleanup: false,
             pool_release_delay: DEFAULT_POOL_RELEASE_DELAY,
             add_wait: DEFAULT_ADD_WAIT,
+            custom_networking: None,
         }
     }
 }

@@ -18,6 +18,10 @@
 //! - a DEL whose key holds nothing falls back to the anchor's placeholder key of allocations it migrated from
 //!   CRI (`_migrated-from-cri`, same container ID, ifname `unknown`), as the anchor still does.
 //!
+//! - an ENI *excluded for pods* (the primary ENI under custom networking, the anchor's `IsExcludedForPodIPs`) hands
+//!   out nothing new; what pods already hold on it stays theirs until released, and only those held addresses
+//!   count in the pool's totals (its free addresses are not the pool's).
+//!
 //! The datastore is plain data with no I/O; callers serialise access (one mutex in the daemon).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -54,6 +58,8 @@ pub struct Eni<V: IpVersion = V4> {
     pub primary_ip: V::Addr,
     pub subnet: V::Prefix,
     pub is_primary: bool,
+    /// No new pod gets an address on it (see the module docs).
+    pub excluded_for_pods: bool,
     /// When the daemon attached (or adopted) it, monotonic; young ENIs are not freed.
     pub attached_at: Duration,
     prefixes: BTreeSet<V::Prefix>,
@@ -119,6 +125,7 @@ impl<V: IpVersion> Eni<V> {
             primary_ip,
             subnet,
             is_primary: device_number == 0,
+            excluded_for_pods: false,
             attached_at: Duration::ZERO,
             prefixes: BTreeSet::new(),
             slots: BTreeMap::new(),
@@ -321,6 +328,13 @@ impl<V: IpVersion> Datastore<V> {
             self.by_ip.insert(*ip, eni.id.clone());
         }
         self.enis.entry(eni.id.clone()).or_insert(eni);
+    }
+
+    /// Marks an ENI excluded for pods, or not (see the module docs).
+    pub fn set_excluded_for_pods(&mut self, eni_id: &str, excluded: bool) {
+        if let Some(e) = self.enis.get_mut(eni_id) {
+            e.excluded_for_pods = excluded;
+        }
     }
 
     /// The ENIs, ordered by ID.
@@ -612,7 +626,7 @@ impl<V: IpVersion> Datastore<V> {
         let cooldown = self.cooldown;
         let mut enis: Vec<&mut Eni<V>> = self.enis.values_mut().collect();
         enis.sort_by_key(|e| e.device_number);
-        for eni in enis {
+        for eni in enis.into_iter().filter(|e| !e.excluded_for_pods) {
             let free = eni
                 .slots
                 .iter_mut()
@@ -809,6 +823,7 @@ impl<V: IpVersion> Datastore<V> {
     pub fn next_cooldown_end(&self, now: Duration) -> Option<Duration> {
         self.enis
             .values()
+            .filter(|e| !e.excluded_for_pods)
             .flat_map(|e| e.slots.values())
             .filter(|s| s.holder.is_none() && in_cooldown(s, now, self.cooldown))
             .filter_map(|s| s.released_at.map(|t| t + self.cooldown))
@@ -822,6 +837,13 @@ impl<V: IpVersion> Datastore<V> {
             ..PoolStats::default()
         };
         for eni in self.enis.values() {
+            if eni.excluded_for_pods {
+                // Only what pods still hold there is the pool's.
+                let held = eni.slots.values().filter(|s| s.holder.is_some()).count();
+                s.total += held;
+                s.assigned += held;
+                continue;
+            }
             s.prefixes += eni.prefixes.len();
             s.free_prefixes += eni.releasable_prefixes(now, self.cooldown).len();
             for slot in eni.slots.values() {
@@ -969,6 +991,33 @@ mod tests {
             ds.assign(&key("c9"), &PodMeta::default(), Duration::ZERO),
             Err(AssignError::NoFreeIp { in_cooldown: 0 })
         );
+    }
+
+    #[test]
+    fn an_excluded_eni_hands_out_nothing_new_but_keeps_what_pods_hold() {
+        let mut ds = store(&[2, 1]);
+        let held = ds
+            .assign(&key("old"), &PodMeta::default(), Duration::ZERO)
+            .expect("ip");
+        assert_eq!(held.device_number, 0);
+        ds.set_excluded_for_pods("eni-0", true);
+        // Its one held address counts (total and assigned); its free one is not the pool's.
+        let s = ds.stats(Duration::ZERO);
+        assert_eq!((s.total, s.assigned, s.available), (2, 1, 1));
+        let a = ds
+            .assign(&key("new"), &PodMeta::default(), Duration::ZERO)
+            .expect("ip");
+        assert_eq!(a.eni_id, "eni-1", "never the excluded ENI");
+        assert_eq!(
+            ds.assign(&key("third"), &PodMeta::default(), Duration::ZERO),
+            Err(AssignError::NoFreeIp { in_cooldown: 0 })
+        );
+        assert_eq!(ds.lookup(&key("old")).map(|x| x.ip), Some(held.ip));
+        // Released there, the address leaves the pool's count and never comes back to a pod.
+        assert!(ds.unassign(&key("old"), Duration::ZERO).is_some());
+        let s = ds.stats(Duration::from_secs(60));
+        assert_eq!((s.total, s.assigned, s.cooldown), (1, 1, 0));
+        assert_eq!(ds.next_cooldown_end(Duration::ZERO), None);
     }
 
     #[test]

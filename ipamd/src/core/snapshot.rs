@@ -27,6 +27,8 @@ pub struct PoolSnapshot {
     pub routing_repairs: u64,
     /// The SNAT/connmark backend the host uses, when the host chose one.
     pub snat: Option<SnatReport>,
+    /// Custom networking's state (`None` when it is off).
+    pub eni_config: Option<EniConfigStatus>,
 }
 
 /// The SNAT/connmark backend chosen at startup, and why (for metrics and `ipamd status`).
@@ -56,4 +58,25 @@ impl EniSnapshot {
     pub fn total(&self) -> usize {
         self.addresses.len()
     }
+}
+
+/// Custom networking at one moment: the node's `ENIConfig` and where new ENIs go, or why they cannot be placed
+/// (`ipamd status`, metrics, `/v1/eni-configs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EniConfigStatus {
+    /// The `ENIConfig` the node names (`None` while the node object is not known).
+    pub name: Option<String>,
+    /// Where the name came from (e.g. "node label topology.kubernetes.io/zone").
+    pub source: String,
+    /// Where the next ENI goes, from the last check that succeeded: subnet, its zone and free addresses.
+    pub subnet: Option<String>,
+    pub availability_zone: String,
+    pub free_addresses: u64,
+    /// The security groups the next ENI gets.
+    pub security_groups: Vec<String>,
+    /// Why no new ENI can be placed now (`None`: it can).
+    pub problem: Option<String>,
+    /// The problem in one word, for the metric's `cause` label (`node-unknown`, `missing`, `no-subnet`,
+    /// `unknown-subnet`, `other-zone`, `ec2-error`).
+    pub cause: String,
 }

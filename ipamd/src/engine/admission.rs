@@ -209,17 +209,20 @@ impl Node {
     }
 
     /// Whether the pool cannot get more addresses now: max-pods reached, every ENI attached and full,
-    /// provisioning disabled, or the subnet out of addresses (within its backoff).
+    /// provisioning disabled, the subnet out of addresses (within its backoff), or a new ENI needed and custom
+    /// networking has no usable ENIConfig.
     pub(super) fn growth_blocked(&self, stats: &PoolStats, now: Duration) -> bool {
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
         let at_eni_limit = self.at_eni_limit(stats, now);
         let status = lock(&self.status);
         let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
             && status.grow_blocked_until.is_some_and(|t| now < t);
+        drop(status);
         total >= self.policy.max_pods
             || at_eni_limit
             || self.config.disable_provisioning
             || subnet_exhausted
+            || self.eni_config_blocked().is_some()
     }
 
     /// Whether the node is at its ENI limit: every ENI slot used and every ENI full (known without waiting for
@@ -277,6 +280,7 @@ impl Node {
         let now = self.deps.clock.now();
         let at_eni_limit = self.at_eni_limit(&stats, now);
         let cannot_grow = self.growth_blocked(&stats, now);
+        let eni_config = self.eni_config_blocked();
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
         let cooldown_secs = self.config.ip_cooldown.as_secs();
@@ -303,6 +307,14 @@ impl Node {
                 format!(
                     "all {} ENIs of this instance type are attached and full ({total} addresses, {} assigned)",
                     self.policy.max_enis, stats.assigned
+                ),
+            )
+        } else if let Some(problem) = eni_config {
+            (
+                FailureReason::EniConfigInvalid,
+                format!(
+                    "no free IP and custom networking cannot attach a new ENI: {problem} (pods never fall back \
+                     to the node's subnet; fix the ENIConfig or the node's label or annotation)"
                 ),
             )
         } else if let Some(e) = &status.last_error {

@@ -1,7 +1,8 @@
 //! The ENI lifecycle: addresses asked of EC2 and given back, ENIs attached and freed.
 //!
 //! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created); where the
-//!   ENI goes comes from [`placement`] (subnet and security groups; the seam custom networking plugs into);
+//!   ENI goes comes from [`placement`] (subnet discovery) or, with custom networking, from the node's
+//!   `ENIConfig` ([`super::custom_net`]);
 //!   CreateNetworkInterface with description `aws-K8S-<instance>`, the tags (`instance_id`, `createdAt`, the
 //!   cluster tags with `CLUSTER_NAME`, `ADDITIONAL_ENI_TAGS`) and its first addresses already assigned;
 //!   AttachNetworkInterface (failure: the new ENI is deleted at once); DeleteOnTermination (failure: the ENI is
@@ -20,9 +21,9 @@ use std::time::Duration;
 use datapath::MacAddr;
 use ipnetwork::Ipv4Network;
 
+use super::custom_net::EniConfigProblem;
 use super::{Node, NodeError};
 use crate::core::datastore::{DatastoreError, Eni};
-use crate::kube::{node_eni_config, EniConfig};
 use crate::sync::lock;
 use ec2_api::{
     CreateEniRequest, Ec2, Ec2Error, EniDescription, IpRequest, SubnetDescription, SubnetFilter,
@@ -51,31 +52,12 @@ pub struct Placement {
     pub security_groups: Vec<String>,
 }
 
-/// Where a new ENI goes, decided from what is known (pure):
-/// - with an ENIConfig for the node (custom networking): its first subnet, and its security groups (the primary
-///   ENI's when it lists none);
-/// - else with the candidate subnets of subnet discovery (`subnets`, the node's VPC and availability zone): the
-///   one with most free addresses among the node's subnet and the subnets tagged `kubernetes.io/role/cni` (value
-///   "0" excludes), the node's subnet on a tie; none qualifying: the node's subnet;
-/// - else the node's subnet. The security groups are the primary ENI's, except with an ENIConfig.
-pub fn placement(
-    node: &NodeMetadata,
-    eni_config: Option<&EniConfig>,
-    subnets: Option<&[SubnetDescription]>,
-) -> Placement {
-    if let Some(cfg) = eni_config {
-        if let Some(subnet) = cfg.subnets.first() {
-            let security_groups = if cfg.security_groups.is_empty() {
-                node.security_groups.clone()
-            } else {
-                cfg.security_groups.clone()
-            };
-            return Placement {
-                subnet_id: subnet.clone(),
-                security_groups,
-            };
-        }
-    }
+/// Where a new ENI goes without custom networking, decided from what is known (pure): with the candidate
+/// subnets of subnet discovery (`subnets`, the node's VPC and availability zone), the one with most free
+/// addresses among the node's subnet and the subnets tagged `kubernetes.io/role/cni` (value "0" excludes), the
+/// node's subnet on a tie; none qualifying, or no discovery: the node's subnet. The security groups are the
+/// primary ENI's. (Custom networking: [`super::custom_net::eni_config_placement`].)
+pub fn placement(node: &NodeMetadata, subnets: Option<&[SubnetDescription]>) -> Placement {
     let subnet_id = subnets
         .and_then(|subnets| {
             subnets
@@ -195,27 +177,28 @@ impl Node {
         }
     }
 
-    /// Where a new ENI goes: asks the cluster for the node's ENIConfig (custom networking) and, without one and
-    /// with subnet discovery on, EC2 for the candidate subnets; [`placement`] decides.
-    pub(super) async fn placement(&self) -> Placement {
-        if let Some(cfg) = node_eni_config(self.deps.cluster.as_ref()).await {
-            return placement(&self.meta, Some(&cfg), None);
+    /// Where a new ENI goes: with custom networking, where the node's `ENIConfig` says (or why nowhere: never
+    /// the node's subnet instead); else with subnet discovery on, the candidate subnets EC2 describes, and
+    /// [`placement`] decides.
+    pub(super) async fn placement(&self) -> Result<Placement, EniConfigProblem> {
+        if let Some(keys) = &self.config.custom_networking {
+            return self.custom_placement(keys).await;
         }
         if !self.config.subnet_discovery {
-            return placement(&self.meta, None, None);
+            return Ok(placement(&self.meta, None));
         }
         let filter = SubnetFilter {
             ids: Vec::new(),
             vpc_id: Some(self.meta.vpc_id.clone()),
             availability_zone: Some(self.meta.availability_zone.clone()),
         };
-        match self.ec2.describe_subnets(&filter).await {
-            Ok(subnets) => placement(&self.meta, None, Some(&subnets)),
+        Ok(match self.ec2.describe_subnets(&filter).await {
+            Ok(subnets) => placement(&self.meta, Some(&subnets)),
             Err(e) => {
                 tracing::warn!(error = %e, "subnet discovery failed; using the node's subnet");
-                placement(&self.meta, None, None)
+                placement(&self.meta, None)
             }
-        }
+        })
     }
 
     pub(super) fn eni_tags(&self) -> BTreeMap<String, String> {
@@ -236,7 +219,12 @@ impl Node {
         tags
     }
 
-    pub(super) async fn attach_eni(&self, request: IpRequest) -> Result<(), Ec2Error> {
+    /// Creates and attaches an ENI at `at` (from [`Node::placement`]) with `request`'s addresses.
+    pub(super) async fn attach_eni(
+        &self,
+        request: IpRequest,
+        at: Placement,
+    ) -> Result<(), Ec2Error> {
         let instance = self.ec2.describe_instance(&self.meta.instance_id).await?;
         let used: Vec<u32> = instance
             .attachments
@@ -253,7 +241,7 @@ impl Node {
         let Placement {
             subnet_id,
             security_groups,
-        } = self.placement().await;
+        } = at;
         let eni = self
             .ec2
             .create_network_interface(CreateEniRequest {
@@ -480,13 +468,7 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::config::Config;
-    use crate::engine::NodeDeps;
-    use crate::host::fakes::FakeHost;
-    use crate::kube::{ClusterNode, FakeCluster, ENI_CONFIG_KEY};
 
     fn node_meta() -> NodeMetadata {
         NodeMetadata {
@@ -528,7 +510,7 @@ mod tests {
     #[test]
     fn without_discovery_or_eni_config_an_eni_goes_where_the_node_is() {
         assert_eq!(
-            placement(&node_meta(), None, None),
+            placement(&node_meta(), None),
             at("subnet-node", &["sg-node"])
         );
     }
@@ -542,7 +524,7 @@ mod tests {
             subnet("subnet-excluded", 800, Some("0")),
         ];
         assert_eq!(
-            placement(&node_meta(), None, Some(&subnets)),
+            placement(&node_meta(), Some(&subnets)),
             at("subnet-cni", &["sg-node"])
         );
         // A tie goes to the node's subnet; nothing qualifying falls back to it.
@@ -550,89 +532,10 @@ mod tests {
             subnet("subnet-cni", 50, Some("1")),
             subnet("subnet-node", 50, None),
         ];
+        assert_eq!(placement(&node_meta(), Some(&tie)).subnet_id, "subnet-node");
         assert_eq!(
-            placement(&node_meta(), None, Some(&tie)).subnet_id,
+            placement(&node_meta(), Some(&[subnet("subnet-x", 5, None)])).subnet_id,
             "subnet-node"
         );
-        assert_eq!(
-            placement(&node_meta(), None, Some(&[subnet("subnet-x", 5, None)])).subnet_id,
-            "subnet-node"
-        );
-    }
-
-    #[test]
-    fn an_eni_config_wins_and_brings_its_security_groups_or_the_nodes() {
-        let subnets = [subnet("subnet-cni", 900, Some("1"))];
-        let cfg = EniConfig {
-            name: "az1".into(),
-            subnets: vec!["subnet-pods".into(), "subnet-later".into()],
-            security_groups: vec!["sg-pods".into()],
-        };
-        assert_eq!(
-            placement(&node_meta(), Some(&cfg), Some(&subnets)),
-            at("subnet-pods", &["sg-pods"])
-        );
-        let no_sgs = EniConfig {
-            security_groups: vec![],
-            ..cfg.clone()
-        };
-        assert_eq!(
-            placement(&node_meta(), Some(&no_sgs), None),
-            at("subnet-pods", &["sg-node"])
-        );
-        // An ENIConfig without a subnet cannot place anything: the node's own view applies.
-        let empty = EniConfig {
-            subnets: vec![],
-            ..cfg
-        };
-        assert_eq!(
-            placement(&node_meta(), Some(&empty), None),
-            at("subnet-node", &["sg-node"])
-        );
-    }
-
-    #[tokio::test]
-    async fn a_new_eni_goes_to_the_subnet_the_clusters_eni_config_names() {
-        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |_| {}).await;
-        let cluster = FakeCluster::default();
-        let mut node = ClusterNode::default();
-        node.annotations
-            .insert(ENI_CONFIG_KEY.into(), "custom".into());
-        *lock(&cluster.node) = Some(node);
-        lock(&cluster.eni_configs).insert(
-            "custom".into(),
-            EniConfig {
-                name: "custom".into(),
-                subnets: vec!["subnet-custom".into()],
-                security_groups: vec![],
-            },
-        );
-        let deps = NodeDeps {
-            ec2: Arc::new(sim.clone()),
-            imds: Arc::new(sim.clone()),
-            hostnet: Arc::new(FakeHost::default()),
-            clock: Arc::new(clock),
-            cluster: Arc::new(cluster),
-        };
-        let n = Node::start(deps, Config::default(), None)
-            .await
-            .expect("init");
-        // The primary ENI fills first (the warm target); once a pod takes an address, the next ENI is created in
-        // the ENIConfig's subnet, which this simulated VPC does not have.
-        n.fill().await.expect("the primary ENI fills");
-        let key = crate::core::datastore::IpamKey {
-            network_name: "aws-cni".into(),
-            container_id: "c1".into(),
-            if_name: "eth0".into(),
-        };
-        n.add(&key, &crate::core::datastore::PodMeta::default())
-            .expect("an address");
-        let err = n
-            .pool_step()
-            .await
-            .expect_err("no such subnet in the simulator");
-        assert!(err.to_string().contains("subnet-custom"), "{err}");
-        assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&1));
-        assert_eq!(sim.calls().get("DescribeSubnets"), None);
     }
 }

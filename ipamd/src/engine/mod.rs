@@ -12,6 +12,7 @@
 //! - [`admission`]: ADD and DEL, waiting ADDs, and why an ADD failed;
 //! - [`pool_task`]: the one EC2 actor, one policy step at a time;
 //! - [`enis`]: the ENI lifecycle (assign, release, attach, free) and where a new ENI goes ([`enis::placement`]);
+//! - [`custom_net`]: custom networking, where the node's `ENIConfig` sends new ENIs, or why it cannot;
 //! - [`reconcile`]: the datastore, the host and EC2 kept in agreement; [`leak_gc`]: ENIs a crash left behind;
 //! - [`recovery`]: a restart's checkpoint put back, checked against EC2 and the host;
 //! - [`checkpoint`]: the assignments on disk (the anchor's file format, group-committed writes);
@@ -32,6 +33,7 @@
 
 pub mod admission;
 pub mod checkpoint;
+pub mod custom_net;
 pub mod enis;
 pub mod leak_gc;
 pub mod persist;
@@ -270,6 +272,8 @@ pub struct Node {
     pub(crate) veth_prefix: String,
     /// ADDs waiting for an address.
     pub(crate) adds: AddQueue,
+    /// Custom networking's state (see [`custom_net`]).
+    pub(crate) custom_net: Mutex<custom_net::CustomNetState>,
 }
 
 impl std::fmt::Debug for Node {
@@ -361,6 +365,7 @@ impl Node {
                 ..PoolStatus::default()
             }),
             adds: AddQueue::default(),
+            custom_net: Mutex::new(custom_net::CustomNetState::default()),
             wake: Notify::new(),
             actor: tokio::sync::Mutex::new(()),
             checkpoint: recovery.checkpoint.clone(),
@@ -425,6 +430,8 @@ impl Node {
                 ie.subnet_cidr,
             );
             eni.attached_at = now;
+            // Custom networking: pods get addresses only on ENIs in the ENIConfig's subnet.
+            eni.excluded_for_pods = eni.is_primary && node.config.custom_networking.is_some();
             node.deps
                 .hostnet
                 .setup_eni(&eni, node.config.eni_mtu)
@@ -526,6 +533,7 @@ impl Node {
             force_removed: lock(&self.status).force_removed,
             routing_repairs: lock(&self.status).routing_repairs,
             snat: self.deps.hostnet.snat_report(),
+            eni_config: self.eni_config_status(),
         }
     }
 

@@ -37,6 +37,7 @@ pub const POOL_DEBOUNCE: Duration = Duration::from_millis(20);
 
 impl Node {
     pub(crate) fn rooms(&self, now: Duration) -> Vec<EniRoom> {
+        let slots_per_eni = self.policy.slots_per_eni();
         let ds = lock(&self.ds);
         let cooldown = ds.cooldown();
         ds.enis()
@@ -44,6 +45,19 @@ impl Node {
                 let prefixes = e.prefixes().count();
                 let ips = e.ip_count();
                 let secondaries = ips.saturating_sub(prefixes * PREFIX_SIZE as usize);
+                if e.excluded_for_pods {
+                    // Custom networking's primary ENI: full as far as the pool is concerned, never drained.
+                    return EniRoom {
+                        eni_id: e.id.clone(),
+                        device_number: e.device_number,
+                        ips: u32::try_from(e.assigned_count()).unwrap_or(u32::MAX),
+                        slots: slots_per_eni,
+                        is_primary: e.is_primary,
+                        assigned: u32::try_from(e.assigned_count()).unwrap_or(u32::MAX),
+                        age: now.saturating_sub(e.attached_at),
+                        ..EniRoom::default()
+                    };
+                }
                 EniRoom {
                     eni_id: e.id.clone(),
                     device_number: e.device_number,
@@ -111,6 +125,7 @@ impl Node {
         let blocked = lock(&self.status)
             .grow_blocked_until
             .is_some_and(|t| now < t);
+        let mut eni_config_blocked = None;
         let result = if self.config.disable_provisioning || (grows && blocked) {
             if grows && blocked {
                 decision = Decision::Hold;
@@ -125,7 +140,14 @@ impl Node {
                 Decision::AssignPrefixes { eni_id, count } => {
                     self.assign(eni_id, IpRequest::Prefixes(*count)).await
                 }
-                Decision::AttachEni { request } => self.attach_eni(*request).await,
+                // Custom networking without a usable ENIConfig: no ENI, anywhere (see super::custom_net).
+                Decision::AttachEni { request } => match self.placement().await {
+                    Ok(at) => self.attach_eni(*request, at).await,
+                    Err(problem) => {
+                        eni_config_blocked = Some(problem);
+                        Ok(())
+                    }
+                },
                 Decision::ReleaseIps { eni_id, ips } => self.release(eni_id, ips, &[]).await,
                 Decision::ReleasePrefixes { eni_id, prefixes } => {
                     self.release(eni_id, &[], prefixes).await
@@ -133,6 +155,10 @@ impl Node {
                 Decision::FreeEni { eni_id } => self.free_eni(eni_id).await,
             }
         };
+        if eni_config_blocked.is_some() {
+            decision = Decision::Hold;
+        }
+        self.set_eni_config_blocked(eni_config_blocked);
         let now = self.deps.clock.now();
         let mut st = lock(&self.status);
         if !blocked || !grows {

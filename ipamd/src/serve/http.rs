@@ -70,8 +70,6 @@ pub struct HttpState {
     pub networkutils_env: BTreeMap<String, String>,
     /// Effective values of the variables `/v1/ipamd-env-settings` reports.
     pub ipamd_env: BTreeMap<String, String>,
-    /// The node's ENIConfig name (custom networking), if any.
-    pub eni_config: Option<String>,
 }
 
 fn json_response(v: Value) -> Response {
@@ -193,6 +191,12 @@ const PATHS: [&str; 5] = [
     "/v1/pods",
 ];
 
+/// `/v1/eni-configs`: the name of the node's ENIConfig as a JSON string, as the anchor answers; `null` when custom
+/// networking is off or the node object is not known yet.
+fn eni_configs_json(node: &Node) -> Value {
+    json!(node.eni_config_status().and_then(|c| c.name))
+}
+
 /// The introspection router.
 pub fn introspection_router(state: HttpState) -> Router {
     Router::new()
@@ -207,7 +211,7 @@ pub fn introspection_router(state: HttpState) -> Router {
         )
         .route(
             "/v1/eni-configs",
-            get(|State(st): State<HttpState>| async move { json_response(json!(st.eni_config)) }),
+            get(|State(st): State<HttpState>| async move { json_response(eni_configs_json(&st.node)) }),
         )
         .route(
             "/v1/networkutils-env-settings",

@@ -149,6 +149,8 @@ pub fn policy_for(
             let mut opts = MaxPodsOptions::new(version);
             opts.cni_max_eni = config.max_eni;
             opts.prefix_delegation = pd;
+            // Custom networking: the primary ENI carries no pods (`ipamd max-pods --cni-custom-networking-enabled`).
+            opts.custom_networking = config.custom_networking.is_some();
             // Secondary IPs: the ENI-derived limit, as eni-max-pods.txt. PD: the calculator's 110/250 cap,
             // as kubelet would be configured (the uncapped PD number is far above what a node runs).
             opts.show_max_allowed = !pd;
