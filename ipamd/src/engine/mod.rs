@@ -522,6 +522,11 @@ impl Node {
                 .collect();
             (ds.stats(now), enis)
         };
+        // One guard: a second `lock` in the literal below would wait on the first (temporaries live to the end).
+        let (force_removed, routing_repairs) = {
+            let st = lock(&self.status);
+            (st.force_removed, st.routing_repairs)
+        };
         PoolSnapshot {
             max_enis: self.policy.max_enis,
             ips_per_eni: self.policy.ips_per_eni,
@@ -530,8 +535,8 @@ impl Node {
             keep: self.pool_floor(),
             adds_waiting: self.adds_waiting(),
             connmark: !self.config.external_snat || self.config.node_port_support,
-            force_removed: lock(&self.status).force_removed,
-            routing_repairs: lock(&self.status).routing_repairs,
+            force_removed,
+            routing_repairs,
             snat: self.deps.hostnet.snat_report(),
             eni_config: self.eni_config_status(),
         }
