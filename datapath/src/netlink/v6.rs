@@ -151,6 +151,33 @@ impl Netlink {
         }
     }
 
+    /// Adds `ip/prefix_len` with scope link (either family): an address a link answers for that is never picked as
+    /// the source of traffic leaving through other links (the egress plugin's gateway on host veths, as the
+    /// anchor's). Already present is fine.
+    pub async fn add_address_link_scope(
+        &self,
+        index: u32,
+        ip: IpAddr,
+        prefix_len: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut req = self.handle.address().add(index, ip, prefix_len);
+        req.message_mut().header.scope = netlink_packet_route::address::AddressScope::Link;
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let err = NetlinkError::request(
+                    format!("add address {ip}/{prefix_len} scope link to link {index}"),
+                    e,
+                );
+                if err.is_exists() {
+                    Ok(())
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
     /// Adds or replaces an IPv6 route.
     pub async fn replace_route6(&self, route: &Route6Spec) -> Result<(), NetlinkError> {
         self.handle
