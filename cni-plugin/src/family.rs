@@ -55,10 +55,12 @@ pub fn released_address(meta: Option<&IpAllocationMetadata>) -> Option<IpAddr> {
         .or_else(|| meta.i_pv6_addr.parse().ok())
 }
 
-/// The address of one of ipamd's allocations (`rpc.IpamdControl`), either family.
+/// The address of one of ipamd's allocations (`rpc.IpamdControl`), either family, so that CHECK and GC see IPv6
+/// pods as held.
 ///
-/// `Allocation` has one address field, `IPv4Addr` (tag 4); ipamd in IPv6 mode writes the pod's IPv6 address
-/// there (the field is a string). Read as any address so that CHECK and GC see IPv6 pods as held.
+/// Read as any address from `IPv4Addr` (tag 4), the one address field `Allocation` has on this branch. ipamd's IPv6
+/// mode (branch `v6ipamd`) adds `IPv6Addr = 10` and leaves `IPv4Addr` empty: when both meet, this becomes
+/// `a.i_pv4_addr.parse().ok().or_else(|| a.i_pv6_addr.parse().ok())`.
 pub fn allocation_address(a: &Allocation) -> Option<IpAddr> {
     a.i_pv4_addr.parse().ok()
 }
