@@ -1,8 +1,9 @@
 //! A small stand-in for ipamd on a Unix socket: `rpc.CNIBackend` and `rpc.IpamdControl` answering from a fixed
 //! list of addresses, for tests of the plugin's address families before ipamd hands them out (IPv6 mode lives
 //! on another branch). An address that parses as IPv6 is returned in `IPv6Addr` with `IPv4Addr` empty, as the
-//! anchor's ipamd answers in IPv6 mode; in `rpc.IpamdControl`'s `Allocation` (one address field) it goes into
-//! `IPv4Addr`, the contract `aws-cni`'s CHECK and GC read (see `cni-plugin/src/family.rs`).
+//! anchor's ipamd answers in IPv6 mode; in `rpc.IpamdControl`'s `Allocation` it goes into `IPv4Addr`, the one
+//! address field on this branch (ipamd's IPv6 branch adds `IPv6Addr = 10`: then it goes there, see
+//! `cni-plugin/src/family.rs`).
 //!
 //! It keeps assignments in memory, keyed by (network, container ID, ifname) like ipamd: a repeated ADD gets the
 //! same address, a DEL of something it does not hold answers success with no address, GC releases what is not
