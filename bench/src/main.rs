@@ -45,6 +45,9 @@ struct Ipv6Args {
     /// Directory with Debian's CNI plugins.
     #[arg(long, default_value = "/usr/lib/cni")]
     peer_dir: PathBuf,
+    /// Turn DAD off in the peer's pod namespaces first (ptp otherwise waits for it on every ADD).
+    #[arg(long)]
+    peer_nodad: bool,
     /// A real ipamd in IPv6 mode (default: an in-process stand-in answering IPv6Addr).
     #[arg(long)]
     ipamd_socket: Option<PathBuf>,
@@ -69,12 +72,14 @@ fn ipv6(args: Ipv6Args) -> Result<(), BenchError> {
             n: 60,
             warmup: 10,
             window: 10,
+            peer_nodad: args.peer_nodad,
         }
     } else {
         aws_cni_bench::real::v6::V6Params {
             n: 300,
             warmup: 30,
             window: 30,
+            peer_nodad: args.peer_nodad,
         }
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);

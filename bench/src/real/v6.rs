@@ -7,7 +7,8 @@
 //! which the IPv4 benchmark measures. Point `--ipamd-socket` at a real ipamd in IPv6 mode to include it.
 //!
 //! The peer waits for duplicate address detection on the pod address, as ptp does for IPv6 (its `SettleAddresses`);
-//! ours adds the address with `IFA_F_NODAD` and never waits. Both run in fresh pod namespaces with the kernel's
+//! ours adds the address with `IFA_F_NODAD` and never waits. `--peer-nodad` turns DAD off in the peer's pod
+//! namespaces beforehand (outside the timing), to compare the datapaths alone. Both run in fresh pod namespaces with the kernel's
 //! defaults, in a node namespace forwarding IPv6.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -36,6 +37,9 @@ pub struct V6Params {
     pub n: usize,
     pub warmup: usize,
     pub window: usize,
+    /// Turn duplicate address detection off in the peer's pod namespaces (`accept_dad=0` as the default before
+    /// ptp creates its interface), so ptp does not wait for it: the datapath's cost alone, as ours.
+    pub peer_nodad: bool,
 }
 
 /// Samples per plugin and verb.
@@ -276,6 +280,11 @@ fn run_inner(
         for plugin in order {
             let k = usize::from(plugin == Plugin::Peer);
             let mut pod = new_pod(nss, plugin, i)?;
+            if plugin == Plugin::Peer && p.peer_nodad {
+                datapath::in_netns(&pod.netns, || {
+                    datapath::sysctl::set(None, &[("net/ipv6/conf/default/accept_dad".into(), "0")])
+                })?;
+            }
             let add = runner.must(plugin, "ADD", &mut pod)?;
             live[k].push_back(pod);
             let del = if live[k].len() > p.window {
