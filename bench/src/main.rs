@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Run the suite and write the report (as root: it creates network namespaces).
     Run(RunArgs),
+    /// IPv6 pod setup: ADD/DEL of IPv6 pods, aws-cni against ptp + host-local with an IPv6 range (as root).
+    Ipv6(Ipv6Args),
     /// Internal: run one program from a thread in NETNS and print its peak RSS as JSON.
     #[command(hide = true)]
     ChildRss {
@@ -30,6 +32,60 @@ enum Command {
         #[arg(last = true)]
         program: PathBuf,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct Ipv6Args {
+    /// Smaller samples, for a smoke run.
+    #[arg(long)]
+    quick: bool,
+    /// Directory with the release `aws-cni`.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Directory with Debian's CNI plugins.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    peer_dir: PathBuf,
+    /// Turn DAD off in the peer's pod namespaces first (ptp otherwise waits for it on every ADD).
+    #[arg(long)]
+    peer_nodad: bool,
+    /// A real ipamd in IPv6 mode (default: an in-process stand-in answering IPv6Addr).
+    #[arg(long)]
+    ipamd_socket: Option<PathBuf>,
+    /// Seed of the interleaving order.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+fn ipv6(args: Ipv6Args) -> Result<(), BenchError> {
+    use rand::SeedableRng;
+    install_interrupt_flag()?;
+    let me = std::env::current_exe().map_err(BenchError::io("locating this executable"))?;
+    let bins = Binaries {
+        aws_cni: args.bin_dir.join("aws-cni"),
+        ipamd: me.clone(),
+        peer_dir: args.peer_dir.clone(),
+        me,
+    };
+    bins.check()?;
+    let p = if args.quick {
+        aws_cni_bench::real::v6::V6Params {
+            n: 60,
+            warmup: 10,
+            window: 10,
+            peer_nodad: args.peer_nodad,
+        }
+    } else {
+        aws_cni_bench::real::v6::V6Params {
+            n: 300,
+            warmup: 30,
+            window: 30,
+            peer_nodad: args.peer_nodad,
+        }
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
+    let samples = aws_cni_bench::real::v6::run(&bins, p, args.ipamd_socket, &mut rng)?;
+    println!("{}", samples.table());
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +156,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Run(args) => run(args),
+        Command::Ipv6(args) => ipv6(args),
         Command::ChildRss { netns, program } => child_rss_main(&netns, &program),
     };
     match res {

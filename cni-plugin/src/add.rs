@@ -2,13 +2,12 @@
 //! a policy mode ([`crate::netpol`]), report it. A failed ADD (the agent's failure included) undoes what it did
 //! and gives the IP back (DelNetwork with Reason "SetupNSFailed", as the anchor).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use aws_cni_proto::{AddNetworkRequest, DelNetworkRequest, FailureReason};
 use cni_types::{CniEnv, CniResult, Interface, IpConfig};
-use datapath::pod::{self, PodNetwork, PodTeardown};
 use datapath::Netlink;
 
 use crate::client::{self, rpc_error};
@@ -71,23 +70,21 @@ pub async fn add(
             message: "ipamd reported success but returned no address".into(),
         });
     };
-    let ip: Ipv4Addr = meta.i_pv4_addr.parse().map_err(|_| PluginError::NoIp {
-        reason: FailureReason::Internal,
-        message: format!("ipamd returned an invalid address {:?}", meta.i_pv4_addr),
-    })?;
+    // IPv4 or IPv6 (ENABLE_IPv6): ipamd's reply decides, see crate::family.
+    let ip: IpAddr = crate::family::reply_address(meta)?;
     let table = u32::try_from(meta.route_table_id).unwrap_or(datapath::MAIN_TABLE);
     let host_veth = pod.host_veth(&conf.veth_prefix);
     let mtu = conf.pod_mtu()?;
 
     let host = Netlink::connect(None).map_err(|e| PluginError::Setup(e.to_string()))?;
-    let spec = PodNetwork {
+    let spec = crate::family::Plumbing {
         host_veth: &host_veth,
         container_ifname: ifname,
         ip,
         table,
         mtu,
     };
-    let links = match pod::setup(&host, netns, &spec).await {
+    let links = match crate::family::setup(&host, netns, &spec).await {
         Ok(l) => l,
         Err(e) => {
             undo(&host, &mut ipamd, env, conf, &host_veth, netns, ip).await;
@@ -117,7 +114,7 @@ pub async fn add(
         result.interfaces.push(marker);
     }
     result.ips = vec![IpConfig {
-        address: cni_types::ipnetwork::IpNetwork::new(IpAddr::V4(ip), 32)
+        address: cni_types::ipnetwork::IpNetwork::new(ip, crate::family::host_prefix(ip))
             .map_err(|e| PluginError::Setup(e.to_string()))?,
         gateway: None,
         interface: Some(1),
@@ -137,16 +134,14 @@ async fn undo(
     conf: &PluginConf,
     host_veth: &str,
     netns: &Path,
-    ip: Ipv4Addr,
+    ip: IpAddr,
 ) {
-    let errors = pod::teardown(
+    let errors = crate::family::teardown(
         host,
-        &PodTeardown {
-            host_veth: Some(host_veth),
-            netns_path: Some(netns),
-            container_ifname: env.ifname.as_deref(),
-            ip: Some(ip),
-        },
+        Some(host_veth),
+        Some(netns),
+        env.ifname.as_deref(),
+        Some(ip),
     )
     .await;
     for e in errors {

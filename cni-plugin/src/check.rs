@@ -36,6 +36,15 @@ pub async fn check(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result
     if !netns.exists() {
         return Err(PluginError::NetnsMissing(netns.display().to_string()));
     }
+    // An IPv6 pod (ENABLE_IPv6): the same checks in its family.
+    if let Some(IpAddr::V6(ip)) = prev.ips.first().map(|c| c.address.ip()) {
+        let at = crate::check6::Attachment {
+            container_id,
+            ifname,
+            netns,
+        };
+        return crate::check6::check6(env, conf, timeout, &prev, ip, at).await;
+    }
     let ip: Ipv4Addr = prev
         .ips
         .iter()

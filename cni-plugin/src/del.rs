@@ -37,11 +37,12 @@
 //!
 //! Teardown keeps going past failures and reports all of them.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use aws_cni_proto::DelNetworkRequest;
 use cni_types::CniEnv;
+use datapath::pod::v6::OwnedTeardown6;
 use datapath::pod::{self, OwnedTeardown};
 use datapath::{LinkInfo, Netlink, NetnsId};
 
@@ -60,12 +61,10 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
             None
         }
     };
-    let prev_ip = prev.as_ref().and_then(|r| {
-        r.ips.iter().find_map(|c| match c.address.ip() {
-            IpAddr::V4(ip) => Some(ip),
-            IpAddr::V6(_) => None,
-        })
-    });
+    // The pod's one address, IPv4 or IPv6 (crate::family).
+    let prev_ip: Option<IpAddr> = prev
+        .as_ref()
+        .and_then(|r| r.ips.first().map(|c| c.address.ip()));
     let prev_veth = prev.as_ref().and_then(|r| {
         r.interfaces
             .iter()
@@ -111,7 +110,7 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
     };
 
     let released = release(env, conf, &pod, timeout, offer).await;
-    let (ip, deferred, policy_mode): (Option<Ipv4Addr>, bool, &str) = match &released {
+    let (ip, deferred, policy_mode): (Option<IpAddr>, bool, &str) = match &released {
         // Nothing held for this container (a repeated or stale DEL): nothing on the host is ours, and the policy
         // agent is not told either, since the pod's name may belong to a newer sandbox whose policies are live.
         Ok(r) if r.ip.is_none() => {
@@ -128,16 +127,35 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
         }
     };
     let host = host.map_err(|e| PluginError::Teardown(e.to_string()))?;
-    let errors = pod::teardown_owned(
-        &host,
-        &OwnedTeardown {
-            ip,
-            host_veth: host_link.as_ref(),
-            pod_end: pod_end.as_ref(),
-            veth_deferred: deferred,
-        },
-    )
-    .await;
+    let errors = match ip {
+        Some(IpAddr::V6(ip)) => {
+            pod::v6::teardown_owned6(
+                &host,
+                &OwnedTeardown6 {
+                    ip: Some(ip),
+                    host_veth: host_link.as_ref(),
+                    pod_end: pod_end.as_ref(),
+                    veth_deferred: deferred,
+                },
+            )
+            .await
+        }
+        ip => {
+            pod::teardown_owned(
+                &host,
+                &OwnedTeardown {
+                    ip: ip.and_then(|ip| match ip {
+                        IpAddr::V4(ip) => Some(ip),
+                        IpAddr::V6(_) => None,
+                    }),
+                    host_veth: host_link.as_ref(),
+                    pod_end: pod_end.as_ref(),
+                    veth_deferred: deferred,
+                },
+            )
+            .await
+        }
+    };
     tracing::info!(
         container = ?env.container_id,
         ip = ?ip,
@@ -164,8 +182,8 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
 /// What ipamd said to a DEL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Released {
-    /// The IP it released (None if it held none for this container).
-    ip: Option<Ipv4Addr>,
+    /// The IP it released, either family (None if it held none for this container).
+    ip: Option<IpAddr>,
     /// It took the offered host veth: its reaper deletes it.
     veth_deferred: bool,
     /// ipamd's `NetworkPolicyMode` (empty: no policy agent).
@@ -213,10 +231,7 @@ async fn release(
         )));
     }
     Ok(Released {
-        ip: reply
-            .ip_allocation_metadata
-            .first()
-            .and_then(|m| m.i_pv4_addr.parse().ok()),
+        ip: crate::family::released_address(reply.ip_allocation_metadata.first()),
         // Only an offered veth can have been taken.
         veth_deferred: offer.is_some() && reply.veth_deferred,
         policy_mode: reply.network_policy_mode,

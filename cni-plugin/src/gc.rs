@@ -46,15 +46,18 @@ pub async fn gc(conf: &PluginConf, timeout: Duration) -> Result<(), PluginError>
         .map_err(|s| rpc_error(&socket, "Gc", timeout, s))?
         .into_inner();
     // Everything ipamd still holds, in every network: never sweep those.
-    let held: HashSet<Ipv4Addr> = ipamd
+    let allocations = ipamd
         .list_allocations(ListAllocationsRequest::default())
         .await
         .map_err(|s| rpc_error(&socket, "ListAllocations", timeout, s))?
         .into_inner()
-        .allocations
+        .allocations;
+    let held: HashSet<Ipv4Addr> = allocations
         .iter()
         .filter_map(|a| a.i_pv4_addr.parse().ok())
         .collect();
+    // IPv6 pods (ENABLE_IPv6): swept by crate::gc6 below.
+    let held6 = crate::gc6::v6_of(&allocations);
 
     let host = Netlink::connect(None).map_err(|e| PluginError::Teardown(e.to_string()))?;
     let mut errors = Vec::new();
@@ -113,7 +116,16 @@ pub async fn gc(conf: &PluginConf, timeout: Duration) -> Result<(), PluginError>
             errors.push(format!("{ip}: {e}"));
         }
     }
+    let swept6 = crate::gc6::sweep6(
+        &host,
+        &held6,
+        crate::gc6::v6_of(&reply.released),
+        &conf.veth_prefix,
+        &mut errors,
+    )
+    .await;
     tracing::info!(
+        swept6,
         released = reply.released.len(),
         kept = reply.kept.len(),
         swept = stale.len(),

@@ -6,11 +6,14 @@
 
 mod add;
 mod check;
+mod check6;
 mod client;
 mod conf;
 mod del;
 mod error;
+mod family;
 mod gc;
+mod gc6;
 mod guard;
 mod identity;
 mod netpol;

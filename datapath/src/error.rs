@@ -36,6 +36,13 @@ pub enum NetlinkError {
     /// A link we needed is not there.
     #[error("link {0} not found")]
     LinkNotFound(String),
+    /// A sysctl (`/proc/sys/...`) could not be written.
+    #[error("cannot set {key}={value}: {source}")]
+    Sysctl {
+        key: String,
+        value: String,
+        source: std::io::Error,
+    },
 }
 
 impl NetlinkError {
@@ -54,9 +61,9 @@ impl NetlinkError {
                 ..
             } => Some(-msg.raw_code()),
             NetlinkError::NetnsEnter { source, .. } => Some(*source as i32),
-            NetlinkError::NetnsOpen { source, .. } | NetlinkError::Socket(source) => {
-                source.raw_os_error()
-            }
+            NetlinkError::NetnsOpen { source, .. }
+            | NetlinkError::Socket(source)
+            | NetlinkError::Sysctl { source, .. } => source.raw_os_error(),
             _ => None,
         }
     }

@@ -13,6 +13,9 @@
 //! 169.254.1.1 gateway and its permanent neighbour, host route and policy rules) is composed from these primitives
 //! in [`pod`], so the plugin and the daemon's cleanup paths share one definition of "a pod's network".
 //!
+//! IPv6 pods (`ENABLE_IPv6`) get the same plumbing in their family ([`pod::v6`]: /128, `fe80::1`, static ND),
+//! from the IPv6 half of [`Netlink`] and the per-namespace [`sysctl`]s.
+//!
 //! [`conntrack`] deletes the tracked flows of an address (ctnetlink), for addresses going back to the pool.
 
 pub mod conntrack;
@@ -21,10 +24,13 @@ mod names;
 mod netlink;
 mod netns;
 pub mod pod;
+pub mod sysctl;
 
 pub use error::NetlinkError;
 pub use names::{host_veth_name, is_pod_veth_name, random_mac, subnet_gateway, MacAddr};
-pub use netlink::{LinkInfo, Netlink, RouteSpec, RuleInfo, RuleSpec, VethSpec};
+pub use netlink::{
+    LinkInfo, Netlink, Route6Spec, RouteSpec, Rule6Spec, RuleInfo, RuleSpec, VethSpec,
+};
 pub use netns::{
     create_named_netns, current_netns_id, delete_named_netns, enter_netns, in_netns, in_netns_file,
     is_initial_netns, is_own_or_initial_netns, new_anonymous_netns, NetnsId, NETNS_RUN_DIR,

@@ -40,6 +40,9 @@ use crate::names::MacAddr;
 use crate::netns::{in_netns, in_netns_file};
 use crate::NetlinkError;
 
+mod v6;
+pub use v6::{Route6Spec, Rule6Spec};
+
 /// What we need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LinkInfo {

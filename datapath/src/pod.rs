@@ -20,6 +20,8 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
+pub mod v6;
+
 use crate::netlink::VethSpec;
 use crate::{
     random_mac, LinkInfo, MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec,

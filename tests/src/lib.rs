@@ -23,6 +23,7 @@ pub mod aws;
 pub mod eni_fabric;
 #[cfg(feature = "aws")]
 pub mod imds_server;
+pub mod ipamd_double;
 pub mod moto;
 pub mod netns_port;
 

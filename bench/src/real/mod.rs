@@ -14,6 +14,7 @@ pub mod churn;
 pub mod floor;
 pub mod memory;
 pub mod podsetup;
+pub mod v6;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

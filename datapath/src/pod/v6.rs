@@ -1,0 +1,387 @@
+//! A pod's network in IPv6 (`ENABLE_IPv6=true`), as the anchor builds it, with duplicate address detection off
+//! where it would only delay the pod.
+//!
+//! ```text
+//!  pod netns                                     host (node) netns
+//!  eth0  <podIP>/128 (nodad)                     eniXXXXXXXXXXX (random local MAC, only its link-local)
+//!   fe80::1/128 dev eth0 scope link               <podIP>/128 dev eniXXX scope link        (main)
+//!   default via fe80::1 dev eth0                  rule 512:  to <podIP>/128 lookup main     (IPv6)
+//!   neigh fe80::1 lladdr <host MAC> PERMANENT     rule 1536: from <podIP>/128 lookup <ENI table> (secondary ENIs)
+//!  sysctls: eth0, lo disable_ipv6=0;              sysctls on the veth before up: accept_ra=0,
+//!           eth0 accept_dad=0                     accept_redirects=1, forwarding=0, accept_dad=0
+//! ```
+//!
+//! Like the anchor, the host veth gets no address of its own: the pod reaches `fe80::1` through the permanent
+//! neighbour entry (static ND), and the host reaches the pod by its /128 route and ordinary neighbour discovery
+//! on the veth. The node must forward IPv6 (`net/ipv6/conf/all/forwarding=1`, which the anchor's init container
+//! and `ipamd` set in IPv6 mode).
+//!
+//! Where the anchor polls up to 10 s for the pod address to leave its tentative state, the address here is added
+//! with `IFA_F_NODAD` and `accept_dad=0` is set on both veth ends before they go up, so the pod address and both
+//! link-local addresses are usable the moment ADD returns. DAD protects against a duplicate on a shared link; a
+//! veth has exactly two ends, both ours.
+//!
+//! Teardown mirrors the IPv4 side ([`super::teardown`], [`super::teardown_owned`]): every step attempted, every
+//! failure returned, and a DEL removes only what the kernel ties to its container.
+
+use std::fs::File;
+use std::net::Ipv6Addr;
+use std::path::Path;
+
+use crate::netlink::VethSpec;
+use crate::sysctl::{self, ipv6_conf};
+use crate::{
+    random_mac, LinkInfo, Netlink, NetlinkError, Route6Spec, Rule6Spec, FROM_POD_RULE_PRIORITY,
+    MAIN_TABLE, TO_POD_RULE_PRIORITY,
+};
+
+use super::{is_peer_of, PodEnd, PodLinks};
+
+/// The pod-side gateway for the first interface (the anchor's value).
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// What to build for one IPv6 pod interface.
+#[derive(Debug, Clone)]
+pub struct PodNetwork6<'a> {
+    /// Host-side veth name (see [`crate::host_veth_name`]).
+    pub host_veth: &'a str,
+    /// Interface name inside the pod (CNI_IFNAME).
+    pub container_ifname: &'a str,
+    /// The pod's address (from the node's /80 prefix).
+    pub ip: Ipv6Addr,
+    /// Route table of the ENI that owns `ip` ([`MAIN_TABLE`] for the primary ENI, the only one in IPv6 mode).
+    pub table: u32,
+    /// MTU of both veth ends.
+    pub mtu: u32,
+}
+
+/// The host rules of an IPv6 pod address: `to ip/128 lookup main` (512) and, off the primary ENI,
+/// `from ip/128 lookup table` (1536).
+pub fn pod_rules6(ip: Ipv6Addr, table: u32) -> Vec<Rule6Spec> {
+    let mut rules = vec![Rule6Spec {
+        priority: TO_POD_RULE_PRIORITY,
+        src: None,
+        dst: Some((ip, 128)),
+        table: MAIN_TABLE,
+    }];
+    if table != MAIN_TABLE {
+        rules.push(Rule6Spec {
+            priority: FROM_POD_RULE_PRIORITY,
+            src: Some((ip, 128)),
+            dst: None,
+            table,
+        });
+    }
+    rules
+}
+
+/// True for the 512/1536 rules that [`setup6`] installs for `ip`.
+pub fn is_pod_rule6(rule: &Rule6Spec, ip: Ipv6Addr) -> bool {
+    (rule.priority == TO_POD_RULE_PRIORITY && rule.dst == Some((ip, 128)) && rule.src.is_none())
+        || (rule.priority == FROM_POD_RULE_PRIORITY
+            && rule.src == Some((ip, 128))
+            && rule.dst.is_none())
+}
+
+/// The host route to a pod: `ip/128 dev <host veth> scope link` in main.
+pub fn host_route6(ip: Ipv6Addr, host_veth_index: Option<u32>) -> Route6Spec {
+    Route6Spec {
+        dst: ip,
+        prefix_len: 128,
+        gateway: None,
+        oif: host_veth_index,
+        table: MAIN_TABLE,
+        scope_link: true,
+    }
+}
+
+/// The IPv6 settings of a host veth, written before it goes up: the anchor's three, plus `accept_dad=0` so its
+/// link-local address (the source of its neighbour solicitations to the pod) is usable at once.
+pub fn host_veth_settings(name: &str) -> Vec<sysctl::Setting> {
+    vec![
+        (ipv6_conf(name, "accept_ra"), "0"),
+        (ipv6_conf(name, "accept_redirects"), "1"),
+        (ipv6_conf(name, "forwarding"), "0"),
+        (ipv6_conf(name, "accept_dad"), "0"),
+    ]
+}
+
+/// The IPv6 settings inside the pod, written before its interface goes up: IPv6 on (a runtime or the node's
+/// defaults may have turned it off) on the interface and on `lo`, and no duplicate address detection on the
+/// interface.
+pub fn pod_settings(ifname: &str) -> Vec<sysctl::Setting> {
+    vec![
+        (ipv6_conf(ifname, "disable_ipv6"), "0"),
+        (ipv6_conf("lo", "disable_ipv6"), "0"),
+        (ipv6_conf(ifname, "accept_dad"), "0"),
+    ]
+}
+
+/// Builds an IPv6 pod's network. On error the caller runs [`teardown6`] (safe on a partial setup).
+pub async fn setup6(
+    host: &Netlink,
+    netns_path: &Path,
+    spec: &PodNetwork6<'_>,
+) -> Result<PodLinks, NetlinkError> {
+    let netns = File::open(netns_path).map_err(|source| NetlinkError::NetnsOpen {
+        path: netns_path.to_owned(),
+        source,
+    })?;
+    let pod = Netlink::connect_file(&netns)?;
+
+    // A leftover host veth of the same name (an earlier sandbox of the pod): see the IPv4 setup.
+    host.delete_link_by_name(spec.host_veth).await?;
+    let host_mac = random_mac();
+    host.create_veth(&VethSpec {
+        name: spec.host_veth,
+        mac: Some(host_mac),
+        mtu: spec.mtu,
+        peer_name: spec.container_ifname,
+        peer_mac: None,
+        peer_netns: Some(&netns),
+    })
+    .await?;
+
+    // Pod side: settings first (they exist as soon as the link does), then up, address, routes, static ND.
+    sysctl::set(Some(&netns), &pod_settings(spec.container_ifname))?;
+    let eth = pod
+        .link_by_name(spec.container_ifname)
+        .await?
+        .ok_or_else(|| NetlinkError::LinkNotFound(spec.container_ifname.to_string()))?;
+    if let Some(lo) = pod.link_by_name("lo").await? {
+        if !lo.up {
+            pod.set_up(lo.index).await?;
+        }
+    }
+    pod.set_up(eth.index).await?;
+    pod.add_address6_nodad(eth.index, spec.ip, 128).await?;
+    pod.replace_route6(&Route6Spec {
+        dst: POD_GATEWAY6,
+        prefix_len: 128,
+        gateway: None,
+        oif: Some(eth.index),
+        table: MAIN_TABLE,
+        scope_link: true,
+    })
+    .await?;
+    pod.replace_route6(&Route6Spec {
+        dst: Ipv6Addr::UNSPECIFIED,
+        prefix_len: 0,
+        gateway: Some(POD_GATEWAY6),
+        oif: Some(eth.index),
+        table: MAIN_TABLE,
+        scope_link: false,
+    })
+    .await?;
+    pod.replace_permanent_neighbour6(eth.index, POD_GATEWAY6, host_mac)
+        .await?;
+
+    // Host side.
+    let veth = host
+        .link_by_name(spec.host_veth)
+        .await?
+        .ok_or_else(|| NetlinkError::LinkNotFound(spec.host_veth.to_string()))?;
+    sysctl::set(None, &host_veth_settings(spec.host_veth))?;
+    host.set_up(veth.index).await?;
+    host.replace_route6(&host_route6(spec.ip, Some(veth.index)))
+        .await?;
+    for rule in pod_rules6(spec.ip, spec.table) {
+        host.add_rule6(&rule).await?;
+    }
+    Ok(PodLinks {
+        host_mac,
+        container_mac: eth.mac,
+        container_index: eth.index,
+    })
+}
+
+/// What to remove for an IPv6 pod (see [`super::PodTeardown`]).
+#[derive(Debug, Clone, Default)]
+pub struct PodTeardown6<'a> {
+    pub host_veth: Option<&'a str>,
+    pub netns_path: Option<&'a Path>,
+    pub container_ifname: Option<&'a str>,
+    pub ip: Option<Ipv6Addr>,
+}
+
+/// Removes everything [`setup6`] made: rules 512/1536 of the address, its host /128 route, the veth pair.
+/// Attempts every step and returns every failure (empty = clean).
+pub async fn teardown6(host: &Netlink, what: &PodTeardown6<'_>) -> Vec<NetlinkError> {
+    let mut errors = Vec::new();
+    if let Some(ip) = what.ip {
+        delete_pod_rules6(host, ip, &mut errors).await;
+        if let Err(e) = host.delete_route6(&host_route6(ip, None)).await {
+            errors.push(e);
+        }
+    }
+    errors.extend(
+        super::teardown(
+            host,
+            &super::PodTeardown {
+                host_veth: what.host_veth,
+                netns_path: what.netns_path,
+                container_ifname: what.container_ifname,
+                ip: None,
+            },
+        )
+        .await,
+    );
+    errors
+}
+
+/// What an IPv6 DEL may remove (see [`super::OwnedTeardown`]).
+#[derive(Debug, Clone, Default)]
+pub struct OwnedTeardown6<'a> {
+    pub ip: Option<Ipv6Addr>,
+    pub host_veth: Option<&'a LinkInfo>,
+    pub pod_end: Option<&'a PodEnd>,
+    pub veth_deferred: bool,
+}
+
+/// [`super::teardown_owned`] for an IPv6 address: the route only through the tied veth, the rules only when no
+/// route to the address is left, the pod end only when it carries the address or is the tied veth's peer.
+pub async fn teardown_owned6(host: &Netlink, what: &OwnedTeardown6<'_>) -> Vec<NetlinkError> {
+    let mut errors = Vec::new();
+    let route_oif = match what.ip {
+        Some(ip) => match route6_to(host, ip).await {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e);
+                return errors;
+            }
+        },
+        None => None,
+    };
+    let peer_tied = match (what.host_veth, what.pod_end) {
+        (Some(h), Some(p)) => is_peer_of(&p.link, h),
+        _ => false,
+    };
+    let tied = what
+        .host_veth
+        .filter(|h| peer_tied || (route_oif.is_some() && route_oif == Some(Some(h.index))));
+
+    if let Some(ip) = what.ip {
+        if let (Some(Some(oif)), Some(h)) = (route_oif, tied) {
+            if oif == h.index {
+                if let Err(e) = host.delete_route6(&host_route6(ip, Some(h.index))).await {
+                    errors.push(e);
+                }
+            }
+        }
+        match route6_to(host, ip).await {
+            Ok(None) => {
+                delete_pod_rules6(host, ip, &mut errors).await;
+                // A new holder that built its route meanwhile gets its `to` rule back (see the IPv4 side).
+                match route6_to(host, ip).await {
+                    Ok(Some(_)) => {
+                        if let Err(e) = host.add_rule6(&pod_rules6(ip, MAIN_TABLE)[0]).await {
+                            errors.push(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+            Ok(Some(oif)) => tracing::info!(
+                %ip, ?oif,
+                "the host route to this address leads to another link: its rules and route are left alone"
+            ),
+            Err(e) => errors.push(e),
+        }
+    }
+
+    let mut pair_gone = false;
+    if let Some(p) = what.pod_end {
+        let carries_ip = match what.ip {
+            Some(ip) => match p.netns.addresses(p.link.index).await {
+                Ok(addrs) => addrs
+                    .iter()
+                    .any(|(a, len)| *a == std::net::IpAddr::V6(ip) && *len == 128),
+                Err(e) => {
+                    errors.push(e);
+                    false
+                }
+            },
+            None => false,
+        };
+        let reaped_with_host = what.veth_deferred && peer_tied;
+        if (carries_ip || peer_tied) && !reaped_with_host {
+            match p.netns.delete_link_by_index(p.link.index).await {
+                Ok(_) if peer_tied => pair_gone = true,
+                Ok(_) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    if let Some(h) = tied {
+        if !what.veth_deferred && !pair_gone {
+            if let Err(e) = host.delete_link_by_index(h.index).await {
+                errors.push(e);
+            }
+        }
+    }
+    errors
+}
+
+/// Deletes the 512/1536 rules of `ip`, adding every failure to `errors`.
+async fn delete_pod_rules6(host: &Netlink, ip: Ipv6Addr, errors: &mut Vec<NetlinkError>) {
+    match host.rules6().await {
+        Ok(rules) => {
+            for rule in rules.iter().filter(|r| is_pod_rule6(r, ip)) {
+                if let Err(e) = host.delete_rule6(rule).await {
+                    errors.push(e);
+                }
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+}
+
+/// The output interface of main's /128 route to `ip`: `None` when there is none, `Some(None)` for one without.
+async fn route6_to(host: &Netlink, ip: Ipv6Addr) -> Result<Option<Option<u32>>, NetlinkError> {
+    Ok(host
+        .routes6(MAIN_TABLE)
+        .await?
+        .into_iter()
+        .find(|r| r.dst == ip && r.prefix_len == 128)
+        .map(|r| r.oif))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_is_the_anchors() {
+        assert_eq!(POD_GATEWAY6.to_string(), "fe80::1");
+    }
+
+    #[test]
+    fn primary_eni_pod_gets_only_the_to_rule() {
+        let ip: Ipv6Addr = "2001:db8:0:1:2::5".parse().expect("ip");
+        let rules = pod_rules6(ip, MAIN_TABLE);
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules[0].priority, 512);
+        assert_eq!(rules[0].dst, Some((ip, 128)));
+        assert!(is_pod_rule6(&rules[0], ip));
+        assert!(!is_pod_rule6(
+            &rules[0],
+            "2001:db8:0:1:2::6".parse().expect("ip")
+        ));
+        let both = pod_rules6(ip, 3);
+        assert_eq!(both[1].priority, 1536);
+        assert_eq!(both[1].src, Some((ip, 128)));
+        assert_eq!(both[1].table, 3);
+    }
+
+    #[test]
+    fn dad_is_off_on_both_ends_and_ipv6_on_in_the_pod() {
+        let host = host_veth_settings("eniabc");
+        assert!(host.contains(&("net/ipv6/conf/eniabc/accept_dad".into(), "0")));
+        assert!(host.contains(&("net/ipv6/conf/eniabc/accept_ra".into(), "0")));
+        let pod = pod_settings("eth0");
+        assert!(pod.contains(&("net/ipv6/conf/eth0/disable_ipv6".into(), "0")));
+        assert!(pod.contains(&("net/ipv6/conf/lo/disable_ipv6".into(), "0")));
+        assert!(pod.contains(&("net/ipv6/conf/eth0/accept_dad".into(), "0")));
+    }
+}
