@@ -110,6 +110,8 @@ impl SimEc2 {
         let all_subnets = std::iter::once((spec.subnet_cidr, BTreeMap::new()))
             .chain(spec.extra_subnets.iter().map(|s| (s.cidr, s.tags.clone())));
         for (i, (cidr, tags)) in all_subnets.enumerate() {
+            // The node subnet is dual-stack when the spec says so; extra subnets are IPv4 only.
+            let ipv6_cidr = if i == 0 { spec.subnet_ipv6_cidr } else { None };
             if !spec.vpc_cidr.contains(cidr.network()) || cidr.prefix() > 28 {
                 return Err(SimError::Subnet(
                     cidr.to_string(),
@@ -123,6 +125,8 @@ impl SimEc2 {
                 SubnetState {
                     id,
                     cidr,
+                    ipv6_cidr,
+                    next_v6: 0,
                     tags,
                     free_count: free.len(),
                     free,

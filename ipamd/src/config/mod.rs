@@ -80,6 +80,8 @@ pub struct Config {
     pub pool_release_delay: Duration,
     /// How long an ADD waits for an address on its way before failing (`AWS_CNI_ADD_WAIT_SECONDS`).
     pub add_wait: Duration,
+    /// IPv6 mode (`ENABLE_IPv6=true`, `ENABLE_IPv4=false`): pods get addresses of one /80 on the primary ENI.
+    pub ipv6: bool,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             disable_leaked_eni_cleanup: false,
             pool_release_delay: DEFAULT_POOL_RELEASE_DELAY,
             add_wait: DEFAULT_ADD_WAIT,
+            ipv6: false,
         }
     }
 }
