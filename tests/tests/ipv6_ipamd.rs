@@ -343,3 +343,127 @@ fn the_family_combinations_the_anchor_refuses_stop_startup_naming_the_variables(
     let junk = refused(&[("ENABLE_IPv6", "maybe")]);
     assert!(junk.contains("ENABLE_IPv6"), "{junk}");
 }
+
+/// One IPv6 `CheckpointEntry` as the anchor's Go encoder writes it in IPv6 mode: `ipv4` omitted, `ipv6` set.
+fn anchor_entry_v6(container: &str, ip: &str, name: &str, wall_ns: u64) -> String {
+    format!(
+        r#"{{"networkName":"aws-cni","containerID":"{container}","ifName":"eth0","ipv6":"{ip}","allocationTimestamp":{wall_ns},"metadata":{{"k8sPodNamespace":"default","k8sPodName":"{name}"}}}}"#
+    )
+}
+
+#[test]
+fn a_node_migrated_from_the_anchor_in_ipv6_mode_keeps_its_pods() {
+    let mut n = V6Node::new();
+    // The instance as aws-node left it: EC2 gave the primary ENI its /80.
+    n.start();
+    n.stop();
+    let prefix = n.prefixes()[0].clone();
+    let net: std::net::Ipv6Addr = prefix
+        .split_once('/')
+        .expect("cidr")
+        .0
+        .parse()
+        .expect("net");
+    let at = |host: u128| std::net::Ipv6Addr::from(u128::from(net) | host);
+    let (web0, web1, gone) = (at(5), at(9), at(0x1c));
+    // The anchor's pods: two still running (their host veths are there), one deleted while no ipamd ran.
+    for name in ["web-0", "web-1"] {
+        let veth = integration_tests::expected_veth("default", name);
+        let out = n.node.exec(&[
+            "ip",
+            "link",
+            "add",
+            &veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("p{}", &veth[3..]),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let file = format!(
+        "{{\"version\":\"vpc-cni-ipam/1\",\"allocations\":[{},{},{}]}}\n",
+        anchor_entry_v6(
+            "anchor0c0ffee",
+            &web0.to_string(),
+            "web-0",
+            1_600_000_000_000_000_000
+        ),
+        anchor_entry_v6(
+            "anchor1c0ffee",
+            &web1.to_string(),
+            "web-1",
+            1_600_000_000_000_000_000
+        ),
+        anchor_entry_v6(
+            "anchor2c0ffee",
+            &gone.to_string(),
+            "web-2",
+            1_600_000_000_000_000_000
+        ),
+    );
+    std::fs::write(n.dir.path().join("ipam.json"), file).expect("anchor checkpoint");
+
+    n.start();
+    assert_eq!(n.ec2_calls("AssignIpv6Addresses"), 1, "no second prefix");
+    let sock = n.socket();
+    let rt = rt();
+    // The running pods keep their addresses (a repeated ADD answers what the key holds); the gone one is freed.
+    let listed = rt.block_on(async {
+        let ch = aws_cni_proto::unix_channel(&sock, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        IpamdControlClient::new(ch)
+            .list_allocations(ListAllocationsRequest::default())
+            .await
+            .expect("ListAllocations")
+            .into_inner()
+            .allocations
+    });
+    let mut held: Vec<(String, String)> = listed
+        .iter()
+        .map(|a| (a.k8s_pod_name.clone(), a.i_pv6_addr.clone()))
+        .collect();
+    held.sort();
+    assert_eq!(
+        held,
+        vec![
+            ("web-0".to_string(), web0.to_string()),
+            ("web-1".to_string(), web1.to_string())
+        ],
+        "{}",
+        n.log()
+    );
+    assert_eq!(rt.block_on(add(&sock, "anchor0c0ffee", "web-0")), web0);
+    // A new pod never gets an adopted address.
+    let fresh = rt.block_on(add(&sock, "newpod0c0ffee", "web-3"));
+    assert!(
+        fresh != web0 && fresh != web1 && in_prefix(fresh, &prefix),
+        "{fresh}"
+    );
+    let del = rt.block_on(async {
+        backend(&sock)
+            .await
+            .del_network(del_req("anchor1c0ffee", "web-1"))
+            .await
+            .expect("DelNetwork")
+            .into_inner()
+    });
+    assert_eq!(
+        del.ip_allocation_metadata
+            .iter()
+            .map(|m| m.i_pv6_addr.clone())
+            .collect::<Vec<_>>(),
+        vec![web1.to_string()]
+    );
+    let cp = n.checkpoint();
+    assert!(
+        cp.contains(&web0.to_string()) && cp.contains(&fresh.to_string()),
+        "{cp}"
+    );
+    assert!(
+        !cp.contains(&web1.to_string()) && !cp.contains(&gone.to_string()),
+        "{cp}"
+    );
+}

@@ -270,6 +270,16 @@ mod tests {
         config: Config,
         checkpoint: Option<PathBuf>,
     ) -> Result<Arc<Node>, NodeError> {
+        start_with_pods(sim, clock, config, checkpoint, None).await
+    }
+
+    async fn start_with_pods(
+        sim: &SimEc2,
+        clock: &ManualClock,
+        config: Config,
+        checkpoint: Option<PathBuf>,
+        pods: Option<FakeHost>,
+    ) -> Result<Arc<Node>, NodeError> {
         let deps = NodeDeps {
             ec2: Arc::new(sim.clone()),
             imds: Arc::new(sim.clone()),
@@ -284,6 +294,7 @@ mod tests {
                     .expect("checkpoint")
                     .unwrap_or_default(),
                 checkpoint: Some(Arc::new(Checkpoint::new(path))),
+                pods: pods.map(|p| Arc::new(p) as Arc<dyn crate::host::HostNetwork>),
                 ..Recovery::default()
             },
         };
@@ -370,6 +381,41 @@ mod tests {
         let ips: Vec<String> = back.iter().map(|e| e.ip.to_string()).collect();
         assert_eq!(ips.len(), 2, "{ips:?}");
         assert!(!ips.contains(&a.ip.to_string()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_restored_ipv6_pod_whose_veth_is_gone_is_released_and_one_whose_veth_is_there_is_kept(
+    ) {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |_| {}).await;
+        let dir = std::env::temp_dir().join(format!("ipamd-ipv6-gone-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let path = dir.join("ipam.json");
+        let n = start(&sim, &clock, v6_config(), Some(path.clone()))
+            .await
+            .expect("init");
+        let kept = n.add6_durable(&key("k"), &meta("kept")).await.expect("ADD");
+        let gone = n.add6_durable(&key("g"), &meta("gone")).await.expect("ADD");
+        drop(n);
+        clock.advance(std::time::Duration::from_secs(60));
+        let pods = FakeHost::default();
+        crate::sync::lock(&pods.veths)
+            .insert(datapath::host_veth_name("eni", "default", "kept", 0));
+        let n = start_with_pods(&sim, &clock, v6_config(), Some(path.clone()), Some(pods))
+            .await
+            .expect("restart");
+        assert_eq!(n.start_serving().await, 1);
+        assert_eq!(
+            n.datastore6().lookup(&key("k")).map(|a| a.ip),
+            Some(kept.ip)
+        );
+        assert_eq!(n.datastore6().lookup(&key("g")), None);
+        let text = std::fs::read_to_string(&path).expect("checkpoint");
+        assert!(
+            text.contains(&kept.ip.to_string()) && !text.contains(&gone.ip.to_string()),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -182,6 +182,46 @@ impl Node {
             .map(|_| ())
     }
 
+    /// [`Node::check_restored`] for one IPv6 pod: `Some(true)` released (its veth is gone and it is old enough),
+    /// `Some(false)` decided (confirmed, or nothing to look for), `None` undecided. Its host route is the
+    /// plugin's, removed with the veth.
+    async fn check_restored6(
+        &self,
+        key: &IpamKey,
+        rec: &crate::core::datastore::AssignmentRecord<crate::core::family::V6>,
+        pods: &std::sync::Arc<dyn crate::host::HostNetwork>,
+        settled: bool,
+    ) -> Option<bool> {
+        if rec.meta.name.is_empty() {
+            return Some(false);
+        }
+        let veth =
+            datapath::host_veth_name(&self.veth_prefix, &rec.meta.namespace, &rec.meta.name, 0);
+        match pods.veth_exists(&veth).await {
+            Ok(true) => settled.then_some(false),
+            Ok(false) if self.deps.clock.wall().saturating_sub(rec.wall) >= RESTORE_GRACE => {
+                let now = self.deps.clock.now();
+                let gone = {
+                    let mut ds = lock(&self.ds6);
+                    (ds.record(key).as_ref() == Some(rec))
+                        .then(|| ds.unassign(key, now))
+                        .flatten()
+                };
+                let Some(a) = gone else {
+                    return Some(false);
+                };
+                tracing::warn!(container = %key.container_id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
+                    ip = %a.ip, %veth, "pod is gone (no host veth): released its IPv6 address");
+                Some(true)
+            }
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(%veth, error = %e, "cannot look up a restored pod's veth");
+                None
+            }
+        }
+    }
+
     /// An IPv6 entry: put back on the node's /80 (IPv6 mode), else dropped as stale (a node that left IPv6
     /// mode has no /80 in its datastore: the pod lost its address).
     fn restore_one6(&self, e: &CheckpointEntry, report: &mut RestoreReport) {
@@ -305,7 +345,19 @@ impl Node {
         let mut released = 0;
         for key in keys {
             let Some(rec) = lock(&self.ds).record(&key) else {
-                done.push(key); // released meanwhile (a DEL)
+                // IPv6 mode's pods (or released meanwhile, by a DEL).
+                let Some(rec6) = lock(&self.ds6).record(&key) else {
+                    done.push(key);
+                    continue;
+                };
+                match self.check_restored6(&key, &rec6, &pods, settled).await {
+                    Some(true) => {
+                        released += 1;
+                        done.push(key);
+                    }
+                    Some(false) => done.push(key),
+                    None => {}
+                }
                 continue;
             };
             if rec.meta.name.is_empty() {
