@@ -105,6 +105,17 @@ impl Node {
                     eni: eni_id.clone(),
                     source,
                 })?;
+            if prefixes.is_empty() {
+                return Err(Ipv6Error::Assign {
+                    eni: eni_id,
+                    source: Ec2Error::Other {
+                        api: ec2_api::Api::AssignIpv6Addresses.name(),
+                        code: "NoPrefixAssigned".into(),
+                        message: "EC2 answered without an assigned IPv6 prefix".into(),
+                    },
+                }
+                .into());
+            }
             tracing::info!(eni = %eni_id, prefixes = ?prefixes, "assigned an IPv6 prefix to the primary ENI");
         }
         let primary_ip = ie
