@@ -225,6 +225,15 @@ impl Node {
         Ok(released)
     }
 
+    /// IPv6 mode: the primary ENI's IPv6 address (what the policy agent gets as `NodeIPv6`); `None` otherwise.
+    pub fn node_ipv6(&self) -> Option<Ipv6Addr> {
+        lock(&self.ds6)
+            .enis()
+            .find(|e| e.is_primary)
+            .map(|e| e.primary_ip)
+            .filter(|ip| !ip.is_unspecified())
+    }
+
     /// A copy of the IPv6 datastore (status output and tests).
     pub fn datastore6(&self) -> Datastore<V6> {
         lock(&self.ds6).clone()
