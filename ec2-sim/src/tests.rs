@@ -455,13 +455,19 @@ async fn ipv6_prefixes_are_80s_of_the_subnets_64_seen_in_describe_and_imds() {
     assert_eq!(primary.ipv6_addresses.len(), 1, "the ENI's own IPv6");
     assert!(subnet.contains(primary.ipv6_addresses[0]));
     let a = s.assign_ipv6_prefixes(&primary.id, 1).await.expect("a /80");
-    let b = s.assign_ipv6_prefixes(&primary.id, 1).await.expect("another");
+    let b = s
+        .assign_ipv6_prefixes(&primary.id, 1)
+        .await
+        .expect("another");
     assert_eq!((a.len(), b.len()), (1, 1));
     assert_ne!(a[0], b[0]);
     for p in [a[0], b[0]] {
         assert_eq!(p.prefix(), 80);
         assert!(subnet.contains(p.network()), "{p} in {subnet}");
-        assert!(!p.contains(primary.ipv6_addresses[0]), "never the ENI's own address");
+        assert!(
+            !p.contains(primary.ipv6_addresses[0]),
+            "never the ENI's own address"
+        );
     }
     assert_eq!(s.calls().get("AssignIpv6Addresses"), Some(&2));
     let d = s

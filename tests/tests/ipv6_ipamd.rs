@@ -239,6 +239,25 @@ fn ipv6_pods_get_addresses_of_the_nodes_80_over_grpc_and_keep_them_across_a_rest
     want.sort();
     assert_eq!(v6, want, "{listed:?}");
     assert!(listed.iter().all(|x| x.i_pv4_addr.is_empty()));
+    // `ipamd status` shows them, the /80 on the primary ENI, and the node ready.
+    let out = Command::new(integration_tests::bin("ipamd"))
+        .args(["status", "--output", "json", "--socket"])
+        .arg(&sock)
+        .output()
+        .expect("ipamd status");
+    assert!(out.status.success(), "{out:?}");
+    let st: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    assert_eq!(st["ready"], true, "{st}");
+    let mut ips: Vec<String> = st["pods"]
+        .as_array()
+        .expect("pods")
+        .iter()
+        .filter_map(|p| p["ip"].as_str().map(String::from))
+        .collect();
+    ips.sort();
+    assert_eq!(ips, want, "{st}");
+    assert_eq!(st["enis"][0]["prefixes"][0], prefix.as_str(), "{st}");
+    assert_eq!(st["enis"][0]["assigned"], 2, "{st}");
 
     // Restart: both pods keep their address, and EC2 is not asked for a second prefix.
     n.stop();

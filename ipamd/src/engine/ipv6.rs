@@ -364,6 +364,18 @@ mod tests {
         assert_eq!(n.stats().assigned, 2);
         assert!(n.stats().available > 1_000_000, "{:?}", n.stats());
         assert_eq!(n.snapshot().enis[0].addresses.len(), 3);
+        // Metrics name the held IPv6 addresses (awscni_assigned_ip_per_cidr, one /128 each).
+        let m = crate::metrics::Metrics::new().expect("metrics");
+        m.refresh(&n.snapshot());
+        let text = m.render();
+        assert!(
+            text.contains(&format!("cidr=\"{}/128\"}} 1", b.ip)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("cidr=\"{}/128\"}} 0", a.ip)),
+            "{text}"
+        );
     }
 
     #[tokio::test]
