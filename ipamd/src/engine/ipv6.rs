@@ -344,6 +344,9 @@ mod tests {
         assert_eq!(sim.calls().get("CreateNetworkInterface"), None);
         assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), None);
         assert_eq!(n.datastore().enis().count(), 0);
+        // max-pods is the prefix-delegation number, as the anchor's calculator gives it for IPv6 (which needs
+        // prefix delegation): m5.large's 3 x (10 - 1) x 16 + 2, capped at 110 for 2 vCPUs.
+        assert_eq!(n.policy().max_pods, 110);
         let before = sim.calls();
         let a = n.add6(&key("a"), &meta("a")).expect("address");
         let b = n.add6(&key("b"), &meta("b")).expect("address");
