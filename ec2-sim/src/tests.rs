@@ -394,6 +394,7 @@ async fn a_layer_sees_each_call_under_the_action_ec2_counts_it_as() {
         .assign_private_ips(&eni.id, IpRequest::Secondary(1))
         .await;
     let _ = ec2.unassign_private_ips(&eni.id, &[], &[]).await;
+    let _ = ec2.assign_ipv6_prefixes(&eni.id, 1).await;
     let _ = ec2
         .describe_network_interfaces(std::slice::from_ref(&eni.id))
         .await;
@@ -410,7 +411,7 @@ async fn a_layer_sees_each_call_under_the_action_ec2_counts_it_as() {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    assert_eq!(seen.len(), 13, "{seen:?}");
+    assert_eq!(seen.len(), 14, "{seen:?}");
     let mut by_api: BTreeMap<&'static str, u64> = BTreeMap::new();
     for a in &seen {
         *by_api.entry(a.name()).or_default() += 1;
