@@ -58,11 +58,12 @@ pub fn released_address(meta: Option<&IpAllocationMetadata>) -> Option<IpAddr> {
 /// The address of one of ipamd's allocations (`rpc.IpamdControl`), either family, so that CHECK and GC see IPv6
 /// pods as held.
 ///
-/// Read as any address from `IPv4Addr` (tag 4), the one address field `Allocation` has on this branch. ipamd's IPv6
-/// mode (branch `v6ipamd`) adds `IPv6Addr = 10` and leaves `IPv4Addr` empty: when both meet, this becomes
-/// `a.i_pv4_addr.parse().ok().or_else(|| a.i_pv6_addr.parse().ok())`.
+/// `IPv4Addr` (tag 4), else `IPv6Addr` (tag 10): ipamd's IPv6 mode leaves the IPv4 field empty.
 pub fn allocation_address(a: &Allocation) -> Option<IpAddr> {
-    a.i_pv4_addr.parse().ok()
+    a.i_pv4_addr
+        .parse()
+        .ok()
+        .or_else(|| a.i_pv6_addr.parse().ok())
 }
 
 /// The prefix length of a pod address (/32 or /128).

@@ -504,10 +504,10 @@ fn the_iam_policy_grants_exactly_the_ec2_calls_of_the_trait() {
     assert!(!policy_problems(&wide, &methods).is_empty());
     // A new EC2 call (a new `ec2_api::Api` variant) without its permission in the policy.
     let mut new_call = methods.clone();
-    new_call.insert("ec2:AssignIpv6Addresses".into());
+    new_call.insert("ec2:UnassignIpv6Addresses".into());
     assert!(policy_problems(&policy, &new_call)
         .iter()
-        .any(|p| p.contains("AssignIpv6Addresses is needed")));
+        .any(|p| p.contains("UnassignIpv6Addresses is needed")));
     let typo = text.replace("\"Resource\": \"*\"", "\"Resources\": \"*\"");
     assert!(strict::<Policy>(&serde_json::from_str(&typo).expect("json"), "typo").is_err());
 }

@@ -17,6 +17,7 @@ pub enum Api {
     ModifyNetworkInterfaceAttribute,
     AssignPrivateIpAddresses,
     UnassignPrivateIpAddresses,
+    AssignIpv6Addresses,
     DetachNetworkInterface,
     DeleteNetworkInterface,
     DescribeNetworkInterfaces,
@@ -28,12 +29,13 @@ pub enum Api {
 
 impl Api {
     /// Every action, in the order of the [`crate::Ec2`] trait.
-    pub const ALL: [Api; 12] = [
+    pub const ALL: [Api; 13] = [
         Api::CreateNetworkInterface,
         Api::AttachNetworkInterface,
         Api::ModifyNetworkInterfaceAttribute,
         Api::AssignPrivateIpAddresses,
         Api::UnassignPrivateIpAddresses,
+        Api::AssignIpv6Addresses,
         Api::DetachNetworkInterface,
         Api::DeleteNetworkInterface,
         Api::DescribeNetworkInterfaces,
@@ -51,6 +53,7 @@ impl Api {
             Api::ModifyNetworkInterfaceAttribute => "ModifyNetworkInterfaceAttribute",
             Api::AssignPrivateIpAddresses => "AssignPrivateIpAddresses",
             Api::UnassignPrivateIpAddresses => "UnassignPrivateIpAddresses",
+            Api::AssignIpv6Addresses => "AssignIpv6Addresses",
             Api::DetachNetworkInterface => "DetachNetworkInterface",
             Api::DeleteNetworkInterface => "DeleteNetworkInterface",
             Api::DescribeNetworkInterfaces => "DescribeNetworkInterfaces",

@@ -1,10 +1,10 @@
 //! EC2: the calls, their request and response types, and classified errors.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use async_trait::async_trait;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 /// Tag naming the instance an ENI was created for (leak cleanup looks for it).
 pub const TAG_INSTANCE_ID: &str = "node.k8s.amazonaws.com/instance_id";
@@ -33,8 +33,17 @@ pub struct EniDescription {
     /// Delegated IPv4 prefixes (/28), prefix delegation mode.
     #[serde(default)]
     pub ipv4_prefixes: Vec<Ipv4Network>,
+    /// IPv6 addresses of the ENI (`Ipv6Addresses`, not from prefixes).
+    #[serde(default)]
+    pub ipv6_addresses: Vec<Ipv6Addr>,
+    /// Delegated IPv6 prefixes (/80), IPv6 mode (`Ipv6Prefixes`).
+    #[serde(default)]
+    pub ipv6_prefixes: Vec<Ipv6Network>,
     pub subnet_id: String,
     pub subnet_cidr: Ipv4Network,
+    /// The subnet's IPv6 CIDR (`None`: an IPv4-only subnet).
+    #[serde(default)]
+    pub subnet_ipv6_cidr: Option<Ipv6Network>,
     #[serde(default)]
     pub vpc_id: String,
     /// Set while attached.
@@ -267,6 +276,13 @@ pub trait Ec2: Send + Sync + 'static {
         ips: &[Ipv4Addr],
         prefixes: &[Ipv4Network],
     ) -> Result<(), Ec2Error>;
+    /// AssignIpv6Addresses with `Ipv6PrefixCount=count` (IPv6 mode: /80 prefixes); returns only the prefixes
+    /// added.
+    async fn assign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Network>, Ec2Error>;
     /// DetachNetworkInterface.
     async fn detach_network_interface(&self, attachment_id: &str) -> Result<(), Ec2Error>;
     /// DeleteNetworkInterface.

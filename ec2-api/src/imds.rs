@@ -4,10 +4,10 @@
 //! IMDS is eventually consistent with EC2: right after an attach or an IP assignment it may still show the old
 //! state. Callers therefore treat it as a hint to be confirmed, never as the truth about what EC2 has assigned.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use async_trait::async_trait;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 /// The node, from IMDS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +42,12 @@ pub struct ImdsEni {
     pub ipv4_prefixes: Vec<Ipv4Network>,
     /// `network-card` (0 when IMDS has no such field).
     pub network_card: u32,
+    /// `subnet-ipv6-cidr-blocks` (empty for an IPv4-only subnet or when IMDS has no such field).
+    pub subnet_ipv6_cidrs: Vec<Ipv6Network>,
+    /// `ipv6s`: the ENI's IPv6 addresses.
+    pub ipv6s: Vec<Ipv6Addr>,
+    /// `ipv6-prefix`: delegated /80 prefixes (IPv6 mode).
+    pub ipv6_prefixes: Vec<Ipv6Network>,
 }
 
 /// An IMDS failure.

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::api::Api;
 use crate::ec2::{
@@ -145,6 +145,19 @@ impl<L: Ec2Layer, E: Ec2 + ?Sized> Ec2 for Layered<L, E> {
         self.layer
             .around(Api::UnassignPrivateIpAddresses, &|| {
                 e.unassign_private_ips(eni_id, ips, prefixes)
+            })
+            .await
+    }
+
+    async fn assign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Network>, Ec2Error> {
+        let e = &*self.inner;
+        self.layer
+            .around(Api::AssignIpv6Addresses, &|| {
+                e.assign_ipv6_prefixes(eni_id, count)
             })
             .await
     }

@@ -29,7 +29,7 @@ use ec2_api::{
     Assigned, CreateEniRequest, Ec2, Ec2Error, EniDescription, EniFilter, InstanceDescription,
     InstanceTypeInfo, IpRequest, SubnetDescription, SubnetFilter,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::bucket::Buckets;
 use crate::errors::{from_sdk, Context};
@@ -242,6 +242,11 @@ fn parse_net(api: &'static str, s: &str) -> Result<Ipv4Network, Ec2Error> {
         .map_err(|_| invalid(api, format!("{s:?} is not an IPv4 CIDR")))
 }
 
+fn parse_net6(api: &'static str, s: &str) -> Result<Ipv6Network, Ec2Error> {
+    s.parse()
+        .map_err(|_| invalid(api, format!("{s:?} is not an IPv6 CIDR")))
+}
+
 /// One SDK ENI as the trait describes it.
 pub fn eni_from_sdk(
     api: &'static str,
@@ -278,6 +283,21 @@ pub fn eni_from_sdk(
         .filter_map(|p| p.ipv4_prefix())
         .map(|p| parse_net(api, p))
         .collect::<Result<Vec<_>, _>>()?;
+    let ipv6_addresses = n
+        .ipv6_addresses()
+        .iter()
+        .filter_map(|a| a.ipv6_address())
+        .map(|a| {
+            a.parse()
+                .map_err(|_| invalid(api, format!("{a:?} is not an IPv6 address")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ipv6_prefixes = n
+        .ipv6_prefixes()
+        .iter()
+        .filter_map(|p| p.ipv6_prefix())
+        .map(|p| parse_net6(api, p))
+        .collect::<Result<Vec<_>, _>>()?;
     // An attachment in state "detached" (or on its way there) no longer holds a device slot.
     let attachment = n.attachment().filter(|a| {
         !matches!(
@@ -291,8 +311,12 @@ pub fn eni_from_sdk(
         primary_ip,
         secondary_ips,
         ipv4_prefixes,
+        ipv6_addresses,
+        ipv6_prefixes,
         subnet_id: n.subnet_id().unwrap_or_default().to_string(),
         subnet_cidr,
+        // IPv6 mode reads the subnet's IPv6 CIDR from IMDS (`subnet-ipv6-cidr-blocks`), as the anchor does.
+        subnet_ipv6_cidr: None,
         vpc_id: n.vpc_id().unwrap_or_default().to_string(),
         device_index: attachment.and_then(|a| a.device_index()).map(to_u32),
         network_card_index: attachment
@@ -542,6 +566,29 @@ impl Ec2 for AwsEc2 {
             }
         }
         Ok(Assigned { ips, prefixes })
+    }
+
+    async fn assign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Network>, Ec2Error> {
+        const API: &str = "AssignIpv6Addresses";
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let out = self
+            .client
+            .assign_ipv6_addresses()
+            .network_interface_id(eni_id)
+            .ipv6_prefix_count(to_i32(count))
+            .send()
+            .await
+            .map_err(|e| from_sdk(API, &Context::eni(eni_id), e))?;
+        out.assigned_ipv6_prefixes()
+            .iter()
+            .map(|p| parse_net6(API, p))
+            .collect()
     }
 
     async fn unassign_private_ips(

@@ -21,6 +21,7 @@
 //!            network/interfaces/macs/<mac>/                the ENI's field names (which optional ones exist)
 //!            .../<mac>/{interface-id, device-number, subnet-id, subnet-ipv4-cidr-block}
 //!            .../<mac>/local-ipv4s   .../<mac>/ipv4-prefix   .../<mac>/network-card      (when listed)
+//!            .../<mac>/subnet-ipv6-cidr-blocks   .../<mac>/ipv6s   .../<mac>/ipv6-prefix    (when listed)
 //! ```
 //!
 //! **Eventual consistency.** IMDS follows EC2 with a delay: right after an attach, a new MAC can be listed
@@ -186,6 +187,24 @@ impl AwsImds {
         } else {
             Vec::new()
         };
+        let subnet_ipv6_cidrs = if has("subnet-ipv6-cidr-blocks") {
+            let p = format!("{base}/subnet-ipv6-cidr-blocks");
+            parse_list(&p, &self.get(&p).await?)?
+        } else {
+            Vec::new()
+        };
+        let ipv6s = if has("ipv6s") {
+            let p = format!("{base}/ipv6s");
+            parse_list(&p, &self.get(&p).await?)?
+        } else {
+            Vec::new()
+        };
+        let ipv6_prefixes = if has("ipv6-prefix") {
+            let p = format!("{base}/ipv6-prefix");
+            parse_list(&p, &self.get(&p).await?)?
+        } else {
+            Vec::new()
+        };
         let network_card = if has("network-card") {
             let p = format!("{base}/network-card");
             parse_u32(&p, &self.get(&p).await?)?
@@ -202,6 +221,9 @@ impl AwsImds {
             ipv4s,
             ipv4_prefixes,
             network_card,
+            subnet_ipv6_cidrs,
+            ipv6s,
+            ipv6_prefixes,
         })
     }
 }

@@ -638,3 +638,61 @@ async fn delete_on_termination_names_the_attachment() {
         assert!(body.contains(part), "{part} missing in {body}");
     }
 }
+
+#[tokio::test]
+async fn an_ipv6_prefix_is_asked_with_ipv6_prefix_count_and_comes_back_as_a_80() {
+    let body = "<AssignIpv6AddressesResponse><requestId>r</requestId>\
+                <networkInterfaceId>eni-1</networkInterfaceId>\
+                <assignedIpv6PrefixSet><item>2600:1f14:ab:c800:1::/80</item></assignedIpv6PrefixSet>\
+                </AssignIpv6AddressesResponse>";
+    let script = Scripted::new(vec![ok(body.into())]);
+    let got = client(&script)
+        .assign_ipv6_prefixes("eni-1", 1)
+        .await
+        .expect("assign");
+    assert_eq!(
+        got,
+        vec!["2600:1f14:ab:c800:1::/80"
+            .parse::<ipnetwork::Ipv6Network>()
+            .expect("cidr")]
+    );
+    let seen = script.seen();
+    assert!(
+        seen[0].body.contains("Action=AssignIpv6Addresses"),
+        "{}",
+        seen[0].body
+    );
+    assert!(
+        seen[0].body.contains("Ipv6PrefixCount=1"),
+        "{}",
+        seen[0].body
+    );
+    assert!(
+        seen[0].body.contains("NetworkInterfaceId=eni-1"),
+        "{}",
+        seen[0].body
+    );
+    // An ENI's IPv6 prefixes and addresses come back in its description.
+    let eni = eni_xml("eni-2", true).replace(
+        "<tagSet>",
+        "<ipv6AddressesSet><item><ipv6Address>2600:1f14:ab:c800::1001</ipv6Address></item></ipv6AddressesSet>\
+         <ipv6PrefixSet><item><ipv6Prefix>2600:1f14:ab:c800:2::/80</ipv6Prefix></item></ipv6PrefixSet><tagSet>",
+    );
+    let script = Scripted::new(vec![ok(enis_page(&[eni], None)), ok(subnets_page())]);
+    let d = client(&script)
+        .describe_network_interfaces(&["eni-2".to_string()])
+        .await
+        .expect("describe");
+    assert_eq!(
+        d[0].ipv6_prefixes,
+        vec!["2600:1f14:ab:c800:2::/80"
+            .parse::<ipnetwork::Ipv6Network>()
+            .expect("cidr")]
+    );
+    assert_eq!(
+        d[0].ipv6_addresses,
+        vec!["2600:1f14:ab:c800::1001"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("ip")]
+    );
+}

@@ -5,10 +5,11 @@ use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
 use instance_limits::InstanceLimits;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::state::{
-    addresses, mac_of, new_eni, not_found, release, take_ips, take_prefixes, unsupported_pd,
+    addresses, mac_of, new_eni, not_found, release, take_ips, take_ipv6_prefixes, take_prefixes,
+    unsupported_pd,
 };
 use crate::Api;
 use crate::SimEc2;
@@ -224,6 +225,43 @@ impl SimEc2 {
         Ok(())
     }
 
+    fn do_assign_ipv6(
+        &self,
+        api: &'static str,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Network>, Ec2Error> {
+        let got = {
+            let mut st = self.lock();
+            let limit = st.ipv4_per_eni;
+            let pd = st.prefix_delegation;
+            let eni = st.enis.get(eni_id).ok_or_else(|| not_found(api, eni_id))?;
+            if !pd {
+                return Err(unsupported_pd(api));
+            }
+            // EC2 counts IPv6 addresses and prefixes against the per-ENI IPv6 limit (the IPv4 one on every type
+            // in the table).
+            let have = u32::try_from(eni.ipv6_addresses.len() + eni.ipv6_prefixes.len())
+                .unwrap_or(u32::MAX);
+            if have + count > limit {
+                return Err(Ec2Error::IpLimitExceeded {
+                    api,
+                    eni: eni_id.to_string(),
+                });
+            }
+            let subnet = eni.subnet_id.clone();
+            let got = take_ipv6_prefixes(&mut st, &subnet, count, api)?;
+            let eni = st
+                .enis
+                .get_mut(eni_id)
+                .ok_or_else(|| not_found(api, eni_id))?;
+            eni.ipv6_prefixes.extend(got.iter().copied());
+            got
+        };
+        self.publish(eni_id);
+        Ok(got)
+    }
+
     async fn do_detach(&self, api: &'static str, attachment_id: &str) -> Result<(), Ec2Error> {
         let eni_id = {
             let st = self.lock();
@@ -347,6 +385,17 @@ impl Ec2 for SimEc2 {
         let api = Api::UnassignPrivateIpAddresses.name();
         let post = self.gate(api).await?;
         let res = self.do_unassign(api, eni_id, ips, prefixes).await;
+        self.finish(api, post, res).await
+    }
+
+    async fn assign_ipv6_prefixes(
+        &self,
+        eni_id: &str,
+        count: u32,
+    ) -> Result<Vec<Ipv6Network>, Ec2Error> {
+        let api = Api::AssignIpv6Addresses.name();
+        let post = self.gate(api).await?;
+        let res = self.do_assign_ipv6(api, eni_id, count);
         self.finish(api, post, res).await
     }
 

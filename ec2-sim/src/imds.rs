@@ -24,6 +24,9 @@ pub(crate) fn imds_eni_of(e: &EniDescription) -> Option<ImdsEni> {
         ipv4s,
         ipv4_prefixes: e.ipv4_prefixes.clone(),
         network_card: e.network_card_index,
+        subnet_ipv6_cidrs: e.subnet_ipv6_cidr.into_iter().collect(),
+        ipv6s: e.ipv6_addresses.clone(),
+        ipv6_prefixes: e.ipv6_prefixes.clone(),
     })
 }
 

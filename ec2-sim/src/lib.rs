@@ -113,6 +113,8 @@ impl SimEc2 {
                 .map(|s| (s.cidr, s.tags.clone(), s.availability_zone.clone())),
         );
         for (i, (cidr, tags, availability_zone)) in all_subnets.enumerate() {
+            // The node subnet is dual-stack when the spec says so; extra subnets are IPv4 only.
+            let ipv6_cidr = if i == 0 { spec.subnet_ipv6_cidr } else { None };
             if !spec.vpc_cidr.contains(cidr.network()) || cidr.prefix() > 28 {
                 return Err(SimError::Subnet(
                     cidr.to_string(),
@@ -126,6 +128,8 @@ impl SimEc2 {
                 SubnetState {
                     id,
                     cidr,
+                    ipv6_cidr,
+                    next_v6: 0,
                     tags,
                     availability_zone,
                     free_count: free.len(),

@@ -1,13 +1,13 @@
 //! What to simulate: the instance type, VPC and subnets, latencies, EC2's rate limits, and where state lives.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ec2_api::clock::{Clock, SystemClock};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 /// Why the simulator could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,9 @@ pub struct SimSpec {
     pub instance_type: String,
     pub vpc_cidr: Ipv4Network,
     pub subnet_cidr: Ipv4Network,
+    /// The node subnet's IPv6 CIDR (a /64, as EC2 gives subnets; `None`: an IPv4-only subnet). ENIs in it get an
+    /// IPv6 address, and `AssignIpv6Addresses` carves /80 prefixes from it.
+    pub subnet_ipv6_cidr: Option<Ipv6Network>,
     pub availability_zone: String,
     /// Where to write the JSON snapshot after every change.
     pub state_file: Option<PathBuf>,
@@ -111,7 +114,8 @@ impl std::fmt::Debug for SimSpec {
 }
 
 impl SimSpec {
-    /// The defaults the demo and tests use: VPC 10.0.0.0/16, node subnet 10.0.0.0/20, EC2's throttling, no lag.
+    /// The defaults the demo and tests use: VPC 10.0.0.0/16, node subnet 10.0.0.0/20 with the IPv6 /64
+    /// 2600:1f14:ab:c800::/64 (dual-stack, as an EKS IPv6 cluster's subnets are), EC2's throttling, no lag.
     pub fn new(instance_type: &str) -> SimSpec {
         SimSpec {
             instance_type: instance_type.to_string(),
@@ -119,6 +123,11 @@ impl SimSpec {
                 .unwrap_or_else(|_| unreachable_net()),
             subnet_cidr: Ipv4Network::new(Ipv4Addr::new(10, 0, 0, 0), 20)
                 .unwrap_or_else(|_| unreachable_net()),
+            subnet_ipv6_cidr: Ipv6Network::new(
+                Ipv6Addr::new(0x2600, 0x1f14, 0xab, 0xc800, 0, 0, 0, 0),
+                64,
+            )
+            .ok(),
             availability_zone: "us-west-2a".into(),
             state_file: None,
             extra_subnets: Vec::new(),

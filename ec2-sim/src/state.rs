@@ -2,12 +2,12 @@
 //! (taking addresses and /28 blocks, creating an ENI).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use ec2_api::bucket::TokenBucket;
 use ec2_api::{Ec2Error, EniDescription, ImdsEni, IpRequest};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::spec::Fault;
 use crate::Api;
@@ -16,6 +16,12 @@ use crate::Api;
 pub(crate) struct SubnetState {
     pub(crate) id: String,
     pub(crate) cidr: Ipv4Network,
+    /// The subnet's IPv6 /64, if it has one.
+    #[serde(default)]
+    pub(crate) ipv6_cidr: Option<Ipv6Network>,
+    /// /80 prefixes (and single IPv6 addresses, from the first /80) handed out so far: the next one's index.
+    #[serde(default)]
+    pub(crate) next_v6: u64,
     pub(crate) tags: BTreeMap<String, String>,
     /// `None`: the instance's zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -170,6 +176,7 @@ pub(crate) fn new_eni(
     req: IpRequest,
 ) -> Result<EniDescription, Ec2Error> {
     let api = Api::CreateNetworkInterface.name();
+    let subnet_ipv6_cidr = st.subnets.get(subnet_id).and_then(|s| s.ipv6_cidr);
     let Some(subnet_cidr) = st.subnets.get(subnet_id).map(|s| s.cidr) else {
         return Err(Ec2Error::Other {
             api,
@@ -203,6 +210,9 @@ pub(crate) fn new_eni(
         }
     };
     let primary_ip = ips.remove(0);
+    // In a dual-stack subnet the ENI gets an IPv6 address too (as EC2 does with auto-assign), from the subnet's
+    // first /80, which is never delegated.
+    let ipv6_addresses: Vec<Ipv6Addr> = take_ipv6_address(st, subnet_id).into_iter().collect();
     let n = st.next_id;
     st.next_id += 1;
     // 0e:xx: locally administered unicast, like EC2's MACs; derived from the counter so runs are reproducible.
@@ -214,8 +224,11 @@ pub(crate) fn new_eni(
         primary_ip,
         secondary_ips: ips,
         ipv4_prefixes: pfx,
+        ipv6_addresses,
+        ipv6_prefixes: Vec::new(),
         subnet_id: subnet_id.to_string(),
         subnet_cidr,
+        subnet_ipv6_cidr,
         vpc_id: st.vpc_id.clone(),
         device_index: None,
         network_card_index: 0,
@@ -244,4 +257,51 @@ pub(crate) fn addresses(ips: &[Ipv4Addr], prefixes: &[Ipv4Network]) -> Vec<Ipv4A
     let mut all = ips.to_vec();
     all.extend(prefixes.iter().flat_map(|p| p.iter()));
     all
+}
+
+/// The `index`-th /80 of a /64 (index 0 holds the subnet's single IPv6 addresses).
+fn v6_block(cidr: Ipv6Network, index: u64) -> Option<Ipv6Network> {
+    let base = u128::from(cidr.network());
+    let block = base | (u128::from(index) << 48);
+    Ipv6Network::new(Ipv6Addr::from(block), 80).ok()
+}
+
+/// One IPv6 address of the subnet for a new ENI (`None`: an IPv4-only subnet).
+fn take_ipv6_address(st: &mut SimState, subnet: &str) -> Option<Ipv6Addr> {
+    let n = st.next_id;
+    let s = st.subnets.get(subnet)?;
+    let cidr = s.ipv6_cidr?;
+    let base = u128::from(cidr.network());
+    // Host part from the ENI counter: unique per ENI, inside the first /80.
+    Some(Ipv6Addr::from(base | 0x1000 | u128::from(n)))
+}
+
+/// Takes `n` /80 prefixes from the subnet's IPv6 CIDR (`AssignIpv6Addresses` with `Ipv6PrefixCount`).
+pub(crate) fn take_ipv6_prefixes(
+    st: &mut SimState,
+    subnet: &str,
+    n: u32,
+    api: &'static str,
+) -> Result<Vec<Ipv6Network>, Ec2Error> {
+    let Some(s) = st.subnets.get_mut(subnet) else {
+        return Err(exhausted(subnet, api, "InvalidSubnetID.NotFound"));
+    };
+    let Some(cidr) = s.ipv6_cidr else {
+        return Err(Ec2Error::Other {
+            api,
+            code: "InvalidParameterValue".into(),
+            message: format!("subnet {subnet} has no IPv6 CIDR block"),
+        });
+    };
+    // A /64 holds 2^16 /80s; the first is kept for single addresses.
+    let blocks = 1u64 << 80u8.saturating_sub(cidr.prefix()).min(63);
+    let first = s.next_v6.max(1);
+    if first + u64::from(n) > blocks {
+        return Err(exhausted(subnet, api, "InsufficientCidrBlocks"));
+    }
+    let out: Vec<Ipv6Network> = (first..first + u64::from(n))
+        .filter_map(|i| v6_block(cidr, i))
+        .collect();
+    s.next_v6 = first + u64::from(n);
+    Ok(out)
 }

@@ -394,6 +394,7 @@ async fn a_layer_sees_each_call_under_the_action_ec2_counts_it_as() {
         .assign_private_ips(&eni.id, IpRequest::Secondary(1))
         .await;
     let _ = ec2.unassign_private_ips(&eni.id, &[], &[]).await;
+    let _ = ec2.assign_ipv6_prefixes(&eni.id, 1).await;
     let _ = ec2
         .describe_network_interfaces(std::slice::from_ref(&eni.id))
         .await;
@@ -410,7 +411,7 @@ async fn a_layer_sees_each_call_under_the_action_ec2_counts_it_as() {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    assert_eq!(seen.len(), 13, "{seen:?}");
+    assert_eq!(seen.len(), 14, "{seen:?}");
     let mut by_api: BTreeMap<&'static str, u64> = BTreeMap::new();
     for a in &seen {
         *by_api.entry(a.name()).or_default() += 1;
@@ -513,4 +514,60 @@ async fn subnets_have_zones_enis_keep_their_security_groups_and_attach_only_in_t
         .expect("same zone");
     s.delete_network_interface(&far.id).await.expect("delete");
     assert!(s.security_groups_of(&far.id).is_empty());
+}
+
+#[tokio::test]
+async fn ipv6_prefixes_are_80s_of_the_subnets_64_seen_in_describe_and_imds() {
+    let s = sim("m5.large").await;
+    let primary = s
+        .all_enis()
+        .into_iter()
+        .find(|e| e.device_index == Some(0))
+        .expect("primary");
+    let subnet = primary.subnet_ipv6_cidr.expect("dual-stack subnet");
+    assert_eq!(subnet.prefix(), 64);
+    assert_eq!(primary.ipv6_addresses.len(), 1, "the ENI's own IPv6");
+    assert!(subnet.contains(primary.ipv6_addresses[0]));
+    let a = s.assign_ipv6_prefixes(&primary.id, 1).await.expect("a /80");
+    let b = s
+        .assign_ipv6_prefixes(&primary.id, 1)
+        .await
+        .expect("another");
+    assert_eq!((a.len(), b.len()), (1, 1));
+    assert_ne!(a[0], b[0]);
+    for p in [a[0], b[0]] {
+        assert_eq!(p.prefix(), 80);
+        assert!(subnet.contains(p.network()), "{p} in {subnet}");
+        assert!(
+            !p.contains(primary.ipv6_addresses[0]),
+            "never the ENI's own address"
+        );
+    }
+    assert_eq!(s.calls().get("AssignIpv6Addresses"), Some(&2));
+    let d = s
+        .describe_network_interfaces(std::slice::from_ref(&primary.id))
+        .await
+        .expect("describe");
+    assert_eq!(d[0].ipv6_prefixes, vec![a[0], b[0]]);
+    let imds = s.enis().await.expect("imds");
+    let p = imds.iter().find(|e| e.device_number == 0).expect("primary");
+    assert_eq!(p.ipv6_prefixes, vec![a[0], b[0]]);
+    assert_eq!(p.subnet_ipv6_cidrs, vec![subnet]);
+    assert_eq!(p.ipv6s, primary.ipv6_addresses);
+    // Not on Xen (no prefix delegation), not in an IPv4-only subnet.
+    let xen = sim("t2.medium").await;
+    let id = xen.all_enis()[0].id.clone();
+    assert!(xen.assign_ipv6_prefixes(&id, 1).await.is_err());
+    let mut spec = SimSpec::new("m5.large");
+    spec.subnet_ipv6_cidr = None;
+    let v4only = SimEc2::launch(spec, Arc::new(NoHotplug))
+        .await
+        .expect("launch");
+    let id = v4only.all_enis()[0].id.clone();
+    let e = v4only
+        .assign_ipv6_prefixes(&id, 1)
+        .await
+        .expect_err("no IPv6 CIDR");
+    assert!(e.to_string().contains("no IPv6 CIDR"), "{e}");
+    assert!(v4only.all_enis()[0].ipv6_addresses.is_empty());
 }

@@ -18,6 +18,7 @@ use aws_cni_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::core::datastore::{Allocation, IpamKey, PodMeta};
+use crate::core::family::V6;
 use crate::engine::Node;
 
 /// See the module docs.
@@ -107,7 +108,41 @@ fn pb(key: &IpamKey, meta: &PodMeta, a: &Allocation) -> PbAllocation {
         eniid: a.eni_id.clone(),
         k8s_pod_namespace: meta.namespace.clone(),
         k8s_pod_name: meta.name.clone(),
+        ..PbAllocation::default()
     }
+}
+
+/// An IPv6 mode allocation: `IPv6Addr` set, `IPv4Addr` empty.
+fn pb6(key: &IpamKey, meta: &PodMeta, a: &Allocation<V6>) -> PbAllocation {
+    PbAllocation {
+        network_name: key.network_name.clone(),
+        container_id: key.container_id.clone(),
+        if_name: key.if_name.clone(),
+        i_pv6_addr: a.ip.to_string(),
+        device_number: i32::try_from(a.device_number).unwrap_or(i32::MAX),
+        route_table_id: i32::try_from(a.route_table).unwrap_or(i32::MAX),
+        eniid: a.eni_id.clone(),
+        k8s_pod_namespace: meta.namespace.clone(),
+        k8s_pod_name: meta.name.clone(),
+        ..PbAllocation::default()
+    }
+}
+
+/// Every assignment of both IP versions, as the control service lists them.
+fn all_allocations(node: &Node) -> Vec<(IpamKey, PbAllocation)> {
+    let mut out: Vec<(IpamKey, PbAllocation)> = node
+        .datastore()
+        .assignments()
+        .iter()
+        .map(|(k, m, a)| (k.clone(), pb(k, m, a)))
+        .collect();
+    out.extend(
+        node.datastore6()
+            .assignments()
+            .iter()
+            .map(|(k, m, a)| (k.clone(), pb6(k, m, a))),
+    );
+    out
 }
 
 #[tonic::async_trait]
@@ -120,7 +155,7 @@ impl IpamdControl for ControlService {
         let meta = self.node.metadata();
         let ds = self.node.datastore();
         let now = self.node.clock().now();
-        let enis = ds
+        let mut enis: Vec<EniStatus> = ds
             .enis()
             .map(|e| {
                 let total = to_u32(e.ip_count());
@@ -138,6 +173,28 @@ impl IpamdControl for ControlService {
                 }
             })
             .collect();
+        if self.node.ipv6() {
+            // IPv6 mode: the primary ENI and its /80 (its uncarved addresses count as free).
+            let ds6 = self.node.datastore6();
+            let s6 = ds6.stats(now);
+            enis = ds6
+                .enis()
+                .map(|e| {
+                    let assigned = to_u32(e.assigned_count());
+                    let cooldown = to_u32(e.cooldown_count(now, ds6.cooldown()));
+                    EniStatus {
+                        eniid: e.id.clone(),
+                        device_number: i32::try_from(e.device_number).unwrap_or(i32::MAX),
+                        is_primary: e.is_primary,
+                        total: to_u32(s6.total),
+                        assigned,
+                        cooldown,
+                        available: to_u32(s6.available),
+                        prefixes: e.prefixes().map(|p| p.to_string()).collect(),
+                    }
+                })
+                .collect();
+        }
         let (decision, error) = self.node.last_decision();
         let snat = self.node.snat_report();
         let cn = self.node.eni_config_status();
@@ -180,14 +237,11 @@ impl IpamdControl for ControlService {
         request: Request<ListAllocationsRequest>,
     ) -> Result<Response<ListAllocationsReply>, Status> {
         let req = request.into_inner();
-        let allocations = self
-            .node
-            .datastore()
-            .assignments()
-            .iter()
-            .filter(|(k, _, _)| req.network_name.is_empty() || k.network_name == req.network_name)
-            .filter(|(k, _, _)| req.container_id.is_empty() || k.container_id == req.container_id)
-            .map(|(k, m, a)| pb(k, m, a))
+        let allocations = all_allocations(&self.node)
+            .into_iter()
+            .filter(|(k, _)| req.network_name.is_empty() || k.network_name == req.network_name)
+            .filter(|(k, _)| req.container_id.is_empty() || k.container_id == req.container_id)
+            .map(|(_, a)| a)
             .collect();
         Ok(Response::new(ListAllocationsReply { allocations }))
     }
@@ -213,6 +267,17 @@ impl IpamdControl for ControlService {
             } else if let Some(a) = self.node.del(&key) {
                 tracing::info!(container = %key.container_id, ip = %a.ip, "GC released a stale address");
                 released.push(pb(&key, &meta, &a));
+            }
+        }
+        for (key, meta, alloc) in self.node.datastore6().assignments() {
+            if key.network_name != req.network_name {
+                continue;
+            }
+            if valid.contains(&(key.container_id.clone(), key.if_name.clone())) {
+                kept.push(pb6(&key, &meta, &alloc));
+            } else if let Some(a) = self.node.del6(&key) {
+                tracing::info!(container = %key.container_id, ip = %a.ip, "GC released a stale IPv6 address");
+                released.push(pb6(&key, &meta, &a));
             }
         }
         Ok(Response::new(GcReply { released, kept }))

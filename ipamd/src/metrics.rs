@@ -21,7 +21,6 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use ipnetwork::Ipv4Network;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType, Quantile, Summary};
 use prometheus::{
@@ -521,7 +520,7 @@ impl Metrics {
                 .with_label_values(&[&eni.id])
                 .set(used);
             for (ip, held) in &eni.addresses {
-                let cidr = Ipv4Network::from(*ip).to_string();
+                let cidr = ipnetwork::IpNetwork::from(*ip).to_string();
                 self.assigned_ip_per_cidr
                     .with_label_values(&[&cidr])
                     .set(i64::from(*held));

@@ -96,6 +96,16 @@ impl ConfigServer {
     }
 }
 
+impl ConfigServer {
+    /// In IPv6 mode: the node's IPv6 address in `NodeIPv6`, as the anchor fills it there.
+    pub fn with_node_ipv6(mut self, ip: Option<std::net::Ipv6Addr>) -> ConfigServer {
+        if let Some(ip) = ip {
+            self.reply.node_i_pv6 = ip.to_string();
+        }
+        self
+    }
+}
+
 #[tonic::async_trait]
 impl ConfigServerBackend for ConfigServer {
     async fn get_network_policy_configs(

@@ -50,7 +50,16 @@ fn allocation(k: &Key, v: &(String, String, String)) -> Allocation {
         network_name: k.0.clone(),
         container_id: k.1.clone(),
         if_name: k.2.clone(),
-        i_pv4_addr: v.0.clone(),
+        i_pv4_addr: if v.0.contains(':') {
+            String::new()
+        } else {
+            v.0.clone()
+        },
+        i_pv6_addr: if v.0.contains(':') {
+            v.0.clone()
+        } else {
+            String::new()
+        },
         route_table_id: 254,
         k8s_pod_namespace: v.1.clone(),
         k8s_pod_name: v.2.clone(),

@@ -43,6 +43,11 @@ fn fake_image(root: &Path) -> PathBuf {
         app.join("10-aws.conflist.tmpl"),
     )
     .expect("copy template");
+    // The egress plugin (installed when egress is on: IPv6, or ENABLE_V6_EGRESS); a stub is enough here.
+    let egress = app.join("egress-cni");
+    std::fs::write(&egress, "#!/bin/sh\necho egress-cni\n").expect("egress-cni");
+    std::fs::set_permissions(&egress, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod egress-cni");
     app
 }
 
@@ -366,6 +371,8 @@ fn init_sets_the_anchors_sysctls_on_the_interface_with_the_imds_mac() {
     assert_eq!(read(p, "proc/sys/net/ipv6/conf/all/disable_ipv6"), "1\n");
     assert_eq!(read(p, "proc/sys/net/ipv6/conf/all/forwarding"), "0\n");
     assert_eq!(read(p, "proc/sys/net/ipv6/conf/ens6/accept_ra"), "1\n");
+    // No egress on an IPv4 node without ENABLE_V6_EGRESS: egress-cni is not installed.
+    assert!(!p.join("host/opt/cni/bin/egress-cni").exists());
 
     let out = install(
         p,
@@ -373,6 +380,8 @@ fn init_sets_the_anchors_sysctls_on_the_interface_with_the_imds_mac() {
         &[("ENABLE_IPv6", "true"), ("DISABLE_TCP_EARLY_DEMUX", "true")],
     );
     assert!(out.status.success(), "{}", stderr(&out));
+    // IPv6 node: its pods' IPv4 egress plugin is installed with the others.
+    assert!(p.join("host/opt/cni/bin/egress-cni").exists());
     assert_eq!(read(p, "proc/sys/net/ipv4/tcp_early_demux"), "0\n");
     assert_eq!(read(p, "proc/sys/net/ipv6/conf/all/disable_ipv6"), "0\n");
     assert_eq!(read(p, "proc/sys/net/ipv6/conf/all/forwarding"), "1\n");

@@ -576,10 +576,9 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             cni_service,
             policy_mode,
         )))
-        .add_service(ConfigServerBackendServer::new(ConfigServer::new(
-            policy_mode,
-            node.metadata(),
-        )))
+        .add_service(ConfigServerBackendServer::new(
+            ConfigServer::new(policy_mode, node.metadata()).with_node_ipv6(node.node_ipv6()),
+        ))
         .add_service(IpamdControlServer::new(ControlService::new(Arc::clone(
             &node,
         ))))

@@ -127,7 +127,8 @@ pub async fn status(
                 "prefixes": e.prefixes,
             })).collect::<Vec<_>>(),
             "pods": allocs.iter().map(|a| serde_json::json!({
-                "namespace": a.k8s_pod_namespace, "name": a.k8s_pod_name, "ip": a.i_pv4_addr,
+                "namespace": a.k8s_pod_namespace, "name": a.k8s_pod_name,
+                "ip": if a.i_pv4_addr.is_empty() { &a.i_pv6_addr } else { &a.i_pv4_addr },
                 "eni": a.eniid, "deviceNumber": a.device_number, "routeTable": a.route_table_id,
                 "network": a.network_name, "ifName": a.if_name,
             })).collect::<Vec<_>>(),
@@ -244,7 +245,14 @@ pub async fn status(
         let _ = writeln!(
             out,
             "{:<40} {:<15} {:<24} {:>5}",
-            pod, a.i_pv4_addr, a.eniid, table
+            pod,
+            if a.i_pv4_addr.is_empty() {
+                &a.i_pv6_addr
+            } else {
+                &a.i_pv4_addr
+            },
+            a.eniid,
+            table
         );
     }
     Ok(out)

@@ -85,6 +85,18 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
     ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", Stance::Read("ipamd")),
     ("ENI_CONFIG_ANNOTATION_DEF", Stance::Read("ipamd (custom networking)")),
     ("ENI_CONFIG_LABEL_DEF", Stance::Read("ipamd (custom networking)")),
+    ("ENABLE_IPv6", Stance::Read("ipamd and the installer")),
+    ("ENABLE_IPv4", Stance::Read("ipamd")),
+    ("ENABLE_V6_EGRESS", Stance::Read("the installer (sysctls, conflist)")),
+    ("ENABLE_V4_EGRESS", Stance::Read("the installer (conflist)")),
+    (
+        "AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE",
+        Stance::Read("the installer (conflist)"),
+    ),
+    (
+        "AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE",
+        Stance::Read("the installer (conflist)"),
+    ),
     (
         "ENABLE_POD_ENI",
         Stance::Refused {
@@ -99,20 +111,6 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
         Stance::Refused {
             default: Default::Bool(false),
             why: "network cards other than 0 are not managed: multi-homed pods would get only one interface",
-        },
-    ),
-    (
-        "ENABLE_IPv6",
-        Stance::Refused {
-            default: Default::Bool(false),
-            why: "IPv6 clusters are not supported yet: pods would get IPv4 addresses in an IPv6 cluster",
-        },
-    ),
-    (
-        "ENABLE_IPv4",
-        Stance::Refused {
-            default: Default::Bool(true),
-            why: "IPv4 is the only family supported yet: turning it off would leave pods with no address",
         },
     ),
     (
@@ -148,18 +146,6 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
         },
     ),
     (
-        "ENABLE_V6_EGRESS",
-        Stance::Refused {
-            default: Default::Bool(false),
-            why: "IPv6 egress for IPv4 pods needs the egress-cni plugin, which this image does not ship yet: pods \
-                  would have no IPv6 egress",
-        },
-    ),
-    (
-        "ENABLE_V4_EGRESS",
-        Stance::Ignored("only meaningful in IPv6 mode, which is refused"),
-    ),
-    (
         "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
         Stance::Ignored(
             "ipamd does not read the Node object yet, so it cannot see a cordon: ENIs are managed on cordoned \
@@ -181,14 +167,6 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
     (
         "VPC_CNI_VERSION",
         Stance::Ignored("the EC2 user agent carries this build's own version"),
-    ),
-    (
-        "AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE",
-        Stance::Ignored("no egress plugin in this image yet, and the egress modes are refused"),
-    ),
-    (
-        "AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE",
-        Stance::Ignored("no egress plugin in this image yet, and the egress modes are refused"),
     ),
     (
         "AWS_VPC_K8S_CNI_CONFIGURE_RPFILTER",

@@ -29,6 +29,7 @@
 //! | `AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG` | false | custom networking: new ENIs in the subnet and security groups of the node's `ENIConfig`; the primary ENI carries no pods |
 //! | `ENI_CONFIG_ANNOTATION_DEF` | `k8s.amazonaws.com/eniConfig` | node annotation naming the `ENIConfig` |
 //! | `ENI_CONFIG_LABEL_DEF` | `k8s.amazonaws.com/eniConfig` | node label naming the `ENIConfig` (after the label `vpc.amazonaws.com/externalEniConfig` and the annotation; else `default`) |
+//! | `ENABLE_IPv6` / `ENABLE_IPv4` | false / true | the pods' address family: exactly one is true; IPv6 needs `ENABLE_PREFIX_DELEGATION=true` (one /80 on the primary ENI) |
 //!
 //! Ours (prefix `AWS_CNI_`, no anchor equivalent):
 //!
@@ -99,6 +100,39 @@ pub const ENV_ENI_CONFIG_ANNOTATION_DEF: &str = "ENI_CONFIG_ANNOTATION_DEF";
 pub const ENV_ENI_CONFIG_LABEL_DEF: &str = "ENI_CONFIG_LABEL_DEF";
 pub const ENV_POOL_RELEASE_DELAY: &str = "AWS_CNI_POOL_RELEASE_DELAY";
 pub const ENV_ADD_WAIT_SECONDS: &str = "AWS_CNI_ADD_WAIT_SECONDS";
+pub const ENV_ENABLE_IPV6: &str = "ENABLE_IPv6";
+pub const ENV_ENABLE_IPV4: &str = "ENABLE_IPv4";
+
+/// The pods' address family from `ENABLE_IPv6` and `ENABLE_IPv4`, with the anchor's valid combinations
+/// (`isConfigValid`): IPv4 only (the default) or IPv6 only, the latter with prefix delegation. Dual-stack and
+/// neither are refused, as the anchor refuses them; the error names the variables.
+fn parse_family(env: &dyn EnvSource, prefix_delegation: bool) -> Result<bool, ConfigError> {
+    let v6 = parse_bool(env, ENV_ENABLE_IPV6)?.unwrap_or(false);
+    let v4 = parse_bool(env, ENV_ENABLE_IPV4)?.unwrap_or(true);
+    let shown = |var: &str, d: &str| env.get(var).unwrap_or_else(|| d.to_string());
+    match (v4, v6) {
+        (true, false) => Ok(false),
+        (false, true) if prefix_delegation => Ok(true),
+        (false, true) => Err(invalid(
+            ENV_ENABLE_PREFIX_DELEGATION,
+            &shown(ENV_ENABLE_PREFIX_DELEGATION, "false"),
+            "ENABLE_IPv6=true needs ENABLE_PREFIX_DELEGATION=true: IPv6 pods get addresses of a /80 prefix on \
+             the primary ENI, as in the anchor",
+        )),
+        (true, true) => Err(invalid(
+            ENV_ENABLE_IPV6,
+            &shown(ENV_ENABLE_IPV6, "false"),
+            "ENABLE_IPv6=true with ENABLE_IPv4=true (dual-stack pods) is not supported, as in the anchor: set \
+             ENABLE_IPv4=false for an IPv6 cluster",
+        )),
+        (false, false) => Err(invalid(
+            ENV_ENABLE_IPV4,
+            &shown(ENV_ENABLE_IPV4, "true"),
+            "ENABLE_IPv4=false with ENABLE_IPv6 false or unset leaves pods with no address family: set \
+             ENABLE_IPv6=true for an IPv6 cluster",
+        )),
+    }
+}
 
 fn invalid(var: &'static str, value: &str, reason: &str) -> ConfigError {
     ConfigError {
@@ -298,6 +332,7 @@ impl Config {
                  above 0",
             ));
         }
+        let ipv6 = parse_family(env, prefix_delegation)?;
         let cluster_name = env
             .get(ENV_CLUSTER_NAME)
             .unwrap_or_default()
@@ -332,6 +367,7 @@ impl Config {
             add_wait: parse_u32(env, ENV_ADD_WAIT_SECONDS)?
                 .map_or(d.add_wait, |s| Duration::from_secs(u64::from(s))),
             custom_networking: parse_custom_networking(env)?,
+            ipv6,
         })
     }
 }
@@ -349,6 +385,39 @@ pub(crate) fn env_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 mod tests {
     use super::env_map as env;
     use super::*;
+
+    #[test]
+    fn ipv6_mode_takes_the_anchors_combination_and_refuses_the_others_naming_them() {
+        assert!(!Config::from_env(&env(&[])).expect("defaults").ipv6);
+        let ok = env(&[
+            ("ENABLE_IPv6", "true"),
+            ("ENABLE_IPv4", "false"),
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("WARM_PREFIX_TARGET", "1"),
+        ]);
+        assert!(Config::from_env(&ok).expect("IPv6 mode").ipv6);
+        let no_pd = env(&[("ENABLE_IPv6", "true"), ("ENABLE_IPv4", "false")]);
+        let e = Config::from_env(&no_pd).expect_err("needs PD");
+        assert_eq!(e.var, "ENABLE_PREFIX_DELEGATION");
+        assert!(e.to_string().contains("ENABLE_IPv6=true"), "{e}");
+        let dual = env(&[
+            ("ENABLE_IPv6", "true"),
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("WARM_PREFIX_TARGET", "1"),
+        ]);
+        let e = Config::from_env(&dual).expect_err("dual-stack");
+        assert_eq!(e.var, "ENABLE_IPv6");
+        assert!(e.to_string().contains("ENABLE_IPv4=true"), "{e}");
+        let neither = env(&[("ENABLE_IPv4", "false")]);
+        let e = Config::from_env(&neither).expect_err("no family");
+        assert_eq!(e.var, "ENABLE_IPv4");
+        assert!(e.to_string().contains("ENABLE_IPv6"), "{e}");
+        let junk = env(&[("ENABLE_IPv6", "sure")]);
+        assert_eq!(
+            Config::from_env(&junk).expect_err("junk").var,
+            "ENABLE_IPv6"
+        );
+    }
 
     #[test]
     fn defaults_are_the_anchors() {

@@ -83,6 +83,8 @@ pub struct Config {
     /// Custom networking (`AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true`): which node annotation and label name the
     /// node's `ENIConfig`; `None` when off.
     pub custom_networking: Option<crate::kube::EniConfigKeys>,
+    /// IPv6 mode (`ENABLE_IPv6=true`, `ENABLE_IPv4=false`): pods get addresses of one /80 on the primary ENI.
+    pub ipv6: bool,
 }
 
 impl Default for Config {
@@ -110,6 +112,7 @@ impl Default for Config {
             pool_release_delay: DEFAULT_POOL_RELEASE_DELAY,
             add_wait: DEFAULT_ADD_WAIT,
             custom_networking: None,
+            ipv6: false,
         }
     }
 }

@@ -397,10 +397,25 @@ impl<V: IpVersion> Datastore<V> {
         eni_id: &str,
         prefixes: &[V::Prefix],
     ) -> Result<usize, DatastoreError<V>> {
-        self.check_not_elsewhere(
-            eni_id,
-            prefixes.iter().flat_map(|p| V::prefix_addresses(*p)),
-        )?;
+        if V::LAZY {
+            // A lazy prefix has no slots yet: it may not be on another ENI, that is all.
+            if let Some((p, owner)) = prefixes.iter().find_map(|p| {
+                self.enis
+                    .values()
+                    .find(|e| e.id != eni_id && e.prefixes.contains(p))
+                    .map(|e| (*p, e.id.clone()))
+            }) {
+                return Err(DatastoreError::DuplicateIp {
+                    ip: V::prefix_base(p),
+                    eni: owner,
+                });
+            }
+        } else {
+            self.check_not_elsewhere(
+                eni_id,
+                prefixes.iter().flat_map(|p| V::prefix_addresses(*p)),
+            )?;
+        }
         let eni = self
             .enis
             .get_mut(eni_id)
@@ -411,6 +426,9 @@ impl<V: IpVersion> Datastore<V> {
                 continue;
             }
             added += 1;
+            if V::LAZY {
+                continue;
+            }
             for ip in V::prefix_addresses(*p) {
                 eni.slots.entry(ip).or_default().prefix = Some(*p);
                 self.by_ip.insert(ip, eni_id.to_string());
@@ -494,7 +512,17 @@ impl<V: IpVersion> Datastore<V> {
         if let Some(eni) = self.enis.get_mut(eni_id) {
             for p in prefixes {
                 if eni.prefixes.remove(p) {
-                    ips.extend(V::prefix_addresses(*p));
+                    if V::LAZY {
+                        // Only the carved addresses have slots.
+                        ips.extend(
+                            eni.slots
+                                .iter()
+                                .filter(|(_, s)| s.prefix == Some(*p))
+                                .map(|(ip, _)| *ip),
+                        );
+                    } else {
+                        ips.extend(V::prefix_addresses(*p));
+                    }
                 }
             }
         }
@@ -631,7 +659,16 @@ impl<V: IpVersion> Datastore<V> {
                 .slots
                 .iter_mut()
                 .find(|(_, s)| s.holder.is_none() && !in_cooldown(s, now, cooldown));
-            if let Some((ip, slot)) = free {
+            let free = match free {
+                Some((ip, _)) => Some(*ip),
+                None if V::LAZY => carve_slot(eni),
+                None => None,
+            };
+            if let Some(ip) = free {
+                self.by_ip.insert(ip, eni.id.clone());
+                let Some(slot) = eni.slots.get_mut(&ip) else {
+                    continue;
+                };
                 slot.holder = Some(Holder {
                     key: key.clone(),
                     meta: meta.clone(),
@@ -639,6 +676,7 @@ impl<V: IpVersion> Datastore<V> {
                     wall,
                 });
                 slot.released_at = None;
+                let ip = &ip;
                 let alloc = Allocation {
                     ip: *ip,
                     eni_id: eni.id.clone(),
@@ -667,6 +705,28 @@ impl<V: IpVersion> Datastore<V> {
     ) -> Result<Allocation<V>, RestoreError<V>> {
         if let Some(held) = self.by_key.get(key) {
             return Err(RestoreError::KeyHolds(*held));
+        }
+        if V::LAZY && !self.by_ip.contains_key(&ip) {
+            // An address of a lazy prefix gets its slot when it is first held.
+            if let Some(eni) = self.enis.values_mut().find(|e| {
+                e.prefixes
+                    .iter()
+                    .any(|p| V::prefix_contains(*p, ip) && V::prefix_base(*p) != ip)
+            }) {
+                let prefix = eni
+                    .prefixes
+                    .iter()
+                    .find(|p| V::prefix_contains(**p, ip))
+                    .copied();
+                eni.slots.insert(
+                    ip,
+                    Slot {
+                        prefix,
+                        ..Slot::default()
+                    },
+                );
+                self.by_ip.insert(ip, eni.id.clone());
+            }
         }
         let eni_id = self.by_ip.get(&ip).ok_or(RestoreError::UnknownIp(ip))?;
         let eni = self
@@ -856,8 +916,39 @@ impl<V: IpVersion> Datastore<V> {
             }
         }
         s.available = s.total - s.assigned - s.cooldown;
+        if V::LAZY {
+            // Addresses not carved yet are free too.
+            for eni in self.enis.values() {
+                for p in &eni.prefixes {
+                    let carved = eni.slots.values().filter(|s| s.prefix == Some(*p)).count();
+                    let rest = usize::try_from(V::carvable(*p))
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(carved);
+                    s.total = s.total.saturating_add(rest);
+                    s.available = s.available.saturating_add(rest);
+                }
+            }
+        }
         s
     }
+}
+
+/// Carves the next free address of one of `eni`'s lazy prefixes into a new slot; `None` when all are full.
+fn carve_slot<V: IpVersion>(eni: &mut Eni<V>) -> Option<V::Addr> {
+    for p in eni.prefixes.iter().copied() {
+        let slots = &eni.slots;
+        if let Some(ip) = V::carve(p, &|a| slots.contains_key(&a)) {
+            eni.slots.insert(
+                ip,
+                Slot {
+                    prefix: Some(p),
+                    ..Slot::default()
+                },
+            );
+            return Some(ip);
+        }
+    }
+    None
 }
 
 fn in_cooldown<V: IpVersion>(slot: &Slot<V>, now: Duration, cooldown: Duration) -> bool {
@@ -896,6 +987,85 @@ mod tests {
         fn prefix_base(prefix: Self::Prefix) -> Self::Addr {
             prefix.network()
         }
+
+        fn prefix_contains(prefix: Self::Prefix, addr: Self::Addr) -> bool {
+            prefix.contains(addr)
+        }
+
+        fn carve(prefix: Self::Prefix, taken: &dyn Fn(Self::Addr) -> bool) -> Option<Self::Addr> {
+            prefix.iter().skip(1).find(|a| !taken(*a))
+        }
+
+        fn carvable(_prefix: Self::Prefix) -> u64 {
+            15
+        }
+    }
+
+    #[test]
+    fn a_lazy_v6_prefix_is_never_expanded_and_its_addresses_are_carved_as_pods_come() {
+        use crate::core::family::V6;
+        let cooldown = Duration::from_secs(30);
+        let mut ds: Datastore<V6> = Datastore::of(cooldown);
+        let subnet: ipnetwork::Ipv6Network = "2600:1f14:ab:c800::/64".parse().expect("cidr");
+        ds.add_eni(Eni::of(
+            "eni-0",
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            0,
+            "2600:1f14:ab:c800::1001".parse().expect("ip"),
+            subnet,
+        ));
+        let prefix: ipnetwork::Ipv6Network = "2600:1f14:ab:c800:1::/80".parse().expect("prefix");
+        assert_eq!(ds.add_prefixes("eni-0", &[prefix]).expect("prefix"), 1);
+        // Nothing carved yet: no slot, every address of the /80 but its base free.
+        assert_eq!(ds.eni("eni-0").expect("eni").ip_count(), 0);
+        let s = ds.stats(Duration::ZERO);
+        assert_eq!(
+            (s.total, s.available, s.assigned),
+            ((1 << 48) - 1, (1 << 48) - 1, 0)
+        );
+        let meta = PodMeta::default();
+        let a = ds.assign(&key("a"), &meta, Duration::ZERO).expect("ip");
+        let b = ds.assign(&key("b"), &meta, Duration::ZERO).expect("ip");
+        assert_eq!(a.ip.to_string(), "2600:1f14:ab:c800:1::1");
+        assert_eq!(b.ip.to_string(), "2600:1f14:ab:c800:1::2");
+        assert_eq!(ds.eni("eni-0").expect("eni").ip_count(), 2);
+        // Released: it cools down, and a new address is carved meanwhile.
+        assert_eq!(
+            ds.unassign(&key("a"), Duration::ZERO).map(|x| x.ip),
+            Some(a.ip)
+        );
+        let c = ds
+            .assign(&key("c"), &meta, Duration::from_secs(1))
+            .expect("ip");
+        assert_eq!(c.ip.to_string(), "2600:1f14:ab:c800:1::3");
+        // After the cooldown the released address is reused before carving another.
+        let d = ds
+            .assign(&key("d"), &meta, Duration::from_secs(31))
+            .expect("ip");
+        assert_eq!(d.ip, a.ip);
+        // A checkpointed address anywhere in the /80 is restored onto a slot made for it.
+        let far: std::net::Ipv6Addr = "2600:1f14:ab:c800:1:0:ab:cd".parse().expect("ip");
+        ds.restore(&key("far"), &meta, far, Duration::ZERO, Duration::ZERO)
+            .expect("restored");
+        assert_eq!(ds.lookup(&key("far")).map(|x| x.ip), Some(far));
+        let outside: std::net::Ipv6Addr = "2600:1f14:ab:c800:2::5".parse().expect("ip");
+        assert_eq!(
+            ds.restore(&key("out"), &meta, outside, Duration::ZERO, Duration::ZERO),
+            Err(RestoreError::UnknownIp(outside))
+        );
+        // The prefix cannot also be on another ENI.
+        ds.add_eni(Eni::of(
+            "eni-1",
+            MacAddr([2, 0, 0, 0, 0, 2]),
+            1,
+            std::net::Ipv6Addr::UNSPECIFIED,
+            subnet,
+        ));
+        assert!(ds.add_prefixes("eni-1", &[prefix]).is_err());
+        // A forced removal of the prefix (EC2 says it is gone) evicts its holders only.
+        let report = ds.sync_eni("eni-0", &[], &[], &|_| false).expect("sync");
+        assert_eq!(report.evicted.len(), 4, "{report:?}");
+        assert_eq!(ds.stats(Duration::from_secs(99)).assigned, 0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A plain copy of the pool's state for whoever reports on it (the metrics registry, status pages): produced by
 //! the engine ([`crate::engine::Node::snapshot`]) under its lock in one go, read without touching the engine.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::datastore::PoolStats;
 
@@ -47,7 +47,7 @@ pub struct SnatReport {
 pub struct EniSnapshot {
     pub id: String,
     /// Every address on it, and whether a pod holds it.
-    pub addresses: Vec<(Ipv4Addr, bool)>,
+    pub addresses: Vec<(IpAddr, bool)>,
     pub assigned: usize,
     pub cooldown: usize,
     pub prefixes: usize,

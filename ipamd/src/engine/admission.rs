@@ -181,8 +181,10 @@ impl Node {
         let wall = self.deps.clock.wall();
         let res = {
             let mut ds = lock(&self.ds);
-            ds.assign_at(key, meta, now, wall)
-                .map(|(a, fresh)| (a, fresh, ds.generation()))
+            let res = ds.assign_at(key, meta, now, wall);
+            // Both datastores' generations: what the checkpoint counts (IPv4 locked first).
+            let generation = ds.generation() + lock(&self.ds6).generation();
+            res.map(|(a, fresh)| (a, fresh, generation))
         };
         self.wake.notify_one();
         if matches!(res, Ok((_, true, _))) {
@@ -248,7 +250,7 @@ impl Node {
         let res = {
             let mut ds = lock(&self.ds);
             let r = ds.unassign(key, self.deps.clock.now());
-            (r, ds.generation())
+            (r, ds.generation() + lock(&self.ds6).generation())
         };
         self.wake.notify_one();
         if let Some(a) = &res.0 {

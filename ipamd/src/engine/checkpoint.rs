@@ -9,6 +9,9 @@
 //!   "metadata":{"k8sPodNamespace":"default","k8sPodName":"nginx"}}]}
 //! ```
 //!
+//! In IPv6 mode an allocation carries `"ipv6":"2600:…::5"` (Go's text form, which is Rust's) and no `ipv4`, as the
+//! anchor writes it; an allocation with neither is refused.
+//!
 //! Field for field the anchor's `CheckpointData` as Go's encoder writes it (one line, a trailing newline;
 //! `allocations` may be `null`; `ipv6`, `metadata` members and `interfacesCount` are left out when empty;
 //! unknown members are ignored). Only assignments are stored: free addresses and cooldowns are not (as in the
@@ -43,13 +46,14 @@
 //! like the pods, does not outlive a reboot); on a disk each write costs two journal commits (file and
 //! directory; about 10 ms on the test machines' ext4), which group commit shares among concurrent requests.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::core::datastore::{AssignmentRecord, IpamKey, PodMeta};
+use crate::core::family::V6;
 
 /// The format this module reads and writes (the anchor's `CheckpointFormatVersion`).
 pub const FORMAT_VERSION: &str = "vpc-cni-ipam/1";
@@ -93,7 +97,7 @@ pub enum CheckpointError {
          (move it aside to start without it)"
     )]
     UnknownFormat { path: PathBuf, version: String },
-    #[error("checkpoint {path}: allocation {index} ({container}) has no IPv4 address; this ipamd is IPv4 only")]
+    #[error("checkpoint {path}: allocation {index} ({container}) has neither an IPv4 nor an IPv6 address")]
     NoIpv4 {
         path: PathBuf,
         index: usize,
@@ -165,7 +169,8 @@ fn is_zero(n: &i64) -> bool {
 pub struct CheckpointEntry {
     pub key: IpamKey,
     pub meta: PodMeta,
-    pub ip: Ipv4Addr,
+    /// `ipv4`, or `ipv6` in IPv6 mode.
+    pub ip: IpAddr,
     /// `allocationTimestamp`, since the Unix epoch.
     pub wall: Duration,
 }
@@ -233,20 +238,37 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<CheckpointEntry>, Checkpoi
     })?;
     let mut out = Vec::new();
     for (index, e) in data.allocations.unwrap_or_default().into_iter().enumerate() {
-        if e.ipv4.is_empty() {
+        let ip: IpAddr = if !e.ipv4.is_empty() {
+            IpAddr::V4(
+                e.ipv4
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| CheckpointError::Corrupt {
+                        path: path.clone(),
+                        reason: format!(
+                            "allocation {index} ({}) has an invalid ipv4 {:?}",
+                            e.container_id, e.ipv4
+                        ),
+                    })?,
+            )
+        } else if !e.ipv6.is_empty() {
+            IpAddr::V6(
+                e.ipv6
+                    .parse::<Ipv6Addr>()
+                    .map_err(|_| CheckpointError::Corrupt {
+                        path: path.clone(),
+                        reason: format!(
+                            "allocation {index} ({}) has an invalid ipv6 {:?}",
+                            e.container_id, e.ipv6
+                        ),
+                    })?,
+            )
+        } else {
             return Err(CheckpointError::NoIpv4 {
                 path,
                 index,
                 container: e.container_id,
             });
-        }
-        let ip: Ipv4Addr = e.ipv4.parse().map_err(|_| CheckpointError::Corrupt {
-            path: path.clone(),
-            reason: format!(
-                "allocation {index} ({}) has an invalid ipv4 {:?}",
-                e.container_id, e.ipv4
-            ),
-        })?;
+        };
         out.push(CheckpointEntry {
             key: IpamKey {
                 network_name: e.network_name,
@@ -266,30 +288,67 @@ pub fn parse(path: &Path, bytes: &[u8]) -> Result<Vec<CheckpointEntry>, Checkpoi
 
 /// The file's bytes for these assignments (the anchor's encoding: compact JSON and a newline).
 pub fn encode(records: &[AssignmentRecord]) -> Result<Vec<u8>, serde_json::Error> {
+    encode_all(records, &[])
+}
+
+fn file_entry(r_key: &IpamKey, meta: &PodMeta, wall: Duration, ip: IpAddr) -> FileEntry {
+    let (ipv4, ipv6) = match ip {
+        IpAddr::V4(a) => (a.to_string(), String::new()),
+        IpAddr::V6(a) => (String::new(), a.to_string()),
+    };
+    FileEntry {
+        network_name: r_key.network_name.clone(),
+        container_id: r_key.container_id.clone(),
+        if_name: r_key.if_name.clone(),
+        ipv4,
+        ipv6,
+        allocation_timestamp: i64::try_from(wall.as_nanos()).unwrap_or(i64::MAX),
+        metadata: FileMetadata {
+            namespace: meta.namespace.clone(),
+            name: meta.name.clone(),
+            interfaces_count: 0,
+        },
+    }
+}
+
+/// [`encode`] with IPv6 assignments too (IPv6 mode): each in the `ipv6` member, as the anchor writes them.
+pub fn encode_all(
+    v4: &[AssignmentRecord],
+    v6: &[AssignmentRecord<V6>],
+) -> Result<Vec<u8>, serde_json::Error> {
+    let entries = v4
+        .iter()
+        .map(|r| file_entry(&r.key, &r.meta, r.wall, IpAddr::V4(r.allocation.ip)))
+        .chain(
+            v6.iter()
+                .map(|r| file_entry(&r.key, &r.meta, r.wall, IpAddr::V6(r.allocation.ip))),
+        )
+        .collect();
     let data = FileData {
         version: FORMAT_VERSION.to_string(),
-        allocations: Some(
-            records
-                .iter()
-                .map(|r| FileEntry {
-                    network_name: r.key.network_name.clone(),
-                    container_id: r.key.container_id.clone(),
-                    if_name: r.key.if_name.clone(),
-                    ipv4: r.allocation.ip.to_string(),
-                    ipv6: String::new(),
-                    allocation_timestamp: i64::try_from(r.wall.as_nanos()).unwrap_or(i64::MAX),
-                    metadata: FileMetadata {
-                        namespace: r.meta.namespace.clone(),
-                        name: r.meta.name.clone(),
-                        interfaces_count: 0,
-                    },
-                })
-                .collect(),
-        ),
+        allocations: Some(entries),
     };
     let mut bytes = serde_json::to_vec(&data)?;
     bytes.push(b'\n');
     Ok(bytes)
+}
+
+/// What one write holds: the datastore generation it covers and every assignment, of both IP versions.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub v4: Vec<AssignmentRecord>,
+    pub v6: Vec<AssignmentRecord<V6>>,
+}
+
+impl From<(u64, Vec<AssignmentRecord>)> for Snapshot {
+    fn from((generation, v4): (u64, Vec<AssignmentRecord>)) -> Snapshot {
+        Snapshot {
+            generation,
+            v4,
+            v6: Vec::new(),
+        }
+    }
 }
 
 /// Called with the duration of every write (for the latency histogram).
@@ -349,10 +408,10 @@ impl Checkpoint {
 
     /// Returns once generation `generation` (or a later one) is on disk, writing it unless a write already did.
     /// `snapshot` gives the current generation and assignments, read together under the datastore's lock.
-    pub async fn persist(
+    pub async fn persist<S: Into<Snapshot>>(
         &self,
         generation: u64,
-        snapshot: impl Fn() -> (u64, Vec<AssignmentRecord>) + Sync,
+        snapshot: impl Fn() -> S + Sync,
     ) -> Result<(), CheckpointError> {
         if self.durable_generation() >= generation {
             return Ok(());
@@ -362,24 +421,24 @@ impl Checkpoint {
         if self.durable_generation() >= generation {
             return Ok(());
         }
-        self.write_locked(&snapshot).await
+        self.write_locked(&|| snapshot().into()).await
     }
 
     /// Writes the current state whatever is on disk (startup, shutdown).
-    pub async fn persist_now(
+    pub async fn persist_now<S: Into<Snapshot>>(
         &self,
-        snapshot: impl Fn() -> (u64, Vec<AssignmentRecord>) + Sync,
+        snapshot: impl Fn() -> S + Sync,
     ) -> Result<(), CheckpointError> {
         let _writer = self.write_lock.lock().await;
-        self.write_locked(&snapshot).await
+        self.write_locked(&|| snapshot().into()).await
     }
 
     async fn write_locked(
         &self,
-        snapshot: &(dyn Fn() -> (u64, Vec<AssignmentRecord>) + Sync),
+        snapshot: &(dyn Fn() -> Snapshot + Sync),
     ) -> Result<(), CheckpointError> {
-        let (generation, records) = snapshot();
-        let bytes = encode(&records).map_err(|e| CheckpointError::Encode {
+        let Snapshot { generation, v4, v6 } = snapshot();
+        let bytes = encode_all(&v4, &v6).map_err(|e| CheckpointError::Encode {
             path: self.path.clone(),
             reason: e.to_string(),
         })?;
@@ -466,7 +525,7 @@ mod tests {
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].key.container_id, "3f1c0e");
         assert_eq!(entries[0].meta.name, "web-0");
-        assert_eq!(entries[0].ip, Ipv4Addr::new(10, 0, 0, 7));
+        assert_eq!(entries[0].ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
         assert_eq!(
             entries[0].wall,
             Duration::from_nanos(1_767_225_600_123_456_789)
@@ -505,6 +564,37 @@ mod tests {
         );
     }
 
+    /// An IPv6-mode checkpoint as the anchor's Go encoder writes it: `ipv6` set, `ipv4` omitted.
+    pub(crate) const ANCHOR_FILE_V6: &str = concat!(
+        r#"{"version":"vpc-cni-ipam/1","allocations":["#,
+        r#"{"networkName":"aws-cni","containerID":"9e2f","ifName":"eth0","ipv6":"2600:1f14:ab:c800:1::5","#,
+        r#""allocationTimestamp":1767225600123456789,"metadata":{"k8sPodNamespace":"default","k8sPodName":"web-1"}}]}"#,
+        "\n"
+    );
+
+    #[test]
+    fn ipv6_entries_are_read_and_written_in_the_anchors_form() {
+        let entries = parse(Path::new("ipam.json"), ANCHOR_FILE_V6.as_bytes()).expect("parse");
+        assert_eq!(entries.len(), 1);
+        let ip: Ipv6Addr = "2600:1f14:ab:c800:1::5".parse().expect("ip");
+        assert_eq!(entries[0].ip, IpAddr::V6(ip));
+        let e = &entries[0];
+        let rec = AssignmentRecord::<V6> {
+            key: e.key.clone(),
+            meta: e.meta.clone(),
+            allocation: Allocation {
+                ip,
+                eni_id: "eni-1".into(),
+                device_number: 0,
+                route_table: 254,
+            },
+            wall: e.wall,
+            assigned_at: Duration::ZERO,
+        };
+        let bytes = encode_all(&[], &[rec]).expect("encode");
+        assert_eq!(String::from_utf8(bytes).expect("utf8"), ANCHOR_FILE_V6);
+    }
+
     #[test]
     fn bad_files_are_named_and_classified() {
         let p = Path::new("/var/run/aws-node/ipam.json");
@@ -523,8 +613,12 @@ mod tests {
                 "invalid ipv4",
             ),
             (
-                br#"{"version":"vpc-cni-ipam/1","allocations":[{"containerID":"c","ipv6":"fd00::1"}]}"#,
-                "no IPv4",
+                br#"{"version":"vpc-cni-ipam/1","allocations":[{"containerID":"c"}]}"#,
+                "neither an IPv4 nor an IPv6",
+            ),
+            (
+                br#"{"version":"vpc-cni-ipam/1","allocations":[{"containerID":"c","ipv6":"fd00::g"}]}"#,
+                "invalid ipv6",
             ),
             (br#"{"version":"vpc-cni-ipam/1","allocations":{"a":1}}"#, "is corrupt"),
         ];

@@ -16,7 +16,8 @@
 //! - [`reconcile`]: the datastore, the host and EC2 kept in agreement; [`leak_gc`]: ENIs a crash left behind;
 //! - [`recovery`]: a restart's checkpoint put back, checked against EC2 and the host;
 //! - [`checkpoint`]: the assignments on disk (the anchor's file format, group-committed writes);
-//!   [`persist`]: the engine's side of it (durable ADD/DEL, the background flusher).
+//!   [`persist`]: the engine's side of it (durable ADD/DEL, the background flusher);
+//! - [`ipv6`]: IPv6 mode (one /80 on the primary ENI, its own datastore, no pool).
 //!
 //! The request path and the pool path never block each other: an ADD takes the datastore lock for a few
 //! microseconds and never calls EC2 or IMDS; only the pool task (and reconcile, serialised with it) talks to EC2.
@@ -35,6 +36,7 @@ pub mod admission;
 pub mod checkpoint;
 pub mod custom_net;
 pub mod enis;
+pub mod ipv6;
 pub mod leak_gc;
 pub mod persist;
 pub mod pool_task;
@@ -42,7 +44,7 @@ pub mod reconcile;
 pub mod recovery;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +55,7 @@ use tokio::sync::Notify;
 use self::checkpoint::{Checkpoint, CheckpointEntry, CheckpointError};
 use crate::config::Config;
 use crate::core::datastore::{Datastore, Eni, IpamKey, PoolStats};
+use crate::core::family::V6;
 use crate::core::pool::{policy_for, Decision, HighWater, PoolPolicy};
 use crate::core::snapshot::{EniSnapshot, PoolSnapshot, SnatReport};
 use crate::host::snat::SnatPlan;
@@ -91,6 +94,8 @@ pub enum NodeError {
     Unverified { attempts: u32, last: Ec2Error },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Ipv6(ipv6::Ipv6Error),
 }
 
 /// Outside worlds the node talks to.
@@ -259,6 +264,8 @@ pub struct Node {
     pub(crate) meta: NodeMetadata,
     pub(crate) policy: PoolPolicy,
     pub(crate) ds: Mutex<Datastore>,
+    /// IPv6 mode's datastore (empty otherwise; see [`ipv6`]). Locked after `ds` when both are.
+    pub(crate) ds6: Mutex<Datastore<V6>>,
     pub(crate) status: Mutex<PoolStatus>,
     pub(crate) wake: Notify,
     /// Serialises everything that calls EC2.
@@ -335,6 +342,12 @@ impl Node {
     ) -> Result<Arc<Node>, NodeError> {
         let NodeFacts { meta, limits } = facts;
         let limits = &limits;
+        if config.ipv6 && !limits.supports_prefix_delegation() {
+            return Err(ipv6::Ipv6Error::NotNitro {
+                instance_type: meta.instance_type.clone(),
+            }
+            .into());
+        }
         if config.prefix_delegation && !limits.supports_prefix_delegation() {
             tracing::warn!(
                 instance_type = %meta.instance_type,
@@ -360,6 +373,7 @@ impl Node {
             ec2,
             policy,
             ds: Mutex::new(Datastore::new(config.ip_cooldown)),
+            ds6: Mutex::new(Datastore::<V6>::of(config.ip_cooldown)),
             status: Mutex::new(PoolStatus {
                 high_water: HighWater::new(config.pool_release_delay),
                 ..PoolStatus::default()
@@ -432,6 +446,18 @@ impl Node {
             eni.attached_at = now;
             // Custom networking: pods get addresses only on ENIs in the ENIConfig's subnet.
             eni.excluded_for_pods = eni.is_primary && node.config.custom_networking.is_some();
+            if node.config.ipv6 {
+                // IPv6 mode uses the primary ENI only (as the anchor), and only its /80.
+                if ie.device_number == 0 {
+                    node.deps
+                        .hostnet
+                        .setup_eni(&eni, node.config.eni_mtu)
+                        .await?;
+                    let d = described.get(&ie.eni_id).and_then(Option::as_ref);
+                    node.init_ipv6(&ie, mac, d).await?;
+                }
+                continue;
+            }
             node.deps
                 .hostnet
                 .setup_eni(&eni, node.config.eni_mtu)
@@ -453,6 +479,8 @@ impl Node {
     }
 
     pub(crate) fn host_plan(&self, primary_mac: MacAddr) -> HostPlan {
+        // IPv6 mode: no SNAT, connmark or fwmark rule (IPv6 pods keep their address, as in the anchor).
+        let v6 = self.config.ipv6;
         HostPlan {
             primary_mac,
             mtu: self.config.eni_mtu,
@@ -461,10 +489,10 @@ impl Node {
                 primary_if: String::new(),
                 vpc_cidrs: self.meta.vpc_cidrs.clone(),
                 exclude_cidrs: self.config.exclude_snat_cidrs.clone(),
-                external_snat: self.config.external_snat,
+                external_snat: self.config.external_snat || v6,
                 randomize: self.config.randomize_snat,
                 connmark: self.config.connmark,
-                node_port_support: self.config.node_port_support,
+                node_port_support: self.config.node_port_support && !v6,
                 veth_prefix: self.veth_prefix.clone(),
             },
         }
@@ -485,8 +513,11 @@ impl Node {
         &self.config
     }
 
-    /// Current counts.
+    /// Current counts (of the IPv6 datastore in IPv6 mode).
     pub fn stats(&self) -> PoolStats {
+        if self.config.ipv6 {
+            return lock(&self.ds6).stats(self.deps.clock.now());
+        }
         lock(&self.ds).stats(self.deps.clock.now())
     }
 
@@ -510,17 +541,44 @@ impl Node {
             let ds = lock(&self.ds);
             let held: BTreeSet<Ipv4Addr> =
                 ds.assignments().into_iter().map(|(_, _, a)| a.ip).collect();
-            let enis = ds
+            let mut enis: Vec<EniSnapshot> = ds
                 .enis()
                 .map(|e| EniSnapshot {
                     id: e.id.clone(),
-                    addresses: e.ips().map(|ip| (ip, held.contains(&ip))).collect(),
+                    addresses: e
+                        .ips()
+                        .map(|ip| (IpAddr::V4(ip), held.contains(&ip)))
+                        .collect(),
                     assigned: e.assigned_count(),
                     cooldown: e.cooldown_count(now, ds.cooldown()),
                     prefixes: e.prefixes().count(),
                 })
                 .collect();
-            (ds.stats(now), enis)
+            let mut stats = ds.stats(now);
+            if self.config.ipv6 {
+                // IPv6 mode: the carved addresses of the /80 (the rest of it is free and not listed).
+                let ds6 = lock(&self.ds6);
+                let held6: BTreeSet<_> = ds6
+                    .assignments()
+                    .into_iter()
+                    .map(|(_, _, a)| a.ip)
+                    .collect();
+                enis = ds6
+                    .enis()
+                    .map(|e| EniSnapshot {
+                        id: e.id.clone(),
+                        addresses: e
+                            .ips()
+                            .map(|ip| (IpAddr::V6(ip), held6.contains(&ip)))
+                            .collect(),
+                        assigned: e.assigned_count(),
+                        cooldown: e.cooldown_count(now, ds6.cooldown()),
+                        prefixes: e.prefixes().count(),
+                    })
+                    .collect();
+                stats = ds6.stats(now);
+            }
+            (stats, enis)
         };
         // One guard: a second `lock` in the literal below would wait on the first (temporaries live to the end).
         let (force_removed, routing_repairs) = {
@@ -645,7 +703,7 @@ mod tests {
             .filter(|(_, h)| *h)
             .map(|(ip, _)| *ip)
             .collect();
-        assert_eq!(marked, vec![held.ip]);
+        assert_eq!(marked, vec![IpAddr::V4(held.ip)]);
         assert_eq!((snap.adds_waiting, snap.force_removed), (0, 0));
         assert!(snap.connmark, "ipamd does SNAT itself by default");
     }

@@ -6,9 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::checkpoint::{Checkpoint, CheckpointError};
+use super::checkpoint::{Checkpoint, CheckpointError, Snapshot};
 use super::Node;
-use crate::core::datastore::AssignmentRecord;
 use crate::sync::lock;
 
 impl Node {
@@ -28,9 +27,15 @@ impl Node {
         }
     }
 
-    pub(super) fn checkpoint_snapshot(&self) -> (u64, Vec<AssignmentRecord>) {
+    pub(super) fn checkpoint_snapshot(&self) -> Snapshot {
+        // Both datastores under their locks together (IPv4 first), so the records and the generation agree.
         let ds = lock(&self.ds);
-        (ds.generation(), ds.records())
+        let ds6 = lock(&self.ds6);
+        Snapshot {
+            generation: ds.generation() + ds6.generation(),
+            v4: ds.records(),
+            v6: ds6.records(),
+        }
     }
 
     /// The checkpoint writer, if any.
@@ -48,7 +53,7 @@ impl Node {
             if *stop.borrow() {
                 return;
             }
-            let generation = lock(&self.ds).generation();
+            let generation = self.generation();
             if generation > cp.durable_generation() {
                 if let Err(e) = self.persist(generation).await {
                     tracing::error!(error = %e, "checkpoint write failed; retrying");

@@ -113,6 +113,10 @@ impl Node {
     }
 
     pub(super) async fn pool_step_inner(&self) -> Result<Decision, Ec2Error> {
+        if self.config.ipv6 {
+            // IPv6 mode has its /80 from startup and no pool (see `super::ipv6`).
+            return Ok(Decision::Hold);
+        }
         let _actor = self.actor.lock().await;
         let now = self.deps.clock.now();
         let mut decision = self.next_decision();

@@ -100,11 +100,12 @@ impl Timers {
             // ipamd (stalled, restarting) tore the pod down from prevResult and succeeded, and its address comes
             // back here once the pod's veth is gone (after the same grace as a restored pod's).
             if node.pods.is_some() {
-                let keys: Vec<IpamKey> = lock(&node.ds)
+                let mut keys: Vec<IpamKey> = lock(&node.ds)
                     .assignments()
                     .into_iter()
                     .map(|(k, _, _)| k)
                     .collect();
+                keys.extend(lock(&node.ds6).assignments().into_iter().map(|(k, _, _)| k));
                 lock(&node.recovery).unconfirmed.extend(keys);
                 let _actor = node.actor.lock().await;
                 node.check_restored().await;
@@ -112,7 +113,11 @@ impl Timers {
         }
         if now >= self.next_leak_check {
             self.next_leak_check = now + LEAK_CHECK_INTERVAL + jitter(LEAK_CHECK_JITTER);
-            if !node.config.disable_leaked_eni_cleanup && !node.config.disable_provisioning {
+            // Not in IPv6 mode, as the anchor (it creates no ENIs there).
+            if !node.config.disable_leaked_eni_cleanup
+                && !node.config.disable_provisioning
+                && !node.config.ipv6
+            {
                 match node.cleanup_leaked_enis().await {
                     Ok(n) if n > 0 => tracing::info!(deleted = n, "deleted leaked ENIs"),
                     Ok(_) => {}
@@ -135,6 +140,10 @@ fn same_addresses(ds_eni: &Eni, imds: &ec2_api::ImdsEni) -> bool {
 impl Node {
     /// One reconcile pass (see the module docs). `force` ignores the recent-action skip.
     pub async fn reconcile(&self, force: bool) -> Result<ReconcileReport, ReconcileError> {
+        if self.config.ipv6 {
+            // IPv6 mode: one /80 on the primary ENI, no pool to reconcile (see `super::ipv6`).
+            return Ok(ReconcileReport::default());
+        }
         let _actor = self.actor.lock().await;
         let now = self.deps.clock.now();
         let recent = lock(&self.status)

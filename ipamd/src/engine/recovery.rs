@@ -28,7 +28,7 @@
 //! once the pod's veth has been gone for [`RESTORE_GRACE`].
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use super::checkpoint::CheckpointEntry;
@@ -59,7 +59,7 @@ pub struct RestoreReport {
     /// Assignments put back.
     pub restored: usize,
     /// Assignments whose address EC2 does not have for this node (dropped).
-    pub stale: Vec<(IpamKey, Ipv4Addr)>,
+    pub stale: Vec<(IpamKey, IpAddr)>,
     /// Assignments that clashed with another (same address or same key twice; dropped).
     pub conflicts: usize,
     /// ENIs attached per EC2 but missing from IMDS, adopted to place restored addresses.
@@ -112,6 +112,10 @@ impl Node {
     ) -> Result<RestoreReport, NodeError> {
         let mut report = RestoreReport::default();
         let mut unknown = Vec::new();
+        let (entries, v6): (Vec<_>, Vec<_>) = entries.into_iter().partition(|e| e.ip.is_ipv4());
+        for e in v6 {
+            self.restore_one6(&e, &mut report);
+        }
         for e in entries {
             match self.restore_one(&e) {
                 Ok(()) => report.restored += 1,
@@ -131,7 +135,7 @@ impl Node {
                     Err(RestoreError::UnknownIp(ip)) => {
                         tracing::warn!(container = %e.key.container_id, pod = %format!("{}/{}", e.meta.namespace, e.meta.name),
                             %ip, "checkpointed address is not assigned to this node in EC2: the pod has lost it; dropped");
-                        report.stale.push((e.key.clone(), ip));
+                        report.stale.push((e.key.clone(), IpAddr::V4(ip)));
                     }
                     Err(err) => {
                         tracing::error!(container = %e.key.container_id, ip = %e.ip, error = %err,
@@ -143,7 +147,13 @@ impl Node {
         }
         {
             let ds = lock(&self.ds);
-            lock(&self.recovery).unconfirmed = ds.records().into_iter().map(|r| r.key).collect();
+            let ds6 = lock(&self.ds6);
+            lock(&self.recovery).unconfirmed = ds
+                .records()
+                .into_iter()
+                .map(|r| r.key)
+                .chain(ds6.records().into_iter().map(|r| r.key))
+                .collect();
         }
         // The anchor rewrites the file after a restore; so do we, before anything is served.
         if self.checkpoint.is_some() {
@@ -162,11 +172,78 @@ impl Node {
     }
 
     pub(super) fn restore_one(&self, e: &CheckpointEntry) -> Result<(), RestoreError> {
+        let IpAddr::V4(ip) = e.ip else {
+            return Err(RestoreError::UnknownIp(Ipv4Addr::UNSPECIFIED));
+        };
         let now = self.deps.clock.now();
         let age = self.deps.clock.wall().saturating_sub(e.wall);
         lock(&self.ds)
-            .restore(&e.key, &e.meta, e.ip, now.saturating_sub(age), e.wall)
+            .restore(&e.key, &e.meta, ip, now.saturating_sub(age), e.wall)
             .map(|_| ())
+    }
+
+    /// [`Node::check_restored`] for one IPv6 pod: `Some(true)` released (its veth is gone and it is old enough),
+    /// `Some(false)` decided (confirmed, or nothing to look for), `None` undecided. Its host route is the
+    /// plugin's, removed with the veth.
+    async fn check_restored6(
+        &self,
+        key: &IpamKey,
+        rec: &crate::core::datastore::AssignmentRecord<crate::core::family::V6>,
+        pods: &std::sync::Arc<dyn crate::host::HostNetwork>,
+        settled: bool,
+    ) -> Option<bool> {
+        if rec.meta.name.is_empty() {
+            return Some(false);
+        }
+        let veth =
+            datapath::host_veth_name(&self.veth_prefix, &rec.meta.namespace, &rec.meta.name, 0);
+        match pods.veth_exists(&veth).await {
+            Ok(true) => settled.then_some(false),
+            Ok(false) if self.deps.clock.wall().saturating_sub(rec.wall) >= RESTORE_GRACE => {
+                let now = self.deps.clock.now();
+                let gone = {
+                    let mut ds = lock(&self.ds6);
+                    (ds.record(key).as_ref() == Some(rec))
+                        .then(|| ds.unassign(key, now))
+                        .flatten()
+                };
+                let Some(a) = gone else {
+                    return Some(false);
+                };
+                tracing::warn!(container = %key.container_id, pod = %format!("{}/{}", rec.meta.namespace, rec.meta.name),
+                    ip = %a.ip, %veth, "pod is gone (no host veth): released its IPv6 address");
+                Some(true)
+            }
+            Ok(false) => None,
+            Err(e) => {
+                tracing::warn!(%veth, error = %e, "cannot look up a restored pod's veth");
+                None
+            }
+        }
+    }
+
+    /// An IPv6 entry: put back on the node's /80 (IPv6 mode), else dropped as stale (a node that left IPv6
+    /// mode has no /80 in its datastore: the pod lost its address).
+    fn restore_one6(&self, e: &CheckpointEntry, report: &mut RestoreReport) {
+        let IpAddr::V6(ip) = e.ip else {
+            return;
+        };
+        let now = self.deps.clock.now();
+        let age = self.deps.clock.wall().saturating_sub(e.wall);
+        let res = lock(&self.ds6).restore(&e.key, &e.meta, ip, now.saturating_sub(age), e.wall);
+        match res {
+            Ok(_) => report.restored += 1,
+            Err(RestoreError::UnknownIp(_)) => {
+                tracing::warn!(container = %e.key.container_id, pod = %format!("{}/{}", e.meta.namespace, e.meta.name),
+                    %ip, "checkpointed IPv6 address is not in this node's IPv6 prefix: the pod has lost it; dropped");
+                report.stale.push((e.key.clone(), e.ip));
+            }
+            Err(err) => {
+                tracing::error!(container = %e.key.container_id, %ip, error = %err,
+                    "checkpoint entry clashes with another; dropped");
+                report.conflicts += 1;
+            }
+        }
     }
 
     /// ENIs EC2 says are attached to this instance (network card 0) that the datastore does not have: set up on
@@ -268,7 +345,19 @@ impl Node {
         let mut released = 0;
         for key in keys {
             let Some(rec) = lock(&self.ds).record(&key) else {
-                done.push(key); // released meanwhile (a DEL)
+                // IPv6 mode's pods (or released meanwhile, by a DEL).
+                let Some(rec6) = lock(&self.ds6).record(&key) else {
+                    done.push(key);
+                    continue;
+                };
+                match self.check_restored6(&key, &rec6, &pods, settled).await {
+                    Some(true) => {
+                        released += 1;
+                        done.push(key);
+                    }
+                    Some(false) => done.push(key),
+                    None => {}
+                }
                 continue;
             };
             if rec.meta.name.is_empty() {
@@ -417,7 +506,10 @@ mod tests {
                 .expect("read")
                 .unwrap_or_default()
                 .into_iter()
-                .map(|e| (e.key.container_id, e.ip))
+                .filter_map(|e| match e.ip {
+                    IpAddr::V4(ip) => Some((e.key.container_id, ip)),
+                    IpAddr::V6(_) => None,
+                })
                 .collect();
             v.sort();
             v

@@ -103,6 +103,9 @@ fn enis_json(node: &Node) -> Value {
         .collect();
     let stats = node.stats();
     let mut enis = serde_json::Map::new();
+    if node.ipv6() {
+        enis_json6(node, &mut enis);
+    }
     for eni in ds.enis() {
         let mut cidrs = serde_json::Map::new();
         for ip in eni.ips() {
@@ -162,24 +165,117 @@ fn enis_json(node: &Node) -> Value {
     })
 }
 
+/// IPv6 mode's ENIs for `/v1/enis`: the primary ENI with its /80 under `IPv6Cidrs` (the anchor's field; `IsPrefix`
+/// true, `AddressFamily` "6"), listing the addresses carved so far.
+fn enis_json6(node: &Node, enis: &mut serde_json::Map<String, Value>) {
+    let ds = node.datastore6();
+    let assigned: BTreeMap<std::net::Ipv6Addr, (String, String, String)> = ds
+        .assignments()
+        .into_iter()
+        .map(|(k, m, a)| (a.ip, (k.network_name, m.namespace, m.name)))
+        .collect();
+    for eni in ds.enis() {
+        let mut cidrs = serde_json::Map::new();
+        for p in eni.prefixes() {
+            let mut addrs = serde_json::Map::new();
+            for ip in eni.ips().filter(|ip| p.contains(*ip)) {
+                let (key, meta) = match assigned.get(&ip) {
+                    Some((net, ns, name)) => (
+                        json!({"networkName": net, "containerID": "", "ifName": ""}),
+                        json!({"k8sPodNamespace": ns, "k8sPodName": name, "interfacesCount": 1}),
+                    ),
+                    None => (
+                        json!({"networkName": "", "containerID": "", "ifName": ""}),
+                        json!({"k8sPodNamespace": "", "k8sPodName": "", "interfacesCount": 0}),
+                    ),
+                };
+                addrs.insert(
+                    ip.to_string(),
+                    json!({
+                        "Address": ip.to_string(),
+                        "IPAMKey": key,
+                        "IPAMMetadata": meta,
+                        "AssignedTime": GO_ZERO_TIME,
+                        "UnassignedTime": GO_ZERO_TIME,
+                    }),
+                );
+            }
+            cidrs.insert(
+                p.to_string(),
+                json!({
+                    "Cidr": {"IP": p.network().to_string(), "Prefix": p.prefix()},
+                    "IPAddresses": addrs,
+                    "IsPrefix": true,
+                    "AddressFamily": "6",
+                }),
+            );
+        }
+        enis.insert(
+            eni.id.clone(),
+            json!({
+                "ID": eni.id,
+                "IsPrimary": eni.is_primary,
+                "IsTrunk": false,
+                "IsEFA": false,
+                "DeviceNumber": eni.device_number,
+                "AvailableIPv4Cidrs": {},
+                "IPv6Cidrs": cidrs,
+                "IsExcludedForPodIPs": false,
+                "RouteTableID": eni.route_table,
+                "SubnetID": "",
+            }),
+        );
+    }
+}
+
 /// `/v1/pods` (ours; the anchor's docs list it but it no longer serves it): pods without container IDs.
 fn pods_json(node: &Node) -> Value {
-    let pods: Vec<Value> = node
+    let pod = |k: crate::core::datastore::IpamKey,
+               m: crate::core::datastore::PodMeta,
+               ip: String,
+               eni: String,
+               dev: u32,
+               table: u32| {
+        json!({
+            "namespace": m.namespace,
+            "name": m.name,
+            "network": k.network_name,
+            "ip": ip,
+            "eni": eni,
+            "deviceNumber": dev,
+            "routeTable": table,
+        })
+    };
+    let mut pods: Vec<Value> = node
         .datastore()
         .assignments()
         .into_iter()
         .map(|(k, m, a)| {
-            json!({
-                "namespace": m.namespace,
-                "name": m.name,
-                "network": k.network_name,
-                "ip": a.ip.to_string(),
-                "eni": a.eni_id,
-                "deviceNumber": a.device_number,
-                "routeTable": a.route_table,
-            })
+            pod(
+                k,
+                m,
+                a.ip.to_string(),
+                a.eni_id,
+                a.device_number,
+                a.route_table,
+            )
         })
         .collect();
+    pods.extend(
+        node.datastore6()
+            .assignments()
+            .into_iter()
+            .map(|(k, m, a)| {
+                pod(
+                    k,
+                    m,
+                    a.ip.to_string(),
+                    a.eni_id,
+                    a.device_number,
+                    a.route_table,
+                )
+            }),
+    );
     Value::Array(pods)
 }
 

@@ -26,6 +26,7 @@ use aws_cni_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::core::datastore::{Allocation, IpamKey, PodMeta};
+use crate::core::family::V6;
 use crate::engine::admission::ADD_DEADLINE_MARGIN;
 use crate::engine::Node;
 use crate::metrics::Metrics;
@@ -93,6 +94,66 @@ fn metadata(a: &Allocation) -> IpAllocationMetadata {
         i_pv6_addr: String::new(),
         device_number: i32::try_from(a.device_number).unwrap_or(i32::MAX),
         route_table_id: i32::try_from(a.route_table).unwrap_or(i32::MAX),
+    }
+}
+
+/// IPv6 mode's reply, as the anchor's: `IPv6Addr` set, `IPv4Addr` empty; the primary ENI's device 0 and table
+/// main (254). The plugin puts it on the pod as a /128 with its default route via fe80::1.
+fn metadata6(a: &Allocation<V6>) -> IpAllocationMetadata {
+    IpAllocationMetadata {
+        i_pv4_addr: String::new(),
+        i_pv6_addr: a.ip.to_string(),
+        device_number: i32::try_from(a.device_number).unwrap_or(i32::MAX),
+        route_table_id: i32::try_from(a.route_table).unwrap_or(i32::MAX),
+    }
+}
+
+/// One assignment, whichever the IP version: its address (for logs), ENI, and the reply's metadata.
+struct Granted {
+    ip: String,
+    eni_id: String,
+    metadata: IpAllocationMetadata,
+}
+
+impl CniService {
+    async fn add_any(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        wait: Duration,
+    ) -> Result<Granted, crate::engine::admission::AddFailure> {
+        if self.node.ipv6() {
+            let a = self.node.add6_durable(key, meta).await?;
+            return Ok(Granted {
+                ip: a.ip.to_string(),
+                metadata: metadata6(&a),
+                eni_id: a.eni_id,
+            });
+        }
+        let a = self.node.add_durable_within(key, meta, wait).await?;
+        Ok(Granted {
+            ip: a.ip.to_string(),
+            metadata: metadata(&a),
+            eni_id: a.eni_id,
+        })
+    }
+
+    async fn del_any(
+        &self,
+        key: &IpamKey,
+    ) -> Result<Option<Granted>, crate::engine::checkpoint::CheckpointError> {
+        if self.node.ipv6() {
+            return Ok(self.node.del6_durable(key).await?.map(|a| Granted {
+                ip: a.ip.to_string(),
+                metadata: metadata6(&a),
+                eni_id: a.eni_id,
+            }));
+        }
+        Ok(self.node.del_durable(key).await?.map(|a| Granted {
+            ip: a.ip.to_string(),
+            metadata: metadata(&a),
+            eni_id: a.eni_id,
+        }))
     }
 }
 
@@ -188,7 +249,7 @@ impl CniBackend for CniService {
             namespace: req.k8s_pod_namespace.clone(),
             name: req.k8s_pod_name.clone(),
         };
-        let reply = match self.node.add_durable_within(&key, &meta, wait).await {
+        let reply = match self.add_any(&key, &meta, wait).await {
             Ok(a) => {
                 tracing::info!(
                     pod = %format!("{}/{}", meta.namespace, meta.name),
@@ -200,8 +261,13 @@ impl CniBackend for CniService {
                 );
                 AddNetworkReply {
                     success: true,
-                    ip_allocation_metadata: vec![metadata(&a)],
-                    vp_cv4_cid_rs: self.node.vpc_cidrs(),
+                    ip_allocation_metadata: vec![a.metadata],
+                    // The anchor leaves the IPv4 fields empty in IPv6 mode.
+                    vp_cv4_cid_rs: if self.node.ipv6() {
+                        Vec::new()
+                    } else {
+                        self.node.vpc_cidrs()
+                    },
                     eniid: a.eni_id,
                     ..Default::default()
                 }
@@ -261,7 +327,7 @@ impl CniBackend for CniService {
                 }))
             }
         };
-        let released = match self.node.del_durable(&key).await {
+        let released = match self.del_any(&key).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(container = %key.container_id, error = %e, "DelNetwork: checkpoint not written");
@@ -280,7 +346,7 @@ impl CniBackend for CniService {
             pod = %format!("{}/{}", req.k8s_pod_namespace, req.k8s_pod_name),
             container = %key.container_id,
             reason,
-            ip = ?released.as_ref().map(|a| a.ip),
+            ip = ?released.as_ref().map(|a| a.ip.as_str()),
             veth_deferred,
             "DelNetwork"
         );
@@ -290,7 +356,7 @@ impl CniBackend for CniService {
         // Unknown key: a repeated DEL, or a pod ipamd never saw. Success with no IP, so DEL stays idempotent.
         Ok(Response::new(DelNetworkReply {
             success: true,
-            ip_allocation_metadata: released.iter().map(metadata).collect(),
+            ip_allocation_metadata: released.into_iter().map(|a| a.metadata).collect(),
             veth_deferred,
             ..Default::default()
         }))

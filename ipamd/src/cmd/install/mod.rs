@@ -6,12 +6,14 @@
 //!     1. validate every variable below            nothing is touched if one is wrong
 //!     2. render the conflist template             a broken template fails here, not minutes later
 //!     3. copy aws-cni + portmap, loopback, host-local, bandwidth, tuning   ─▶ $HOST_CNI_BIN_PATH
+//!        (+ egress-cni when egress is on)
 //!     4. sysctls under --proc-root: rp_filter=2 on the primary ENI (found by its MAC), tcp_early_demux,
 //!        and the IPv6 ones when IPv6 (or v6 egress) is on
 //!   phase conflist  (a small container next to ipamd)
 //!     1.–2. as above
 //!     5. poll ipamd's readiness (the check of `ipamd health --ready`) until it says ready, or time out
 //!     6. write 10-aws.conflist                     ─▶ $HOST_CNI_CONFDIR_PATH
+//!        (with egress on, egress-cni chained after aws-cni, its nodeIP from --node-ip or IMDS)
 //!   phase all       1 to 6 in order
 //! ```
 //!
@@ -40,7 +42,10 @@
 //! | `AWS_VPC_K8S_PLUGIN_LOG_LEVEL` | `DEBUG` | `trace`, `debug`, `info`, `warn` or `error`, any case |
 //! | `DISABLE_TCP_EARLY_DEMUX` | false | `net/ipv4/tcp_early_demux` = 0 instead of 1 |
 //! | `ENABLE_IPv6` | false | `net/ipv6/conf/all/disable_ipv6`=0, `all/forwarding`=1, `<primary>/accept_ra`=2 |
-//! | `ENABLE_V6_EGRESS` | false | `all/forwarding`=1 and `<primary>/accept_ra`=2 |
+//! | `ENABLE_V6_EGRESS` | false | `all/forwarding`=1 and `<primary>/accept_ra`=2; IPv4 node: chain `egress-cni` (IPv6 egress, SNAT to the node's IPv6, IMDS `ipv6`) |
+//! | `ENABLE_V4_EGRESS` | true | IPv6 node: chain `egress-cni` (IPv4 egress from 169.254.172.0/22, SNAT to the node's IPv4, IMDS `local-ipv4`) |
+//! | `AWS_VPC_K8S_CNI_RANDOMIZESNAT` | `prng` | egress-cni's `randomizeSNAT` |
+//! | `AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE` / `..._V6_...` | `/var/log/aws-routed-eni/egress-v4-plugin.log` / `egress-v6-plugin.log` | egress-cni's log (IPv6 node / IPv4 node) |
 //! | `ENABLE_BANDWIDTH_PLUGIN` | false | chain the `bandwidth` plugin after portmap |
 //! | `DISABLE_POD_V6` | false | chain `tuning` to turn IPv6 off inside pods |
 //! | `AWS_EC2_METADATA_SERVICE_ENDPOINT` | `http://169.254.169.254` | IMDS, asked for the primary ENI's MAC unless `--primary-mac` is given |
@@ -48,8 +53,9 @@
 //! The template's placeholders are the anchor's names: `__VETHPREFIX__`, `__MTU__`, `__PODSGENFORCINGMODE__`,
 //! `__PLUGINLOGFILE__`, `__PLUGINLOGLEVEL__`. They stand inside JSON strings and are replaced by JSON-escaped
 //! values, so no value can break the document; any other `__NAME__` left in the template is an error naming it
-//! (the anchor's egress placeholders belong to `egress-cni`, which this image does not ship). With neither
-//! optional plugin enabled the output is the template with the values substituted, byte for byte.
+//! (the anchor's egress placeholders are not in our template: the egress entry is added as JSON,
+//! [`conflist::render_conflist_with_egress`]). With no optional plugin enabled the output is the template with the
+//! values substituted, byte for byte.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,7 +67,9 @@ pub mod sysctl;
 #[cfg(test)]
 mod tests;
 
-pub use conflist::{render_conflist, CONFLIST_NAME, TEMPLATE_NAME};
+pub use conflist::{
+    egress_entry, render_conflist, render_conflist_with_egress, CONFLIST_NAME, TEMPLATE_NAME,
+};
 pub use files::{
     atomic_copy, atomic_write, install_binaries, AWS_CNI, PLUGINS_DIR, UPSTREAM_PLUGINS,
 };
@@ -70,6 +78,12 @@ pub use sysctl::{interface_by_mac, normalize_mac, sysctl_path, sysctls, write_sy
 
 /// IMDS path of the primary ENI's MAC.
 pub const IMDS_MAC_PATH: &str = "/latest/meta-data/mac";
+/// IMDS path of the node's IPv4 (egress-cni's SNAT address on an IPv6 node).
+pub const IMDS_LOCAL_IPV4_PATH: &str = "/latest/meta-data/local-ipv4";
+/// IMDS path of the node's IPv6 (egress-cni's SNAT address for IPv4 pods' IPv6 egress).
+pub const IMDS_IPV6_PATH: &str = "/latest/meta-data/ipv6";
+/// The egress plugin (built by the `egress-cni` crate), next to the executable in the image.
+pub const EGRESS_CNI: &str = "egress-cni";
 
 /// What `ipamd install` does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -112,6 +126,9 @@ pub struct InstallArgs {
     /// After the last step, keep running until SIGTERM or SIGINT (for a container that must not exit).
     #[arg(long)]
     pub stay: bool,
+    /// The node IP egress-cni SNATs to (its `nodeIP`); read from IMDS when egress is on and this is not given.
+    #[arg(long)]
+    pub node_ip: Option<String>,
 }
 
 /// Why the install failed. Nothing after the failing step was done.
@@ -186,6 +203,37 @@ impl From<hostfs::HostFsError> for InstallError {
             source: e.source,
         }
     }
+}
+
+/// The address egress-cni SNATs to: `--node-ip`, else IMDS (`local-ipv4` on an IPv6 node, `ipv6` otherwise).
+fn egress_node_ip(args: &InstallArgs, s: &Settings) -> Result<String, InstallError> {
+    let ip = match &args.node_ip {
+        Some(ip) => ip.trim().to_string(),
+        None => {
+            let path = if s.enable_ipv6 {
+                IMDS_LOCAL_IPV4_PATH
+            } else {
+                IMDS_IPV6_PATH
+            };
+            instance_limits::Imdsv2::from_env()
+                .get_metadata(path)
+                .map_err(|e| InstallError::Imds(format!("egress-cni's nodeIP ({path}): {e}")))?
+                .trim()
+                .to_string()
+        }
+    };
+    let ok = match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => s.enable_ipv6,
+        Ok(std::net::IpAddr::V6(_)) => !s.enable_ipv6,
+        Err(_) => false,
+    };
+    if !ok {
+        let want = if s.enable_ipv6 { "IPv4" } else { "IPv6" };
+        return Err(InstallError::Imds(format!(
+            "egress-cni's nodeIP {ip:?} is not the node's {want} address"
+        )));
+    }
+    Ok(ip)
 }
 
 fn primary_mac(args: &InstallArgs) -> Result<String, InstallError> {
@@ -275,7 +323,15 @@ pub fn run_with_env(
     let conflist = render_conflist(&template, &settings, &template_path)?;
 
     if matches!(args.phase, Phase::All | Phase::Init) {
-        let installed = install_binaries(&source, &settings.bin_dir)?;
+        let egress = source.join(EGRESS_CNI);
+        if settings.egress_enabled() {
+            // Checked first, so a missing plugin leaves the host's directory as it was.
+            std::fs::metadata(&egress).map_err(io_err("looking for", &egress))?;
+        }
+        let mut installed = install_binaries(&source, &settings.bin_dir)?;
+        if settings.egress_enabled() {
+            installed.push(atomic_copy(&egress, &settings.bin_dir, EGRESS_CNI)?);
+        }
         for p in &installed {
             tracing::info!(path = %p.display(), "installed");
         }
@@ -297,6 +353,13 @@ pub fn run_with_env(
     if !needs_runtime {
         return Ok(());
     }
+    let conflist =
+        if matches!(args.phase, Phase::All | Phase::Conflist) && settings.egress_enabled() {
+            let ip = egress_node_ip(args, &settings)?;
+            render_conflist_with_egress(&template, &settings, &template_path, Some(&ip))?
+        } else {
+            conflist
+        };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

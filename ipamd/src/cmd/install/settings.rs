@@ -19,10 +19,16 @@ pub const ENV_ENABLE_IPV6: &str = "ENABLE_IPv6";
 pub const ENV_ENABLE_V6_EGRESS: &str = "ENABLE_V6_EGRESS";
 pub const ENV_ENABLE_BANDWIDTH_PLUGIN: &str = "ENABLE_BANDWIDTH_PLUGIN";
 pub const ENV_DISABLE_POD_V6: &str = "DISABLE_POD_V6";
+pub const ENV_ENABLE_V4_EGRESS: &str = "ENABLE_V4_EGRESS";
+pub const ENV_RANDOMIZE_SNAT: &str = "AWS_VPC_K8S_CNI_RANDOMIZESNAT";
+pub const ENV_EGRESS_V4_LOG_FILE: &str = "AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE";
+pub const ENV_EGRESS_V6_LOG_FILE: &str = "AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE";
 
 pub const DEFAULT_HOST_CNI_BIN_PATH: &str = "/host/opt/cni/bin";
 pub const DEFAULT_HOST_CNI_CONFDIR_PATH: &str = "/host/etc/cni/net.d";
 pub const DEFAULT_PLUGIN_LOG_FILE: &str = "/var/log/aws-routed-eni/plugin.log";
+pub const DEFAULT_EGRESS_V4_LOG_FILE: &str = "/var/log/aws-routed-eni/egress-v4-plugin.log";
+pub const DEFAULT_EGRESS_V6_LOG_FILE: &str = "/var/log/aws-routed-eni/egress-v6-plugin.log";
 
 /// Pod security group enforcement (`POD_SECURITY_GROUP_ENFORCING_MODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +62,25 @@ pub struct Settings {
     pub enable_v6_egress: bool,
     pub bandwidth_plugin: bool,
     pub disable_pod_v6: bool,
+    /// `ENABLE_V4_EGRESS` (default true): IPv4 egress for IPv6 pods through `egress-cni` (IPv6 mode only).
+    pub enable_v4_egress: bool,
+    /// `AWS_VPC_K8S_CNI_RANDOMIZESNAT` as the egress plugin's `randomizeSNAT` (prng, hashrandom or none).
+    pub randomize_snat: String,
+    /// The egress plugin's log file: `AWS_VPC_K8S_EGRESS_V4_PLUGIN_LOG_FILE` in IPv6 mode, the V6 one otherwise.
+    pub egress_log_file: String,
+}
+
+impl Settings {
+    /// Whether the conflist chains `egress-cni` (as the anchor's, with `enabled` true): IPv4 egress for the
+    /// pods of an IPv6 node (`ENABLE_V4_EGRESS`, default on), or IPv6 egress for the pods of an IPv4 node
+    /// (`ENABLE_V6_EGRESS`).
+    pub fn egress_enabled(&self) -> bool {
+        if self.enable_ipv6 {
+            self.enable_v4_egress
+        } else {
+            self.enable_v6_egress
+        }
+    }
 }
 
 fn env_err(var: &'static str, value: &str, reason: impl Into<String>) -> InstallError {
@@ -182,6 +207,39 @@ impl Settings {
             ));
         }
 
+        let randomize_snat = match get_set(get, ENV_RANDOMIZE_SNAT) {
+            None => "prng".to_string(),
+            Some(v) => match v.trim().to_ascii_lowercase().as_str() {
+                m @ ("prng" | "hashrandom" | "none") => m.to_string(),
+                _ => {
+                    return Err(env_err(
+                        ENV_RANDOMIZE_SNAT,
+                        &v,
+                        "expected prng, hashrandom or none",
+                    ))
+                }
+            },
+        };
+        let (log_var, log_default) = if enable_ipv6 {
+            (ENV_EGRESS_V4_LOG_FILE, DEFAULT_EGRESS_V4_LOG_FILE)
+        } else {
+            (ENV_EGRESS_V6_LOG_FILE, DEFAULT_EGRESS_V6_LOG_FILE)
+        };
+        let egress_log_file = get_set(get, log_var)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| log_default.into());
+        if egress_log_file.eq_ignore_ascii_case("stdout")
+            || (egress_log_file != "stderr" && !egress_log_file.starts_with('/'))
+        {
+            return Err(env_err(
+                log_var,
+                &egress_log_file,
+                "expected an absolute path or stderr (stdout carries CNI results)",
+            ));
+        }
+        let enable_v4_egress =
+            crate::config::parse_bool(&EnvFn(get), ENV_ENABLE_V4_EGRESS)?.unwrap_or(true);
+
         Ok(Settings {
             bin_dir,
             conf_dir,
@@ -195,6 +253,9 @@ impl Settings {
             enable_v6_egress: parse_bool(get, ENV_ENABLE_V6_EGRESS)?,
             bandwidth_plugin: parse_bool(get, ENV_ENABLE_BANDWIDTH_PLUGIN)?,
             disable_pod_v6: parse_bool(get, ENV_DISABLE_POD_V6)?,
+            enable_v4_egress,
+            randomize_snat,
+            egress_log_file,
         })
     }
 }

@@ -188,3 +188,73 @@ fn macs_are_normalized_and_checked() {
         assert!(normalize_mac(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn egress_cni_is_chained_after_aws_cni_with_the_anchors_ranges_when_egress_is_on() {
+    let (tpath, template) = deploy_file(TEMPLATE_NAME);
+    // Off (an IPv4 node by default, and an IPv6 node with ENABLE_V4_EGRESS=false): no entry, no node IP needed.
+    for pairs in [
+        vec![],
+        vec![("ENABLE_IPv6", "true"), ("ENABLE_V4_EGRESS", "false")],
+    ] {
+        let s = Settings::from_env(&env(&pairs)).expect("settings");
+        assert!(!s.egress_enabled(), "{pairs:?}");
+        let out = render_conflist_with_egress(&template, &s, &tpath, None).expect("render");
+        assert!(!out.contains("egress-cni"), "{out}");
+    }
+    // IPv6 node: IPv4 egress from 169.254.172.0/22, SNAT to the node's IPv4.
+    let s = Settings::from_env(&env(&[
+        ("ENABLE_IPv6", "true"),
+        ("POD_MTU", "1500"),
+        ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "hashrandom"),
+    ]))
+    .expect("settings");
+    assert!(s.egress_enabled());
+    assert!(render_conflist_with_egress(&template, &s, &tpath, None).is_err());
+    let out =
+        render_conflist_with_egress(&template, &s, &tpath, Some("10.0.0.10")).expect("render");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let types: Vec<&str> = v["plugins"]
+        .as_array()
+        .expect("plugins")
+        .iter()
+        .filter_map(|p| p["type"].as_str())
+        .collect();
+    assert_eq!(types, ["aws-cni", "egress-cni", "portmap"]);
+    let e = &v["plugins"][1];
+    assert_eq!(e["name"], "egress-cni");
+    assert_eq!(e["enabled"], "true");
+    assert_eq!(e["mtu"], "1500");
+    assert_eq!(e["randomizeSNAT"], "hashrandom");
+    assert_eq!(e["nodeIP"], "10.0.0.10");
+    assert_eq!(e["ipam"]["type"], "host-local");
+    assert_eq!(e["ipam"]["ranges"][0][0]["subnet"], "169.254.172.0/22");
+    assert_eq!(e["ipam"]["routes"][0]["dst"], "0.0.0.0/0");
+    assert_eq!(e["ipam"]["dataDir"], "/run/cni/v6pd/egress-v4-ipam");
+    assert_eq!(
+        e["pluginLogFile"],
+        "/var/log/aws-routed-eni/egress-v4-plugin.log"
+    );
+    // IPv4 node with ENABLE_V6_EGRESS: IPv6 egress from fd00::ac:00/118, SNAT to the node's IPv6.
+    let s = Settings::from_env(&env(&[("ENABLE_V6_EGRESS", "true")])).expect("settings");
+    let out = render_conflist_with_egress(&template, &s, &tpath, Some("2600:1f14:ab:c800::1001"))
+        .expect("render");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let e = &v["plugins"][1];
+    assert_eq!(e["ipam"]["ranges"][0][0]["subnet"], "fd00::ac:00/118");
+    assert_eq!(e["ipam"]["routes"][0]["dst"], "::/0");
+    assert_eq!(e["ipam"]["dataDir"], "/run/cni/v4pd/egress-v6-ipam");
+    assert_eq!(e["randomizeSNAT"], "prng");
+    assert_eq!(
+        e["pluginLogFile"],
+        "/var/log/aws-routed-eni/egress-v6-plugin.log"
+    );
+    for (var, value) in [
+        ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", "sometimes"),
+        ("ENABLE_V4_EGRESS", "perhaps"),
+        ("AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE", "stdout"),
+    ] {
+        let e = Settings::from_env(&env(&[(var, value)])).expect_err(var);
+        assert!(e.to_string().contains(var), "{e}");
+    }
+}
