@@ -51,6 +51,11 @@ pub fn readiness(node: &Node) -> (bool, FailureReason, String, PoolCounts) {
         max_pods: p.max_pods,
         ips_per_eni: p.ips_per_eni,
     };
+    let api = node.deps.cluster.api_status();
+    if api.blocks_new_pods() {
+        let msg = format!("Kubernetes API: {}", api.describe());
+        return (false, FailureReason::NotReady, msg, counts);
+    }
     if s.available > 0 {
         let msg = format!("{} address(es) free", s.available);
         return (true, FailureReason::FailureUnspecified, msg, counts);
@@ -145,6 +150,8 @@ impl IpamdControl for ControlService {
             snat_backend_reason: crate::host::snat::backend::selection()
                 .map(|s| s.reason.clone())
                 .unwrap_or_default(),
+            kubernetes_api: self.node.deps.cluster.api_status().describe(),
+            eni_changes_paused: self.node.enis_frozen(),
         }))
     }
 

@@ -7,6 +7,10 @@
 //! same trait; its watch and cache live behind it, so the engine never waits on the API server for more than a
 //! cached read.
 //!
+//! The real client is [`crate::kube_api::KubeCluster`] (kube-rs watch caches); besides the reads it carries the
+//! few writes the daemon makes (pod IP annotations, Warning events), each queued and retried off the request path,
+//! and its own state ([`ApiStatus`]) for `ipamd status` and readiness.
+//!
 //! Names follow the anchor: the node says which `ENIConfig` applies with the annotation or label
 //! [`ENI_CONFIG_KEY`] (`k8s.amazonaws.com/eniConfig`).
 
@@ -50,6 +54,48 @@ pub struct EniConfig {
     pub security_groups: Vec<String>,
 }
 
+/// The API client's own state, for `ipamd status` and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiStatus {
+    /// A client is configured (KUBECONFIG, the pod's service account, or CLUSTER_ENDPOINT).
+    pub configured: bool,
+    /// The node cache (and the ENIConfig cache) have completed their first list since startup.
+    pub synced: bool,
+    /// The settings that need the API (e.g. `ANNOTATE_POD_IP`); non-empty: new pods wait for the first sync.
+    pub required_by: Vec<String>,
+    /// One line: what the client is doing or why it is waiting (the last error while the API is away).
+    pub detail: String,
+}
+
+impl ApiStatus {
+    /// Whether ADDs of pods ipamd does not already know must wait: the API is needed and not synced yet.
+    pub fn blocks_new_pods(&self) -> bool {
+        !self.required_by.is_empty() && !self.synced
+    }
+
+    /// One line for status pages.
+    pub fn describe(&self) -> String {
+        if !self.configured {
+            return "not configured".into();
+        }
+        let needed = if self.required_by.is_empty() {
+            String::new()
+        } else {
+            format!(" (needed by {})", self.required_by.join(", "))
+        };
+        let state = if self.synced {
+            "synced"
+        } else {
+            "waiting for the first sync"
+        };
+        if self.detail.is_empty() {
+            format!("{state}{needed}")
+        } else {
+            format!("{state}{needed}: {}", self.detail)
+        }
+    }
+}
+
 /// What the engine may ask the cluster. Answers come from a cache: `None` means "not known" (no API
 /// configured, object absent, or not synced yet), and the caller falls back to the instance's own view.
 #[async_trait]
@@ -58,6 +104,20 @@ pub trait Cluster: Send + Sync + 'static {
     async fn node(&self) -> Option<ClusterNode>;
     /// The `ENIConfig` named `name`.
     async fn eni_config(&self, name: &str) -> Option<EniConfig>;
+
+    /// The client's state (default: no API configured).
+    fn api_status(&self) -> ApiStatus {
+        ApiStatus::default()
+    }
+
+    /// A pod got `ip` (ADD): with `ANNOTATE_POD_IP` the client annotates it (queued, never on the ADD path).
+    fn pod_ip_assigned(&self, _namespace: &str, _name: &str, _ip: &str) {}
+
+    /// A pod gave `ip` back (DEL): the annotation is cleared if it still holds `ip` (queued).
+    fn pod_ip_released(&self, _namespace: &str, _name: &str, _ip: &str) {}
+
+    /// A Warning event on the aws-node pod (rate-limited by the client), e.g. `MissingIAMPermissions`.
+    fn warning_event(&self, _reason: &str, _message: &str) {}
 }
 
 /// The ENIConfig that applies to this node, if the cluster knows one.
@@ -88,6 +148,10 @@ impl Cluster for NoCluster {
 pub struct FakeCluster {
     pub node: std::sync::Arc<std::sync::Mutex<Option<ClusterNode>>>,
     pub eni_configs: std::sync::Arc<std::sync::Mutex<BTreeMap<String, EniConfig>>>,
+    /// What [`Cluster::api_status`] answers.
+    pub status: std::sync::Arc<std::sync::Mutex<ApiStatus>>,
+    /// Every call of the write methods, in order: `("assigned"|"released"|"event", a, b)`.
+    pub writes: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -99,6 +163,30 @@ impl Cluster for FakeCluster {
 
     async fn eni_config(&self, name: &str) -> Option<EniConfig> {
         crate::sync::lock(&self.eni_configs).get(name).cloned()
+    }
+
+    fn api_status(&self) -> ApiStatus {
+        crate::sync::lock(&self.status).clone()
+    }
+
+    fn pod_ip_assigned(&self, namespace: &str, name: &str, ip: &str) {
+        crate::sync::lock(&self.writes).push((
+            "assigned".into(),
+            format!("{namespace}/{name}"),
+            ip.into(),
+        ));
+    }
+
+    fn pod_ip_released(&self, namespace: &str, name: &str, ip: &str) {
+        crate::sync::lock(&self.writes).push((
+            "released".into(),
+            format!("{namespace}/{name}"),
+            ip.into(),
+        ));
+    }
+
+    fn warning_event(&self, reason: &str, message: &str) {
+        crate::sync::lock(&self.writes).push(("event".into(), reason.into(), message.into()));
     }
 }
 

@@ -30,7 +30,8 @@ use crate::control::ControlService;
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::{Node, NodeDeps, NodeError, NodeFacts, Recovery};
 use crate::host::{HostNetwork, NetlinkHost};
-use crate::kube::NoCluster;
+use crate::kube::{Cluster, NoCluster};
+use crate::kube_api::{KubeCluster, KubeError, KubeSettings, STARTUP_SYNC_WAIT};
 use crate::metered::{Meter, MeteredEc2, MeteredImds};
 use crate::metrics::Metrics;
 use crate::netpol::{ConfigServer, WithPolicyMode};
@@ -156,6 +157,8 @@ pub enum DaemonError {
     BindAddress(#[from] BindAddressError),
     #[error(transparent)]
     Http(#[from] ServeError),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] KubeError),
 }
 
 /// Endpoint settings, from the anchor's variables.
@@ -397,12 +400,26 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .with_snat(crate::host::snat::backend::real_backends(snat.kind, None))
         .with_veth_prefix(veth_prefix.clone()),
     );
+    // The Kubernetes API: optional unless a setting needs it (see crate::kube_api). Further settings that need it
+    // (custom networking) join `needs_api`.
+    let needs_api: Vec<String> = Vec::new();
+    let (cluster, kube): (Arc<dyn Cluster>, Option<Arc<KubeCluster>>) =
+        match KubeSettings::from_env(&ProcessEnv, config.annotate_pod_ip, needs_api)? {
+            Some(settings) => {
+                let k = KubeCluster::start(settings, Arc::clone(&clock)).await?;
+                (Arc::clone(&k) as Arc<dyn Cluster>, Some(k))
+            }
+            None => {
+                tracing::info!("no Kubernetes API configured: running on the instance's own view");
+                (Arc::new(NoCluster), None)
+            }
+        };
     let deps = NodeDeps {
         ec2,
         imds,
         hostnet: Arc::clone(&host) as Arc<dyn HostNetwork>,
         clock: Arc::clone(&clock),
-        cluster: Arc::new(NoCluster),
+        cluster,
     };
     let observer = metrics.checkpoint_write_seconds.clone();
     let recovery = Recovery {
@@ -441,6 +458,13 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .node_initialization_duration_seconds
         .with_label_values(&["true"])
         .observe(clock.now().saturating_sub(init_started).as_secs_f64());
+    if let Some(k) = &kube {
+        // The node's capacity and cordon shape the first fill: give the caches a moment to sync.
+        if !k.wait_synced(STARTUP_SYNC_WAIT).await {
+            tracing::warn!(status = %k.api_status().describe(),
+                "Kubernetes API not synced yet; going on (new pods wait for it only if a setting needs it)");
+        }
+    }
     if let Err(e) = node.fill().await {
         // Not fatal: the anchor never makes the node unusable because EC2 said no; the pool task retries.
         tracing::warn!(error = %e, "initial pool fill failed; will retry in the background");

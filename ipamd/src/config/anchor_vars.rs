@@ -82,13 +82,17 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
     ("DISABLE_POD_V6", Stance::Read("the installer (conflist)")),
     ("ENABLE_BANDWIDTH_PLUGIN", Stance::Read("the installer (conflist)")),
     ("NETWORK_POLICY_ENFORCING_MODE", Stance::Read("ipamd (policy agent contract)")),
+    ("ANNOTATE_POD_IP", Stance::Read("ipamd (Kubernetes API)")),
+    ("AWS_MANAGE_ENIS_NON_SCHEDULABLE", Stance::Read("ipamd (Kubernetes API)")),
+    ("CLUSTER_ENDPOINT", Stance::Read("ipamd (Kubernetes API)")),
+    ("MY_NODE_NAME", Stance::Read("ipamd (Kubernetes API)")),
+    ("MY_POD_NAME", Stance::Read("ipamd (Kubernetes API: events)")),
     (
         "ENABLE_POD_ENI",
         Stance::Refused {
             default: Default::Bool(false),
-            why: "security groups for pods are not supported: the AWS control plane reads this variable from the \
-                  aws-node DaemonSet and would attach a trunk ENI and wire branch ENIs to pods that aws-cni cannot \
-                  set up, so those pods would get no network",
+            why: "security groups for pods are not supported yet: the AWS control plane reads this variable from \
+                  the aws-node DaemonSet and would start wiring branch ENIs to pods our plugin cannot set up",
         },
     ),
     (
@@ -137,14 +141,6 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
         },
     ),
     (
-        "ANNOTATE_POD_IP",
-        Stance::Refused {
-            default: Default::Bool(false),
-            why: "pod IP annotations need the Kubernetes API, which ipamd does not use yet: pods would never get \
-                  the vpc.amazonaws.com/pod-ips annotation that controllers waiting for it rely on",
-        },
-    ),
-    (
         "AWS_EXTERNAL_SERVICE_CIDRS",
         Stance::Refused {
             default: Default::Empty,
@@ -171,25 +167,6 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
     (
         "ENI_CONFIG_LABEL_DEF",
         Stance::Ignored("only meaningful with custom networking, which is refused"),
-    ),
-    (
-        "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
-        Stance::Ignored(
-            "ipamd does not read the Node object yet, so it cannot see a cordon: ENIs are managed on cordoned \
-             nodes as with true",
-        ),
-    ),
-    (
-        "CLUSTER_ENDPOINT",
-        Stance::Ignored("ipamd does not talk to the Kubernetes API yet"),
-    ),
-    (
-        "MY_NODE_NAME",
-        Stance::Ignored("ipamd does not talk to the Kubernetes API yet"),
-    ),
-    (
-        "MY_POD_NAME",
-        Stance::Ignored("ipamd does not talk to the Kubernetes API yet"),
     ),
     (
         "VPC_CNI_VERSION",

@@ -26,6 +26,8 @@
 //! | `CLUSTER_NAME` | "" | cluster tag on new ENIs, and leak-cleanup filter |
 //! | `ADDITIONAL_ENI_TAGS` | {} | JSON object of extra ENI tags (keys containing `k8s.amazonaws.com` dropped) |
 //! | `DISABLE_LEAKED_ENI_CLEANUP` | false | no periodic deletion of this instance's leaked ENIs |
+//! | `ANNOTATE_POD_IP` | false | annotate pods with `vpc.amazonaws.com/pod-ips` after ADD (needs the Kubernetes API) |
+//! | `AWS_MANAGE_ENIS_NON_SCHEDULABLE` | false | attach/free ENIs on a cordoned node too |
 //!
 //! Ours (prefix `AWS_CNI_`, no anchor equivalent):
 //!
@@ -89,6 +91,8 @@ pub const ENV_CONNMARK: &str = "AWS_VPC_K8S_CNI_CONNMARK";
 pub const ENV_NODE_PORT_SUPPORT: &str = "AWS_VPC_CNI_NODE_PORT_SUPPORT";
 pub const ENV_ENABLE_SUBNET_DISCOVERY: &str = "ENABLE_SUBNET_DISCOVERY";
 pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
+pub const ENV_ANNOTATE_POD_IP: &str = "ANNOTATE_POD_IP";
+pub const ENV_MANAGE_ENIS_NON_SCHEDULABLE: &str = "AWS_MANAGE_ENIS_NON_SCHEDULABLE";
 pub const ENV_ADDITIONAL_ENI_TAGS: &str = "ADDITIONAL_ENI_TAGS";
 pub const ENV_DISABLE_LEAKED_ENI_CLEANUP: &str = "DISABLE_LEAKED_ENI_CLEANUP";
 pub const ENV_POOL_RELEASE_DELAY: &str = "AWS_CNI_POOL_RELEASE_DELAY";
@@ -294,6 +298,9 @@ impl Config {
             eni_mtu,
             pod_mtu,
             disable_provisioning: parse_bool(env, ENV_DISABLE_NETWORK_RESOURCE_PROVISIONING)?
+                .unwrap_or(false),
+            annotate_pod_ip: parse_bool(env, ENV_ANNOTATE_POD_IP)?.unwrap_or(false),
+            manage_enis_non_schedulable: parse_bool(env, ENV_MANAGE_ENIS_NON_SCHEDULABLE)?
                 .unwrap_or(false),
             pool_release_delay: parse_u32(env, ENV_POOL_RELEASE_DELAY)?
                 .map_or(d.pool_release_delay, |s| Duration::from_secs(u64::from(s))),

@@ -80,6 +80,10 @@ pub struct Config {
     pub pool_release_delay: Duration,
     /// How long an ADD waits for an address on its way before failing (`AWS_CNI_ADD_WAIT_SECONDS`).
     pub add_wait: Duration,
+    /// `ANNOTATE_POD_IP`: write `vpc.amazonaws.com/pod-ips` on pods (needs the Kubernetes API).
+    pub annotate_pod_ip: bool,
+    /// `AWS_MANAGE_ENIS_NON_SCHEDULABLE`: attach and free ENIs on a cordoned node too (default false: not).
+    pub manage_enis_non_schedulable: bool,
 }
 
 impl Default for Config {
@@ -106,6 +110,8 @@ impl Default for Config {
             disable_leaked_eni_cleanup: false,
             pool_release_delay: DEFAULT_POOL_RELEASE_DELAY,
             add_wait: DEFAULT_ADD_WAIT,
+            annotate_pod_ip: false,
+            manage_enis_non_schedulable: false,
         }
     }
 }
