@@ -74,6 +74,9 @@ pub const RETRY_BASE: Duration = Duration::from_millis(500);
 pub const RETRY_CAP: Duration = Duration::from_secs(10);
 /// Attempts per annotation write before it is given up (logged).
 pub const WRITE_ATTEMPTS: u32 = 12;
+/// A watch error is reported this long after it happened: the watchers retry at least every [`RETRY_CAP`], so a
+/// persisting failure repeats within it.
+pub const ERROR_FRESH: Duration = Duration::from_secs(15);
 /// How long startup waits for the first sync before filling the pool (the cap and the cordon come from it); after
 /// that the daemon goes on with the instance's own view and the caches fill in the background.
 pub const STARTUP_SYNC_WAIT: Duration = Duration::from_secs(10);
@@ -205,9 +208,11 @@ struct Cache {
     eni_configs: BTreeMap<String, EniConfig>,
     node_synced: bool,
     eni_configs_synced: bool,
-    /// The last watch error of each watcher, cleared by its next successful list or event.
-    node_error: Option<String>,
-    eni_config_error: Option<String>,
+    /// The last watch error of each watcher and when (monotonic), cleared by its next successful list or event;
+    /// a watch that reconnected quietly (no change to report) stops failing, so an error older than
+    /// [`ERROR_FRESH`] is not reported.
+    node_error: Option<(String, Duration)>,
+    eni_config_error: Option<(String, Duration)>,
     /// Completed lists (first sync and every re-list), for status.
     lists: u64,
 }
@@ -364,8 +369,13 @@ impl KubeCluster {
             client.clone(),
             settings.node_name.clone(),
             Arc::clone(&cache),
+            Arc::clone(&clock),
         ));
-        tokio::spawn(watch_eni_configs(client, Arc::clone(&cache)));
+        tokio::spawn(watch_eni_configs(
+            client,
+            Arc::clone(&cache),
+            Arc::clone(&clock),
+        ));
         tracing::info!(node = %settings.node_name, endpoint = ?settings.endpoint,
             kubeconfig = ?settings.kubeconfig, required_by = ?settings.required_by,
             "Kubernetes API client started (node and ENIConfig watches)");
@@ -414,13 +424,19 @@ impl Cluster for KubeCluster {
     }
 
     fn api_status(&self) -> ApiStatus {
+        let now = self.clock.now();
         let c = lock(&self.cache);
         let synced = c.node_synced && c.eni_configs_synced;
+        let fresh = |e: &Option<(String, Duration)>| {
+            e.as_ref()
+                .filter(|(_, at)| now.saturating_sub(*at) < ERROR_FRESH)
+                .map(|(m, _)| m.clone())
+        };
         let mut detail = Vec::new();
-        if let Some(e) = &c.node_error {
+        if let Some(e) = fresh(&c.node_error) {
             detail.push(format!("node watch: {e}"));
         }
-        if let Some(e) = &c.eni_config_error {
+        if let Some(e) = fresh(&c.eni_config_error) {
             detail.push(format!("ENIConfig watch: {e}"));
         }
         if detail.is_empty() {
@@ -488,7 +504,7 @@ impl Cluster for KubeCluster {
 }
 
 /// Keeps `cache.node` equal to the node object (list, then watch; every re-list replaces it).
-async fn watch_node(client: Client, name: String, cache: Arc<Mutex<Cache>>) {
+async fn watch_node(client: Client, name: String, cache: Arc<Mutex<Cache>>, clock: Arc<dyn Clock>) {
     let api: Api<K8sNode> = Api::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher::watcher(api, config)
@@ -518,14 +534,14 @@ async fn watch_node(client: Client, name: String, cache: Arc<Mutex<Cache>>) {
                 if c.node_error.is_none() {
                     tracing::warn!(error = %e, "node watch failed; retrying (the last known node stays in use)");
                 }
-                c.node_error = Some(e.to_string());
+                c.node_error = Some((e.to_string(), clock.now()));
             }
         }
     }
 }
 
 /// Keeps `cache.eni_configs` equal to the cluster's `ENIConfig`s.
-async fn watch_eni_configs(client: Client, cache: Arc<Mutex<Cache>>) {
+async fn watch_eni_configs(client: Client, cache: Arc<Mutex<Cache>>, clock: Arc<dyn Clock>) {
     let api: Api<DynamicObject> = Api::all_with(client, &eni_config_resource());
     let mut stream = watcher::watcher(api, watcher::Config::default())
         .backoff(RetryBackoff::default())
@@ -561,7 +577,7 @@ async fn watch_eni_configs(client: Client, cache: Arc<Mutex<Cache>>) {
                 if c.eni_config_error.is_none() {
                     tracing::warn!(error = %e, "ENIConfig watch failed; retrying");
                 }
-                c.eni_config_error = Some(e.to_string());
+                c.eni_config_error = Some((e.to_string(), clock.now()));
             }
         }
     }
