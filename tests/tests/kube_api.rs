@@ -292,3 +292,51 @@ fn a_setting_that_needs_the_api_holds_new_pods_and_readiness_until_the_first_syn
     let del = cni(&ipamd.node, "DEL", &p, &conf);
     assert!(del.success, "{}", del.stdout);
 }
+
+#[test]
+fn an_iam_failure_becomes_one_rate_limited_warning_event_on_the_aws_node_pod() {
+    // Every AssignPrivateIpAddresses is refused (UnauthorizedOperation); the pool task keeps retrying.
+    let (server, ipamd) = start(
+        "m5.large",
+        api::node("node-1", 110, false),
+        &[
+            ("MY_POD_NAME", "aws-node-x1"),
+            (
+                "AWS_CNI_SIM_FAULTS",
+                "unauthorized:AssignPrivateIpAddresses:1000",
+            ),
+        ],
+        true,
+    );
+    wait_for(30, "a MissingIAMPermissions event", || {
+        !server.all(Kind::Event).is_empty()
+    });
+    let events = server.all(Kind::Event);
+    let ev = &events[0];
+    assert_eq!(ev["reason"], "MissingIAMPermissions", "{ev:#}");
+    assert_eq!(ev["type"], "Warning", "{ev:#}");
+    assert_eq!(ev["involvedObject"]["kind"], "Pod", "{ev:#}");
+    assert_eq!(ev["involvedObject"]["name"], "aws-node-x1", "{ev:#}");
+    assert_eq!(ev["metadata"]["namespace"], "kube-system", "{ev:#}");
+    assert!(
+        ev["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("AssignPrivateIpAddresses")),
+        "{ev:#}"
+    );
+    // The pool keeps failing (backoff 1 s, 2 s, 4 s...), but the event is not repeated within a minute.
+    std::thread::sleep(Duration::from_secs(6));
+    let st = status(&ipamd);
+    assert!(
+        st["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("UnauthorizedOperation")),
+        "{st:#}"
+    );
+    assert_eq!(
+        server.all(Kind::Event).len(),
+        1,
+        "{:#?}",
+        server.all(Kind::Event)
+    );
+}

@@ -327,6 +327,15 @@ async fn ec2_stack(
                 mtu: config.eni_mtu,
             })
             .await?;
+            for (fault, api, count) in sim_faults(&ProcessEnv)? {
+                tracing::warn!(
+                    ?fault,
+                    api,
+                    count,
+                    "{SIM_FAULTS_ENV}: injecting simulated EC2 faults"
+                );
+                sim.inject_faults(fault, Some(&api), count);
+            }
             (Arc::new(sim.clone()), Arc::new(sim), None)
         }
     };
@@ -342,6 +351,41 @@ async fn ec2_stack(
         )),
         facts,
     ))
+}
+
+/// Simulated EC2 faults for the sim backend (tests): `FAULT:API:COUNT[,...]`, FAULT one of `unauthorized`,
+/// `throttle`, `server-error`, `unavailable`; the next COUNT calls of API fail so.
+pub const SIM_FAULTS_ENV: &str = "AWS_CNI_SIM_FAULTS";
+
+#[cfg(feature = "sim")]
+fn sim_faults(env: &dyn EnvSource) -> Result<Vec<(ec2_sim::Fault, String, u32)>, ConfigError> {
+    let Some(v) = env.get(SIM_FAULTS_ENV).filter(|v| !v.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let bad = |reason: String| ConfigError {
+        var: SIM_FAULTS_ENV,
+        value: v.clone(),
+        reason,
+    };
+    v.split(',')
+        .map(|item| {
+            let parts: Vec<&str> = item.trim().split(':').collect();
+            let [fault, api, count] = parts.as_slice() else {
+                return Err(bad(format!("{item:?}: expected FAULT:API:COUNT")));
+            };
+            let fault = match *fault {
+                "unauthorized" => ec2_sim::Fault::Unauthorized,
+                "throttle" => ec2_sim::Fault::Throttle,
+                "server-error" => ec2_sim::Fault::ServerError,
+                "unavailable" => ec2_sim::Fault::Unavailable,
+                other => return Err(bad(format!("unknown fault {other:?}"))),
+            };
+            let count = count
+                .parse()
+                .map_err(|e| bad(format!("count {count:?}: {e}")))?;
+            Ok((fault, api.to_string(), count))
+        })
+        .collect()
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
