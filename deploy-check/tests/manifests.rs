@@ -507,10 +507,7 @@ fn only_the_annotate_pod_ip_overlay_may_patch_pods() {
     for o in OVERLAYS.iter().filter(|o| **o != "annotate-pod-ip") {
         let d = format!("deploy/overlays/{o}");
         let rendered = kustomize(&d).unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            !rendered.contains("- pods"),
-            "{d} grants something on pods"
-        );
+        assert!(!rendered.contains("- pods"), "{d} grants something on pods");
     }
 }
 

@@ -1,11 +1,11 @@
 //! The Kubernetes API as an outside world: what the engine may ask the cluster, behind the [`Cluster`] trait.
 //!
-//! Today the daemon has no API client: [`NoCluster`] answers "not known" to everything, and every decision falls
-//! back to what the instance itself says (IMDS). The seam exists for custom networking (an `ENIConfig` per node
+//! Without an API configured, [`NoCluster`] answers "not known" to everything, and every decision falls back to
+//! what the instance itself says (IMDS). The seam exists for custom networking (an `ENIConfig` per node
 //! or availability zone: the subnet and security groups for the node's secondary ENIs), which the ENI lifecycle
-//! takes as an input of its pure [`crate::engine::enis::placement`]. A later client (kube-rs) implements the
-//! same trait; its watch and cache live behind it, so the engine never waits on the API server for more than a
-//! cached read.
+//! takes as an input of its pure [`crate::engine::enis::placement`], and for the node-aware pool (the node's
+//! `capacity.pods` caps it, a cordon pauses ENI changes). The real client's watch and cache live behind the trait,
+//! so the engine never waits on the API server for more than a cached read.
 //!
 //! The real client is [`crate::kube_api::KubeCluster`] (kube-rs watch caches); besides the reads it carries the
 //! few writes the daemon makes (pod IP annotations, Warning events), each queued and retried off the request path,
