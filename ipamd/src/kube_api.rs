@@ -573,6 +573,15 @@ async fn watch_eni_configs(client: Client, cache: Arc<Mutex<Cache>>, clock: Arc<
                     c.eni_configs.remove(n);
                 }
             }
+            // No ENIConfig CRD in the cluster: there are no ENIConfigs (a fact, not a failure to wait for).
+            Err(watcher::Error::InitialListFailed(e)) if not_found(&e) => {
+                if !c.eni_configs_synced || !c.eni_configs.is_empty() {
+                    tracing::info!("no ENIConfig CRD (crd.k8s.amazonaws.com/v1alpha1 eniconfigs) in the cluster");
+                }
+                c.eni_configs.clear();
+                c.eni_configs_synced = true;
+                c.eni_config_error = None;
+            }
             Err(e) => {
                 if c.eni_config_error.is_none() {
                     tracing::warn!(error = %e, "ENIConfig watch failed; retrying");

@@ -70,6 +70,8 @@ struct Store {
     history: Vec<(u64, &'static str, Key, Value)>,
     /// "METHOD path?query" of every request.
     requests: Vec<String>,
+    /// The ENIConfig CRD is not installed: its paths answer 404.
+    no_eni_config_crd: bool,
 }
 
 #[derive(Debug, Default)]
@@ -241,6 +243,11 @@ impl KubeApiServer {
             .filter(|(k, _)| k.0 == kind)
             .map(|(_, v)| v.clone())
             .collect()
+    }
+
+    /// Answers 404 for the ENIConfig paths (a cluster without the CRD), or serves them again.
+    pub fn set_eni_config_crd(&self, installed: bool) {
+        lock(&self.shared.store).no_eni_config_crd = !installed;
     }
 
     /// Every request so far, as "METHOD path?query".
@@ -471,7 +478,9 @@ fn serve_connection(conn: TcpStream, shared: &Shared, generation: u64) {
             req.query.get("watch").map(String::as_str),
             Some("1" | "true")
         );
-        let result = match (req.method.as_str(), route(&req.path)) {
+        let no_crd = lock(&shared.store).no_eni_config_crd;
+        let route = route(&req.path).filter(|r| !(no_crd && r.0 == Kind::EniConfig));
+        let result = match (req.method.as_str(), route) {
             ("GET", Some((kind, ns, None))) if watch => {
                 let _ = stream_watch(&mut w, shared, generation, kind, &ns, &req.query);
                 return;

@@ -66,11 +66,25 @@ fn start(
     env: &[(&str, &str)],
     server_up: bool,
 ) -> (KubeApiServer, Ipamd) {
+    start_with(instance_type, node_obj, env, server_up, false)
+}
+
+/// [`start`], optionally with a server that has no ENIConfig CRD.
+fn start_with(
+    instance_type: &str,
+    node_obj: Value,
+    env: &[(&str, &str)],
+    server_up: bool,
+    no_crd: bool,
+) -> (KubeApiServer, Ipamd) {
     require_root();
     let node = Netns::new("kapi-node-");
     let dir = TempDir::new();
     let mut server = KubeApiServer::start(std::path::Path::new(&node.path()));
     server.put(Kind::Node, "", node_obj);
+    if no_crd {
+        server.set_eni_config_crd(false);
+    }
     let kubeconfig = server.kubeconfig(dir.path());
     if !server_up {
         server.stop();
@@ -287,6 +301,7 @@ fn a_setting_that_needs_the_api_holds_new_pods_and_readiness_until_the_first_syn
     wait_status(&ipamd, 40, "ready after the first sync", |s| {
         s["ready"] == true && synced(s)
     });
+    assert!(server.lists("/api/v1/nodes") >= 1);
     let out = add_with_retry(&ipamd.node, &p, &conf);
     assert!(out.success, "{}\n{}", out.stdout, ipamd.log());
     let del = cni(&ipamd.node, "DEL", &p, &conf);
@@ -338,5 +353,25 @@ fn an_iam_failure_becomes_one_rate_limited_warning_event_on_the_aws_node_pod() {
         1,
         "{:#?}",
         server.all(Kind::Event)
+    );
+}
+
+#[test]
+fn a_cluster_without_the_eni_config_crd_still_syncs() {
+    let (_server, ipamd) = start_with(
+        "m5.large",
+        api::node("node-1", 110, false),
+        &[("ANNOTATE_POD_IP", "true")],
+        true,
+        true,
+    );
+    let st = wait_status(&ipamd, 20, "synced without ENIConfigs", |s| {
+        synced(s) && s["ready"] == true
+    });
+    assert!(
+        st["kubernetesApi"]
+            .as_str()
+            .is_some_and(|d| d.contains("0 ENIConfig(s)")),
+        "{st:#}"
     );
 }
