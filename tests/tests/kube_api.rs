@@ -290,6 +290,25 @@ fn a_setting_that_needs_the_api_holds_new_pods_and_readiness_until_the_first_syn
             .is_some_and(|m| m.contains("Kubernetes API") && m.contains("ANNOTATE_POD_IP")),
         "{st:#}"
     );
+    // The readiness probe (the DaemonSet's) says the same.
+    let probe = |ipamd: &Ipamd| {
+        sh(
+            bin("ipamd").to_str().unwrap_or("ipamd"),
+            &[
+                "health",
+                "--ready",
+                "--socket",
+                ipamd.socket().to_str().unwrap_or_default(),
+            ],
+        )
+    };
+    let p0 = probe(&ipamd);
+    assert!(!p0.status.success(), "{p0:?}");
+    assert!(
+        String::from_utf8_lossy(&p0.stdout).contains("Kubernetes API")
+            || String::from_utf8_lossy(&p0.stderr).contains("Kubernetes API"),
+        "{p0:?}"
+    );
     let conf = ipamd.conf("1.0.0");
     let ns = Netns::new("kapi-w-");
     let p = pod(&ns, "waiting");
@@ -302,6 +321,8 @@ fn a_setting_that_needs_the_api_holds_new_pods_and_readiness_until_the_first_syn
         s["ready"] == true && synced(s)
     });
     assert!(server.lists("/api/v1/nodes") >= 1);
+    let p1 = probe(&ipamd);
+    assert!(p1.status.success(), "{p1:?}");
     let out = add_with_retry(&ipamd.node, &p, &conf);
     assert!(out.success, "{}\n{}", out.stdout, ipamd.log());
     let del = cni(&ipamd.node, "DEL", &p, &conf);
