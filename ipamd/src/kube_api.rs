@@ -348,6 +348,9 @@ impl KubeCluster {
         settings: KubeSettings,
         clock: Arc<dyn Clock>,
     ) -> Result<Arc<KubeCluster>, KubeError> {
+        // A rustls built with two providers (ring here, aws-lc-rs from aws-sdk-ec2) has no default: name one.
+        // Already installed (by another client) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let config = settings.client_config().await?;
         let client = Client::try_from(config).map_err(|e| KubeError::Client(e.to_string()))?;
         let cache = Arc::new(Mutex::new(Cache::default()));
