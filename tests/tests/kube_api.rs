@@ -396,3 +396,120 @@ fn a_cluster_without_the_eni_config_crd_still_syncs() {
         "{st:#}"
     );
 }
+
+/// A daemon killed on drop (SIGKILL), for the restart test.
+struct Daemon(std::process::Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(node: &Netns, dir: &TempDir, env: &[(&str, &str)]) -> Daemon {
+    let _ = std::fs::remove_file(dir.path().join("ipamd.sock"));
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("ipamd.log"))
+        .expect("log");
+    let mut cmd = Ipamd::command(node, dir, "m5.large");
+    cmd.envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    let mut d = Daemon(cmd.spawn().expect("spawn ipamd"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dir.path().join("ipamd.sock").exists() {
+        if let Ok(Some(st)) = d.0.try_wait() {
+            panic!(
+                "ipamd exited ({st}):\n{}",
+                std::fs::read_to_string(dir.path().join("ipamd.log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "ipamd not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d
+}
+
+#[test]
+fn a_pod_restored_from_the_checkpoint_is_deleted_while_the_needed_api_is_away() {
+    require_root();
+    let node = Netns::new("kapi-r-");
+    let dir = TempDir::new();
+    let mut server = KubeApiServer::start(std::path::Path::new(&node.path()));
+    server.put(Kind::Node, "", api::node("node-1", 110, false));
+    server.put(Kind::Pod, "default", api::pod("default", "first"));
+    let kc = server.kubeconfig(dir.path()).to_string_lossy().to_string();
+    let env = [
+        ("KUBECONFIG", kc.as_str()),
+        ("MY_NODE_NAME", "node-1"),
+        ("ANNOTATE_POD_IP", "true"),
+    ];
+    let socket = dir.path().join("ipamd.sock");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "aws-cni", "type": "aws-cni", "vethPrefix": "eni", "mtu": "9001",
+        "ipamdSocket": socket, "ipamdTimeoutMs": 3000,
+        "pluginLogFile": dir.path().join("plugin.log"), "pluginLogLevel": "debug",
+    });
+    let held = |socket: &std::path::Path| -> Vec<String> {
+        let out = sh(
+            bin("ipamd").to_str().unwrap_or("ipamd"),
+            &[
+                "status",
+                "--socket",
+                socket.to_str().unwrap_or_default(),
+                "--output",
+                "json",
+            ],
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        arr(&v["pods"])
+            .iter()
+            .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+
+    let mut first = spawn(&node, &dir, &env);
+    let ns = Netns::new("kapi-ra-");
+    let p = pod(&ns, "first");
+    let out = add_with_retry(&node, &p, &conf);
+    assert!(out.success, "{}", out.stdout);
+    wait_for(20, "annotated", || {
+        server
+            .get(Kind::Pod, "default", "first")
+            .is_some_and(|o| !o["metadata"]["annotations"]["vpc.amazonaws.com/pod-ips"].is_null())
+    });
+    let _ = sh("kill", &["-TERM", &first.0.id().to_string()]);
+    let _ = first.0.wait();
+    drop(first);
+
+    // Restart with the API away: not synced, so new pods wait; the restored pod is known and its DEL goes through.
+    server.stop();
+    let _second = spawn(&node, &dir, &env);
+    assert_eq!(
+        held(&socket),
+        vec!["first".to_string()],
+        "restored from the checkpoint"
+    );
+    let ns2 = Netns::new("kapi-rb-");
+    let p2 = pod(&ns2, "second");
+    let out2 = cni(&node, "ADD", &p2, &conf);
+    assert!(
+        !out2.success && out2.stdout.contains("Kubernetes API"),
+        "{}",
+        out2.stdout
+    );
+    let del = cni(&node, "DEL", &p, &conf);
+    assert!(
+        del.success,
+        "DEL of a restored pod with the API away: {}",
+        del.stdout
+    );
+    assert!(
+        held(&socket).is_empty(),
+        "the restored pod's address was released"
+    );
+}
