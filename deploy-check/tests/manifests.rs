@@ -21,12 +21,13 @@ const BASE_FILES: [&str; 5] = [
     "deploy/base/configmap.yaml",
     "deploy/base/daemonset.yaml",
 ];
-const OVERLAYS: [&str; 5] = [
+const OVERLAYS: [&str; 6] = [
     "prefix-delegation",
     "custom-networking",
     "external-snat",
     "migrate",
     "network-policy",
+    "annotate-pod-ip",
 ];
 
 fn objects_of(rel: &str) -> Vec<Object> {
@@ -136,6 +137,8 @@ fn kustomizations_use_only_fields_every_supported_kustomize_reads() {
                 &["rbac.yaml"],
                 &[("DaemonSet", "aws-node"), ("ConfigMap", "amazon-vpc-cni")],
             )
+        } else if o == "annotate-pod-ip" {
+            (&["rbac.yaml"], &[("DaemonSet", "aws-node")])
         } else {
             (&[], &[("DaemonSet", "aws-node")])
         };
@@ -200,11 +203,16 @@ fn each_overlay_renders_strictly_keeps_the_invariants_and_changes_only_its_varia
         ("migrate", vec![]),
         // The mode stays the base's `standard`; what changes is the agent (see the network-policy test).
         ("network-policy", vec![]),
+        ("annotate-pod-ip", vec![("ANNOTATE_POD_IP", "true")]),
     ] {
         let dir = format!("deploy/overlays/{overlay}");
         let rendered = kustomize(&dir).unwrap_or_else(|e| panic!("{e}"));
         let objs = parse_stream(&rendered, &dir).unwrap_or_else(|e| panic!("{e}"));
-        let extra = if overlay == "network-policy" { 2 } else { 0 };
+        let extra = if overlay == "network-policy" || overlay == "annotate-pod-ip" {
+            2
+        } else {
+            0
+        };
         assert_eq!(objs.len(), 6 + extra, "{dir}: every base object");
         let ds = daemonset(&objs);
         let mut problems = daemonset_problems(&ds);
@@ -406,16 +414,19 @@ fn the_invariant_check_catches_broken_daemonsets() {
 }
 
 #[test]
-fn rbac_is_read_only_and_bound_to_the_service_account() {
+fn rbac_is_read_only_but_for_events_and_bound_to_the_service_account() {
     let objs = objects_of("deploy/base/rbac.yaml");
+    let mut grants = BTreeSet::new();
     for o in &objs {
         match o {
             Object::ClusterRole(r) => {
                 for rule in r.rules.as_deref().unwrap_or_default() {
-                    for v in &rule.verbs {
-                        assert!(["get", "list", "watch"].contains(&v.as_str()), "verb {v}");
-                    }
                     assert!(rule.non_resource_urls.is_none());
+                    for res in rule.resources.as_deref().unwrap_or_default() {
+                        for v in &rule.verbs {
+                            grants.insert(format!("{res}:{v}"));
+                        }
+                    }
                 }
             }
             Object::ClusterRoleBinding(b) => {
@@ -434,9 +445,70 @@ fn rbac_is_read_only_and_bound_to_the_service_account() {
             other => panic!("unexpected {}", other.id()),
         }
     }
+    // Exactly the verbs ipamd uses (crate ipamd, kube_api.rs): watch caches of its node and the ENIConfigs, and
+    // Warning events on its pod. No pods in the base: patching them is the annotate-pod-ip overlay's.
+    assert_eq!(
+        grants,
+        BTreeSet::from(
+            [
+                "nodes:get",
+                "nodes:list",
+                "nodes:watch",
+                "eniconfigs:get",
+                "eniconfigs:list",
+                "eniconfigs:watch",
+                "events:create",
+            ]
+            .map(String::from)
+        )
+    );
     let ds = base_daemonset();
     let pod = ds.spec.and_then(|s| s.template.spec).expect("pod");
     assert_eq!(pod.service_account_name.as_deref(), Some("aws-node"));
+}
+
+#[test]
+fn only_the_annotate_pod_ip_overlay_may_patch_pods() {
+    let dir = "deploy/overlays/annotate-pod-ip";
+    let rendered = kustomize(dir).unwrap_or_else(|e| panic!("{e}"));
+    let objs = parse_stream(&rendered, dir).unwrap_or_else(|e| panic!("{e}"));
+    let mut grants = BTreeSet::new();
+    let mut bound = false;
+    for o in &objs {
+        match o {
+            Object::ClusterRole(r)
+                if r.metadata.name.as_deref() == Some("aws-node-annotate-pod-ip") =>
+            {
+                for rule in r.rules.as_deref().unwrap_or_default() {
+                    for res in rule.resources.as_deref().unwrap_or_default() {
+                        for v in &rule.verbs {
+                            grants.insert(format!("{res}:{v}"));
+                        }
+                    }
+                }
+            }
+            Object::ClusterRoleBinding(b) if b.role_ref.name == "aws-node-annotate-pod-ip" => {
+                let s = b.subjects.as_deref().unwrap_or_default();
+                bound = s.len() == 1 && s[0].name == "aws-node";
+            }
+            _ => {}
+        }
+    }
+    assert!(bound);
+    assert_eq!(
+        grants,
+        BTreeSet::from(["pods:get".to_string(), "pods:patch".to_string()])
+    );
+    assert_eq!(
+        env_value(&daemonset(&objs), MAIN, "ANNOTATE_POD_IP").as_deref(),
+        Some("true")
+    );
+    // Every other overlay leaves pods alone.
+    for o in OVERLAYS.iter().filter(|o| **o != "annotate-pod-ip") {
+        let d = format!("deploy/overlays/{o}");
+        let rendered = kustomize(&d).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!rendered.contains("- pods"), "{d} grants something on pods");
+    }
 }
 
 #[test]

@@ -52,6 +52,11 @@ pub fn readiness(node: &Node) -> (bool, FailureReason, String, PoolCounts) {
         max_pods: p.max_pods,
         ips_per_eni: p.ips_per_eni,
     };
+    let api = node.deps.cluster.api_status();
+    if api.blocks_new_pods() {
+        let msg = format!("Kubernetes API: {}", api.describe());
+        return (false, FailureReason::NotReady, msg, counts);
+    }
     if s.available > 0 {
         let msg = format!("{} address(es) free", s.available);
         return (true, FailureReason::FailureUnspecified, msg, counts);
@@ -229,6 +234,8 @@ impl IpamdControl for ControlService {
                 .map(|c| c.security_groups.clone())
                 .unwrap_or_default(),
             eni_config_problem: cn.and_then(|c| c.problem).unwrap_or_default(),
+            kubernetes_api: self.node.deps.cluster.api_status().describe(),
+            eni_changes_paused: self.node.enis_frozen(),
         }))
     }
 

@@ -1,8 +1,14 @@
 //! The Kubernetes API as an outside world: what the engine may ask the cluster, behind the [`Cluster`] trait.
 //!
-//! Answers come from a cache (a watch, or the development file of [`crate::cluster_file`]); the engine never
-//! waits on the API server for more than a cached read, and never on the ADD path. [`NoCluster`] answers "not
-//! known" to everything.
+//! Answers come from a cache (the real client's watches, or the development file of [`crate::cluster_file`]); the
+//! engine never waits on the API server for more than a cached read, and never on the ADD path. Without an API
+//! configured, [`NoCluster`] answers "not known" to everything, and every decision falls back to what the instance
+//! itself says (IMDS). Besides custom networking (below), the node object drives the node-aware pool (its
+//! `capacity.pods` caps it, a cordon pauses ENI changes).
+//!
+//! The real client is [`crate::kube_api::KubeCluster`] (kube-rs watch caches); besides the reads it carries the
+//! few writes the daemon makes (pod IP annotations, Warning events), each queued and retried off the request path,
+//! and its own state ([`ApiStatus`]) for `ipamd status` and readiness.
 //!
 //! Custom networking (`AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true`) is what the node and `ENIConfig` objects are read
 //! for: the node names its `ENIConfig` ([`ClusterNode::eni_config_name`], the anchor's order: the label
@@ -151,6 +157,48 @@ impl EniConfig {
     }
 }
 
+/// The API client's own state, for `ipamd status` and readiness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiStatus {
+    /// A client is configured (KUBECONFIG, the pod's service account, or CLUSTER_ENDPOINT).
+    pub configured: bool,
+    /// The node cache (and the ENIConfig cache) have completed their first list since startup.
+    pub synced: bool,
+    /// The settings that need the API (e.g. `ANNOTATE_POD_IP`); non-empty: new pods wait for the first sync.
+    pub required_by: Vec<String>,
+    /// One line: what the client is doing or why it is waiting (the last error while the API is away).
+    pub detail: String,
+}
+
+impl ApiStatus {
+    /// Whether ADDs of pods ipamd does not already know must wait: the API is needed and not synced yet.
+    pub fn blocks_new_pods(&self) -> bool {
+        !self.required_by.is_empty() && !self.synced
+    }
+
+    /// One line for status pages.
+    pub fn describe(&self) -> String {
+        if !self.configured {
+            return "not configured".into();
+        }
+        let needed = if self.required_by.is_empty() {
+            String::new()
+        } else {
+            format!(" (needed by {})", self.required_by.join(", "))
+        };
+        let state = if self.synced {
+            "synced"
+        } else {
+            "waiting for the first sync"
+        };
+        if self.detail.is_empty() {
+            format!("{state}{needed}")
+        } else {
+            format!("{state}{needed}: {}", self.detail)
+        }
+    }
+}
+
 /// What the engine may ask the cluster. Answers come from a cache: `None` means "not known" (no API
 /// configured, object absent, or not synced yet).
 #[async_trait]
@@ -159,6 +207,20 @@ pub trait Cluster: Send + Sync + 'static {
     async fn node(&self) -> Option<ClusterNode>;
     /// The `ENIConfig` named `name`.
     async fn eni_config(&self, name: &str) -> Option<EniConfig>;
+
+    /// The client's state (default: no API configured).
+    fn api_status(&self) -> ApiStatus {
+        ApiStatus::default()
+    }
+
+    /// A pod got `ip` (ADD): with `ANNOTATE_POD_IP` the client annotates it (queued, never on the ADD path).
+    fn pod_ip_assigned(&self, _namespace: &str, _name: &str, _ip: &str) {}
+
+    /// A pod gave `ip` back (DEL): the annotation is cleared if it still holds `ip` (queued).
+    fn pod_ip_released(&self, _namespace: &str, _name: &str, _ip: &str) {}
+
+    /// A Warning event on the aws-node pod (rate-limited by the client), e.g. `MissingIAMPermissions`.
+    fn warning_event(&self, _reason: &str, _message: &str) {}
 }
 
 /// No Kubernetes API configured: nothing is known. Decisions use the instance's own view, except custom
@@ -183,6 +245,10 @@ impl Cluster for NoCluster {
 pub struct FakeCluster {
     pub node: std::sync::Arc<std::sync::Mutex<Option<ClusterNode>>>,
     pub eni_configs: std::sync::Arc<std::sync::Mutex<BTreeMap<String, EniConfig>>>,
+    /// What [`Cluster::api_status`] answers.
+    pub status: std::sync::Arc<std::sync::Mutex<ApiStatus>>,
+    /// Every call of the write methods, in order: `("assigned"|"released"|"event", a, b)`.
+    pub writes: std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -194,6 +260,30 @@ impl Cluster for FakeCluster {
 
     async fn eni_config(&self, name: &str) -> Option<EniConfig> {
         crate::sync::lock(&self.eni_configs).get(name).cloned()
+    }
+
+    fn api_status(&self) -> ApiStatus {
+        crate::sync::lock(&self.status).clone()
+    }
+
+    fn pod_ip_assigned(&self, namespace: &str, name: &str, ip: &str) {
+        crate::sync::lock(&self.writes).push((
+            "assigned".into(),
+            format!("{namespace}/{name}"),
+            ip.into(),
+        ));
+    }
+
+    fn pod_ip_released(&self, namespace: &str, name: &str, ip: &str) {
+        crate::sync::lock(&self.writes).push((
+            "released".into(),
+            format!("{namespace}/{name}"),
+            ip.into(),
+        ));
+    }
+
+    fn warning_event(&self, reason: &str, message: &str) {
+        crate::sync::lock(&self.writes).push(("event".into(), reason.into(), message.into()));
     }
 }
 

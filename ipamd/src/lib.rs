@@ -31,6 +31,7 @@ pub mod core;
 pub mod engine;
 pub mod host;
 pub mod kube;
+pub mod kube_api;
 pub mod logging;
 pub mod metered;
 pub mod metrics;

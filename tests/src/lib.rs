@@ -24,6 +24,7 @@ pub mod eni_fabric;
 #[cfg(feature = "aws")]
 pub mod imds_server;
 pub mod ipamd_double;
+pub mod kube_api_server;
 pub mod moto;
 pub mod netns_port;
 
@@ -282,6 +283,18 @@ impl Ipamd {
         require_root();
         let node = Netns::new("act-node-");
         let dir = TempDir::new();
+        Ipamd::start_in(node, dir, instance_type, env, args)
+    }
+
+    /// [`Ipamd::start_with_args`] in a node namespace and directory the test made first (e.g. to serve something
+    /// inside the namespace before the daemon starts).
+    pub fn start_in(
+        node: Netns,
+        dir: TempDir,
+        instance_type: &str,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Ipamd {
         let log = std::fs::File::create(dir.path().join("ipamd.log")).expect("log file");
         let mut cmd = Ipamd::command(&node, &dir, instance_type);
         cmd.args(args)

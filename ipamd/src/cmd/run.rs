@@ -30,7 +30,8 @@ use crate::control::ControlService;
 use crate::engine::checkpoint::Checkpoint;
 use crate::engine::{Node, NodeDeps, NodeError, NodeFacts, Recovery};
 use crate::host::{HostNetwork, NetlinkHost};
-use crate::kube::NoCluster;
+use crate::kube::{Cluster, NoCluster};
+use crate::kube_api::{KubeCluster, KubeError, KubeSettings, STARTUP_SYNC_WAIT};
 use crate::metered::{Meter, MeteredEc2, MeteredImds};
 use crate::metrics::Metrics;
 use crate::netpol::{ConfigServer, WithPolicyMode};
@@ -170,6 +171,8 @@ pub enum DaemonError {
     ClusterObjects(#[from] crate::cluster_file::ClusterFileError),
     #[error("--sim-subnet {value:?}: {reason}")]
     SimSubnet { value: String, reason: String },
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] KubeError),
 }
 
 /// Endpoint settings, from the anchor's variables.
@@ -343,6 +346,15 @@ async fn ec2_stack(
                     .collect::<Result<_, _>>()?,
             })
             .await?;
+            for (fault, api, count) in sim_faults(&ProcessEnv)? {
+                tracing::warn!(
+                    ?fault,
+                    api,
+                    count,
+                    "{SIM_FAULTS_ENV}: injecting simulated EC2 faults"
+                );
+                sim.inject_faults(fault, Some(&api), count);
+            }
             (Arc::new(sim.clone()), Arc::new(sim), None)
         }
     };
@@ -358,6 +370,41 @@ async fn ec2_stack(
         )),
         facts,
     ))
+}
+
+/// Simulated EC2 faults for the sim backend (tests): `FAULT:API:COUNT[,...]`, FAULT one of `unauthorized`,
+/// `throttle`, `server-error`, `unavailable`; the next COUNT calls of API fail so.
+pub const SIM_FAULTS_ENV: &str = "AWS_CNI_SIM_FAULTS";
+
+#[cfg(feature = "sim")]
+fn sim_faults(env: &dyn EnvSource) -> Result<Vec<(ec2_sim::Fault, String, u32)>, ConfigError> {
+    let Some(v) = env.get(SIM_FAULTS_ENV).filter(|v| !v.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let bad = |reason: String| ConfigError {
+        var: SIM_FAULTS_ENV,
+        value: v.clone(),
+        reason,
+    };
+    v.split(',')
+        .map(|item| {
+            let parts: Vec<&str> = item.trim().split(':').collect();
+            let [fault, api, count] = parts.as_slice() else {
+                return Err(bad(format!("{item:?}: expected FAULT:API:COUNT")));
+            };
+            let fault = match *fault {
+                "unauthorized" => ec2_sim::Fault::Unauthorized,
+                "throttle" => ec2_sim::Fault::Throttle,
+                "server-error" => ec2_sim::Fault::ServerError,
+                "unavailable" => ec2_sim::Fault::Unavailable,
+                other => return Err(bad(format!("unknown fault {other:?}"))),
+            };
+            let count = count
+                .parse()
+                .map_err(|e| bad(format!("count {count:?}: {e}")))?;
+            Ok((fault, api.to_string(), count))
+        })
+        .collect()
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -416,15 +463,35 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .with_snat_selection(snat.clone())
         .with_veth_prefix(veth_prefix.clone()),
     );
+    // The Kubernetes API: optional unless a setting needs it (see crate::kube_api). `--cluster-objects` (a
+    // development file, see crate::cluster_file) stands in for it where no API server runs.
+    let mut needs_api: Vec<String> = Vec::new();
+    if config.custom_networking.is_some() {
+        needs_api.push("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG".into());
+    }
+    let (cluster, kube): (Arc<dyn Cluster>, Option<Arc<KubeCluster>>) = match &opts.cluster_objects
+    {
+        Some(path) => (
+            Arc::new(crate::cluster_file::FileCluster::open(path)?),
+            None,
+        ),
+        None => match KubeSettings::from_env(&ProcessEnv, config.annotate_pod_ip, needs_api)? {
+            Some(settings) => {
+                let k = KubeCluster::start(settings, Arc::clone(&clock)).await?;
+                (Arc::clone(&k) as Arc<dyn Cluster>, Some(k))
+            }
+            None => {
+                tracing::info!("no Kubernetes API configured: running on the instance's own view");
+                (Arc::new(NoCluster), None)
+            }
+        },
+    };
     let deps = NodeDeps {
         ec2,
         imds,
         hostnet: Arc::clone(&host) as Arc<dyn HostNetwork>,
         clock: Arc::clone(&clock),
-        cluster: match &opts.cluster_objects {
-            Some(path) => Arc::new(crate::cluster_file::FileCluster::open(path)?),
-            None => Arc::new(NoCluster),
-        },
+        cluster,
     };
     let observer = metrics.checkpoint_write_seconds.clone();
     let recovery = Recovery {
@@ -463,6 +530,13 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .node_initialization_duration_seconds
         .with_label_values(&["true"])
         .observe(clock.now().saturating_sub(init_started).as_secs_f64());
+    if let Some(k) = &kube {
+        // The node's capacity and cordon shape the first fill: give the caches a moment to sync.
+        if !k.wait_synced(STARTUP_SYNC_WAIT).await {
+            tracing::warn!(status = %k.api_status().describe(),
+                "Kubernetes API not synced yet; going on (new pods wait for it only if a setting needs it)");
+        }
+    }
     if let Err(e) = node.fill().await {
         // Not fatal: the anchor never makes the node unusable because EC2 said no; the pool task retries.
         tracing::warn!(error = %e, "initial pool fill failed; will retry in the background");

@@ -121,6 +121,8 @@ pub async fn status(
             } else {
                 serde_json::Value::Null
             },
+            "kubernetesApi": st.kubernetes_api,
+            "eniChangesPaused": st.eni_changes_paused,
             "enis": st.enis.iter().map(|e| serde_json::json!({
                 "id": e.eniid, "deviceNumber": e.device_number, "primary": e.is_primary,
                 "total": e.total, "assigned": e.assigned, "cooldown": e.cooldown, "available": e.available,
@@ -192,6 +194,15 @@ pub async fn status(
             out,
             "snat       {} ({})",
             st.snat_backend, st.snat_backend_reason
+        );
+    }
+    if !st.kubernetes_api.is_empty() {
+        let _ = writeln!(out, "kube api   {}", st.kubernetes_api);
+    }
+    if st.eni_changes_paused {
+        let _ = writeln!(
+            out,
+            "cordoned   no ENI is attached or freed (AWS_MANAGE_ENIS_NON_SCHEDULABLE=false)"
         );
     }
     let _ = writeln!(out);

@@ -97,13 +97,17 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
         "AWS_VPC_K8S_EGRESS_V6_PLUGIN_LOG_FILE",
         Stance::Read("the installer (conflist)"),
     ),
+    ("ANNOTATE_POD_IP", Stance::Read("ipamd (Kubernetes API)")),
+    ("AWS_MANAGE_ENIS_NON_SCHEDULABLE", Stance::Read("ipamd (Kubernetes API)")),
+    ("CLUSTER_ENDPOINT", Stance::Read("ipamd (Kubernetes API)")),
+    ("MY_NODE_NAME", Stance::Read("ipamd (Kubernetes API)")),
+    ("MY_POD_NAME", Stance::Read("ipamd (Kubernetes API: events)")),
     (
         "ENABLE_POD_ENI",
         Stance::Refused {
             default: Default::Bool(false),
-            why: "security groups for pods are not supported: the AWS control plane reads this variable from the \
-                  aws-node DaemonSet and would attach a trunk ENI and wire branch ENIs to pods that aws-cni cannot \
-                  set up, so those pods would get no network",
+            why: "security groups for pods are not supported yet: the AWS control plane reads this variable from \
+                  the aws-node DaemonSet and would start wiring branch ENIs to pods our plugin cannot set up",
         },
     ),
     (
@@ -130,39 +134,12 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
         },
     ),
     (
-        "ANNOTATE_POD_IP",
-        Stance::Refused {
-            default: Default::Bool(false),
-            why: "pod IP annotations need the Kubernetes API, which ipamd does not use yet: pods would never get \
-                  the vpc.amazonaws.com/pod-ips annotation that controllers waiting for it rely on",
-        },
-    ),
-    (
         "AWS_EXTERNAL_SERVICE_CIDRS",
         Stance::Refused {
             default: Default::Empty,
             why: "external service CIDRs are not supported yet: no rule 1535 sends them through the main table, so \
                   traffic from pods on secondary ENIs to those CIDRs would leave through the pod's ENI",
         },
-    ),
-    (
-        "AWS_MANAGE_ENIS_NON_SCHEDULABLE",
-        Stance::Ignored(
-            "ipamd does not read the Node object yet, so it cannot see a cordon: ENIs are managed on cordoned \
-             nodes as with true",
-        ),
-    ),
-    (
-        "CLUSTER_ENDPOINT",
-        Stance::Ignored("ipamd does not talk to the Kubernetes API yet"),
-    ),
-    (
-        "MY_NODE_NAME",
-        Stance::Ignored("ipamd does not talk to the Kubernetes API yet"),
-    ),
-    (
-        "MY_POD_NAME",
-        Stance::Ignored("ipamd does not talk to the Kubernetes API yet"),
     ),
     (
         "VPC_CNI_VERSION",

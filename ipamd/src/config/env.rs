@@ -30,6 +30,8 @@
 //! | `ENI_CONFIG_ANNOTATION_DEF` | `k8s.amazonaws.com/eniConfig` | node annotation naming the `ENIConfig` |
 //! | `ENI_CONFIG_LABEL_DEF` | `k8s.amazonaws.com/eniConfig` | node label naming the `ENIConfig` (after the label `vpc.amazonaws.com/externalEniConfig` and the annotation; else `default`) |
 //! | `ENABLE_IPv6` / `ENABLE_IPv4` | false / true | the pods' address family: exactly one is true; IPv6 needs `ENABLE_PREFIX_DELEGATION=true` (one /80 on the primary ENI) |
+//! | `ANNOTATE_POD_IP` | false | annotate pods with `vpc.amazonaws.com/pod-ips` after ADD (needs the Kubernetes API) |
+//! | `AWS_MANAGE_ENIS_NON_SCHEDULABLE` | false | attach/free ENIs on a cordoned node too |
 //!
 //! Ours (prefix `AWS_CNI_`, no anchor equivalent):
 //!
@@ -93,6 +95,8 @@ pub const ENV_CONNMARK: &str = "AWS_VPC_K8S_CNI_CONNMARK";
 pub const ENV_NODE_PORT_SUPPORT: &str = "AWS_VPC_CNI_NODE_PORT_SUPPORT";
 pub const ENV_ENABLE_SUBNET_DISCOVERY: &str = "ENABLE_SUBNET_DISCOVERY";
 pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
+pub const ENV_ANNOTATE_POD_IP: &str = "ANNOTATE_POD_IP";
+pub const ENV_MANAGE_ENIS_NON_SCHEDULABLE: &str = "AWS_MANAGE_ENIS_NON_SCHEDULABLE";
 pub const ENV_ADDITIONAL_ENI_TAGS: &str = "ADDITIONAL_ENI_TAGS";
 pub const ENV_DISABLE_LEAKED_ENI_CLEANUP: &str = "DISABLE_LEAKED_ENI_CLEANUP";
 pub const ENV_CUSTOM_NETWORK_CFG: &str = "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG";
@@ -361,6 +365,9 @@ impl Config {
             eni_mtu,
             pod_mtu,
             disable_provisioning: parse_bool(env, ENV_DISABLE_NETWORK_RESOURCE_PROVISIONING)?
+                .unwrap_or(false),
+            annotate_pod_ip: parse_bool(env, ENV_ANNOTATE_POD_IP)?.unwrap_or(false),
+            manage_enis_non_schedulable: parse_bool(env, ENV_MANAGE_ENIS_NON_SCHEDULABLE)?
                 .unwrap_or(false),
             pool_release_delay: parse_u32(env, ENV_POOL_RELEASE_DELAY)?
                 .map_or(d.pool_release_delay, |s| Duration::from_secs(u64::from(s))),

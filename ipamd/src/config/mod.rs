@@ -85,6 +85,10 @@ pub struct Config {
     pub custom_networking: Option<crate::kube::EniConfigKeys>,
     /// IPv6 mode (`ENABLE_IPv6=true`, `ENABLE_IPv4=false`): pods get addresses of one /80 on the primary ENI.
     pub ipv6: bool,
+    /// `ANNOTATE_POD_IP`: write `vpc.amazonaws.com/pod-ips` on pods (needs the Kubernetes API).
+    pub annotate_pod_ip: bool,
+    /// `AWS_MANAGE_ENIS_NON_SCHEDULABLE`: attach and free ENIs on a cordoned node too (default false: not).
+    pub manage_enis_non_schedulable: bool,
 }
 
 impl Default for Config {
@@ -113,6 +117,8 @@ impl Default for Config {
             add_wait: DEFAULT_ADD_WAIT,
             custom_networking: None,
             ipv6: false,
+            annotate_pod_ip: false,
+            manage_enis_non_schedulable: false,
         }
     }
 }

@@ -216,11 +216,12 @@ impl Node {
     pub(super) fn growth_blocked(&self, stats: &PoolStats, now: Duration) -> bool {
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
         let at_eni_limit = self.at_eni_limit(stats, now);
+        let max_pods = self.policy().max_pods;
         let status = lock(&self.status);
         let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
             && status.grow_blocked_until.is_some_and(|t| now < t);
         drop(status);
-        total >= self.policy.max_pods
+        total >= max_pods
             || at_eni_limit
             || self.config.disable_provisioning
             || subnet_exhausted
@@ -283,6 +284,7 @@ impl Node {
         let at_eni_limit = self.at_eni_limit(&stats, now);
         let cannot_grow = self.growth_blocked(&stats, now);
         let eni_config = self.eni_config_blocked();
+        let max_pods = self.policy().max_pods;
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
         let cooldown_secs = self.config.ip_cooldown.as_secs();
@@ -292,15 +294,14 @@ impl Node {
                 format!(
                     "all {in_cooldown} free address(es) are in their {cooldown_secs}s reuse cooldown and the node \
                      cannot get more ({total} addresses, max-pods {}, {} of {} ENIs)",
-                    self.policy.max_pods, stats.enis, self.policy.max_enis
+                    max_pods, stats.enis, self.policy.max_enis
                 ),
             )
-        } else if total >= self.policy.max_pods {
+        } else if total >= max_pods {
             (
                 FailureReason::MaxPodsReached,
                 format!(
-                    "node holds {total} addresses, its max-pods limit ({}), all assigned",
-                    self.policy.max_pods
+                    "node holds {total} addresses, its max-pods limit ({max_pods}), all assigned"
                 ),
             )
         } else if at_eni_limit {

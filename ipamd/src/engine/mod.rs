@@ -200,6 +200,10 @@ pub(crate) struct PoolStatus {
     pub(crate) reconcile_wanted: bool,
     /// The pool's need over the release delay (release hysteresis); created with the node.
     pub(crate) high_water: HighWater,
+    /// The node object's `status.capacity.pods`, from the cluster cache (see [`Node::refresh_node_view`]).
+    pub(crate) node_max_pods: Option<u32>,
+    /// The node object's `spec.unschedulable`, from the cluster cache.
+    pub(crate) cordoned: bool,
 }
 
 /// ADDs waiting for an address, served first come first served: only the oldest waiter takes an address, and a
@@ -503,9 +507,25 @@ impl Node {
         &self.meta
     }
 
-    /// The pool policy in force.
+    /// The pool policy in force: max-pods is the lower of the ENI math's and the node object's
+    /// `status.capacity.pods` (when the Kubernetes API has said it).
     pub fn policy(&self) -> PoolPolicy {
-        self.policy
+        self.policy.capped(lock(&self.status).node_max_pods)
+    }
+
+    /// Reads this node's object from the cluster cache (never the API server itself) into the pool's inputs:
+    /// the capacity cap and the cordon.
+    pub async fn refresh_node_view(&self) {
+        let node = self.deps.cluster.node().await;
+        let mut st = lock(&self.status);
+        st.node_max_pods = node.as_ref().and_then(|n| n.capacity_pods);
+        st.cordoned = node.is_some_and(|n| n.unschedulable);
+    }
+
+    /// Whether ENIs may not be attached or freed now: the node is cordoned and `AWS_MANAGE_ENIS_NON_SCHEDULABLE`
+    /// is false (the anchor's default).
+    pub fn enis_frozen(&self) -> bool {
+        !self.config.manage_enis_non_schedulable && lock(&self.status).cordoned
     }
 
     /// The configuration in force.
@@ -519,6 +539,11 @@ impl Node {
             return lock(&self.ds6).stats(self.deps.clock.now());
         }
         lock(&self.ds).stats(self.deps.clock.now())
+    }
+
+    /// Whether `key` holds an address (a pod ipamd already knows).
+    pub fn knows(&self, key: &IpamKey) -> bool {
+        lock(&self.ds).lookup(key).is_some()
     }
 
     /// A copy of the datastore (for status output and tests).

@@ -78,7 +78,8 @@ impl Node {
     /// now), and whether the shrink interval has passed.
     pub(super) fn outlook(&self, now: Duration, stats: &PoolStats) -> Outlook {
         let waiting = u32::try_from(self.adds.len()).unwrap_or(u32::MAX);
-        let need = self.policy.need(stats, waiting);
+        let need = self.policy().need(stats, waiting);
+        let freeze_enis = self.enis_frozen();
         let mut st = lock(&self.status);
         st.high_water.record(now, need);
         Outlook {
@@ -87,6 +88,8 @@ impl Node {
             may_shrink: st
                 .last_shrink
                 .is_none_or(|t| now.saturating_sub(t) >= SHRINK_INTERVAL),
+            node_max_pods: st.node_max_pods,
+            freeze_enis,
         }
     }
 
@@ -118,6 +121,7 @@ impl Node {
             return Ok(Decision::Hold);
         }
         let _actor = self.actor.lock().await;
+        self.refresh_node_view().await;
         let now = self.deps.clock.now();
         let mut decision = self.next_decision();
         let grows = matches!(
@@ -137,7 +141,9 @@ impl Node {
             Ok(())
         } else {
             match &decision {
-                Decision::Hold | Decision::AtEniLimit { .. } => Ok(()),
+                Decision::Hold
+                | Decision::AtEniLimit { .. }
+                | Decision::EniChangesPaused { .. } => Ok(()),
                 Decision::AssignIps { eni_id, count } => {
                     self.assign(eni_id, IpRequest::Secondary(*count)).await
                 }
@@ -190,8 +196,16 @@ impl Node {
                 match e {
                     Ec2Error::SubnetExhausted { .. } => {
                         st.grow_blocked_until = Some(now + SUBNET_EXHAUSTED_BACKOFF);
+                        self.deps.cluster.warning_event(
+                            crate::kube_api::REASON_SUBNET_EXHAUSTED,
+                            &format!("{e}: new pods on this node may get no address"),
+                        );
                     }
                     Ec2Error::NotFound { .. } => st.reconcile_wanted = true,
+                    Ec2Error::Unauthorized { .. } => self.deps.cluster.warning_event(
+                        crate::kube_api::REASON_MISSING_IAM,
+                        &format!("{e}: ipamd cannot change the node's addresses"),
+                    ),
                     _ => {}
                 }
                 st.last_error = Some(e.clone());

@@ -44,6 +44,13 @@ pub struct Outlook {
     pub keep: u32,
     /// The shrink interval since the last release has passed.
     pub may_shrink: bool,
+    /// The node object's `status.capacity.pods` (what kubelet will run), when known: the pool never holds
+    /// addresses for more pods than this (anchor #2793); the effective max-pods is the lower of it and the ENI
+    /// math's.
+    pub node_max_pods: Option<u32>,
+    /// No ENI may be attached or freed now (a cordoned node without `AWS_MANAGE_ENIS_NON_SCHEDULABLE`);
+    /// addresses on the attached ENIs still come and go.
+    pub freeze_enis: bool,
 }
 
 /// What to do next.
@@ -59,6 +66,8 @@ pub enum Decision {
     AttachEni { request: IpRequest },
     /// More addresses are wanted but every ENI is full and no ENI slot is left.
     AtEniLimit { short: u32 },
+    /// More addresses are wanted, every ENI is full, and a new ENI may not be attached now (cordoned node).
+    EniChangesPaused { short: u32 },
     /// Give secondary IPs back to EC2.
     ReleaseIps { eni_id: String, ips: Vec<Ipv4Addr> },
     /// Give prefixes back to EC2.
@@ -73,11 +82,20 @@ pub enum Decision {
 impl Decision {
     /// Whether carrying it out changes anything in EC2.
     pub fn is_action(&self) -> bool {
-        !matches!(self, Decision::Hold | Decision::AtEniLimit { .. })
+        !matches!(
+            self,
+            Decision::Hold | Decision::AtEniLimit { .. } | Decision::EniChangesPaused { .. }
+        )
     }
 }
 
-fn grow(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom], short: u32) -> Decision {
+fn grow(
+    policy: &PoolPolicy,
+    stats: &PoolStats,
+    enis: &[&EniRoom],
+    short: u32,
+    freeze_enis: bool,
+) -> Decision {
     let total = u(stats.total);
     let headroom = policy.max_pods.saturating_sub(total);
     let per_slot = policy.per_slot();
@@ -102,6 +120,9 @@ fn grow(policy: &PoolPolicy, stats: &PoolStats, enis: &[&EniRoom], short: u32) -
         };
     }
     if u(enis.len()) < policy.max_enis {
+        if freeze_enis {
+            return Decision::EniChangesPaused { short };
+        }
         let want = if policy.uses_ip_targets() || policy.prefix_delegation {
             wanted
         } else {
@@ -120,6 +141,7 @@ fn shrink(
     stats: &PoolStats,
     enis: &[&EniRoom],
     keep: u32,
+    freeze_enis: bool,
 ) -> Option<Decision> {
     let excess = policy.excess(stats, keep);
     if excess > 0 {
@@ -148,7 +170,10 @@ fn shrink(
             }
         }
     }
-    // Free one ENI whose addresses the pool does not need.
+    // Free one ENI whose addresses the pool does not need (never on a frozen node).
+    if freeze_enis {
+        return None;
+    }
     for eni in enis.iter().rev() {
         if eni.is_primary
             || eni.assigned > 0
@@ -181,14 +206,16 @@ pub fn decide(
     enis: &[EniRoom],
     outlook: &Outlook,
 ) -> Decision {
+    let capped = policy.capped(outlook.node_max_pods);
+    let policy = &capped;
     let mut sorted: Vec<&EniRoom> = enis.iter().collect();
     sorted.sort_by_key(|e| e.device_number);
     let short = policy.shortage(stats, outlook.waiting);
     if short > 0 {
-        return grow(policy, stats, &sorted, short);
+        return grow(policy, stats, &sorted, short, outlook.freeze_enis);
     }
     if outlook.may_shrink {
-        if let Some(d) = shrink(policy, stats, &sorted, outlook.keep) {
+        if let Some(d) = shrink(policy, stats, &sorted, outlook.keep, outlook.freeze_enis) {
             return d;
         }
     }
@@ -205,6 +232,8 @@ mod tests {
         waiting: 0,
         keep: 0,
         may_shrink: true,
+        node_max_pods: None,
+        freeze_enis: false,
     };
 
     /// A toy node: ENIs with addresses, pods assigned lowest device first, no cooldown.
@@ -299,7 +328,9 @@ mod tests {
                     actions += 1;
                 }
                 match d {
-                    Decision::Hold | Decision::AtEniLimit { .. } => break,
+                    Decision::Hold
+                    | Decision::AtEniLimit { .. }
+                    | Decision::EniChangesPaused { .. } => break,
                     Decision::AssignIps { eni_id, count }
                     | Decision::AssignPrefixes { eni_id, count } => {
                         let per = p.per_slot();
@@ -369,6 +400,136 @@ mod tests {
             max_enis,
             max_pods: max_enis * (ipv4_per_eni - 1) + 2,
         }
+    }
+
+    fn room(id: &str, device: u32, ips: u32, assigned: u32, primary: bool) -> EniRoom {
+        EniRoom {
+            eni_id: id.into(),
+            device_number: device,
+            ips,
+            slots: ips,
+            is_primary: primary,
+            assigned,
+            age: Duration::from_secs(3600),
+            ..EniRoom::default()
+        }
+    }
+
+    #[test]
+    fn the_nodes_capacity_pods_caps_growth_below_the_eni_math() {
+        // m5.large-like: 3 ENIs x 10 IPv4, ENI math 29; kubelet runs at most 5 pods.
+        let p = policy(10, 3);
+        let stats = PoolStats {
+            total: 3,
+            available: 3,
+            enis: 1,
+            ..PoolStats::default()
+        };
+        let enis = [room("eni-0", 0, 3, 0, true)];
+        let uncapped = decide(&p, &stats, &enis, &SHRINK);
+        assert_eq!(
+            uncapped,
+            Decision::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 6
+            }
+        );
+        let capped = Outlook {
+            node_max_pods: Some(5),
+            ..SHRINK
+        };
+        assert_eq!(
+            decide(&p, &stats, &enis, &capped),
+            Decision::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 2
+            },
+            "only up to capacity.pods"
+        );
+        let full = PoolStats {
+            total: 5,
+            available: 5,
+            enis: 1,
+            ..PoolStats::default()
+        };
+        assert_eq!(
+            decide(&p, &full, &[room("eni-0", 0, 5, 0, true)], &capped),
+            Decision::Hold
+        );
+        // A capacity above the ENI math changes nothing; one below what the pool holds gives addresses back.
+        let high = Outlook {
+            node_max_pods: Some(500),
+            ..SHRINK
+        };
+        assert_eq!(decide(&p, &stats, &enis, &high), uncapped);
+        let mut over = room("eni-0", 0, 5, 0, true);
+        over.releasable_ips = (1..=5)
+            .map(|i| std::net::Ipv4Addr::new(10, 0, 0, i))
+            .collect();
+        let low = Outlook {
+            node_max_pods: Some(3),
+            ..SHRINK
+        };
+        assert!(
+            matches!(decide(&p, &full, &[over], &low), Decision::ReleaseIps { ref ips, .. } if ips.len() == 2)
+        );
+        assert_eq!(p.capped(Some(5)).max_pods, 5);
+        assert_eq!(p.capped(None), p);
+    }
+
+    #[test]
+    fn a_frozen_node_neither_attaches_nor_frees_enis_but_fills_the_ones_it_has() {
+        let p = policy(4, 3);
+        let frozen = Outlook {
+            freeze_enis: true,
+            ..SHRINK
+        };
+        // Room on the attached ENI: addresses still come.
+        let stats = PoolStats {
+            total: 1,
+            available: 1,
+            enis: 1,
+            ..PoolStats::default()
+        };
+        assert!(matches!(
+            decide(&p, &stats, &[room("eni-0", 0, 1, 0, true)], &frozen),
+            Decision::AssignIps { .. }
+        ));
+        // Full ENIs: no new one while frozen; the same counts attach one when not.
+        let full = PoolStats {
+            total: 3,
+            available: 0,
+            assigned: 3,
+            enis: 1,
+            ..PoolStats::default()
+        };
+        let enis = [room("eni-0", 0, 3, 3, true)];
+        assert_eq!(
+            decide(&p, &full, &enis, &frozen),
+            Decision::EniChangesPaused { short: 3 }
+        );
+        assert!(matches!(
+            decide(&p, &full, &enis, &SHRINK),
+            Decision::AttachEni { .. }
+        ));
+        assert!(!Decision::EniChangesPaused { short: 1 }.is_action());
+        // An idle secondary ENI the pool does not need stays attached while frozen.
+        let idle = PoolStats {
+            total: 9,
+            available: 9,
+            enis: 3,
+            ..PoolStats::default()
+        };
+        let three = [
+            room("eni-0", 0, 3, 0, true),
+            room("eni-1", 1, 3, 0, false),
+            room("eni-2", 2, 3, 0, false),
+        ];
+        assert!(matches!(
+            decide(&p, &idle, &three, &SHRINK),
+            Decision::FreeEni { .. }
+        ));
+        assert_eq!(decide(&p, &idle, &three, &frozen), Decision::Hold);
     }
 
     #[test]
@@ -995,6 +1156,8 @@ mod tests {
                                 waiting: next(40),
                                 keep: next(total + 20),
                                 may_shrink: next(2) == 1,
+                                node_max_pods: None,
+                                freeze_enis: false,
                             };
                             let d = decide(&p, &st, &enis, &outlook);
                             checked += 1;
@@ -1034,6 +1197,9 @@ mod tests {
                                     if !pd {
                                         assert!(c <= headroom, "{ctx}");
                                     }
+                                }
+                                Decision::EniChangesPaused { .. } => {
+                                    panic!("never frozen here: {ctx}")
                                 }
                                 Decision::AtEniLimit { .. } => {
                                     assert!(n_enis >= max_enis, "{ctx}");

@@ -38,6 +38,15 @@ impl PoolPolicy {
         self.warm_ip_target > 0 || self.minimum_ip_target > 0
     }
 
+    /// This policy with max-pods lowered to `node_max_pods` (the node object's `status.capacity.pods`) when
+    /// that is lower: the effective max-pods is min(ENI math, capacity.pods).
+    pub fn capped(&self, node_max_pods: Option<u32>) -> PoolPolicy {
+        PoolPolicy {
+            max_pods: node_max_pods.map_or(self.max_pods, |cap| cap.min(self.max_pods)),
+            ..*self
+        }
+    }
+
     /// The address family in force: what a slot is and what EC2 is asked for.
     pub fn family(&self) -> Family {
         Family::v4(self.prefix_delegation)
