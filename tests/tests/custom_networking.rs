@@ -299,14 +299,23 @@ fn the_daemons_max_pods_with_custom_networking_is_the_clis() {
         };
         let custom = cli(&["--cni-custom-networking-enabled"]);
         assert!(custom < cli(&[]), "{t}: the primary ENI must count less");
-        let ipamd = Ipamd::start(t, &[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")]);
+        // Custom networking needs the cluster: an empty development source (no node object) stands in for an API
+        // server that has not answered yet.
+        let files = integration_tests::TempDir::new();
+        let objects = files.path().join("cluster-objects.json");
+        std::fs::write(&objects, r#"{"node": null, "eniConfigs": []}"#).expect("objects file");
+        let ipamd = Ipamd::start_with_args(
+            t,
+            &[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")],
+            &["--cluster-objects", objects.to_str().expect("path")],
+        );
         let st = status_json(&ipamd);
         assert_eq!(
             st["pool"]["maxPods"].as_u64(),
             Some(custom),
             "{t}: the daemon's cap is not `ipamd max-pods --cni-custom-networking-enabled`: {st}"
         );
-        // No cluster objects at all: nothing is known, nothing is attached, and status says why.
+        // No node object: nothing is known, nothing is attached, and status says why.
         assert!(
             st["customNetworking"]["problem"]
                 .as_str()
