@@ -53,7 +53,7 @@ use ec2_api::{Api, EniDescription, IpRequest};
 use instance_limits::InstanceLimits;
 
 pub use hotplug::{NicHotplug, NoHotplug, SimNic};
-pub use spec::{Fault, SimError, SimSpec, SimSubnet, ThrottleSpec, SIM_SUBNET_ID};
+pub use spec::{Fault, ForeignEni, SimError, SimSpec, SimSubnet, ThrottleSpec, SIM_SUBNET_ID};
 
 use imds::{apply_imds, imds_eni_of};
 use state::{new_eni, subnet_free, SimState, SubnetState};
@@ -178,6 +178,38 @@ impl SimEc2 {
             eni.status = "in-use".into();
             eni.delete_on_termination = true;
         }
+        let mut attached = vec![primary_id.clone()];
+        for (i, f) in spec.foreign_enis.iter().enumerate() {
+            let mut eni = new_eni(
+                &mut state,
+                SIM_SUBNET_ID,
+                format!("{} interface of another component", f.interface_type),
+                f.tags.clone(),
+                IpRequest::Secondary(0),
+            )
+            .map_err(|e| SimError::Plug(e.to_string()))?;
+            let device = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            eni.interface_type = f.interface_type.clone();
+            eni.device_index = Some(device);
+            eni.attachment_id = Some(format!("eni-attach-{}", eni.id.trim_start_matches("eni-")));
+            eni.instance_id = Some(state.instance_id.clone());
+            eni.status = "in-use".into();
+            eni.delete_on_termination = true;
+            attached.push(eni.id.clone());
+            state.enis.insert(eni.id.clone(), eni);
+        }
+        let on_card0 = state
+            .network_cards
+            .iter()
+            .find(|(c, _)| *c == 0)
+            .map_or(0, |c| c.1);
+        if attached.len() > on_card0 as usize {
+            return Err(SimError::Setting(format!(
+                "{} ENIs do not fit the {on_card0} slots of {}",
+                attached.len(),
+                spec.instance_type
+            )));
+        }
         let imds_lag = spec.imds_lag;
         let sim = SimEc2::assemble(state, spec, hotplug);
         // The primary ENI is visible at boot; later changes lag.
@@ -185,12 +217,16 @@ impl SimEc2 {
             imds_lag: Duration::ZERO,
             ..sim
         };
-        sim.publish(&primary_id);
+        for id in &attached {
+            sim.publish(id);
+        }
         let sim = SimEc2 { imds_lag, ..sim };
-        let nic = sim
-            .nic_of(&primary_id)
-            .ok_or_else(|| SimError::Plug("primary ENI vanished".into()))?;
-        sim.hotplug.plug(nic).await.map_err(SimError::Plug)?;
+        for id in &attached {
+            let nic = sim
+                .nic_of(id)
+                .ok_or_else(|| SimError::Plug(format!("ENI {id} vanished")))?;
+            sim.hotplug.plug(nic).await.map_err(SimError::Plug)?;
+        }
         sim.snapshot();
         Ok(sim)
     }

@@ -73,6 +73,8 @@ pub struct RunSpec {
     pub api_latency: Duration,
     /// MTU of the fabric's links.
     pub mtu: u32,
+    /// ENIs of other components attached at launch (a fresh instance only).
+    pub foreign_enis: Vec<crate::spec::ForeignEni>,
 }
 
 /// The named fabric namespace of the instance whose state is in `state_file`: `awscni-sim-<hash>`, stable
@@ -94,6 +96,7 @@ pub async fn start(spec: RunSpec) -> Result<SimEc2, SimError> {
     let mut sim_spec = SimSpec::new(&spec.instance_type);
     sim_spec.state_file = state_file.clone();
     sim_spec.api_latency = spec.api_latency;
+    sim_spec.foreign_enis = spec.foreign_enis.clone();
     let subnet = sim_spec.subnet_cidr;
     let fabric = match (&spec.placement.fabric, &state_file) {
         (Fabric::Kept, Some(state)) => {

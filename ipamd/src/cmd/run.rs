@@ -84,6 +84,10 @@ pub struct RunOptions {
     /// How long every simulated EC2 call takes, e.g. 200ms (sim backend).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub sim_api_latency: Duration,
+    /// Attach an ENI of another component to a fresh simulated instance at launch (repeatable): `trunk`, `efa`,
+    /// `efa-only`, `untagged`, `no_manage` (sim backend).
+    #[arg(long = "sim-foreign-eni")]
+    pub sim_foreign_enis: Vec<String>,
     /// Override the max-pods value computed from the instance type.
     #[arg(long)]
     pub max_pods: Option<u32>,
@@ -322,6 +326,12 @@ async fn ec2_stack(
                 ),
                 api_latency: opts.sim_api_latency,
                 mtu: config.eni_mtu,
+                foreign_enis: opts
+                    .sim_foreign_enis
+                    .iter()
+                    .map(|k| k.parse())
+                    .collect::<Result<_, String>>()
+                    .map_err(|e| DaemonError::from(SimError::Setting(e)))?,
             })
             .await?;
             (Arc::new(sim.clone()), Arc::new(sim), None)

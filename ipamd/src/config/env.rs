@@ -22,6 +22,7 @@
 //! | `AWS_VPC_CNI_NODE_PORT_SUPPORT` | true | mark NodePort traffic so replies leave through the primary ENI |
 //! | `AWS_VPC_ENI_MTU` | 9001 | ENI MTU (576-9001) |
 //! | `POD_MTU` | `AWS_VPC_ENI_MTU` | pod veth MTU (576-9001) |
+//! | `MANAGE_UNTAGGED_ENI` | true | false: ENIs without this instance's `instance_id` tag are left alone |
 //! | `ENABLE_SUBNET_DISCOVERY` | true | new ENIs go to the subnet with most free IPs among the node's and those tagged `kubernetes.io/role/cni` |
 //! | `CLUSTER_NAME` | "" | cluster tag on new ENIs, and leak-cleanup filter |
 //! | `ADDITIONAL_ENI_TAGS` | {} | JSON object of extra ENI tags (keys containing `k8s.amazonaws.com` dropped) |
@@ -88,6 +89,8 @@ pub const ENV_RANDOMIZE_SNAT: &str = "AWS_VPC_K8S_CNI_RANDOMIZESNAT";
 pub const ENV_CONNMARK: &str = "AWS_VPC_K8S_CNI_CONNMARK";
 pub const ENV_NODE_PORT_SUPPORT: &str = "AWS_VPC_CNI_NODE_PORT_SUPPORT";
 pub const ENV_ENABLE_SUBNET_DISCOVERY: &str = "ENABLE_SUBNET_DISCOVERY";
+/// `MANAGE_UNTAGGED_ENI`.
+pub const ENV_MANAGE_UNTAGGED_ENI: &str = "MANAGE_UNTAGGED_ENI";
 pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
 pub const ENV_ADDITIONAL_ENI_TAGS: &str = "ADDITIONAL_ENI_TAGS";
 pub const ENV_DISABLE_LEAKED_ENI_CLEANUP: &str = "DISABLE_LEAKED_ENI_CLEANUP";
@@ -280,6 +283,7 @@ impl Config {
             connmark: parse_mark(env)?,
             node_port_support: parse_bool(env, ENV_NODE_PORT_SUPPORT)?.unwrap_or(true),
             subnet_discovery: parse_bool(env, ENV_ENABLE_SUBNET_DISCOVERY)?.unwrap_or(true),
+            manage_untagged_eni: parse_bool(env, ENV_MANAGE_UNTAGGED_ENI)?.unwrap_or(true),
             cluster_name,
             additional_eni_tags: parse_tags(env)?,
             disable_leaked_eni_cleanup: parse_bool(env, ENV_DISABLE_LEAKED_ENI_CLEANUP)?

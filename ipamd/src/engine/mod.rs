@@ -33,6 +33,7 @@
 pub mod admission;
 pub mod checkpoint;
 pub mod enis;
+pub mod foreign;
 pub mod leak_gc;
 pub mod persist;
 pub mod pool_task;
@@ -59,7 +60,7 @@ use crate::kube::Cluster;
 use crate::ratelimit::{CallCounts, PacedEc2, Pacer, PacingConfig};
 use crate::sync::lock;
 use ec2_api::clock::Clock;
-use ec2_api::{Ec2, Ec2Error, TAG_NO_MANAGE};
+use ec2_api::{Ec2, Ec2Error};
 use ec2_api::{Imds, ImdsError, NodeMetadata};
 
 /// Why the node could not start.
@@ -268,6 +269,8 @@ pub struct Node {
     pub(crate) veth_prefix: String,
     /// ADDs waiting for an address.
     pub(crate) adds: AddQueue,
+    /// Attached ENIs left alone (trunk, EFA, no_manage, ...), by ID, with why ([`foreign`]).
+    pub(crate) foreign: Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -359,6 +362,7 @@ impl Node {
                 ..PoolStatus::default()
             }),
             adds: AddQueue::default(),
+            foreign: Mutex::default(),
             wake: Notify::new(),
             actor: tokio::sync::Mutex::new(()),
             checkpoint: recovery.checkpoint.clone(),
@@ -401,10 +405,7 @@ impl Node {
                     continue;
                 }
                 Some(Some(d)) => {
-                    if ie.device_number != 0
-                        && d.tags.get(TAG_NO_MANAGE).map(String::as_str) == Some("true")
-                    {
-                        tracing::info!(eni = %ie.eni_id, "ENI tagged no_manage: left alone");
+                    if node.leave_alone(d, ie.device_number) {
                         continue;
                     }
                     (d.secondary_ips.clone(), d.ipv4_prefixes.clone())
@@ -433,7 +434,7 @@ impl Node {
         tracing::info!(
             instance = %node.meta.instance_id,
             instance_type = %node.meta.instance_type,
-            max_enis = node.policy.max_enis,
+            max_enis = node.policy().max_enis,
             ips_per_eni = node.policy.ips_per_eni,
             prefix_delegation = node.policy.prefix_delegation,
             max_pods = node.policy.max_pods,
@@ -464,11 +465,6 @@ impl Node {
     /// The node's metadata as read at startup.
     pub fn metadata(&self) -> &NodeMetadata {
         &self.meta
-    }
-
-    /// The pool policy in force.
-    pub fn policy(&self) -> PoolPolicy {
-        self.policy
     }
 
     /// The configuration in force.
@@ -514,7 +510,7 @@ impl Node {
             (ds.stats(now), enis)
         };
         PoolSnapshot {
-            max_enis: self.policy.max_enis,
+            max_enis: self.policy().max_enis,
             ips_per_eni: self.policy.ips_per_eni,
             stats,
             enis,

@@ -81,7 +81,7 @@ impl Node {
         let now = self.deps.clock.now();
         let stats = self.stats();
         let outlook = self.outlook(now, &stats);
-        decide(&self.policy, &stats, &self.rooms(now), &outlook)
+        decide(&self.policy(), &stats, &self.rooms(now), &outlook)
     }
 
     /// Addresses the release hysteresis keeps now (the peak need over `AWS_CNI_POOL_RELEASE_DELAY`).
