@@ -244,6 +244,15 @@ pub trait Ec2: Send + Sync + 'static {
         &self,
         req: CreateEniRequest,
     ) -> Result<EniDescription, Ec2Error>;
+    /// CreateNetworkInterface made idempotent with EC2's `ClientToken` (at most 64 ASCII characters): every retry
+    /// of one logical create, ours or the SDK's, carries the same token, so a create that timed out after EC2 made
+    /// the ENI returns that ENI when retried instead of making a second one. The same token with other parameters
+    /// is `IdempotentParameterMismatch`.
+    async fn create_network_interface_with_token(
+        &self,
+        req: CreateEniRequest,
+        client_token: &str,
+    ) -> Result<EniDescription, Ec2Error>;
     /// AttachNetworkInterface; returns the attachment ID.
     async fn attach_network_interface(
         &self,

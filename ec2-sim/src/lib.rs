@@ -12,6 +12,9 @@
 //! - **Attach latency**: an ENI stays `attaching` (and its NIC absent) for [`SimSpec::attach_latency`].
 //! - **Throttling**: a token bucket per API, like EC2's request-rate limits (mutating and non-mutating actions have
 //!   different sizes), answering `RequestLimitExceeded`; [`SimEc2::throttle_for`] makes every call fail for a while.
+//! - **Idempotency**: CreateNetworkInterface with a `ClientToken` is done once: the same token with the same
+//!   parameters returns the ENI the first call made (so a retry after a timeout that EC2 had applied makes no
+//!   second ENI), with other parameters it is `IdempotentParameterMismatch`, as on EC2.
 //! - **Faults**: [`SimEc2::inject_faults`] makes the next N calls (of one API or any) fail with a 5xx, time out
 //!   before or after EC2 applied them (the ambiguous case a client must reconcile), or be throttled.
 //!
@@ -152,6 +155,7 @@ impl SimEc2 {
             subnets,
             enis: BTreeMap::new(),
             next_id: 1,
+            client_tokens: BTreeMap::new(),
             calls: BTreeMap::new(),
             imds_reads: 0,
             imds_view: BTreeMap::new(),

@@ -50,6 +50,9 @@ pub(crate) struct SimState {
     pub(crate) subnets: BTreeMap<String, SubnetState>,
     pub(crate) enis: BTreeMap<String, EniDescription>,
     pub(crate) next_id: u64,
+    /// `ClientToken` of every CreateNetworkInterface that had one: the request's parameters and the ENI made.
+    #[serde(default)]
+    pub(crate) client_tokens: BTreeMap<String, (String, String)>,
     #[serde(deserialize_with = "load_calls")]
     pub(crate) calls: BTreeMap<&'static str, u64>,
     pub(crate) imds_reads: u64,

@@ -2,7 +2,7 @@
 //!
 //! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created); where the
 //!   ENI goes comes from [`placement`] (subnet and security groups; the seam custom networking plugs into);
-//!   CreateNetworkInterface with description `aws-K8S-<instance>`, the tags (`instance_id`, `createdAt`, the
+//!   CreateNetworkInterface (one `ClientToken` across all its retries: idempotent) with description `aws-K8S-<instance>`, the tags (`instance_id`, `createdAt`, the
 //!   cluster tags with `CLUSTER_NAME`, `ADDITIONAL_ENI_TAGS`) and its first addresses already assigned;
 //!   AttachNetworkInterface (failure: the new ENI is deleted at once); DeleteOnTermination (failure: the ENI is
 //!   detached and deleted); wait for IMDS to show it (bounded: IMDS lags); host setup (table, routes, rule, MTU);
@@ -254,15 +254,25 @@ impl Node {
             subnet_id,
             security_groups,
         } = self.placement().await;
+        // One token for this logical create: every retry (the pacer's, the SDK's) carries it, so a create that
+        // timed out after EC2 made the ENI returns that ENI instead of making a second one.
+        let client_token = format!(
+            "aws-cni-{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
         let eni = self
             .ec2
-            .create_network_interface(CreateEniRequest {
-                subnet_id,
-                description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
-                security_groups,
-                tags: self.eni_tags(),
-                ips: request,
-            })
+            .create_network_interface_with_token(
+                CreateEniRequest {
+                    subnet_id,
+                    description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
+                    security_groups,
+                    tags: self.eni_tags(),
+                    ips: request,
+                },
+                &client_token,
+            )
             .await?;
         let attachment = match self
             .ec2

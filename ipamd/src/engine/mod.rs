@@ -37,6 +37,8 @@ pub mod foreign;
 pub mod leak_gc;
 pub mod persist;
 pub mod pool_task;
+#[cfg(test)]
+mod real_node_tests;
 pub mod reconcile;
 pub mod recovery;
 

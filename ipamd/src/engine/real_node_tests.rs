@@ -1,0 +1,69 @@
+//! Tests of what a real EC2 does that a kinder double would hide (issue 15): ambiguous timeouts, limits EC2
+//! enforces, ENIs left behind. The engine against the simulator on a manual clock.
+
+use std::sync::Arc;
+
+use super::{Node, NodeDeps};
+use crate::config::Config;
+use crate::core::datastore::{IpamKey, PodMeta};
+use crate::host::fakes::FakeHost;
+use ec2_api::clock::ManualClock;
+use ec2_sim::{Fault, SimEc2, SimSpec};
+
+async fn node_with(
+    instance_type: &str,
+    config: Config,
+    tune: impl FnOnce(&mut SimSpec),
+) -> (Arc<Node>, SimEc2, ManualClock, FakeHost) {
+    let (sim, clock) = ec2_sim::on_manual_clock(instance_type, |s| {
+        s.throttle = None;
+        tune(s);
+    })
+    .await;
+    let host = FakeHost::default();
+    let deps = NodeDeps {
+        ec2: Arc::new(sim.clone()),
+        imds: Arc::new(sim.clone()),
+        hostnet: Arc::new(host.clone()),
+        clock: Arc::new(clock.clone()),
+        cluster: Arc::new(crate::kube::NoCluster),
+    };
+    let n = Node::start(deps, config, None).await.expect("init");
+    (n, sim, clock, host)
+}
+
+fn key(id: &str) -> IpamKey {
+    IpamKey {
+        network_name: "aws-cni".into(),
+        container_id: id.into(),
+        if_name: "eth0".into(),
+    }
+}
+
+fn created_by_us(sim: &SimEc2) -> Vec<ec2_api::EniDescription> {
+    sim.all_enis()
+        .into_iter()
+        .filter(|e| e.description.starts_with(ec2_api::ENI_DESCRIPTION_PREFIX))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_create_that_times_out_after_ec2_made_the_eni_ends_with_exactly_one_eni() {
+    let (n, sim, _, _) = node_with("m5.large", Config::default(), |_| {}).await;
+    n.fill().await.expect("the primary ENI fills");
+    // A pod takes an address: WARM_ENI_TARGET=1 wants a second ENI.
+    n.add(&key("c1"), &PodMeta::default()).expect("an address");
+    sim.inject_faults(Fault::TimeoutAfterApply, Some("CreateNetworkInterface"), 1);
+    n.fill()
+        .await
+        .expect("fill: the retry returns the ENI EC2 made");
+    assert_eq!(
+        sim.calls().get("CreateNetworkInterface"),
+        Some(&2),
+        "the create was retried"
+    );
+    let ours = created_by_us(&sim);
+    assert_eq!(ours.len(), 1, "one logical create, one ENI: {ours:?}");
+    assert_eq!(ours[0].status, "in-use");
+    assert!(n.datastore().eni(&ours[0].id).is_some());
+}
