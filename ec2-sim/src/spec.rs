@@ -105,6 +105,8 @@ pub enum Fault {
     Throttle,
     /// `UnauthorizedOperation`: the IAM policy lacks the permission; nothing applied.
     Unauthorized,
+    /// `AttachmentLimitExceeded`: EC2 allows fewer ENIs than the instance-type table says; nothing applied.
+    AttachmentLimit,
 }
 
 /// Simulator settings.

@@ -280,6 +280,13 @@ impl Node {
             .await
         {
             Ok(a) => a,
+            // The attach may have happened although its answer was lost (a timeout, a retry that found it done).
+            Err(e) if self.attached_here(&eni.id).await.is_some() => {
+                let a = self.attached_here(&eni.id).await.unwrap_or_default();
+                tracing::info!(eni = %eni.id, error = %e, attachment = %a, "attach answered an error but EC2 \
+                    shows the ENI attached here: continuing");
+                a
+            }
             Err(e) => {
                 // A created-but-unattached ENI is a leak waiting to happen: delete it now.
                 if let Err(del) = self.ec2.delete_network_interface(&eni.id).await {
@@ -308,8 +315,10 @@ impl Node {
         new.attached_at = self.deps.clock.now();
         if let Err(e) = self.deps.hostnet.setup_eni(&new, self.config.eni_mtu).await {
             // Keep the ENI (EC2 has it attached) but do not hand out its IPs: pods on it would have no route.
-            // Reconcile adopts it once the host side works.
-            tracing::error!(eni = %eni.id, error = %e, "ENI attached but host setup failed; will retry");
+            // It takes its slot (no other ENI is attached in its place) and reconcile, asked for now, adopts it
+            // once the host side works.
+            tracing::error!(eni = %eni.id, error = %e, "ENI attached but host setup failed; reconcile will finish it");
+            self.setup_pending(&eni.id);
             return Err(Ec2Error::Other {
                 api: "AttachNetworkInterface",
                 code: "HostSetupFailed".into(),

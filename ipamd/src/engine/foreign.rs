@@ -17,13 +17,42 @@
 //! taken by such ENIs is therefore "at its ENI limit" at once (an ADD fails with `NODE_AT_ENI_LIMIT`, CNI code 102)
 //! and never asks EC2 for an ENI it cannot attach. The anchor reserves a slot for a trunk still to come only with
 //! `ENABLE_POD_ENI=true`, which this ipamd refuses; an attached trunk takes its slot like any foreign ENI.
+//!
+//! Two more cases of slots the datastore does not show ([`Slots`]): EC2 refusing an attachment with
+//! `AttachmentLimitExceeded` is the ENI limit, not an EC2 error (the pool stops asking, with the ENIs it has, until
+//! fewer are attached; an ADD then fails with 102 naming it); and an ENI EC2 attached whose host setup failed is
+//! kept (pending), no other ENI is attached in its place, and reconcile, asked for at once, sets it up and adopts
+//! it. An attach whose answer was an error although EC2 did attach (a lost answer) is recognised
+//! ([`Node::attached_here`]) and carried on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Node;
 use crate::core::pool::PoolPolicy;
 use crate::sync::lock;
 use ec2_api::{EniDescription, TAG_INSTANCE_ID, TAG_NO_MANAGE};
+
+/// The ENI slots of the instance that the datastore does not show.
+#[derive(Debug, Default)]
+pub(crate) struct Slots {
+    /// ENIs left alone, by ID, with why.
+    pub(crate) foreign: BTreeMap<String, String>,
+    /// ENIs of ours that EC2 attached but whose host setup failed: they hand out nothing, the pool attaches no
+    /// other ENI meanwhile, and reconcile (asked for at once) finishes them.
+    pub(crate) pending: BTreeSet<String>,
+    /// EC2 answered `AttachmentLimitExceeded` with this many ENIs in the datastore: no more are asked for until
+    /// the instance's attached ENIs change (the table may be wrong, or another component attached one since).
+    pub(crate) ceiling: Option<Ceiling>,
+}
+
+/// See [`Slots::ceiling`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ceiling {
+    /// ENIs in the datastore when EC2 refused.
+    pub(crate) enis: u32,
+    /// ENIs IMDS listed on card 0 at the last reconcile before (or at) the refusal; fewer later lifts it.
+    pub(crate) attached: usize,
+}
 
 /// Why an ENI attached to `instance_id` is not ours to manage (see the module docs); `None`: it is ours.
 pub fn not_ours(
@@ -62,6 +91,7 @@ impl Node {
             return false;
         };
         if lock(&self.foreign)
+            .foreign
             .insert(d.id.clone(), why.clone())
             .is_none()
         {
@@ -73,42 +103,133 @@ impl Node {
 
     /// Whether `eni_id` is a known ENI left alone.
     pub(crate) fn is_foreign(&self, eni_id: &str) -> bool {
-        lock(&self.foreign).contains_key(eni_id)
+        lock(&self.foreign).foreign.contains_key(eni_id)
     }
 
-    /// Forgets ENIs left alone that are no longer attached (`attached`: the ENI IDs of card 0 now).
+    /// Forgets ENIs left alone that are no longer attached (`attached`: the ENI IDs IMDS lists on card 0 now),
+    /// and lifts the ENI ceiling EC2 set when fewer ENIs are attached than then.
     pub(crate) fn forget_detached_foreign(&self, attached: &[String]) {
-        lock(&self.foreign).retain(|id, _| attached.contains(id));
+        let mut slots = lock(&self.foreign);
+        slots.foreign.retain(|id, _| attached.contains(id));
+        match slots.ceiling {
+            Some(c) if attached.len() < c.attached => {
+                tracing::info!(
+                    attached = attached.len(),
+                    "fewer ENIs attached than when EC2 refused an attachment: trying again"
+                );
+                slots.ceiling = None;
+            }
+            Some(mut c) if c.attached == 0 => {
+                c.attached = attached.len();
+                slots.ceiling = Some(c);
+            }
+            _ => {}
+        }
+    }
+
+    /// EC2 refused an attachment with `AttachmentLimitExceeded`: the node is at its ENI limit with what it has.
+    pub(crate) fn hit_eni_limit(&self) {
+        let enis = u32::try_from(lock(&self.ds).enis().count()).unwrap_or(u32::MAX);
+        tracing::warn!(
+            enis,
+            table = self.policy.max_enis,
+            "EC2 refused another ENI (AttachmentLimitExceeded): the node is at its ENI limit"
+        );
+        lock(&self.foreign).ceiling = Some(Ceiling { enis, attached: 0 });
+    }
+
+    /// An ENI of ours EC2 attached whose host setup failed: it takes its slot until reconcile finishes it.
+    pub(crate) fn setup_pending(&self, eni_id: &str) {
+        lock(&self.foreign).pending.insert(eni_id.to_string());
+        lock(&self.status).reconcile_wanted = true;
+        self.wake.notify_one();
+    }
+
+    /// The attachment ID of `eni_id` if EC2 shows it attached to this instance.
+    pub(crate) async fn attached_here(&self, eni_id: &str) -> Option<String> {
+        let d = self
+            .describe_each(&[eni_id.to_string()])
+            .await
+            .ok()?
+            .remove(eni_id)??;
+        (d.instance_id.as_deref() == Some(self.meta.instance_id.as_str()))
+            .then_some(d.attachment_id)
+            .flatten()
+    }
+
+    /// ENIs waiting for host setup that IMDS does not list (`attached`): settled if EC2 no longer has them
+    /// attached here (detached or deleted meanwhile), kept otherwise (IMDS lags).
+    pub(crate) async fn settle_pending_gone(&self, attached: &[String]) {
+        let gone: Vec<String> = lock(&self.foreign)
+            .pending
+            .iter()
+            .filter(|id| !attached.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if self.attached_here(&id).await.is_none() {
+                self.settled(&id);
+            }
+        }
+    }
+
+    /// Whether an ENI of ours waits for host setup (the pool attaches no other meanwhile: its addresses come
+    /// with it).
+    pub(crate) fn setup_pending_any(&self) -> bool {
+        !lock(&self.foreign).pending.is_empty()
+    }
+
+    /// The ENI is in the datastore now, or EC2 no longer has it attached here: it no longer waits.
+    pub(crate) fn settled(&self, eni_id: &str) {
+        lock(&self.foreign).pending.remove(eni_id);
     }
 
     /// The ENIs left alone on network card 0, with why.
     pub fn foreign_enis(&self) -> BTreeMap<String, String> {
-        lock(&self.foreign).clone()
+        lock(&self.foreign).foreign.clone()
     }
 
     /// For messages: which ENI slots other components' ENIs take (empty when none).
     pub(crate) fn foreign_slots_note(&self) -> String {
-        let foreign = lock(&self.foreign);
-        if foreign.is_empty() {
-            return String::new();
-        }
-        let list: Vec<String> = foreign
+        let slots = lock(&self.foreign);
+        let mut list: Vec<String> = slots
+            .foreign
             .iter()
             .map(|(id, why)| format!("{id}: {why}"))
             .collect();
+        list.extend(
+            slots
+                .pending
+                .iter()
+                .map(|id| format!("{id}: host setup pending")),
+        );
+        if let Some(c) = slots.ceiling {
+            list.push(format!(
+                "EC2 refused more than {} ENIs (AttachmentLimitExceeded)",
+                c.enis
+            ));
+        }
+        if list.is_empty() {
+            return String::new();
+        }
         format!(
-            "; {} of them taken by ENIs ipamd does not manage ({})",
+            "; {} of them taken by ENIs ipamd does not manage or cannot use yet ({})",
             list.len(),
             list.join(", ")
         )
     }
 
     /// The pool policy in force: the instance type's (and `MAX_ENI`'s) ENI count less the slots taken by ENIs
-    /// left alone.
+    /// left alone, and no more than EC2 allowed when it refused one.
     pub fn policy(&self) -> PoolPolicy {
-        let taken = u32::try_from(lock(&self.foreign).len()).unwrap_or(u32::MAX);
+        let slots = lock(&self.foreign);
+        let taken = u32::try_from(slots.foreign.len()).unwrap_or(u32::MAX);
+        let mut max_enis = self.policy.max_enis.saturating_sub(taken).max(1);
+        if let Some(c) = slots.ceiling {
+            max_enis = max_enis.min(c.enis.max(1));
+        }
         PoolPolicy {
-            max_enis: self.policy.max_enis.saturating_sub(taken).max(1),
+            max_enis,
             ..self.policy
         }
     }

@@ -271,8 +271,9 @@ pub struct Node {
     pub(crate) veth_prefix: String,
     /// ADDs waiting for an address.
     pub(crate) adds: AddQueue,
-    /// Attached ENIs left alone (trunk, EFA, no_manage, ...), by ID, with why ([`foreign`]).
-    pub(crate) foreign: Mutex<std::collections::BTreeMap<String, String>>,
+    /// The instance's ENI slots not in the datastore: ENIs left alone (trunk, EFA, no_manage, ...), ours still
+    /// waiting for host setup, and the limit EC2 enforced ([`foreign`]).
+    pub(crate) foreign: Mutex<foreign::Slots>,
 }
 
 impl std::fmt::Debug for Node {

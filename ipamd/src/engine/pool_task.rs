@@ -102,6 +102,10 @@ impl Node {
         let _actor = self.actor.lock().await;
         let now = self.deps.clock.now();
         let mut decision = self.next_decision();
+        if matches!(decision, Decision::AttachEni { .. }) && self.setup_pending_any() {
+            // An attached ENI waits for its host setup (reconcile finishes it): no second one in its place.
+            decision = Decision::Hold;
+        }
         let grows = matches!(
             decision,
             Decision::AssignIps { .. }
@@ -132,6 +136,16 @@ impl Node {
                 }
                 Decision::FreeEni { eni_id } => self.free_eni(eni_id).await,
             }
+        };
+        // EC2 refusing another ENI (AttachmentLimitExceeded, or no free device index) is the ENI limit, not an
+        // EC2 failure: stop asking and say so (see `foreign`).
+        let result = match result {
+            Err(Ec2Error::EniLimitExceeded { .. }) => {
+                self.hit_eni_limit();
+                decision = Decision::AtEniLimit { short: 0 };
+                Ok(())
+            }
+            other => other,
         };
         let now = self.deps.clock.now();
         let mut st = lock(&self.status);

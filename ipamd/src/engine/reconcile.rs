@@ -158,6 +158,7 @@ impl Node {
         let mut to_describe = Vec::new();
         let attached: Vec<String> = imds.iter().map(|ie| ie.eni_id.clone()).collect();
         self.forget_detached_foreign(&attached);
+        self.settle_pending_gone(&attached).await;
         for ie in &imds {
             match known.get(&ie.eni_id) {
                 None if self.is_foreign(&ie.eni_id) => {}
@@ -210,6 +211,7 @@ impl Node {
             if let Err(e) = self.load_eni(eni, &ips, &prefixes) {
                 tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
             }
+            self.settled(&d.id);
             tracing::info!(eni = %d.id, device = ie.device_number, "adopted ENI found in IMDS");
             report.adopted.push(d.id.clone());
         }
