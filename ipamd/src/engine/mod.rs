@@ -392,9 +392,6 @@ impl Node {
                 eni: ie.eni_id.clone(),
                 mac: ie.mac.clone(),
             })?;
-            let Some(primary_ip) = ie.ipv4s.first() else {
-                continue;
-            };
             let (ips, prefixes) = match described.get(&ie.eni_id) {
                 // IMDS lags: EC2 may already have detached it (never the primary, which cannot be).
                 Some(Some(d))
@@ -418,6 +415,10 @@ impl Node {
                     tracing::warn!(eni = %ie.eni_id, "ENI in IMDS but not in EC2: ignored");
                     continue;
                 }
+            };
+            // An ENI without IPv4 (IMDS has not caught up) is not usable yet; reconcile adopts it later.
+            let Some(primary_ip) = ie.ipv4s.first() else {
+                continue;
             };
             let mut eni = Eni::new(
                 &ie.eni_id,
