@@ -180,8 +180,19 @@ pub enum Ec2Error {
     #[error("{api}: {what} not found")]
     NotFound { api: &'static str, what: String },
     /// UnauthorizedOperation: the node's IAM role lacks a permission.
-    #[error("{api}: not authorized (UnauthorizedOperation); check the node's IAM policy")]
+    #[error(
+        "{api}: not authorized (UnauthorizedOperation): the node's IAM role lacks the action ec2:{api}; check \
+         the node's IAM policy (deploy/iam-policy.json lists every action ipamd calls)"
+    )]
     Unauthorized { api: &'static str },
+    /// No usable AWS credentials: none found, or the provider refused them (an IRSA role whose trust policy does
+    /// not admit the service account, STS AccessDenied, an expired web identity token). Permanent: retrying
+    /// cannot fix it.
+    #[error(
+        "{api}: no usable AWS credentials (not an EC2 problem; check the IAM role for the service account or the \
+         instance profile, and its trust policy): {message}"
+    )]
+    Credentials { api: &'static str, message: String },
     /// The call did not complete in time (network, endpoint down).
     #[error("{api}: timed out: {message}")]
     Timeout { api: &'static str, message: String },
@@ -204,6 +215,7 @@ impl Ec2Error {
             Ec2Error::IpLimitExceeded { .. } => "PrivateIpAddressLimitExceeded",
             Ec2Error::NotFound { .. } => "InvalidNetworkInterfaceID.NotFound",
             Ec2Error::Unauthorized { .. } => "UnauthorizedOperation",
+            Ec2Error::Credentials { .. } => "CredentialsError",
             Ec2Error::Timeout { .. } => "Timeout",
         }
     }
@@ -217,6 +229,7 @@ impl Ec2Error {
             | Ec2Error::IpLimitExceeded { api, .. }
             | Ec2Error::NotFound { api, .. }
             | Ec2Error::Unauthorized { api }
+            | Ec2Error::Credentials { api, .. }
             | Ec2Error::Timeout { api, .. }
             | Ec2Error::Other { api, .. } => api,
         }
