@@ -119,6 +119,8 @@ pub struct InstanceDescription {
     pub security_groups: Vec<String>,
     /// `(network card index, device index)` of every attached ENI.
     pub attachments: Vec<(u32, u32)>,
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down`, `terminated`.
+    pub state: String,
 }
 
 /// A subnet.

@@ -735,6 +735,11 @@ impl Ec2 for AwsEc2 {
                 .filter_map(|g| g.group_id().map(str::to_string))
                 .collect(),
             attachments,
+            state: inst
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default(),
         })
     }
 

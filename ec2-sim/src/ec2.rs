@@ -438,7 +438,17 @@ impl Ec2 for SimEc2 {
         let post = self.gate(api).await?;
         let res = {
             let st = self.lock();
-            if instance_id != st.instance_id {
+            if let Some(state) = st.other_instances.get(instance_id) {
+                Ok(InstanceDescription {
+                    instance_id: instance_id.to_string(),
+                    instance_type: st.instance_type.clone(),
+                    subnet_id: st.subnet_id.clone(),
+                    vpc_id: st.vpc_id.clone(),
+                    security_groups: st.security_groups.clone(),
+                    attachments: Vec::new(),
+                    state: state.clone(),
+                })
+            } else if instance_id != st.instance_id {
                 Err(Ec2Error::NotFound {
                     api,
                     what: format!("instance {instance_id}"),
@@ -455,6 +465,7 @@ impl Ec2 for SimEc2 {
                         .values()
                         .filter_map(|e| e.device_index.map(|d| (e.network_card_index, d)))
                         .collect(),
+                    state: "running".into(),
                 })
             }
         };

@@ -156,6 +156,7 @@ impl SimEc2 {
             enis: BTreeMap::new(),
             next_id: 1,
             client_tokens: BTreeMap::new(),
+            other_instances: BTreeMap::new(),
             calls: BTreeMap::new(),
             imds_reads: 0,
             imds_view: BTreeMap::new(),
@@ -253,6 +254,13 @@ impl SimEc2 {
     /// The instance's ID.
     pub fn instance_id(&self) -> String {
         self.lock().instance_id.clone()
+    }
+
+    /// Another instance (node) of the account in `state` (`running`, `terminated`); DescribeInstances shows it.
+    pub fn add_instance(&self, instance_id: &str, state: &str) {
+        self.lock()
+            .other_instances
+            .insert(instance_id.to_string(), state.to_string());
     }
 
     /// Every ENI in the account.

@@ -387,6 +387,7 @@ impl Node {
         let ids: Vec<String> = imds_enis.iter().map(|e| e.eni_id.clone()).collect();
         let described = node.describe_at_startup(&ids).await?;
         let now = node.deps.clock.now();
+        let mut adopted = Vec::new();
         for ie in imds_enis {
             let mac = MacAddr::parse(&ie.mac).ok_or_else(|| NodeError::BadMac {
                 eni: ie.eni_id.clone(),
@@ -407,6 +408,9 @@ impl Node {
                 Some(Some(d)) => {
                     if node.leave_alone(d, ie.device_number) {
                         continue;
+                    }
+                    if ie.device_number != 0 {
+                        adopted.push(d.clone());
                     }
                     (d.secondary_ips.clone(), d.ipv4_prefixes.clone())
                 }
@@ -433,6 +437,10 @@ impl Node {
                 .setup_eni(&eni, node.config.eni_mtu)
                 .await?;
             node.load_eni(eni, &ips, &prefixes)?;
+        }
+        // ENIs found attached: DeleteOnTermination and this instance's tag where missing (see `leak_gc`).
+        for d in &adopted {
+            node.finish_adoption(d).await;
         }
         node.restore(recovery.entries).await?;
         tracing::info!(

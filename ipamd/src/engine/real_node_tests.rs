@@ -1,6 +1,7 @@
 //! Tests of what a real EC2 does that a kinder double would hide (issue 15): ambiguous timeouts, limits EC2
 //! enforces, ENIs left behind. The engine against the simulator on a manual clock.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,10 @@ use crate::core::datastore::{IpamKey, PodMeta};
 use crate::core::pool::Decision;
 use crate::host::fakes::FakeHost;
 use ec2_api::clock::ManualClock;
+use ec2_api::{
+    CreateEniRequest, Ec2, IpRequest, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT,
+    TAG_INSTANCE_ID,
+};
 use ec2_sim::{Fault, SimEc2, SimSpec};
 
 async fn node_with(
@@ -130,4 +135,100 @@ async fn a_host_setup_failure_after_attach_keeps_the_eni_and_reconcile_finishes_
     assert!(n.datastore().eni(&ours[0].id).is_some());
     assert_eq!(n.policy().max_enis, 3, "its slot is the pool's again");
     assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&1));
+}
+
+fn leaked(sim: &SimEc2, owner: &str, cluster: &str) -> String {
+    let tags = BTreeMap::from([
+        (TAG_INSTANCE_ID.to_string(), owner.to_string()),
+        (TAG_CLUSTER_NAME.to_string(), cluster.to_string()),
+        (
+            TAG_CREATED_AT.to_string(),
+            "2025-12-01T00:00:00Z".to_string(),
+        ),
+    ]);
+    let eni = futures::executor::block_on(sim.create_network_interface(CreateEniRequest {
+        subnet_id: ec2_sim::SIM_SUBNET_ID.into(),
+        description: format!("{ENI_DESCRIPTION_PREFIX}{owner}"),
+        security_groups: Vec::new(),
+        tags,
+        ips: IpRequest::Secondary(1),
+    }))
+    .expect("create");
+    eni.id
+}
+
+#[tokio::test]
+async fn leaked_enis_of_this_node_and_of_terminated_nodes_of_the_cluster_go_and_no_others() {
+    let cfg = Config {
+        cluster_name: "blue".into(),
+        ..Config::default()
+    };
+    let (n, sim, _, _) = node_with("m5.large", cfg, |_| {}).await;
+    let me = sim.instance_id();
+    sim.add_instance("i-0dead", "terminated");
+    sim.add_instance("i-0alive", "running");
+    let mine = leaked(&sim, &me, "blue");
+    let dead = leaked(&sim, "i-0dead", "blue");
+    let vanished = leaked(&sim, "i-0gone", "blue");
+    let alive = leaked(&sim, "i-0alive", "blue");
+    let other_cluster = leaked(&sim, "i-0dead", "green");
+    let deleted = n.cleanup_leaked_enis().await.expect("cleanup");
+    assert_eq!(deleted, 3);
+    let left: Vec<String> = sim.all_enis().into_iter().map(|e| e.id).collect();
+    for id in [&mine, &dead, &vanished] {
+        assert!(!left.contains(id), "{id} should be gone: {left:?}");
+    }
+    for id in [&alive, &other_cluster] {
+        assert!(left.contains(id), "{id} must stay: {left:?}");
+    }
+}
+
+#[tokio::test]
+async fn without_a_cluster_name_only_this_nodes_leaks_go() {
+    let (n, sim, _, _) = node_with("m5.large", Config::default(), |_| {}).await;
+    let me = sim.instance_id();
+    sim.add_instance("i-0dead", "terminated");
+    let mine = leaked(&sim, &me, "");
+    let dead = leaked(&sim, "i-0dead", "");
+    assert_eq!(n.cleanup_leaked_enis().await.expect("cleanup"), 1);
+    let left: Vec<String> = sim.all_enis().into_iter().map(|e| e.id).collect();
+    assert!(!left.contains(&mine) && left.contains(&dead), "{left:?}");
+}
+
+#[tokio::test]
+async fn an_eni_found_attached_gets_delete_on_termination_and_the_instance_tag() {
+    let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
+    let me = sim.instance_id();
+    // A crash between attach and ModifyNetworkInterfaceAttribute, of an ENI someone made without our tag.
+    let eni = sim
+        .create_network_interface(CreateEniRequest {
+            subnet_id: ec2_sim::SIM_SUBNET_ID.into(),
+            description: format!("{ENI_DESCRIPTION_PREFIX}{me}"),
+            security_groups: Vec::new(),
+            tags: BTreeMap::new(),
+            ips: IpRequest::Secondary(2),
+        })
+        .await
+        .expect("create");
+    sim.attach_network_interface(&eni.id, &me, 1, 0)
+        .await
+        .expect("attach");
+    let deps = NodeDeps {
+        ec2: Arc::new(sim.clone()),
+        imds: Arc::new(sim.clone()),
+        hostnet: Arc::new(FakeHost::default()),
+        clock: Arc::new(clock),
+        cluster: Arc::new(crate::kube::NoCluster),
+    };
+    let n = Node::start(deps, Config::default(), None)
+        .await
+        .expect("init");
+    assert!(n.datastore().eni(&eni.id).is_some(), "adopted");
+    let d = sim
+        .all_enis()
+        .into_iter()
+        .find(|e| e.id == eni.id)
+        .expect("still there");
+    assert!(d.delete_on_termination, "{d:?}");
+    assert_eq!(d.tags.get(TAG_INSTANCE_ID), Some(&me), "{d:?}");
 }

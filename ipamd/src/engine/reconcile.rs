@@ -212,6 +212,7 @@ impl Node {
                 tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
             }
             self.settled(&d.id);
+            self.finish_adoption(d).await;
             tracing::info!(eni = %d.id, device = ie.device_number, "adopted ENI found in IMDS");
             report.adopted.push(d.id.clone());
         }

@@ -207,6 +207,7 @@ impl Node {
             if let Err(e) = self.load_eni(eni, &d.secondary_ips, &d.ipv4_prefixes) {
                 tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
             }
+            self.finish_adoption(&d).await;
             tracing::info!(eni = %d.id, device, "adopted an ENI IMDS does not list yet");
             adopted.push(d.id);
         }
