@@ -386,10 +386,8 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     };
     // One netlink socket for ENI setup and pod recovery; the veth reaper has its own (a veth's deletion waits
     // for RCU grace periods inside the kernel call, and must not hold ENI setup back).
-    let veth_prefix = ProcessEnv
-        .get("AWS_VPC_K8S_CNI_VETHPREFIX")
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "eni".into());
+    // The same reading (and check) as the installer's, which writes it into the plugin's conflist.
+    let veth_prefix = crate::config::env::veth_prefix(&|k| ProcessEnv.get(k))?;
     let snat = crate::host::snat::detect::choose_on_host(
         ProcessEnv
             .get(crate::host::snat::detect::BACKEND_ENV)

@@ -308,6 +308,33 @@ impl Config {
 }
 
 /// An environment for tests: the given pairs, nothing else.
+/// `AWS_VPC_K8S_CNI_VETHPREFIX`: the host-side veth prefix of pods, one setting for the plugin (through the
+/// conflist the installer writes), ipamd's restart recovery and veth reaper, and the SNAT/connmark rules, all read
+/// and checked by this one function: trimmed, default `eni`, 1 to 4 of `[A-Za-z0-9_.-]`, not `eth`, `lo`, `vlan`.
+pub fn veth_prefix(get: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let var = "AWS_VPC_K8S_CNI_VETHPREFIX";
+    let v = get(var)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "eni".into());
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if v.len() > 4 || !v.chars().all(allowed) {
+        return Err(invalid(
+            var,
+            &v,
+            "expected 1 to 4 of A-Z, a-z, 0-9, '_', '.', '-'",
+        ));
+    }
+    if ["eth", "lo", "vlan"].contains(&v.as_str()) {
+        return Err(invalid(
+            var,
+            &v,
+            "eth, lo and vlan are reserved for other interfaces",
+        ));
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 pub(crate) fn env_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -430,5 +457,26 @@ mod tests {
         assert_eq!(c.max_eni, None);
         let c = Config::from_env(&env(&[("MAX_ENI", "2")])).expect("valid");
         assert_eq!(c.max_eni, Some(2));
+    }
+}
+
+#[cfg(test)]
+mod veth_prefix_tests {
+    use super::veth_prefix;
+
+    fn read(v: Option<&str>) -> Result<String, String> {
+        let v = v.map(str::to_string);
+        veth_prefix(&|_| v.clone()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_veth_prefix_is_read_once_trimmed_defaulted_and_checked() {
+        assert_eq!(read(None).as_deref(), Ok("eni"));
+        assert_eq!(read(Some("")).as_deref(), Ok("eni"));
+        assert_eq!(read(Some(" cali ")).as_deref(), Ok("cali"));
+        for bad in ["toolong", "eth", "lo", "vlan", "a\"b"] {
+            let err = read(Some(bad)).expect_err(bad);
+            assert!(err.contains("AWS_VPC_K8S_CNI_VETHPREFIX"), "{err}");
+        }
     }
 }
