@@ -261,19 +261,28 @@ impl Node {
             rand::random::<u64>(),
             rand::random::<u64>()
         );
-        let eni = self
+        let req = CreateEniRequest {
+            subnet_id,
+            description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
+            security_groups,
+            tags: self.eni_tags(),
+            ips: request,
+        };
+        let eni = match self
             .ec2
-            .create_network_interface_with_token(
-                CreateEniRequest {
-                    subnet_id,
-                    description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
-                    security_groups,
-                    tags: self.eni_tags(),
-                    ips: request,
-                },
-                &client_token,
-            )
-            .await?;
+            .create_network_interface_with_token(req.clone(), &client_token)
+            .await
+        {
+            Ok(eni) => eni,
+            // Discovery placed it: the next candidate subnet may serve (see `subnets`).
+            Err(e @ Ec2Error::SubnetExhausted { .. })
+                if self.config.subnet_discovery
+                    && node_eni_config(self.deps.cluster.as_ref()).await.is_none() =>
+            {
+                self.create_in_next_subnet(&req, &client_token, e).await?
+            }
+            Err(e) => return Err(e),
+        };
         let attachment = match self
             .ec2
             .attach_network_interface(&eni.id, &self.meta.instance_id, device_index, 0)

@@ -41,6 +41,7 @@ pub mod pool_task;
 mod real_node_tests;
 pub mod reconcile;
 pub mod recovery;
+pub mod subnets;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::Ipv4Addr;

@@ -17,7 +17,8 @@ use ec2_api::{
     CreateEniRequest, Ec2, IpRequest, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT,
     TAG_INSTANCE_ID,
 };
-use ec2_sim::{Fault, SimEc2, SimSpec};
+use ec2_sim::{Fault, SimEc2, SimSpec, SimSubnet};
+use ipnetwork::Ipv4Network;
 
 async fn node_with(
     instance_type: &str,
@@ -231,4 +232,52 @@ async fn an_eni_found_attached_gets_delete_on_termination_and_the_instance_tag()
         .expect("still there");
     assert!(d.delete_on_termination, "{d:?}");
     assert_eq!(d.tags.get(TAG_INSTANCE_ID), Some(&me), "{d:?}");
+}
+
+#[tokio::test]
+async fn an_exhausted_discovery_subnet_makes_the_eni_go_to_the_next_candidate() {
+    // Prefix delegation. The tagged subnet has the most free addresses but no whole /28 (every 8th address is
+    // another tenant's): InsufficientCidrBlocks. The node's smaller subnet has whole blocks.
+    let cfg = Config {
+        prefix_delegation: true,
+        warm_prefix_target: 1,
+        ..Config::default()
+    };
+    let (n, sim, _, _) = node_with("t3.small", cfg, |s| {
+        s.subnet_cidr = "10.0.0.0/24".parse().expect("cidr");
+        let tagged: Ipv4Network = "10.0.16.0/20".parse().expect("cidr");
+        s.extra_subnets = vec![SimSubnet {
+            cidr: tagged,
+            tags: BTreeMap::from([("kubernetes.io/role/cni".to_string(), "1".to_string())]),
+        }];
+        s.taken = tagged.iter().step_by(8).collect();
+    })
+    .await;
+    // Pods until the primary ENI's prefixes are all taken and a second ENI is needed.
+    let mut pods = 0;
+    for _ in 0..16 {
+        n.fill()
+            .await
+            .expect("fill: never blocked by the exhausted subnet");
+        if sim.calls().get("CreateNetworkInterface").is_some() {
+            break;
+        }
+        for _ in 0..n.stats().available {
+            n.add(&key(&format!("c{pods}")), &PodMeta::default())
+                .expect("an address");
+            pods += 1;
+        }
+    }
+    let ours = created_by_us(&sim);
+    assert_eq!(
+        ours.len(),
+        1,
+        "{:?} {:?} {:?} pods {pods}",
+        sim.calls(),
+        n.stats(),
+        n.last_decision()
+    );
+    assert_eq!(ours[0].subnet_id, ec2_sim::SIM_SUBNET_ID);
+    assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&2));
+    assert_eq!(n.last_decision().1, None);
 }
