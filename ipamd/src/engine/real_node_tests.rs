@@ -259,7 +259,7 @@ async fn an_exhausted_discovery_subnet_makes_the_eni_go_to_the_next_candidate() 
         n.fill()
             .await
             .expect("fill: never blocked by the exhausted subnet");
-        if sim.calls().get("CreateNetworkInterface").is_some() {
+        if sim.calls().contains_key("CreateNetworkInterface") {
             break;
         }
         for _ in 0..n.stats().available {
