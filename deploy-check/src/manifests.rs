@@ -16,6 +16,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Name of the daemon's container.
 pub const MAIN: &str = "aws-node";
+/// Variables read by both the daemon (`aws-node`) and the conflist writer (`cni-conf`).
+pub const SHARED_VARIABLES: [&str; 2] = ["AWS_VPC_K8S_CNI_VETHPREFIX", "AWS_VPC_ENI_MTU"];
 /// Name of the init container (`ipamd install --phase init`).
 pub const INIT: &str = "aws-vpc-cni-init";
 /// Name of the conflist writer (`ipamd install --phase conflist`).
@@ -412,6 +414,18 @@ pub fn daemonset_problems(ds: &DaemonSet) -> Vec<String> {
         conf_env.get("HOST_CNI_CONFDIR_PATH").map(String::as_str) == Some("/host/etc/cni/net.d"),
         "the conflist container's HOST_CNI_CONFDIR_PATH must be its mount, /host/etc/cni/net.d",
     );
+
+    // A variable both the daemon and the conflist writer read is set in both (one value: below): left out of one,
+    // the two would disagree (a custom veth prefix only in the conflist makes ipamd's recovery think every pod
+    // gone, and its SNAT/connmark rules miss the pods' veths).
+    let main_env = env(main);
+    for var in SHARED_VARIABLES {
+        need(
+            &mut p,
+            main_env.contains_key(var) && conf_env.contains_key(var),
+            &format!("{var} must be set in both the {MAIN} and the {CONF} containers"),
+        );
+    }
 
     // One value per variable across containers.
     let mut seen: BTreeMap<String, (String, String)> = BTreeMap::new();

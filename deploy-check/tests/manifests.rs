@@ -411,6 +411,28 @@ fn the_invariant_check_catches_broken_daemonsets() {
             .any(|p| p.contains("AWS_VPC_ENI_MTU") && p.contains(CONF)),
         "{problems:?}"
     );
+    // The veth prefix set for the conflist writer only: ipamd would read another one.
+    let pos = text
+        .find("            - name: AWS_VPC_K8S_CNI_VETHPREFIX\n              value: eni\n")
+        .expect("main's veth prefix");
+    let broken = format!(
+        "{}{}",
+        &text[..pos],
+        text[pos..].replacen(
+            "            - name: AWS_VPC_K8S_CNI_VETHPREFIX\n              value: eni\n",
+            "",
+            1
+        )
+    );
+    let problems = daemonset_problems(&daemonset(
+        &parse_stream(&broken, "mutated").expect("parse"),
+    ));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("AWS_VPC_K8S_CNI_VETHPREFIX") && p.contains(MAIN)),
+        "{problems:?}"
+    );
 }
 
 #[test]

@@ -128,6 +128,8 @@ pub struct InstanceDescription {
     pub security_groups: Vec<String>,
     /// `(network card index, device index)` of every attached ENI.
     pub attachments: Vec<(u32, u32)>,
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down`, `terminated`.
+    pub state: String,
 }
 
 /// A subnet.
@@ -189,8 +191,19 @@ pub enum Ec2Error {
     #[error("{api}: {what} not found")]
     NotFound { api: &'static str, what: String },
     /// UnauthorizedOperation: the node's IAM role lacks a permission.
-    #[error("{api}: not authorized (UnauthorizedOperation); check the node's IAM policy")]
+    #[error(
+        "{api}: not authorized (UnauthorizedOperation): the node's IAM role lacks the action ec2:{api}; check \
+         the node's IAM policy (deploy/iam-policy.json lists every action ipamd calls)"
+    )]
     Unauthorized { api: &'static str },
+    /// No usable AWS credentials: none found, or the provider refused them (an IRSA role whose trust policy does
+    /// not admit the service account, STS AccessDenied, an expired web identity token). Permanent: retrying
+    /// cannot fix it.
+    #[error(
+        "{api}: no usable AWS credentials (not an EC2 problem; check the IAM role for the service account or the \
+         instance profile, and its trust policy): {message}"
+    )]
+    Credentials { api: &'static str, message: String },
     /// The call did not complete in time (network, endpoint down).
     #[error("{api}: timed out: {message}")]
     Timeout { api: &'static str, message: String },
@@ -213,6 +226,7 @@ impl Ec2Error {
             Ec2Error::IpLimitExceeded { .. } => "PrivateIpAddressLimitExceeded",
             Ec2Error::NotFound { .. } => "InvalidNetworkInterfaceID.NotFound",
             Ec2Error::Unauthorized { .. } => "UnauthorizedOperation",
+            Ec2Error::Credentials { .. } => "CredentialsError",
             Ec2Error::Timeout { .. } => "Timeout",
         }
     }
@@ -226,6 +240,7 @@ impl Ec2Error {
             | Ec2Error::IpLimitExceeded { api, .. }
             | Ec2Error::NotFound { api, .. }
             | Ec2Error::Unauthorized { api }
+            | Ec2Error::Credentials { api, .. }
             | Ec2Error::Timeout { api, .. }
             | Ec2Error::Other { api, .. } => api,
         }
@@ -252,6 +267,15 @@ pub trait Ec2: Send + Sync + 'static {
     async fn create_network_interface(
         &self,
         req: CreateEniRequest,
+    ) -> Result<EniDescription, Ec2Error>;
+    /// CreateNetworkInterface made idempotent with EC2's `ClientToken` (at most 64 ASCII characters): every retry
+    /// of one logical create, ours or the SDK's, carries the same token, so a create that timed out after EC2 made
+    /// the ENI returns that ENI when retried instead of making a second one. The same token with other parameters
+    /// is `IdempotentParameterMismatch`.
+    async fn create_network_interface_with_token(
+        &self,
+        req: CreateEniRequest,
+        client_token: &str,
     ) -> Result<EniDescription, Ec2Error>;
     /// AttachNetworkInterface; returns the attachment ID.
     async fn attach_network_interface(

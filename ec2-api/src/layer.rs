@@ -98,6 +98,19 @@ impl<L: Ec2Layer, E: Ec2 + ?Sized> Ec2 for Layered<L, E> {
             .await
     }
 
+    async fn create_network_interface_with_token(
+        &self,
+        req: CreateEniRequest,
+        client_token: &str,
+    ) -> Result<EniDescription, Ec2Error> {
+        let e = &*self.inner;
+        self.layer
+            .around(Api::CreateNetworkInterface, &|| {
+                e.create_network_interface_with_token(req.clone(), client_token)
+            })
+            .await
+    }
+
     async fn attach_network_interface(
         &self,
         eni_id: &str,

@@ -441,18 +441,21 @@ where
     Err(invalid(api, format!("more than {MAX_PAGES} pages")))
 }
 
-#[async_trait]
-impl Ec2 for AwsEc2 {
-    async fn create_network_interface(
+impl AwsEc2 {
+    /// CreateNetworkInterface, with EC2's `ClientToken` when given: the SDK's own retries reuse the request, and
+    /// so the token; ipamd's retries pass the same token again.
+    async fn create_eni(
         &self,
         req: CreateEniRequest,
+        client_token: Option<&str>,
     ) -> Result<EniDescription, Ec2Error> {
         const API: &str = "CreateNetworkInterface";
         let mut call = self
             .client
             .create_network_interface()
             .subnet_id(&req.subnet_id)
-            .description(&req.description);
+            .description(&req.description)
+            .set_client_token(client_token.map(str::to_string));
         if !req.security_groups.is_empty() {
             call = call.set_groups(Some(req.security_groups.clone()));
         }
@@ -480,6 +483,24 @@ impl Ec2 for AwsEc2 {
             .ok_or_else(|| invalid(API, "no NetworkInterface in the answer"))?;
         let mut enis = self.enis_from_sdk(API, std::slice::from_ref(ni)).await?;
         enis.pop().ok_or_else(|| invalid(API, "no ENI"))
+    }
+}
+
+#[async_trait]
+impl Ec2 for AwsEc2 {
+    async fn create_network_interface(
+        &self,
+        req: CreateEniRequest,
+    ) -> Result<EniDescription, Ec2Error> {
+        self.create_eni(req, None).await
+    }
+
+    async fn create_network_interface_with_token(
+        &self,
+        req: CreateEniRequest,
+        client_token: &str,
+    ) -> Result<EniDescription, Ec2Error> {
+        self.create_eni(req, Some(client_token)).await
     }
 
     async fn attach_network_interface(
@@ -761,6 +782,11 @@ impl Ec2 for AwsEc2 {
                 .filter_map(|g| g.group_id().map(str::to_string))
                 .collect(),
             attachments,
+            state: inst
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_default(),
         })
     }
 

@@ -19,6 +19,7 @@
 //! | `PrivateIpAddressLimitExceeded` | `IpLimitExceeded` |
 //! | `AttachmentLimitExceeded` | `EniLimitExceeded` |
 //! | `*.NotFound` (`InvalidNetworkInterfaceID.NotFound`, `InvalidInstanceID.NotFound`, ...) | `NotFound` |
+//! | no credentials, or the credentials provider failed (IRSA trust, STS `AccessDenied`) | `Credentials` (permanent) |
 //! | attempt or operation timeout, connection refused / reset / DNS / TLS failure | `Timeout` |
 //! | anything else, 5xx included | `Other` with EC2's code (or the HTTP status, e.g. `503`, when there is none) |
 //!
@@ -27,6 +28,7 @@
 
 use std::error::Error as StdError;
 
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -85,6 +87,9 @@ pub enum Failure {
     ClientThrottled(String),
     /// No answer: connection refused or reset, DNS, TLS.
     NoAnswer(String),
+    /// The request was never signed: no credentials, or the credentials provider failed (IRSA's
+    /// AssumeRoleWithWebIdentity refused, STS AccessDenied, no web identity token).
+    Credentials(String),
     /// An answer that could not be read as EC2's.
     BadResponse { status: u16, message: String },
     /// The request could not be built.
@@ -105,6 +110,11 @@ impl Failure {
                 status: se.raw().status().as_u16(),
             },
             SdkError::TimeoutError(_) => Failure::Timeout(text),
+            SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_)
+                if is_credentials_failure(err, &text) =>
+            {
+                Failure::Credentials(text)
+            }
             SdkError::DispatchFailure(df) => {
                 if let Some(throttled) = find_source::<ClientThrottled>(err) {
                     Failure::ClientThrottled(throttled.to_string())
@@ -121,6 +131,15 @@ impl Failure {
             SdkError::ConstructionFailure(_) => Failure::Construction(text),
             _ => Failure::NoAnswer(text),
         }
+    }
+}
+
+/// Whether a failure before any answer came from the credentials chain (the request was never signed): a
+/// [`CredentialsError`] in the source chain or, where the orchestrator flattened it, its text.
+pub fn is_credentials_failure(err: &(dyn StdError + 'static), text: &str) -> bool {
+    find_source::<CredentialsError>(err).is_some() || {
+        let t = text.to_ascii_lowercase();
+        t.contains("credentials") && !t.contains("timed out") && !t.contains("timeout")
     }
 }
 
@@ -153,6 +172,7 @@ pub fn classify(api: &'static str, ctx: &Context, failure: Failure) -> Ec2Error 
             message: format!("no answer from EC2: {message}"),
         },
         Failure::ClientThrottled(_) => Ec2Error::Throttled { api },
+        Failure::Credentials(message) => Ec2Error::Credentials { api, message },
         Failure::BadResponse { status, message } => Ec2Error::Other {
             api,
             code: if status >= 500 {
@@ -275,6 +295,52 @@ mod tests {
                 what: "eni-1 (InvalidNetworkInterfaceID.NotFound)".into()
             }
         );
+    }
+
+    #[test]
+    fn a_credentials_failure_is_permanent_and_says_so() {
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        for source in [
+            CredentialsError::provider_error(std::io::Error::other(
+                "AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity",
+            )),
+            CredentialsError::not_loaded("no providers in chain provided credentials"),
+        ] {
+            let err: SdkError<aws_sdk_ec2::Error, HttpResponse> =
+                SdkError::dispatch_failure(ConnectorError::other(Box::new(source), None));
+            let failure = Failure::from_sdk(&err);
+            assert!(matches!(failure, Failure::Credentials(_)), "{failure:?}");
+            let e = classify("DescribeNetworkInterfaces", &Context::default(), failure);
+            assert!(matches!(e, Ec2Error::Credentials { .. }), "{e:?}");
+            assert!(!e.is_retryable());
+            assert_eq!(e.code(), "CredentialsError");
+            let msg = e.to_string();
+            assert!(
+                msg.contains("no usable AWS credentials") && !msg.contains("no answer from EC2"),
+                "{msg}"
+            );
+        }
+        // A connection failure is still "no answer", retried.
+        let err: SdkError<aws_sdk_ec2::Error, HttpResponse> = SdkError::dispatch_failure(
+            ConnectorError::io(Box::new(std::io::Error::other("connection refused"))),
+        );
+        let e = classify("X", &Context::default(), Failure::from_sdk(&err));
+        assert!(
+            matches!(e, Ec2Error::Timeout { .. }) && e.is_retryable(),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unauthorized_names_the_missing_iam_action() {
+        let e = classify(
+            "CreateNetworkInterface",
+            &Context::default(),
+            service("UnauthorizedOperation", 403),
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("ec2:CreateNetworkInterface"), "{msg}");
+        assert!(!e.is_retryable());
     }
 
     #[test]

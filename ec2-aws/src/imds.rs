@@ -165,53 +165,85 @@ impl AwsImds {
         self.get(path).await
     }
 
-    async fn eni(&self, mac: &str, primary_mac: &str) -> Result<ImdsEni, ImdsError> {
+    /// One MAC's ENI, as the anchor reads it: the field list first; an ENI on another network card is skipped
+    /// (`None`) before any other field is read; a field that is listed but answers 404 (`local-ipv4s`,
+    /// `ipv4-prefix`: IMDS is eventually consistent) is empty; the subnet's CIDR is read only for an ENI with
+    /// IPv4 addresses (an `efa-only` ENI has none).
+    async fn eni(&self, mac: &str, primary_mac: &str) -> Result<Option<ImdsEni>, ImdsError> {
         let base = format!("network/interfaces/macs/{mac}");
         let fields = lines(&self.get_settled(&format!("{base}/")).await?);
         let has = |f: &str| fields.iter().any(|x| x.trim_end_matches('/') == f);
+        let network_card = if has("network-card") {
+            let p = format!("{base}/network-card");
+            match self.get_opt(&p).await? {
+                Some(v) => parse_u32(&p, &v)?,
+                None => 0,
+            }
+        } else {
+            0
+        };
+        if network_card != 0 {
+            return Ok(None);
+        }
         let eni_id = self.get_settled(&format!("{base}/interface-id")).await?;
         let device_path = format!("{base}/device-number");
         let device_number = parse_u32(&device_path, &self.get_settled(&device_path).await?)?;
         let subnet_id = self.get_settled(&format!("{base}/subnet-id")).await?;
-        let cidr_path = format!("{base}/subnet-ipv4-cidr-block");
-        let subnet_cidr = parse_net(&cidr_path, &self.get_settled(&cidr_path).await?)?;
-        let ipv4s = if has("local-ipv4s") {
+        let ipv4s: Vec<std::net::Ipv4Addr> = if has("local-ipv4s") {
             let p = format!("{base}/local-ipv4s");
-            parse_list(&p, &self.get(&p).await?)?
+            match self.get_opt(&p).await? {
+                Some(v) => parse_list(&p, &v)?,
+                None => Vec::new(),
+            }
         } else {
             Vec::new()
         };
         let ipv4_prefixes = if has("ipv4-prefix") {
             let p = format!("{base}/ipv4-prefix");
-            parse_list(&p, &self.get(&p).await?)?
+            match self.get_opt(&p).await? {
+                Some(v) => parse_list(&p, &v)?,
+                None => Vec::new(),
+            }
         } else {
             Vec::new()
         };
         let subnet_ipv6_cidrs = if has("subnet-ipv6-cidr-blocks") {
             let p = format!("{base}/subnet-ipv6-cidr-blocks");
-            parse_list(&p, &self.get(&p).await?)?
+            match self.get_opt(&p).await? {
+                Some(v) => parse_list(&p, &v)?,
+                None => Vec::new(),
+            }
         } else {
             Vec::new()
         };
         let ipv6s = if has("ipv6s") {
             let p = format!("{base}/ipv6s");
-            parse_list(&p, &self.get(&p).await?)?
+            match self.get_opt(&p).await? {
+                Some(v) => parse_list(&p, &v)?,
+                None => Vec::new(),
+            }
         } else {
             Vec::new()
         };
         let ipv6_prefixes = if has("ipv6-prefix") {
             let p = format!("{base}/ipv6-prefix");
-            parse_list(&p, &self.get(&p).await?)?
+            match self.get_opt(&p).await? {
+                Some(v) => parse_list(&p, &v)?,
+                None => Vec::new(),
+            }
         } else {
             Vec::new()
         };
-        let network_card = if has("network-card") {
-            let p = format!("{base}/network-card");
-            parse_u32(&p, &self.get(&p).await?)?
+        let cidr_path = format!("{base}/subnet-ipv4-cidr-block");
+        let subnet_cidr = if ipv4s.is_empty() {
+            match self.get_opt(&cidr_path).await? {
+                Some(v) => parse_net(&cidr_path, &v)?,
+                None => Ipv4Network::from(std::net::Ipv4Addr::UNSPECIFIED),
+            }
         } else {
-            0
+            parse_net(&cidr_path, &self.get_settled(&cidr_path).await?)?
         };
-        Ok(ImdsEni {
+        Ok(Some(ImdsEni {
             mac: mac.to_string(),
             eni_id: eni_id.trim().to_string(),
             // The anchor forces the primary ENI to device 0 whatever IMDS says.
@@ -224,7 +256,7 @@ impl AwsImds {
             subnet_ipv6_cidrs,
             ipv6s,
             ipv6_prefixes,
-        })
+        }))
     }
 }
 
@@ -347,7 +379,16 @@ impl Imds for AwsImds {
             .collect();
         let mut out = Vec::with_capacity(macs.len());
         for mac in &macs {
-            out.push(self.eni(mac, &primary_mac).await?);
+            // One odd MAC (a field that never settles, a value that does not parse) does not hide the others;
+            // the primary ENI's does fail the list (nothing works without it).
+            match self.eni(mac, &primary_mac).await {
+                Ok(Some(eni)) => out.push(eni),
+                Ok(None) => tracing::debug!(mac, "ENI on another network card: skipped"),
+                Err(e) if *mac != primary_mac => {
+                    tracing::warn!(mac, error = %e, "cannot read this ENI from IMDS: skipped for now")
+                }
+                Err(e) => return Err(e),
+            }
         }
         out.sort_by_key(|e| (e.network_card, e.device_number));
         Ok(out)

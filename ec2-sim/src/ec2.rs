@@ -337,6 +337,53 @@ impl Ec2 for SimEc2 {
         self.finish(api, post, res).await
     }
 
+    async fn create_network_interface_with_token(
+        &self,
+        req: CreateEniRequest,
+        client_token: &str,
+    ) -> Result<EniDescription, Ec2Error> {
+        let api = Api::CreateNetworkInterface.name();
+        let post = self.gate(api).await?;
+        let res = {
+            let mut st = self.lock();
+            let params = format!("{req:?}");
+            match st.client_tokens.get(client_token).cloned() {
+                _ if client_token.is_empty()
+                    || client_token.len() > 64
+                    || !client_token.is_ascii() =>
+                {
+                    Err(Ec2Error::Other {
+                        api,
+                        code: "InvalidParameterValue".into(),
+                        message: "ClientToken must be 1 to 64 ASCII characters".into(),
+                    })
+                }
+                Some((p, id)) if p == params => {
+                    st.enis.get(&id).cloned().ok_or_else(|| not_found(api, &id))
+                }
+                Some(_) => Err(Ec2Error::Other {
+                    api,
+                    code: "IdempotentParameterMismatch".into(),
+                    message: format!(
+                        "the client token {client_token} was used with different parameters"
+                    ),
+                }),
+                None => {
+                    match new_eni(&mut st, &req.subnet_id, req.description, req.tags, req.ips) {
+                        Ok(eni) => {
+                            st.enis.insert(eni.id.clone(), eni.clone());
+                            st.client_tokens
+                                .insert(client_token.to_string(), (params, eni.id.clone()));
+                            Ok(eni)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+        };
+        self.finish(api, post, res).await
+    }
+
     async fn attach_network_interface(
         &self,
         eni_id: &str,
@@ -460,7 +507,17 @@ impl Ec2 for SimEc2 {
         let post = self.gate(api).await?;
         let res = {
             let st = self.lock();
-            if instance_id != st.instance_id {
+            if let Some(state) = st.other_instances.get(instance_id) {
+                Ok(InstanceDescription {
+                    instance_id: instance_id.to_string(),
+                    instance_type: st.instance_type.clone(),
+                    subnet_id: st.subnet_id.clone(),
+                    vpc_id: st.vpc_id.clone(),
+                    security_groups: st.security_groups.clone(),
+                    attachments: Vec::new(),
+                    state: state.clone(),
+                })
+            } else if instance_id != st.instance_id {
                 Err(Ec2Error::NotFound {
                     api,
                     what: format!("instance {instance_id}"),
@@ -477,6 +534,7 @@ impl Ec2 for SimEc2 {
                         .values()
                         .filter_map(|e| e.device_index.map(|d| (e.network_card_index, d)))
                         .collect(),
+                    state: "running".into(),
                 })
             }
         };

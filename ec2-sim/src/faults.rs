@@ -67,6 +67,7 @@ impl SimEc2 {
             }),
             Some(Fault::Throttle) => Err(Ec2Error::Throttled { api }),
             Some(Fault::Unauthorized) => Err(Ec2Error::Unauthorized { api }),
+            Some(Fault::AttachmentLimit) => Err(Ec2Error::EniLimitExceeded { api }),
             Some(Fault::Timeout) => {
                 self.clock.sleep(self.timeout).await;
                 Err(Ec2Error::Timeout {

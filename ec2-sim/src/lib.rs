@@ -12,6 +12,9 @@
 //! - **Attach latency**: an ENI stays `attaching` (and its NIC absent) for [`SimSpec::attach_latency`].
 //! - **Throttling**: a token bucket per API, like EC2's request-rate limits (mutating and non-mutating actions have
 //!   different sizes), answering `RequestLimitExceeded`; [`SimEc2::throttle_for`] makes every call fail for a while.
+//! - **Idempotency**: CreateNetworkInterface with a `ClientToken` is done once: the same token with the same
+//!   parameters returns the ENI the first call made (so a retry after a timeout that EC2 had applied makes no
+//!   second ENI), with other parameters it is `IdempotentParameterMismatch`, as on EC2.
 //! - **Faults**: [`SimEc2::inject_faults`] makes the next N calls (of one API or any) fail with a 5xx, time out
 //!   before or after EC2 applied them (the ambiguous case a client must reconcile), or be throttled.
 //!
@@ -53,7 +56,7 @@ use ec2_api::{Api, EniDescription, IpRequest};
 use instance_limits::InstanceLimits;
 
 pub use hotplug::{NicHotplug, NoHotplug, SimNic};
-pub use spec::{Fault, SimError, SimSpec, SimSubnet, ThrottleSpec, SIM_SUBNET_ID};
+pub use spec::{Fault, ForeignEni, SimError, SimSpec, SimSubnet, ThrottleSpec, SIM_SUBNET_ID};
 
 use imds::{apply_imds, imds_eni_of};
 use state::{new_eni, subnet_free, SimState, SubnetState};
@@ -161,6 +164,8 @@ impl SimEc2 {
             enis: BTreeMap::new(),
             eni_security_groups: BTreeMap::new(),
             next_id: 1,
+            client_tokens: BTreeMap::new(),
+            other_instances: BTreeMap::new(),
             calls: BTreeMap::new(),
             imds_reads: 0,
             imds_view: BTreeMap::new(),
@@ -189,6 +194,38 @@ impl SimEc2 {
             eni.status = "in-use".into();
             eni.delete_on_termination = true;
         }
+        let mut attached = vec![primary_id.clone()];
+        for (i, f) in spec.foreign_enis.iter().enumerate() {
+            let mut eni = new_eni(
+                &mut state,
+                SIM_SUBNET_ID,
+                format!("{} interface of another component", f.interface_type),
+                f.tags.clone(),
+                IpRequest::Secondary(0),
+            )
+            .map_err(|e| SimError::Plug(e.to_string()))?;
+            let device = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            eni.interface_type = f.interface_type.clone();
+            eni.device_index = Some(device);
+            eni.attachment_id = Some(format!("eni-attach-{}", eni.id.trim_start_matches("eni-")));
+            eni.instance_id = Some(state.instance_id.clone());
+            eni.status = "in-use".into();
+            eni.delete_on_termination = true;
+            attached.push(eni.id.clone());
+            state.enis.insert(eni.id.clone(), eni);
+        }
+        let on_card0 = state
+            .network_cards
+            .iter()
+            .find(|(c, _)| *c == 0)
+            .map_or(0, |c| c.1);
+        if attached.len() > on_card0 as usize {
+            return Err(SimError::Setting(format!(
+                "{} ENIs do not fit the {on_card0} slots of {}",
+                attached.len(),
+                spec.instance_type
+            )));
+        }
         let imds_lag = spec.imds_lag;
         let sim = SimEc2::assemble(state, spec, hotplug);
         // The primary ENI is visible at boot; later changes lag.
@@ -196,12 +233,16 @@ impl SimEc2 {
             imds_lag: Duration::ZERO,
             ..sim
         };
-        sim.publish(&primary_id);
+        for id in &attached {
+            sim.publish(id);
+        }
         let sim = SimEc2 { imds_lag, ..sim };
-        let nic = sim
-            .nic_of(&primary_id)
-            .ok_or_else(|| SimError::Plug("primary ENI vanished".into()))?;
-        sim.hotplug.plug(nic).await.map_err(SimError::Plug)?;
+        for id in &attached {
+            let nic = sim
+                .nic_of(id)
+                .ok_or_else(|| SimError::Plug(format!("ENI {id} vanished")))?;
+            sim.hotplug.plug(nic).await.map_err(SimError::Plug)?;
+        }
         sim.snapshot();
         Ok(sim)
     }
@@ -224,6 +265,13 @@ impl SimEc2 {
     /// The instance's ID.
     pub fn instance_id(&self) -> String {
         self.lock().instance_id.clone()
+    }
+
+    /// Another instance (node) of the account in `state` (`running`, `terminated`); DescribeInstances shows it.
+    pub fn add_instance(&self, instance_id: &str, state: &str) {
+        self.lock()
+            .other_instances
+            .insert(instance_id.to_string(), state.to_string());
     }
 
     /// Every ENI in the account.

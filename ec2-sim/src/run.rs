@@ -75,6 +75,8 @@ pub struct RunSpec {
     pub mtu: u32,
     /// More subnets of the VPC (a fresh instance only; a resumed one has its own).
     pub extra_subnets: Vec<crate::SimSubnet>,
+    /// ENIs of other components attached at launch (a fresh instance only).
+    pub foreign_enis: Vec<crate::spec::ForeignEni>,
 }
 
 /// The named fabric namespace of the instance whose state is in `state_file`: `awscni-sim-<hash>`, stable
@@ -97,6 +99,7 @@ pub async fn start(spec: RunSpec) -> Result<SimEc2, SimError> {
     sim_spec.state_file = state_file.clone();
     sim_spec.api_latency = spec.api_latency;
     sim_spec.extra_subnets = spec.extra_subnets.clone();
+    sim_spec.foreign_enis = spec.foreign_enis.clone();
     let subnet = sim_spec.subnet_cidr;
     let fabric = match (&spec.placement.fabric, &state_file) {
         (Fabric::Kept, Some(state)) => {

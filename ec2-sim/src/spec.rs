@@ -22,6 +22,8 @@ pub enum SimError {
     State { path: PathBuf, reason: String },
     #[error("simulator state {path}: cannot plug the saved ENIs back: {reason}")]
     Restore { path: PathBuf, reason: String },
+    #[error("invalid simulator setting: {0}")]
+    Setting(String),
     #[error("building the simulated VPC: {0}")]
     Fabric(#[source] datapath::NetlinkError),
 }
@@ -34,6 +36,42 @@ pub struct SimSubnet {
     pub tags: BTreeMap<String, String>,
     /// Its availability zone; `None`: the instance's.
     pub availability_zone: Option<String>,
+}
+
+/// An ENI another component attached to the instance before ipamd started: the VPC resource controller's trunk
+/// ENI, an EFA ENI, a user's ENI (Multus), untagged or tagged `node.k8s.amazonaws.com/no_manage=true`. It takes
+/// an ENI slot on network card 0 like any other, as on EC2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignEni {
+    /// EC2's `InterfaceType`: `interface`, `trunk`, `efa`, `efa-only`.
+    pub interface_type: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl std::str::FromStr for ForeignEni {
+    type Err = String;
+
+    /// `trunk`, `efa`, `efa-only`, `untagged` (a plain ENI without tags) or `no_manage` (a plain ENI tagged
+    /// `node.k8s.amazonaws.com/no_manage=true`).
+    fn from_str(s: &str) -> Result<ForeignEni, String> {
+        let (interface_type, tags) = match s {
+            "trunk" | "efa" | "efa-only" => (s, BTreeMap::new()),
+            "untagged" => ("interface", BTreeMap::new()),
+            "no_manage" => (
+                "interface",
+                BTreeMap::from([(ec2_api::TAG_NO_MANAGE.to_string(), "true".to_string())]),
+            ),
+            other => {
+                return Err(format!(
+                    "unknown foreign ENI kind {other:?} (trunk, efa, efa-only, untagged, no_manage)"
+                ))
+            }
+        };
+        Ok(ForeignEni {
+            interface_type: interface_type.to_string(),
+            tags,
+        })
+    }
 }
 
 /// EC2's request-rate buckets: `(capacity, refill per second)`.
@@ -70,6 +108,8 @@ pub enum Fault {
     Throttle,
     /// `UnauthorizedOperation`: the IAM policy lacks the permission; nothing applied.
     Unauthorized,
+    /// `AttachmentLimitExceeded`: EC2 allows fewer ENIs than the instance-type table says; nothing applied.
+    AttachmentLimit,
 }
 
 /// Simulator settings.
@@ -98,6 +138,8 @@ pub struct SimSpec {
     pub api_latency: Duration,
     /// Server-side throttling; `None` = unlimited.
     pub throttle: Option<ThrottleSpec>,
+    /// ENIs attached to the instance at launch besides the primary (device indexes 1, 2, ... of card 0).
+    pub foreign_enis: Vec<ForeignEni>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -137,6 +179,7 @@ impl SimSpec {
             timeout: Duration::from_secs(10),
             api_latency: Duration::ZERO,
             throttle: Some(ThrottleSpec::default()),
+            foreign_enis: Vec::new(),
             clock: Arc::new(SystemClock::default()),
         }
     }

@@ -63,6 +63,12 @@ pub(crate) struct SimState {
     #[serde(default)]
     pub(crate) eni_security_groups: BTreeMap<String, Vec<String>>,
     pub(crate) next_id: u64,
+    /// `ClientToken` of every CreateNetworkInterface that had one: the request's parameters and the ENI made.
+    #[serde(default)]
+    pub(crate) client_tokens: BTreeMap<String, (String, String)>,
+    /// Other instances of the account (other nodes), by ID, with their state (`running`, `terminated`).
+    #[serde(default)]
+    pub(crate) other_instances: BTreeMap<String, String>,
     #[serde(deserialize_with = "load_calls")]
     pub(crate) calls: BTreeMap<&'static str, u64>,
     pub(crate) imds_reads: u64,

@@ -571,3 +571,33 @@ async fn ipv6_prefixes_are_80s_of_the_subnets_64_seen_in_describe_and_imds() {
     assert!(e.to_string().contains("no IPv6 CIDR"), "{e}");
     assert!(v4only.all_enis()[0].ipv6_addresses.is_empty());
 }
+
+#[tokio::test]
+async fn a_client_token_makes_create_happen_once_as_on_ec2() {
+    let s = sim("m5.large").await;
+    let before = s.all_enis().len();
+    let a = s
+        .create_network_interface_with_token(req(IpRequest::Secondary(2)), "tok-1")
+        .await
+        .expect("create");
+    let again = s
+        .create_network_interface_with_token(req(IpRequest::Secondary(2)), "tok-1")
+        .await
+        .expect("same token, same parameters: the same ENI");
+    assert_eq!(again.id, a.id);
+    assert_eq!(s.all_enis().len(), before + 1);
+    let err = s
+        .create_network_interface_with_token(req(IpRequest::Secondary(3)), "tok-1")
+        .await
+        .expect_err("same token, other parameters");
+    assert_eq!(err.code(), "IdempotentParameterMismatch", "{err}");
+    let b = s
+        .create_network_interface_with_token(req(IpRequest::Secondary(2)), "tok-2")
+        .await
+        .expect("another token: another ENI");
+    assert_ne!(b.id, a.id);
+    assert!(s
+        .create_network_interface_with_token(req(IpRequest::Secondary(2)), &"x".repeat(65))
+        .await
+        .is_err());
+}

@@ -56,6 +56,19 @@ struct State {
     /// How long new ENIs lag, and since when (ENIs seen before then never lag).
     lag: Mutex<(Duration, Instant)>,
     counters: Arc<Counters>,
+    /// Quirks of a real IMDS: extra MACs listed, and paths answered differently (`None`: 404).
+    quirks: Mutex<Quirks>,
+    /// Every path asked for (relative to `/latest/meta-data/`).
+    asked: Mutex<Vec<String>>,
+}
+
+/// See [`ImdsServer::set_quirks`].
+#[derive(Debug, Clone, Default)]
+pub struct Quirks {
+    /// MACs listed under `network/interfaces/macs/` besides the instance's ENIs.
+    pub extra_macs: Vec<String>,
+    /// Answers that replace the instance's (`None`: 404).
+    pub paths: HashMap<String, Option<String>>,
 }
 
 /// See the module docs. Stops on drop.
@@ -91,6 +104,8 @@ impl ImdsServer {
             first_seen: Mutex::default(),
             lag: Mutex::new((Duration::ZERO, Instant::now())),
             counters: Arc::clone(&counters),
+            quirks: Mutex::default(),
+            asked: Mutex::default(),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         let st = Arc::clone(&state);
@@ -128,6 +143,16 @@ impl ImdsServer {
     /// See the module docs.
     pub fn set_lag(&self, lag: Duration) {
         *lock(&self.state.lag) = (lag, Instant::now());
+    }
+
+    /// Serves these quirks from now on (what a real IMDS does that moto's state does not show).
+    pub fn set_quirks(&self, quirks: Quirks) {
+        *lock(&self.state.quirks) = quirks;
+    }
+
+    /// Every path asked for so far (relative to `/latest/meta-data/`).
+    pub fn asked(&self) -> Vec<String> {
+        lock(&self.state.asked).clone()
     }
 
     /// Drops the cached view of moto, so the next request sees EC2's state as it is now.
@@ -233,7 +258,22 @@ async fn handle(st: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 Err(e) => return reply(StatusCode::INTERNAL_SERVER_ERROR, e),
             };
             let lagging = lagging_macs(st, &view);
-            match render(&view, p.strip_prefix(META).unwrap_or(""), &lagging) {
+            let path = p.strip_prefix(META).unwrap_or("");
+            lock(&st.asked).push(path.to_string());
+            let quirks = lock(&st.quirks).clone();
+            let answer = match quirks.paths.get(path) {
+                Some(a) => a.clone(),
+                None => render(&view, path, &lagging).map(|body| {
+                    if path.trim_end_matches('/') == "network/interfaces/macs" {
+                        let mut all = vec![body];
+                        all.extend(quirks.extra_macs.iter().map(|m| format!("{m}/")));
+                        all.join("\n")
+                    } else {
+                        body
+                    }
+                }),
+            };
+            match answer {
                 Some(body) => reply(StatusCode::OK, body),
                 None => reply(StatusCode::NOT_FOUND, "Not Found"),
             }

@@ -452,3 +452,21 @@ async fn ec2_errors_arrive_classified() {
     assert!(err.is_retryable());
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }
+
+/// The leaked-ENI cleanup deletes another node's leaks only once EC2 reports that node terminated.
+#[tokio::test]
+async fn describe_instance_reports_the_instance_state_the_leak_cleanup_relies_on() {
+    let w = world("10.13.0.0/16", "10.13.0.0/20").await;
+    let other_node = run_instance(w.ec2.sdk(), &w.vpc, "m5.large").await;
+    let me = w.ec2.describe_instance(&w.instance).await.expect("me");
+    assert_eq!(me.state, "running");
+    w.ec2
+        .sdk()
+        .terminate_instances()
+        .instance_ids(&other_node)
+        .send()
+        .await
+        .expect("terminate");
+    let other = w.ec2.describe_instance(&other_node).await.expect("other");
+    assert_eq!(other.state, "terminated");
+}

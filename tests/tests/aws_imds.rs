@@ -9,10 +9,10 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ec2_api::{CreateEniRequest, Ec2, Imds, ImdsError, IpRequest};
+use ec2_api::{CreateEniRequest, Ec2, Imds, IpRequest};
 use ec2_aws::{AwsEc2, AwsImds};
 use integration_tests::aws::{create_vpc, ec2_on, node_view, run_instance, Vpc};
-use integration_tests::imds_server::ImdsServer;
+use integration_tests::imds_server::{ImdsServer, Quirks};
 use integration_tests::moto::Moto;
 
 struct World {
@@ -215,15 +215,75 @@ async fn a_freshly_attached_eni_is_waited_for_until_imds_catches_up() {
     assert_eq!(enis[1].eni_id, eni_id);
     assert_eq!(enis[1].ipv4s.len(), 2);
 
-    // An ENI that never settles is an error naming the path, after a few seconds, not a hang.
+    // An ENI that never settles is left out after a few seconds (not a hang), and the others are still listed:
+    // one odd MAC does not fail the whole list.
     server.set_lag(Duration::from_secs(600));
-    attach_eni(&w, 2, 0).await;
+    let never = attach_eni(&w, 2, 0).await;
     server.refresh();
     let started = Instant::now();
-    let err = imds.enis().await.expect_err("never settles");
+    let enis = imds.enis().await.expect("the settled ENIs are listed");
     assert!(started.elapsed() < Duration::from_secs(15));
-    let ImdsError::Request { path, .. } = &err else {
-        panic!("{err:?}");
+    assert_eq!(enis.len(), 2, "{enis:?}");
+    assert!(enis.iter().all(|e| e.eni_id != never), "{enis:?}");
+}
+
+/// IMDS as EC2 serves it: a listed field answering 404 (eventual consistency) is empty, not fatal; an ENI on
+/// another network card is skipped before its fields are read; one odd MAC does not fail the whole list.
+#[tokio::test]
+async fn a_404_field_is_empty_other_cards_are_skipped_unread_and_an_odd_mac_fails_nothing() {
+    let w = world(24).await;
+    let eni_id = attach_eni(&w, 1, 2).await;
+    let server = ImdsServer::start_local(w.ec2.sdk().clone(), &w.instance);
+    let imds = AwsImds::with_endpoint(&server.endpoint()).expect("client");
+    let truth = node_view(w.ec2.sdk(), &w.instance).await.expect("moto");
+    let second_mac = truth
+        .enis
+        .values()
+        .find(|e| e.eni_id == eni_id)
+        .expect("the attached ENI")
+        .mac
+        .clone();
+    let card1 = "0e:00:00:00:0c:01";
+    let odd = "0e:00:00:00:0d:01";
+    let mut quirks = Quirks {
+        extra_macs: vec![card1.to_string(), odd.to_string()],
+        ..Quirks::default()
     };
-    assert!(path.starts_with("network/interfaces/macs/"), "{path}");
+    let base = |mac: &str| format!("network/interfaces/macs/{mac}");
+    let mut set = |path: String, v: Option<&str>| {
+        quirks.paths.insert(path, v.map(str::to_string));
+    };
+    // Listed but not there yet.
+    set(format!("{}/local-ipv4s", base(&second_mac)), None);
+    // Network card 1: only its field list and its card are there to read.
+    set(
+        format!("{}/", base(card1)),
+        Some("device-number\ninterface-id\nlocal-ipv4s\nnetwork-card\nsubnet-id"),
+    );
+    set(format!("{}/network-card", base(card1)), Some("1"));
+    // An odd MAC: its device number does not parse.
+    set(
+        format!("{}/", base(odd)),
+        Some("device-number\ninterface-id\nsubnet-id"),
+    );
+    set(format!("{}/interface-id", base(odd)), Some("eni-0odd"));
+    set(format!("{}/device-number", base(odd)), Some("not-a-number"));
+    set(format!("{}/subnet-id", base(odd)), Some("subnet-odd"));
+    server.set_quirks(quirks);
+
+    let enis = imds.enis().await.expect("the list survives the odd MAC");
+    let ids: Vec<&str> = enis.iter().map(|e| e.eni_id.as_str()).collect();
+    assert_eq!(enis.len(), 2, "{enis:?}");
+    assert!(!ids.contains(&"eni-0odd"), "{ids:?}");
+    let second = enis.iter().find(|e| e.eni_id == eni_id).expect("listed");
+    assert!(second.ipv4s.is_empty(), "404 is empty: {second:?}");
+    assert_eq!(second.subnet_cidr.to_string(), "10.24.0.0/20");
+    let asked = server.asked();
+    let card1_reads: Vec<&String> = asked.iter().filter(|p| p.contains(card1)).collect();
+    assert!(
+        card1_reads
+            .iter()
+            .all(|p| p.ends_with('/') || p.ends_with("network-card")),
+        "read beyond the card: {card1_reads:?}"
+    );
 }

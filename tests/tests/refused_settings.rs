@@ -53,7 +53,6 @@ fn unsupported_anchor_modes_stop_startup_naming_the_variable() {
         ("ENABLE_POD_ENI", "true", "security groups for pods"),
         ("ENABLE_IPv6", "true", "IPv6"),
         ("ENABLE_MULTI_NIC", "true", "network cards"),
-        ("MANAGE_UNTAGGED_ENI", "false", "untagged ENIs"),
         ("AWS_EXTERNAL_SERVICE_CIDRS", "10.100.0.0/16", "rule 1535"),
     ];
     for (var, value, why) in cases {

@@ -95,6 +95,10 @@ pub struct RunOptions {
     /// cluster.
     #[arg(long, value_name = "FILE")]
     pub cluster_objects: Option<PathBuf>,
+    /// Attach an ENI of another component to a fresh simulated instance at launch (repeatable): `trunk`, `efa`,
+    /// `efa-only`, `untagged`, `no_manage` (sim backend).
+    #[arg(long = "sim-foreign-eni")]
+    pub sim_foreign_enis: Vec<String>,
     /// Override the max-pods value computed from the instance type.
     #[arg(long)]
     pub max_pods: Option<u32>,
@@ -344,6 +348,12 @@ async fn ec2_stack(
                     .iter()
                     .map(|v| sim_subnet(v))
                     .collect::<Result<_, _>>()?,
+                foreign_enis: opts
+                    .sim_foreign_enis
+                    .iter()
+                    .map(|k| k.parse())
+                    .collect::<Result<_, String>>()
+                    .map_err(|e| DaemonError::from(SimError::Setting(e)))?,
             })
             .await?;
             for (fault, api, count) in sim_faults(&ProcessEnv)? {
@@ -442,10 +452,8 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     };
     // One netlink socket for ENI setup and pod recovery; the veth reaper has its own (a veth's deletion waits
     // for RCU grace periods inside the kernel call, and must not hold ENI setup back).
-    let veth_prefix = ProcessEnv
-        .get("AWS_VPC_K8S_CNI_VETHPREFIX")
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "eni".into());
+    // The same reading (and check) as the installer's, which writes it into the plugin's conflist.
+    let veth_prefix = crate::config::env::veth_prefix(&|k| ProcessEnv.get(k))?;
     let snat = crate::host::snat::detect::choose_on_host(
         ProcessEnv
             .get(crate::host::snat::detect::BACKEND_ENV)

@@ -55,6 +55,7 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
     ("DISABLE_NETWORK_RESOURCE_PROVISIONING", Stance::Read("ipamd")),
     ("DISABLE_LEAKED_ENI_CLEANUP", Stance::Read("ipamd")),
     ("ENABLE_SUBNET_DISCOVERY", Stance::Read("ipamd")),
+    ("MANAGE_UNTAGGED_ENI", Stance::Read("ipamd")),
     ("AWS_VPC_K8S_CNI_EXTERNALSNAT", Stance::Read("ipamd")),
     ("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", Stance::Read("ipamd")),
     ("AWS_VPC_K8S_CNI_RANDOMIZESNAT", Stance::Read("ipamd")),
@@ -123,14 +124,6 @@ pub const ANCHOR_VARIABLES: &[(&str, Stance)] = &[
             default: Default::Bool(false),
             why: "IMDS-only mode is not supported: ipamd would still call EC2 (to describe, create and clean up \
                   ENIs) where the operator asked for no EC2 calls at all",
-        },
-    ),
-    (
-        "MANAGE_UNTAGGED_ENI",
-        Stance::Refused {
-            default: Default::Bool(true),
-            why: "leaving untagged ENIs alone is not supported yet: ipamd would assign addresses on (and could \
-                  detach) ENIs that belong to another component such as Multus",
         },
     ),
     (

@@ -22,6 +22,7 @@
 //! | `AWS_VPC_CNI_NODE_PORT_SUPPORT` | true | mark NodePort traffic so replies leave through the primary ENI |
 //! | `AWS_VPC_ENI_MTU` | 9001 | ENI MTU (576-9001) |
 //! | `POD_MTU` | `AWS_VPC_ENI_MTU` | pod veth MTU (576-9001) |
+//! | `MANAGE_UNTAGGED_ENI` | true | false: ENIs without this instance's `instance_id` tag are left alone |
 //! | `ENABLE_SUBNET_DISCOVERY` | true | new ENIs go to the subnet with most free IPs among the node's and those tagged `kubernetes.io/role/cni` |
 //! | `CLUSTER_NAME` | "" | cluster tag on new ENIs, and leak-cleanup filter |
 //! | `ADDITIONAL_ENI_TAGS` | {} | JSON object of extra ENI tags (keys containing `k8s.amazonaws.com` dropped) |
@@ -94,6 +95,8 @@ pub const ENV_RANDOMIZE_SNAT: &str = "AWS_VPC_K8S_CNI_RANDOMIZESNAT";
 pub const ENV_CONNMARK: &str = "AWS_VPC_K8S_CNI_CONNMARK";
 pub const ENV_NODE_PORT_SUPPORT: &str = "AWS_VPC_CNI_NODE_PORT_SUPPORT";
 pub const ENV_ENABLE_SUBNET_DISCOVERY: &str = "ENABLE_SUBNET_DISCOVERY";
+/// `MANAGE_UNTAGGED_ENI`.
+pub const ENV_MANAGE_UNTAGGED_ENI: &str = "MANAGE_UNTAGGED_ENI";
 pub const ENV_CLUSTER_NAME: &str = "CLUSTER_NAME";
 pub const ENV_ANNOTATE_POD_IP: &str = "ANNOTATE_POD_IP";
 pub const ENV_MANAGE_ENIS_NON_SCHEDULABLE: &str = "AWS_MANAGE_ENIS_NON_SCHEDULABLE";
@@ -351,6 +354,7 @@ impl Config {
             connmark: parse_mark(env)?,
             node_port_support: parse_bool(env, ENV_NODE_PORT_SUPPORT)?.unwrap_or(true),
             subnet_discovery: parse_bool(env, ENV_ENABLE_SUBNET_DISCOVERY)?.unwrap_or(true),
+            manage_untagged_eni: parse_bool(env, ENV_MANAGE_UNTAGGED_ENI)?.unwrap_or(true),
             cluster_name,
             additional_eni_tags: parse_tags(env)?,
             disable_leaked_eni_cleanup: parse_bool(env, ENV_DISABLE_LEAKED_ENI_CLEANUP)?
@@ -380,6 +384,33 @@ impl Config {
 }
 
 /// An environment for tests: the given pairs, nothing else.
+/// `AWS_VPC_K8S_CNI_VETHPREFIX`: the host-side veth prefix of pods, one setting for the plugin (through the
+/// conflist the installer writes), ipamd's restart recovery and veth reaper, and the SNAT/connmark rules, all read
+/// and checked by this one function: trimmed, default `eni`, 1 to 4 of `[A-Za-z0-9_.-]`, not `eth`, `lo`, `vlan`.
+pub fn veth_prefix(get: &dyn Fn(&str) -> Option<String>) -> Result<String, ConfigError> {
+    let var = "AWS_VPC_K8S_CNI_VETHPREFIX";
+    let v = get(var)
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "eni".into());
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
+    if v.len() > 4 || !v.chars().all(allowed) {
+        return Err(invalid(
+            var,
+            &v,
+            "expected 1 to 4 of A-Z, a-z, 0-9, '_', '.', '-'",
+        ));
+    }
+    if ["eth", "lo", "vlan"].contains(&v.as_str()) {
+        return Err(invalid(
+            var,
+            &v,
+            "eth, lo and vlan are reserved for other interfaces",
+        ));
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 pub(crate) fn env_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
@@ -565,5 +596,26 @@ mod tests {
         assert_eq!(c.max_eni, None);
         let c = Config::from_env(&env(&[("MAX_ENI", "2")])).expect("valid");
         assert_eq!(c.max_eni, Some(2));
+    }
+}
+
+#[cfg(test)]
+mod veth_prefix_tests {
+    use super::veth_prefix;
+
+    fn read(v: Option<&str>) -> Result<String, String> {
+        let v = v.map(str::to_string);
+        veth_prefix(&|_| v.clone()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_veth_prefix_is_read_once_trimmed_defaulted_and_checked() {
+        assert_eq!(read(None).as_deref(), Ok("eni"));
+        assert_eq!(read(Some("")).as_deref(), Ok("eni"));
+        assert_eq!(read(Some(" cali ")).as_deref(), Ok("cali"));
+        for bad in ["toolong", "eth", "lo", "vlan", "a\"b"] {
+            let err = read(Some(bad)).expect_err(bad);
+            assert!(err.contains("AWS_VPC_K8S_CNI_VETHPREFIX"), "{err}");
+        }
     }
 }

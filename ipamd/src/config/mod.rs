@@ -71,6 +71,9 @@ pub struct Config {
     pub connmark: u32,
     pub node_port_support: bool,
     pub subnet_discovery: bool,
+    /// `MANAGE_UNTAGGED_ENI`: ENIs without this instance's `instance_id` tag are ours to manage (anchor default);
+    /// false leaves them alone (Multus and other components' ENIs).
+    pub manage_untagged_eni: bool,
     /// `CLUSTER_NAME`; empty = unset.
     pub cluster_name: String,
     /// `ADDITIONAL_ENI_TAGS`, reserved keys dropped.
@@ -110,6 +113,7 @@ impl Default for Config {
             connmark: 0x80,
             node_port_support: true,
             subnet_discovery: true,
+            manage_untagged_eni: true,
             cluster_name: String::new(),
             additional_eni_tags: BTreeMap::new(),
             disable_leaked_eni_cleanup: false,

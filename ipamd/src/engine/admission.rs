@@ -232,7 +232,7 @@ impl Node {
     /// the pool task's verdict), or the pool task's last decision said so.
     fn at_eni_limit(&self, stats: &PoolStats, now: Duration) -> bool {
         let slots = self.policy.slots_per_eni();
-        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
+        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy().max_enis
             && self.rooms(now).iter().all(|r| r.slots >= slots);
         all_full
             || matches!(
@@ -294,7 +294,7 @@ impl Node {
                 format!(
                     "all {in_cooldown} free address(es) are in their {cooldown_secs}s reuse cooldown and the node \
                      cannot get more ({total} addresses, max-pods {}, {} of {} ENIs)",
-                    max_pods, stats.enis, self.policy.max_enis
+                    max_pods, stats.enis, self.policy().max_enis
                 ),
             )
         } else if total >= max_pods {
@@ -308,8 +308,10 @@ impl Node {
             (
                 FailureReason::NodeAtEniLimit,
                 format!(
-                    "all {} ENIs of this instance type are attached and full ({total} addresses, {} assigned)",
-                    self.policy.max_enis, stats.assigned
+                    "all {} ENIs of this instance type are attached and full ({total} addresses, {} assigned){}",
+                    self.policy.max_enis,
+                    stats.assigned,
+                    self.foreign_slots_note()
                 ),
             )
         } else if let Some(problem) = eni_config {

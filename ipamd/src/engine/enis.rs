@@ -3,7 +3,8 @@
 //! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created); where the
 //!   ENI goes comes from [`placement`] (subnet discovery) or, with custom networking, from the node's
 //!   `ENIConfig` ([`super::custom_net`]);
-//!   CreateNetworkInterface with description `aws-K8S-<instance>`, the tags (`instance_id`, `createdAt`, the
+//!   CreateNetworkInterface (one `ClientToken` across all its retries: idempotent) with description
+//!   `aws-K8S-<instance>`, the tags (`instance_id`, `createdAt`, the
 //!   cluster tags with `CLUSTER_NAME`, `ADDITIONAL_ENI_TAGS`) and its first addresses already assigned;
 //!   AttachNetworkInterface (failure: the new ENI is deleted at once); DeleteOnTermination (failure: the ENI is
 //!   detached and deleted); wait for IMDS to show it (bounded: IMDS lags); host setup (table, routes, rule, MTU);
@@ -242,22 +243,47 @@ impl Node {
             subnet_id,
             security_groups,
         } = at;
-        let eni = self
+        // One token for this logical create: every retry (the pacer's, the SDK's) carries it, so a create that
+        // timed out after EC2 made the ENI returns that ENI instead of making a second one.
+        let client_token = format!(
+            "aws-cni-{:016x}{:016x}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        let req = CreateEniRequest {
+            subnet_id,
+            description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
+            security_groups,
+            tags: self.eni_tags(),
+            ips: request,
+        };
+        let eni = match self
             .ec2
-            .create_network_interface(CreateEniRequest {
-                subnet_id,
-                description: format!("{ENI_DESCRIPTION_PREFIX}{}", self.meta.instance_id),
-                security_groups,
-                tags: self.eni_tags(),
-                ips: request,
-            })
-            .await?;
+            .create_network_interface_with_token(req.clone(), &client_token)
+            .await
+        {
+            Ok(eni) => eni,
+            // Discovery placed it: the next candidate subnet may serve (see `subnets`).
+            Err(e @ Ec2Error::SubnetExhausted { .. })
+                if self.config.subnet_discovery && self.config.custom_networking.is_none() =>
+            {
+                self.create_in_next_subnet(&req, &client_token, e).await?
+            }
+            Err(e) => return Err(e),
+        };
         let attachment = match self
             .ec2
             .attach_network_interface(&eni.id, &self.meta.instance_id, device_index, 0)
             .await
         {
             Ok(a) => a,
+            // The attach may have happened although its answer was lost (a timeout, a retry that found it done).
+            Err(e) if self.attached_here(&eni.id).await.is_some() => {
+                let a = self.attached_here(&eni.id).await.unwrap_or_default();
+                tracing::info!(eni = %eni.id, error = %e, attachment = %a, "attach answered an error but EC2 \
+                    shows the ENI attached here: continuing");
+                a
+            }
             Err(e) => {
                 // A created-but-unattached ENI is a leak waiting to happen: delete it now.
                 if let Err(del) = self.ec2.delete_network_interface(&eni.id).await {
@@ -286,8 +312,10 @@ impl Node {
         new.attached_at = self.deps.clock.now();
         if let Err(e) = self.deps.hostnet.setup_eni(&new, self.config.eni_mtu).await {
             // Keep the ENI (EC2 has it attached) but do not hand out its IPs: pods on it would have no route.
-            // Reconcile adopts it once the host side works.
-            tracing::error!(eni = %eni.id, error = %e, "ENI attached but host setup failed; will retry");
+            // It takes its slot (no other ENI is attached in its place) and reconcile, asked for now, adopts it
+            // once the host side works.
+            tracing::error!(eni = %eni.id, error = %e, "ENI attached but host setup failed; reconcile will finish it");
+            self.setup_pending(&eni.id);
             return Err(Ec2Error::Other {
                 api: "AttachNetworkInterface",
                 code: "HostSetupFailed".into(),

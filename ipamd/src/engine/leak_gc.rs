@@ -1,19 +1,32 @@
-//! Leaked-ENI cleanup: ENIs a crash left behind in EC2, found and deleted.
+//! Leaked-ENI cleanup: ENIs a crash left behind in EC2, found and deleted; and the tags and DeleteOnTermination
+//! an adopted ENI needs so that it never becomes one.
 //!
-//! The reconcile timers ([`super::reconcile::Timers`]) run it first after a random 0–300 s, then hourly plus up
-//! to 5 min of jitter (off with off with
-//! `DISABLE_LEAKED_ENI_CLEANUP` or `DISABLE_NETWORK_RESOURCE_PROVISIONING`). ENIs tagged with this instance's ID,
-//! `available` (not attached), in this VPC (and cluster, with `CLUSTER_NAME`), with the `aws-K8S-` description,
-//! and a `createdAt` tag older than 5 minutes are deleted. One without `createdAt` is stamped now and left for a
-//! later run. These are the ENIs a crash between create and attach, or between detach and delete, leaves behind.
+//! The reconcile timers ([`super::reconcile::Timers`]) run the cleanup first after a random 0–300 s, then hourly
+//! plus up to 5 min of jitter (off with `DISABLE_LEAKED_ENI_CLEANUP` or `DISABLE_NETWORK_RESOURCE_PROVISIONING`).
+//! Candidates are the anchor's: `available` (not attached) ENIs in this VPC carrying the
+//! `node.k8s.amazonaws.com/instance_id` tag (any instance; with `CLUSTER_NAME`, also the cluster tag with this
+//! cluster's name), with the `aws-K8S-` description. One is deleted when its `createdAt` tag is older than 5
+//! minutes and it is
+//! - this instance's (a crash between create and attach, or between detach and delete), or
+//! - with `CLUSTER_NAME` set, another node's of this cluster whose instance EC2 reports `terminated` or no longer
+//!   knows (anchor #69: a node that died before cleaning up). Another cluster's ENIs never match the filter,
+//!   and a running (or stopped) node's ENIs are its own to clean up. Without `CLUSTER_NAME` other nodes' ENIs are
+//!   left alone: nothing tells this cluster's from another's.
+//!
+//! One without `createdAt` is stamped now and left for a later run.
+//!
+//! **Adoption** ([`Node::finish_adoption`]): an ENI of ours found attached (after a crash between attach and
+//! ModifyNetworkInterfaceAttribute, or an attach that timed out) gets DeleteOnTermination, and an ENI adopted
+//! without this instance's `instance_id` tag gets it, as the anchor tags the ENIs it manages; so neither leaks when
+//! the node terminates nor hides from this cleanup.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::Node;
 use ec2_api::{
-    Ec2, Ec2Error, EniFilter, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME, TAG_CREATED_AT,
-    TAG_INSTANCE_ID,
+    Ec2, Ec2Error, EniDescription, EniFilter, ENI_DESCRIPTION_PREFIX, TAG_CLUSTER_NAME,
+    TAG_CREATED_AT, TAG_INSTANCE_ID,
 };
 
 /// Leaked-ENI cleanup period.
@@ -32,9 +45,7 @@ impl Node {
             status: Some("available".into()),
             ..EniFilter::default()
         };
-        filter
-            .tags
-            .insert(TAG_INSTANCE_ID.to_string(), self.meta.instance_id.clone());
+        filter.tag_keys.push(TAG_INSTANCE_ID.to_string());
         if !self.config.cluster_name.is_empty() {
             filter.tags.insert(
                 TAG_CLUSTER_NAME.to_string(),
@@ -45,6 +56,12 @@ impl Node {
         let mut deleted = 0;
         for eni in self.ec2.list_network_interfaces(&filter).await? {
             if !eni.description.starts_with(ENI_DESCRIPTION_PREFIX) {
+                continue;
+            }
+            let owner = eni.tags.get(TAG_INSTANCE_ID).cloned().unwrap_or_default();
+            if owner != self.meta.instance_id
+                && (self.config.cluster_name.is_empty() || !self.instance_gone(&owner).await)
+            {
                 continue;
             }
             let created = eni
@@ -76,5 +93,45 @@ impl Node {
             }
         }
         Ok(deleted)
+    }
+
+    /// Whether EC2 reports `instance_id` terminated or no longer knows it (an empty ID is no instance).
+    async fn instance_gone(&self, instance_id: &str) -> bool {
+        if instance_id.is_empty() {
+            return false;
+        }
+        match self.ec2.describe_instance(instance_id).await {
+            Ok(i) => i.state == "terminated",
+            Err(Ec2Error::NotFound { .. }) => true,
+            Err(e) => {
+                tracing::debug!(instance = instance_id, error = %e, "cannot tell whether the instance is gone");
+                false
+            }
+        }
+    }
+
+    /// An ENI of ours just adopted (see the module docs): DeleteOnTermination set and this instance's tag added
+    /// where missing. Failures are logged; the next adoption (after a restart) tries again.
+    pub(crate) async fn finish_adoption(&self, d: &EniDescription) {
+        if d.device_index == Some(0) {
+            return;
+        }
+        if !d.delete_on_termination {
+            if let Some(attachment) = &d.attachment_id {
+                match self.ec2.set_delete_on_termination(&d.id, attachment).await {
+                    Ok(()) => tracing::info!(eni = %d.id, "adopted ENI set to DeleteOnTermination"),
+                    Err(e) => {
+                        tracing::warn!(eni = %d.id, error = %e, "cannot set DeleteOnTermination on an adopted ENI")
+                    }
+                }
+            }
+        }
+        if d.tags.get(TAG_INSTANCE_ID) != Some(&self.meta.instance_id) {
+            let mut tags = BTreeMap::new();
+            tags.insert(TAG_INSTANCE_ID.to_string(), self.meta.instance_id.clone());
+            if let Err(e) = self.ec2.create_tags(&d.id, &tags).await {
+                tracing::warn!(eni = %d.id, error = %e, "cannot tag an adopted ENI with this instance");
+            }
+        }
     }
 }

@@ -36,12 +36,16 @@ pub mod admission;
 pub mod checkpoint;
 pub mod custom_net;
 pub mod enis;
+pub mod foreign;
 pub mod ipv6;
 pub mod leak_gc;
 pub mod persist;
 pub mod pool_task;
+#[cfg(test)]
+mod real_node_tests;
 pub mod reconcile;
 pub mod recovery;
+pub mod subnets;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
@@ -64,7 +68,7 @@ use crate::kube::Cluster;
 use crate::ratelimit::{CallCounts, PacedEc2, Pacer, PacingConfig};
 use crate::sync::lock;
 use ec2_api::clock::Clock;
-use ec2_api::{Ec2, Ec2Error, TAG_NO_MANAGE};
+use ec2_api::{Ec2, Ec2Error};
 use ec2_api::{Imds, ImdsError, NodeMetadata};
 
 /// Why the node could not start.
@@ -285,6 +289,9 @@ pub struct Node {
     pub(crate) adds: AddQueue,
     /// Custom networking's state (see [`custom_net`]).
     pub(crate) custom_net: Mutex<custom_net::CustomNetState>,
+    /// The instance's ENI slots not in the datastore: ENIs left alone (trunk, EFA, no_manage, ...), ours still
+    /// waiting for host setup, and the limit EC2 enforced ([`foreign`]).
+    pub(crate) foreign: Mutex<foreign::Slots>,
 }
 
 impl std::fmt::Debug for Node {
@@ -384,6 +391,7 @@ impl Node {
             }),
             adds: AddQueue::default(),
             custom_net: Mutex::new(custom_net::CustomNetState::default()),
+            foreign: Mutex::default(),
             wake: Notify::new(),
             actor: tokio::sync::Mutex::new(()),
             checkpoint: recovery.checkpoint.clone(),
@@ -405,14 +413,12 @@ impl Node {
         let ids: Vec<String> = imds_enis.iter().map(|e| e.eni_id.clone()).collect();
         let described = node.describe_at_startup(&ids).await?;
         let now = node.deps.clock.now();
+        let mut adopted = Vec::new();
         for ie in imds_enis {
             let mac = MacAddr::parse(&ie.mac).ok_or_else(|| NodeError::BadMac {
                 eni: ie.eni_id.clone(),
                 mac: ie.mac.clone(),
             })?;
-            let Some(primary_ip) = ie.ipv4s.first() else {
-                continue;
-            };
             let (ips, prefixes) = match described.get(&ie.eni_id) {
                 // IMDS lags: EC2 may already have detached it (never the primary, which cannot be).
                 Some(Some(d))
@@ -426,11 +432,11 @@ impl Node {
                     continue;
                 }
                 Some(Some(d)) => {
-                    if ie.device_number != 0
-                        && d.tags.get(TAG_NO_MANAGE).map(String::as_str) == Some("true")
-                    {
-                        tracing::info!(eni = %ie.eni_id, "ENI tagged no_manage: left alone");
+                    if node.leave_alone(d, ie.device_number) {
                         continue;
+                    }
+                    if ie.device_number != 0 {
+                        adopted.push(d.clone());
                     }
                     (d.secondary_ips.clone(), d.ipv4_prefixes.clone())
                 }
@@ -439,6 +445,10 @@ impl Node {
                     tracing::warn!(eni = %ie.eni_id, "ENI in IMDS but not in EC2: ignored");
                     continue;
                 }
+            };
+            // An ENI without IPv4 (IMDS has not caught up) is not usable yet; reconcile adopts it later.
+            let Some(primary_ip) = ie.ipv4s.first() else {
+                continue;
             };
             let mut eni = Eni::new(
                 &ie.eni_id,
@@ -468,11 +478,15 @@ impl Node {
                 .await?;
             node.load_eni(eni, &ips, &prefixes)?;
         }
+        // ENIs found attached: DeleteOnTermination and this instance's tag where missing (see `leak_gc`).
+        for d in &adopted {
+            node.finish_adoption(d).await;
+        }
         node.restore(recovery.entries).await?;
         tracing::info!(
             instance = %node.meta.instance_id,
             instance_type = %node.meta.instance_type,
-            max_enis = node.policy.max_enis,
+            max_enis = node.policy().max_enis,
             ips_per_eni = node.policy.ips_per_eni,
             prefix_delegation = node.policy.prefix_delegation,
             max_pods = node.policy.max_pods,
@@ -507,10 +521,12 @@ impl Node {
         &self.meta
     }
 
-    /// The pool policy in force: max-pods is the lower of the ENI math's and the node object's
-    /// `status.capacity.pods` (when the Kubernetes API has said it).
+    /// The pool policy in force: the ENI slots left by ENIs ipamd does not manage ([`Node::slot_policy`]), and
+    /// max-pods the lower of the ENI math's and the node object's `status.capacity.pods` (when the Kubernetes API
+    /// has said it).
     pub fn policy(&self) -> PoolPolicy {
-        self.policy.capped(lock(&self.status).node_max_pods)
+        let cap = lock(&self.status).node_max_pods;
+        self.slot_policy().capped(cap)
     }
 
     /// Reads this node's object from the cluster cache (never the API server itself) into the pool's inputs:
@@ -611,7 +627,7 @@ impl Node {
             (st.force_removed, st.routing_repairs)
         };
         PoolSnapshot {
-            max_enis: self.policy.max_enis,
+            max_enis: self.policy().max_enis,
             ips_per_eni: self.policy.ips_per_eni,
             stats,
             enis,

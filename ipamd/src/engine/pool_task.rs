@@ -98,7 +98,7 @@ impl Node {
         let now = self.deps.clock.now();
         let stats = self.stats();
         let outlook = self.outlook(now, &stats);
-        decide(&self.policy, &stats, &self.rooms(now), &outlook)
+        decide(&self.policy(), &stats, &self.rooms(now), &outlook)
     }
 
     /// Addresses the release hysteresis keeps now (the peak need over `AWS_CNI_POOL_RELEASE_DELAY`).
@@ -124,6 +124,10 @@ impl Node {
         self.refresh_node_view().await;
         let now = self.deps.clock.now();
         let mut decision = self.next_decision();
+        if matches!(decision, Decision::AttachEni { .. }) && self.setup_pending_any() {
+            // An attached ENI waits for its host setup (reconcile finishes it): no second one in its place.
+            decision = Decision::Hold;
+        }
         let grows = matches!(
             decision,
             Decision::AssignIps { .. }
@@ -169,6 +173,16 @@ impl Node {
             decision = Decision::Hold;
         }
         self.set_eni_config_blocked(eni_config_blocked);
+        // EC2 refusing another ENI (AttachmentLimitExceeded, or no free device index) is the ENI limit, not an
+        // EC2 failure: stop asking and say so (see `foreign`).
+        let result = match result {
+            Err(Ec2Error::EniLimitExceeded { .. }) => {
+                self.hit_eni_limit();
+                decision = Decision::AtEniLimit { short: 0 };
+                Ok(())
+            }
+            other => other,
+        };
         let now = self.deps.clock.now();
         let mut st = lock(&self.status);
         if !blocked || !grows {

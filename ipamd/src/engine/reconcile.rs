@@ -27,8 +27,8 @@ use super::Node;
 use crate::core::datastore::{Eni, IpamKey};
 use crate::host::HostNetError;
 use crate::sync::lock;
+use ec2_api::Ec2Error;
 use ec2_api::ImdsError;
-use ec2_api::{Ec2Error, TAG_NO_MANAGE};
 
 /// Reconcile period (anchor `nodeIPPoolReconcileInterval`).
 pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(60);
@@ -165,8 +165,12 @@ impl Node {
             .collect();
 
         let mut to_describe = Vec::new();
+        let attached: Vec<String> = imds.iter().map(|ie| ie.eni_id.clone()).collect();
+        self.forget_detached_foreign(&attached);
+        self.settle_pending_gone(&attached).await;
         for ie in &imds {
             match known.get(&ie.eni_id) {
+                None if self.is_foreign(&ie.eni_id) => {}
                 None => to_describe.push(ie.eni_id.clone()),
                 Some(e) if !same_addresses(e, ie) => to_describe.push(ie.eni_id.clone()),
                 Some(_) => {}
@@ -188,9 +192,7 @@ impl Node {
             if d.instance_id.as_deref() != Some(self.meta.instance_id.as_str()) {
                 continue;
             }
-            if ie.device_number != 0
-                && d.tags.get(TAG_NO_MANAGE).map(String::as_str) == Some("true")
-            {
+            if self.leave_alone(d, ie.device_number) {
                 continue;
             }
             let Ok(mac) = mac_of(d) else {
@@ -218,6 +220,8 @@ impl Node {
             if let Err(e) = self.load_eni(eni, &ips, &prefixes) {
                 tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
             }
+            self.settled(&d.id);
+            self.finish_adoption(d).await;
             tracing::info!(eni = %d.id, device = ie.device_number, "adopted ENI found in IMDS");
             report.adopted.push(d.id.clone());
         }

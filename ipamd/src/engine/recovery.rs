@@ -36,7 +36,7 @@ use super::enis::mac_of;
 use super::{Node, NodeError};
 use crate::core::datastore::{Eni, IpamKey, RestoreError};
 use crate::sync::lock;
-use ec2_api::{Ec2, EniDescription, EniFilter, TAG_NO_MANAGE};
+use ec2_api::{Ec2, EniDescription, EniFilter};
 
 /// A restored pod's veth must have been seen at least this long after the socket opened to be confirmed.
 pub const RESTORE_SETTLE: Duration = Duration::from_secs(15);
@@ -269,7 +269,7 @@ impl Node {
             if d.network_card_index != 0 || lock(&self.ds).eni(&d.id).is_some() {
                 continue;
             }
-            if device != 0 && d.tags.get(TAG_NO_MANAGE).map(String::as_str) == Some("true") {
+            if self.leave_alone(&d, device) {
                 continue;
             }
             let Ok(mac) = mac_of(&d) else {
@@ -284,6 +284,7 @@ impl Node {
             if let Err(e) = self.load_eni(eni, &d.secondary_ips, &d.ipv4_prefixes) {
                 tracing::warn!(eni = %d.id, error = %e, "adopted ENI has addresses the datastore refused");
             }
+            self.finish_adoption(&d).await;
             tracing::info!(eni = %d.id, device, "adopted an ENI IMDS does not list yet");
             adopted.push(d.id);
         }

@@ -43,6 +43,8 @@ pub struct FakeHost {
     pub failing: Arc<Mutex<BTreeSet<u32>>>,
     pub deleted: Arc<Mutex<Vec<u32>>>,
     pub gate: Option<Arc<tokio::sync::Semaphore>>,
+    /// The next this many ENI setups fail as if the ENI's link never appeared.
+    pub failing_eni_setups: Arc<Mutex<u32>>,
 }
 
 impl FakeHost {
@@ -85,6 +87,17 @@ impl FakeHost {
 #[async_trait]
 impl HostNetwork for FakeHost {
     async fn setup_eni(&self, eni: &Eni, _mtu: u32) -> Result<(), HostNetError> {
+        {
+            let mut failing = guard(&self.failing_eni_setups);
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(HostNetError::LinkNotFound {
+                    eni: eni.id.clone(),
+                    mac: eni.mac,
+                    tries: 1,
+                });
+            }
+        }
         guard(&self.setups).push(eni.id.clone());
         Ok(())
     }

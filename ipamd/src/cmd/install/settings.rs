@@ -137,24 +137,9 @@ impl Settings {
             DEFAULT_HOST_CNI_CONFDIR_PATH,
         )?;
 
-        let veth_prefix = get_set(get, ENV_VETH_PREFIX)
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| "eni".into());
-        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-');
-        if veth_prefix.len() > 4 || !veth_prefix.chars().all(allowed) {
-            return Err(env_err(
-                ENV_VETH_PREFIX,
-                &veth_prefix,
-                "expected 1 to 4 of A-Z, a-z, 0-9, '_', '.', '-'",
-            ));
-        }
-        if ["eth", "lo", "vlan"].contains(&veth_prefix.as_str()) {
-            return Err(env_err(
-                ENV_VETH_PREFIX,
-                &veth_prefix,
-                "eth, lo and vlan are reserved for other interfaces",
-            ));
-        }
+        // The one reading of the prefix, shared with ipamd run (recovery, reaper, SNAT rules).
+        let veth_prefix = crate::config::env::veth_prefix(get)
+            .map_err(|e| env_err(ENV_VETH_PREFIX, &e.value, e.reason))?;
 
         let enable_ipv6 = parse_bool(get, ENV_ENABLE_IPV6)?;
         let min_mtu = if enable_ipv6 { 1280 } else { 576 };
