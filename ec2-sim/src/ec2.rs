@@ -369,9 +369,11 @@ impl Ec2 for SimEc2 {
                     ),
                 }),
                 None => {
+                    let groups = req.security_groups.clone();
                     match new_eni(&mut st, &req.subnet_id, req.description, req.tags, req.ips) {
                         Ok(eni) => {
                             st.enis.insert(eni.id.clone(), eni.clone());
+                            st.eni_security_groups.insert(eni.id.clone(), groups);
                             st.client_tokens
                                 .insert(client_token.to_string(), (params, eni.id.clone()));
                             Ok(eni)

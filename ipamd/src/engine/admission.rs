@@ -284,7 +284,9 @@ impl Node {
         let at_eni_limit = self.at_eni_limit(&stats, now);
         let cannot_grow = self.growth_blocked(&stats, now);
         let eni_config = self.eni_config_blocked();
-        let max_pods = self.policy().max_pods;
+        // Read before the status lock: `policy()` takes it too.
+        let policy = self.policy();
+        let max_pods = policy.max_pods;
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
         let cooldown_secs = self.config.ip_cooldown.as_secs();
@@ -294,7 +296,7 @@ impl Node {
                 format!(
                     "all {in_cooldown} free address(es) are in their {cooldown_secs}s reuse cooldown and the node \
                      cannot get more ({total} addresses, max-pods {}, {} of {} ENIs)",
-                    max_pods, stats.enis, self.policy().max_enis
+                    max_pods, stats.enis, policy.max_enis
                 ),
             )
         } else if total >= max_pods {
@@ -309,7 +311,7 @@ impl Node {
                 FailureReason::NodeAtEniLimit,
                 format!(
                     "all {} ENIs of this instance type are attached and full ({total} addresses, {} assigned){}",
-                    self.policy.max_enis,
+                    policy.max_enis,
                     stats.assigned,
                     self.foreign_slots_note()
                 ),
