@@ -252,7 +252,7 @@ mod tests {
         // A quieter level applies to the libraries too.
         assert!(log_filter("error").contains("h2=error"));
         // What the plugin installs: our DEBUG lines pass, the libraries' frame-level lines do not.
-        let t: tracing_subscriber::filter::Targets = f.parse().unwrap();
+        let t: tracing_subscriber::filter::Targets = f.parse().expect("a valid filter");
         assert!(t.would_enable("aws_cni::add", &tracing::Level::DEBUG));
         assert!(t.would_enable("datapath::pod", &tracing::Level::DEBUG));
         assert!(!t.would_enable("h2::codec::framed_read", &tracing::Level::DEBUG));

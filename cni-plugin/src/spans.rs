@@ -102,20 +102,20 @@ mod tests {
         // The flag is process-wide: this test decides it for the test binary, before anything else marks.
         let dir = std::env::temp_dir().join(format!("aws-cni-spans-{}", std::process::id()));
         let path = dir.join("spans.jsonl");
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("test");
         let _ = FILE.set(Some(path.clone()));
         mark("main");
         mark("connect");
         finish("ADD", "c1");
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        let v: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        let text = std::fs::read_to_string(&path).expect("test");
+        std::fs::remove_dir_all(&dir).expect("test");
+        let v: serde_json::Value = serde_json::from_str(text.trim()).expect("test");
         assert_eq!(v["cmd"], "ADD");
-        assert!(v["memory_kib"]["VmHWM"].as_u64().unwrap() > 0);
-        let marks = v["marks"].as_array().unwrap();
-        let names: Vec<&str> = marks.iter().map(|m| m[0].as_str().unwrap()).collect();
+        assert!(v["memory_kib"]["VmHWM"].as_u64().expect("test") > 0);
+        let marks = v["marks"].as_array().expect("test");
+        let names: Vec<&str> = marks.iter().map(|m| m[0].as_str().expect("test")).collect();
         assert_eq!(names, ["main", "connect", "done"]);
-        let t: Vec<u64> = marks.iter().map(|m| m[1].as_u64().unwrap()).collect();
+        let t: Vec<u64> = marks.iter().map(|m| m[1].as_u64().expect("test")).collect();
         assert!(t[0] > 0 && t[0] <= t[1] && t[1] <= t[2], "{t:?}");
     }
 }

@@ -144,11 +144,11 @@ mod tests {
     impl Write for Gate {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
             let (lock, cv) = &*self.open;
-            let mut open = lock.lock().unwrap();
+            let mut open = lock.lock().expect("test");
             while !*open {
-                open = cv.wait(open).unwrap();
+                open = cv.wait(open).expect("test");
             }
-            self.out.lock().unwrap().extend_from_slice(buf);
+            self.out.lock().expect("test").extend_from_slice(buf);
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -162,11 +162,11 @@ mod tests {
             open: Arc::new((Mutex::new(false), Condvar::new())),
             out: Arc::new(Mutex::new(Vec::new())),
         };
-        let (mut w, flusher) = non_blocking(gate.clone(), 4).unwrap();
+        let (mut w, flusher) = non_blocking(gate.clone(), 4).expect("test");
         // The file is stalled: the thread holds one line in its write, the queue takes 4 more, the rest drop.
         // None of these calls may block (the test would hang).
         for i in 0..20 {
-            w.write_all(format!("line {i}\n").as_bytes()).unwrap();
+            w.write_all(format!("line {i}\n").as_bytes()).expect("test");
         }
         assert!(
             !flusher.flush_within(Duration::from_millis(50)),
@@ -177,21 +177,21 @@ mod tests {
         // The disk comes back: what was queued is written, in order, whole.
         {
             let (lock, cv) = &*gate.open;
-            *lock.lock().unwrap() = true;
+            *lock.lock().expect("test") = true;
             cv.notify_all();
         }
         assert!(flusher.flush_within(Duration::from_secs(5)));
-        let text = String::from_utf8(gate.out.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(gate.out.lock().expect("test").clone()).expect("test");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len() as u64, 20 - dropped);
         assert_eq!(lines[0], "line 0");
         assert_eq!(w.take_dropped(), dropped);
         assert_eq!(w.dropped(), 0);
         // Later lines get through again.
-        w.write_all(b"after\n").unwrap();
+        w.write_all(b"after\n").expect("test");
         assert!(flusher.flush_within(Duration::from_secs(5)));
-        assert!(String::from_utf8(gate.out.lock().unwrap().clone())
-            .unwrap()
+        assert!(String::from_utf8(gate.out.lock().expect("test").clone())
+            .expect("test")
             .ends_with("after\n"));
     }
 }

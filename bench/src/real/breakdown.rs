@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn joins_marks_and_ipamd_lines_by_container() {
         let dir = std::env::temp_dir().join(format!("awsbench-breakdown-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("test");
         let spans = dir.join("spans.jsonl");
         let log = dir.join("ipamd.log");
         let marks: Vec<(String, u64)> = PLUGIN_SPANS
@@ -226,26 +226,26 @@ mod tests {
                 serde_json::json!({"cmd": "ADD", "container": "c1", "marks": marks})
             ),
         )
-        .unwrap();
+        .expect("test");
         std::fs::write(
             &log,
             "{\"fields\":{\"message\":\"AddNetwork\",\"container\":\"c1\",\"elapsed_us\":800,\"assign_us\":100,\"durable_us\":600}}\nnot json\n",
         )
-        .unwrap();
+        .expect("test");
         let b = collect(
             &[("c1".into(), 0, 12_000_000), ("c2".into(), 0, 1)],
             &spans,
             &log,
         )
-        .unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
+        .expect("test");
+        std::fs::remove_dir_all(&dir).expect("test");
         assert_eq!(b.joined, 1);
         let get = |label: &str| {
             b.spans
                 .iter()
                 .find(|(l, _)| l.starts_with(label))
                 .map(|(_, v)| v[0])
-                .unwrap()
+                .expect("test")
         };
         assert_eq!(get("exec"), Duration::from_millis(1));
         assert_eq!(get("AddNetwork"), Duration::from_millis(1));
