@@ -22,6 +22,10 @@ have ip || need+=(iproute2)
 have iptables || need+=(iptables)
 have git || need+=(git)
 [ -x /usr/lib/cni/ptp ] && [ -x /usr/lib/cni/host-local ] || need+=(containernetworking-plugins)
+# The CRI benchmark: containerd (with its shim and ctr), runc, and a static busybox for the sandbox image.
+have containerd || need+=(containerd)
+have runc || need+=(runc)
+[ -x /bin/busybox ] || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -51,7 +55,16 @@ sweep() {
     [ -e "$d" ] || continue
     pid=${d#/tmp/awsbench-}
     pid=${pid%%-*}
-    kill -0 "$pid" 2>/dev/null || rm -rf "$d"
+    if ! kill -0 "$pid" 2>/dev/null; then
+      # containerd and its shims of the CRI benchmark name their socket under the run's directory.
+      for p in $(pgrep -f -- "$d/" || true); do
+        kill -9 "$p" 2>/dev/null || true
+      done
+      for m in $(awk -v d="$d/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r); do
+        umount -l "$m" 2>/dev/null || true
+      done
+      rm -rf "$d"
+    fi
   done
 }
 trap sweep EXIT

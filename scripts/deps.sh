@@ -20,6 +20,8 @@ have podman || need+=(podman uidmap fuse-overlayfs)
 have runc || need+=(runc)
 [ -x /bin/busybox ] || need+=(busybox-static)
 have nsenter || need+=(util-linux)
+# The CRI benchmark (scripts/bench.sh): two containerd instances driven through their CRI socket.
+have containerd || need+=(containerd)
 # The image (scripts/image.sh, tests/tests/image_pod.rs): debootstrap makes the Debian base when no registry can
 # be reached; strip takes the debug info off host-built binaries before they go in.
 have debootstrap || need+=(debootstrap)

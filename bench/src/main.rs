@@ -102,7 +102,7 @@ struct RunArgs {
     /// Directory with Debian's CNI plugins.
     #[arg(long, default_value = "/usr/lib/cni")]
     peer_dir: PathBuf,
-    /// Only these benchmarks (comma-separated): floor, pod-setup, burst, memory, churn, ec2-calls, scale-up.
+    /// Only these benchmarks (comma-separated): floor, pod-setup, burst, cri, memory, churn, ec2-calls, scale-up.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seed of the interleaving order and the workloads.

@@ -31,6 +31,7 @@ pub async fn add(
     let pod = PodIdentity::from_env(env);
     let socket = conf.socket();
     let mut ipamd = client::connect(&socket, timeout).await?;
+    crate::spans::mark("connect");
     // The deadline travels as `grpc-timeout`: ipamd, which may wait for an address on its way, answers before it.
     let mut request = tonic::Request::new(AddNetworkRequest {
         client_version: env!("CARGO_PKG_VERSION").into(),
@@ -53,6 +54,7 @@ pub async fn add(
         .await
         .map_err(|s| rpc_error(&socket, "AddNetwork", timeout, s))?
         .into_inner();
+    crate::spans::mark("rpc");
     if !reply.success {
         return Err(PluginError::NoIp {
             reason: FailureReason::try_from(reply.failure_reason)
@@ -77,6 +79,7 @@ pub async fn add(
     let mtu = conf.pod_mtu()?;
 
     let host = Netlink::connect(None).map_err(|e| PluginError::Setup(e.to_string()))?;
+    crate::spans::mark("netlink_connect");
     let spec = crate::family::Plumbing {
         host_veth: &host_veth,
         container_ifname: ifname,
@@ -85,7 +88,10 @@ pub async fn add(
         mtu,
     };
     let links = match crate::family::setup(&host, netns, &spec).await {
-        Ok(l) => l,
+        Ok(l) => {
+            crate::spans::mark("setup");
+            l
+        }
         Err(e) => {
             undo(&host, &mut ipamd, env, conf, &host_veth, netns, ip).await;
             return Err(PluginError::Setup(e.to_string()));
@@ -96,6 +102,7 @@ pub async fn add(
         pod = %format!("{}/{}", pod.namespace, pod.name),
         %ip, table, veth = %host_veth, eni = %reply.eniid, "ADD done"
     );
+    crate::spans::mark("log_write");
 
     let mut result = CniResult::default();
     let mut host_if = Interface::new(host_veth.clone());

@@ -17,6 +17,7 @@ mod gc6;
 mod guard;
 mod identity;
 mod netpol;
+mod spans;
 mod status;
 
 use std::io::{Read, Write};
@@ -35,8 +36,20 @@ use crate::error::PluginError;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
+    spans::init();
     let mut stdin = Vec::new();
     let env = CniEnv::from_lookup(|k| std::env::var(k).ok());
+    let span_ids = env
+        .as_ref()
+        .ok()
+        .filter(|_| spans::enabled())
+        .map(|e| {
+            (
+                format!("{:?}", e.command).to_ascii_uppercase(),
+                e.container_id.clone().unwrap_or_default(),
+            )
+        })
+        .unwrap_or_default();
     let (out, ok) = match env {
         Err(e) => (e.to_json(cni_types::LATEST_VERSION), false),
         Ok(env) if env.command == Command::Version => {
@@ -58,6 +71,7 @@ fn main() -> ExitCode {
         let _ = writeln!(stdout, "{out}");
     }
     let _ = stdout.flush();
+    spans::finish(&span_ids.0, &span_ids.1);
     if ok {
         ExitCode::SUCCESS
     } else {
@@ -85,7 +99,9 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
     let conf = PluginConf::parse(stdin)?;
     let version = cni_types::negotiate_version(&conf.net)?;
     cni_types::check_command_version(env.command, &version)?;
+    spans::mark("conf");
     init_logging(&conf);
+    spans::mark("log_init");
     let timeout = conf
         .ipamd_timeout_ms
         .map(Duration::from_millis)
@@ -100,10 +116,12 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
         }
         _ => None,
     };
+    spans::mark("lock");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| PluginError::Runtime(e).to_cni())?;
+    spans::mark("runtime");
     let outcome = rt.block_on(async {
         match env.command {
             Command::Add => add::add(env, &conf, timeout)
@@ -179,12 +197,19 @@ fn rotate_log(path: &std::path::Path) {
 }
 
 fn init_logging(conf: &PluginConf) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let level = conf
         .plugin_log_level
         .clone()
         .unwrap_or_else(|| "info".into());
-    let filter = EnvFilter::try_new(log_filter(&level)).unwrap_or_else(|_| EnvFilter::new("info"));
+    // A static per-target filter (the plugin never reads RUST_LOG): no regex engine or per-span bookkeeping is
+    // built at start-up, which keeps the plugin's pages and start time down.
+    let filter: Targets = log_filter(&level)
+        .parse()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
     let target = conf
         .plugin_log_file
         .clone()
@@ -201,12 +226,18 @@ fn init_logging(conf: &PluginConf) {
         // 0640, never through a symlink (pods' names and addresses are in it).
         hostfs::open_log(path).ok()
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false);
+    let layer = tracing_subscriber::fmt::layer().with_ansi(false);
     let _ = match file {
-        Some(f) => builder.with_writer(std::sync::Mutex::new(f)).try_init(),
-        None => builder.with_writer(std::io::stderr).try_init(),
+        Some(f) => tracing_subscriber::registry()
+            .with(
+                layer
+                    .with_writer(std::sync::Mutex::new(f))
+                    .with_filter(filter),
+            )
+            .try_init(),
+        None => tracing_subscriber::registry()
+            .with(layer.with_writer(std::io::stderr).with_filter(filter))
+            .try_init(),
     };
 }
 
@@ -223,5 +254,12 @@ mod tests {
         }
         // A quieter level applies to the libraries too.
         assert!(log_filter("error").contains("h2=error"));
+        // What the plugin installs: our DEBUG lines pass, the libraries' frame-level lines do not.
+        let t: tracing_subscriber::filter::Targets = f.parse().expect("a valid filter");
+        assert!(t.would_enable("aws_cni::add", &tracing::Level::DEBUG));
+        assert!(t.would_enable("datapath::pod", &tracing::Level::DEBUG));
+        assert!(!t.would_enable("h2::codec::framed_read", &tracing::Level::DEBUG));
+        assert!(!t.would_enable("hyper_util::client", &tracing::Level::TRACE));
+        assert!(t.would_enable("h2::proto", &tracing::Level::INFO));
     }
 }

@@ -16,6 +16,11 @@
 //! **Modes.** State files (the checkpoint, the simulator's state: container IDs, pod names, addresses) are
 //! [`STATE_FILE_MODE`] (0600); logs are [`LOG_FILE_MODE`] (0640, readable by the node's log collector group);
 //! installed files get the mode the caller asks for (a plugin binary keeps its source's mode).
+//!
+//! **Logs never block a request** ([`nonblocking`]): a bounded queue and one writer thread; a line that finds
+//! the queue full is dropped and counted.
+
+pub mod nonblocking;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

@@ -7,10 +7,19 @@
 //!   at 100 MiB keeping 5 backups, as the anchor's lumberjack setup;
 //! - `AWS_VPC_K8S_CNI_LOG_FORMAT` (ours): `json` (default, as the anchor's zap JSON) or `text`.
 //!
-//! Rate limit: every callsite (one `tracing::warn!` line in the source) may emit [`BURST`] events at once and
-//! [`PER_SECOND`] per second after that. Beyond it events are dropped and counted; [`RateLimit::report`] logs how
-//! many were suppressed where. So a throttling storm that makes every pool step log the same warning writes a
-//! few lines a second, not gigabytes. Errors are limited too (they repeat just as well), at the same rate.
+//! Nothing blocks on the log: every target (file, stdout, stderr) is written by one background thread from a
+//! bounded queue of [`QUEUE_LINES`] lines ([`hostfs::nonblocking`]); a line that finds the queue full (the disk
+//! or the pipe stalled) is dropped and counted, and the count is logged with the rate limit's report
+//! ([`report_suppressed`], every 10 s). So an ADD never waits for a slow log file. [`flush`] drains the queue
+//! at exit.
+//!
+//! Rate limit: every warning and error callsite (one `tracing::warn!` line in the source) may emit [`BURST`]
+//! events at once and [`PER_SECOND`] per second after that. Beyond it events are dropped and counted;
+//! [`RateLimit::report`] logs how many were suppressed where. So a throttling storm that makes every pool step log
+//! the same warning writes a few lines a second, not gigabytes. Errors are limited too (they repeat just as well),
+//! at the same rate. Info and debug lines are not limited: they are per request or per pool step (one
+//! `AddNetwork` line per ADD), so their rate is the node's pod churn, and an operator needs every one of them to
+//! follow a pod; the non-blocking writer keeps them off the request path.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,6 +38,9 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub const BURST: f64 = 20.0;
 /// Sustained events per second per callsite.
 pub const PER_SECOND: f64 = 5.0;
+
+/// Lines the log queue holds before it drops (a few MB at most).
+pub const QUEUE_LINES: usize = 8192;
 
 /// Where logs go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,16 +161,56 @@ impl<S: Subscriber> Filter<S> for RateLimit {
     }
 
     fn event_enabled(&self, event: &tracing::Event<'_>, _cx: &Context<'_, S>) -> bool {
+        // Levels order by verbosity: WARN < INFO. Only warnings and errors are limited (module docs).
+        if *event.metadata().level() > tracing::Level::WARN {
+            return true;
+        }
         self.allow(event.metadata(), self.clock.now())
     }
 }
 
 static INSTALLED: std::sync::OnceLock<RateLimit> = std::sync::OnceLock::new();
+static WRITER: std::sync::OnceLock<(
+    hostfs::nonblocking::NonBlocking,
+    hostfs::nonblocking::Flusher,
+)> = std::sync::OnceLock::new();
 
-/// Logs what the installed rate limit suppressed since the last report (no-op before [`init`]).
+/// Logs what the installed rate limit suppressed since the last report, and the lines the log queue dropped
+/// (no-op before [`init`]).
 pub fn report_suppressed() {
     if let Some(limit) = INSTALLED.get() {
         limit.report();
+    }
+    if let Some((w, _)) = WRITER.get() {
+        let dropped = w.take_dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "log writer: lines dropped because the log target was too slow"
+            );
+        }
+    }
+}
+
+/// Waits at most `bound` for queued log lines to be written (call before the process exits).
+pub fn flush(bound: Duration) {
+    if let Some((_, f)) = WRITER.get() {
+        f.flush_within(bound);
+    }
+}
+
+/// `out` behind the non-blocking queue; the first writer installed is kept for [`report_suppressed`] and
+/// [`flush`]. Falls back to writing directly when no thread can be started.
+fn queued<W: std::io::Write + Send + 'static>(
+    out: W,
+) -> tracing_subscriber::fmt::writer::BoxMakeWriter {
+    use tracing_subscriber::fmt::writer::BoxMakeWriter;
+    match hostfs::nonblocking::non_blocking(out, QUEUE_LINES) {
+        Ok((w, f)) => {
+            let _ = WRITER.set((w.clone(), f));
+            BoxMakeWriter::new(move || w.clone())
+        }
+        Err(_) => BoxMakeWriter::new(std::io::stderr),
     }
 }
 
@@ -185,14 +237,14 @@ pub fn init(settings: &LogSettings) -> RateLimit {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let limit = RateLimit::default();
     let mut fallback_reason = None;
-    let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match &settings.target {
-        LogTarget::Stdout => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
-        LogTarget::Stderr => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    let writer = match &settings.target {
+        LogTarget::Stdout => queued(std::io::stdout()),
+        LogTarget::Stderr => queued(std::io::stderr()),
         LogTarget::File(path) => match open_rotating(path) {
-            Ok(file) => tracing_subscriber::fmt::writer::BoxMakeWriter::new(Mutex::new(file)),
+            Ok(file) => queued(file),
             Err(e) => {
                 fallback_reason = Some(format!("cannot open log file {}: {e}", path.display()));
-                tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+                queued(std::io::stderr())
             }
         },
     };
@@ -293,6 +345,40 @@ mod tests {
         let t1 = t0 + Duration::from_secs(2);
         let allowed = (0..100).filter(|_| limit.allow(&meta, t1)).count();
         assert_eq!(allowed, (2.0 * PER_SECOND) as usize);
+    }
+
+    /// Counts the events that reach it, by level.
+    #[derive(Clone, Default)]
+    struct Count(Arc<Mutex<(u32, u32)>>);
+
+    impl<S: Subscriber> Layer<S> for Count {
+        fn on_event(&self, event: &tracing::Event<'_>, _cx: Context<'_, S>) {
+            let mut c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if *event.metadata().level() == tracing::Level::WARN {
+                c.0 += 1;
+            } else {
+                c.1 += 1;
+            }
+        }
+    }
+
+    #[test]
+    fn warnings_are_limited_but_per_request_info_lines_are_not() {
+        let count = Count::default();
+        let subscriber =
+            tracing_subscriber::registry().with(count.clone().with_filter(RateLimit::default()));
+        tracing::subscriber::with_default(subscriber, || {
+            for i in 0..200 {
+                tracing::warn!(i, "the same warning");
+                tracing::info!(i, "AddNetwork");
+            }
+        });
+        let (warns, infos) = *count.0.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            warns <= BURST as u32 + 2,
+            "{warns} warnings passed the limit"
+        );
+        assert_eq!(infos, 200, "every info line passes");
     }
 
     struct Dummy;

@@ -37,7 +37,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let code = command(Cli::parse().command);
+    // Logs are written by a background thread (ipamd::logging): let it finish before the process exits.
+    ipamd::logging::flush(std::time::Duration::from_secs(2));
+    code
+}
+
+fn command(command: Command) -> ExitCode {
+    match command {
         Command::Run(opts) => cmd::run::main(opts),
         Command::Demo(args) => cmd::demo::main(args),
         Command::Health(args) => cmd::probe::main(args),

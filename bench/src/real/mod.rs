@@ -9,8 +9,10 @@
 //! [`datapath::in_netns`]. The cost of entering the namespace (and of `ip netns exec`, which a runtime never pays)
 //! is outside the measurement.
 
+pub mod breakdown;
 pub mod burst;
 pub mod churn;
+pub mod cri;
 pub mod floor;
 pub mod memory;
 pub mod podsetup;
@@ -126,12 +128,44 @@ impl Binaries {
     }
 }
 
+/// A tmpfs mounted on a directory; unmounted on drop (lazily, so a straggler cannot keep it).
+#[derive(Debug)]
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path) -> Result<Tmpfs, BenchError> {
+        std::fs::create_dir_all(dir).map_err(BenchError::io(format!("mkdir {}", dir.display())))?;
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some("size=64m,mode=0755"),
+        )
+        .map_err(|e| BenchError::Other(format!("mounting a tmpfs on {}: {e}", dir.display())))?;
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// `ipamd run --backend sim` in a node namespace of its own; stopped on drop.
+///
+/// Its checkpoint (`AWS_VPC_K8S_CNI_BACKING_STORE`) is on a tmpfs of its own, as the anchor's default
+/// `/var/run/aws-node/ipam.json` is on a node (`/var/run` is `/run`, a tmpfs): an ADD still returns only once
+/// its assignment is in the checkpoint, fsync included, but the benchmark does not charge it a disk flush that a
+/// node does not pay. A caller's own `AWS_VPC_K8S_CNI_BACKING_STORE` wins.
 #[derive(Debug)]
 pub struct Ipamd {
     child: Option<Child>,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// Unmounted after the daemon stopped (fields drop after [`Drop::drop`]).
+    _run: Option<Tmpfs>,
 }
 
 impl Ipamd {
@@ -146,7 +180,22 @@ impl Ipamd {
         let socket = dir.join("ipamd.sock");
         let log = dir.join("ipamd.log");
         let logf = std::fs::File::create(&log).map_err(BenchError::io("ipamd log file"))?;
+        let own_store = env
+            .iter()
+            .any(|(k, _)| *k == "AWS_VPC_K8S_CNI_BACKING_STORE");
+        let run = if own_store {
+            None
+        } else {
+            Some(Tmpfs::mount(&dir.join("run"))?)
+        };
         let mut cmd = Command::new(&bins.ipamd);
+        cmd.env_clear();
+        if run.is_some() {
+            cmd.env(
+                "AWS_VPC_K8S_CNI_BACKING_STORE",
+                dir.join("run").join("ipam.json"),
+            );
+        }
         cmd.args(["run", "--backend", "sim", "--instance-type", instance_type])
             .arg("--netns")
             .arg(node_ns)
@@ -156,7 +205,6 @@ impl Ipamd {
             // ipamd would keep and resume one beside /var/run/aws-node/ipam.json).
             .arg("--sim-state")
             .arg(dir.join("sim-ec2.json"))
-            .env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -167,6 +215,7 @@ impl Ipamd {
             child: Some(child),
             socket,
             log,
+            _run: run,
         };
         // A pool sized in hundreds of addresses takes a minute to fill at ipamd's client-side EC2 pace.
         let deadline = crate::time::now() + Duration::from_secs(180);
@@ -288,6 +337,9 @@ pub struct Pod {
 #[derive(Debug, Clone)]
 pub struct CniRun {
     pub elapsed: Duration,
+    /// `CLOCK_MONOTONIC` (ns) just before spawn and just after wait, for the span breakdown.
+    pub spawned_ns: u64,
+    pub exited_ns: u64,
     pub ok: bool,
     pub stdout: String,
     pub stderr: String,
@@ -302,6 +354,8 @@ pub struct Runner {
     pub ours_conf: serde_json::Value,
     /// The peer's netconf.
     pub peer_conf: serde_json::Value,
+    /// Where our plugin appends its span timings (`AWS_CNI_SPAN_FILE`), when set.
+    pub span_file: Option<PathBuf>,
 }
 
 /// The subnet host-local hands out (outside the simulated VPC's 10.0.0.0/16).
@@ -338,6 +392,7 @@ impl Runner {
             node_ns: node_ns.to_path_buf(),
             ours_conf,
             peer_conf,
+            span_file: None,
         }
     }
 
@@ -364,7 +419,7 @@ impl Runner {
                 obj.insert("prevResult".into(), prev.clone());
             }
         }
-        let env = vec![
+        let mut env = vec![
             ("CNI_COMMAND".to_string(), command.to_string()),
             ("CNI_CONTAINERID".to_string(), pod.container_id.clone()),
             ("CNI_NETNS".to_string(), pod.netns.display().to_string()),
@@ -381,6 +436,9 @@ impl Runner {
                 ),
             ),
         ];
+        if let (Plugin::Ours, Some(f)) = (plugin, &self.span_file) {
+            env.push(("AWS_CNI_SPAN_FILE".to_string(), f.display().to_string()));
+        }
         (self.program(plugin), env, conf.to_string().into_bytes())
     }
 
@@ -402,6 +460,16 @@ impl Runner {
         command: &'static str,
         pod: &mut Pod,
     ) -> Result<Duration, BenchError> {
+        self.must_run(plugin, command, pod).map(|r| r.elapsed)
+    }
+
+    /// [`Runner::must`] returning the whole run (its spawn and exit readings too).
+    pub fn must_run(
+        &self,
+        plugin: Plugin,
+        command: &'static str,
+        pod: &mut Pod,
+    ) -> Result<CniRun, BenchError> {
         check_interrupt()?;
         let r = self.run(plugin, command, pod)?;
         if !r.ok {
@@ -415,7 +483,7 @@ impl Runner {
         if command == "ADD" {
             pod.result = serde_json::from_str(&r.stdout).ok();
         }
-        Ok(r.elapsed)
+        Ok(r)
     }
 }
 
@@ -432,6 +500,7 @@ pub fn exec_timed(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let spawned_ns = monotonic_ns();
     let t0 = crate::time::now();
     let mut child = cmd
         .spawn()
@@ -444,12 +513,26 @@ pub fn exec_timed(
         .wait_with_output()
         .map_err(BenchError::io(format!("waiting for {}", prog.display())))?;
     let elapsed = crate::time::since(t0);
+    let exited_ns = monotonic_ns();
     Ok(CniRun {
         elapsed,
+        spawned_ns,
+        exited_ns,
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     })
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock the plugin's span marks use (see `aws-cni`'s `spans`), so the two
+/// processes' readings compare.
+pub fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000_000
+                + u64::try_from(t.tv_nsec()).unwrap_or(0)
+        })
+        .unwrap_or(0)
 }
 
 /// A pod with a fresh namespace.

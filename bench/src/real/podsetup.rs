@@ -27,6 +27,8 @@ pub struct PodSetupSamples {
     pub ours_del: Vec<Duration>,
     pub peer_add: Vec<Duration>,
     pub peer_del: Vec<Duration>,
+    /// Our timed ADDs: `(container ID, spawned ns, exited ns)`, for the span breakdown.
+    pub ours_add_runs: Vec<(String, u64, u64)>,
 }
 
 impl PodSetupSamples {
@@ -117,8 +119,14 @@ fn run_inner(
         };
         for plugin in order {
             let mut pod = new_pod(nss, plugin, i)?;
-            let t = match runner.must(plugin, "ADD", &mut pod) {
-                Ok(t) => t,
+            let t = match runner.must_run(plugin, "ADD", &mut pod) {
+                Ok(r) => {
+                    if timed && plugin == Plugin::Ours {
+                        s.ours_add_runs
+                            .push((pod.container_id.clone(), r.spawned_ns, r.exited_ns));
+                    }
+                    r.elapsed
+                }
                 Err(e) => {
                     let _ = runner.run(plugin, "DEL", &pod);
                     let _ = nss.delete(&pod.netns);

@@ -37,6 +37,14 @@ pub struct AddFailure {
     pub message: String,
 }
 
+/// Where an ADD's time went inside the engine: the assignment (the datastore lock, and any wait for an address
+/// on its way) and the checkpoint's group commit until the assignment is durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddSpans {
+    pub assign: Duration,
+    pub durable: Duration,
+}
+
 /// Leaves the queue however the waiting ADD ends (served, failed, or its request dropped by a gone client).
 struct Ticket<'a> {
     queue: &'a AddQueue,
@@ -84,8 +92,26 @@ impl Node {
         meta: &PodMeta,
         bound: Duration,
     ) -> Result<Allocation, AddFailure> {
+        self.add_durable_timed(key, meta, bound, &mut AddSpans::default())
+            .await
+    }
+
+    /// [`Node::add_durable_within`] that also reports where the time went ([`AddSpans`], for the gRPC service's
+    /// log line).
+    pub async fn add_durable_timed(
+        &self,
+        key: &IpamKey,
+        meta: &PodMeta,
+        bound: Duration,
+        spans: &mut AddSpans,
+    ) -> Result<Allocation, AddFailure> {
+        let started = self.deps.clock.now();
         let (alloc, fresh, generation) = self.assign_waiting(key, meta, bound).await?;
-        if let Err(e) = self.persist(generation).await {
+        let assigned = self.deps.clock.now();
+        spans.assign = assigned.saturating_sub(started);
+        let persisted = self.persist(generation).await;
+        spans.durable = self.deps.clock.now().saturating_sub(assigned);
+        if let Err(e) = persisted {
             if fresh {
                 lock(&self.ds).unassign_unused(key, alloc.ip);
                 self.flush.notify_one();
