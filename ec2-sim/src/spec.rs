@@ -92,6 +92,9 @@ pub struct SimSpec {
     pub api_latency: Duration,
     /// Server-side throttling; `None` = unlimited.
     pub throttle: Option<ThrottleSpec>,
+    /// A file whose presence fragments every subnet (checked at each call; removing it lifts the
+    /// fragmentation): see [`crate::SimEc2::fragment_subnet`].
+    pub fragment_file: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -125,6 +128,7 @@ impl SimSpec {
             timeout: Duration::from_secs(10),
             api_latency: Duration::ZERO,
             throttle: Some(ThrottleSpec::default()),
+            fragment_file: None,
             clock: Arc::new(SystemClock::default()),
         }
     }

@@ -145,6 +145,8 @@ impl IpamdControl for ControlService {
             snat_backend_reason: crate::host::snat::backend::selection()
                 .map(|s| s.reason.clone())
                 .unwrap_or_default(),
+            address_mode: self.node.address_mode().as_str().to_string(),
+            pool_knobs: self.node.knobs().to_string(),
         }))
     }
 

@@ -188,6 +188,11 @@ pub struct Metrics {
     pub snat_backend: IntGaugeVec,
     /// Pods' host rules and routes that drift repair put back or removed (see [`crate::host::drift`]).
     pub pod_routing_repairs: IntCounter,
+    /// How the node gets addresses now: 1 for the mode in force (`secondary-ip`, `prefix`,
+    /// `prefix-fallback-secondary-ip`), 0 for the others.
+    pub address_mode: IntGaugeVec,
+    /// Live reloads of the pool knobs, by outcome (`applied`, `refused`); see [`crate::reload`].
+    pub config_reloads: IntCounterVec,
 }
 
 /// Registers families and remembers their declarations.
@@ -465,6 +470,17 @@ impl Metrics {
                 "awscni_pod_routing_repairs_total",
                 "Pods' host rules and routes put back or removed by drift repair",
             )?,
+            address_mode: r.gauge_vec(
+                "awscni_ipv4_address_mode",
+                "How the node gets IPv4 addresses now: 1 for the mode in force (secondary-ip, prefix, \
+                 prefix-fallback-secondary-ip: prefix delegation fell back to secondary IPs, no free /28)",
+                &["mode"],
+            )?,
+            config_reloads: r.counter_vec(
+                "awscni_config_reload_total",
+                "Live reloads of the pool knobs (SIGHUP or the pool config file), by outcome (applied, refused)",
+                &["outcome"],
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -553,6 +569,26 @@ impl Metrics {
         let seen = self.pod_routing_repairs.get();
         if repairs > seen {
             self.pod_routing_repairs.inc_by(repairs - seen);
+        }
+        for mode in [
+            crate::engine::pool_task::AddressMode::SecondaryIp,
+            crate::engine::pool_task::AddressMode::Prefix,
+            crate::engine::pool_task::AddressMode::PrefixFallback,
+        ] {
+            let m = mode.as_str();
+            self.address_mode
+                .with_label_values(&[m])
+                .set(i64::from(snap.address_mode == m));
+        }
+        for (outcome, total) in [
+            ("applied", snap.reloads_applied),
+            ("refused", snap.reloads_refused),
+        ] {
+            let c = self.config_reloads.with_label_values(&[outcome]);
+            let seen = c.get();
+            if total > seen {
+                c.inc_by(total - seen);
+            }
         }
         // Counters the engine keeps itself: bring ours up to its totals.
         let forced = snap.force_removed;

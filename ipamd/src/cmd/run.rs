@@ -441,6 +441,16 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         .node_initialization_duration_seconds
         .with_label_values(&["true"])
         .observe(clock.now().saturating_sub(init_started).as_secs_f64());
+    // The live pool knobs (the ConfigMap directory over the environment), before the first fill; SIGHUP and
+    // changes of the directory reload them from now on.
+    let mut reloader = crate::reload::Reloader::new(
+        Arc::clone(&node),
+        Box::new(ProcessEnv),
+        crate::reload::Reloader::dir_from(&ProcessEnv),
+    );
+    let _ = reloader.reload("startup");
+    let reload_stop = Arc::new(Notify::new());
+    let reload_task = tokio::spawn(reloader.watch(Arc::clone(&reload_stop)));
     if let Err(e) = node.fill().await {
         // Not fatal: the anchor never makes the node unusable because EC2 said no; the pool task retries.
         tracing::warn!(error = %e, "initial pool fill failed; will retry in the background");
@@ -584,6 +594,8 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     shutdown.notify_waiters();
     shutdown.notify_one();
     reconcile_signal.abort();
+    reload_stop.notify_one();
+    reload_task.abort();
     match tokio::time::timeout(POOL_STOP_TIMEOUT, pool).await {
         Ok(Err(e)) => tracing::warn!(error = %e, "pool task ended abnormally"),
         Ok(Ok(())) => {}

@@ -23,6 +23,11 @@ pub struct PoolSnapshot {
     pub connmark: bool,
     /// Addresses pods lost because EC2 no longer had them, since startup.
     pub force_removed: u64,
+    /// How the node gets addresses now (`secondary-ip`, `prefix`, `prefix-fallback-secondary-ip`).
+    pub address_mode: &'static str,
+    /// Live reloads of the pool knobs applied and refused, since startup.
+    pub reloads_applied: u64,
+    pub reloads_refused: u64,
 }
 
 /// One ENI at that moment.

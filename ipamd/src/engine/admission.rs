@@ -72,7 +72,7 @@ impl Node {
         key: &IpamKey,
         meta: &PodMeta,
     ) -> Result<Allocation, AddFailure> {
-        self.add_durable_within(key, meta, self.config.add_wait)
+        self.add_durable_within(key, meta, self.knobs().add_wait)
             .await
     }
 
@@ -216,7 +216,7 @@ impl Node {
         let status = lock(&self.status);
         let subnet_exhausted = matches!(status.last_error, Some(Ec2Error::SubnetExhausted { .. }))
             && status.grow_blocked_until.is_some_and(|t| now < t);
-        total >= self.policy.max_pods
+        total >= self.policy().max_pods
             || at_eni_limit
             || self.config.disable_provisioning
             || subnet_exhausted
@@ -225,8 +225,8 @@ impl Node {
     /// Whether the node is at its ENI limit: every ENI slot used and every ENI full (known without waiting for
     /// the pool task's verdict), or the pool task's last decision said so.
     fn at_eni_limit(&self, stats: &PoolStats, now: Duration) -> bool {
-        let slots = self.policy.slots_per_eni();
-        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy.max_enis
+        let slots = self.policy().slots_per_eni();
+        let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy().max_enis
             && self.rooms(now).iter().all(|r| r.slots >= slots);
         all_full
             || matches!(
@@ -277,24 +277,25 @@ impl Node {
         let now = self.deps.clock.now();
         let at_eni_limit = self.at_eni_limit(&stats, now);
         let cannot_grow = self.growth_blocked(&stats, now);
+        let mode = self.address_mode();
+        let cooldown_secs = lock(&self.ds).cooldown().as_secs();
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
-        let cooldown_secs = self.config.ip_cooldown.as_secs();
         let (reason, message) = if in_cooldown > 0 && cannot_grow {
             (
                 FailureReason::AllFreeIpsInCooldown,
                 format!(
                     "all {in_cooldown} free address(es) are in their {cooldown_secs}s reuse cooldown and the node \
                      cannot get more ({total} addresses, max-pods {}, {} of {} ENIs)",
-                    self.policy.max_pods, stats.enis, self.policy.max_enis
+                    self.policy().max_pods, stats.enis, self.policy().max_enis
                 ),
             )
-        } else if total >= self.policy.max_pods {
+        } else if total >= self.policy().max_pods {
             (
                 FailureReason::MaxPodsReached,
                 format!(
                     "node holds {total} addresses, its max-pods limit ({}), all assigned",
-                    self.policy.max_pods
+                    self.policy().max_pods
                 ),
             )
         } else if at_eni_limit {
@@ -302,7 +303,7 @@ impl Node {
                 FailureReason::NodeAtEniLimit,
                 format!(
                     "all {} ENIs of this instance type are attached and full ({total} addresses, {} assigned)",
-                    self.policy.max_enis, stats.assigned
+                    self.policy().max_enis, stats.assigned
                 ),
             )
         } else if let Some(e) = &status.last_error {
@@ -341,6 +342,14 @@ impl Node {
                 FailureReason::NoFreeIpPoolGrowing,
                 format!("no free IP yet ({total} addresses, all assigned); the pool is growing"),
             )
+        };
+        let message = if mode == super::pool_task::AddressMode::PrefixFallback {
+            format!(
+                "{message} [prefix delegation fell back to secondary IPs: the subnet has no free /28 \
+                 (InsufficientCidrBlocks)]"
+            )
+        } else {
+            message
         };
         AddFailure { reason, message }
     }

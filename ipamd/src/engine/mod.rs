@@ -191,6 +191,11 @@ pub(crate) struct PoolStatus {
     pub(crate) reconcile_wanted: bool,
     /// The pool's need over the release delay (release hysteresis); created with the node.
     pub(crate) high_water: HighWater,
+    /// Prefix mode growing with secondary IPs for want of a free /28 (see [`pool_task`]).
+    pub(crate) fallback: Option<pool_task::Fallback>,
+    /// Live reloads of the pool knobs applied and refused (see [`crate::reload`]).
+    pub(crate) reloads_applied: u64,
+    pub(crate) reloads_refused: u64,
 }
 
 /// ADDs waiting for an address, served first come first served: only the oldest waiter takes an address, and a
@@ -253,7 +258,10 @@ pub struct Node {
     pub(crate) ec2: Arc<PacedEc2>,
     pub(crate) config: Config,
     pub(crate) meta: NodeMetadata,
-    pub(crate) policy: PoolPolicy,
+    /// The pool policy; its knobs change on a live reload ([`crate::reload`]).
+    pub(crate) policy: Mutex<PoolPolicy>,
+    /// The live pool knobs in force ([`crate::reload`]).
+    pub(crate) knobs: Mutex<crate::reload::PoolKnobs>,
     pub(crate) ds: Mutex<Datastore>,
     pub(crate) status: Mutex<PoolStatus>,
     pub(crate) wake: Notify,
@@ -274,7 +282,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("instance", &self.meta.instance_id)
-            .field("policy", &self.policy)
+            .field("policy", &self.policy())
             .finish_non_exhaustive()
     }
 }
@@ -352,7 +360,8 @@ impl Node {
         let node = Arc::new(Node {
             deps,
             ec2,
-            policy,
+            policy: Mutex::new(policy),
+            knobs: Mutex::new(crate::reload::PoolKnobs::of(&config)),
             ds: Mutex::new(Datastore::new(config.ip_cooldown)),
             status: Mutex::new(PoolStatus {
                 high_water: HighWater::new(config.pool_release_delay),
@@ -433,10 +442,10 @@ impl Node {
         tracing::info!(
             instance = %node.meta.instance_id,
             instance_type = %node.meta.instance_type,
-            max_enis = node.policy.max_enis,
-            ips_per_eni = node.policy.ips_per_eni,
-            prefix_delegation = node.policy.prefix_delegation,
-            max_pods = node.policy.max_pods,
+            max_enis = policy.max_enis,
+            ips_per_eni = policy.ips_per_eni,
+            prefix_delegation = policy.prefix_delegation,
+            max_pods = policy.max_pods,
             enis = node.stats().enis,
             "node initialised"
         );
@@ -468,7 +477,12 @@ impl Node {
 
     /// The pool policy in force.
     pub fn policy(&self) -> PoolPolicy {
-        self.policy
+        *lock(&self.policy)
+    }
+
+    /// The live pool knobs in force (see [`crate::reload`]).
+    pub fn knobs(&self) -> crate::reload::PoolKnobs {
+        *lock(&self.knobs)
     }
 
     /// The configuration in force.
@@ -513,15 +527,24 @@ impl Node {
                 .collect();
             (ds.stats(now), enis)
         };
+        let policy = self.policy();
+        let address_mode = self.address_mode().as_str();
+        let (force_removed, reloads_applied, reloads_refused) = {
+            let st = lock(&self.status);
+            (st.force_removed, st.reloads_applied, st.reloads_refused)
+        };
         PoolSnapshot {
-            max_enis: self.policy.max_enis,
-            ips_per_eni: self.policy.ips_per_eni,
+            max_enis: policy.max_enis,
+            ips_per_eni: policy.ips_per_eni,
             stats,
             enis,
             keep: self.pool_floor(),
             adds_waiting: self.adds_waiting(),
             connmark: !self.config.external_snat || self.config.node_port_support,
-            force_removed: lock(&self.status).force_removed,
+            force_removed,
+            address_mode,
+            reloads_applied,
+            reloads_refused,
         }
     }
 

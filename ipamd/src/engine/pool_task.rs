@@ -10,7 +10,16 @@
 //! Release hysteresis (`AWS_CNI_POOL_RELEASE_DELAY`): every pool step samples the pool's need into a
 //! [`crate::core::pool::HighWater`], and nothing is given back below its peak over the delay. Shrinking is
 //! rate-limited (one release per [`SHRINK_INTERVAL`], anchor `decreaseIPPoolInterval`). After
-//! `InsufficientFreeAddressesInSubnet`/`InsufficientCidrBlocks` the pool does not try to grow for
+//! `InsufficientFreeAddressesInSubnet` the pool does not try to grow for [`SUBNET_EXHAUSTED_BACKOFF`].
+//!
+//! **Prefix fallback.** In prefix mode, `InsufficientCidrBlocks` (the subnet has free addresses but no aligned
+//! free /28, anchor #2749/#3410) does not stop growth: the same step is carried out at once with secondary IPs
+//! (on the same ENI's free slots, or a new ENI created with secondary IPs), and the node stays in that fallback
+//! ([`AddressMode::PrefixFallback`]: metrics, `ipamd status`, the ADD failure messages say so). Every
+//! [`PREFIX_RETRY_INTERVAL`] the next growth tries prefixes again; when EC2 hands out a /28 the node is back in
+//! prefix mode, and the policy gives back the free secondary IPs it no longer needs. ENIs holding both kinds are
+//! ordinary to the datastore; after a restart EC2's description brings both back, and the pods' addresses come
+//! back from the checkpoint whichever kind they are. Only when secondary IPs fail too is growth held for
 //! [`SUBNET_EXHAUSTED_BACKOFF`].
 
 use std::sync::Arc;
@@ -30,6 +39,44 @@ pub const SHRINK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// No growth this long after the subnet ran out (anchor `insufficientCidrErrorCooldown`).
 pub const SUBNET_EXHAUSTED_BACKOFF: Duration = Duration::from_secs(120);
+
+/// In the prefix fallback, how often growth tries /28 prefixes again (the anchor's `insufficientCidrErrorCooldown`).
+pub const PREFIX_RETRY_INTERVAL: Duration = Duration::from_secs(120);
+
+/// How the node gets addresses now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressMode {
+    /// Secondary IPs (prefix delegation off, or not a Nitro instance).
+    SecondaryIp,
+    /// /28 prefixes.
+    Prefix,
+    /// Prefix delegation is on, but the subnet had no free /28: growing with secondary IPs.
+    PrefixFallback,
+}
+
+impl AddressMode {
+    /// As metrics and `ipamd status` name it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AddressMode::SecondaryIp => "secondary-ip",
+            AddressMode::Prefix => "prefix",
+            AddressMode::PrefixFallback => "prefix-fallback-secondary-ip",
+        }
+    }
+}
+
+/// The prefix fallback in force (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fallback {
+    /// When the subnet last said it has no free /28.
+    pub(crate) since: Duration,
+    /// When growth next tries prefixes.
+    pub(crate) retry_at: Duration,
+}
+
+fn no_free_cidr_block(e: &Ec2Error) -> bool {
+    matches!(e, Ec2Error::SubnetExhausted { code, .. } if code == "InsufficientCidrBlocks")
+}
 
 /// How long the pool task lets a burst of ADDs and DELs gather after being woken, so the burst is one decision
 /// (and one EC2 call) rather than one per request.
@@ -64,7 +111,7 @@ impl Node {
     /// now), and whether the shrink interval has passed.
     pub(super) fn outlook(&self, now: Duration, stats: &PoolStats) -> Outlook {
         let waiting = u32::try_from(self.adds.len()).unwrap_or(u32::MAX);
-        let need = self.policy.need(stats, waiting);
+        let need = self.policy().need(stats, waiting);
         let mut st = lock(&self.status);
         st.high_water.record(now, need);
         Outlook {
@@ -73,7 +120,89 @@ impl Node {
             may_shrink: st
                 .last_shrink
                 .is_none_or(|t| now.saturating_sub(t) >= SHRINK_INTERVAL),
+            prefix_fallback: st.fallback.is_some_and(|f| now < f.retry_at),
         }
+    }
+
+    /// How the node gets addresses now (see the module docs).
+    pub fn address_mode(&self) -> AddressMode {
+        if !self.policy().prefix_delegation {
+            AddressMode::SecondaryIp
+        } else if lock(&self.status).fallback.is_some() {
+            AddressMode::PrefixFallback
+        } else {
+            AddressMode::Prefix
+        }
+    }
+
+    /// Carries out a growth or shrink step in EC2.
+    async fn carry_out(&self, decision: &Decision) -> Result<(), Ec2Error> {
+        match decision {
+            Decision::Hold | Decision::AtEniLimit { .. } => Ok(()),
+            Decision::AssignIps { eni_id, count } => {
+                self.assign(eni_id, IpRequest::Secondary(*count)).await
+            }
+            Decision::AssignPrefixes { eni_id, count } => {
+                self.assign(eni_id, IpRequest::Prefixes(*count)).await
+            }
+            Decision::AttachEni { request } => self.attach_eni(*request).await,
+            Decision::ReleaseIps { eni_id, ips } => self.release(eni_id, ips, &[]).await,
+            Decision::ReleasePrefixes { eni_id, prefixes } => {
+                self.release(eni_id, &[], prefixes).await
+            }
+            Decision::FreeEni { eni_id } => self.free_eni(eni_id).await,
+        }
+    }
+
+    /// A growth step with the prefix fallback: prefixes refused for want of a free /28 are replaced at once by
+    /// secondary IPs (see the module docs). Returns the decision carried out.
+    async fn grow_with_fallback(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
+        let wants_prefixes = matches!(
+            decision,
+            Decision::AssignPrefixes { .. }
+                | Decision::AttachEni {
+                    request: IpRequest::Prefixes(_)
+                }
+        );
+        let result = self.carry_out(&decision).await;
+        let now = self.deps.clock.now();
+        match &result {
+            Ok(()) if wants_prefixes => {
+                if let Some(f) = lock(&self.status).fallback.take() {
+                    tracing::info!(
+                        fell_back_for = ?now.saturating_sub(f.since),
+                        "the subnet has free /28 blocks again: back to prefix delegation"
+                    );
+                }
+            }
+            Err(e) if wants_prefixes && no_free_cidr_block(e) => {
+                {
+                    let mut st = lock(&self.status);
+                    if st.fallback.is_none() {
+                        tracing::warn!(error = %e,
+                            "no free /28 in the subnet: falling back to secondary IPs until prefixes are free again");
+                    }
+                    st.fallback = Some(Fallback {
+                        since: st.fallback.map_or(now, |f| f.since),
+                        retry_at: now + PREFIX_RETRY_INTERVAL,
+                    });
+                }
+                let again = self.next_decision();
+                if matches!(
+                    again,
+                    Decision::AssignIps { .. }
+                        | Decision::AttachEni {
+                            request: IpRequest::Secondary(_)
+                        }
+                ) {
+                    let res = self.carry_out(&again).await;
+                    return (again, res);
+                }
+                return (again, Ok(()));
+            }
+            _ => {}
+        }
+        (decision, result)
     }
 
     /// What the pool would do now (no EC2 call).
@@ -81,7 +210,7 @@ impl Node {
         let now = self.deps.clock.now();
         let stats = self.stats();
         let outlook = self.outlook(now, &stats);
-        decide(&self.policy, &stats, &self.rooms(now), &outlook)
+        decide(&self.policy(), &stats, &self.rooms(now), &outlook)
     }
 
     /// Addresses the release hysteresis keeps now (the peak need over `AWS_CNI_POOL_RELEASE_DELAY`).
@@ -116,22 +245,12 @@ impl Node {
                 decision = Decision::Hold;
             }
             Ok(())
+        } else if grows {
+            let (done, res) = self.grow_with_fallback(decision).await;
+            decision = done;
+            res
         } else {
-            match &decision {
-                Decision::Hold | Decision::AtEniLimit { .. } => Ok(()),
-                Decision::AssignIps { eni_id, count } => {
-                    self.assign(eni_id, IpRequest::Secondary(*count)).await
-                }
-                Decision::AssignPrefixes { eni_id, count } => {
-                    self.assign(eni_id, IpRequest::Prefixes(*count)).await
-                }
-                Decision::AttachEni { request } => self.attach_eni(*request).await,
-                Decision::ReleaseIps { eni_id, ips } => self.release(eni_id, ips, &[]).await,
-                Decision::ReleasePrefixes { eni_id, prefixes } => {
-                    self.release(eni_id, &[], prefixes).await
-                }
-                Decision::FreeEni { eni_id } => self.free_eni(eni_id).await,
-            }
+            self.carry_out(&decision).await
         };
         let now = self.deps.clock.now();
         let mut st = lock(&self.status);
@@ -233,5 +352,156 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{AddressMode, PREFIX_RETRY_INTERVAL};
+    use crate::config::Config;
+    use crate::core::datastore::{IpamKey, PodMeta};
+    use crate::engine::{Node, NodeDeps};
+    use crate::host::fakes::FakeHost;
+    use ec2_api::clock::ManualClock;
+    use ec2_sim::{SimEc2, SIM_SUBNET_ID};
+
+    async fn pd_node() -> (Arc<Node>, SimEc2, ManualClock) {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock.clone()),
+            cluster: Arc::new(crate::kube::NoCluster),
+        };
+        let config = Config {
+            prefix_delegation: true,
+            warm_prefix_target: 1,
+            pool_release_delay: Duration::ZERO,
+            ..Config::default()
+        };
+        let n = Node::start(deps, config, None).await.expect("init");
+        (n, sim, clock)
+    }
+
+    fn key(i: usize) -> IpamKey {
+        IpamKey {
+            network_name: "aws-cni".into(),
+            container_id: format!("c{i}"),
+            if_name: "eth0".into(),
+        }
+    }
+
+    fn secondaries(n: &Node) -> usize {
+        n.datastore()
+            .enis()
+            .map(|e| e.ip_count() - e.prefixes().count() * 16)
+            .sum()
+    }
+
+    /// ADDs pods `from..to`, filling the pool when one finds no address (the clock moves on between fills so
+    /// the client-side pacer's buckets refill).
+    async fn add_pods(n: &Node, clock: &ManualClock, from: usize, to: usize) {
+        for i in from..to {
+            if n.add(&key(i), &PodMeta::default()).is_err() {
+                clock.advance(Duration::from_secs(10));
+                n.fill().await.expect("fill grows instead of failing");
+                n.add(&key(i), &PodMeta::default())
+                    .unwrap_or_else(|e| panic!("pod {i}: {}", e.message));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_free_28_falls_back_to_secondary_ips_and_returns_to_prefixes() {
+        let run = async {
+            let (n, sim, clock) = pd_node().await;
+            n.fill().await.expect("fill");
+            assert_eq!(n.address_mode(), AddressMode::Prefix);
+            assert_eq!(n.stats().total, 16, "one /28");
+            sim.fragment_subnet(Some(SIM_SUBNET_ID));
+            // 40 pods: the first 16 on the prefix, the rest on secondary IPs the fallback brings.
+            add_pods(&n, &clock, 0, 40).await;
+            assert_eq!(n.address_mode(), AddressMode::PrefixFallback);
+            assert!(secondaries(&n) >= 24, "{:?}", n.datastore());
+            assert_eq!(n.snapshot().address_mode, "prefix-fallback-secondary-ip");
+            let calls = sim.calls();
+            assert!(
+                calls.get("CreateNetworkInterface").copied().unwrap_or(0) >= 1,
+                "the primary ENI's slots ran out: a new ENI with secondary IPs: {calls:?}"
+            );
+            let (last, err) = n.last_decision();
+            assert!(err.is_none(), "{err:?} after {last:?}");
+            // Every address the pods hold is one EC2 has on the node.
+            let on_ec2: std::collections::BTreeSet<_> = sim
+                .all_enis()
+                .iter()
+                .flat_map(|e| {
+                    let mut v = e.secondary_ips.clone();
+                    v.extend(e.ipv4_prefixes.iter().flat_map(|p| p.iter()));
+                    v
+                })
+                .collect();
+            for (_, _, a) in n.datastore().assignments() {
+                assert!(on_ec2.contains(&a.ip), "{}", a.ip);
+            }
+            // The subnet heals; after the retry interval growth takes prefixes again.
+            sim.defragment_subnet(None);
+            clock.advance(PREFIX_RETRY_INTERVAL + Duration::from_secs(1));
+            add_pods(&n, &clock, 40, 60).await;
+            assert_eq!(n.address_mode(), AddressMode::Prefix);
+            assert!(
+                n.datastore()
+                    .enis()
+                    .map(|e| e.prefixes().count())
+                    .sum::<usize>()
+                    >= 2,
+                "prefixes again: {:?}",
+                n.datastore()
+            );
+            // Pods leave; once cooled down, the free secondary IPs go back and the pool is prefixes again.
+            for i in 0..60 {
+                n.del(&key(i));
+            }
+            clock.advance(Duration::from_secs(31));
+            for _ in 0..60 {
+                clock.advance(super::SHRINK_INTERVAL);
+                n.pool_step().await.expect("shrink");
+            }
+            assert_eq!(secondaries(&n), 0, "{:?}", n.datastore());
+            assert!(n.stats().total >= 16);
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the test waits on the manual clock");
+    }
+
+    #[tokio::test]
+    async fn an_add_failing_in_the_fallback_says_so() {
+        let (n, sim, _clock) = pd_node().await;
+        n.fill().await.expect("fill");
+        sim.fragment_subnet(None);
+        for i in 0..16 {
+            n.add(&key(i), &PodMeta::default()).expect("prefix");
+        }
+        n.pool_step().await.expect("fallback step");
+        assert_eq!(n.address_mode(), AddressMode::PrefixFallback);
+        // Drain what the fallback brought; the next ADD finds nothing and the failure names the fallback.
+        let mut i = 16;
+        while n.add(&key(i), &PodMeta::default()).is_ok() {
+            i += 1;
+        }
+        let err = n
+            .add(&key(999), &PodMeta::default())
+            .expect_err("none free");
+        assert!(
+            err.message.contains("fell back to secondary IPs")
+                && err.message.contains("InsufficientCidrBlocks"),
+            "{}",
+            err.message
+        );
     }
 }
