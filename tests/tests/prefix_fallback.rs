@@ -2,7 +2,8 @@
 //! `ENABLE_PREFIX_DELEGATION=true`, the real `aws-cni` in namespaces. The simulator's fragment file
 //! (`sim-ec2.fragment` beside its state) makes every /28 request answer `InsufficientCidrBlocks` while single
 //! addresses stay free; ipamd must keep serving pods with secondary IPs, say so (`ipamd status`, metrics), keep
-//! the mixed ENI across a restart, and go back to prefixes once /28s are free again.
+//! the mixed ENI across a restart, and go back to prefixes once /28s are free again (m5.xlarge: 4 ENIs of 14
+//! slots, room for both).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -82,7 +83,7 @@ fn a_fragmented_subnet_falls_back_to_secondary_ips_survives_a_restart_and_return
     let fabric = Netns::new("act-pfbf-");
     let fabric_path = fabric.path();
     let mut ipamd = Ipamd::start_with_args(
-        "m5.large",
+        "m5.xlarge",
         ENV,
         &["--sim-fabric-netns", fabric_path.as_str()],
     );
@@ -116,14 +117,17 @@ fn a_fragmented_subnet_falls_back_to_secondary_ips_survives_a_restart_and_return
     );
     let ips: Vec<String> = pods.iter().map(|(_, _, o)| result_ip(&o.json)).collect();
 
-    // Restart: the same instance, the same mixed ENIs, every pod keeps its address.
+    // The subnet heals while ipamd restarts: the same instance, the same mixed ENIs, every pod keeps its
+    // address, and growth takes /28s again (a restarted daemon tries prefixes first; the running one does every
+    // 120 s, see the engine's virtual-time tests).
     assert!(ipamd.stop(), "SIGTERM exit:\n{}", ipamd.log());
+    std::fs::remove_file(&fragment).expect("lift the fragmentation");
     let _ = std::fs::remove_file(ipamd.socket());
     let log = std::fs::OpenOptions::new()
         .append(true)
         .open(ipamd.dir.path().join("ipamd.log"))
         .expect("log");
-    let mut cmd = Ipamd::command(&ipamd.node, &ipamd.dir, "m5.large");
+    let mut cmd = Ipamd::command(&ipamd.node, &ipamd.dir, "m5.xlarge");
     cmd.args(["--sim-fabric-netns", fabric_path.as_str()])
         .envs(ENV.iter().copied())
         .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
@@ -149,10 +153,15 @@ fn a_fragmented_subnet_falls_back_to_secondary_ips_survives_a_restart_and_return
             ipamd.log()
         );
     }
-    assert_eq!(enis(&ipamd), mixed, "EC2 still holds the same mixed ENIs");
+    // The pool may have grown meanwhile (its warm target); what it held before is all still there.
+    let after = enis(&ipamd);
+    for eni in &mixed {
+        assert!(
+            after.contains(eni),
+            "EC2 still holds the mixed ENI {eni:?}: {after:?}"
+        );
+    }
 
-    // The subnet heals: growth takes /28s again (a restarted daemon tries prefixes first).
-    std::fs::remove_file(&fragment).expect("lift the fragmentation");
     pods.extend(add_pods(&ipamd, &conf, 24, 44));
     let back = eventually(Duration::from_secs(20), || {
         status(&ipamd)["addressMode"] == "prefix"
