@@ -446,6 +446,48 @@ async fn subnet_exhaustion_gives_the_specific_error() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_throttled_assign_moves_growth_to_a_new_eni_with_prefixes() {
+    let mut h = Harness::start_with(
+        "m5.xlarge",
+        &[
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("WARM_PREFIX_TARGET", "1"),
+        ],
+        None,
+        |_| {},
+    )
+    .await;
+    assert_eq!(h.node.stats().total, 16);
+    let creates = h
+        .sim
+        .calls()
+        .get("CreateNetworkInterface")
+        .copied()
+        .unwrap_or(0);
+    // The account throttles Assign for a long while; the pods still get addresses, from a new ENI.
+    h.sim
+        .inject_faults(Fault::Throttle, Some("AssignPrivateIpAddresses"), 1_000);
+    for _ in 0..24 {
+        h.add_pod(30)
+            .await
+            .expect("placed despite the throttled Assign");
+    }
+    let calls = h.sim.calls();
+    assert!(
+        calls.get("CreateNetworkInterface").copied().unwrap_or(0) > creates,
+        "{calls:?}"
+    );
+    let with_prefixes = h
+        .sim
+        .all_enis()
+        .iter()
+        .filter(|e| e.device_index.is_some_and(|d| d > 0) && !e.ipv4_prefixes.is_empty())
+        .count();
+    assert!(with_prefixes >= 1, "a new ENI created with prefixes");
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_pool_shrinks_to_target_and_frees_idle_enis_but_never_the_primary() {
     let mut h = Harness::start("m5.large", &[("WARM_IP_TARGET", "2")]).await;
     for _ in 0..20 {

@@ -21,6 +21,11 @@
 //! ordinary to the datastore; after a restart EC2's description brings both back, and the pods' addresses come
 //! back from the checkpoint whichever kind they are. Only when secondary IPs fail too is growth held for
 //! [`SUBNET_EXHAUSTED_BACKOFF`].
+//!
+//! **Throttled Assign.** Growth by AssignPrivateIpAddresses, when a new ENI could serve instead, does not wait at
+//! the pacer's gate after `RequestLimitExceeded` ([`crate::ratelimit::FAIL_FAST_ON_THROTTLE`]): the same step
+//! creates an ENI with the same addresses (CreateNetworkInterface, another API with its own budget), and while
+//! Assign's gate stays shut growth keeps taking new ENIs, as the anchor does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -219,6 +224,66 @@ impl Node {
         lock(&self.status).high_water.peak(now)
     }
 
+    /// Whether growth by AssignPrivateIpAddresses can move to a new ENI (see [`Node::reroute_throttled`]).
+    fn may_reroute(&self) -> bool {
+        let create = ec2_api::Api::CreateNetworkInterface.name();
+        let enis = u32::try_from(self.stats().enis).unwrap_or(u32::MAX);
+        enis < self.policy().max_enis && self.ec2.hold(create).is_zero()
+    }
+
+    /// Growth by AssignPrivateIpAddresses while EC2 throttles that API goes to another API that serves: a new ENI
+    /// created with the same addresses (CreateNetworkInterface carries them), when an ENI slot is left and
+    /// CreateNetworkInterface is not throttled too; as the anchor does when its Assign fails.
+    fn reroute_throttled(&self, decision: Decision, throttled: bool) -> Decision {
+        let (count, prefixes) = match &decision {
+            Decision::AssignIps { count, .. } => (*count, false),
+            Decision::AssignPrefixes { count, .. } => (*count, true),
+            _ => return decision,
+        };
+        let assign = ec2_api::Api::AssignPrivateIpAddresses.name();
+        let assign_shut = throttled || !self.ec2.hold(assign).is_zero();
+        if !assign_shut || !self.may_reroute() {
+            return decision;
+        }
+        let count = count.min(self.policy().slots_per_eni()).max(1);
+        let request = if prefixes {
+            IpRequest::Prefixes(count)
+        } else {
+            IpRequest::Secondary(count)
+        };
+        tracing::info!(
+            ?request,
+            "AssignPrivateIpAddresses is throttled: growing with a new ENI instead"
+        );
+        Decision::AttachEni { request }
+    }
+
+    /// Carries out a growth step; an Assign that EC2 throttles while a new ENI could serve fails at once and the
+    /// same step creates the ENI instead.
+    async fn grow_rerouted(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
+        let assigns = matches!(
+            decision,
+            Decision::AssignIps { .. } | Decision::AssignPrefixes { .. }
+        );
+        if !assigns || !self.may_reroute() {
+            return self.grow_with_fallback(decision).await;
+        }
+        let (done, res) = crate::ratelimit::FAIL_FAST_ON_THROTTLE
+            .scope(true, self.grow_with_fallback(decision.clone()))
+            .await;
+        match res {
+            Err(Ec2Error::Throttled { .. }) => {
+                let again = self.reroute_throttled(done, true);
+                if matches!(again, Decision::AttachEni { .. }) {
+                    self.grow_with_fallback(again).await
+                } else {
+                    (again, res)
+                }
+            }
+            res => (done, res),
+        }
+    }
+
     /// Decides and carries out one pool step. Returns what was decided. Waiting ADDs are woken afterwards,
     /// whatever happened (new addresses, or an error that may mean none are coming).
     pub async fn pool_step(&self) -> Result<Decision, Ec2Error> {
@@ -230,7 +295,7 @@ impl Node {
     pub(super) async fn pool_step_inner(&self) -> Result<Decision, Ec2Error> {
         let _actor = self.actor.lock().await;
         let now = self.deps.clock.now();
-        let mut decision = self.next_decision();
+        let mut decision = self.reroute_throttled(self.next_decision(), false);
         let grows = matches!(
             decision,
             Decision::AssignIps { .. }
@@ -246,7 +311,7 @@ impl Node {
             }
             Ok(())
         } else if grows {
-            let (done, res) = self.grow_with_fallback(decision).await;
+            let (done, res) = self.grow_rerouted(decision).await;
             decision = done;
             res
         } else {
