@@ -1163,7 +1163,9 @@ fn scaleup_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Sectio
         method: "N simulated m5.xlarge nodes (max-pods 58), launched at random within 60 s, each with its own \
                  simulator but all calling EC2 through one account's per-API token buckets (EC2's documented \
                  defaults: mutating 200 tokens at 5/s, Describe* 100 at 20/s; a throttled call takes no token). A \
-                 node's 30 pods are created when its daemon is ready and retried every second until placed. \
+                 node's 30 pods are created at once when its daemon is ready; each ADD is the plugin's gRPC call (ipamd's waits \
+                 up to 8 s for an address on its way, the anchor's answers at once) and is retried a second after \
+                 a failure until placed. \
                  IMDS lag 1 s, attach latency 2 s. *Refill floor*: the least time in which the account's bucket of \
                  one mutating API can grant every node the calls of it that its 30 pods need at the least, \
                  (N × k − 200) / 5 s (k = 2 CreateNetworkInterface with secondary IPs, as an m5.xlarge ENI holds \

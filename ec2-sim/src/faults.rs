@@ -16,6 +16,18 @@ impl SimEc2 {
         if !self.api_latency.is_zero() {
             self.clock.sleep(self.api_latency).await;
         }
+        if let Some(path) = &self.fragment_file {
+            let wanted = path.exists();
+            if wanted != self.is_fragmented() {
+                if wanted {
+                    let n = self.fragment_subnet(None);
+                    tracing::info!(file = %path.display(), tenants = n, "simulated subnets fragmented");
+                } else {
+                    self.defragment_subnet(None);
+                    tracing::info!(file = %path.display(), "simulated subnets no longer fragmented");
+                }
+            }
+        }
         let now = self.clock.now();
         let fault = {
             let mut st = self.lock();

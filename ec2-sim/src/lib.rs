@@ -6,7 +6,9 @@
 //!   device indexes that must be free; prefix delegation only on Nitro types.
 //! - **Subnets** with a finite set of free addresses (AWS reserves the first four and the last); /28 prefixes need
 //!   an aligned, wholly free block, so a subnet fragmented by other tenants ([`SimSpec::taken`]) answers
-//!   `InsufficientCidrBlocks` while it still has free addresses. Extra subnets (with tags, for subnet discovery)
+//!   `InsufficientCidrBlocks` while it still has free addresses; [`SimEc2::fragment_subnet`] fragments a subnet
+//!   on request (and [`SimEc2::defragment_subnet`] lifts it; under `ipamd run --backend sim` the file
+//!   [`run::fragment_file`] beside the state does both: present = fragmented). Extra subnets (with tags, for subnet discovery)
 //!   can be added.
 //! - **Eventual consistency**: IMDS shows each ENI change [`SimSpec::imds_lag`] after EC2 made it.
 //! - **Attach latency**: an ENI stays `attaching` (and its NIC absent) for [`SimSpec::attach_latency`].
@@ -75,6 +77,7 @@ pub struct SimEc2 {
     timeout: Duration,
     api_latency: Duration,
     throttle: Option<ThrottleSpec>,
+    fragment_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SimEc2 {
@@ -137,6 +140,8 @@ impl SimEc2 {
                     availability_zone,
                     free_count: free.len(),
                     free,
+                    fragmented: false,
+                    tenants: Default::default(),
                 },
             );
         }
@@ -311,6 +316,48 @@ impl SimEc2 {
             .map_or(0, |s| s.free.len())
     }
 
+    /// Fragments `subnet_id` (every subnet when `None`) as other tenants would: from now until
+    /// [`SimEc2::defragment_subnet`], before every prefix request they take one address of each wholly free
+    /// aligned /28, so prefix requests answer `InsufficientCidrBlocks` while single addresses stay free.
+    /// Returns the addresses the tenants took now.
+    pub fn fragment_subnet(&self, subnet_id: Option<&str>) -> usize {
+        let taken = {
+            let mut st = self.lock();
+            let mut taken = 0;
+            for s in st.subnets.values_mut() {
+                if subnet_id.is_none_or(|id| id == s.id) {
+                    let before = s.tenants.len();
+                    s.fragmented = true;
+                    s.fragment_free_blocks();
+                    taken += s.tenants.len() - before;
+                }
+            }
+            taken
+        };
+        self.snapshot();
+        taken
+    }
+
+    /// Lifts [`SimEc2::fragment_subnet`]: the tenants give their addresses back, so aligned /28s are free again.
+    pub fn defragment_subnet(&self, subnet_id: Option<&str>) {
+        {
+            let mut st = self.lock();
+            for s in st.subnets.values_mut() {
+                if subnet_id.is_none_or(|id| id == s.id) {
+                    s.fragmented = false;
+                    let back = std::mem::take(&mut s.tenants);
+                    s.free.extend(back);
+                }
+            }
+        }
+        self.snapshot();
+    }
+
+    /// Whether any subnet is fragmented on request.
+    pub fn is_fragmented(&self) -> bool {
+        self.lock().subnets.values().any(|s| s.fragmented)
+    }
+
     fn nic_of(&self, eni_id: &str) -> Option<SimNic> {
         self.lock().enis.get(eni_id).and_then(SimNic::of)
     }
@@ -328,6 +375,7 @@ impl SimEc2 {
             timeout: spec.timeout,
             api_latency: spec.api_latency,
             throttle: spec.throttle,
+            fragment_file: spec.fragment_file,
         }
     }
 

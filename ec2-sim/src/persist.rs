@@ -39,7 +39,7 @@ impl SimEc2 {
         for sub in state.subnets.values_mut() {
             sub.free = subnet_free(sub.cidr, &spec.taken)
                 .into_iter()
-                .filter(|ip| !used.contains(ip))
+                .filter(|ip| !used.contains(ip) && !sub.tenants.contains(ip))
                 .collect();
             sub.free_count = sub.free.len();
         }

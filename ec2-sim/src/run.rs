@@ -24,6 +24,13 @@ use crate::SimEc2;
 /// The state file's name beside ipamd's checkpoint, by default.
 pub const DEFAULT_STATE_FILE: &str = "sim-ec2.json";
 
+/// The file that fragments the simulated subnets while it exists (`<state file>` with the extension
+/// `fragment`, e.g. `sim-ec2.fragment`): create it to make prefix requests answer `InsufficientCidrBlocks`
+/// while single addresses stay free, remove it to free whole /28s again.
+pub fn fragment_file(state_file: &Path) -> PathBuf {
+    state_file.with_extension("fragment")
+}
+
 /// Where the simulated instance keeps its state and its wire (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -97,6 +104,7 @@ pub async fn start(spec: RunSpec) -> Result<SimEc2, SimError> {
     let fresh = state_file.as_deref().is_none_or(|p| !p.exists());
     let mut sim_spec = SimSpec::new(&spec.instance_type);
     sim_spec.state_file = state_file.clone();
+    sim_spec.fragment_file = state_file.as_deref().map(fragment_file);
     sim_spec.api_latency = spec.api_latency;
     sim_spec.extra_subnets = spec.extra_subnets.clone();
     sim_spec.foreign_enis = spec.foreign_enis.clone();

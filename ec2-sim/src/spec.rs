@@ -140,6 +140,9 @@ pub struct SimSpec {
     pub throttle: Option<ThrottleSpec>,
     /// ENIs attached to the instance at launch besides the primary (device indexes 1, 2, ... of card 0).
     pub foreign_enis: Vec<ForeignEni>,
+    /// A file whose presence fragments every subnet (checked at each call; removing it lifts the
+    /// fragmentation): see [`crate::SimEc2::fragment_subnet`].
+    pub fragment_file: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -180,6 +183,7 @@ impl SimSpec {
             api_latency: Duration::ZERO,
             throttle: Some(ThrottleSpec::default()),
             foreign_enis: Vec::new(),
+            fragment_file: None,
             clock: Arc::new(SystemClock::default()),
         }
     }

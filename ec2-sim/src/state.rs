@@ -30,6 +30,29 @@ pub(crate) struct SubnetState {
     #[serde(skip)]
     pub(crate) free: BTreeSet<Ipv4Addr>,
     pub(crate) free_count: usize,
+    /// Fragmented on request ([`crate::SimEc2::fragment_subnet`]): other tenants take one address of every
+    /// wholly free /28 before each prefix request, so single addresses stay free but no aligned block does.
+    #[serde(default)]
+    pub(crate) fragmented: bool,
+    /// The addresses those tenants hold (given back when the fragmentation is lifted).
+    #[serde(default)]
+    pub(crate) tenants: BTreeSet<Ipv4Addr>,
+}
+
+impl SubnetState {
+    /// Other tenants take one address (the ninth) of every wholly free aligned /28.
+    pub(crate) fn fragment_free_blocks(&mut self) {
+        let base = u32::from(self.cidr.network());
+        let blocks = 1u64 << (28u8.saturating_sub(self.cidr.prefix()));
+        for b in 0..blocks {
+            let start = base + u32::try_from(b * 16).unwrap_or(u32::MAX);
+            if (0..16).all(|i| self.free.contains(&Ipv4Addr::from(start + i))) {
+                let ip = Ipv4Addr::from(start + 8);
+                self.free.remove(&ip);
+                self.tenants.insert(ip);
+            }
+        }
+    }
 }
 
 fn load_calls<'de, D: serde::Deserializer<'de>>(
@@ -130,9 +153,12 @@ pub(crate) fn take_prefixes(
     n: u32,
     api: &'static str,
 ) -> Result<Vec<Ipv4Network>, Ec2Error> {
-    let Some(s) = st.subnets.get(subnet) else {
+    let Some(s) = st.subnets.get_mut(subnet) else {
         return Err(exhausted(subnet, api, "InvalidSubnetID.NotFound"));
     };
+    if s.fragmented && n > 0 {
+        s.fragment_free_blocks();
+    }
     let base = u32::from(s.cidr.network());
     let blocks = 1u64 << (28u8.saturating_sub(s.cidr.prefix()));
     let mut found = Vec::new();

@@ -152,6 +152,78 @@ async fn prefixes_need_whole_free_blocks() {
 }
 
 #[tokio::test]
+async fn a_subnet_fragmented_on_request_has_addresses_but_no_free_28_until_lifted() {
+    let s = sim("m5.large").await;
+    let primary = s.enis().await.expect("imds")[0].eni_id.clone();
+    let free = s.free_addresses(SIM_SUBNET_ID);
+    let tenants = s.fragment_subnet(Some(SIM_SUBNET_ID));
+    assert!(
+        tenants > 100,
+        "one address of each free /28 of the /20: {tenants}"
+    );
+    assert_eq!(s.free_addresses(SIM_SUBNET_ID), free - tenants);
+    let err = s
+        .assign_private_ips(&primary, IpRequest::Prefixes(1))
+        .await
+        .expect_err("no aligned block");
+    assert_eq!(err.code(), "InsufficientCidrBlocks");
+    let err = s
+        .create_network_interface(req(IpRequest::Prefixes(1)))
+        .await
+        .expect_err("no aligned block for a new ENI either");
+    assert_eq!(err.code(), "InsufficientCidrBlocks");
+    // Single addresses are still there.
+    let got = s
+        .assign_private_ips(&primary, IpRequest::Secondary(5))
+        .await
+        .expect("secondary IPs");
+    assert_eq!(got.ips.len(), 5);
+    // A block given back while fragmented is taken apart again by the tenants before the next prefix request.
+    s.defragment_subnet(None);
+    let p = s
+        .assign_private_ips(&primary, IpRequest::Prefixes(1))
+        .await
+        .expect("lifted: whole blocks are free again");
+    assert_eq!(p.prefixes.len(), 1);
+    s.fragment_subnet(None);
+    s.unassign_private_ips(&primary, &[], &p.prefixes)
+        .await
+        .expect("give it back");
+    let err = s
+        .assign_private_ips(&primary, IpRequest::Prefixes(1))
+        .await
+        .expect_err("fragmented again");
+    assert_eq!(err.code(), "InsufficientCidrBlocks");
+    s.defragment_subnet(None);
+    assert_eq!(s.free_addresses(SIM_SUBNET_ID), free - 5);
+}
+
+#[tokio::test]
+async fn the_fragment_file_fragments_and_lifts() {
+    let dir = std::env::temp_dir().join(format!("sim-frag-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("sim-ec2.fragment");
+    let _ = std::fs::remove_file(&file);
+    let mut spec = SimSpec::new("m5.large");
+    spec.fragment_file = Some(file.clone());
+    let s = SimEc2::launch(spec, Arc::new(NoHotplug))
+        .await
+        .expect("launch");
+    let primary = s.enis().await.expect("imds")[0].eni_id.clone();
+    std::fs::write(&file, b"").expect("touch");
+    let err = s
+        .assign_private_ips(&primary, IpRequest::Prefixes(1))
+        .await
+        .expect_err("fragmented by the file");
+    assert_eq!(err.code(), "InsufficientCidrBlocks");
+    std::fs::remove_file(&file).expect("rm");
+    s.assign_private_ips(&primary, IpRequest::Prefixes(1))
+        .await
+        .expect("lifted by removing the file");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn prefix_delegation_needs_nitro() {
     let s = sim("m4.large").await; // Xen
     let primary = s.enis().await.expect("imds")[0].eni_id.clone();

@@ -236,6 +236,8 @@ impl IpamdControl for ControlService {
             eni_config_problem: cn.and_then(|c| c.problem).unwrap_or_default(),
             kubernetes_api: self.node.deps.cluster.api_status().describe(),
             eni_changes_paused: self.node.enis_frozen(),
+            address_mode: self.node.address_mode().as_str().to_string(),
+            pool_knobs: self.node.knobs().to_string(),
         }))
     }
 

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod netpol;
 pub mod ratelimit;
 pub mod reaper;
+pub mod reload;
 #[cfg(test)]
 mod scenarios;
 pub mod serve;

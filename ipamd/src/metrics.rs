@@ -192,6 +192,11 @@ pub struct Metrics {
     /// Custom networking: 1 while the node's ENIConfig cannot place a new ENI, with the cause (`node-unknown`,
     /// `missing`, `no-subnet`, `unknown-subnet`, `other-zone`, `ec2-error`).
     pub eniconfig_invalid: IntGaugeVec,
+    /// How the node gets addresses now: 1 for the mode in force (`secondary-ip`, `prefix`,
+    /// `prefix-fallback-secondary-ip`), 0 for the others.
+    pub address_mode: IntGaugeVec,
+    /// Live reloads of the pool knobs, by outcome (`applied`, `refused`); see [`crate::reload`].
+    pub config_reloads: IntCounterVec,
 }
 
 /// Registers families and remembers their declarations.
@@ -479,6 +484,17 @@ impl Metrics {
                 "Custom networking: 1 while the node's ENIConfig cannot place a new ENI, by cause",
                 &["eniconfig", "cause"],
             )?,
+            address_mode: r.gauge_vec(
+                "awscni_ipv4_address_mode",
+                "How the node gets IPv4 addresses now: 1 for the mode in force (secondary-ip, prefix, \
+                 prefix-fallback-secondary-ip: prefix delegation fell back to secondary IPs, no free /28)",
+                &["mode"],
+            )?,
+            config_reloads: r.counter_vec(
+                "awscni_config_reload_total",
+                "Live reloads of the pool knobs (SIGHUP or the pool config file), by outcome (applied, refused)",
+                &["outcome"],
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -579,6 +595,26 @@ impl Metrics {
         let seen = self.pod_routing_repairs.get();
         if repairs > seen {
             self.pod_routing_repairs.inc_by(repairs - seen);
+        }
+        for mode in [
+            crate::engine::pool_task::AddressMode::SecondaryIp,
+            crate::engine::pool_task::AddressMode::Prefix,
+            crate::engine::pool_task::AddressMode::PrefixFallback,
+        ] {
+            let m = mode.as_str();
+            self.address_mode
+                .with_label_values(&[m])
+                .set(i64::from(snap.address_mode == m));
+        }
+        for (outcome, total) in [
+            ("applied", snap.reloads_applied),
+            ("refused", snap.reloads_refused),
+        ] {
+            let c = self.config_reloads.with_label_values(&[outcome]);
+            let seen = c.get();
+            if total > seen {
+                c.inc_by(total - seen);
+            }
         }
         // Counters the engine keeps itself: bring ours up to its totals.
         let forced = snap.force_removed;

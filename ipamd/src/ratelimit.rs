@@ -62,6 +62,12 @@ use ec2_api::clock::Clock;
 use ec2_api::layer::{Attempt, Call};
 use ec2_api::{Api, Ec2Error, Ec2Layer, Layered};
 
+tokio::task_local! {
+    /// Set by a caller with another way to get what it asks (the pool's growth, which can take another API):
+    /// a throttled call then shuts its gate and fails at once instead of waiting at the gate to retry.
+    pub static FAIL_FAST_ON_THROTTLE: bool;
+}
+
 /// Exponential backoff with equal jitter (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Backoff {
@@ -389,7 +395,8 @@ impl Pacer {
                 Err(e @ Ec2Error::Throttled { .. }) => {
                     let hold = self.on_throttle(api, sent_at);
                     let now = self.clock.now();
-                    if now.saturating_sub(started) + hold >= self.cfg.throttle_budget {
+                    let fail_fast = FAIL_FAST_ON_THROTTLE.try_with(|f| *f).unwrap_or(false);
+                    if fail_fast || now.saturating_sub(started) + hold >= self.cfg.throttle_budget {
                         return Err(e);
                     }
                     tracing::debug!(api, retry_in = ?hold, "EC2 is throttling this API; the node slows down");

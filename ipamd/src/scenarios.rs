@@ -409,7 +409,8 @@ async fn subnet_exhaustion_gives_the_specific_error() {
     assert!(f.message.contains("InsufficientFreeAddressesInSubnet"));
     h.stop().await;
 
-    // Prefix delegation on a fragmented subnet: free addresses, but no whole /28.
+    // Prefix delegation on a fragmented subnet: free addresses, but no whole /28. The anchor fails the ADD
+    // (#2749); ours falls back to secondary IPs and serves it, and says so.
     let mut h = Harness::start_with(
         "m5.large",
         &[
@@ -425,14 +426,64 @@ async fn subnet_exhaustion_gives_the_specific_error() {
         },
     )
     .await;
-    let f = h.add_pod(5).await.expect_err("no /28 anywhere");
-    assert_eq!(f.reason, FailureReason::SubnetExhausted, "{}", f.message);
+    let ip = h
+        .add_pod(5)
+        .await
+        .unwrap_or_else(|f| panic!("no /28 anywhere, yet a secondary IP: {}", f.message));
     assert!(
-        f.message.contains("InsufficientCidrBlocks"),
-        "{}",
-        f.message
+        h.sim
+            .all_enis()
+            .iter()
+            .any(|e| e.secondary_ips.contains(&ip)),
+        "{ip} is a secondary IP"
+    );
+    assert_eq!(
+        h.node.address_mode(),
+        crate::engine::pool_task::AddressMode::PrefixFallback
     );
     assert!(h.sim.free_addresses(SIM_SUBNET_ID) > 200);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_assign_moves_growth_to_a_new_eni_with_prefixes() {
+    let mut h = Harness::start_with(
+        "m5.xlarge",
+        &[
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("WARM_PREFIX_TARGET", "1"),
+        ],
+        None,
+        |_| {},
+    )
+    .await;
+    assert_eq!(h.node.stats().total, 16);
+    let creates = h
+        .sim
+        .calls()
+        .get("CreateNetworkInterface")
+        .copied()
+        .unwrap_or(0);
+    // The account throttles Assign for a long while; the pods still get addresses, from a new ENI.
+    h.sim
+        .inject_faults(Fault::Throttle, Some("AssignPrivateIpAddresses"), 1_000);
+    for _ in 0..24 {
+        h.add_pod(30)
+            .await
+            .expect("placed despite the throttled Assign");
+    }
+    let calls = h.sim.calls();
+    assert!(
+        calls.get("CreateNetworkInterface").copied().unwrap_or(0) > creates,
+        "{calls:?}"
+    );
+    let with_prefixes = h
+        .sim
+        .all_enis()
+        .iter()
+        .filter(|e| e.device_index.is_some_and(|d| d > 0) && !e.ipv4_prefixes.is_empty())
+        .count();
+    assert!(with_prefixes >= 1, "a new ENI created with prefixes");
     h.stop().await;
 }
 

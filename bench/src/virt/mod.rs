@@ -57,11 +57,33 @@ pub trait PoolNode: Send + Sync {
     fn add(&self, key: &IpamKey) -> bool;
     /// One DEL.
     fn del(&self, key: &IpamKey);
+    /// One ADD as the gRPC service makes it (`AddNetwork`): ours waits up to `bound` for an address on its way
+    /// (the plugin's deadline less the margin), the anchor fails at once.
+    fn add_waiting<'a>(
+        &'a self,
+        key: &'a IpamKey,
+        bound: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + 'a>> {
+        let _ = bound;
+        let ok = self.add(key);
+        Box::pin(async move { ok })
+    }
 }
 
 impl PoolNode for Node {
     fn add(&self, key: &IpamKey) -> bool {
         Node::add(self, key, &PodMeta::default()).is_ok()
+    }
+    fn add_waiting<'a>(
+        &'a self,
+        key: &'a IpamKey,
+        bound: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + 'a>> {
+        Box::pin(async move {
+            self.add_durable_within(key, &PodMeta::default(), bound)
+                .await
+                .is_ok()
+        })
     }
     fn del(&self, key: &IpamKey) {
         let _ = Node::del(self, key);

@@ -4,9 +4,10 @@
 //! [`Account`]: per-API token buckets of EC2's documented default sizes (mutating 200 tokens refilled at 5/s,
 //! Describe* 100 at 20/s), so every node's calls compete for the same budget, as in a real account (#405: 150
 //! nodes took 15 minutes to start their pods under `RequestLimitExceeded`). Nodes start at random times within
-//! the first 60 s (an autoscaling group launching them); a node's 30 pods are created as soon as its daemon is
-//! ready (ipamd opens its socket after the first fill; the anchor model after its pre-scaling) and retried every
-//! second until they have an address.
+//! the first 60 s (an autoscaling group launching them); a node's 30 pods are created at once as soon as its
+//! daemon is ready (ipamd opens its socket after the first fill; the anchor model after its pre-scaling). Each ADD
+//! is the plugin's gRPC call: ipamd's waits for an address on its way (up to 8 s, within the plugin's deadline),
+//! the anchor's answers at once; a failed ADD is retried a second later until the pod has an address.
 //!
 //! Reported: the time from the first node's launch until the last pod has an address; each pod's wait from its
 //! creation; EC2 calls and the share the account throttled. Every node keeps running (and calling EC2 for its
@@ -27,6 +28,10 @@ use rand::Rng;
 
 use super::{config_of, key, start, Account, AccountCounts, AccountEc2, Engine};
 use crate::error::{check_interrupt, BenchError};
+
+/// How long one ADD may wait in the daemon: the plugin's 10 s deadline less ipamd's 1 s margin, bounded by
+/// `AWS_CNI_ADD_WAIT_SECONDS`'s default of 8 s.
+const ADD_WAIT: Duration = Duration::from_secs(8);
 
 /// One cluster run's results.
 #[derive(Debug, Clone, Default)]
@@ -133,27 +138,43 @@ pub async fn cluster(
                 }
             };
             let ready = clock.now();
-            let mut pending: Vec<usize> = (0..pods).rev().collect();
-            while let Some(&i) = pending.last() {
-                if *stop.borrow() {
-                    break;
-                }
-                if running.node.add(&key(n, i)) {
-                    pending.pop();
-                    let now = clock.now();
-                    waits
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push(now.saturating_sub(ready));
-                    let mut lp = last_placed.lock().unwrap_or_else(|p| p.into_inner());
-                    *lp = (*lp).max(now);
-                    remaining.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                }
-                tokio::select! {
-                    () = clock.sleep(Duration::from_secs(1)) => {}
-                    _ = stop.changed() => {}
-                }
+            // Kubelet starts every pod's sandbox at once; each ADD goes to the daemon as the plugin's gRPC call
+            // does (ours waits for an address on its way, up to the plugin's 10 s deadline less the margin; the
+            // anchor answers at once) and a failed one is retried a second later.
+            let mut pods_left = Vec::with_capacity(pods);
+            for i in 0..pods {
+                let node = Arc::clone(&running.node);
+                let clock = Arc::clone(&clock);
+                let mut stop = stop.clone();
+                let waits = Arc::clone(&waits);
+                let last_placed = Arc::clone(&last_placed);
+                let remaining = Arc::clone(&remaining);
+                pods_left.push(tokio::task::spawn_local(async move {
+                    let k = key(n, i);
+                    loop {
+                        if *stop.borrow() {
+                            return;
+                        }
+                        if node.add_waiting(&k, ADD_WAIT).await {
+                            let now = clock.now();
+                            waits
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(now.saturating_sub(ready));
+                            let mut lp = last_placed.lock().unwrap_or_else(|p| p.into_inner());
+                            *lp = (*lp).max(now);
+                            remaining.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        }
+                        tokio::select! {
+                            () = clock.sleep(Duration::from_secs(1)) => {}
+                            _ = stop.changed() => {}
+                        }
+                    }
+                }));
+            }
+            for p in pods_left {
+                let _ = p.await;
             }
             let _ = stop.wait_for(|v| *v).await;
             running.stop().await;

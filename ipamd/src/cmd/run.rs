@@ -545,6 +545,16 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
                 "Kubernetes API not synced yet; going on (new pods wait for it only if a setting needs it)");
         }
     }
+    // The live pool knobs (the ConfigMap directory over the environment), before the first fill; SIGHUP and
+    // changes of the directory reload them from now on.
+    let mut reloader = crate::reload::Reloader::new(
+        Arc::clone(&node),
+        Box::new(ProcessEnv),
+        crate::reload::Reloader::dir_from(&ProcessEnv),
+    );
+    let _ = reloader.reload("startup");
+    let reload_stop = Arc::new(Notify::new());
+    let reload_task = tokio::spawn(reloader.watch(Arc::clone(&reload_stop)));
     if let Err(e) = node.fill().await {
         // Not fatal: the anchor never makes the node unusable because EC2 said no; the pool task retries.
         tracing::warn!(error = %e, "initial pool fill failed; will retry in the background");
@@ -692,6 +702,8 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     shutdown.notify_one();
     reconcile_signal.abort();
     eni_config_watch.abort();
+    reload_stop.notify_one();
+    reload_task.abort();
     match tokio::time::timeout(POOL_STOP_TIMEOUT, pool).await {
         Ok(Err(e)) => tracing::warn!(error = %e, "pool task ended abnormally"),
         Ok(Ok(())) => {}

@@ -123,6 +123,8 @@ pub async fn status(
             },
             "kubernetesApi": st.kubernetes_api,
             "eniChangesPaused": st.eni_changes_paused,
+            "addressMode": st.address_mode,
+            "poolKnobs": st.pool_knobs,
             "enis": st.enis.iter().map(|e| serde_json::json!({
                 "id": e.eniid, "deviceNumber": e.device_number, "primary": e.is_primary,
                 "total": e.total, "assigned": e.assigned, "cooldown": e.cooldown, "available": e.available,
@@ -160,6 +162,12 @@ pub async fn status(
         "limits     {} of {} ENIs, {} addresses per ENI, max-pods {}",
         counts.enis, counts.max_enis, counts.ips_per_eni, counts.max_pods
     );
+    if !st.address_mode.is_empty() {
+        let _ = writeln!(out, "mode       {}", st.address_mode);
+    }
+    if !st.pool_knobs.is_empty() {
+        let _ = writeln!(out, "knobs      {}", st.pool_knobs);
+    }
     if !st.last_decision.is_empty() {
         let _ = writeln!(out, "pool last  {}", st.last_decision);
     }

@@ -607,6 +607,12 @@ impl<V: IpVersion> Datastore<V> {
         }
     }
 
+    /// Changes the cooldown (a live reload of `IP_COOLDOWN_PERIOD`): addresses released earlier are measured
+    /// against the new period.
+    pub fn set_cooldown(&mut self, cooldown: Duration) {
+        self.cooldown = cooldown;
+    }
+
     /// The cooldown in force.
     pub fn cooldown(&self) -> Duration {
         self.cooldown

@@ -29,6 +29,11 @@ pub struct PoolSnapshot {
     pub snat: Option<SnatReport>,
     /// Custom networking's state (`None` when it is off).
     pub eni_config: Option<EniConfigStatus>,
+    /// How the node gets addresses now (`secondary-ip`, `prefix`, `prefix-fallback-secondary-ip`).
+    pub address_mode: &'static str,
+    /// Live reloads of the pool knobs applied and refused, since startup.
+    pub reloads_applied: u64,
+    pub reloads_refused: u64,
 }
 
 /// The SNAT/connmark backend chosen at startup, and why (for metrics and `ipamd status`).

@@ -80,7 +80,7 @@ impl Node {
         key: &IpamKey,
         meta: &PodMeta,
     ) -> Result<Allocation, AddFailure> {
-        self.add_durable_within(key, meta, self.config.add_wait)
+        self.add_durable_within(key, meta, self.knobs().add_wait)
             .await
     }
 
@@ -257,7 +257,7 @@ impl Node {
     /// Whether the node is at its ENI limit: every ENI slot used and every ENI full (known without waiting for
     /// the pool task's verdict), or the pool task's last decision said so.
     fn at_eni_limit(&self, stats: &PoolStats, now: Duration) -> bool {
-        let slots = self.policy.slots_per_eni();
+        let slots = self.policy().slots_per_eni();
         let all_full = u32::try_from(stats.enis).unwrap_or(u32::MAX) >= self.policy().max_enis
             && self.rooms(now).iter().all(|r| r.slots >= slots);
         all_full
@@ -313,9 +313,10 @@ impl Node {
         // Read before the status lock: `policy()` takes it too.
         let policy = self.policy();
         let max_pods = policy.max_pods;
+        let mode = self.address_mode();
+        let cooldown_secs = lock(&self.ds).cooldown().as_secs();
         let status = lock(&self.status);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
-        let cooldown_secs = self.config.ip_cooldown.as_secs();
         let (reason, message) = if in_cooldown > 0 && cannot_grow {
             (
                 FailureReason::AllFreeIpsInCooldown,
@@ -386,6 +387,14 @@ impl Node {
                 FailureReason::NoFreeIpPoolGrowing,
                 format!("no free IP yet ({total} addresses, all assigned); the pool is growing"),
             )
+        };
+        let message = if mode == super::pool_task::AddressMode::PrefixFallback {
+            format!(
+                "{message} [prefix delegation fell back to secondary IPs: the subnet has no free /28 \
+                 (InsufficientCidrBlocks)]"
+            )
+        } else {
+            message
         };
         AddFailure { reason, message }
     }

@@ -233,7 +233,7 @@ impl Node {
             .filter(|(card, _)| *card == 0)
             .map(|(_, d)| *d)
             .collect();
-        let Some(device_index) = (1..self.policy.max_enis.max(2)).find(|d| !used.contains(d))
+        let Some(device_index) = (1..self.policy().max_enis.max(2)).find(|d| !used.contains(d))
         else {
             return Err(Ec2Error::EniLimitExceeded {
                 api: "DescribeInstances",

@@ -132,7 +132,7 @@ impl Node {
         let enis = u32::try_from(lock(&self.ds).enis().count()).unwrap_or(u32::MAX);
         tracing::warn!(
             enis,
-            table = self.policy.max_enis,
+            table = self.base_policy().max_enis,
             "EC2 refused another ENI (AttachmentLimitExceeded): the node is at its ENI limit"
         );
         lock(&self.foreign).ceiling = Some(Ceiling { enis, attached: 0 });
@@ -222,16 +222,14 @@ impl Node {
     /// The instance type's policy with its ENI count (and `MAX_ENI`'s) less the slots taken by ENIs left alone,
     /// and no more than EC2 allowed when it refused one ([`Node::policy`] adds the node object's cap).
     pub fn slot_policy(&self) -> PoolPolicy {
+        let base = self.base_policy();
         let slots = lock(&self.foreign);
         let taken = u32::try_from(slots.foreign.len()).unwrap_or(u32::MAX);
-        let mut max_enis = self.policy.max_enis.saturating_sub(taken).max(1);
+        let mut max_enis = base.max_enis.saturating_sub(taken).max(1);
         if let Some(c) = slots.ceiling {
             max_enis = max_enis.min(c.enis.max(1));
         }
-        PoolPolicy {
-            max_enis,
-            ..self.policy
-        }
+        PoolPolicy { max_enis, ..base }
     }
 }
 

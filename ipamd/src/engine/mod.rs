@@ -208,6 +208,11 @@ pub(crate) struct PoolStatus {
     pub(crate) node_max_pods: Option<u32>,
     /// The node object's `spec.unschedulable`, from the cluster cache.
     pub(crate) cordoned: bool,
+    /// Prefix mode growing with secondary IPs for want of a free /28 (see [`pool_task`]).
+    pub(crate) fallback: Option<pool_task::Fallback>,
+    /// Live reloads of the pool knobs applied and refused (see [`crate::reload`]).
+    pub(crate) reloads_applied: u64,
+    pub(crate) reloads_refused: u64,
 }
 
 /// ADDs waiting for an address, served first come first served: only the oldest waiter takes an address, and a
@@ -270,7 +275,10 @@ pub struct Node {
     pub(crate) ec2: Arc<PacedEc2>,
     pub(crate) config: Config,
     pub(crate) meta: NodeMetadata,
-    pub(crate) policy: PoolPolicy,
+    /// The pool policy; its knobs change on a live reload ([`crate::reload`]).
+    pub(crate) policy: Mutex<PoolPolicy>,
+    /// The live pool knobs in force ([`crate::reload`]).
+    pub(crate) knobs: Mutex<crate::reload::PoolKnobs>,
     pub(crate) ds: Mutex<Datastore>,
     /// IPv6 mode's datastore (empty otherwise; see [`ipv6`]). Locked after `ds` when both are.
     pub(crate) ds6: Mutex<Datastore<V6>>,
@@ -298,7 +306,7 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("instance", &self.meta.instance_id)
-            .field("policy", &self.policy)
+            .field("policy", &self.policy())
             .finish_non_exhaustive()
     }
 }
@@ -382,7 +390,8 @@ impl Node {
         let node = Arc::new(Node {
             deps,
             ec2,
-            policy,
+            policy: Mutex::new(policy),
+            knobs: Mutex::new(crate::reload::PoolKnobs::of(&config)),
             ds: Mutex::new(Datastore::new(config.ip_cooldown)),
             ds6: Mutex::new(Datastore::<V6>::of(config.ip_cooldown)),
             status: Mutex::new(PoolStatus {
@@ -486,10 +495,10 @@ impl Node {
         tracing::info!(
             instance = %node.meta.instance_id,
             instance_type = %node.meta.instance_type,
-            max_enis = node.policy().max_enis,
-            ips_per_eni = node.policy.ips_per_eni,
-            prefix_delegation = node.policy.prefix_delegation,
-            max_pods = node.policy.max_pods,
+            max_enis = policy.max_enis,
+            ips_per_eni = policy.ips_per_eni,
+            prefix_delegation = policy.prefix_delegation,
+            max_pods = policy.max_pods,
             enis = node.stats().enis,
             "node initialised"
         );
@@ -542,6 +551,16 @@ impl Node {
     /// is false (the anchor's default).
     pub fn enis_frozen(&self) -> bool {
         !self.config.manage_enis_non_schedulable && lock(&self.status).cordoned
+    }
+
+    /// The policy of the instance type and the live knobs, before the node's own limits ([`Node::policy`]).
+    pub(crate) fn base_policy(&self) -> PoolPolicy {
+        *lock(&self.policy)
+    }
+
+    /// The live pool knobs in force (see [`crate::reload`]).
+    pub fn knobs(&self) -> crate::reload::PoolKnobs {
+        *lock(&self.knobs)
     }
 
     /// The configuration in force.
@@ -621,14 +640,21 @@ impl Node {
             }
             (stats, enis)
         };
-        // One guard: a second `lock` in the literal below would wait on the first (temporaries live to the end).
-        let (force_removed, routing_repairs) = {
+        let policy = self.policy();
+        let address_mode = self.address_mode().as_str();
+        // One guard, taken here: a `lock` inside the literal below would live to its end.
+        let (force_removed, routing_repairs, reloads_applied, reloads_refused) = {
             let st = lock(&self.status);
-            (st.force_removed, st.routing_repairs)
+            (
+                st.force_removed,
+                st.routing_repairs,
+                st.reloads_applied,
+                st.reloads_refused,
+            )
         };
         PoolSnapshot {
-            max_enis: self.policy().max_enis,
-            ips_per_eni: self.policy.ips_per_eni,
+            max_enis: policy.max_enis,
+            ips_per_eni: policy.ips_per_eni,
             stats,
             enis,
             keep: self.pool_floor(),
@@ -638,6 +664,9 @@ impl Node {
             routing_repairs,
             snat: self.deps.hostnet.snat_report(),
             eni_config: self.eni_config_status(),
+            address_mode,
+            reloads_applied,
+            reloads_refused,
         }
     }
 

@@ -10,8 +10,22 @@
 //! Release hysteresis (`AWS_CNI_POOL_RELEASE_DELAY`): every pool step samples the pool's need into a
 //! [`crate::core::pool::HighWater`], and nothing is given back below its peak over the delay. Shrinking is
 //! rate-limited (one release per [`SHRINK_INTERVAL`], anchor `decreaseIPPoolInterval`). After
-//! `InsufficientFreeAddressesInSubnet`/`InsufficientCidrBlocks` the pool does not try to grow for
+//! `InsufficientFreeAddressesInSubnet` the pool does not try to grow for [`SUBNET_EXHAUSTED_BACKOFF`].
+//!
+//! **Prefix fallback.** In prefix mode, `InsufficientCidrBlocks` (the subnet has free addresses but no aligned
+//! free /28, anchor #2749/#3410) does not stop growth: the same step is carried out at once with secondary IPs
+//! (on the same ENI's free slots, or a new ENI created with secondary IPs), and the node stays in that fallback
+//! ([`AddressMode::PrefixFallback`]: metrics, `ipamd status`, the ADD failure messages say so). Every
+//! [`PREFIX_RETRY_INTERVAL`] the next growth tries prefixes again; when EC2 hands out a /28 the node is back in
+//! prefix mode, and the policy gives back the free secondary IPs it no longer needs. ENIs holding both kinds are
+//! ordinary to the datastore; after a restart EC2's description brings both back, and the pods' addresses come
+//! back from the checkpoint whichever kind they are. Only when secondary IPs fail too is growth held for
 //! [`SUBNET_EXHAUSTED_BACKOFF`].
+//!
+//! **Throttled Assign.** Growth by AssignPrivateIpAddresses, when a new ENI could serve instead, does not wait at
+//! the pacer's gate after `RequestLimitExceeded` ([`crate::ratelimit::FAIL_FAST_ON_THROTTLE`]): the same step
+//! creates an ENI with the same addresses (CreateNetworkInterface, another API with its own budget), and while
+//! Assign's gate stays shut growth keeps taking new ENIs, as the anchor does.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,13 +45,51 @@ pub const SHRINK_INTERVAL: Duration = Duration::from_secs(30);
 /// No growth this long after the subnet ran out (anchor `insufficientCidrErrorCooldown`).
 pub const SUBNET_EXHAUSTED_BACKOFF: Duration = Duration::from_secs(120);
 
+/// In the prefix fallback, how often growth tries /28 prefixes again (the anchor's `insufficientCidrErrorCooldown`).
+pub const PREFIX_RETRY_INTERVAL: Duration = Duration::from_secs(120);
+
+/// How the node gets addresses now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressMode {
+    /// Secondary IPs (prefix delegation off, or not a Nitro instance).
+    SecondaryIp,
+    /// /28 prefixes.
+    Prefix,
+    /// Prefix delegation is on, but the subnet had no free /28: growing with secondary IPs.
+    PrefixFallback,
+}
+
+impl AddressMode {
+    /// As metrics and `ipamd status` name it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AddressMode::SecondaryIp => "secondary-ip",
+            AddressMode::Prefix => "prefix",
+            AddressMode::PrefixFallback => "prefix-fallback-secondary-ip",
+        }
+    }
+}
+
+/// The prefix fallback in force (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fallback {
+    /// When the subnet last said it has no free /28.
+    pub(crate) since: Duration,
+    /// When growth next tries prefixes.
+    pub(crate) retry_at: Duration,
+}
+
+fn no_free_cidr_block(e: &Ec2Error) -> bool {
+    matches!(e, Ec2Error::SubnetExhausted { code, .. } if code == "InsufficientCidrBlocks")
+}
+
 /// How long the pool task lets a burst of ADDs and DELs gather after being woken, so the burst is one decision
 /// (and one EC2 call) rather than one per request.
 pub const POOL_DEBOUNCE: Duration = Duration::from_millis(20);
 
 impl Node {
     pub(crate) fn rooms(&self, now: Duration) -> Vec<EniRoom> {
-        let slots_per_eni = self.policy.slots_per_eni();
+        let slots_per_eni = self.policy().slots_per_eni();
         let ds = lock(&self.ds);
         let cooldown = ds.cooldown();
         ds.enis()
@@ -90,7 +142,102 @@ impl Node {
                 .is_none_or(|t| now.saturating_sub(t) >= SHRINK_INTERVAL),
             node_max_pods: st.node_max_pods,
             freeze_enis,
+            prefix_fallback: st.fallback.is_some_and(|f| now < f.retry_at),
         }
+    }
+
+    /// How the node gets addresses now (see the module docs).
+    pub fn address_mode(&self) -> AddressMode {
+        if !self.policy().prefix_delegation {
+            AddressMode::SecondaryIp
+        } else if lock(&self.status).fallback.is_some() {
+            AddressMode::PrefixFallback
+        } else {
+            AddressMode::Prefix
+        }
+    }
+
+    /// Carries out a growth or shrink step in EC2.
+    async fn carry_out(&self, decision: &Decision) -> Result<(), Ec2Error> {
+        match decision {
+            Decision::Hold | Decision::AtEniLimit { .. } | Decision::EniChangesPaused { .. } => {
+                Ok(())
+            }
+            Decision::AssignIps { eni_id, count } => {
+                self.assign(eni_id, IpRequest::Secondary(*count)).await
+            }
+            Decision::AssignPrefixes { eni_id, count } => {
+                self.assign(eni_id, IpRequest::Prefixes(*count)).await
+            }
+            // Custom networking without a usable ENIConfig: no ENI, anywhere (see super::custom_net); the problem
+            // stays until a placement succeeds (or the ENIConfig watch clears it).
+            Decision::AttachEni { request } => match self.placement().await {
+                Ok(at) => {
+                    self.set_eni_config_blocked(None);
+                    self.attach_eni(*request, at).await
+                }
+                Err(problem) => {
+                    self.set_eni_config_blocked(Some(problem));
+                    Ok(())
+                }
+            },
+            Decision::ReleaseIps { eni_id, ips } => self.release(eni_id, ips, &[]).await,
+            Decision::ReleasePrefixes { eni_id, prefixes } => {
+                self.release(eni_id, &[], prefixes).await
+            }
+            Decision::FreeEni { eni_id } => self.free_eni(eni_id).await,
+        }
+    }
+
+    /// A growth step with the prefix fallback: prefixes refused for want of a free /28 are replaced at once by
+    /// secondary IPs (see the module docs). Returns the decision carried out.
+    async fn grow_with_fallback(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
+        let wants_prefixes = matches!(
+            decision,
+            Decision::AssignPrefixes { .. }
+                | Decision::AttachEni {
+                    request: IpRequest::Prefixes(_)
+                }
+        );
+        let result = self.carry_out(&decision).await;
+        let now = self.deps.clock.now();
+        match &result {
+            Ok(()) if wants_prefixes => {
+                if let Some(f) = lock(&self.status).fallback.take() {
+                    tracing::info!(
+                        fell_back_for = ?now.saturating_sub(f.since),
+                        "the subnet has free /28 blocks again: back to prefix delegation"
+                    );
+                }
+            }
+            Err(e) if wants_prefixes && no_free_cidr_block(e) => {
+                {
+                    let mut st = lock(&self.status);
+                    if st.fallback.is_none() {
+                        tracing::warn!(error = %e,
+                            "no free /28 in the subnet: falling back to secondary IPs until prefixes are free again");
+                    }
+                    st.fallback = Some(Fallback {
+                        since: st.fallback.map_or(now, |f| f.since),
+                        retry_at: now + PREFIX_RETRY_INTERVAL,
+                    });
+                }
+                let again = self.next_decision();
+                if matches!(
+                    again,
+                    Decision::AssignIps { .. }
+                        | Decision::AttachEni {
+                            request: IpRequest::Secondary(_)
+                        }
+                ) {
+                    let res = self.carry_out(&again).await;
+                    return (again, res);
+                }
+                return (again, Ok(()));
+            }
+            _ => {}
+        }
+        (decision, result)
     }
 
     /// What the pool would do now (no EC2 call).
@@ -105,6 +252,66 @@ impl Node {
     pub fn pool_floor(&self) -> u32 {
         let now = self.deps.clock.now();
         lock(&self.status).high_water.peak(now)
+    }
+
+    /// Whether growth by AssignPrivateIpAddresses can move to a new ENI (see [`Node::reroute_throttled`]).
+    fn may_reroute(&self) -> bool {
+        let create = ec2_api::Api::CreateNetworkInterface.name();
+        let enis = u32::try_from(self.stats().enis).unwrap_or(u32::MAX);
+        enis < self.policy().max_enis && self.ec2.hold(create).is_zero()
+    }
+
+    /// Growth by AssignPrivateIpAddresses while EC2 throttles that API goes to another API that serves: a new ENI
+    /// created with the same addresses (CreateNetworkInterface carries them), when an ENI slot is left and
+    /// CreateNetworkInterface is not throttled too; as the anchor does when its Assign fails.
+    fn reroute_throttled(&self, decision: Decision, throttled: bool) -> Decision {
+        let (count, prefixes) = match &decision {
+            Decision::AssignIps { count, .. } => (*count, false),
+            Decision::AssignPrefixes { count, .. } => (*count, true),
+            _ => return decision,
+        };
+        let assign = ec2_api::Api::AssignPrivateIpAddresses.name();
+        let assign_shut = throttled || !self.ec2.hold(assign).is_zero();
+        if !assign_shut || !self.may_reroute() {
+            return decision;
+        }
+        let count = count.min(self.policy().slots_per_eni()).max(1);
+        let request = if prefixes {
+            IpRequest::Prefixes(count)
+        } else {
+            IpRequest::Secondary(count)
+        };
+        tracing::info!(
+            ?request,
+            "AssignPrivateIpAddresses is throttled: growing with a new ENI instead"
+        );
+        Decision::AttachEni { request }
+    }
+
+    /// Carries out a growth step; an Assign that EC2 throttles while a new ENI could serve fails at once and the
+    /// same step creates the ENI instead.
+    async fn grow_rerouted(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
+        let assigns = matches!(
+            decision,
+            Decision::AssignIps { .. } | Decision::AssignPrefixes { .. }
+        );
+        if !assigns || !self.may_reroute() {
+            return self.grow_with_fallback(decision).await;
+        }
+        let (done, res) = crate::ratelimit::FAIL_FAST_ON_THROTTLE
+            .scope(true, self.grow_with_fallback(decision.clone()))
+            .await;
+        match res {
+            Err(Ec2Error::Throttled { .. }) => {
+                let again = self.reroute_throttled(done, true);
+                if matches!(again, Decision::AttachEni { .. }) {
+                    self.grow_with_fallback(again).await
+                } else {
+                    (again, res)
+                }
+            }
+            res => (done, res),
+        }
     }
 
     /// Decides and carries out one pool step. Returns what was decided. Waiting ADDs are woken afterwards,
@@ -123,7 +330,7 @@ impl Node {
         let _actor = self.actor.lock().await;
         self.refresh_node_view().await;
         let now = self.deps.clock.now();
-        let mut decision = self.next_decision();
+        let mut decision = self.reroute_throttled(self.next_decision(), false);
         if matches!(decision, Decision::AttachEni { .. }) && self.setup_pending_any() {
             // An attached ENI waits for its host setup (reconcile finishes it): no second one in its place.
             decision = Decision::Hold;
@@ -137,42 +344,22 @@ impl Node {
         let blocked = lock(&self.status)
             .grow_blocked_until
             .is_some_and(|t| now < t);
-        let mut eni_config_blocked = None;
         let result = if self.config.disable_provisioning || (grows && blocked) {
             if grows && blocked {
                 decision = Decision::Hold;
             }
             Ok(())
+        } else if grows {
+            let (done, res) = self.grow_rerouted(decision).await;
+            decision = done;
+            res
         } else {
-            match &decision {
-                Decision::Hold
-                | Decision::AtEniLimit { .. }
-                | Decision::EniChangesPaused { .. } => Ok(()),
-                Decision::AssignIps { eni_id, count } => {
-                    self.assign(eni_id, IpRequest::Secondary(*count)).await
-                }
-                Decision::AssignPrefixes { eni_id, count } => {
-                    self.assign(eni_id, IpRequest::Prefixes(*count)).await
-                }
-                // Custom networking without a usable ENIConfig: no ENI, anywhere (see super::custom_net).
-                Decision::AttachEni { request } => match self.placement().await {
-                    Ok(at) => self.attach_eni(*request, at).await,
-                    Err(problem) => {
-                        eni_config_blocked = Some(problem);
-                        Ok(())
-                    }
-                },
-                Decision::ReleaseIps { eni_id, ips } => self.release(eni_id, ips, &[]).await,
-                Decision::ReleasePrefixes { eni_id, prefixes } => {
-                    self.release(eni_id, &[], prefixes).await
-                }
-                Decision::FreeEni { eni_id } => self.free_eni(eni_id).await,
-            }
+            self.carry_out(&decision).await
         };
-        if eni_config_blocked.is_some() {
+        // Custom networking without a usable ENIConfig: no ENI was attached anywhere (see `carry_out`).
+        if matches!(decision, Decision::AttachEni { .. }) && self.eni_config_blocked().is_some() {
             decision = Decision::Hold;
         }
-        self.set_eni_config_blocked(eni_config_blocked);
         // EC2 refusing another ENI (AttachmentLimitExceeded, or no free device index) is the ENI limit, not an
         // EC2 failure: stop asking and say so (see `foreign`).
         let result = match result {
@@ -291,5 +478,156 @@ impl Node {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{AddressMode, PREFIX_RETRY_INTERVAL};
+    use crate::config::Config;
+    use crate::core::datastore::{IpamKey, PodMeta};
+    use crate::engine::{Node, NodeDeps};
+    use crate::host::fakes::FakeHost;
+    use ec2_api::clock::ManualClock;
+    use ec2_sim::{SimEc2, SIM_SUBNET_ID};
+
+    async fn pd_node() -> (Arc<Node>, SimEc2, ManualClock) {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock.clone()),
+            cluster: Arc::new(crate::kube::NoCluster),
+        };
+        let config = Config {
+            prefix_delegation: true,
+            warm_prefix_target: 1,
+            pool_release_delay: Duration::ZERO,
+            ..Config::default()
+        };
+        let n = Node::start(deps, config, None).await.expect("init");
+        (n, sim, clock)
+    }
+
+    fn key(i: usize) -> IpamKey {
+        IpamKey {
+            network_name: "aws-cni".into(),
+            container_id: format!("c{i}"),
+            if_name: "eth0".into(),
+        }
+    }
+
+    fn secondaries(n: &Node) -> usize {
+        n.datastore()
+            .enis()
+            .map(|e| e.ip_count() - e.prefixes().count() * 16)
+            .sum()
+    }
+
+    /// ADDs pods `from..to`, filling the pool when one finds no address (the clock moves on between fills so
+    /// the client-side pacer's buckets refill).
+    async fn add_pods(n: &Node, clock: &ManualClock, from: usize, to: usize) {
+        for i in from..to {
+            if n.add(&key(i), &PodMeta::default()).is_err() {
+                clock.advance(Duration::from_secs(10));
+                n.fill().await.expect("fill grows instead of failing");
+                n.add(&key(i), &PodMeta::default())
+                    .unwrap_or_else(|e| panic!("pod {i}: {}", e.message));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_free_28_falls_back_to_secondary_ips_and_returns_to_prefixes() {
+        let run = async {
+            let (n, sim, clock) = pd_node().await;
+            n.fill().await.expect("fill");
+            assert_eq!(n.address_mode(), AddressMode::Prefix);
+            assert_eq!(n.stats().total, 16, "one /28");
+            sim.fragment_subnet(Some(SIM_SUBNET_ID));
+            // 40 pods: the first 16 on the prefix, the rest on secondary IPs the fallback brings.
+            add_pods(&n, &clock, 0, 40).await;
+            assert_eq!(n.address_mode(), AddressMode::PrefixFallback);
+            assert!(secondaries(&n) >= 24, "{:?}", n.datastore());
+            assert_eq!(n.snapshot().address_mode, "prefix-fallback-secondary-ip");
+            let calls = sim.calls();
+            assert!(
+                calls.get("CreateNetworkInterface").copied().unwrap_or(0) >= 1,
+                "the primary ENI's slots ran out: a new ENI with secondary IPs: {calls:?}"
+            );
+            let (last, err) = n.last_decision();
+            assert!(err.is_none(), "{err:?} after {last:?}");
+            // Every address the pods hold is one EC2 has on the node.
+            let on_ec2: std::collections::BTreeSet<_> = sim
+                .all_enis()
+                .iter()
+                .flat_map(|e| {
+                    let mut v = e.secondary_ips.clone();
+                    v.extend(e.ipv4_prefixes.iter().flat_map(|p| p.iter()));
+                    v
+                })
+                .collect();
+            for (_, _, a) in n.datastore().assignments() {
+                assert!(on_ec2.contains(&a.ip), "{}", a.ip);
+            }
+            // The subnet heals; after the retry interval growth takes prefixes again.
+            sim.defragment_subnet(None);
+            clock.advance(PREFIX_RETRY_INTERVAL + Duration::from_secs(1));
+            add_pods(&n, &clock, 40, 60).await;
+            assert_eq!(n.address_mode(), AddressMode::Prefix);
+            assert!(
+                n.datastore()
+                    .enis()
+                    .map(|e| e.prefixes().count())
+                    .sum::<usize>()
+                    >= 2,
+                "prefixes again: {:?}",
+                n.datastore()
+            );
+            // Pods leave; once cooled down, the free secondary IPs go back and the pool is prefixes again.
+            for i in 0..60 {
+                n.del(&key(i));
+            }
+            clock.advance(Duration::from_secs(31));
+            for _ in 0..60 {
+                clock.advance(super::SHRINK_INTERVAL);
+                n.pool_step().await.expect("shrink");
+            }
+            assert_eq!(secondaries(&n), 0, "{:?}", n.datastore());
+            assert!(n.stats().total >= 16);
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("the test waits on the manual clock");
+    }
+
+    #[tokio::test]
+    async fn an_add_failing_in_the_fallback_says_so() {
+        let (n, sim, _clock) = pd_node().await;
+        n.fill().await.expect("fill");
+        sim.fragment_subnet(None);
+        for i in 0..16 {
+            n.add(&key(i), &PodMeta::default()).expect("prefix");
+        }
+        n.pool_step().await.expect("fallback step");
+        assert_eq!(n.address_mode(), AddressMode::PrefixFallback);
+        // Drain what the fallback brought; the next ADD finds nothing and the failure names the fallback.
+        let mut i = 16;
+        while n.add(&key(i), &PodMeta::default()).is_ok() {
+            i += 1;
+        }
+        let err = n
+            .add(&key(999), &PodMeta::default())
+            .expect_err("none free");
+        assert!(
+            err.message.contains("fell back to secondary IPs")
+                && err.message.contains("InsufficientCidrBlocks"),
+            "{}",
+            err.message
+        );
     }
 }

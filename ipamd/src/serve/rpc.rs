@@ -213,10 +213,7 @@ impl CniBackend for CniService {
         let clock = Arc::clone(self.node.clock());
         let started = clock.now();
         self.metrics.add_ip_req_count.inc();
-        let wait = add_wait_bound(
-            self.node.config().add_wait,
-            grpc_timeout(request.metadata()),
-        );
+        let wait = add_wait_bound(self.node.knobs().add_wait, grpc_timeout(request.metadata()));
         let req = request.into_inner();
         let key = match key_of(&req.network_name, &req.container_id, &req.if_name) {
             Ok(k) => k,

@@ -8,6 +8,7 @@ use ipnetwork::Ipv4Network;
 
 use super::policy::{u, PoolPolicy};
 use crate::core::datastore::PoolStats;
+use crate::core::family::Family;
 use ec2_api::IpRequest;
 
 /// An ENI younger than this is never freed (anchor `minENILifeTime`).
@@ -51,6 +52,9 @@ pub struct Outlook {
     /// No ENI may be attached or freed now (a cordoned node without `AWS_MANAGE_ENIS_NON_SCHEDULABLE`);
     /// addresses on the attached ENIs still come and go.
     pub freeze_enis: bool,
+    /// Prefix mode, but the subnet has no free /28 (`InsufficientCidrBlocks`): grow with secondary IPs instead
+    /// (on an ENI with free slots, or a new ENI), and give nothing back that the fallback brought.
+    pub prefix_fallback: bool,
 }
 
 /// What to do next.
@@ -95,10 +99,11 @@ fn grow(
     enis: &[&EniRoom],
     short: u32,
     freeze_enis: bool,
+    family: Family,
 ) -> Decision {
     let total = u(stats.total);
     let headroom = policy.max_pods.saturating_sub(total);
-    let per_slot = policy.per_slot();
+    let per_slot = family.per_slot();
     // Slots wanted: addresses rounded up to whole slots, never more than max-pods allows (rounded up in PD).
     let wanted = short.div_ceil(per_slot).max(1);
     let allowed = headroom.div_ceil(per_slot).max(1);
@@ -113,7 +118,7 @@ fn grow(
         };
         let count = want.min(room).min(allowed).max(1);
         let eni_id = eni.eni_id.clone();
-        return if policy.family().uses_prefixes() {
+        return if family.uses_prefixes() {
             Decision::AssignPrefixes { eni_id, count }
         } else {
             Decision::AssignIps { eni_id, count }
@@ -130,7 +135,7 @@ fn grow(
         };
         let count = want.min(slots_per_eni).min(allowed).max(1);
         return Decision::AttachEni {
-            request: policy.family().request(count),
+            request: family.request(count),
         };
     }
     Decision::AtEniLimit { short }
@@ -142,6 +147,7 @@ fn shrink(
     enis: &[&EniRoom],
     keep: u32,
     freeze_enis: bool,
+    prefix_fallback: bool,
 ) -> Option<Decision> {
     let excess = policy.excess(stats, keep);
     if excess > 0 {
@@ -166,6 +172,24 @@ fn shrink(
                         .take(excess as usize)
                         .copied()
                         .collect(),
+                });
+            }
+        }
+    }
+    // Back in prefix mode after a fallback: free secondary IPs the pool does not need without them go back, so
+    // the node returns to whole prefixes.
+    if policy.family().uses_prefixes() && !prefix_fallback {
+        for eni in enis.iter().rev() {
+            let n = u(eni.releasable_ips.len());
+            if n == 0 {
+                continue;
+            }
+            let total = u(stats.total).saturating_sub(n);
+            let available = u(stats.available).saturating_sub(n);
+            if total >= keep && policy.raw_short(total, available, 0) == 0 {
+                return Some(Decision::ReleaseIps {
+                    eni_id: eni.eni_id.clone(),
+                    ips: eni.releasable_ips.clone(),
                 });
             }
         }
@@ -212,10 +236,22 @@ pub fn decide(
     sorted.sort_by_key(|e| e.device_number);
     let short = policy.shortage(stats, outlook.waiting);
     if short > 0 {
-        return grow(policy, stats, &sorted, short, outlook.freeze_enis);
+        let family = if outlook.prefix_fallback && policy.family().uses_prefixes() {
+            Family::V4Secondary
+        } else {
+            policy.family()
+        };
+        return grow(policy, stats, &sorted, short, outlook.freeze_enis, family);
     }
     if outlook.may_shrink {
-        if let Some(d) = shrink(policy, stats, &sorted, outlook.keep, outlook.freeze_enis) {
+        if let Some(d) = shrink(
+            policy,
+            stats,
+            &sorted,
+            outlook.keep,
+            outlook.freeze_enis,
+            outlook.prefix_fallback,
+        ) {
             return d;
         }
     }
@@ -234,6 +270,7 @@ mod tests {
         may_shrink: true,
         node_max_pods: None,
         freeze_enis: false,
+        prefix_fallback: false,
     };
 
     /// A toy node: ENIs with addresses, pods assigned lowest device first, no cooldown.
@@ -1158,6 +1195,7 @@ mod tests {
                                 may_shrink: next(2) == 1,
                                 node_max_pods: None,
                                 freeze_enis: false,
+                                prefix_fallback: false,
                             };
                             let d = decide(&p, &st, &enis, &outlook);
                             checked += 1;
@@ -1330,5 +1368,80 @@ mod tests {
                 "{p:?}: shrinks back once the delay has passed"
             );
         }
+    }
+
+    #[test]
+    fn prefix_fallback_grows_with_secondary_ips_and_gives_them_back_once_prefixes_return() {
+        // m5.large in PD: 9 slots per ENI; WARM_PREFIX_TARGET=1.
+        let p = PoolPolicy {
+            prefix_delegation: true,
+            warm_prefix_target: 1,
+            ips_per_eni: 9 * 16,
+            max_pods: 110,
+            ..policy(10, 3)
+        };
+        let mut toy = Toy::new();
+        // One prefix on the primary ENI, 16 pods on it: short by 16.
+        toy.enis[0].slots = 1;
+        toy.enis[0].ips = 16;
+        toy.pods = 16;
+        let (stats, enis) = toy.view(true);
+        let fallback = Outlook {
+            prefix_fallback: true,
+            ..SHRINK
+        };
+        assert_eq!(
+            decide(&p, &stats, &enis, &fallback),
+            Decision::AssignIps {
+                eni_id: "eni-0".into(),
+                count: 8
+            },
+            "the ENI's 8 free slots as secondary IPs"
+        );
+        assert_eq!(
+            decide(&p, &stats, &enis, &SHRINK),
+            Decision::AssignPrefixes {
+                eni_id: "eni-0".into(),
+                count: 1
+            }
+        );
+        // A full ENI: a new one with secondary IPs (16 addresses short, 9 slots per ENI).
+        toy.enis[0].slots = 9;
+        toy.enis[0].ips = 16;
+        let (stats, enis) = toy.view(true);
+        assert_eq!(
+            decide(&p, &stats, &enis, &fallback),
+            Decision::AttachEni {
+                request: IpRequest::Secondary(9)
+            }
+        );
+        // Back in prefix mode with a prefix free and 8 free secondary IPs: the secondaries go back; in fallback
+        // they stay.
+        let mut room = EniRoom {
+            eni_id: "eni-0".into(),
+            is_primary: true,
+            slots: 10,
+            ips: 40,
+            assigned: 16,
+            releasable_ips: (0..8).map(|i| Ipv4Addr::new(10, 0, 9, i)).collect(),
+            age: MIN_ENI_LIFETIME,
+            ..EniRoom::default()
+        };
+        room.releasable_prefixes = vec!["10.0.1.0/28".parse().expect("pfx")];
+        let stats = PoolStats {
+            total: 40,
+            assigned: 16,
+            available: 24,
+            enis: 1,
+            prefixes: 2,
+            free_prefixes: 1,
+            ..PoolStats::default()
+        };
+        let enis = vec![room];
+        match decide(&p, &stats, &enis, &SHRINK) {
+            Decision::ReleaseIps { ips, .. } => assert_eq!(ips.len(), 8),
+            d => panic!("expected the secondary IPs back, got {d:?}"),
+        }
+        assert_eq!(decide(&p, &stats, &enis, &fallback), Decision::Hold);
     }
 }

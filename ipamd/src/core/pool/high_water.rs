@@ -24,6 +24,20 @@ impl HighWater {
         }
     }
 
+    /// Changes the window (a live reload of `AWS_CNI_POOL_RELEASE_DELAY`): samples older than the new window
+    /// expire at the next read; a zero window forgets them all.
+    pub fn set_window(&mut self, window: Duration) {
+        self.window = window;
+        if window.is_zero() {
+            self.samples.clear();
+        }
+    }
+
+    /// The window in force.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
     /// Records `value` sampled at `now` (monotonic; a time before the last sample counts as the last one's).
     pub fn record(&mut self, now: Duration, value: u32) {
         if self.window.is_zero() {
