@@ -1,14 +1,14 @@
 # syntax=docker/dockerfile:1
-# The aws-cni image: ipamd (daemon, installer, probes) and aws-cni, the upstream CNI plugins, and the node's
+# The aws-cni image: ipamd (daemon, installer, probes), aws-cni and egress-cni, the upstream CNI plugins, and the node's
 # netfilter tools (iptables nft and legacy, nft, conntrack) on Debian bookworm. Build from the repository root:
 #
 #   docker build -t aws-cni:0.1.0 .                      compiles in the Rust stage (release, exactly Cargo.lock)
 #   scripts/image.sh                                     podman, no registry needed (see there), or prebuilt:
-#   podman build --build-arg BINARIES=prebuilt ...       takes target/image/{ipamd,aws-cni} staged by the script
+#   podman build --build-arg BINARIES=prebuilt ...       takes target/image/{ipamd,aws-cni,egress-cni} staged
 #
-#   build      Rust on Debian bookworm: ipamd (with the aws backend) and aws-cni
-#   compiled   the two binaries of `build`          } BINARIES picks one; an engine that skips unused stages
-#   prebuilt   the two binaries staged from the host } (BuildKit, buildah) never runs the other
+#   build      Rust on Debian bookworm: ipamd (with the aws backend), aws-cni and egress-cni
+#   compiled   the binaries of `build`              } BINARIES picks one; an engine that skips unused stages
+#   prebuilt   the binaries staged from the host     } (BuildKit, buildah) never runs the other
 #   plugins    Debian's containernetworking-plugins: the five that `ipamd install` copies to the host
 #   runtime    Debian bookworm (slim) with iptables, nftables, conntrack, the plugins and the conflist template
 #   final      runtime (or RUNTIME) + the binaries: /app as `ipamd install` expects it
@@ -35,15 +35,15 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # aws-sdk-ec2 makes this long (about 13 minutes and 8 GB of memory on 2 cores).
-RUN cargo build --locked --release -p ipamd -p aws-cni --features ipamd/aws
+RUN cargo build --locked --release -p ipamd -p aws-cni -p egress-cni --features ipamd/aws
 
 FROM scratch AS compiled
-COPY --from=build /src/target/release/ipamd /src/target/release/aws-cni /
+COPY --from=build /src/target/release/ipamd /src/target/release/aws-cni /src/target/release/egress-cni /
 
 # Binaries built on the host (glibc of bookworm or older, ipamd with its aws feature), staged into
 # target/image/ by scripts/image.sh (.dockerignore lets exactly that directory of target/ through).
 FROM scratch AS prebuilt
-COPY target/image/ipamd target/image/aws-cni /
+COPY target/image/ipamd target/image/aws-cni target/image/egress-cni /
 
 FROM ${BINARIES} AS binaries
 
@@ -73,7 +73,7 @@ COPY --from=plugins /out/cni-plugins/ /app/cni-plugins/
 COPY deploy/10-aws.conflist.tmpl /app/10-aws.conflist.tmpl
 
 FROM ${RUNTIME} AS final
-COPY --from=binaries /ipamd /aws-cni /app/
+COPY --from=binaries /ipamd /aws-cni /egress-cni /app/
 WORKDIR /app
 # Every container of the DaemonSet runs as root (see deploy/base/daemonset.yaml for the privileges each keeps):
 # it writes the host's root-owned /opt/cni/bin, /etc/cni/net.d and /var/run/aws-node, and a non-root process

@@ -2,7 +2,7 @@
 # Builds the aws-cni image with podman, with or without a registry. Run as root from anywhere.
 #
 #   scripts/image.sh                          compile in the image (needs the Rust image, pulled or present)
-#   scripts/image.sh --binaries target/debug  the runtime stages only, with ipamd and aws-cni built on the host
+#   scripts/image.sh --binaries target/debug  the runtime stages only, with ipamd, aws-cni and egress-cni built on the host
 #                                             (stripped of debug info on the way in); ipamd needs --features ipamd/aws
 #                                             unless the image only ever runs --backend sim
 #   --tag NAME       image name (default aws-cni:<workspace version>)
@@ -118,11 +118,11 @@ src=$(git remote get-url origin 2>/dev/null || true)
 [ -z "$src" ] || args+=(--build-arg "SOURCE=$src")
 
 if [ -n "$binaries" ]; then
-  for b in ipamd aws-cni; do
+  for b in ipamd aws-cni egress-cni; do
     [ -x "$binaries/$b" ] || { log "$binaries/$b: not built"; exit 1; }
   done
   mkdir -p target/image
-  for b in ipamd aws-cni; do
+  for b in ipamd aws-cni egress-cni; do
     # A file of its own, renamed into place: builds running at the same time never see half a binary.
     tmp=$(mktemp "target/image/.$b.XXXXXX")
     strip --strip-debug -o "$tmp" "$binaries/$b"

@@ -79,7 +79,7 @@ fn the_static_checks_catch_broken_recipes() {
         ),
         (
             "/src/target/release/aws-cni /",
-            "/src/target/release/egress-cni /",
+            "/src/target/release/nope-cni /",
             "not a binary the build stage builds",
         ),
         (
@@ -122,13 +122,13 @@ fn the_static_checks_catch_broken_recipes() {
             "does not install iptables",
         ),
         (
-            "COPY target/image/ipamd target/image/aws-cni /",
+            "COPY target/image/ipamd target/image/aws-cni target/image/egress-cni /",
             "COPY target/image/ipamd /",
             "stage prebuilt does not provide it",
         ),
         (
-            "COPY target/image/ipamd target/image/aws-cni /",
-            "COPY target/ipamd target/image/aws-cni /",
+            "COPY target/image/ipamd target/image/aws-cni target/image/egress-cni /",
+            "COPY target/ipamd target/image/aws-cni target/image/egress-cni /",
             "not in the repository",
         ),
         (
