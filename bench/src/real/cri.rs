@@ -181,6 +181,9 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  # Sandbox network namespaces under this run's state directory, not the machine's /run/netns: a run that
+  # dies before RemovePodSandbox leaves them where stop()'s unmount-under-the-run-directory pass finds them.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{bin}"
     conf_dir = "{conf}"
