@@ -99,7 +99,7 @@ pub async fn check(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result
         Some(_) => {}
     }
     let routes = host
-        .routes(MAIN_TABLE)
+        .routes::<Ipv4Addr>(MAIN_TABLE)
         .await
         .map_err(|e| PluginError::Setup(e.to_string()))?;
     let route_ok = routes.iter().any(|r| {
@@ -109,7 +109,7 @@ pub async fn check(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result
         problems.push(format!("host route {ip}/32 dev {host_veth} is missing"));
     }
     let rules = host
-        .rules()
+        .rules::<Ipv4Addr>()
         .await
         .map_err(|e| PluginError::Setup(e.to_string()))?;
     if !rules.iter().any(|r| {
@@ -152,7 +152,7 @@ pub async fn check(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result
                 problems.push(format!("address {ip}/32 is missing on {ifname}"));
             }
             let pod_routes = pod
-                .routes(MAIN_TABLE)
+                .routes::<Ipv4Addr>(MAIN_TABLE)
                 .await
                 .map_err(|e| PluginError::Setup(e.to_string()))?;
             if !pod_routes.iter().any(|r| {
@@ -172,7 +172,7 @@ pub async fn check(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result
                 problems.push(format!("pod default route via {POD_GATEWAY} is missing"));
             }
             let neigh = pod
-                .permanent_neighbours()
+                .permanent_neighbours::<Ipv4Addr>()
                 .await
                 .map_err(|e| PluginError::Setup(e.to_string()))?;
             let want = veth.as_ref().and_then(|v| v.mac);

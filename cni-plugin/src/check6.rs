@@ -83,13 +83,16 @@ pub async fn check6(
         Some(l) if !l.up => problems.push(format!("host veth {host_veth} is down")),
         Some(_) => {}
     }
-    let routes = host.routes6(MAIN_TABLE).await.map_err(setup_err)?;
+    let routes = host
+        .routes::<Ipv6Addr>(MAIN_TABLE)
+        .await
+        .map_err(setup_err)?;
     if !routes.iter().any(|r| {
         r.dst == ip && r.prefix_len == 128 && veth.as_ref().is_some_and(|v| r.oif == Some(v.index))
     }) {
         problems.push(format!("host route {ip}/128 dev {host_veth} is missing"));
     }
-    let rules = host.rules6().await.map_err(setup_err)?;
+    let rules = host.rules::<Ipv6Addr>().await.map_err(setup_err)?;
     if !rules.iter().any(|r| {
         r.priority == TO_POD_RULE_PRIORITY && r.dst == Some((ip, 128)) && r.table == MAIN_TABLE
     }) {
@@ -122,7 +125,10 @@ pub async fn check6(
             if !addrs.contains(&(IpAddr::V6(ip), 128)) {
                 problems.push(format!("address {ip}/128 is missing on {ifname}"));
             }
-            let pod_routes = pod.routes6(MAIN_TABLE).await.map_err(setup_err)?;
+            let pod_routes = pod
+                .routes::<Ipv6Addr>(MAIN_TABLE)
+                .await
+                .map_err(setup_err)?;
             if !pod_routes
                 .iter()
                 .any(|r| r.dst == POD_GATEWAY6 && r.prefix_len == 128 && r.oif == Some(eth.index))
@@ -134,7 +140,10 @@ pub async fn check6(
             }) {
                 problems.push(format!("pod default route via {POD_GATEWAY6} is missing"));
             }
-            let neigh = pod.permanent_neighbours6().await.map_err(setup_err)?;
+            let neigh = pod
+                .permanent_neighbours::<Ipv6Addr>()
+                .await
+                .map_err(setup_err)?;
             let want = veth.as_ref().and_then(|v| v.mac);
             if !neigh.iter().any(|(idx, n_ip, mac)| {
                 *idx == eth.index && *n_ip == POD_GATEWAY6 && *mac == want && want.is_some()

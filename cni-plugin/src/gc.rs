@@ -66,7 +66,7 @@ pub async fn gc(conf: &PluginConf, timeout: Duration) -> Result<(), PluginError>
         .iter()
         .filter_map(|a| a.i_pv4_addr.parse().ok())
         .collect();
-    match host.rules().await {
+    match host.rules::<Ipv4Addr>().await {
         Ok(rules) => {
             for r in rules {
                 let ip = match (r.priority, r.src, r.dst) {
@@ -83,7 +83,10 @@ pub async fn gc(conf: &PluginConf, timeout: Duration) -> Result<(), PluginError>
     }
     // Host /32 routes to our veths whose address ipamd does not hold; remember the veths.
     let mut stale_veths = Vec::new();
-    match (host.routes(datapath::MAIN_TABLE).await, host.links().await) {
+    match (
+        host.routes::<Ipv4Addr>(datapath::MAIN_TABLE).await,
+        host.links().await,
+    ) {
         (Ok(routes), Ok(links)) => {
             for r in routes.iter().filter(|r| r.prefix_len == 32 && r.scope_link) {
                 let Some(link) = links.iter().find(|l| Some(l.index) == r.oif) else {

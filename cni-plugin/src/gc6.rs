@@ -32,7 +32,7 @@ pub async fn sweep6(
 ) -> usize {
     let mut stale = released;
     stale.retain(|ip| !held.contains(ip));
-    match host.rules6().await {
+    match host.rules::<Ipv6Addr>().await {
         Ok(rules) => {
             for r in rules {
                 let ip = match (r.priority, r.src, r.dst) {
@@ -48,7 +48,10 @@ pub async fn sweep6(
         Err(e) => errors.push(e.to_string()),
     }
     let mut stale_veths = Vec::new();
-    match (host.routes6(datapath::MAIN_TABLE).await, host.links().await) {
+    match (
+        host.routes::<Ipv6Addr>(datapath::MAIN_TABLE).await,
+        host.links().await,
+    ) {
         (Ok(routes), Ok(links)) => {
             for r in routes.iter().filter(|r| r.prefix_len == 128) {
                 let Some(link) = links.iter().find(|l| Some(l.index) == r.oif) else {

@@ -14,7 +14,7 @@
 //! in [`pod`], so the plugin and the daemon's cleanup paths share one definition of "a pod's network".
 //!
 //! IPv6 pods (`ENABLE_IPv6`) get the same plumbing in their family ([`pod::v6`]: /128, `fe80::1`, static ND),
-//! from the IPv6 half of [`Netlink`] and the per-namespace [`sysctl`]s.
+//! from the same family-generic [`Netlink`] operations (over [`IpFamily`]) and the per-namespace [`sysctl`]s.
 //!
 //! [`conntrack`] deletes the tracked flows of an address (ctnetlink), for addresses going back to the pool.
 
@@ -29,7 +29,7 @@ pub mod sysctl;
 pub use error::NetlinkError;
 pub use names::{host_veth_name, is_pod_veth_name, random_mac, subnet_gateway, MacAddr};
 pub use netlink::{
-    LinkInfo, Netlink, Route6Spec, RouteSpec, Rule6Spec, RuleInfo, RuleSpec, VethSpec,
+    IpFamily, LinkInfo, Netlink, Route6Spec, RouteSpec, Rule6Spec, RuleInfo, RuleSpec, VethSpec,
 };
 pub use netns::{
     create_named_netns, current_netns_id, delete_named_netns, enter_netns, in_netns, in_netns_file,

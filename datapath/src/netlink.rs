@@ -1,6 +1,9 @@
 //! A netlink handle pinned to one network namespace, with the idempotent operations the CNI needs.
 //!
-//! IPv4 only for now (routes, rules, neighbours): that is all the IPv4 pod path uses.
+//! Routes, rules and neighbours are written once for both address families: [`RouteSpec<A>`], [`RuleSpec<A>`] and
+//! the methods that take or list them are generic over [`IpFamily`] ([`Ipv4Addr`] or [`Ipv6Addr`], the default
+//! being IPv4, so `RouteSpec` is an IPv4 route). The IPv6-only address operations (no duplicate address detection,
+//! link scope) are in [`v6`].
 //!
 //! **Dumps are consistent or an error.** Every list (links, addresses, routes, rules, neighbours) is a netlink
 //! dump, which the kernel answers in several datagrams. When the table changes between two of them (a pod's ADD
@@ -12,7 +15,7 @@
 //! on, so an interruption the kernel flags on `NLMSG_DONE` alone is not seen.
 
 use std::fs::File;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -23,25 +26,28 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkMessage,
 };
 use netlink_packet_route::neighbour::NeighbourMessage;
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourState};
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
-};
+use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourState};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteScope};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
 };
-use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{AddressAddRequest, Handle, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
 use crate::error::{EEXIST, ENOENT, ESRCH};
 use crate::names::MacAddr;
 use crate::netns::{in_netns, in_netns_file};
 use crate::NetlinkError;
 
+mod family;
 mod v6;
-pub use v6::{Route6Spec, Rule6Spec};
+pub use family::IpFamily;
+
+/// An IPv6 route ([`RouteSpec`] in its IPv6 family).
+pub type Route6Spec = RouteSpec<Ipv6Addr>;
+/// An IPv6 policy rule ([`RuleSpec`] in its IPv6 family).
+pub type Rule6Spec = RuleSpec<Ipv6Addr>;
 
 /// What we need to know about a link.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,18 +63,19 @@ pub struct LinkInfo {
     pub is_veth: bool,
 }
 
-/// An IPv4 route: `dst/prefix_len [via gateway] [dev oif] table T [scope link]`.
+/// A route: `dst/prefix_len [via gateway] [dev oif] table T [scope link]`, IPv4 unless `A` says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteSpec {
-    pub dst: Ipv4Addr,
+pub struct RouteSpec<A: IpFamily = Ipv4Addr> {
+    pub dst: A,
     pub prefix_len: u8,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<A>,
     pub oif: Option<u32>,
     pub table: u32,
+    /// `scope link` (as written; IPv6 routes read back without it, see [`IpFamily::SCOPE_READ_BACK`]).
     pub scope_link: bool,
 }
 
-impl RouteSpec {
+impl<A: IpFamily> RouteSpec<A> {
     /// The message for a delete: protocol and scope act as wildcards unless we know them, as `ip route del`
     /// does (the kernel matches routes it added itself, protocol `kernel`, only this way).
     fn delete_message(&self) -> RouteMessage {
@@ -81,11 +88,18 @@ impl RouteSpec {
     }
 
     fn message(&self) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(self.dst, self.prefix_len)
-            .table_id(self.table);
+        // rtnetlink's builder: the defaults of a new static unicast route, in `A`'s family.
+        let mut b = RouteMessageBuilder::<IpAddr>::new();
+        let m = b.get_mut();
+        m.header.address_family = A::FAMILY;
+        m.header.destination_prefix_length = self.prefix_len;
+        m.attributes
+            .push(RouteAttribute::Destination(self.dst.route_address()));
+        let mut b = b.table_id(self.table);
         if let Some(gw) = self.gateway {
-            b = b.gateway(gw);
+            b.get_mut()
+                .attributes
+                .push(RouteAttribute::Gateway(gw.route_address()));
         }
         if let Some(oif) = self.oif {
             b = b.output_interface(oif);
@@ -95,25 +109,52 @@ impl RouteSpec {
         }
         b.build()
     }
+
+    /// The route a dumped message describes, when it is a route of `A`'s family.
+    fn from_message(m: &RouteMessage) -> Option<RouteSpec<A>> {
+        if m.header.address_family != A::FAMILY {
+            return None;
+        }
+        let mut spec = RouteSpec {
+            dst: A::UNSPECIFIED,
+            prefix_len: m.header.destination_prefix_length,
+            gateway: None,
+            oif: None,
+            table: u32::from(m.header.table),
+            scope_link: m.header.scope == RouteScope::Link,
+        };
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(ip) => {
+                    spec.dst = A::from_route_address(ip).unwrap_or(A::UNSPECIFIED)
+                }
+                RouteAttribute::Gateway(ip) => spec.gateway = A::from_route_address(ip),
+                RouteAttribute::Oif(i) => spec.oif = Some(*i),
+                RouteAttribute::Table(t) => spec.table = *t,
+                _ => {}
+            }
+        }
+        Some(spec)
+    }
 }
 
-/// An IPv4 policy rule `[from src] [to dst] [fwmark m/mask] lookup table priority p`.
+/// A policy rule `[from src] [to dst] [fwmark m/mask] lookup table priority p`, IPv4 unless `A` says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleSpec {
+pub struct RuleSpec<A: IpFamily = Ipv4Addr> {
     pub priority: u32,
-    pub src: Option<(Ipv4Addr, u8)>,
-    pub dst: Option<(Ipv4Addr, u8)>,
+    pub src: Option<(A, u8)>,
+    pub dst: Option<(A, u8)>,
     pub fwmark: Option<(u32, u32)>,
     pub table: u32,
 }
 
 /// A rule as read back from the kernel.
-pub type RuleInfo = RuleSpec;
+pub type RuleInfo<A = Ipv4Addr> = RuleSpec<A>;
 
-impl RuleSpec {
+impl<A: IpFamily> RuleSpec<A> {
     fn message(&self) -> RuleMessage {
         let mut m = RuleMessage::default();
-        m.header.family = AddressFamily::Inet;
+        m.header.family = A::FAMILY;
         m.header.action = RuleAction::ToTable;
         if self.table <= 255 {
             m.header.table = self.table as u8;
@@ -124,12 +165,11 @@ impl RuleSpec {
         m.attributes.push(RuleAttribute::Priority(self.priority));
         if let Some((ip, len)) = self.src {
             m.header.src_len = len;
-            m.attributes.push(RuleAttribute::Source(IpAddr::V4(ip)));
+            m.attributes.push(RuleAttribute::Source(ip.into()));
         }
         if let Some((ip, len)) = self.dst {
             m.header.dst_len = len;
-            m.attributes
-                .push(RuleAttribute::Destination(IpAddr::V4(ip)));
+            m.attributes.push(RuleAttribute::Destination(ip.into()));
         }
         if let Some((mark, mask)) = self.fwmark {
             m.attributes.push(RuleAttribute::FwMark(mark));
@@ -138,8 +178,8 @@ impl RuleSpec {
         m
     }
 
-    fn from_message(m: &RuleMessage) -> Option<RuleSpec> {
-        if m.header.family != AddressFamily::Inet || m.header.action != RuleAction::ToTable {
+    fn from_message(m: &RuleMessage) -> Option<RuleSpec<A>> {
+        if m.header.family != A::FAMILY || m.header.action != RuleAction::ToTable {
             return None;
         }
         let mut spec = RuleSpec {
@@ -155,9 +195,11 @@ impl RuleSpec {
             match a {
                 RuleAttribute::Priority(p) => spec.priority = *p,
                 RuleAttribute::Table(t) => spec.table = *t,
-                RuleAttribute::Source(IpAddr::V4(ip)) => spec.src = Some((*ip, m.header.src_len)),
-                RuleAttribute::Destination(IpAddr::V4(ip)) => {
-                    spec.dst = Some((*ip, m.header.dst_len))
+                RuleAttribute::Source(ip) => {
+                    spec.src = A::from_ip(*ip).map(|ip| (ip, m.header.src_len))
+                }
+                RuleAttribute::Destination(ip) => {
+                    spec.dst = A::from_ip(*ip).map(|ip| (ip, m.header.dst_len))
                 }
                 RuleAttribute::FwMark(v) => mark = Some(*v),
                 RuleAttribute::FwMask(v) => mask = *v,
@@ -416,19 +458,20 @@ impl Netlink {
         ip: IpAddr,
         prefix_len: u8,
     ) -> Result<(), NetlinkError> {
-        match self
-            .handle
-            .address()
-            .add(index, ip, prefix_len)
-            .execute()
-            .await
-        {
+        let req = self.handle.address().add(index, ip, prefix_len);
+        Self::add_address_request(
+            req,
+            format!("add address {ip}/{prefix_len} to link {index}"),
+        )
+        .await
+    }
+
+    /// Runs an address add (`what` names it in errors); already present is fine.
+    async fn add_address_request(req: AddressAddRequest, what: String) -> Result<(), NetlinkError> {
+        match req.execute().await {
             Ok(()) => Ok(()),
             Err(e) => {
-                let err = NetlinkError::request(
-                    format!("add address {ip}/{prefix_len} to link {index}"),
-                    e,
-                );
+                let err = NetlinkError::request(what, e);
                 if err.is_exists() {
                     Ok(())
                 } else {
@@ -466,7 +509,10 @@ impl Netlink {
     // === routes ===
 
     /// Adds or replaces a route.
-    pub async fn replace_route(&self, route: &RouteSpec) -> Result<(), NetlinkError> {
+    pub async fn replace_route<A: IpFamily>(
+        &self,
+        route: &RouteSpec<A>,
+    ) -> Result<(), NetlinkError> {
         self.handle
             .route()
             .add(route.message())
@@ -477,7 +523,10 @@ impl Netlink {
     }
 
     /// Deletes a route; already gone is fine.
-    pub async fn delete_route(&self, route: &RouteSpec) -> Result<(), NetlinkError> {
+    pub async fn delete_route<A: IpFamily>(
+        &self,
+        route: &RouteSpec<A>,
+    ) -> Result<(), NetlinkError> {
         match self
             .handle
             .route()
@@ -497,45 +546,30 @@ impl Netlink {
         }
     }
 
-    /// The IPv4 unicast routes of `table`.
-    pub async fn routes(&self, table: u32) -> Result<Vec<RouteSpec>, NetlinkError> {
-        let req = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    /// The unicast routes of `table` in `A`'s family.
+    pub async fn routes<A: IpFamily>(&self, table: u32) -> Result<Vec<RouteSpec<A>>, NetlinkError> {
+        let mut req = RouteMessageBuilder::<IpAddr>::new().build();
+        req.header.address_family = A::FAMILY;
         let msgs = self
-            .dump("list routes", RouteNetlinkMessage::GetRoute(req))
+            .dump(
+                &format!("list {}routes", A::DUMP_LABEL),
+                RouteNetlinkMessage::GetRoute(req),
+            )
             .await?;
-        let mut out = Vec::new();
-        for m in msgs {
-            let RouteNetlinkMessage::NewRoute(m) = m else {
-                continue;
-            };
-            let mut spec = RouteSpec {
-                dst: Ipv4Addr::UNSPECIFIED,
-                prefix_len: m.header.destination_prefix_length,
-                gateway: None,
-                oif: None,
-                table: u32::from(m.header.table),
-                scope_link: m.header.scope == RouteScope::Link,
-            };
-            for a in &m.attributes {
-                match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => spec.dst = *ip,
-                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => spec.gateway = Some(*ip),
-                    RouteAttribute::Oif(i) => spec.oif = Some(*i),
-                    RouteAttribute::Table(t) => spec.table = *t,
-                    _ => {}
-                }
-            }
-            if spec.table == table {
-                out.push(spec);
-            }
-        }
-        Ok(out)
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => RouteSpec::from_message(r),
+                _ => None,
+            })
+            .filter(|r| r.table == table)
+            .collect())
     }
 
     // === rules ===
 
     /// Adds a rule; an identical existing rule is fine.
-    pub async fn add_rule(&self, rule: &RuleSpec) -> Result<(), NetlinkError> {
+    pub async fn add_rule<A: IpFamily>(&self, rule: &RuleSpec<A>) -> Result<(), NetlinkError> {
         let mut req = self.handle.rule().add();
         *req.message_mut() = rule.message();
         match req.execute().await {
@@ -552,30 +586,30 @@ impl Netlink {
     }
 
     /// Deletes every rule equal to `rule` (the kernel deletes one per request). Already gone is fine.
-    pub async fn delete_rule(&self, rule: &RuleSpec) -> Result<(), NetlinkError> {
+    pub async fn delete_rule<A: IpFamily>(&self, rule: &RuleSpec<A>) -> Result<(), NetlinkError> {
         // Bounded: a rule can only have been added a handful of times.
         for _ in 0..16 {
-            match self.handle.rule().del(rule.message()).execute().await {
-                Ok(()) => continue,
-                Err(e) => {
-                    let err = NetlinkError::request(format!("delete rule {rule:?}"), e);
-                    return match err.errno() {
-                        Some(ENOENT | ESRCH) => Ok(()),
-                        _ => Err(err),
-                    };
-                }
+            if let Err(e) = self.handle.rule().del(rule.message()).execute().await {
+                let err = NetlinkError::request(format!("delete rule {rule:?}"), e);
+                return match err.errno() {
+                    Some(ENOENT | ESRCH) => Ok(()),
+                    _ => Err(err),
+                };
             }
         }
         Ok(())
     }
 
-    /// All IPv4 `lookup` rules.
-    pub async fn rules(&self) -> Result<Vec<RuleInfo>, NetlinkError> {
+    /// All `lookup` rules of `A`'s family.
+    pub async fn rules<A: IpFamily>(&self) -> Result<Vec<RuleInfo<A>>, NetlinkError> {
         let mut req = RuleMessage::default();
-        req.header.family = AddressFamily::Inet;
+        req.header.family = A::FAMILY;
         req.header.action = RuleAction::Unspec;
         let msgs = self
-            .dump("list rules", RouteNetlinkMessage::GetRule(req))
+            .dump(
+                &format!("list {}rules", A::DUMP_LABEL),
+                RouteNetlinkMessage::GetRule(req),
+            )
             .await?;
         Ok(msgs
             .iter()
@@ -588,16 +622,16 @@ impl Netlink {
 
     // === neighbours ===
 
-    /// Adds or replaces a permanent neighbour entry `ip lladdr mac` on a link.
-    pub async fn replace_permanent_neighbour(
+    /// Adds or replaces a permanent neighbour entry `ip lladdr mac` on a link (static ARP or ND).
+    pub async fn replace_permanent_neighbour<A: IpFamily>(
         &self,
         index: u32,
-        ip: Ipv4Addr,
+        ip: A,
         mac: MacAddr,
     ) -> Result<(), NetlinkError> {
         self.handle
             .neighbours()
-            .add(index, IpAddr::V4(ip))
+            .add(index, ip.into())
             .link_layer_address(&mac.0)
             .state(NeighbourState::Permanent)
             .replace()
@@ -612,8 +646,12 @@ impl Netlink {
     }
 
     /// Deletes the neighbour entry for `ip` on a link; already gone is fine.
-    pub async fn delete_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<(), NetlinkError> {
-        let mut req = self.handle.neighbours().add(index, IpAddr::V4(ip));
+    pub async fn delete_neighbour<A: IpFamily>(
+        &self,
+        index: u32,
+        ip: A,
+    ) -> Result<(), NetlinkError> {
+        let mut req = self.handle.neighbours().add(index, ip.into());
         let msg = req.message_mut().clone();
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
@@ -629,14 +667,16 @@ impl Netlink {
         }
     }
 
-    /// Permanent IPv4 neighbour entries `(link index, ip, mac)`.
-    pub async fn permanent_neighbours(
+    /// Permanent neighbour entries `(link index, ip, mac)` of `A`'s family.
+    pub async fn permanent_neighbours<A: IpFamily>(
         &self,
-    ) -> Result<Vec<(u32, Ipv4Addr, Option<MacAddr>)>, NetlinkError> {
+    ) -> Result<Vec<(u32, A, Option<MacAddr>)>, NetlinkError> {
+        let mut req = NeighbourMessage::default();
+        req.header.family = A::FAMILY;
         let msgs = self
             .dump(
-                "list neighbours",
-                RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default()),
+                &format!("list {}neighbours", A::DUMP_LABEL),
+                RouteNetlinkMessage::GetNeighbour(req),
             )
             .await?;
         let mut out = Vec::new();
@@ -651,7 +691,7 @@ impl Netlink {
             let mut mac = None;
             for a in &m.attributes {
                 match a {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => ip = Some(*a),
+                    NeighbourAttribute::Destination(a) => ip = A::from_neighbour_address(a),
                     NeighbourAttribute::LinkLayerAddress(b) => mac = MacAddr::from_slice(b),
                     _ => {}
                 }
@@ -844,7 +884,7 @@ mod tests {
         let links = nl.links().await.expect("links");
         assert!(links.iter().any(|l| l.name == "lo"), "{links:?}");
         assert!(nl
-            .rules()
+            .rules::<Ipv4Addr>()
             .await
             .expect("rules")
             .iter()
@@ -856,7 +896,66 @@ mod tests {
             addrs.contains(&(IpAddr::V4(Ipv4Addr::LOCALHOST), 8)),
             "{addrs:?}"
         );
-        nl.routes(MAIN_TABLE).await.expect("routes");
-        nl.permanent_neighbours().await.expect("neighbours");
+        nl.routes::<Ipv4Addr>(MAIN_TABLE).await.expect("routes");
+        nl.routes::<Ipv6Addr>(MAIN_TABLE)
+            .await
+            .expect("ipv6 routes");
+        nl.permanent_neighbours::<Ipv4Addr>()
+            .await
+            .expect("neighbours");
+        nl.permanent_neighbours::<Ipv6Addr>()
+            .await
+            .expect("ipv6 neighbours");
+    }
+
+    #[test]
+    fn rules_of_either_family_read_back_as_written() {
+        let v4 = RuleSpec::<Ipv4Addr> {
+            priority: 1536,
+            src: Some(("10.0.0.5".parse().expect("ip"), 32)),
+            dst: None,
+            fwmark: Some((0x80, 0x80)),
+            table: 1000,
+        };
+        assert_eq!(RuleSpec::from_message(&v4.message()), Some(v4.clone()));
+        let v6 = Rule6Spec {
+            priority: 512,
+            src: None,
+            dst: Some(("2001:db8::5".parse().expect("ip"), 128)),
+            fwmark: None,
+            table: 254,
+        };
+        assert_eq!(Rule6Spec::from_message(&v6.message()), Some(v6.clone()));
+        // A rule of one family is not a rule of the other.
+        assert_eq!(Rule6Spec::from_message(&v4.message()), None);
+        assert_eq!(RuleSpec::<Ipv4Addr>::from_message(&v6.message()), None);
+    }
+
+    #[test]
+    fn routes_of_either_family_read_back_as_written() {
+        let v4 = RouteSpec::<Ipv4Addr> {
+            dst: "10.0.0.0".parse().expect("ip"),
+            prefix_len: 24,
+            gateway: Some("10.0.0.1".parse().expect("ip")),
+            oif: Some(3),
+            table: 1000,
+            scope_link: false,
+        };
+        assert_eq!(RouteSpec::from_message(&v4.message()), Some(v4.clone()));
+        let v6 = Route6Spec {
+            dst: Ipv6Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: Some("fe80::1".parse().expect("ip")),
+            oif: Some(2),
+            table: MAIN_TABLE,
+            scope_link: false,
+        };
+        assert_eq!(Route6Spec::from_message(&v6.message()), Some(v6.clone()));
+        assert_eq!(Route6Spec::from_message(&v4.message()), None);
+        assert_eq!(RouteSpec::<Ipv4Addr>::from_message(&v6.message()), None);
+        // A delete leaves protocol, and scope unless it is link, to the kernel to match.
+        let del = v4.delete_message();
+        assert_eq!(del.header.protocol, RouteProtocol::Unspec);
+        assert_eq!(del.header.scope, RouteScope::NoWhere);
     }
 }

@@ -431,7 +431,7 @@ async fn delete_pod_rules(host: &Netlink, ip: Ipv4Addr, errors: &mut Vec<Netlink
 /// route without one.
 async fn route_to(host: &Netlink, ip: Ipv4Addr) -> Result<Option<Option<u32>>, NetlinkError> {
     Ok(host
-        .routes(MAIN_TABLE)
+        .routes::<Ipv4Addr>(MAIN_TABLE)
         .await?
         .into_iter()
         .find(|r| r.dst == ip && r.prefix_len == 32)

@@ -3,7 +3,7 @@
 //! are keyed by the attachment (container ID, CNI_IFNAME), never by anything the pod's namespace says.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use cni_types::{CniEnv, CniError, CniResult, Interface};
@@ -206,13 +206,13 @@ pub async fn check(env: &CniEnv, conf: &EgressConf) -> Result<(), EgressError> {
         Some(v) => {
             let routed = match ip {
                 IpAddr::V4(ip) => host
-                    .routes(datapath::MAIN_TABLE)
+                    .routes::<Ipv4Addr>(datapath::MAIN_TABLE)
                     .await
                     .map_err(setup)?
                     .iter()
                     .any(|r| r.dst == ip && r.prefix_len == 32 && r.oif == Some(v.index)),
                 IpAddr::V6(ip) => host
-                    .routes6(datapath::MAIN_TABLE)
+                    .routes::<Ipv6Addr>(datapath::MAIN_TABLE)
                     .await
                     .map_err(setup)?
                     .iter()

@@ -125,9 +125,9 @@ pub async fn setup(
         }
         (IpAddr::V6(ip), _) => {
             pod.add_address6_nodad(eth.index, ip, 128).await?;
-            pod.replace_route6(&link_route6(POD_GATEWAY6, eth.index))
+            pod.replace_route(&link_route6(POD_GATEWAY6, eth.index))
                 .await?;
-            pod.replace_route6(&Route6Spec {
+            pod.replace_route(&Route6Spec {
                 dst: Ipv6Addr::UNSPECIFIED,
                 prefix_len: 0,
                 gateway: Some(POD_GATEWAY6),
@@ -136,11 +136,11 @@ pub async fn setup(
                 scope_link: false,
             })
             .await?;
-            pod.replace_permanent_neighbour6(eth.index, POD_GATEWAY6, host_mac)
+            pod.replace_permanent_neighbour(eth.index, POD_GATEWAY6, host_mac)
                 .await?;
             sysctl::set(None, &host_veth_settings(spec.host_veth))?;
             host.set_up(veth.index).await?;
-            host.replace_route6(&link_route6(ip, veth.index)).await?;
+            host.replace_route(&link_route6(ip, veth.index)).await?;
         }
         (IpAddr::V4(_), IpAddr::V6(_)) => {
             return Err(NetlinkError::Conflict(
@@ -209,7 +209,7 @@ pub async fn teardown(
             .await
         }
         Some(IpAddr::V6(ip)) => {
-            host.delete_route6(&Route6Spec {
+            host.delete_route(&Route6Spec {
                 oif: None,
                 ..link_route6(ip, 0)
             })

@@ -62,6 +62,7 @@ pub fn pod_rules6(ip: Ipv6Addr, table: u32) -> Vec<Rule6Spec> {
         priority: TO_POD_RULE_PRIORITY,
         src: None,
         dst: Some((ip, 128)),
+        fwmark: None,
         table: MAIN_TABLE,
     }];
     if table != MAIN_TABLE {
@@ -69,6 +70,7 @@ pub fn pod_rules6(ip: Ipv6Addr, table: u32) -> Vec<Rule6Spec> {
             priority: FROM_POD_RULE_PRIORITY,
             src: Some((ip, 128)),
             dst: None,
+            fwmark: None,
             table,
         });
     }
@@ -155,7 +157,7 @@ pub async fn setup6(
     }
     pod.set_up(eth.index).await?;
     pod.add_address6_nodad(eth.index, spec.ip, 128).await?;
-    pod.replace_route6(&Route6Spec {
+    pod.replace_route(&Route6Spec {
         dst: POD_GATEWAY6,
         prefix_len: 128,
         gateway: None,
@@ -164,7 +166,7 @@ pub async fn setup6(
         scope_link: true,
     })
     .await?;
-    pod.replace_route6(&Route6Spec {
+    pod.replace_route(&Route6Spec {
         dst: Ipv6Addr::UNSPECIFIED,
         prefix_len: 0,
         gateway: Some(POD_GATEWAY6),
@@ -173,7 +175,7 @@ pub async fn setup6(
         scope_link: false,
     })
     .await?;
-    pod.replace_permanent_neighbour6(eth.index, POD_GATEWAY6, host_mac)
+    pod.replace_permanent_neighbour(eth.index, POD_GATEWAY6, host_mac)
         .await?;
 
     // Host side.
@@ -183,10 +185,10 @@ pub async fn setup6(
         .ok_or_else(|| NetlinkError::LinkNotFound(spec.host_veth.to_string()))?;
     sysctl::set(None, &host_veth_settings(spec.host_veth))?;
     host.set_up(veth.index).await?;
-    host.replace_route6(&host_route6(spec.ip, Some(veth.index)))
+    host.replace_route(&host_route6(spec.ip, Some(veth.index)))
         .await?;
     for rule in pod_rules6(spec.ip, spec.table) {
-        host.add_rule6(&rule).await?;
+        host.add_rule(&rule).await?;
     }
     Ok(PodLinks {
         host_mac,
@@ -210,7 +212,7 @@ pub async fn teardown6(host: &Netlink, what: &PodTeardown6<'_>) -> Vec<NetlinkEr
     let mut errors = Vec::new();
     if let Some(ip) = what.ip {
         delete_pod_rules6(host, ip, &mut errors).await;
-        if let Err(e) = host.delete_route6(&host_route6(ip, None)).await {
+        if let Err(e) = host.delete_route(&host_route6(ip, None)).await {
             errors.push(e);
         }
     }
@@ -263,7 +265,7 @@ pub async fn teardown_owned6(host: &Netlink, what: &OwnedTeardown6<'_>) -> Vec<N
     if let Some(ip) = what.ip {
         if let (Some(Some(oif)), Some(h)) = (route_oif, tied) {
             if oif == h.index {
-                if let Err(e) = host.delete_route6(&host_route6(ip, Some(h.index))).await {
+                if let Err(e) = host.delete_route(&host_route6(ip, Some(h.index))).await {
                     errors.push(e);
                 }
             }
@@ -274,7 +276,7 @@ pub async fn teardown_owned6(host: &Netlink, what: &OwnedTeardown6<'_>) -> Vec<N
                 // A new holder that built its route meanwhile gets its `to` rule back (see the IPv4 side).
                 match route6_to(host, ip).await {
                     Ok(Some(_)) => {
-                        if let Err(e) = host.add_rule6(&pod_rules6(ip, MAIN_TABLE)[0]).await {
+                        if let Err(e) = host.add_rule(&pod_rules6(ip, MAIN_TABLE)[0]).await {
                             errors.push(e);
                         }
                     }
@@ -325,10 +327,10 @@ pub async fn teardown_owned6(host: &Netlink, what: &OwnedTeardown6<'_>) -> Vec<N
 
 /// Deletes the 512/1536 rules of `ip`, adding every failure to `errors`.
 async fn delete_pod_rules6(host: &Netlink, ip: Ipv6Addr, errors: &mut Vec<NetlinkError>) {
-    match host.rules6().await {
+    match host.rules::<Ipv6Addr>().await {
         Ok(rules) => {
             for rule in rules.iter().filter(|r| is_pod_rule6(r, ip)) {
-                if let Err(e) = host.delete_rule6(rule).await {
+                if let Err(e) = host.delete_rule(rule).await {
                     errors.push(e);
                 }
             }
@@ -340,7 +342,7 @@ async fn delete_pod_rules6(host: &Netlink, ip: Ipv6Addr, errors: &mut Vec<Netlin
 /// The output interface of main's /128 route to `ip`: `None` when there is none, `Some(None)` for one without.
 async fn route6_to(host: &Netlink, ip: Ipv6Addr) -> Result<Option<Option<u32>>, NetlinkError> {
     Ok(host
-        .routes6(MAIN_TABLE)
+        .routes::<Ipv6Addr>(MAIN_TABLE)
         .await?
         .into_iter()
         .find(|r| r.dst == ip && r.prefix_len == 128)

@@ -83,7 +83,7 @@ pub async fn repair(
         .collect();
     let assigned: BTreeSet<Ipv4Addr> = pods.iter().map(|p| p.ip).collect();
     let rules = nl.rules().await?;
-    let routes = nl.routes(MAIN_TABLE).await?;
+    let routes = nl.routes::<Ipv4Addr>(MAIN_TABLE).await?;
 
     for p in pods {
         let Some(&index) = links.get(&p.veth) else {

@@ -154,7 +154,12 @@ impl NetlinkHost {
             return Ok(());
         }
         self.nl.delete_rule(&eni_rule(eni)).await.map_err(wrap)?;
-        for route in self.nl.routes(eni.route_table).await.map_err(wrap)? {
+        for route in self
+            .nl
+            .routes::<std::net::Ipv4Addr>(eni.route_table)
+            .await
+            .map_err(wrap)?
+        {
             self.nl.delete_route(&route).await.map_err(wrap)?;
         }
         Ok(())
@@ -198,6 +203,7 @@ impl NetlinkHost {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
     use std::sync::Arc;
 
     use super::*;
@@ -264,7 +270,7 @@ mod tests {
             host.setup_host(&plan).await.expect("setup host");
             host.setup_eni(&eni, 9001).await.expect("setup eni");
         }
-        let rules = nl.rules().await.expect("rules");
+        let rules = nl.rules::<Ipv4Addr>().await.expect("rules");
         assert_eq!(
             rules
                 .iter()
@@ -280,7 +286,7 @@ mod tests {
                 .count(),
             1
         );
-        let table = nl.routes(2).await.expect("routes");
+        let table = nl.routes::<Ipv4Addr>(2).await.expect("routes");
         assert!(table
             .iter()
             .any(|r| r.prefix_len == 0 && r.gateway == Some("10.0.0.1".parse().expect("gw"))));
@@ -294,9 +300,9 @@ mod tests {
 
         host.teardown_eni(&eni).await.expect("teardown");
         host.teardown_eni(&eni).await.expect("teardown twice");
-        assert!(nl.routes(2).await.expect("routes").is_empty());
+        assert!(nl.routes::<Ipv4Addr>(2).await.expect("routes").is_empty());
         assert!(!nl
-            .rules()
+            .rules::<Ipv4Addr>()
             .await
             .expect("rules")
             .iter()
@@ -308,7 +314,7 @@ mod tests {
         let nat = save();
         assert!(!nat.contains("AWS"), "{nat}");
         assert!(!nl
-            .rules()
+            .rules::<Ipv4Addr>()
             .await
             .expect("rules")
             .iter()
