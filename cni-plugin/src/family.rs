@@ -3,15 +3,16 @@
 //! ipamd's reply says which: in IPv4 mode `IPAllocationMetadata.IPv4Addr` is set and `IPv6Addr` empty, in IPv6
 //! mode (`ENABLE_IPv6=true`, the anchor's contract) the other way round. Both set would be a dual-stack pod,
 //! which neither the anchor (#3615) nor this plugin builds yet: refused rather than half-built. ADD, DEL, CHECK
-//! and GC ask this module and call [`datapath::pod`] (IPv4) or [`datapath::pod::v6`] (IPv6).
+//! and GC ask this module and call [`datapath::pod`] (IPv4) or [`datapath::pod::v6`] (IPv6); CHECK and GC are
+//! written once over [`PodFamily`] (the address type: [`Ipv4Addr`] or [`Ipv6Addr`]).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
 use aws_cni_proto::{Allocation, FailureReason, IpAllocationMetadata};
 use datapath::pod::v6::{PodNetwork6, PodTeardown6};
 use datapath::pod::{self, PodLinks, PodNetwork, PodTeardown};
-use datapath::{Netlink, NetlinkError};
+use datapath::{IpFamily, Netlink, NetlinkError};
 
 use crate::error::PluginError;
 
@@ -64,6 +65,20 @@ pub fn allocation_address(a: &Allocation) -> Option<IpAddr> {
         .parse()
         .ok()
         .or_else(|| a.i_pv6_addr.parse().ok())
+}
+
+/// A pod's address family as datapath builds it: the netlink family plus the pod's gateway.
+pub trait PodFamily: IpFamily {
+    /// The gateway the pod's default route goes through (reached by a permanent neighbour entry).
+    const POD_GATEWAY: Self;
+}
+
+impl PodFamily for Ipv4Addr {
+    const POD_GATEWAY: Self = pod::POD_GATEWAY;
+}
+
+impl PodFamily for Ipv6Addr {
+    const POD_GATEWAY: Self = pod::v6::POD_GATEWAY6;
 }
 
 /// The prefix length of a pod address (/32 or /128).

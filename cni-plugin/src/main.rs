@@ -6,14 +6,12 @@
 
 mod add;
 mod check;
-mod check6;
 mod client;
 mod conf;
 mod del;
 mod error;
 mod family;
 mod gc;
-mod gc6;
 mod guard;
 mod identity;
 mod netpol;
