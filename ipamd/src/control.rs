@@ -52,7 +52,7 @@ pub fn readiness(node: &Node) -> (bool, FailureReason, String, PoolCounts) {
         max_pods: p.max_pods,
         ips_per_eni: p.ips_per_eni,
     };
-    let api = node.deps.cluster.api_status();
+    let api = node.api_status();
     if api.blocks_new_pods() {
         let msg = format!("Kubernetes API: {}", api.describe());
         return (false, FailureReason::NotReady, msg, counts);
@@ -234,7 +234,7 @@ impl IpamdControl for ControlService {
                 .map(|c| c.security_groups.clone())
                 .unwrap_or_default(),
             eni_config_problem: cn.and_then(|c| c.problem).unwrap_or_default(),
-            kubernetes_api: self.node.deps.cluster.api_status().describe(),
+            kubernetes_api: self.node.api_status().describe(),
             eni_changes_paused: self.node.enis_frozen(),
             address_mode: self.node.address_mode().as_str().to_string(),
             pool_knobs: self.node.knobs().to_string(),

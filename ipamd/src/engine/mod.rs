@@ -64,7 +64,7 @@ use crate::core::pool::{policy_for, Decision, HighWater, PoolPolicy};
 use crate::core::snapshot::{EniSnapshot, PoolSnapshot, SnatReport};
 use crate::host::snat::SnatPlan;
 use crate::host::{HostNetError, HostNetwork, HostPlan};
-use crate::kube::Cluster;
+use crate::kube::{ApiStatus, Cluster};
 use crate::ratelimit::{CallCounts, PacedEc2, Pacer, PacingConfig};
 use crate::sync::lock;
 use ec2_api::clock::Clock;
@@ -678,6 +678,21 @@ impl Node {
     /// The daemon's clock (for timing requests).
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.deps.clock
+    }
+
+    /// The Kubernetes API client's state (whether settings that need it hold new pods, and why).
+    pub fn api_status(&self) -> ApiStatus {
+        self.deps.cluster.api_status()
+    }
+
+    /// A pod got `ip` (ADD): passed to the cluster, which annotates the pod with `ANNOTATE_POD_IP` (queued).
+    pub fn pod_ip_assigned(&self, namespace: &str, name: &str, ip: &str) {
+        self.deps.cluster.pod_ip_assigned(namespace, name, ip);
+    }
+
+    /// A pod gave `ip` back (DEL): passed to the cluster, which clears the annotation if it still holds `ip`.
+    pub fn pod_ip_released(&self, namespace: &str, name: &str, ip: &str) {
+        self.deps.cluster.pod_ip_released(namespace, name, ip);
     }
 
     /// The last pool decision and EC2 error (for status pages).

@@ -249,7 +249,7 @@ impl CniBackend for CniService {
         };
         // A setting that needs the Kubernetes API (ANNOTATE_POD_IP) holds new pods until its caches first synced;
         // a pod ipamd already knows (a repeated ADD, a pod restored from the checkpoint) never waits for it.
-        let api = self.node.deps.cluster.api_status();
+        let api = self.node.api_status();
         if api.blocks_new_pods() && !self.node.knows(&key) {
             return Ok(Response::new(AddNetworkReply {
                 success: false,
@@ -264,11 +264,8 @@ impl CniBackend for CniService {
         let mut spans = AddSpans::default();
         let reply = match self.add_any(&key, &meta, wait, &mut spans).await {
             Ok(a) => {
-                self.node.deps.cluster.pod_ip_assigned(
-                    &meta.namespace,
-                    &meta.name,
-                    &a.ip.to_string(),
-                );
+                self.node
+                    .pod_ip_assigned(&meta.namespace, &meta.name, &a.ip.to_string());
                 // The spans are what the benchmark's breakdown reads (assignment, checkpoint until durable).
                 tracing::info!(
                     pod = %format!("{}/{}", meta.namespace, meta.name),
@@ -363,11 +360,8 @@ impl CniBackend for CniService {
         // A veth is taken only from a DEL that released an address: a DEL for a key ipamd holds nothing for (a
         // repeated or stale DEL, a caller naming another pod's veth) gets nothing deleted on its behalf.
         if let Some(a) = &released {
-            self.node.deps.cluster.pod_ip_released(
-                &req.k8s_pod_namespace,
-                &req.k8s_pod_name,
-                &a.ip.to_string(),
-            );
+            self.node
+                .pod_ip_released(&req.k8s_pod_namespace, &req.k8s_pod_name, &a.ip.to_string());
         }
         let veth_deferred = released.is_some() && self.defer_veth(&req);
         tracing::info!(
