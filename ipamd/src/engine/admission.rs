@@ -310,7 +310,6 @@ impl Node {
         let at_eni_limit = self.at_eni_limit(&stats, now);
         let cannot_grow = self.growth_blocked(&stats, now);
         let eni_config = self.eni_config_blocked();
-        // Read before the status lock: `policy()` takes it too.
         let policy = self.policy();
         let max_pods = policy.max_pods;
         let mode = self.address_mode();

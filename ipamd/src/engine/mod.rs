@@ -49,6 +49,7 @@ pub mod subnets;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -204,8 +205,6 @@ pub(crate) struct PoolStatus {
     pub(crate) reconcile_wanted: bool,
     /// The pool's need over the release delay (release hysteresis); created with the node.
     pub(crate) high_water: HighWater,
-    /// The node object's `status.capacity.pods`, from the cluster cache (see [`Node::refresh_node_view`]).
-    pub(crate) node_max_pods: Option<u32>,
     /// The node object's `spec.unschedulable`, from the cluster cache.
     pub(crate) cordoned: bool,
     /// Prefix mode growing with secondary IPs for want of a free /28 (see [`pool_task`]).
@@ -213,6 +212,32 @@ pub(crate) struct PoolStatus {
     /// Live reloads of the pool knobs applied and refused (see [`crate::reload`]).
     pub(crate) reloads_applied: u64,
     pub(crate) reloads_refused: u64,
+}
+
+/// The node object's `status.capacity.pods`, from the cluster cache (see [`Node::refresh_node_view`]), or none
+/// known. An atomic rather than a [`PoolStatus`] field: [`Node::policy`] reads it, and callers hold a status
+/// guard around that call (a second `lock(&self.status)` there would deadlock).
+#[derive(Debug)]
+pub(crate) struct NodeCap(AtomicU64);
+
+impl NodeCap {
+    /// No cap known (`status.capacity.pods` is a u32: this is none of its values).
+    const NONE: u64 = u64::MAX;
+
+    pub(crate) fn get(&self) -> Option<u32> {
+        u32::try_from(self.0.load(Ordering::Relaxed)).ok()
+    }
+
+    pub(crate) fn set(&self, cap: Option<u32>) {
+        self.0
+            .store(cap.map_or(Self::NONE, u64::from), Ordering::Relaxed);
+    }
+}
+
+impl Default for NodeCap {
+    fn default() -> Self {
+        NodeCap(AtomicU64::new(Self::NONE))
+    }
 }
 
 /// ADDs waiting for an address, served first come first served: only the oldest waiter takes an address, and a
@@ -283,6 +308,8 @@ pub struct Node {
     /// IPv6 mode's datastore (empty otherwise; see [`ipv6`]). Locked after `ds` when both are.
     pub(crate) ds6: Mutex<Datastore<V6>>,
     pub(crate) status: Mutex<PoolStatus>,
+    /// The node object's `status.capacity.pods` (see [`NodeCap`]).
+    pub(crate) node_cap: NodeCap,
     pub(crate) wake: Notify,
     /// Serialises everything that calls EC2.
     pub(crate) actor: tokio::sync::Mutex<()>,
@@ -398,6 +425,7 @@ impl Node {
                 high_water: HighWater::new(config.pool_release_delay),
                 ..PoolStatus::default()
             }),
+            node_cap: NodeCap::default(),
             adds: AddQueue::default(),
             custom_net: Mutex::new(custom_net::CustomNetState::default()),
             foreign: Mutex::default(),
@@ -533,18 +561,20 @@ impl Node {
     /// The pool policy in force: the ENI slots left by ENIs ipamd does not manage ([`Node::slot_policy`]), and
     /// max-pods the lower of the ENI math's and the node object's `status.capacity.pods` (when the Kubernetes API
     /// has said it).
+    ///
+    /// Takes no lock of its own beyond the policy's and the foreign slots' (leaf locks): safe to call with a
+    /// [`PoolStatus`] guard held.
     pub fn policy(&self) -> PoolPolicy {
-        let cap = lock(&self.status).node_max_pods;
-        self.slot_policy().capped(cap)
+        self.slot_policy().capped(self.node_cap.get())
     }
 
     /// Reads this node's object from the cluster cache (never the API server itself) into the pool's inputs:
     /// the capacity cap and the cordon.
     pub async fn refresh_node_view(&self) {
         let node = self.deps.cluster.node().await;
-        let mut st = lock(&self.status);
-        st.node_max_pods = node.as_ref().and_then(|n| n.capacity_pods);
-        st.cordoned = node.is_some_and(|n| n.unschedulable);
+        self.node_cap
+            .set(node.as_ref().and_then(|n| n.capacity_pods));
+        lock(&self.status).cordoned = node.is_some_and(|n| n.unschedulable);
     }
 
     /// Whether ENIs may not be attached or freed now: the node is cordoned and `AWS_MANAGE_ENIS_NON_SCHEDULABLE`
@@ -754,6 +784,51 @@ mod tests {
             container_id: format!("c{i}"),
             if_name: "eth0".into(),
         }
+    }
+
+    /// `Node::policy()` reads the node object's capacity cap without the status lock: the pool task and ADD's
+    /// failure report call it with a `PoolStatus` guard held, which twice deadlocked when the cap lived under that
+    /// lock. The call runs on its own thread, bounded, so a regression fails instead of hanging.
+    #[tokio::test]
+    async fn policy_reads_the_node_cap_while_a_status_guard_is_held() {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |_| {}).await;
+        let cluster = crate::kube::FakeCluster::default();
+        *lock(&cluster.node) = Some(crate::kube::ClusterNode {
+            capacity_pods: Some(5),
+            ..Default::default()
+        });
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock),
+            cluster: Arc::new(cluster.clone()),
+        };
+        let n = Node::start(deps, Config::default(), None)
+            .await
+            .expect("init");
+        n.refresh_node_view().await;
+        assert!(
+            n.slot_policy().max_pods > 5,
+            "m5.large's ENI math allows more"
+        );
+
+        let policy_under_guard = |n: &Arc<Node>| {
+            let _status = lock(&n.status);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let node = Arc::clone(n);
+            std::thread::spawn(move || {
+                let _ = tx.send(node.policy());
+            });
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("policy() waited for the status lock held by its caller")
+        };
+        assert_eq!(policy_under_guard(&n).max_pods, 5);
+
+        // The cap follows the node object, and goes when the object no longer says it.
+        *lock(&cluster.node) = Some(crate::kube::ClusterNode::default());
+        n.refresh_node_view().await;
+        assert_eq!(policy_under_guard(&n).max_pods, n.slot_policy().max_pods);
     }
 
     #[tokio::test]

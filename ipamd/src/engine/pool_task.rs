@@ -140,7 +140,7 @@ impl Node {
             may_shrink: st
                 .last_shrink
                 .is_none_or(|t| now.saturating_sub(t) >= SHRINK_INTERVAL),
-            node_max_pods: st.node_max_pods,
+            node_max_pods: self.node_cap.get(),
             freeze_enis,
             prefix_fallback: st.fallback.is_some_and(|f| now < f.retry_at),
         }
