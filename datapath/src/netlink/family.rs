@@ -42,32 +42,6 @@ pub trait IpFamily:
     fn from_ip(ip: IpAddr) -> Option<Self>;
 }
 
-impl IpFamily for Ipv4Addr {
-    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
-    const HOST_PREFIX: u8 = 32;
-    const SCOPE_READ_BACK: bool = true;
-
-    fn from_ip(ip: IpAddr) -> Option<Self> {
-        match ip {
-            IpAddr::V4(ip) => Some(ip),
-            IpAddr::V6(_) => None,
-        }
-    }
-}
-
-impl IpFamily for Ipv6Addr {
-    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
-    const HOST_PREFIX: u8 = 128;
-    const SCOPE_READ_BACK: bool = false;
-
-    fn from_ip(ip: IpAddr) -> Option<Self> {
-        match ip {
-            IpAddr::V6(ip) => Some(ip),
-            IpAddr::V4(_) => None,
-        }
-    }
-}
-
 /// The netlink spelling of each family, visible only inside this crate (and the reason no other type can be an
 /// [`IpFamily`]).
 pub(crate) mod sealed {
@@ -88,49 +62,50 @@ pub(crate) mod sealed {
         where
             Self: Sized;
     }
-
-    impl Spelling for Ipv4Addr {
-        const FAMILY: AddressFamily = AddressFamily::Inet;
-        const DUMP_LABEL: &'static str = "";
-
-        fn route_address(self) -> RouteAddress {
-            RouteAddress::Inet(self)
-        }
-        fn from_route_address(a: &RouteAddress) -> Option<Self> {
-            match a {
-                RouteAddress::Inet(ip) => Some(*ip),
-                _ => None,
-            }
-        }
-        fn from_neighbour_address(a: &NeighbourAddress) -> Option<Self> {
-            match a {
-                NeighbourAddress::Inet(ip) => Some(*ip),
-                _ => None,
-            }
-        }
-    }
-
-    impl Spelling for Ipv6Addr {
-        const FAMILY: AddressFamily = AddressFamily::Inet6;
-        const DUMP_LABEL: &'static str = "ipv6 ";
-
-        fn route_address(self) -> RouteAddress {
-            RouteAddress::Inet6(self)
-        }
-        fn from_route_address(a: &RouteAddress) -> Option<Self> {
-            match a {
-                RouteAddress::Inet6(ip) => Some(*ip),
-                _ => None,
-            }
-        }
-        fn from_neighbour_address(a: &NeighbourAddress) -> Option<Self> {
-            match a {
-                NeighbourAddress::Inet6(ip) => Some(*ip),
-                _ => None,
-            }
-        }
-    }
 }
+
+/// The two families, side by side: `$ip` is the [`IpAddr`] variant, `$af` the name netlink gives the family (in
+/// [`AddressFamily`], [`RouteAddress`] and [`NeighbourAddress`] alike).
+macro_rules! family {
+    ($t:ty, $ip:ident, $af:ident, host_prefix: $len:expr, scope_read_back: $scope:expr, dump_label: $label:expr) => {
+        impl IpFamily for $t {
+            const UNSPECIFIED: Self = <$t>::UNSPECIFIED;
+            const HOST_PREFIX: u8 = $len;
+            const SCOPE_READ_BACK: bool = $scope;
+
+            fn from_ip(ip: IpAddr) -> Option<Self> {
+                match ip {
+                    IpAddr::$ip(ip) => Some(ip),
+                    _ => None,
+                }
+            }
+        }
+
+        impl sealed::Spelling for $t {
+            const FAMILY: AddressFamily = AddressFamily::$af;
+            const DUMP_LABEL: &'static str = $label;
+
+            fn route_address(self) -> RouteAddress {
+                RouteAddress::$af(self)
+            }
+            fn from_route_address(a: &RouteAddress) -> Option<Self> {
+                match a {
+                    RouteAddress::$af(ip) => Some(*ip),
+                    _ => None,
+                }
+            }
+            fn from_neighbour_address(a: &NeighbourAddress) -> Option<Self> {
+                match a {
+                    NeighbourAddress::$af(ip) => Some(*ip),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+family!(Ipv4Addr, V4, Inet, host_prefix: 32, scope_read_back: true, dump_label: "");
+family!(Ipv6Addr, V6, Inet6, host_prefix: 128, scope_read_back: false, dump_label: "ipv6 ");
 
 #[cfg(test)]
 mod tests {
