@@ -9,6 +9,7 @@
 //! released: only keys absent from the runtime's list of valid attachments are.
 
 use std::collections::HashSet;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use aws_cni_proto::{
@@ -18,7 +19,7 @@ use aws_cni_proto::{
 use tonic::{Request, Response, Status};
 
 use crate::core::datastore::{Allocation, IpamKey, PodMeta};
-use crate::core::family::V6;
+use crate::core::family::IpVersion;
 use crate::engine::Node;
 
 /// See the module docs.
@@ -102,35 +103,27 @@ pub fn readiness(node: &Node) -> (bool, FailureReason, String, PoolCounts) {
     (false, FailureReason::NodeAtEniLimit, msg, counts)
 }
 
-fn pb(key: &IpamKey, meta: &PodMeta, a: &Allocation) -> PbAllocation {
-    PbAllocation {
+/// One assignment as the control service lists it: `IPv4Addr` set, or in IPv6 mode `IPv6Addr` (the other empty).
+fn pb<V: IpVersion>(key: &IpamKey, meta: &PodMeta, a: &Allocation<V>) -> PbAllocation
+where
+    V::Addr: Into<IpAddr>,
+{
+    let mut out = PbAllocation {
         network_name: key.network_name.clone(),
         container_id: key.container_id.clone(),
         if_name: key.if_name.clone(),
-        i_pv4_addr: a.ip.to_string(),
         device_number: i32::try_from(a.device_number).unwrap_or(i32::MAX),
         route_table_id: i32::try_from(a.route_table).unwrap_or(i32::MAX),
         eniid: a.eni_id.clone(),
         k8s_pod_namespace: meta.namespace.clone(),
         k8s_pod_name: meta.name.clone(),
         ..PbAllocation::default()
+    };
+    match a.ip.into() {
+        IpAddr::V4(ip) => out.i_pv4_addr = ip.to_string(),
+        IpAddr::V6(ip) => out.i_pv6_addr = ip.to_string(),
     }
-}
-
-/// An IPv6 mode allocation: `IPv6Addr` set, `IPv4Addr` empty.
-fn pb6(key: &IpamKey, meta: &PodMeta, a: &Allocation<V6>) -> PbAllocation {
-    PbAllocation {
-        network_name: key.network_name.clone(),
-        container_id: key.container_id.clone(),
-        if_name: key.if_name.clone(),
-        i_pv6_addr: a.ip.to_string(),
-        device_number: i32::try_from(a.device_number).unwrap_or(i32::MAX),
-        route_table_id: i32::try_from(a.route_table).unwrap_or(i32::MAX),
-        eniid: a.eni_id.clone(),
-        k8s_pod_namespace: meta.namespace.clone(),
-        k8s_pod_name: meta.name.clone(),
-        ..PbAllocation::default()
-    }
+    out
 }
 
 /// Every assignment of both IP versions, as the control service lists them.
@@ -145,7 +138,7 @@ fn all_allocations(node: &Node) -> Vec<(IpamKey, PbAllocation)> {
         node.datastore6()
             .assignments()
             .iter()
-            .map(|(k, m, a)| (k.clone(), pb6(k, m, a))),
+            .map(|(k, m, a)| (k.clone(), pb(k, m, a))),
     );
     out
 }
@@ -283,10 +276,10 @@ impl IpamdControl for ControlService {
                 continue;
             }
             if valid.contains(&(key.container_id.clone(), key.if_name.clone())) {
-                kept.push(pb6(&key, &meta, &alloc));
+                kept.push(pb(&key, &meta, &alloc));
             } else if let Some(a) = self.node.del6(&key) {
                 tracing::info!(container = %key.container_id, ip = %a.ip, "GC released a stale IPv6 address");
-                released.push(pb6(&key, &meta, &a));
+                released.push(pb(&key, &meta, &a));
             }
         }
         Ok(Response::new(GcReply { released, kept }))

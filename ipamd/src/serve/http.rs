@@ -21,6 +21,8 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use crate::core::datastore::{Allocation, IpamKey, PodMeta};
+use crate::core::family::IpVersion;
 use crate::engine::Node;
 use crate::metrics::Metrics;
 
@@ -228,55 +230,23 @@ fn enis_json6(node: &Node, enis: &mut serde_json::Map<String, Value>) {
     }
 }
 
-/// `/v1/pods` (ours; the anchor's docs list it but it no longer serves it): pods without container IDs.
+/// `/v1/pods` (ours; the anchor's docs list it but it no longer serves it): pods without container IDs, of
+/// either IP version.
 fn pods_json(node: &Node) -> Value {
-    let pod = |k: crate::core::datastore::IpamKey,
-               m: crate::core::datastore::PodMeta,
-               ip: String,
-               eni: String,
-               dev: u32,
-               table: u32| {
+    fn pod<V: IpVersion>((k, m, a): (IpamKey, PodMeta, Allocation<V>)) -> Value {
         json!({
             "namespace": m.namespace,
             "name": m.name,
             "network": k.network_name,
-            "ip": ip,
-            "eni": eni,
-            "deviceNumber": dev,
-            "routeTable": table,
+            "ip": a.ip.to_string(),
+            "eni": a.eni_id,
+            "deviceNumber": a.device_number,
+            "routeTable": a.route_table,
         })
-    };
-    let mut pods: Vec<Value> = node
-        .datastore()
-        .assignments()
-        .into_iter()
-        .map(|(k, m, a)| {
-            pod(
-                k,
-                m,
-                a.ip.to_string(),
-                a.eni_id,
-                a.device_number,
-                a.route_table,
-            )
-        })
-        .collect();
-    pods.extend(
-        node.datastore6()
-            .assignments()
-            .into_iter()
-            .map(|(k, m, a)| {
-                pod(
-                    k,
-                    m,
-                    a.ip.to_string(),
-                    a.eni_id,
-                    a.device_number,
-                    a.route_table,
-                )
-            }),
-    );
-    Value::Array(pods)
+    }
+    let v4 = node.datastore().assignments().into_iter().map(pod);
+    let v6 = node.datastore6().assignments().into_iter().map(pod);
+    Value::Array(v4.chain(v6).collect())
 }
 
 const PATHS: [&str; 5] = [
