@@ -120,6 +120,9 @@ pub async fn start(spec: RunSpec) -> Result<SimEc2, SimError> {
         _ => NetnsFabric::new(subnet, spec.mtu).await,
     }
     .map_err(SimError::Fabric)?;
+    if let Some(vpc6) = sim_spec.vpc_ipv6_cidr {
+        fabric.enable_ipv6(vpc6).await.map_err(SimError::Fabric)?;
+    }
     match &state_file {
         Some(path) if fresh => {
             tracing::info!(state = %path.display(), instance_type = %spec.instance_type,
