@@ -615,3 +615,58 @@ fn gc_of_vanished_ipv6_pods_leaves_the_node_as_it_was() {
     del_chain(&n, &keep, &keep_res);
     assert_eq!(n.settled(), before, "DEL leaves nothing on the node");
 }
+
+#[test]
+fn the_demo_with_ipv6_shows_ipv6_pods_with_working_ipv4_egress() {
+    require_root();
+    let child = Command::new(bin("ipamd"))
+        .args(["demo", "--ipv6", "--pods", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ipamd demo");
+    let tag = format!("awscni-demo-{}", child.id());
+    let out = child.wait_with_output().expect("demo output");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ipv6: 3 pod(s) in "))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("no summary line: {text}"))
+        .to_string();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("demo-pod-") && l.contains("169.254.17"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    for r in rows {
+        let ip = r.split_whitespace().nth(1).expect("ip column");
+        assert!(in_prefix(ip, &prefix), "{ip} outside {prefix}: {text}");
+    }
+    let egress_ok = text
+        .lines()
+        .filter(|l| l.contains("-> internet (egress) 198.51.100.1: ok"))
+        .count();
+    assert_eq!(
+        egress_ok, 3,
+        "every pod reached IPv4 through egress: {text}"
+    );
+    assert!(
+        text.contains("0 failed; 0 DEL errors; cleaned up"),
+        "{text}"
+    );
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(
+        !left.lines().any(|l| l.starts_with(&tag)),
+        "the demo left namespaces: {left}"
+    );
+}
