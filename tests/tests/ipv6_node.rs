@@ -415,6 +415,15 @@ fn del_chain(n: &V6Node, pod: &PodSpec, result: &Value) {
     assert!(out.success, "aws-cni DEL: {}\n{}", out.stdout, n.log());
 }
 
+/// The pod's egress IPv4 (on `v4if0`, egress-cni's interface).
+fn egress_address(pod: &Netns) -> String {
+    arr(&pod.ip_json(&["-4", "addr", "show", "dev", "v4if0"]))
+        .iter()
+        .flat_map(|a| arr(&a["addr_info"]))
+        .find_map(|i| i["local"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no address on v4if0 in {}", pod.name))
+}
+
 fn in_prefix(ip: &str, prefix: &str) -> bool {
     let ip: std::net::Ipv6Addr = ip.parse().expect("ip");
     let (net, len) = prefix.split_once('/').expect("cidr");
@@ -507,6 +516,40 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
         nat.contains("CNI-E4-") && nat.contains(&format!("--to-source {}", n.ip4())),
         "{nat}"
     );
+    // The egress range is the node's own: another instance of the VPC that routes it to the node cannot open a
+    // connection to a pod's egress address (the anchor's FORWARD REJECT of NEW connections to 169.254.172.0/22),
+    // while the pods' own egress (established connections) still works.
+    let egress_a = egress_address(&a_ns);
+    ok(n.peer4.exec(&[
+        "ip",
+        "route",
+        "add",
+        "169.254.172.0/22",
+        "via",
+        &n.ip4(),
+        "dev",
+        "eth0",
+        "onlink",
+    ]));
+    assert!(
+        !ping4(&n.peer4, &egress_a),
+        "a VPC peer reached pod a's egress address {egress_a} through the node"
+    );
+    let filter = String::from_utf8_lossy(&n.node.exec(&["iptables-save", "-t", "filter"]).stdout)
+        .into_owned();
+    let rejects: Vec<&str> = filter
+        .lines()
+        .filter(|l| l.contains("Block Node Local Pod access"))
+        .collect();
+    assert!(
+        rejects.len() == 1
+            && rejects[0].starts_with("-A FORWARD -d 169.254.172.0/22")
+            && rejects[0].contains("--ctstate NEW")
+            && rejects[0].contains("Block Node Local Pod access via IPv4")
+            && rejects[0].ends_with("-j REJECT --reject-with icmp-port-unreachable"),
+        "one rule for both pods: {filter}"
+    );
+    assert!(ping4(&a_ns, PEER4), "the pod's own egress is not blocked");
     assert!(
         !n.fabric
             .exec(&["ip", "route", "get", "169.254.172.2"])
