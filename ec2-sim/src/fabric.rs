@@ -256,7 +256,13 @@ impl NetnsFabric {
             .flat_map(|(n, via)| n.ipv6_prefixes.iter().map(move |p| (*p, via)))
             .map(|(p, via)| self.prefix_route(p, via))
             .collect();
-        for r in self.fabric.routes6(datapath::MAIN_TABLE).await? {
+        // Without IPv6 in the fabric (a kernel booted without it) there is nothing to clean.
+        for r in self
+            .fabric
+            .routes6(datapath::MAIN_TABLE)
+            .await
+            .unwrap_or_default()
+        {
             if r.oif == Some(self.bridge_index)
                 && r.gateway.is_some()
                 && !routed.iter().any(|w| {
@@ -360,20 +366,9 @@ impl NetnsFabric {
                     scope_link: false,
                 })
                 .await?;
-            if let (Some(ip), Some(subnet6)) = (nic.ipv6, nic.subnet_ipv6) {
-                self.node
-                    .add_address6_nodad(link.index, ip, subnet6.prefix())
-                    .await?;
-                self.node
-                    .replace_route6(&Route6Spec {
-                        dst: Ipv6Addr::UNSPECIFIED,
-                        prefix_len: 0,
-                        gateway: Some(subnet_gateway6(subnet6)),
-                        oif: Some(link.index),
-                        table: datapath::MAIN_TABLE,
-                        scope_link: false,
-                    })
-                    .await?;
+            if let Err(e) = self.plug_primary_ipv6(nic, link.index).await {
+                // A node namespace without IPv6 (a container, a kernel booted without it) is still an IPv4 node.
+                tracing::warn!(error = %e, "the simulated node's primary interface has no IPv6");
             }
         } else {
             // ENIs of other subnets need their router on the VPC side too.
@@ -385,6 +380,35 @@ impl NetnsFabric {
                 )
                 .await?;
         }
+        if let Err(e) = self.plug_fabric_ipv6(nic).await {
+            tracing::warn!(error = %e, "the simulated VPC does not route IPv6 to this ENI");
+        }
+        Ok(())
+    }
+
+    /// The primary interface's IPv6 as DHCPv6 and router advertisements give it: the ENI's address and a default
+    /// route to its subnet's router.
+    async fn plug_primary_ipv6(&self, nic: &SimNic, index: u32) -> Result<(), NetlinkError> {
+        let (Some(ip), Some(subnet6)) = (nic.ipv6, nic.subnet_ipv6) else {
+            return Ok(());
+        };
+        self.node
+            .add_address6_nodad(index, ip, subnet6.prefix())
+            .await?;
+        self.node
+            .replace_route6(&Route6Spec {
+                dst: Ipv6Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(subnet_gateway6(subnet6)),
+                oif: Some(index),
+                table: datapath::MAIN_TABLE,
+                scope_link: false,
+            })
+            .await
+    }
+
+    /// The VPC side of an ENI's IPv6: its subnet's router on the bridge, its /80 prefixes routed to it.
+    async fn plug_fabric_ipv6(&self, nic: &SimNic) -> Result<(), NetlinkError> {
         if let Some(subnet6) = nic.subnet_ipv6 {
             self.fabric
                 .add_address6_nodad(
@@ -403,9 +427,9 @@ impl NetnsFabric {
     async fn unplug_nic(&self, nic: &SimNic) -> Result<(), NetlinkError> {
         if let Some(via) = nic.ipv6 {
             for p in &nic.ipv6_prefixes {
-                self.fabric
-                    .delete_route6(&self.prefix_route(*p, via))
-                    .await?;
+                if let Err(e) = self.fabric.delete_route6(&self.prefix_route(*p, via)).await {
+                    tracing::warn!(error = %e, prefix = %p, "the simulated VPC keeps a route of a detached ENI");
+                }
             }
         }
         self.node
