@@ -83,7 +83,11 @@ fn ipv6(args: Ipv6Args) -> Result<(), BenchError> {
         }
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let samples = aws_cni_bench::real::v6::run(&bins, p, args.ipamd_socket, &mut rng)?;
+    let ipamd = match args.ipamd_socket {
+        Some(s) => aws_cni_bench::real::v6::V6Ipamd::Socket(s),
+        None => aws_cni_bench::real::v6::V6Ipamd::StandIn,
+    };
+    let samples = aws_cni_bench::real::v6::run(&bins, p, ipamd, &mut rng)?;
     println!("{}", samples.table());
     Ok(())
 }
@@ -102,7 +106,8 @@ struct RunArgs {
     /// Directory with Debian's CNI plugins.
     #[arg(long, default_value = "/usr/lib/cni")]
     peer_dir: PathBuf,
-    /// Only these benchmarks (comma-separated): floor, pod-setup, burst, cri, memory, churn, ec2-calls, scale-up.
+    /// Only these benchmarks (comma-separated): floor, pod-setup, burst, cri, memory, churn, ipv6, ec2-calls,
+    /// scale-up.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Seed of the interleaving order and the workloads.

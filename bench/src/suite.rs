@@ -13,13 +13,14 @@ use crate::stats::{mib, ms, ratio, ratio_d, Summary};
 use crate::virt::{self, calls, scaleup, Engine};
 
 /// Every benchmark, in the order they run.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     "floor",
     "pod-setup",
     "burst",
     "cri",
     "memory",
     "churn",
+    "ipv6",
     "ec2-calls",
     "scale-up",
 ];
@@ -231,9 +232,17 @@ pub fn run(
         ..Report::default()
     };
     let mut rng = StdRng::seed_from_u64(plan.seed);
-    let needs_real = ["floor", "pod-setup", "burst", "cri", "memory", "churn"]
-        .iter()
-        .any(|s| plan.wants(s));
+    let needs_real = [
+        "floor",
+        "pod-setup",
+        "burst",
+        "cri",
+        "memory",
+        "churn",
+        "ipv6",
+    ]
+    .iter()
+    .any(|s| plan.wants(s));
     if needs_real {
         bins.check()?;
     }
@@ -295,6 +304,10 @@ pub fn run(
     if plan.wants("churn") {
         progress("churn: pods created and deleted at concurrency 8");
         report.sections.push(churn_section(plan, bins)?);
+    }
+    if plan.wants("ipv6") {
+        progress("ipv6: interleaved ADD/DEL of IPv6 pods, ours (ipamd in IPv6 mode) and ptp");
+        report.sections.push(ipv6_section(plan, bins, &mut rng)?);
     }
     if plan.wants("ec2-calls") {
         report.sections.push(calls_section(plan, progress)?);
@@ -483,6 +496,112 @@ fn pod_setup_section(
     sec.notes.push(
         "The testbed's earlier hand-run of ptp on this machine (one pod at a time, fresh netns each) measured ADD \
          10.5 ms and DEL 35 ms median; the peer figures above are from this run."
+            .into(),
+    );
+    Ok(sec)
+}
+
+/// IPv6 pod setup (issue 20): [`real::v6`] against a real ipamd in IPv6 mode, twice: against ptp as Debian
+/// ships it (which waits for duplicate address detection on the pod's address) and against ptp with DAD off in the
+/// pod namespace (the datapaths alone; ours never waits for DAD).
+fn ipv6_section(plan: &Plan, bins: &Binaries, rng: &mut StdRng) -> Result<Section, BenchError> {
+    let params = |peer_nodad| real::v6::V6Params {
+        n: plan.pod_setup_n,
+        warmup: plan.pod_setup_warmup,
+        window: plan.window,
+        peer_nodad,
+    };
+    let ipamd = real::v6::V6Ipamd::Real(REAL_INSTANCE);
+    let shipped = real::v6::run(bins, params(false), ipamd.clone(), rng)?;
+    check_interrupt()?;
+    let nodad = real::v6::run(bins, params(true), ipamd, rng)?;
+    let mut sec = Section {
+        id: "ipv6",
+        title: "IPv6 pod setup: CNI ADD and DEL of IPv6 pods".into(),
+        method: format!(
+            "Our `aws-cni` (release build) talking to `ipamd run --backend sim --instance-type {REAL_INSTANCE}` in \
+             IPv6 mode (`ENABLE_IPv6=true ENABLE_IPv4=false ENABLE_PREFIX_DELEGATION=true WARM_PREFIX_TARGET=1 \
+             IP_COOLDOWN_PERIOD=0`: every pod gets an address of the primary ENI's /80) against Debian's `ptp` + \
+             `host-local` with the IPv6 range `{}` and the route `::/0` (the peer), both exec'd with the CNI \
+             environment and netconf on stdin from a thread inside the same node namespace (IPv6 forwarding on), \
+             each pod in a fresh namespace with the kernel's defaults. As in the pod-setup section, iterations \
+             alternate the two plugins in random order; each keeps {} live pods and DELs its oldest after each \
+             ADD; {} untimed iterations first; times are the plugin process's wall time (spawn to exit), in ms. \
+             Two runs: ptp as shipped waits for duplicate address detection on the pod's address before it \
+             answers (the anchor's plugin polls for it too); ours adds the address with `IFA_F_NODAD` and never \
+             waits. The second run turns DAD off in the peer's pod namespaces beforehand (outside the timing), so \
+             it compares the datapaths alone; the targets are judged on it. The egress plugin (`egress-cni`, \
+             chained after ours on an IPv6 node) is not in these figures.",
+            real::v6::PEER_RANGE,
+            plan.window,
+            plan.pod_setup_warmup
+        ),
+        ..Section::default()
+    };
+    for (label, s, judged) in [
+        ("ptp as shipped (waits for DAD)", &shipped, false),
+        ("ptp with DAD off in the pod namespace", &nodad, true),
+    ] {
+        let mut t = Table::new(&[
+            "op",
+            "n",
+            "ours median",
+            "ours p99",
+            "ours min–max",
+            "ptp median",
+            "ptp p99",
+            "ptp min–max",
+            "ratio median",
+            "ratio p99",
+        ]);
+        for (op, ours, peer) in [
+            ("ADD", &s.ours_add, &s.peer_add),
+            ("DEL", &s.ours_del, &s.peer_del),
+        ] {
+            let o = summary(ours)?;
+            let q = summary(peer)?;
+            t.row(vec![
+                format!("{op}, against {label}"),
+                o.n.to_string(),
+                ms(o.median),
+                ms(o.p99),
+                range(&o),
+                ms(q.median),
+                ms(q.p99),
+                range(&q),
+                ratio_d(o.median, q.median),
+                ratio_d(o.p99, q.p99),
+            ]);
+            if judged {
+                sec.verdict(
+                    format!("IPv6 median {op} at most the peer's (DAD off)"),
+                    o.median <= q.median,
+                    format!(
+                        "{} ms vs {} ms ({})",
+                        ms(o.median),
+                        ms(q.median),
+                        ratio_d(o.median, q.median)
+                    ),
+                );
+                sec.verdict(
+                    format!("IPv6 {op} p99 at most the peer's (DAD off)"),
+                    o.p99 <= q.p99,
+                    format!(
+                        "{} ms vs {} ms ({})",
+                        ms(o.p99),
+                        ms(q.p99),
+                        ratio_d(o.p99, q.p99)
+                    ),
+                );
+            }
+        }
+        sec.tables.push(t);
+    }
+    sec.notes.push(
+        "IPv6 mode has no warm pool: ipamd carves each pod's address from the /80 it took at startup, so no ADD \
+         waits for EC2. `aws-cni-bench ipv6 [--quick] [--peer-nodad]` runs one of these comparisons alone, \
+         against an in-process stand-in for ipamd (the plugin's cost without the daemon's bookkeeping) unless \
+         `--ipamd-socket` is given."
             .into(),
     );
     Ok(sec)

@@ -225,7 +225,7 @@ impl SimEc2 {
         Ok(())
     }
 
-    fn do_assign_ipv6(
+    async fn do_assign_ipv6(
         &self,
         api: &'static str,
         eni_id: &str,
@@ -259,6 +259,12 @@ impl SimEc2 {
             got
         };
         self.publish(eni_id);
+        // The VPC routes the new /80s to the ENI, as EC2 binds secondary IPs to it.
+        if let Some(nic) = self.nic_of(eni_id) {
+            if let Err(e) = self.hotplug.route_ipv6_prefixes(nic, got.clone()).await {
+                tracing::warn!(error = %e, "simulated VPC could not route IPv6 prefixes");
+            }
+        }
         Ok(got)
     }
 
@@ -444,7 +450,7 @@ impl Ec2 for SimEc2 {
     ) -> Result<Vec<Ipv6Network>, Ec2Error> {
         let api = Api::AssignIpv6Addresses.name();
         let post = self.gate(api).await?;
-        let res = self.do_assign_ipv6(api, eni_id, count);
+        let res = self.do_assign_ipv6(api, eni_id, count).await;
         self.finish(api, post, res).await
     }
 

@@ -17,6 +17,21 @@
 //! the node's primary interface gets a default route to the VPC router (as DHCP gives a real node), so traffic
 //! to non-VPC destinations leaves through the primary ENI and can be checked for SNAT.
 //!
+//! **Other instances of the VPC.** The fabric is the VPC router: it forwards (both families) and holds the router
+//! of [`PEER_SUBNET`], a subnet of the VPC that no ENI of the simulated node uses. A tool puts a peer "instance"
+//! there by creating a namespace of its own, a veth whose one end is on the bridge and whose other end has an
+//! address of that subnet, and a default route via its router (`.1`); ipamd never touches it.
+//!
+//! **IPv6** ([`NetnsFabric::enable_ipv6`], with the VPC's IPv6 /56): the bridge holds the router (`::1/64`) of
+//! every dual-stack subnet of a plugged ENI and of the VPC's peer subnet ([`peer_subnet_v6`], the /56's last
+//! /64); the primary interface gets the ENI's IPv6 address and a default route to its subnet's router (DHCPv6
+//! and router advertisements on a real node); each /80 prefix assigned to an ENI (`AssignIpv6Addresses`) is
+//! routed to the ENI's IPv6 address, standing in for EC2's routing of a delegated prefix to its ENI:
+//!
+//! ```text
+//!   fabric: <prefix>/80 via <ENI IPv6> dev vpc      node: default via <subnet6>::1 dev eth0
+//! ```
+//!
 //! By default ([`NetnsFabric::new`]) the fabric namespace has no name: it exists while ipamd holds it. If ipamd
 //! dies, the kernel removes the fabric and with it both ends of every ENI veth, so the simulated node never leaves
 //! links behind on the machine. With [`NetnsFabric::in_netns`] (`ipamd run --sim-fabric-netns PATH`) the fabric
@@ -28,12 +43,12 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 
-use datapath::{subnet_gateway, MacAddr, Netlink, NetlinkError, VethSpec};
+use datapath::{subnet_gateway, MacAddr, Netlink, NetlinkError, Route6Spec, VethSpec};
 use futures::future::BoxFuture;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 use crate::hotplug::{NicHotplug, SimNic};
 
@@ -41,6 +56,26 @@ const BRIDGE: &str = "vpc";
 
 /// "The internet" as seen from the simulated VPC: a documentation address (TEST-NET-2) held by the fabric.
 pub const INTERNET_HOST: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+
+/// A subnet of the default VPC (10.0.0.0/16) that no ENI of the simulated node uses: where other instances of
+/// the VPC live (see the module docs). Its router is `.1`, on the fabric's bridge.
+pub const PEER_SUBNET: Ipv4Network =
+    match Ipv4Network::new_checked(Ipv4Addr::new(10, 0, 255, 0), 24) {
+        Some(n) => n,
+        None => panic!("a valid /24"),
+    };
+
+/// The IPv6 subnet of other instances of the VPC: the last /64 of the VPC's IPv6 CIDR (a /56 on EC2).
+pub fn peer_subnet_v6(vpc: Ipv6Network) -> Ipv6Network {
+    let host_bits = 128 - u32::from(vpc.prefix().min(64));
+    let last = u128::from(vpc.network()) | ((u128::MAX >> (128 - host_bits)) & !(u128::MAX >> 64));
+    Ipv6Network::new(Ipv6Addr::from(last), 64).unwrap_or(vpc)
+}
+
+/// The router of an IPv6 subnet: its first address after the network (`::1`), as [`subnet_gateway`] for IPv4.
+pub fn subnet_gateway6(subnet: Ipv6Network) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(subnet.network()).wrapping_add(1))
+}
 
 /// See the module docs.
 pub struct NetnsFabric {
@@ -106,6 +141,20 @@ impl NetnsFabric {
     ) -> Result<NetnsFabric, NetlinkError> {
         let fabric = Netlink::connect_file(&fabric_ns)?;
         let node = Netlink::connect(None)?;
+        // The VPC router forwards between its subnets (peers in PEER_SUBNET, the node's ENIs), and its links do
+        // no duplicate address detection (a new link's link-local would be tentative for a second or two, the
+        // router unable to resolve neighbours meanwhile). Set before the bridge exists, so it applies to every
+        // link. Best effort: in a container (the DaemonSet's pod) /proc/sys is read-only, and nothing of the
+        // node depends on it.
+        let router = [
+            ("net/ipv4/ip_forward".to_string(), "1"),
+            ("net/ipv6/conf/all/forwarding".to_string(), "1"),
+            ("net/ipv6/conf/default/accept_dad".to_string(), "0"),
+            ("net/ipv6/conf/all/accept_dad".to_string(), "0"),
+        ];
+        if let Err(e) = datapath::sysctl::set(Some(&fabric_ns), &router) {
+            tracing::warn!(error = %e, "the simulated VPC router does not forward between subnets");
+        }
         let bridge = match fabric.link_by_name(BRIDGE).await? {
             Some(b) => b,
             None => {
@@ -121,6 +170,13 @@ impl NetnsFabric {
             .await?;
         fabric
             .add_address(bridge.index, INTERNET_HOST.into(), 32)
+            .await?;
+        fabric
+            .add_address(
+                bridge.index,
+                subnet_gateway(PEER_SUBNET).into(),
+                PEER_SUBNET.prefix(),
+            )
             .await?;
         fabric.set_up(bridge.index).await?;
         if let Some(lo) = fabric.link_by_name("lo").await? {
@@ -151,8 +207,71 @@ impl NetnsFabric {
         })
     }
 
+    /// Gives the VPC its IPv6 CIDR `vpc` (a /56): the router of its peer subnet ([`peer_subnet_v6`]) on the
+    /// bridge. The routers of the ENIs' subnets come with their NICs.
+    pub async fn enable_ipv6(&self, vpc: Ipv6Network) -> Result<(), NetlinkError> {
+        let peers = peer_subnet_v6(vpc);
+        self.fabric
+            .add_address6_nodad(self.bridge_index, subnet_gateway6(peers), peers.prefix())
+            .await
+    }
+
+    /// The route that stands for EC2's routing of `prefix` to the ENI whose IPv6 address is `via`.
+    fn prefix_route(&self, prefix: Ipv6Network, via: Ipv6Addr) -> Route6Spec {
+        Route6Spec {
+            dst: prefix.network(),
+            prefix_len: prefix.prefix(),
+            gateway: Some(via),
+            oif: Some(self.bridge_index),
+            table: datapath::MAIN_TABLE,
+            scope_link: false,
+        }
+    }
+
+    async fn route_prefixes(
+        &self,
+        nic: &SimNic,
+        prefixes: &[Ipv6Network],
+    ) -> Result<(), NetlinkError> {
+        let Some(via) = nic.ipv6 else {
+            return Err(NetlinkError::Conflict(format!(
+                "IPv6 prefixes for the ENI with MAC {} that has no IPv6 address",
+                nic.mac
+            )));
+        };
+        for p in prefixes {
+            self.fabric
+                .replace_route6(&self.prefix_route(*p, via))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// See [`NicHotplug::restore`].
     async fn restore_nics(&self, nics: &[(SimNic, Vec<Ipv4Addr>)]) -> Result<(), NetlinkError> {
+        // /80 routes of prefixes no attached ENI holds any more (or held by another ENI now).
+        let routed: Vec<Route6Spec> = nics
+            .iter()
+            .filter_map(|(n, _)| n.ipv6.map(|via| (n, via)))
+            .flat_map(|(n, via)| n.ipv6_prefixes.iter().map(move |p| (*p, via)))
+            .map(|(p, via)| self.prefix_route(p, via))
+            .collect();
+        // Without IPv6 in the fabric (a kernel booted without it) there is nothing to clean.
+        for r in self
+            .fabric
+            .routes6(datapath::MAIN_TABLE)
+            .await
+            .unwrap_or_default()
+        {
+            if r.oif == Some(self.bridge_index)
+                && r.gateway.is_some()
+                && !routed.iter().any(|w| {
+                    w.dst == r.dst && w.prefix_len == r.prefix_len && w.gateway == r.gateway
+                })
+            {
+                self.fabric.delete_route6(&r).await?;
+            }
+        }
         // ENI links in the node namespace that no attached ENI accounts for (or with another ENI's MAC).
         let wanted: Vec<(String, MacAddr)> =
             nics.iter().map(|(n, _)| (link_names(n).0, n.mac)).collect();
@@ -247,6 +366,10 @@ impl NetnsFabric {
                     scope_link: false,
                 })
                 .await?;
+            if let Err(e) = self.plug_primary_ipv6(nic, link.index).await {
+                // A node namespace without IPv6 (a container, a kernel booted without it) is still an IPv4 node.
+                tracing::warn!(error = %e, "the simulated node's primary interface has no IPv6");
+            }
         } else {
             // ENIs of other subnets need their router on the VPC side too.
             self.fabric
@@ -257,10 +380,58 @@ impl NetnsFabric {
                 )
                 .await?;
         }
+        if let Err(e) = self.plug_fabric_ipv6(nic).await {
+            tracing::warn!(error = %e, "the simulated VPC does not route IPv6 to this ENI");
+        }
+        Ok(())
+    }
+
+    /// The primary interface's IPv6 as DHCPv6 and router advertisements give it: the ENI's address and a default
+    /// route to its subnet's router.
+    async fn plug_primary_ipv6(&self, nic: &SimNic, index: u32) -> Result<(), NetlinkError> {
+        let (Some(ip), Some(subnet6)) = (nic.ipv6, nic.subnet_ipv6) else {
+            return Ok(());
+        };
+        self.node
+            .add_address6_nodad(index, ip, subnet6.prefix())
+            .await?;
+        self.node
+            .replace_route6(&Route6Spec {
+                dst: Ipv6Addr::UNSPECIFIED,
+                prefix_len: 0,
+                gateway: Some(subnet_gateway6(subnet6)),
+                oif: Some(index),
+                table: datapath::MAIN_TABLE,
+                scope_link: false,
+            })
+            .await
+    }
+
+    /// The VPC side of an ENI's IPv6: its subnet's router on the bridge, its /80 prefixes routed to it.
+    async fn plug_fabric_ipv6(&self, nic: &SimNic) -> Result<(), NetlinkError> {
+        if let Some(subnet6) = nic.subnet_ipv6 {
+            self.fabric
+                .add_address6_nodad(
+                    self.bridge_index,
+                    subnet_gateway6(subnet6),
+                    subnet6.prefix(),
+                )
+                .await?;
+        }
+        if !nic.ipv6_prefixes.is_empty() {
+            self.route_prefixes(nic, &nic.ipv6_prefixes).await?;
+        }
         Ok(())
     }
 
     async fn unplug_nic(&self, nic: &SimNic) -> Result<(), NetlinkError> {
+        if let Some(via) = nic.ipv6 {
+            for p in &nic.ipv6_prefixes {
+                if let Err(e) = self.fabric.delete_route6(&self.prefix_route(*p, via)).await {
+                    tracing::warn!(error = %e, prefix = %p, "the simulated VPC keeps a route of a detached ENI");
+                }
+            }
+        }
         self.node
             .delete_link_by_name(&link_names(nic).0)
             .await
@@ -328,6 +499,18 @@ impl NicHotplug for NetnsFabric {
         Box::pin(async move { self.bind(mac, &ips, bound).await.map_err(|e| e.to_string()) })
     }
 
+    fn route_ipv6_prefixes(
+        &self,
+        nic: SimNic,
+        prefixes: Vec<Ipv6Network>,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.route_prefixes(&nic, &prefixes)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
     fn restore(&self, nics: Vec<(SimNic, Vec<Ipv4Addr>)>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { self.restore_nics(&nics).await.map_err(|e| e.to_string()) })
     }
@@ -336,6 +519,21 @@ impl NicHotplug for NetnsFabric {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peer_subnet_is_the_last_64_of_the_vpc_and_routers_are_the_first_address() {
+        let vpc: Ipv6Network = "2600:1f14:ab:c800::/56".parse().expect("cidr");
+        let peers = peer_subnet_v6(vpc);
+        assert_eq!(peers.to_string(), "2600:1f14:ab:c8ff::/64");
+        assert_eq!(subnet_gateway6(peers).to_string(), "2600:1f14:ab:c8ff::1");
+        let node: Ipv6Network = "2600:1f14:ab:c800::/64".parse().expect("cidr");
+        assert_ne!(peer_subnet_v6(vpc), node);
+        assert_eq!(
+            peer_subnet_v6("2001:db8::/64".parse().expect("cidr")).to_string(),
+            "2001:db8::/64"
+        );
+        assert_eq!(PEER_SUBNET.to_string(), "10.0.255.0/24");
+    }
 
     #[test]
     fn eni_link_names_are_recognised() {

@@ -1,9 +1,9 @@
 //! How attached ENIs reach the node: the hypervisor's side of a NIC, as a trait the simulator calls.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use futures::future::BoxFuture;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 /// A NIC as the hypervisor presents it to the instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,12 @@ pub struct SimNic {
     pub primary_ip: Ipv4Addr,
     pub subnet: Ipv4Network,
     pub is_primary: bool,
+    /// The ENI's own IPv6 address (its first `Ipv6Addresses`; `None` in an IPv4-only subnet).
+    pub ipv6: Option<Ipv6Addr>,
+    /// The subnet's IPv6 /64 (`None`: an IPv4-only subnet).
+    pub subnet_ipv6: Option<Ipv6Network>,
+    /// The /80 prefixes the VPC routes to this ENI (`AssignIpv6Addresses` with `Ipv6PrefixCount`).
+    pub ipv6_prefixes: Vec<Ipv6Network>,
 }
 
 impl SimNic {
@@ -26,6 +32,9 @@ impl SimNic {
             primary_ip: eni.primary_ip,
             subnet: eni.subnet_cidr,
             is_primary: eni.device_index == Some(0) && eni.network_card_index == 0,
+            ipv6: eni.ipv6_addresses.first().copied(),
+            subnet_ipv6: eni.subnet_ipv6_cidr,
+            ipv6_prefixes: eni.ipv6_prefixes.clone(),
         })
     }
 }
@@ -43,13 +52,29 @@ pub trait NicHotplug: Send + Sync + 'static {
         ips: Vec<Ipv4Addr>,
         bound: bool,
     ) -> BoxFuture<'_, Result<(), String>>;
-    /// After a restart from saved state: exactly these NICs are attached, with these addresses bound. The
-    /// default plugs and binds each; a hotplug that keeps state across restarts also removes what is stale.
+    /// The VPC now routes `prefixes` (IPv6 /80s just assigned) to `nic`. The default does nothing (a hotplug
+    /// without IPv6 routing). Prefixes already on the NIC when it is plugged or restored come in
+    /// [`SimNic::ipv6_prefixes`].
+    fn route_ipv6_prefixes(
+        &self,
+        nic: SimNic,
+        prefixes: Vec<Ipv6Network>,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        let _ = (nic, prefixes);
+        Box::pin(async { Ok(()) })
+    }
+    /// After a restart from saved state: exactly these NICs are attached, with these addresses bound (and their
+    /// [`SimNic::ipv6_prefixes`] routed). The default plugs and binds each; a hotplug that keeps state across
+    /// restarts also removes what is stale.
     fn restore(&self, nics: Vec<(SimNic, Vec<Ipv4Addr>)>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             for (nic, ips) in nics {
                 let mac = nic.mac;
-                self.plug(nic).await?;
+                let prefixes = nic.ipv6_prefixes.clone();
+                self.plug(nic.clone()).await?;
+                if !prefixes.is_empty() {
+                    self.route_ipv6_prefixes(nic, prefixes).await?;
+                }
                 if !ips.is_empty() {
                     self.bind_ips(mac, ips, true).await?;
                 }

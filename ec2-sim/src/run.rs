@@ -120,6 +120,12 @@ pub async fn start(spec: RunSpec) -> Result<SimEc2, SimError> {
         _ => NetnsFabric::new(subnet, spec.mtu).await,
     }
     .map_err(SimError::Fabric)?;
+    if let Some(vpc6) = sim_spec.vpc_ipv6_cidr {
+        // Best effort: an IPv4 node does not need it, and a kernel without IPv6 cannot have it.
+        if let Err(e) = fabric.enable_ipv6(vpc6).await {
+            tracing::warn!(error = %e, "the simulated VPC has no IPv6 routing");
+        }
+    }
     match &state_file {
         Some(path) if fresh => {
             tracing::info!(state = %path.display(), instance_type = %spec.instance_type,

@@ -121,6 +121,9 @@ pub struct SimSpec {
     /// The node subnet's IPv6 CIDR (a /64, as EC2 gives subnets; `None`: an IPv4-only subnet). ENIs in it get an
     /// IPv6 address, and `AssignIpv6Addresses` carves /80 prefixes from it.
     pub subnet_ipv6_cidr: Option<Ipv6Network>,
+    /// The VPC's IPv6 CIDR (a /56 holding the subnets' /64s; `None`: an IPv4-only VPC). The fabric routes it
+    /// (see [`crate::fabric`]: the VPC's peer subnet is its last /64).
+    pub vpc_ipv6_cidr: Option<Ipv6Network>,
     pub availability_zone: String,
     /// Where to write the JSON snapshot after every change.
     pub state_file: Option<PathBuf>,
@@ -159,8 +162,9 @@ impl std::fmt::Debug for SimSpec {
 }
 
 impl SimSpec {
-    /// The defaults the demo and tests use: VPC 10.0.0.0/16, node subnet 10.0.0.0/20 with the IPv6 /64
-    /// 2600:1f14:ab:c800::/64 (dual-stack, as an EKS IPv6 cluster's subnets are), EC2's throttling, no lag.
+    /// The defaults the demo and tests use: VPC 10.0.0.0/16 and 2600:1f14:ab:c800::/56, node subnet 10.0.0.0/20
+    /// with the IPv6 /64 2600:1f14:ab:c800::/64 (dual-stack, as an EKS IPv6 cluster's subnets are), EC2's
+    /// throttling, no lag.
     pub fn new(instance_type: &str) -> SimSpec {
         SimSpec {
             instance_type: instance_type.to_string(),
@@ -171,6 +175,11 @@ impl SimSpec {
             subnet_ipv6_cidr: Ipv6Network::new(
                 Ipv6Addr::new(0x2600, 0x1f14, 0xab, 0xc800, 0, 0, 0, 0),
                 64,
+            )
+            .ok(),
+            vpc_ipv6_cidr: Ipv6Network::new(
+                Ipv6Addr::new(0x2600, 0x1f14, 0xab, 0xc800, 0, 0, 0, 0),
+                56,
             )
             .ok(),
             availability_zone: "us-west-2a".into(),

@@ -306,10 +306,11 @@ async fn unknown_instance_type_suggests_names() {
     assert!(err.to_string().contains("m5.lrage"));
 }
 
-/// Records what a restart asks the hotplug to restore.
+/// Records what a restart asks the hotplug to restore, and which IPv6 prefixes it is asked to route.
 #[derive(Default)]
 struct RecordingHotplug {
     restored: Mutex<Vec<(SimNic, Vec<Ipv4Addr>)>>,
+    routed: Mutex<Vec<(SimNic, Vec<ipnetwork::Ipv6Network>)>>,
 }
 
 impl NicHotplug for RecordingHotplug {
@@ -326,6 +327,19 @@ impl NicHotplug for RecordingHotplug {
         bound: bool,
     ) -> BoxFuture<'_, Result<(), String>> {
         NoHotplug.bind_ips(mac, ips, bound)
+    }
+    fn route_ipv6_prefixes(
+        &self,
+        nic: SimNic,
+        prefixes: Vec<ipnetwork::Ipv6Network>,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.routed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((nic, prefixes));
+            Ok(())
+        })
     }
     fn restore(&self, nics: Vec<(SimNic, Vec<Ipv4Addr>)>) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
@@ -642,6 +656,46 @@ async fn ipv6_prefixes_are_80s_of_the_subnets_64_seen_in_describe_and_imds() {
         .expect_err("no IPv6 CIDR");
     assert!(e.to_string().contains("no IPv6 CIDR"), "{e}");
     assert!(v4only.all_enis()[0].ipv6_addresses.is_empty());
+}
+
+#[tokio::test]
+async fn assigned_ipv6_prefixes_are_routed_to_the_nic_and_restored_with_it() {
+    let dir = std::env::temp_dir().join(format!("ipamd-sim-v6route-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let mut spec = SimSpec::new("m5.large");
+    spec.state_file = Some(dir.join("sim.json"));
+    let hotplug = Arc::new(RecordingHotplug::default());
+    let s = SimEc2::launch(spec.clone(), hotplug.clone())
+        .await
+        .expect("launch");
+    let primary = s
+        .all_enis()
+        .into_iter()
+        .find(|e| e.device_index == Some(0))
+        .expect("primary");
+    let got = s.assign_ipv6_prefixes(&primary.id, 1).await.expect("a /80");
+    let routed = hotplug.routed.lock().expect("lock").clone();
+    assert_eq!(routed.len(), 1, "{routed:?}");
+    let (nic, prefixes) = &routed[0];
+    assert_eq!(prefixes, &got);
+    assert!(nic.is_primary);
+    assert_eq!(
+        nic.ipv6,
+        primary.ipv6_addresses.first().copied(),
+        "routed via the ENI's IPv6"
+    );
+    assert_eq!(nic.subnet_ipv6, primary.subnet_ipv6_cidr);
+    // A restart restores the NIC with its prefix, so a kept fabric routes it again.
+    let again = Arc::new(RecordingHotplug::default());
+    let _resumed = SimEc2::launch(spec, again.clone()).await.expect("resume");
+    let restored = again.restored.lock().expect("lock").clone();
+    let p = restored
+        .iter()
+        .find(|(n, _)| n.is_primary)
+        .expect("primary restored");
+    assert_eq!(p.0.ipv6_prefixes, got);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -86,7 +86,10 @@ pub async fn add(env: &CniEnv, conf: &EgressConf) -> Result<CniResult, EgressErr
     let chain = snat::chain_name(conf.chain_prefix(), &conf.net.name, container_id);
     let comment = snat::comment(&conf.net.name, container_id);
     let ipt = iptables(conf);
-    if let Err(e) = snat::add(&ipt, &chain, &comment, node_ip, ip, random(conf)) {
+    let v6 = conf.direction == Direction::V6Egress;
+    if let Err(e) = snat::add(&ipt, &chain, &comment, node_ip, ip, random(conf))
+        .and_then(|()| snat::ensure_forward_reject(&ipt, &conf.subnet.to_string(), v6))
+    {
         let _ = snat::del(&ipt, &chain);
         undo(&host, conf, env, &host_veth, ip).await;
         return Err(EgressError::Setup(e.to_string()));

@@ -16,6 +16,16 @@
 //! follows without linking ipamd). On a node whose kube-proxy runs in nftables mode, `iptables-nft` puts these
 //! rules in nf_tables' `ip nat` table, which sees the pods' egress packets like kube-proxy's own table does.
 //!
+//! The egress range is the node's own: other hosts must not open connections to the pods' egress addresses through
+//! the node. As the anchor (its ipamd does it at startup in IPv6 mode, and for IPv6 egress on an IPv4 node), a
+//! node-level rule rejects new forwarded connections to the range, inserted first in `filter FORWARD` when missing
+//! ([`ensure_forward_reject`]); the pods' own egress (replies of connections they opened) is unaffected:
+//!
+//! ```text
+//!   filter FORWARD  -d 169.254.172.0/22 -m conntrack --ctstate NEW
+//!                   -m comment --comment "Block Node Local Pod access via IPv4" -j REJECT   (fd00::ac:00/118, IPv6)
+//! ```
+//!
 //! Every change is idempotent: ADD creates what is missing, DEL removes every jump to the chain (whatever its
 //! source), then the chain; GC removes the chains and jumps whose comment names a container that is no longer
 //! valid. Commands go through the [`Iptables`] trait; [`CommandIptables`] runs the tools, the tests' double keeps
@@ -237,6 +247,43 @@ pub fn add(
     append_unique(ipt, "POSTROUTING", &jump)
 }
 
+/// The anchor's comment of the FORWARD rule that protects the egress range of a family.
+pub fn forward_reject_comment(v6: bool) -> &'static str {
+    if v6 {
+        "Block Node Local Pod access via IPv6"
+    } else {
+        "Block Node Local Pod access via IPv4"
+    }
+}
+
+/// Makes sure `filter FORWARD` rejects new connections to the egress range `range` (see the module docs):
+/// inserted first when missing, left alone when present (the anchor's rule, same words, counts). Never removed:
+/// it belongs to the node, not to a pod.
+pub fn ensure_forward_reject(ipt: &dyn Iptables, range: &str, v6: bool) -> Result<(), SnatError> {
+    let rule = s(&[
+        "-d",
+        range,
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-m",
+        "comment",
+        "--comment",
+        forward_reject_comment(v6),
+        "-j",
+        "REJECT",
+    ]);
+    let mut check = s(&["-t", "filter", "-C", "FORWARD"]);
+    check.extend_from_slice(&rule);
+    if ipt.run(&check).is_ok() {
+        return Ok(());
+    }
+    let mut insert = s(&["-t", "filter", "-I", "FORWARD", "1"]);
+    insert.extend_from_slice(&rule);
+    ipt.run(&insert).map(|_| ())
+}
+
 fn append_unique(ipt: &dyn Iptables, chain: &str, rule: &[String]) -> Result<(), SnatError> {
     let mut check = s(&["-t", "nat", "-C", chain]);
     check.extend_from_slice(rule);
@@ -405,9 +452,9 @@ pub mod fake {
     impl FakeIptables {
         pub fn new() -> FakeIptables {
             let f = FakeIptables::default();
-            f.chains
-                .borrow_mut()
-                .insert("POSTROUTING".into(), Vec::new());
+            for chain in ["POSTROUTING", "FORWARD"] {
+                f.chains.borrow_mut().insert(chain.into(), Vec::new());
+            }
             f
         }
     }
@@ -432,6 +479,14 @@ pub mod fake {
                 )),
                 "-A" => {
                     chains.get_mut(&chain).expect("chain").push(rule);
+                    Ok(String::new())
+                }
+                "-I" => {
+                    let at: usize = rule[0].parse().map_err(|_| fail(args, "bad position"))?;
+                    let rules = chains
+                        .get_mut(&chain)
+                        .ok_or_else(|| fail(args, "No chain/target/match by that name."))?;
+                    rules.insert(at.saturating_sub(1).min(rules.len()), rule[1..].to_vec());
                     Ok(String::new())
                 }
                 "-D" => {
@@ -472,6 +527,53 @@ pub mod fake {
 mod tests {
     use super::fake::FakeIptables;
     use super::*;
+
+    #[test]
+    fn the_forward_reject_is_inserted_first_once_and_kept() {
+        let ipt = FakeIptables::new();
+        ipt.chains
+            .borrow_mut()
+            .get_mut("FORWARD")
+            .expect("FORWARD")
+            .push(s(&["-j", "KUBE-FORWARD"]));
+        ensure_forward_reject(&ipt, "169.254.172.0/22", false).expect("insert");
+        ensure_forward_reject(&ipt, "169.254.172.0/22", false).expect("again");
+        let forward = ipt.chains.borrow()["FORWARD"].clone();
+        assert_eq!(forward.len(), 2, "{forward:?}");
+        assert_eq!(
+            forward[0],
+            s(&[
+                "-d",
+                "169.254.172.0/22",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "NEW",
+                "-m",
+                "comment",
+                "--comment",
+                "Block Node Local Pod access via IPv4",
+                "-j",
+                "REJECT"
+            ])
+        );
+        // A pod's DEL and GC leave it: it is the node's.
+        let c = chain_name("E4-", "aws-cni", "abc");
+        add(
+            &ipt,
+            &c,
+            &comment("aws-cni", "abc"),
+            "10.0.0.4".parse().expect("ip"),
+            "169.254.172.2".parse().expect("ip"),
+            Random::Off,
+        )
+        .expect("add");
+        assert!(del(&ipt, &c).is_empty());
+        assert_eq!(ipt.chains.borrow()["FORWARD"].len(), 2);
+        ensure_forward_reject(&ipt, "fd00::ac:0/118", true).expect("v6");
+        assert!(ipt.chains.borrow()["FORWARD"][0]
+            .contains(&"Block Node Local Pod access via IPv6".to_string()));
+    }
 
     #[test]
     fn chain_and_comment_are_containernetworkings() {
@@ -535,7 +637,11 @@ mod tests {
         );
         let chains = ipt.chains.borrow();
         assert!(chains["POSTROUTING"].is_empty());
-        assert_eq!(chains.len(), 1, "{chains:?}");
+        assert_eq!(
+            chains.keys().collect::<Vec<_>>(),
+            ["FORWARD", "POSTROUTING"],
+            "only the built-in chains are left: {chains:?}"
+        );
     }
 
     #[test]

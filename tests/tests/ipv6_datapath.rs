@@ -487,6 +487,20 @@ fn ipv4_pod_reaches_an_ipv6_peer_with_v6_egress() {
         nat.contains("CNI-E6-") && nat.contains(&format!("--to-source {}", node.ip6())),
         "{nat}"
     );
+    // The node rejects new forwarded connections to the egress range (the anchor's rule, once).
+    let filter = node.ns.exec(&["ip6tables-save", "-t", "filter"]);
+    let filter = String::from_utf8_lossy(&filter.stdout);
+    let rejects: Vec<&str> = filter
+        .lines()
+        .filter(|l| l.contains("Block Node Local Pod access via IPv6"))
+        .collect();
+    assert!(
+        rejects.len() == 1
+            && rejects[0].starts_with("-A FORWARD -d fd00::ac:0/118")
+            && rejects[0].contains("--ctstate NEW")
+            && rejects[0].contains("-j REJECT"),
+        "{filter}"
+    );
     let no_route = node.p6.exec(&["ip", "-6", "route", "get", "fd00::ac:2"]);
     assert!(
         !no_route.status.success(),

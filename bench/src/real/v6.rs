@@ -1,10 +1,11 @@
 //! IPv6 pod setup (issue 20): CNI ADD and DEL of IPv6 pods, `aws-cni` against Debian's `ptp` with `host-local`
 //! handing out from an IPv6 range, interleaved in random order as the IPv4 pod-setup benchmark does.
 //!
-//! `aws-cni` gets its addresses from an in-process stand-in for ipamd (`rpc.CNIBackend` on a Unix socket answering
-//! `IPv6Addr` from a fixed list), because ipamd's IPv6 mode is built on another branch: the figures are the
-//! plugin's own cost (exec, gRPC round trip, the IPv6 datapath) without ipamd's bookkeeping and checkpoint write,
-//! which the IPv4 benchmark measures. Point `--ipamd-socket` at a real ipamd in IPv6 mode to include it.
+//! Where `aws-cni` gets its addresses ([`V6Ipamd`]): the suite's `ipv6` section starts a real `ipamd run --backend
+//! sim` in IPv6 mode in the node namespace (its bookkeeping and checkpoint write included, as in the IPv4
+//! pod-setup section); `aws-cni-bench ipv6` uses an in-process stand-in (`rpc.CNIBackend` on a Unix socket
+//! answering `IPv6Addr` from a fixed list: the plugin's own cost alone) unless `--ipamd-socket` points at a
+//! running ipamd.
 //!
 //! The peer waits for duplicate address detection on the pod address, as ptp does for IPv6 (its `SettleAddresses`);
 //! ours adds the address with `IFA_F_NODAD` and never waits. `--peer-nodad` turns DAD off in the peer's pod
@@ -22,7 +23,7 @@ use aws_cni_proto::rpc::{
 use aws_cni_proto::{CniBackend, CniBackendServer};
 use rand::Rng;
 
-use super::{new_pod, release_pods, Binaries, Namespaces, Plugin, Pod, Runner, Scratch};
+use super::{new_pod, release_pods, Binaries, Ipamd, Namespaces, Plugin, Pod, Runner, Scratch};
 use crate::error::BenchError;
 use crate::stats::{ms, Summary};
 
@@ -30,6 +31,27 @@ use crate::stats::{ms, Summary};
 pub const OURS_PREFIX: &str = "2001:db8:6:1:2::";
 /// The peer's host-local range.
 pub const PEER_RANGE: &str = "2001:db8:7:1:2::/80";
+
+/// IPv6 mode as an EKS IPv6 cluster runs it (`IP_COOLDOWN_PERIOD=0`: a freed address is reusable at once, as
+/// in the IPv4 pod-setup benchmark; a /80 never runs short anyway).
+pub const V6_VARS: [(&str, &str); 5] = [
+    ("ENABLE_IPv6", "true"),
+    ("ENABLE_IPv4", "false"),
+    ("ENABLE_PREFIX_DELEGATION", "true"),
+    ("WARM_PREFIX_TARGET", "1"),
+    ("IP_COOLDOWN_PERIOD", "0"),
+];
+
+/// Where `aws-cni` gets its IPv6 addresses.
+#[derive(Debug, Clone)]
+pub enum V6Ipamd {
+    /// The in-process stand-in (see the module docs).
+    StandIn,
+    /// A running ipamd in IPv6 mode at this socket.
+    Socket(PathBuf),
+    /// `ipamd run --backend sim` of this instance type with [`V6_VARS`], started in the node namespace.
+    Real(&'static str),
+}
 
 /// Parameters.
 #[derive(Debug, Clone, Copy)]
@@ -211,11 +233,11 @@ impl Drop for Server {
     }
 }
 
-/// Runs the benchmark: `ipamd_socket` a real ipamd in IPv6 mode, or `None` for the in-process stand-in.
+/// Runs the benchmark with addresses from `ipamd`.
 pub fn run(
     bins: &Binaries,
     p: V6Params,
-    ipamd_socket: Option<PathBuf>,
+    ipamd: V6Ipamd,
     rng: &mut impl Rng,
 ) -> Result<V6Samples, BenchError> {
     let scratch = Scratch::new("v6")?;
@@ -230,11 +252,18 @@ pub fn run(
             ],
         )
     })?;
-    let (_server, socket) = match ipamd_socket {
-        Some(s) => (None, s),
-        None => {
+    let mut daemon = None;
+    let (_server, socket) = match ipamd {
+        V6Ipamd::Socket(s) => (None, s),
+        V6Ipamd::StandIn => {
             let s = scratch.path().join("ipamd.sock");
             (Some(Server::start(&s, p.n + p.warmup + p.window + 16)?), s)
+        }
+        V6Ipamd::Real(instance_type) => {
+            let d = Ipamd::start(bins, &node, scratch.path(), instance_type, &V6_VARS)?;
+            let s = d.socket.clone();
+            daemon = Some(d);
+            (None, s)
         }
     };
     let mut runner = Runner::new(bins, &node, &socket, scratch.path());
@@ -259,6 +288,8 @@ pub fn run(
         let mut pods: Vec<Pod> = q.drain(..).collect();
         release_pods(&runner, &mut nss, plugin, &mut pods);
     }
+    // The daemon stops after the last DEL (and before its namespace goes).
+    drop(daemon);
     res
 }
 

@@ -14,6 +14,9 @@
 //! zone listing both subnets and a security group, and every pod must get its address on an ENI in one of them
 //! with that security group, never the node's subnet.
 //!
+//! With `--ipv6` the node is an IPv6 one (`ENABLE_IPv6=true`, `ENABLE_IPv4=false`): pods get IPv6 addresses of
+//! the /80 on the primary ENI and IPv4 egress through `egress-cni`; see [`super::demo_v6`].
+//!
 //! Exit status 0 only if every ping succeeded (and, with custom networking, every pod is in the ENIConfig's
 //! subnets with its security group).
 
@@ -44,6 +47,9 @@ pub struct DemoArgs {
     /// Custom networking: pods on ENIs in the subnets of the node's ENIConfig (see the module docs).
     #[arg(long)]
     pub custom_networking: bool,
+    /// An IPv6 node: pods with IPv6 addresses of the primary ENI's /80, IPv4 egress through egress-cni.
+    #[arg(long, conflicts_with = "custom_networking")]
+    pub ipv6: bool,
 }
 
 /// Why the demo failed.
@@ -92,23 +98,23 @@ fn cluster_objects() -> serde_json::Value {
     })
 }
 
-struct PodRow {
-    name: String,
-    netns: String,
-    container_id: String,
-    ip: Option<Ipv4Addr>,
-    device: Option<u32>,
-    setup_ms: f64,
-    prev_result: Option<serde_json::Value>,
-    error: Option<String>,
+pub(super) struct PodRow {
+    pub(super) name: String,
+    pub(super) netns: String,
+    pub(super) container_id: String,
+    pub(super) ip: Option<Ipv4Addr>,
+    pub(super) device: Option<u32>,
+    pub(super) setup_ms: f64,
+    pub(super) prev_result: Option<serde_json::Value>,
+    pub(super) error: Option<String>,
 }
 
 /// Everything the demo made, removed on drop (in reverse order), whatever happened before.
-struct Cleanup {
-    node_ns: Option<String>,
-    pod_ns: Vec<String>,
-    ipamd: Option<Child>,
-    dir: PathBuf,
+pub(super) struct Cleanup {
+    pub(super) node_ns: Option<String>,
+    pub(super) pod_ns: Vec<String>,
+    pub(super) ipamd: Option<Child>,
+    pub(super) dir: PathBuf,
 }
 
 impl Drop for Cleanup {
@@ -160,6 +166,9 @@ pub fn main(args: DemoArgs) -> std::process::ExitCode {
 pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     if !nix::unistd::geteuid().is_root() {
         return Err(DemoError::NotRoot);
+    }
+    if args.ipv6 {
+        return super::demo_v6::run(args);
     }
     let me = std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?;
     let cni_bin = args
@@ -425,7 +434,7 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     Ok(())
 }
 
-fn wait_for_socket(
+pub(super) fn wait_for_socket(
     socket: &Path,
     cleanup: &mut Cleanup,
     check: &dyn Fn() -> Result<(), DemoError>,
@@ -450,10 +459,10 @@ fn wait_for_socket(
     Ok(())
 }
 
-type CniOutcome = Result<serde_json::Value, (u64, String)>;
+pub(super) type CniOutcome = Result<serde_json::Value, (u64, String)>;
 
 /// Runs aws-cni from inside the node namespace, as the runtime on a node would.
-fn cni(
+pub(super) fn cni(
     bin: &Path,
     node: &Path,
     command: &str,

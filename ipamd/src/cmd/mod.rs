@@ -1,9 +1,10 @@
 //! The daemon's commands, each a thin module over the library: [`run`] (`ipamd run`: assembles the EC2 stack,
 //! the host, the node and the servers, then waits for a signal), [`install`] (`ipamd install`: the init
 //! container's job), [`status`] (`ipamd status`), [`probe`] (`ipamd health` and the installer's readiness wait)
-//! and [`demo`] (`ipamd demo`). `main.rs` only parses the command line and calls one of them.
+//! and [`demo`] (`ipamd demo`, with `--ipv6` in [`demo_v6`]). `main.rs` only parses the command line and calls one of them.
 
 pub mod demo;
+mod demo_v6;
 pub mod install;
 pub mod probe;
 pub mod run;

@@ -1,0 +1,715 @@
+//! An IPv6 node end to end (issue 20): the real `ipamd run --backend sim` in IPv6 mode, the real `aws-cni` and
+//! `egress-cni` chained as `10-aws.conflist` chains them, on the simulator's fabric with IPv6 (ec2-sim's
+//! `fabric` module: the VPC router on a bridge, the /80 routed to the primary ENI) and two peer "instances" of
+//! the VPC in namespaces the test owns.
+//!
+//! ```text
+//!   pods (IPv6 /128 of the /80,       node netns (ipamd; all/forwarding=1     fabric netns (test-owned, the VPC
+//!   v4if0 169.254.172.x for egress)   as the installer sets it)                router, --sim-fabric-netns)
+//!   eth0 ── eniXXX ──┐                eth0 10.0.x.y/20, 2600:..:c800::1xxx ── vpc bridge: 10.0.0.1/20,
+//!   v4if0 ─ vethXXX ─┘                     default via 10.0.0.1 / c800::1           2600:..:c800::1/64,
+//!                                                                                   10.0.255.1/24, c8ff::1/64,
+//!                                                                                   <the /80> via <ENI IPv6>
+//!     peer6 (VPC peer): 2600:1f14:ab:c8ff::10/64, default via c8ff::1  ─┤ on the bridge
+//!     peer4 (IPv4 only, no IPv6): 10.0.255.10/24, default via 10.0.255.1 ─┘
+//! ```
+//!
+//! Pods reach each other, the node and the VPC peer over IPv6 (and the peer reaches them: the fabric routes the
+//! /80 to the ENI), and the IPv4-only peer through egress-cni: its replies come back only through the node's
+//! SNAT to its primary IPv4 (the fabric has no route to 169.254.172.0/22). DEL, and GC of pods whose sandbox
+//! vanished, leave the node exactly as before; an ipamd killed and started again keeps the pods (their
+//! addresses, and the fabric's route to the /80) and gives a new pod another address.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::{
+    arr, bin, cni_at, eventually, require_root, Ipamd, Netns, PodSpec, TempDir,
+};
+use serde_json::{json, Value};
+
+const V6_ENV: [(&str, &str); 4] = [
+    ("ENABLE_IPv6", "true"),
+    ("ENABLE_IPv4", "false"),
+    ("ENABLE_PREFIX_DELEGATION", "true"),
+    ("WARM_PREFIX_TARGET", "1"),
+];
+
+/// The VPC peers' addresses, in the fabric's peer subnets (`ec2_sim::fabric::PEER_SUBNET` and the last /64 of
+/// the simulator's VPC /56 2600:1f14:ab:c800::/56).
+const PEER6: &str = "2600:1f14:ab:c8ff::10";
+const PEER6_ROUTER: &str = "2600:1f14:ab:c8ff::1";
+const PEER4: &str = "10.0.255.10";
+const PEER4_ROUTER: &str = "10.0.255.1";
+
+fn ok(o: Output) {
+    assert!(o.status.success(), "{o:?}");
+}
+
+/// ipamd in IPv6 mode on a simulated m5.large whose fabric lives in a namespace the test owns (so it and the
+/// peers attached to it outlive a restart of ipamd, as a VPC does), with its two peers.
+struct V6Node {
+    node: Netns,
+    fabric: Netns,
+    peer6: Netns,
+    peer4: Netns,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl V6Node {
+    fn new(tag: &str) -> V6Node {
+        require_root();
+        let node = Netns::new(&format!("{tag}n-"));
+        // What `ipamd install` sets with ENABLE_IPv6 (the anchor's init container): forwarding on. No DAD on the
+        // test's links, so the baseline snapshot is final at once.
+        ok(node.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]));
+        ok(node.exec(&["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]));
+        let mut me = V6Node {
+            node,
+            fabric: Netns::new(&format!("{tag}f-")),
+            peer6: Netns::new(&format!("{tag}6-")),
+            peer4: Netns::new(&format!("{tag}4-")),
+            dir: TempDir::new(),
+            child: None,
+        };
+        me.start();
+        me.attach_peers();
+        me
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("ipamd.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default()
+    }
+
+    fn start(&mut self) {
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ipamd.log"))
+            .expect("log");
+        let mut cmd = Ipamd::command(&self.node, &self.dir, "m5.large");
+        cmd.arg("--sim-fabric-netns")
+            .arg(self.fabric.path())
+            .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
+            .env("AWS_VPC_K8S_CNI_LOG_FILE", "stderr")
+            .envs(V6_ENV)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn ipamd"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.socket().exists() {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("ipamd exited early ({st}):\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "not ready:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the daemon crashes; the node, its pods and the fabric stay.
+    fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Two other instances of the VPC on the fabric's bridge: one dual-stack in the IPv6 peer subnet, one
+    /// IPv4-only.
+    fn attach_peers(&self) {
+        ok(self
+            .peer6
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]));
+        ok(self
+            .peer4
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]));
+        ok(self
+            .peer4
+            .exec(&["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]));
+        for (end, peer) in [("peer6", &self.peer6), ("peer4", &self.peer4)] {
+            ok(self.fabric.exec(&[
+                "ip", "link", "add", end, "type", "veth", "peer", "name", "eth0", "netns",
+                &peer.name,
+            ]));
+            ok(self
+                .fabric
+                .exec(&["ip", "link", "set", end, "master", "vpc", "up"]));
+            ok(peer.exec(&["ip", "link", "set", "lo", "up"]));
+            ok(peer.exec(&["ip", "link", "set", "eth0", "up"]));
+        }
+        ok(self.peer6.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{PEER6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]));
+        ok(self
+            .peer6
+            .exec(&["ip", "-6", "route", "add", "default", "via", PEER6_ROUTER]));
+        ok(self
+            .peer4
+            .exec(&["ip", "addr", "add", &format!("{PEER4}/24"), "dev", "eth0"]));
+        ok(self
+            .peer4
+            .exec(&["ip", "route", "add", "default", "via", PEER4_ROUTER]));
+    }
+
+    fn sim_state(&self) -> Value {
+        let b = std::fs::read(self.dir.path().join("sim-ec2.json")).expect("sim state");
+        serde_json::from_slice(&b).expect("json")
+    }
+
+    fn primary(&self) -> Value {
+        self.sim_state()["enis"]
+            .as_object()
+            .and_then(|m| m.values().find(|e| e["device_index"] == 0))
+            .expect("primary ENI")
+            .clone()
+    }
+
+    fn ip4(&self) -> String {
+        self.primary()["primary_ip"]
+            .as_str()
+            .expect("primary ip")
+            .to_string()
+    }
+
+    fn ip6(&self) -> String {
+        self.primary()["ipv6_addresses"][0]
+            .as_str()
+            .expect("the ENI's IPv6")
+            .to_string()
+    }
+
+    fn prefix(&self) -> String {
+        let p = arr(&self.primary()["ipv6_prefixes"]);
+        assert_eq!(p.len(), 1, "one /80: {p:?}");
+        p[0].as_str().expect("prefix").to_string()
+    }
+
+    fn ec2_calls(&self, api: &str) -> u64 {
+        self.sim_state()["calls"][api].as_u64().unwrap_or(0)
+    }
+
+    fn checkpoint(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ipam.json")).unwrap_or_default()
+    }
+
+    fn aws_conf(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0", "name": "aws-cni", "type": "aws-cni", "vethPrefix": "eni", "mtu": "9001",
+            "ipamdSocket": self.socket(), "ipamdTimeoutMs": 3000,
+            "pluginLogFile": self.dir.path().join("plugin.log"), "pluginLogLevel": "debug",
+        })
+    }
+
+    /// egress-cni's entry as `ipamd install` renders it on an IPv6 node (SNAT to the node's primary IPv4), with
+    /// the data directory in the test's own directory.
+    fn egress_conf(&self, prev: &Value) -> Value {
+        let mut c = json!({
+            "cniVersion": "1.0.0", "name": "aws-cni", "type": "egress-cni", "mtu": "9001", "enabled": "true",
+            "randomizeSNAT": "prng", "nodeIP": self.ip4(),
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": "169.254.172.0/22"}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": self.egress_dir()},
+            "pluginLogFile": self.dir.path().join("egress.log"), "pluginLogLevel": "debug",
+        });
+        if !prev.is_null() {
+            c["prevResult"] = prev.clone();
+        }
+        c
+    }
+
+    fn egress_dir(&self) -> PathBuf {
+        self.dir.path().join("egress-v4-ipam")
+    }
+
+    /// Everything pod plumbing, egress and ipamd could leave on the node, both families, comparable.
+    fn snapshot(&self) -> Vec<String> {
+        let ns = &self.node;
+        let mut out = Vec::new();
+        for l in arr(&ns.ip_json(&["link", "show"])) {
+            out.push(format!("link {} {}", l["ifname"], l["address"]));
+        }
+        for a in arr(&ns.ip_json(&["addr", "show"])) {
+            for i in arr(&a["addr_info"]) {
+                out.push(format!(
+                    "addr {} {}/{}",
+                    a["ifname"], i["local"], i["prefixlen"]
+                ));
+            }
+        }
+        for fam in ["-4", "-6"] {
+            for r in arr(&ns.ip_json(&[fam, "route", "show", "table", "all"])) {
+                out.push(format!(
+                    "route {fam} {} via {} dev {} table {}",
+                    r["dst"], r["gateway"], r["dev"], r["table"]
+                ));
+            }
+            for r in arr(&ns.ip_json(&[fam, "rule", "show"])) {
+                out.push(format!("rule {fam} {r}"));
+            }
+            for nb in arr(&ns.ip_json(&[fam, "neigh", "show", "nud", "permanent"])) {
+                out.push(format!(
+                    "neigh {} {} {}",
+                    nb["dst"], nb["dev"], nb["lladdr"]
+                ));
+            }
+        }
+        for tool in ["iptables-save", "ip6tables-save"] {
+            let o = ns.exec(&[tool, "-t", "nat"]);
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                if line.contains("CNI-E") {
+                    out.push(format!("{tool} {line}"));
+                }
+            }
+        }
+        // host-local's leases of the egress range (one file per address).
+        if let Ok(dirs) = std::fs::read_dir(self.egress_dir()) {
+            for d in dirs.flatten() {
+                if let Ok(files) = std::fs::read_dir(d.path()) {
+                    for f in files.flatten() {
+                        let name = f.file_name().to_string_lossy().into_owned();
+                        if name.starts_with("169.254.") {
+                            out.push(format!("lease {name}"));
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The snapshot once two in a row agree (link-local addresses and their routes settle after a link is up).
+    fn settled(&self) -> Vec<String> {
+        let mut last = self.snapshot();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = self.snapshot();
+                let same = now == last;
+                last = now;
+                same
+            }),
+            "the node settles"
+        );
+        last
+    }
+
+    /// The fabric's IPv6 routes through the bridge with a gateway (EC2's routing of prefixes to ENIs).
+    fn fabric_prefix_routes(&self) -> Vec<String> {
+        arr(&self.fabric.ip_json(&["-6", "route", "show"]))
+            .iter()
+            .filter(|r| r["gateway"].is_string() && r["dev"] == "vpc")
+            .map(|r| {
+                format!(
+                    "{} via {}",
+                    r["dst"].as_str().unwrap_or(""),
+                    r["gateway"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+}
+
+impl Drop for V6Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pod_spec(ns: &Netns, name: &str) -> PodSpec {
+    PodSpec {
+        container_id: format!("ctr-{}", ns.name),
+        namespace: "default".into(),
+        name: name.into(),
+        netns: ns.path(),
+        ifname: "eth0".into(),
+    }
+}
+
+fn with_prev(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+fn ping6(ns: &Netns, ip: &str) -> bool {
+    ns.exec(&["ping", "-6", "-c", "1", "-W", "2", "-q", ip])
+        .status
+        .success()
+}
+
+fn ping4(ns: &Netns, ip: &str) -> bool {
+    ns.exec(&["ping", "-4", "-c", "1", "-W", "2", "-q", ip])
+        .status
+        .success()
+}
+
+/// ADD through aws-cni then egress-cni, as the runtime runs the conflist; returns (pod IPv6, final result).
+fn add_chain(n: &V6Node, pod: &PodSpec) -> (String, Value) {
+    let aws = n.aws_conf();
+    let out = cni_at(&bin("aws-cni"), &n.node, "ADD", pod, &aws);
+    assert!(out.success, "aws-cni ADD: {}\n{}", out.stdout, n.log());
+    let eg = cni_at(
+        &bin("egress-cni"),
+        &n.node,
+        "ADD",
+        pod,
+        &n.egress_conf(&out.json),
+    );
+    assert!(eg.success, "egress-cni ADD: {}", eg.stdout);
+    let ip = out.json["ips"][0]["address"]
+        .as_str()
+        .and_then(|a| a.strip_suffix("/128"))
+        .unwrap_or_else(|| panic!("an IPv6 /128: {}", out.json))
+        .to_string();
+    (ip, eg.json)
+}
+
+/// DEL in reverse order, each with the final result as prevResult.
+fn del_chain(n: &V6Node, pod: &PodSpec, result: &Value) {
+    let eg = cni_at(
+        &bin("egress-cni"),
+        &n.node,
+        "DEL",
+        pod,
+        &n.egress_conf(result),
+    );
+    assert!(eg.success, "egress-cni DEL: {}", eg.stdout);
+    let out = cni_at(
+        &bin("aws-cni"),
+        &n.node,
+        "DEL",
+        pod,
+        &with_prev(&n.aws_conf(), result),
+    );
+    assert!(out.success, "aws-cni DEL: {}\n{}", out.stdout, n.log());
+}
+
+/// The pod's egress IPv4 (on `v4if0`, egress-cni's interface).
+fn egress_address(pod: &Netns) -> String {
+    arr(&pod.ip_json(&["-4", "addr", "show", "dev", "v4if0"]))
+        .iter()
+        .flat_map(|a| arr(&a["addr_info"]))
+        .find_map(|i| i["local"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("no address on v4if0 in {}", pod.name))
+}
+
+fn in_prefix(ip: &str, prefix: &str) -> bool {
+    let ip: std::net::Ipv6Addr = ip.parse().expect("ip");
+    let (net, len) = prefix.split_once('/').expect("cidr");
+    let net: std::net::Ipv6Addr = net.parse().expect("net");
+    let len: u32 = len.parse().expect("len");
+    let mask = u128::MAX << (128 - len);
+    u128::from(ip) & mask == u128::from(net) & mask
+}
+
+/// GC runs with no container: only CNI_COMMAND and CNI_PATH, the config on stdin.
+fn gc(n: &V6Node, plugin: &str, conf: &Value) {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &n.node.name])
+        .arg(bin(plugin))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", "GC")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{plugin} GC: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        n.log()
+    );
+}
+
+#[test]
+fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_crash() {
+    let mut n = V6Node::new("v6n");
+    let prefix = n.prefix();
+    assert!(prefix.ends_with("/80"), "{prefix}");
+    // The fabric routes the node's /80 to its primary ENI, as EC2 does a delegated prefix.
+    let routes = n.fabric_prefix_routes();
+    assert_eq!(
+        routes,
+        vec![format!("{prefix} via {}", n.ip6())],
+        "{routes:?}"
+    );
+    let before = n.settled();
+
+    let (a_ns, b_ns) = (Netns::new("v6na-"), Netns::new("v6nb-"));
+    let (a, b) = (pod_spec(&a_ns, "web-a"), pod_spec(&b_ns, "web-b"));
+    let (a_ip, a_res) = add_chain(&n, &a);
+    let (b_ip, b_res) = add_chain(&n, &b);
+    assert!(
+        in_prefix(&a_ip, &prefix) && in_prefix(&b_ip, &prefix),
+        "{a_ip} {b_ip} {prefix}"
+    );
+    assert_ne!(a_ip, b_ip);
+    assert!(
+        arr(&a_res["interfaces"])
+            .iter()
+            .any(|i| i["name"] == "v4if0"),
+        "egress-cni gave the pod its IPv4 interface: {a_res}"
+    );
+
+    // IPv6: pod to pod, pod to node, pod to a VPC peer and back (the peer starts it too).
+    assert!(ping6(&a_ns, &b_ip), "pod a -> pod b over IPv6");
+    assert!(ping6(&b_ns, &a_ip), "pod b -> pod a over IPv6");
+    assert!(ping6(&a_ns, &n.ip6()), "pod -> node over IPv6");
+    assert!(ping6(&a_ns, PEER6), "pod -> VPC peer over IPv6");
+    assert!(
+        ping6(&n.peer6, &b_ip),
+        "VPC peer -> pod over IPv6 (the /80 routed to the ENI)"
+    );
+    // IPv4: only through egress, SNATed to the node's primary IPv4; the VPC cannot route the egress range back.
+    assert!(
+        ping4(&a_ns, PEER4),
+        "pod -> IPv4-only peer through egress-cni"
+    );
+    assert!(
+        ping4(&b_ns, PEER4),
+        "second pod -> IPv4-only peer through egress-cni"
+    );
+    let nat =
+        String::from_utf8_lossy(&n.node.exec(&["iptables-save", "-t", "nat"]).stdout).into_owned();
+    assert!(
+        nat.contains("CNI-E4-") && nat.contains(&format!("--to-source {}", n.ip4())),
+        "{nat}"
+    );
+    // The egress range is the node's own: another instance of the VPC that routes it to the node cannot open a
+    // connection to a pod's egress address (the anchor's FORWARD REJECT of NEW connections to 169.254.172.0/22),
+    // while the pods' own egress (established connections) still works.
+    let egress_a = egress_address(&a_ns);
+    ok(n.peer4.exec(&[
+        "ip",
+        "route",
+        "add",
+        "169.254.172.0/22",
+        "via",
+        &n.ip4(),
+        "dev",
+        "eth0",
+        "onlink",
+    ]));
+    assert!(
+        !ping4(&n.peer4, &egress_a),
+        "a VPC peer reached pod a's egress address {egress_a} through the node"
+    );
+    let filter = String::from_utf8_lossy(&n.node.exec(&["iptables-save", "-t", "filter"]).stdout)
+        .into_owned();
+    let rejects: Vec<&str> = filter
+        .lines()
+        .filter(|l| l.contains("Block Node Local Pod access"))
+        .collect();
+    assert!(
+        rejects.len() == 1
+            && rejects[0].starts_with("-A FORWARD -d 169.254.172.0/22")
+            && rejects[0].contains("--ctstate NEW")
+            && rejects[0].contains("Block Node Local Pod access via IPv4")
+            && rejects[0].ends_with("-j REJECT --reject-with icmp-port-unreachable"),
+        "one rule for both pods: {filter}"
+    );
+    assert!(ping4(&a_ns, PEER4), "the pod's own egress is not blocked");
+    assert!(
+        !n.fabric
+            .exec(&["ip", "route", "get", "169.254.172.2"])
+            .status
+            .success(),
+        "the VPC has no route to the egress range: replies came back through SNAT"
+    );
+
+    // ipamd crashes and starts again: the pods keep their addresses and their traffic, EC2 is not asked for a
+    // second /80, and a new pod gets another address.
+    n.crash();
+    n.start();
+    assert_eq!(n.prefix(), prefix);
+    assert_eq!(n.ec2_calls("AssignIpv6Addresses"), 1, "{}", n.log());
+    assert_eq!(n.fabric_prefix_routes(), routes);
+    let cp = n.checkpoint();
+    assert!(
+        cp.contains(&format!("\"ipv6\":\"{a_ip}\""))
+            && cp.contains(&format!("\"ipv6\":\"{b_ip}\"")),
+        "{cp}"
+    );
+    let c_ns = Netns::new("v6nc-");
+    let c = pod_spec(&c_ns, "web-c");
+    let (c_ip, c_res) = add_chain(&n, &c);
+    assert!(
+        c_ip != a_ip && c_ip != b_ip && in_prefix(&c_ip, &prefix),
+        "{c_ip}"
+    );
+    assert!(ping6(&c_ns, &a_ip), "new pod -> old pod after the restart");
+    assert!(
+        ping6(&n.peer6, &a_ip),
+        "VPC peer -> old pod after the restart"
+    );
+    assert!(ping4(&c_ns, PEER4), "new pod's egress after the restart");
+
+    // CHECK passes for both plugins (the runtime calls it with the final result).
+    let chk = cni_at(
+        &bin("aws-cni"),
+        &n.node,
+        "CHECK",
+        &a,
+        &with_prev(&n.aws_conf(), &a_res),
+    );
+    assert!(chk.success, "aws-cni CHECK: {}", chk.stdout);
+    let chk = cni_at(
+        &bin("egress-cni"),
+        &n.node,
+        "CHECK",
+        &a,
+        &n.egress_conf(&a_res),
+    );
+    assert!(chk.success, "egress-cni CHECK: {}", chk.stdout);
+
+    for (p, res) in [(&a, &a_res), (&b, &b_res), (&c, &c_res)] {
+        del_chain(&n, p, res);
+    }
+    let after = n.settled();
+    assert_eq!(after, before, "DEL leaves nothing on the node");
+    let cp = n.checkpoint();
+    for ip in [&a_ip, &b_ip, &c_ip] {
+        assert!(!cp.contains(ip.as_str()), "{ip} still held: {cp}");
+    }
+}
+
+#[test]
+fn gc_of_vanished_ipv6_pods_leaves_the_node_as_it_was() {
+    let n = V6Node::new("v6g");
+    let before = n.settled();
+    let keep_ns = Netns::new("v6gk-");
+    let keep = pod_spec(&keep_ns, "keep");
+    let (keep_ip, keep_res) = add_chain(&n, &keep);
+    let with_keep = n.settled();
+    let gone_ip = {
+        let gone_ns = Netns::new("v6gg-");
+        let gone = pod_spec(&gone_ns, "gone");
+        add_chain(&n, &gone).0
+        // The sandbox disappears without a DEL (its namespace is dropped here).
+    };
+    assert!(n.checkpoint().contains(&gone_ip));
+    let valid = json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
+    let mut gc_aws = n.aws_conf();
+    gc_aws["cniVersion"] = json!("1.1.0");
+    gc_aws["cni.dev/valid-attachments"] = valid.clone();
+    let mut gc_eg = n.egress_conf(&Value::Null);
+    gc_eg["cniVersion"] = json!("1.1.0");
+    gc_eg["cni.dev/valid-attachments"] = valid;
+    gc(&n, "egress-cni", &gc_eg);
+    gc(&n, "aws-cni", &gc_aws);
+    // GC's releases reach the checkpoint in ipamd's next group commit.
+    let mut cp = String::new();
+    eventually(Duration::from_secs(5), || {
+        cp = n.checkpoint();
+        !cp.contains(&gone_ip)
+    });
+    assert!(
+        !cp.contains(&gone_ip) && cp.contains(&keep_ip),
+        "ipamd released the vanished pod only: {cp}"
+    );
+    assert_eq!(
+        n.settled(),
+        with_keep,
+        "GC removed the vanished pod's plumbing and egress, nothing else"
+    );
+    assert!(ping6(&keep_ns, PEER6), "the kept pod still reaches the VPC");
+    assert!(ping4(&keep_ns, PEER4), "the kept pod still has its egress");
+    del_chain(&n, &keep, &keep_res);
+    assert_eq!(n.settled(), before, "DEL leaves nothing on the node");
+}
+
+#[test]
+fn the_demo_with_ipv6_shows_ipv6_pods_with_working_ipv4_egress() {
+    require_root();
+    let child = Command::new(bin("ipamd"))
+        .args(["demo", "--ipv6", "--pods", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ipamd demo");
+    let tag = format!("awscni-demo-{}", child.id());
+    let out = child.wait_with_output().expect("demo output");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prefix = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ipv6: 3 pod(s) in "))
+        .and_then(|l| l.split(',').next())
+        .unwrap_or_else(|| panic!("no summary line: {text}"))
+        .to_string();
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("demo-pod-") && l.contains("169.254.17"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{text}");
+    for r in rows {
+        let ip = r.split_whitespace().nth(1).expect("ip column");
+        assert!(in_prefix(ip, &prefix), "{ip} outside {prefix}: {text}");
+    }
+    let egress_ok = text
+        .lines()
+        .filter(|l| l.contains("-> internet (egress) 198.51.100.1: ok"))
+        .count();
+    assert_eq!(
+        egress_ok, 3,
+        "every pod reached IPv4 through egress: {text}"
+    );
+    assert!(
+        text.contains("0 failed; 0 DEL errors; cleaned up"),
+        "{text}"
+    );
+    let left = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    let left = String::from_utf8_lossy(&left.stdout).into_owned();
+    assert!(
+        !left.lines().any(|l| l.starts_with(&tag)),
+        "the demo left namespaces: {left}"
+    );
+}
