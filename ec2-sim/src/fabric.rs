@@ -241,7 +241,7 @@ impl NetnsFabric {
         };
         for p in prefixes {
             self.fabric
-                .replace_route6(&self.prefix_route(*p, via))
+                .replace_route(&self.prefix_route(*p, via))
                 .await?;
         }
         Ok(())
@@ -259,7 +259,7 @@ impl NetnsFabric {
         // Without IPv6 in the fabric (a kernel booted without it) there is nothing to clean.
         for r in self
             .fabric
-            .routes6(datapath::MAIN_TABLE)
+            .routes::<std::net::Ipv6Addr>(datapath::MAIN_TABLE)
             .await
             .unwrap_or_default()
         {
@@ -269,7 +269,7 @@ impl NetnsFabric {
                     w.dst == r.dst && w.prefix_len == r.prefix_len && w.gateway == r.gateway
                 })
             {
-                self.fabric.delete_route6(&r).await?;
+                self.fabric.delete_route(&r).await?;
             }
         }
         // ENI links in the node namespace that no attached ENI accounts for (or with another ENI's MAC).
@@ -396,7 +396,7 @@ impl NetnsFabric {
             .add_address6_nodad(index, ip, subnet6.prefix())
             .await?;
         self.node
-            .replace_route6(&Route6Spec {
+            .replace_route(&Route6Spec {
                 dst: Ipv6Addr::UNSPECIFIED,
                 prefix_len: 0,
                 gateway: Some(subnet_gateway6(subnet6)),
@@ -427,7 +427,7 @@ impl NetnsFabric {
     async fn unplug_nic(&self, nic: &SimNic) -> Result<(), NetlinkError> {
         if let Some(via) = nic.ipv6 {
             for p in &nic.ipv6_prefixes {
-                if let Err(e) = self.fabric.delete_route6(&self.prefix_route(*p, via)).await {
+                if let Err(e) = self.fabric.delete_route(&self.prefix_route(*p, via)).await {
                     tracing::warn!(error = %e, prefix = %p, "the simulated VPC keeps a route of a detached ENI");
                 }
             }
