@@ -119,6 +119,7 @@ pub struct ThrottleGate {
     open_at: Duration,
     widened_at: Option<Duration>,
     throttles: u64,
+    last_throttle: Option<Duration>,
 }
 
 impl ThrottleGate {
@@ -137,6 +138,11 @@ impl ThrottleGate {
         self.throttles
     }
 
+    /// When EC2 last throttled a request of this API (`None`: never).
+    pub fn last_throttle(&self) -> Option<Duration> {
+        self.last_throttle
+    }
+
     /// EC2 throttled a request of this API sent at `sent_at`; `jitter` is uniform in `[0, 1)`. Returns how long
     /// the gate is now shut.
     pub fn throttled(
@@ -147,6 +153,7 @@ impl ThrottleGate {
         jitter: f64,
     ) -> Duration {
         self.throttles += 1;
+        self.last_throttle = Some(now);
         if self.widened_at.is_none_or(|w| sent_at > w) {
             self.window = if self.window.is_zero() {
                 cfg.initial
@@ -297,6 +304,15 @@ impl Pacer {
         self.lock_gates()
             .get(api)
             .map_or(Duration::ZERO, |g| g.hold(now))
+    }
+
+    /// How long ago EC2 last throttled a request of `api` from this node (`None`: never).
+    pub fn since_throttle(&self, api: &str) -> Option<Duration> {
+        let now = self.clock.now();
+        self.lock_gates()
+            .get(api)
+            .and_then(ThrottleGate::last_throttle)
+            .map(|t| now.saturating_sub(t))
     }
 
     /// The API whose gate is shut longest now, and for how long (`None`: EC2 is not throttling this node). A

@@ -314,7 +314,9 @@ impl Node {
         let max_pods = policy.max_pods;
         let mode = self.address_mode();
         let cooldown_secs = lock(&self.ds).cooldown().as_secs();
-        let status = lock(&self.status);
+        let mut status = lock(&self.status);
+        // An ADD went without an address: demand, which growth serves even while EC2 throttles (see pool_task).
+        status.unmet_add_at = Some(now);
         let total = u32::try_from(stats.total).unwrap_or(u32::MAX);
         let (reason, message) = if in_cooldown > 0 && cannot_grow {
             (

@@ -36,6 +36,12 @@ use ec2_api::{ImdsEni, ImdsError, NodeMetadata};
 /// How long given-back addresses are not re-added from a stale view (anchor `ipReconcileCooldown`).
 pub const RELEASED_MEMORY: Duration = Duration::from_secs(60);
 
+/// How long subnet discovery's DescribeSubnets answer places new ENIs before it is asked again: a node growing
+/// by several ENIs in a burst (a cold start: one per 14 pods) describes the subnets once, not once per ENI. A
+/// subnet that ran out meanwhile answers the create with an exhaustion, and the next candidate is tried with a
+/// fresh list ([`Node::create_in_next_subnet`]).
+pub const SUBNET_CACHE_TTL: Duration = Duration::from_secs(60);
+
 /// Subnet tag that makes a subnet a candidate for new ENIs (subnet discovery).
 pub const TAG_CNI_SUBNET: &str = "kubernetes.io/role/cni";
 
@@ -193,8 +199,21 @@ impl Node {
             vpc_id: Some(self.meta.vpc_id.clone()),
             availability_zone: Some(self.meta.availability_zone.clone()),
         };
+        let now = self.deps.clock.now();
+        let cached = lock(&self.status)
+            .subnet_cache
+            .as_ref()
+            .filter(|(at, _)| now.saturating_sub(*at) < SUBNET_CACHE_TTL)
+            .map(|(_, subnets)| subnets.clone());
+        if let Some(subnets) = cached {
+            return Ok(placement(&self.meta, Some(&subnets)));
+        }
         Ok(match self.ec2.describe_subnets(&filter).await {
-            Ok(subnets) => placement(&self.meta, Some(&subnets)),
+            Ok(subnets) => {
+                let at = placement(&self.meta, Some(&subnets));
+                lock(&self.status).subnet_cache = Some((self.deps.clock.now(), subnets));
+                at
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "subnet discovery failed; using the node's subnet");
                 placement(&self.meta, None)
@@ -267,6 +286,8 @@ impl Node {
             Err(e @ Ec2Error::SubnetExhausted { .. })
                 if self.config.subnet_discovery && self.config.custom_networking.is_none() =>
             {
+                // The cached free counts were wrong for this subnet: the next placement asks EC2 again.
+                lock(&self.status).subnet_cache = None;
                 self.create_in_next_subnet(&req, &client_token, e).await?
             }
             Err(e) => return Err(e),

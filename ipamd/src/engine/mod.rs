@@ -209,6 +209,12 @@ pub(crate) struct PoolStatus {
     pub(crate) cordoned: bool,
     /// Prefix mode growing with secondary IPs for want of a free /28 (see [`pool_task`]).
     pub(crate) fallback: Option<pool_task::Fallback>,
+    /// Warm-only growth held back while its API is throttled (see [`pool_task`]).
+    pub(crate) warm_hold: pool_task::WarmHold,
+    /// When an ADD last failed for want of an address (demand the pool may not see as a waiting ADD).
+    pub(crate) unmet_add_at: Option<Duration>,
+    /// Subnet discovery's last answer and when it came (see [`enis::SUBNET_CACHE_TTL`]).
+    pub(crate) subnet_cache: Option<(Duration, Vec<ec2_api::SubnetDescription>)>,
     /// Live reloads of the pool knobs applied and refused (see [`crate::reload`]).
     pub(crate) reloads_applied: u64,
     pub(crate) reloads_refused: u64,

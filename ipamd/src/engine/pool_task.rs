@@ -26,6 +26,16 @@
 //! the pacer's gate after `RequestLimitExceeded` ([`crate::ratelimit::FAIL_FAST_ON_THROTTLE`]): the same step
 //! creates an ENI with the same addresses (CreateNetworkInterface, another API with its own budget), and while
 //! Assign's gate stays shut growth keeps taking new ENIs, as the anchor does.
+//!
+//! **Demand first** (cluster cold start). Growth no ADD waits for (the free addresses already cover every waiting
+//! ADD) serves only the warm target. While its API is throttled on this node (the gate shut, a throttle less than
+//! [`WARM_WAIT_AFTER_THROTTLE`] ago, or its own throttled attempt's wait, doubling to [`WARM_WAIT_MAX`]) such
+//! growth waits and leaves the account's tokens to nodes whose pods wait; when it goes, a throttle fails it at
+//! once (no wait at the gate, no move to another API). So a node's startup fill, when the account is saturated,
+//! does not queue for minutes before the daemon serves: the pods' ADDs then wait in the daemon and the next
+//! growth is sized from them plus the warm target (one call for all). With WARM_ENI_TARGET=1 and 30 pods on an
+//! m5.xlarge this leaves two CreateNetworkInterface per node while throttled (the refill floor's count) instead of
+//! three. Without throttling nothing changes: warm targets are kept as the anchor keeps them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +91,37 @@ pub(crate) struct Fallback {
 
 fn no_free_cidr_block(e: &Ec2Error) -> bool {
     matches!(e, Ec2Error::SubnetExhausted { code, .. } if code == "InsufficientCidrBlocks")
+}
+
+/// After EC2 throttled an API on this node, growth of that API that only serves a warm target (no ADD waiting)
+/// waits at least this long since the last throttle (see the module docs).
+pub const WARM_WAIT_AFTER_THROTTLE: Duration = Duration::from_secs(600);
+
+/// How long an ADD that failed for want of an address counts as demand (kubelet retries a failed sandbox within
+/// seconds).
+pub const DEMAND_MEMORY: Duration = Duration::from_secs(10);
+
+/// The longest a warm-only growth waits after its own attempt was throttled (the wait doubles per throttle).
+pub const WARM_WAIT_MAX: Duration = Duration::from_secs(1800);
+
+/// Warm-only growth held back while its API is throttled (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct WarmHold {
+    /// No warm-only growth before this time.
+    pub(crate) until: Duration,
+    /// The wait after the last throttled warm-only attempt (zero: none throttled since the last success).
+    pub(crate) backoff: Duration,
+}
+
+/// The API a growth step calls first for its addresses.
+fn growth_api(d: &Decision) -> Option<ec2_api::Api> {
+    match d {
+        Decision::AssignIps { .. } | Decision::AssignPrefixes { .. } => {
+            Some(ec2_api::Api::AssignPrivateIpAddresses)
+        }
+        Decision::AttachEni { .. } => Some(ec2_api::Api::CreateNetworkInterface),
+        _ => None,
+    }
 }
 
 /// How long the pool task lets a burst of ADDs and DELs gather after being woken, so the burst is one decision
@@ -314,6 +355,53 @@ impl Node {
         }
     }
 
+    /// Whether pods want addresses the pool does not have: more ADDs wait than addresses are free, or none is
+    /// free and an ADD failed for want of one less than [`DEMAND_MEMORY`] ago (a runtime that retries instead of
+    /// waiting). An ADD retried while addresses are free gets one: that is not demand for growth.
+    fn has_demand(&self, now: Duration) -> bool {
+        let available = self.stats().available;
+        let unmet = lock(&self.status)
+            .unmet_add_at
+            .is_some_and(|t| now.saturating_sub(t) < DEMAND_MEMORY);
+        self.adds.len() > available || (unmet && available == 0)
+    }
+
+    /// Whether warm-only growth by `api` waits now: its gate is shut, EC2 throttled it less than
+    /// [`WARM_WAIT_AFTER_THROTTLE`] (or the current warm backoff) ago, or a throttled warm attempt's wait runs.
+    fn warm_waits(&self, api: ec2_api::Api, now: Duration) -> bool {
+        let hold = lock(&self.status).warm_hold;
+        let quiet = hold.backoff.max(WARM_WAIT_AFTER_THROTTLE);
+        now < hold.until
+            || !self.ec2.hold(api.name()).is_zero()
+            || self
+                .ec2
+                .since_throttle(api.name())
+                .is_some_and(|since| since < quiet)
+    }
+
+    /// Carries out a growth step that only serves a warm target: a throttled call fails at once (no wait at
+    /// the gate, no other API) and warm-only growth then waits, doubling per throttle up to [`WARM_WAIT_MAX`].
+    async fn grow_warm(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
+        let (done, res) = crate::ratelimit::FAIL_FAST_ON_THROTTLE
+            .scope(true, self.grow_with_fallback(decision))
+            .await;
+        let now = self.deps.clock.now();
+        let mut st = lock(&self.status);
+        match &res {
+            Err(Ec2Error::Throttled { .. }) => {
+                let backoff =
+                    (st.warm_hold.backoff * 2).clamp(WARM_WAIT_AFTER_THROTTLE, WARM_WAIT_MAX);
+                st.warm_hold = WarmHold {
+                    until: now + backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0),
+                    backoff,
+                };
+            }
+            Ok(()) => st.warm_hold = WarmHold::default(),
+            Err(_) => {}
+        }
+        (done, res)
+    }
+
     /// Decides and carries out one pool step. Returns what was decided. Waiting ADDs are woken afterwards,
     /// whatever happened (new addresses, or an error that may mean none are coming).
     pub async fn pool_step(&self) -> Result<Decision, Ec2Error> {
@@ -330,7 +418,19 @@ impl Node {
         let _actor = self.actor.lock().await;
         self.refresh_node_view().await;
         let now = self.deps.clock.now();
-        let mut decision = self.reroute_throttled(self.next_decision(), false);
+        let first = self.next_decision();
+        // Demand first: growth no ADD waits for (the free addresses cover every waiting ADD) is the warm target
+        // only; while its API is throttled it waits and leaves the account's tokens to nodes with waiting pods
+        // (and never moves to another API).
+        let warm_only = growth_api(&first).is_some() && !self.has_demand(now);
+        let mut decision = if warm_only {
+            match growth_api(&first) {
+                Some(api) if self.warm_waits(api, now) => Decision::Hold,
+                _ => first,
+            }
+        } else {
+            self.reroute_throttled(first, false)
+        };
         if matches!(decision, Decision::AttachEni { .. }) && self.setup_pending_any() {
             // An attached ENI waits for its host setup (reconcile finishes it): no second one in its place.
             decision = Decision::Hold;
@@ -349,6 +449,10 @@ impl Node {
                 decision = Decision::Hold;
             }
             Ok(())
+        } else if grows && warm_only {
+            let (done, res) = self.grow_warm(decision).await;
+            decision = done;
+            res
         } else if grows {
             let (done, res) = self.grow_rerouted(decision).await;
             decision = done;
@@ -603,6 +707,80 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(60), run)
             .await
             .expect("the test waits on the manual clock");
+    }
+
+    /// Demand first: after EC2 throttled CreateNetworkInterface, growth that only serves the warm target (the
+    /// free addresses cover every waiting ADD) waits and sends nothing; growth for waiting pods goes on; once the
+    /// API has been quiet for [`super::WARM_WAIT_AFTER_THROTTLE`] the warm target is kept again.
+    #[tokio::test]
+    async fn warm_only_growth_waits_while_its_api_is_throttled_and_demand_does_not() {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock.clone()),
+            cluster: Arc::new(crate::kube::NoCluster),
+        };
+        let config = Config {
+            pool_release_delay: Duration::ZERO,
+            ..Config::default()
+        };
+        let n = Node::start(deps, config, None).await.expect("init");
+        n.fill().await.expect("fill: 14 IPs on the primary ENI");
+        assert_eq!(n.stats().total, 14);
+        // 14 pods take every address: the warm target (one ENI's worth) wants a new ENI, no ADD waits.
+        for i in 0..14 {
+            n.add(&key(i), &PodMeta::default()).expect("ip");
+        }
+        sim.inject_faults(ec2_sim::Fault::Throttle, Some("CreateNetworkInterface"), 1);
+        let creates = |sim: &SimEc2| {
+            sim.calls()
+                .get("CreateNetworkInterface")
+                .copied()
+                .unwrap_or(0)
+        };
+        // The warm-only create is throttled once and fails at once (no retry at the gate, no other API).
+        let err = n.pool_step().await.expect_err("throttled");
+        assert!(matches!(err, ec2_api::Ec2Error::Throttled { .. }), "{err}");
+        assert_eq!(creates(&sim), 1);
+        // While the API was throttled recently, warm-only growth holds and calls nothing.
+        for _ in 0..5 {
+            clock.advance(Duration::from_secs(30));
+            let d = n.pool_step().await.expect("hold");
+            assert_eq!(d, crate::core::pool::Decision::Hold);
+        }
+        assert_eq!(creates(&sim), 1, "{:?}", sim.calls());
+        assert_eq!(n.stats().enis, 1);
+        // A waiting ADD is demand: it gets its ENI now, throttle or not.
+        let waiter = {
+            let n = Arc::clone(&n);
+            tokio::spawn(async move {
+                n.add_durable_within(&key(100), &PodMeta::default(), Duration::from_secs(60))
+                    .await
+                    .is_ok()
+            })
+        };
+        while n.adds_waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let d = n.pool_step().await.expect("demand growth");
+        assert!(
+            matches!(d, crate::core::pool::Decision::AttachEni { .. }),
+            "{d:?}"
+        );
+        assert!(
+            waiter.await.expect("join"),
+            "the waiting ADD got an address"
+        );
+        assert_eq!(creates(&sim), 2);
+        // The API quiet for long enough: the warm target is kept again (with 13 free of 28, one more ENI).
+        for i in 101..114 {
+            n.add(&key(i), &PodMeta::default()).expect("ip");
+        }
+        clock.advance(super::WARM_WAIT_AFTER_THROTTLE + super::WARM_WAIT_AFTER_THROTTLE);
+        n.fill().await.expect("warm growth");
+        assert_eq!(creates(&sim), 3, "{:?}", sim.calls());
     }
 
     #[tokio::test]

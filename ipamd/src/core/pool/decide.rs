@@ -273,6 +273,14 @@ mod tests {
         prefix_fallback: false,
     };
 
+    /// The outlook every case starts from ([`SHRINK`]) with `change` applied, so a case states only what
+    /// differs: `outlook(|o| o.waiting = 12)`.
+    fn outlook(change: impl FnOnce(&mut Outlook)) -> Outlook {
+        let mut o = SHRINK;
+        change(&mut o);
+        o
+    }
+
     /// A toy node: ENIs with addresses, pods assigned lowest device first, no cooldown.
     #[derive(Debug, Clone)]
     struct Toy {
@@ -344,10 +352,7 @@ mod tests {
         fn settle_outlook(&mut self, p: &PoolPolicy, hw: &mut HighWater, now: Duration) -> u32 {
             self.settle_with(p, |stats| {
                 hw.record(now, p.need(stats, 0));
-                Outlook {
-                    keep: hw.peak(now),
-                    ..SHRINK
-                }
+                outlook(|o| o.keep = hw.peak(now))
             })
         }
 
@@ -471,10 +476,7 @@ mod tests {
                 count: 6
             }
         );
-        let capped = Outlook {
-            node_max_pods: Some(5),
-            ..SHRINK
-        };
+        let capped = outlook(|o| o.node_max_pods = Some(5));
         assert_eq!(
             decide(&p, &stats, &enis, &capped),
             Decision::AssignIps {
@@ -494,19 +496,13 @@ mod tests {
             Decision::Hold
         );
         // A capacity above the ENI math changes nothing; one below what the pool holds gives addresses back.
-        let high = Outlook {
-            node_max_pods: Some(500),
-            ..SHRINK
-        };
+        let high = outlook(|o| o.node_max_pods = Some(500));
         assert_eq!(decide(&p, &stats, &enis, &high), uncapped);
         let mut over = room("eni-0", 0, 5, 0, true);
         over.releasable_ips = (1..=5)
             .map(|i| std::net::Ipv4Addr::new(10, 0, 0, i))
             .collect();
-        let low = Outlook {
-            node_max_pods: Some(3),
-            ..SHRINK
-        };
+        let low = outlook(|o| o.node_max_pods = Some(3));
         assert!(
             matches!(decide(&p, &full, &[over], &low), Decision::ReleaseIps { ref ips, .. } if ips.len() == 2)
         );
@@ -517,10 +513,7 @@ mod tests {
     #[test]
     fn a_frozen_node_neither_attaches_nor_frees_enis_but_fills_the_ones_it_has() {
         let p = policy(4, 3);
-        let frozen = Outlook {
-            freeze_enis: true,
-            ..SHRINK
-        };
+        let frozen = outlook(|o| o.freeze_enis = true);
         // Room on the attached ENI: addresses still come.
         let stats = PoolStats {
             total: 1,
@@ -729,7 +722,12 @@ mod tests {
             assert_eq!(free(&blocked), Decision::Hold, "{blocked:?}");
         }
         assert_eq!(
-            decide(&p, &stats, &[primary, base], &Outlook::default()),
+            decide(
+                &p,
+                &stats,
+                &[primary, base],
+                &outlook(|o| o.may_shrink = false)
+            ),
             Decision::Hold
         );
     }
@@ -853,17 +851,7 @@ mod tests {
             ..policy(30, 4)
         };
         let (st, enis) = one_eni(10, 10, 0);
-        let with = |waiting| {
-            decide(
-                &p,
-                &st,
-                &enis,
-                &Outlook {
-                    waiting,
-                    ..Outlook::default()
-                },
-            )
-        };
+        let with = |waiting| decide(&p, &st, &enis, &outlook(|o| o.waiting = waiting));
         assert_eq!(
             with(0),
             Decision::AssignIps {
@@ -890,15 +878,7 @@ mod tests {
         // Within max-pods.
         let small = PoolPolicy { max_pods: 14, ..p };
         assert_eq!(
-            decide(
-                &small,
-                &st,
-                &enis,
-                &Outlook {
-                    waiting: 12,
-                    ..Outlook::default()
-                }
-            ),
+            decide(&small, &st, &enis, &outlook(|o| o.waiting = 12)),
             Decision::AssignIps {
                 eni_id: "eni-0".into(),
                 count: 4
@@ -919,15 +899,7 @@ mod tests {
         enis[0].releasable_ips.clear();
         st.prefixes = 1;
         assert_eq!(
-            decide(
-                &pd,
-                &st,
-                &enis,
-                &Outlook {
-                    waiting: 20,
-                    ..Outlook::default()
-                }
-            ),
+            decide(&pd, &st, &enis, &outlook(|o| o.waiting = 20)),
             Decision::AssignPrefixes {
                 eni_id: "eni-0".into(),
                 count: 3
@@ -944,18 +916,7 @@ mod tests {
         };
         // 29 addresses, 2 held: 19 above target (min(27 free - 5 warm, 29 - 10 minimum)).
         let (st, enis) = one_eni(29, 2, 0);
-        let at = |keep| {
-            decide(
-                &p,
-                &st,
-                &enis,
-                &Outlook {
-                    keep,
-                    may_shrink: true,
-                    ..Outlook::default()
-                },
-            )
-        };
+        let at = |keep| decide(&p, &st, &enis, &outlook(|o| o.keep = keep));
         match at(0) {
             Decision::ReleaseIps { ips, .. } => assert_eq!(ips.len(), 19),
             d => panic!("{d:?}"),
@@ -968,16 +929,7 @@ mod tests {
         assert_eq!(at(40), Decision::Hold);
         // Above max-pods the excess goes whatever keep says.
         let low = PoolPolicy { max_pods: 25, ..p };
-        match decide(
-            &low,
-            &st,
-            &enis,
-            &Outlook {
-                keep: 29,
-                may_shrink: true,
-                ..Outlook::default()
-            },
-        ) {
+        match decide(&low, &st, &enis, &outlook(|o| o.keep = 29)) {
             Decision::ReleaseIps { ips, .. } => assert_eq!(ips.len(), 4),
             d => panic!("{d:?}"),
         }
@@ -1011,18 +963,7 @@ mod tests {
             ..idle.clone()
         };
         let enis = [primary, idle, third];
-        let free = |keep| {
-            decide(
-                &p,
-                &st,
-                &enis,
-                &Outlook {
-                    keep,
-                    may_shrink: true,
-                    ..Outlook::default()
-                },
-            )
-        };
+        let free = |keep| decide(&p, &st, &enis, &outlook(|o| o.keep = keep));
         assert_eq!(
             free(0),
             Decision::FreeEni {
@@ -1064,11 +1005,7 @@ mod tests {
             &pd,
             &st,
             std::slice::from_ref(&room),
-            &Outlook {
-                keep,
-                may_shrink: true,
-                ..Outlook::default()
-            },
+            &outlook(|o| o.keep = keep),
         ) {
             Decision::ReleasePrefixes { prefixes, .. } => prefixes.len(),
             Decision::Hold => 0,
@@ -1189,14 +1126,11 @@ mod tests {
                             }
                             st.available = st.total - st.assigned - st.cooldown;
                             let total = u(st.total);
-                            let outlook = Outlook {
-                                waiting: next(40),
-                                keep: next(total + 20),
-                                may_shrink: next(2) == 1,
-                                node_max_pods: None,
-                                freeze_enis: false,
-                                prefix_fallback: false,
-                            };
+                            let outlook = outlook(|o| {
+                                o.waiting = next(40);
+                                o.keep = next(total + 20);
+                                o.may_shrink = next(2) == 1;
+                            });
                             let d = decide(&p, &st, &enis, &outlook);
                             checked += 1;
                             let ctx = format!("{p:?} {st:?} {outlook:?} -> {d:?}");
@@ -1386,10 +1320,7 @@ mod tests {
         toy.enis[0].ips = 16;
         toy.pods = 16;
         let (stats, enis) = toy.view(true);
-        let fallback = Outlook {
-            prefix_fallback: true,
-            ..SHRINK
-        };
+        let fallback = outlook(|o| o.prefix_fallback = true);
         assert_eq!(
             decide(&p, &stats, &enis, &fallback),
             Decision::AssignIps {
