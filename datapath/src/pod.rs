@@ -407,8 +407,23 @@ pub struct OwnedTeardown<'a> {
 /// Attempts every step, returns every failure; missing objects are not errors.
 pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<NetlinkError> {
     let mut errors = Vec::new();
-    let host_route_oif = match what.ip {
-        Some(ip) => match route_to(host, ip).await {
+    // The two first questions go to different sockets (the host's, the pod's) and are asked at once; two dumps
+    // are never in flight on one socket (the kernel refuses a second with EBUSY).
+    let pod_addresses = async {
+        match (what.ip, what.pod_end) {
+            (Some(_), Some(p)) => Some(p.netns.addresses(p.link.index).await),
+            _ => None,
+        }
+    };
+    let route_found = async {
+        match what.ip {
+            Some(ip) => Some(route_to(host, ip).await),
+            None => None,
+        }
+    };
+    let (route_found, pod_addresses) = futures::join!(route_found, pod_addresses);
+    let host_route_oif = match route_found {
+        Some(found) => match found {
             Ok(r) => r,
             Err(e) => {
                 // Without the route we cannot tell whose the rules are: leave them, report it.
@@ -466,8 +481,8 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
 
     let mut pair_gone = false;
     if let Some(p) = what.pod_end {
-        let carries_ip = match what.ip {
-            Some(ip) => match p.netns.addresses(p.link.index).await {
+        let carries_ip = match (what.ip, pod_addresses) {
+            (Some(ip), Some(found)) => match found {
                 Ok(addrs) => addrs
                     .iter()
                     .any(|(a, len)| *a == std::net::IpAddr::V4(ip) && *len == 32),
@@ -476,7 +491,7 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
                     false
                 }
             },
-            None => false,
+            _ => false,
         };
         let reaped_with_host = what.veth_deferred && peer_tied;
         if (carries_ip || peer_tied) && !reaped_with_host {
