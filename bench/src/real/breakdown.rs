@@ -23,7 +23,7 @@ use crate::error::BenchError;
 pub const PLUGIN_SPANS: [(&str, &str); 11] = [
     (
         "main",
-        "exec → main (kernel exec, dynamic loading, page faults)",
+        "exec → main (kernel exec, start-up relocation, page faults)",
     ),
     ("conf", "netconf parse and version checks"),
     ("log_init", "plugin log: rotate check and open"),
