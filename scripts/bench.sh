@@ -72,5 +72,8 @@ sweep
 
 target=${CARGO_TARGET_DIR:-target}
 echo "building release binaries (aws-cni, ipamd, aws-cni-bench) in $target"
-cargo build --release --quiet -p aws-cni -p ipamd -p aws-cni-bench
+cargo build --release --quiet -p ipamd -p aws-cni-bench
+# The plugin is linked statically (glibc's static libc; see the release profile's note in Cargo.toml): only
+# its final link gets the flag, so its dependencies are the ones built above.
+cargo rustc --release --quiet -p aws-cni --bin aws-cni -- -C target-feature=+crt-static
 "$target/release/aws-cni-bench" run --bin-dir "$target/release" "$@"

@@ -680,7 +680,7 @@ fn breakdown_table(
         sec.notes.push(format!(
             "The plugin's memory at the end of an ADD (from its own `/proc/self/status`, median over the same \
              ADDs): peak {:.1} MiB (VmHWM), of which heap and stacks {:.1} MiB (RssAnon) and file pages (the \
-             binary, libc, the loader) {:.1} MiB (RssFile).",
+             binary, plus libc and the loader if it is not linked statically) {:.1} MiB (RssFile).",
             med(|m| m.0) as f64 / 1024.0,
             med(|m| m.1) as f64 / 1024.0,
             med(|m| m.2) as f64 / 1024.0

@@ -30,8 +30,10 @@ pub async fn add(
     }
     let pod = PodIdentity::from_env(env);
     let socket = conf.socket();
-    let mut ipamd = client::connect(&socket, timeout).await?;
-    crate::spans::mark("connect");
+    let host_veth = pod.host_veth(&conf.veth_prefix);
+    let mtu = conf.pod_mtu()?;
+    let host = Netlink::connect(None).map_err(|e| PluginError::Setup(e.to_string()))?;
+    crate::spans::mark("netlink_connect");
     // The deadline travels as `grpc-timeout`: ipamd, which may wait for an address on its way, answers before it.
     let mut request = tonic::Request::new(AddNetworkRequest {
         client_version: env!("CARGO_PKG_VERSION").into(),
@@ -49,37 +51,41 @@ pub async fn add(
         requires_multi_nic_attachment: false,
     });
     request.set_timeout(timeout);
-    let reply = ipamd
-        .add_network(request)
-        .await
-        .map_err(|s| rpc_error(&socket, "AddNetwork", timeout, s))?
-        .into_inner();
-    crate::spans::mark("rpc");
-    if !reply.success {
-        return Err(PluginError::NoIp {
-            reason: FailureReason::try_from(reply.failure_reason)
-                .unwrap_or(FailureReason::FailureUnspecified),
-            message: if reply.failure_message.is_empty() {
-                "ipamd gave no reason".into()
-            } else {
-                reply.failure_message
-            },
-        });
-    }
-    let Some(meta) = reply.ip_allocation_metadata.first() else {
-        return Err(PluginError::NoIp {
-            reason: FailureReason::Internal,
-            message: "ipamd reported success but returned no address".into(),
-        });
+    // The veth pair needs no address: it is built while ipamd chooses one (the request goes out first), and
+    // removed again when ipamd gives none. See `datapath::pod::create_pod_veth`.
+    let ask = async {
+        let mut ipamd = client::connect(&socket, timeout).await?;
+        crate::spans::mark("connect");
+        let reply = ipamd
+            .add_network(request)
+            .await
+            .map_err(|s| rpc_error(&socket, "AddNetwork", timeout, s))?
+            .into_inner();
+        Ok::<_, PluginError>((ipamd, reply))
     };
-    // IPv4 or IPv6 (ENABLE_IPv6): ipamd's reply decides, see crate::family.
-    let ip: IpAddr = crate::family::reply_address(meta)?;
+    let build = async {
+        let veth = datapath::pod::create_pod_veth(&host, netns, &host_veth, ifname, mtu).await;
+        crate::spans::mark("veth");
+        veth
+    };
+    let (asked, built) = tokio::join!(ask, build);
+    crate::spans::mark("rpc");
+    let (mut ipamd, reply) = match asked {
+        Ok(r) => r,
+        Err(e) => {
+            discard(&host, built.as_ref().ok()).await;
+            return Err(e);
+        }
+    };
+    let assigned = assigned_address(&reply);
+    let (ip, meta) = match assigned {
+        Ok(a) => a,
+        Err(e) => {
+            discard(&host, built.as_ref().ok()).await;
+            return Err(e);
+        }
+    };
     let table = u32::try_from(meta.route_table_id).unwrap_or(datapath::MAIN_TABLE);
-    let host_veth = pod.host_veth(&conf.veth_prefix);
-    let mtu = conf.pod_mtu()?;
-
-    let host = Netlink::connect(None).map_err(|e| PluginError::Setup(e.to_string()))?;
-    crate::spans::mark("netlink_connect");
     let spec = crate::family::Plumbing {
         host_veth: &host_veth,
         container_ifname: ifname,
@@ -87,7 +93,11 @@ pub async fn add(
         table,
         mtu,
     };
-    let links = match crate::family::setup(&host, netns, &spec).await {
+    let finished = match built {
+        Ok(veth) => crate::family::finish(&host, &veth, &spec).await,
+        Err(e) => Err(e),
+    };
+    let links = match finished {
         Ok(l) => {
             crate::spans::mark("setup");
             l
@@ -172,6 +182,40 @@ async fn undo(
         .await;
     if let Err(e) = res {
         tracing::error!(error = %e, %ip, "could not return the IP after a failed ADD; ipamd will reclaim it");
+    }
+}
+
+/// The address of a successful AddNetwork reply, with its metadata; ipamd's refusal as the error.
+fn assigned_address(
+    reply: &aws_cni_proto::AddNetworkReply,
+) -> Result<(IpAddr, &aws_cni_proto::IpAllocationMetadata), PluginError> {
+    if !reply.success {
+        return Err(PluginError::NoIp {
+            reason: FailureReason::try_from(reply.failure_reason)
+                .unwrap_or(FailureReason::FailureUnspecified),
+            message: if reply.failure_message.is_empty() {
+                "ipamd gave no reason".into()
+            } else {
+                reply.failure_message.clone()
+            },
+        });
+    }
+    let Some(meta) = reply.ip_allocation_metadata.first() else {
+        return Err(PluginError::NoIp {
+            reason: FailureReason::Internal,
+            message: "ipamd reported success but returned no address".into(),
+        });
+    };
+    // IPv4 or IPv6 (ENABLE_IPv6): ipamd's reply decides, see crate::family.
+    Ok((crate::family::reply_address(meta)?, meta))
+}
+
+/// Removes the veth pair built while ipamd was asked, for an ADD that got no address (nothing else was built).
+async fn discard(host: &Netlink, veth: Option<&datapath::pod::PodVeth>) {
+    if let Some(veth) = veth {
+        if let Err(e) = veth.discard(host).await {
+            tracing::error!(error = %e, veth = %veth.host.name, "removing the veth of an ADD that got no address");
+        }
     }
 }
 

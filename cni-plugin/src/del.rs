@@ -75,25 +75,37 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
     let host_veth = prev_veth.unwrap_or_else(|| pod.host_veth(&conf.veth_prefix));
     // A netlink failure must not keep the IP from being returned: it is reported after DelNetwork.
     let host = Netlink::connect(None);
-    // The host veth as it is now: only a veth of the pod name pattern is a candidate.
-    let looked_up = match &host {
-        Ok(host) => host.link_by_name(&host_veth).await,
-        Err(_) => Ok(None),
+    // The connection to ipamd is opened while the kernel is asked about the veth (independent requests).
+    let socket = conf.socket();
+    let look = async {
+        // The host veth as it is now: only a veth of the pod name pattern is a candidate.
+        let looked_up = async {
+            match &host {
+                Ok(host) => host.link_by_name(&host_veth).await,
+                Err(_) => Ok(None),
+            }
+        };
+        let (looked_up, pod_end) = tokio::join!(
+            looked_up,
+            pod::find_pod_end(env.netns.as_deref(), env.ifname.as_deref())
+        );
+        let host_link = match looked_up {
+            Ok(link) => link.filter(|l| l.is_veth),
+            Err(e) => {
+                tracing::warn!(veth = %host_veth, error = %e, "cannot look up the host veth");
+                None
+            }
+        };
+        let pod_end = match pod_end {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look at the pod's interface");
+                None
+            }
+        };
+        (host_link, pod_end)
     };
-    let host_link = match looked_up {
-        Ok(link) => link.filter(|l| l.is_veth),
-        Err(e) => {
-            tracing::warn!(veth = %host_veth, error = %e, "cannot look up the host veth");
-            None
-        }
-    };
-    let pod_end = match pod::find_pod_end(env.netns.as_deref(), env.ifname.as_deref()).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot look at the pod's interface");
-            None
-        }
-    };
+    let (connected, (host_link, pod_end)) = tokio::join!(client::connect(&socket, timeout), look);
     // Offered to ipamd's reaper only when it is this container's pair: its peer is CNI_IFNAME in CNI_NETNS.
     let peer_tied = host_link.as_ref().filter(|h| {
         pod_end
@@ -109,7 +121,10 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
         (None, _) => None,
     };
 
-    let released = release(env, conf, &pod, timeout, offer).await;
+    let released = match connected {
+        Ok(ipamd) => release(ipamd, env, conf, &pod, timeout, offer).await,
+        Err(e) => Err(e.into()),
+    };
     let (ip, deferred, policy_mode): (Option<IpAddr>, bool, &str) = match &released {
         // Nothing held for this container (a repeated or stale DEL): nothing on the host is ours, and the policy
         // agent is not told either, since the pod's name may belong to a newer sandbox whose policies are live.
@@ -193,6 +208,7 @@ struct Released {
 /// Asks ipamd to release the container's IP, offering it the host veth (`offer`: the link and the namespace we
 /// found it in).
 async fn release(
+    mut ipamd: aws_cni_proto::CniBackendClient<tonic::transport::Channel>,
     env: &CniEnv,
     conf: &PluginConf,
     pod: &PodIdentity,
@@ -200,7 +216,6 @@ async fn release(
     offer: Option<(&LinkInfo, NetnsId)>,
 ) -> Result<Released, PluginError> {
     let socket = conf.socket();
-    let mut ipamd = client::connect(&socket, timeout).await?;
     let mut request = DelNetworkRequest {
         client_version: env!("CARGO_PKG_VERSION").into(),
         k8s_pod_name: pod.name.clone(),

@@ -99,17 +99,18 @@ pub struct Plumbing<'a> {
     pub mtu: u32,
 }
 
-/// Builds the pod's network in `ip`'s family.
-pub async fn setup(
+/// Finishes, in `ip`'s family, the pod network whose veth pair [`datapath::pod::create_pod_veth`] built (the
+/// second phase of `datapath::pod::setup`).
+pub async fn finish(
     host: &Netlink,
-    netns: &Path,
+    veth: &pod::PodVeth,
     p: &Plumbing<'_>,
 ) -> Result<PodLinks, NetlinkError> {
     match p.ip {
         IpAddr::V4(ip) => {
-            pod::setup(
+            pod::finish(
                 host,
-                netns,
+                veth,
                 &PodNetwork {
                     host_veth: p.host_veth,
                     container_ifname: p.container_ifname,
@@ -121,9 +122,9 @@ pub async fn setup(
             .await
         }
         IpAddr::V6(ip) => {
-            pod::v6::setup6(
+            pod::v6::finish6(
                 host,
-                netns,
+                veth,
                 &PodNetwork6 {
                     host_veth: p.host_veth,
                     container_ifname: p.container_ifname,

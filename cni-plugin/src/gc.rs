@@ -6,8 +6,9 @@
 //!    rules and host /32 (/128) routes whose address ipamd no longer holds (for any network), and the host veths
 //!    those routes point to.
 //!
-//! Safe against concurrent ADDs of other pods: an ADD gets its address from ipamd before it programs anything, so
-//! every address an in-flight ADD is programming is held and never swept (an address ipamd released here and gave
+//! Safe against concurrent ADDs of other pods: an ADD gets its address from ipamd before it programs any address,
+//! route or rule (only its veth pair is built while ipamd answers), so every address an in-flight ADD is
+//! programming is held and never swept (an address ipamd released here and gave
 //! to such an ADD before the list of held ones was taken is held too); a veth with no route yet is left alone.
 //! Every step is attempted; every failure is reported (error 112) after all of them ran.
 

@@ -1,8 +1,9 @@
 //! Span timings for the benchmark: where one plugin run spends its time, off unless asked for.
 //!
 //! When `AWS_CNI_SPAN_FILE` names a file, the plugin records a timestamp at each step of its run ([`mark`]: main
-//! entered, netconf parsed, log opened, attachment lock taken, runtime built, ipamd connected, its reply, the
-//! netlink work, the log line written, the result printed) and appends them as one JSON line to that file when
+//! entered, netconf parsed, log opened, attachment lock taken, runtime built, netlink socket opened, ipamd
+//! connected, the veth pair built (beside the connect and the round trip), ipamd's reply, the rest of the netlink
+//! work, the log line written, the result printed) and appends them as one JSON line to that file when
 //! it exits ([`finish`]). The timestamps are `CLOCK_MONOTONIC` in nanoseconds, the clock the benchmark reads
 //! before `spawn` and after `wait`, so it can also attribute the time from exec to `main` and from the result to
 //! the process's exit. Without the variable (every production run) [`mark`] is one load of an unset flag: no

@@ -404,6 +404,18 @@ impl Netlink {
             .map_err(|e| NetlinkError::request(format!("set link {index} up"), e))
     }
 
+    /// Brings the link called `name` up, without looking up its index first (one request instead of two).
+    /// Up already is fine; a missing link is a not-found error.
+    pub async fn set_up_by_name(&self, name: &str) -> Result<(), NetlinkError> {
+        let msg = LinkUnspec::new_with_name(name).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| NetlinkError::request(format!("set link {name} up"), e))
+    }
+
     /// Sets a link's MTU.
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         let msg = LinkUnspec::new_with_index(index).mtu(mtu).build();

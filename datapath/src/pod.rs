@@ -88,87 +88,172 @@ pub fn host_route(ip: Ipv4Addr, host_veth_index: Option<u32>) -> RouteSpec {
     }
 }
 
-/// Builds the pod's network. On error the caller is expected to run [`teardown`] (which is safe on a partial
-/// setup).
-pub async fn setup(
+/// A pod's veth pair, built before its address is known: the first phase of [`setup`] (and of
+/// [`v6::setup6`]), which the plugin runs while ipamd is still choosing the address, then finishes with
+/// [`finish`] (IPv4) or [`v6::finish6`] (IPv6) once it has one, or removes with [`PodVeth::discard`] when the ADD
+/// fails before that.
+///
+/// What it holds: the host end, down, with its IPv6 settings written and a random MAC; the pod end (named
+/// `CNI_IFNAME`, down, created directly in the pod namespace); `lo` in the pod up; a netlink socket in the pod
+/// namespace. Nothing in it depends on the address or the family, so neither phase repeats the other's work.
+#[derive(Debug)]
+pub struct PodVeth {
+    /// The pod namespace, held open.
+    pub netns: File,
+    /// A netlink socket in the pod namespace.
+    pub pod: Netlink,
+    /// The host end as created (name, index).
+    pub host: LinkInfo,
+    /// The host end's MAC (the pod's gateway neighbour entry names it).
+    pub host_mac: MacAddr,
+    /// The pod end as created (index, MAC).
+    pub eth: LinkInfo,
+}
+
+impl PodVeth {
+    /// Deletes the pair (by the host end's index, so a newer link of the same name is never hit), for an ADD
+    /// that fails before [`finish`]. Deleting either end removes both.
+    pub async fn discard(&self, host: &Netlink) -> Result<(), NetlinkError> {
+        host.delete_link_by_index(self.host.index).await.map(|_| ())
+    }
+}
+
+/// Phase one of a pod's network: the veth pair and `lo` (see [`PodVeth`]). On error the caller runs
+/// [`teardown`] (or [`v6::teardown6`]), which is safe on a partial setup.
+pub async fn create_pod_veth(
     host: &Netlink,
     netns_path: &Path,
-    spec: &PodNetwork<'_>,
-) -> Result<PodLinks, NetlinkError> {
+    host_veth: &str,
+    container_ifname: &str,
+    mtu: u32,
+) -> Result<PodVeth, NetlinkError> {
     let netns = File::open(netns_path).map_err(|source| NetlinkError::NetnsOpen {
         path: netns_path.to_owned(),
         source,
     })?;
-    let pod = Netlink::connect(Some(netns_path))?;
+    let pod = Netlink::connect_file(&netns)?;
 
     // A host veth of the same name is a leftover of an earlier sandbox of the same pod (a crash, or a DEL whose
     // veth ipamd's reaper has not deleted yet): delete it (by the index found under that name) and build anew.
     // Racing the reaper is harmless: whichever deletes the old link first wins, the other finds it gone, and the
     // reaper deletes only the old link's index, never the new link that reuses its name.
-    host.delete_link_by_name(spec.host_veth).await?;
+    host.delete_link_by_name(host_veth).await?;
 
     let host_mac = random_mac();
     host.create_veth(&VethSpec {
-        name: spec.host_veth,
+        name: host_veth,
         mac: Some(host_mac),
-        mtu: spec.mtu,
-        peer_name: spec.container_ifname,
+        mtu,
+        peer_name: container_ifname,
         peer_mac: None,
         peer_netns: Some(&netns),
     })
     .await?;
 
-    // Pod side.
-    let eth = pod
-        .link_by_name(spec.container_ifname)
-        .await?
-        .ok_or_else(|| NetlinkError::LinkNotFound(spec.container_ifname.to_string()))?;
-    if let Some(lo) = pod.link_by_name("lo").await? {
-        if !lo.up {
-            pod.set_up(lo.index).await?;
+    // The three requests are independent: sent at once, answered in order.
+    let (eth, lo, veth) = futures::join!(
+        pod.link_by_name(container_ifname),
+        pod.set_up_by_name("lo"),
+        host.link_by_name(host_veth),
+    );
+    let found = (|| {
+        let eth = eth?.ok_or_else(|| NetlinkError::LinkNotFound(container_ifname.to_string()))?;
+        let veth = veth?.ok_or_else(|| NetlinkError::LinkNotFound(host_veth.to_string()))?;
+        // A namespace without `lo` (none that a runtime makes) is no reason to fail.
+        match lo {
+            Err(e) if !e.is_not_found() => Err(e),
+            _ => Ok((eth, veth)),
         }
-    }
-    pod.set_up(eth.index).await?;
-    pod.add_address(eth.index, spec.ip.into(), 32).await?;
-    pod.replace_route(&RouteSpec {
+    })();
+    let (eth, veth) = match found {
+        Ok(f) => f,
+        Err(e) => {
+            // Leave nothing of this call behind: the pair just created goes (with either end).
+            let _ = host.delete_link_by_name(host_veth).await;
+            return Err(e);
+        }
+    };
+    host_veth_sysctls(host_veth);
+    Ok(PodVeth {
+        netns,
+        pod,
+        host: veth,
+        host_mac,
+        eth,
+    })
+}
+
+/// Phase two of an IPv4 pod's network, once its address is known: the pod end up with its /32, the gateway
+/// route, the default route and the static gateway neighbour; the host end up with the /32 route and the rules.
+/// Each side's requests are sent at once (the kernel answers them in order). On error the caller runs
+/// [`teardown`].
+pub async fn finish(
+    host: &Netlink,
+    veth: &PodVeth,
+    spec: &PodNetwork<'_>,
+) -> Result<PodLinks, NetlinkError> {
+    let pod = &veth.pod;
+    let eth = veth.eth.index;
+    let gw_route = RouteSpec {
         dst: POD_GATEWAY,
         prefix_len: 32,
         gateway: None,
-        oif: Some(eth.index),
+        oif: Some(eth),
         table: MAIN_TABLE,
         scope_link: true,
-    })
-    .await?;
-    pod.replace_route(&RouteSpec {
+    };
+    let default_route = RouteSpec {
         dst: Ipv4Addr::UNSPECIFIED,
         prefix_len: 0,
         gateway: Some(POD_GATEWAY),
-        oif: Some(eth.index),
+        oif: Some(eth),
         table: MAIN_TABLE,
         scope_link: false,
-    })
-    .await?;
-    pod.replace_permanent_neighbour(eth.index, POD_GATEWAY, host_mac)
-        .await?;
-
-    // Host side.
-    let veth = host
-        .link_by_name(spec.host_veth)
-        .await?
-        .ok_or_else(|| NetlinkError::LinkNotFound(spec.host_veth.to_string()))?;
-    host_veth_sysctls(spec.host_veth);
-    host.set_up(veth.index).await?;
-    host.replace_route(&host_route(spec.ip, Some(veth.index)))
-        .await?;
-    for rule in pod_rules(spec.ip, spec.table) {
-        host.add_rule(&rule).await?;
-    }
-
+    };
+    let pod_side = async {
+        futures::try_join!(
+            pod.set_up(eth),
+            pod.add_address(eth, spec.ip.into(), 32),
+            pod.replace_route(&gw_route),
+            pod.replace_route(&default_route),
+            pod.replace_permanent_neighbour(eth, POD_GATEWAY, veth.host_mac),
+        )
+        .map(|_| ())
+    };
+    let route = host_route(spec.ip, Some(veth.host.index));
+    let rules = pod_rules(spec.ip, spec.table);
+    let host_side = async {
+        futures::try_join!(
+            host.set_up(veth.host.index),
+            host.replace_route(&route),
+            futures::future::try_join_all(rules.iter().map(|r| host.add_rule(r))),
+        )
+        .map(|_| ())
+    };
+    futures::try_join!(pod_side, host_side)?;
     Ok(PodLinks {
-        host_mac,
-        container_mac: eth.mac,
-        container_index: eth.index,
+        host_mac: veth.host_mac,
+        container_mac: veth.eth.mac,
+        container_index: eth,
     })
+}
+
+/// Builds the pod's network ([`create_pod_veth`], then [`finish`]). On error the caller is expected to run
+/// [`teardown`] (which is safe on a partial setup).
+pub async fn setup(
+    host: &Netlink,
+    netns_path: &Path,
+    spec: &PodNetwork<'_>,
+) -> Result<PodLinks, NetlinkError> {
+    let veth = create_pod_veth(
+        host,
+        netns_path,
+        spec.host_veth,
+        spec.container_ifname,
+        spec.mtu,
+    )
+    .await?;
+    finish(host, &veth, spec).await
 }
 
 /// IPv6 settings of the host veth, applied before it goes up (as the anchor): no router advertisements, accept
@@ -322,8 +407,23 @@ pub struct OwnedTeardown<'a> {
 /// Attempts every step, returns every failure; missing objects are not errors.
 pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<NetlinkError> {
     let mut errors = Vec::new();
-    let host_route_oif = match what.ip {
-        Some(ip) => match route_to(host, ip).await {
+    // The two first questions go to different sockets (the host's, the pod's) and are asked at once; two dumps
+    // are never in flight on one socket (the kernel refuses a second with EBUSY).
+    let pod_addresses = async {
+        match (what.ip, what.pod_end) {
+            (Some(_), Some(p)) => Some(p.netns.addresses(p.link.index).await),
+            _ => None,
+        }
+    };
+    let route_found = async {
+        match what.ip {
+            Some(ip) => Some(route_to(host, ip).await),
+            None => None,
+        }
+    };
+    let (route_found, pod_addresses) = futures::join!(route_found, pod_addresses);
+    let host_route_oif = match route_found {
+        Some(found) => match found {
             Ok(r) => r,
             Err(e) => {
                 // Without the route we cannot tell whose the rules are: leave them, report it.
@@ -381,8 +481,8 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
 
     let mut pair_gone = false;
     if let Some(p) = what.pod_end {
-        let carries_ip = match what.ip {
-            Some(ip) => match p.netns.addresses(p.link.index).await {
+        let carries_ip = match (what.ip, pod_addresses) {
+            (Some(ip), Some(found)) => match found {
                 Ok(addrs) => addrs
                     .iter()
                     .any(|(a, len)| *a == std::net::IpAddr::V4(ip) && *len == 32),
@@ -391,7 +491,7 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
                     false
                 }
             },
-            None => false,
+            _ => false,
         };
         let reaped_with_host = what.veth_deferred && peer_tied;
         if (carries_ip || peer_tied) && !reaped_with_host {

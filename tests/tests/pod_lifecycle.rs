@@ -302,6 +302,23 @@ fn errors_are_cni_json_with_the_right_code_and_cause() {
         "{}",
         out.stdout
     );
+    // The veth pair the ADD built while it asked ipamd is gone again: only lo in the pod, no veth on the node.
+    let links = |ns: &Netns| -> Vec<String> {
+        arr(&ns.ip_json(&["link", "show"]))
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    assert_eq!(
+        links(&pod_ns),
+        ["lo"],
+        "a failed ADD left a link in the pod"
+    );
+    assert!(
+        !links(&node).iter().any(|l| l.starts_with("eni")),
+        "a failed ADD left a veth on the node: {:?}",
+        links(&node)
+    );
     // VERSION lists the versions.
     let out = cni_raw(
         &node,

@@ -23,19 +23,35 @@ use crate::error::BenchError;
 pub const PLUGIN_SPANS: [(&str, &str); 11] = [
     (
         "main",
-        "exec → main (kernel exec, dynamic loading, page faults)",
+        "exec → main (kernel exec, start-up relocation, page faults)",
     ),
     ("conf", "netconf parse and version checks"),
     ("log_init", "plugin log: rotate check and open"),
     ("lock", "attachment lock (flock)"),
     ("runtime", "tokio current-thread runtime start"),
+    ("netlink_connect", "netlink socket opened"),
     ("connect", "gRPC connect (HTTP/2 over the unix socket)"),
-    ("rpc", "AddNetwork round trip"),
-    ("netlink_connect", "netlink sockets opened"),
-    ("setup", "pod netlink work (`datapath::pod::setup`)"),
+    (
+        "rpc",
+        "AddNetwork round trip (the veth pair is built meanwhile)",
+    ),
+    (
+        "setup",
+        "pod netlink work after the reply (`datapath::pod::finish`)",
+    ),
     ("log_write", "plugin log line written"),
     ("done", "result JSON and stdout"),
 ];
+
+/// Index of the round trip in [`PLUGIN_SPANS`].
+const RPC: usize = 7;
+
+/// The plugin's mark at the end of the veth pair's creation, which runs beside the gRPC connect and round trip
+/// (timed from `netlink_connect`, not part of the sequence).
+const VETH: (&str, &str) = (
+    "veth",
+    "… meanwhile: veth pair built (`datapath::pod::create_pod_veth`)",
+);
 
 /// Samples per span, in table order.
 #[derive(Debug, Default, Clone)]
@@ -124,6 +140,7 @@ pub fn collect(
         .iter()
         .map(|(_, l)| l.to_string())
         .chain([
+            VETH.1.to_string(),
             "… of which ipamd: assignment".to_string(),
             "… of which ipamd: checkpoint until durable (group commit, fsync)".to_string(),
             "… of which the rest: HTTP/2 both ways, handler, scheduling".to_string(),
@@ -153,18 +170,21 @@ pub fn collect(
                 prev = t;
             }
         }
+        if let (Some(&from), Some(&to)) = (at.get("netlink_connect"), at.get(VETH.0)) {
+            this.insert(VETH.1.to_string(), ns(from, to));
+        }
         let assign = Duration::from_micros(assign);
         let durable = Duration::from_micros(durable);
-        this.insert(labels[PLUGIN_SPANS.len()].clone(), assign);
-        this.insert(labels[PLUGIN_SPANS.len() + 1].clone(), durable);
-        if let Some(rpc) = this.get(PLUGIN_SPANS[6].1).copied() {
+        this.insert(labels[PLUGIN_SPANS.len() + 1].clone(), assign);
+        this.insert(labels[PLUGIN_SPANS.len() + 2].clone(), durable);
+        if let Some(rpc) = this.get(PLUGIN_SPANS[RPC].1).copied() {
             this.insert(
-                labels[PLUGIN_SPANS.len() + 2].clone(),
+                labels[PLUGIN_SPANS.len() + 3].clone(),
                 rpc.saturating_sub(assign + durable),
             );
         }
         if let Some(&done) = at.get("done") {
-            this.insert(labels[PLUGIN_SPANS.len() + 3].clone(), ns(done, *exited));
+            this.insert(labels[PLUGIN_SPANS.len() + 4].clone(), ns(done, *exited));
         }
         for (label, v) in b.spans.iter_mut() {
             if let Some(d) = this.get(label.as_str()) {
@@ -176,9 +196,9 @@ pub fn collect(
         b.joined += 1;
     }
     // Table order: the round trip's parts right after it, the exit last.
-    let rpc_at = 7;
+    let rpc_at = RPC + 1;
     let tail: Vec<_> = b.spans.drain(PLUGIN_SPANS.len()..).collect();
-    let (parts, exit) = tail.split_at(3);
+    let (parts, exit) = tail.split_at(4);
     for (i, p) in parts.iter().enumerate() {
         b.spans.insert(rpc_at + i, p.clone());
     }
@@ -255,7 +275,8 @@ mod tests {
         );
         assert_eq!(get("… of which the rest"), Duration::from_micros(300));
         assert_eq!(get("exit"), Duration::from_millis(1));
-        assert_eq!(b.spans[7].0, "… of which ipamd: assignment");
+        assert_eq!(b.spans[8].0, VETH.1);
+        assert_eq!(b.spans[9].0, "… of which ipamd: assignment");
         assert_eq!(b.totals[0], Duration::from_millis(12));
     }
 }

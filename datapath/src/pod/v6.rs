@@ -24,18 +24,16 @@
 //! Teardown mirrors the IPv4 side ([`super::teardown`], [`super::teardown_owned`]): every step attempted, every
 //! failure returned, and a DEL removes only what the kernel ties to its container.
 
-use std::fs::File;
 use std::net::Ipv6Addr;
 use std::path::Path;
 
-use crate::netlink::VethSpec;
 use crate::sysctl::{self, ipv6_conf};
 use crate::{
-    random_mac, LinkInfo, Netlink, NetlinkError, Route6Spec, Rule6Spec, FROM_POD_RULE_PRIORITY,
-    MAIN_TABLE, TO_POD_RULE_PRIORITY,
+    LinkInfo, Netlink, NetlinkError, Route6Spec, Rule6Spec, FROM_POD_RULE_PRIORITY, MAIN_TABLE,
+    TO_POD_RULE_PRIORITY,
 };
 
-use super::{is_peer_of, PodEnd, PodLinks};
+use super::{is_peer_of, PodEnd, PodLinks, PodVeth};
 
 /// The pod-side gateway for the first interface (the anchor's value).
 pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -119,82 +117,82 @@ pub fn pod_settings(ifname: &str) -> Vec<sysctl::Setting> {
     ]
 }
 
-/// Builds an IPv6 pod's network. On error the caller runs [`teardown6`] (safe on a partial setup).
+/// Phase two of an IPv6 pod's network, once its address is known, on the veth pair of
+/// [`super::create_pod_veth`] (phase one, shared with IPv4): the pod's settings while its interface is still
+/// down, then the interface up with its /128 (no DAD), the gateway route, the default route and the static
+/// gateway neighbour; the host end's settings, then up with the /128 route and the rules. Each side's requests
+/// are sent at once (the kernel answers them in order). On error the caller runs [`teardown6`].
+pub async fn finish6(
+    host: &Netlink,
+    veth: &PodVeth,
+    spec: &PodNetwork6<'_>,
+) -> Result<PodLinks, NetlinkError> {
+    // Pod side: settings first (they exist as soon as the link does), then up, address, routes, static ND.
+    sysctl::set(Some(&veth.netns), &pod_settings(spec.container_ifname))?;
+    let pod = &veth.pod;
+    let eth = veth.eth.index;
+    let gw_route = Route6Spec {
+        dst: POD_GATEWAY6,
+        prefix_len: 128,
+        gateway: None,
+        oif: Some(eth),
+        table: MAIN_TABLE,
+        scope_link: true,
+    };
+    let default_route = Route6Spec {
+        dst: Ipv6Addr::UNSPECIFIED,
+        prefix_len: 0,
+        gateway: Some(POD_GATEWAY6),
+        oif: Some(eth),
+        table: MAIN_TABLE,
+        scope_link: false,
+    };
+    // Host side: all four settings before the link goes up (phase one wrote the IPv4 path's three).
+    sysctl::set(None, &host_veth_settings(spec.host_veth))?;
+    let pod_side = async {
+        futures::try_join!(
+            pod.set_up(eth),
+            pod.add_address6_nodad(eth, spec.ip, 128),
+            pod.replace_route(&gw_route),
+            pod.replace_route(&default_route),
+            pod.replace_permanent_neighbour(eth, POD_GATEWAY6, veth.host_mac),
+        )
+        .map(|_| ())
+    };
+    let route = host_route6(spec.ip, Some(veth.host.index));
+    let rules = pod_rules6(spec.ip, spec.table);
+    let host_side = async {
+        futures::try_join!(
+            host.set_up(veth.host.index),
+            host.replace_route(&route),
+            futures::future::try_join_all(rules.iter().map(|r| host.add_rule(r))),
+        )
+        .map(|_| ())
+    };
+    futures::try_join!(pod_side, host_side)?;
+    Ok(PodLinks {
+        host_mac: veth.host_mac,
+        container_mac: veth.eth.mac,
+        container_index: eth,
+    })
+}
+
+/// Builds an IPv6 pod's network ([`super::create_pod_veth`], then [`finish6`]). On error the caller runs
+/// [`teardown6`] (safe on a partial setup).
 pub async fn setup6(
     host: &Netlink,
     netns_path: &Path,
     spec: &PodNetwork6<'_>,
 ) -> Result<PodLinks, NetlinkError> {
-    let netns = File::open(netns_path).map_err(|source| NetlinkError::NetnsOpen {
-        path: netns_path.to_owned(),
-        source,
-    })?;
-    let pod = Netlink::connect_file(&netns)?;
-
-    // A leftover host veth of the same name (an earlier sandbox of the pod): see the IPv4 setup.
-    host.delete_link_by_name(spec.host_veth).await?;
-    let host_mac = random_mac();
-    host.create_veth(&VethSpec {
-        name: spec.host_veth,
-        mac: Some(host_mac),
-        mtu: spec.mtu,
-        peer_name: spec.container_ifname,
-        peer_mac: None,
-        peer_netns: Some(&netns),
-    })
+    let veth = super::create_pod_veth(
+        host,
+        netns_path,
+        spec.host_veth,
+        spec.container_ifname,
+        spec.mtu,
+    )
     .await?;
-
-    // Pod side: settings first (they exist as soon as the link does), then up, address, routes, static ND.
-    sysctl::set(Some(&netns), &pod_settings(spec.container_ifname))?;
-    let eth = pod
-        .link_by_name(spec.container_ifname)
-        .await?
-        .ok_or_else(|| NetlinkError::LinkNotFound(spec.container_ifname.to_string()))?;
-    if let Some(lo) = pod.link_by_name("lo").await? {
-        if !lo.up {
-            pod.set_up(lo.index).await?;
-        }
-    }
-    pod.set_up(eth.index).await?;
-    pod.add_address6_nodad(eth.index, spec.ip, 128).await?;
-    pod.replace_route(&Route6Spec {
-        dst: POD_GATEWAY6,
-        prefix_len: 128,
-        gateway: None,
-        oif: Some(eth.index),
-        table: MAIN_TABLE,
-        scope_link: true,
-    })
-    .await?;
-    pod.replace_route(&Route6Spec {
-        dst: Ipv6Addr::UNSPECIFIED,
-        prefix_len: 0,
-        gateway: Some(POD_GATEWAY6),
-        oif: Some(eth.index),
-        table: MAIN_TABLE,
-        scope_link: false,
-    })
-    .await?;
-    pod.replace_permanent_neighbour(eth.index, POD_GATEWAY6, host_mac)
-        .await?;
-
-    // Host side.
-    let veth = host
-        .link_by_name(spec.host_veth)
-        .await?
-        .ok_or_else(|| NetlinkError::LinkNotFound(spec.host_veth.to_string()))?;
-    sysctl::set(None, &host_veth_settings(spec.host_veth))?;
-    host.set_up(veth.index).await?;
-    host.replace_route(&host_route6(spec.ip, Some(veth.index)))
-        .await?;
-    for rule in pod_rules6(spec.ip, spec.table) {
-        host.add_rule(&rule).await?;
-    }
-    Ok(PodLinks {
-        host_mac,
-        container_mac: eth.mac,
-        container_index: eth.index,
-    })
+    finish6(host, &veth, spec).await
 }
 
 /// What to remove for an IPv6 pod (see [`super::PodTeardown`]).
