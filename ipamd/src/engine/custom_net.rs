@@ -261,7 +261,7 @@ impl Node {
             return res;
         }
         let outcome = match self.describe_eni_config_subnets(&cfg).await {
-            Ok(described) => eni_config_placement(&self.meta, &cfg, &described),
+            Ok(described) => eni_config_placement(&self.live_meta(), &cfg, &described),
             Err(p) => Err(p),
         };
         let (res, chosen) = match outcome {

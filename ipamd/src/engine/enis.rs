@@ -186,7 +186,7 @@ impl Node {
             return self.custom_placement(keys).await;
         }
         if !self.config.subnet_discovery {
-            return Ok(placement(&self.meta, None));
+            return Ok(placement(&self.live_meta(), None));
         }
         let filter = SubnetFilter {
             ids: Vec::new(),
@@ -194,10 +194,10 @@ impl Node {
             availability_zone: Some(self.meta.availability_zone.clone()),
         };
         Ok(match self.ec2.describe_subnets(&filter).await {
-            Ok(subnets) => placement(&self.meta, Some(&subnets)),
+            Ok(subnets) => placement(&self.live_meta(), Some(&subnets)),
             Err(e) => {
                 tracing::warn!(error = %e, "subnet discovery failed; using the node's subnet");
-                placement(&self.meta, None)
+                placement(&self.live_meta(), None)
             }
         })
     }
