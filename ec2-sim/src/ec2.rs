@@ -427,7 +427,9 @@ impl Ec2 for SimEc2 {
                 Err(Ec2Error::Other {
                     api,
                     code: "InvalidParameterValue".into(),
-                    message: format!("invalid security groups {groups:?}: at least one sg-... is required"),
+                    message: format!(
+                        "invalid security groups {groups:?}: at least one sg-... is required"
+                    ),
                 })
             } else if st.enis.contains_key(eni_id) {
                 st.eni_security_groups

@@ -112,10 +112,7 @@ impl SimEc2 {
             return;
         };
         {
-            let mut seen = self
-                .vpc_file_seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut seen = self.vpc_file_seen.lock().unwrap_or_else(|p| p.into_inner());
             if seen.as_deref() == Some(text.as_str()) {
                 return;
             }
@@ -157,9 +154,13 @@ mod tests {
             Some(vec!["sg-a".to_string(), "sg-b".to_string()])
         );
         assert_eq!(parse("").expect("empty"), VpcChange::default());
-        assert!(parse("cidr 10.1.0.0/33").expect_err("bad").contains("line 1"));
+        assert!(parse("cidr 10.1.0.0/33")
+            .expect_err("bad")
+            .contains("line 1"));
         assert!(parse("security-groups\n").is_err());
         assert!(parse("security-groups group-a\n").is_err());
-        assert!(parse("cidrs 10.1.0.0/16").expect_err("key").contains("cidrs"));
+        assert!(parse("cidrs 10.1.0.0/16")
+            .expect_err("key")
+            .contains("cidrs"));
     }
 }

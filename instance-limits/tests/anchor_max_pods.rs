@@ -43,15 +43,28 @@ fn every_type_of_the_anchors_list_is_known_and_agrees() {
             }
         }
     }
-    assert!(missing.is_empty(), "types the anchor lists and we do not: {missing:?}");
-    assert!(wrong.is_empty(), "max-pods differs from the anchor's: {wrong:?}");
+    assert!(
+        missing.is_empty(),
+        "types the anchor lists and we do not: {missing:?}"
+    );
+    assert!(
+        wrong.is_empty(),
+        "max-pods differs from the anchor's: {wrong:?}"
+    );
 }
 
 #[test]
 fn the_table_holds_at_least_the_anchors_types() {
     assert!(all().len() >= anchor_lines().len());
     // The anchor's hand-added types (scripts/gen_vpc_ip_limits.go, addManualLimits) are there.
-    for t in ["cr1.8xlarge", "hs1.8xlarge", "u-12tb1.metal", "c5a.metal", "bmn-sf1.metal", "dl1.24xlarge"] {
+    for t in [
+        "cr1.8xlarge",
+        "hs1.8xlarge",
+        "u-12tb1.metal",
+        "c5a.metal",
+        "bmn-sf1.metal",
+        "dl1.24xlarge",
+    ] {
         assert!(lookup(t).is_some(), "{t}");
     }
 }

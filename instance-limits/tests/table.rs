@@ -43,7 +43,12 @@ fn compiled_table_matches_tsv() {
     // Every addition is in the table as written (replacing the generated row of the same name, if any).
     for a in &additions {
         let l = lookup(&a.instance_type).unwrap();
-        assert_eq!((l.enis, l.ipv4_per_eni), (a.enis, a.ipv4_per_eni), "{}", a.instance_type);
+        assert_eq!(
+            (l.enis, l.ipv4_per_eni),
+            (a.enis, a.ipv4_per_eni),
+            "{}",
+            a.instance_type
+        );
     }
     let table = all();
     assert_eq!(table.len(), rows.len());

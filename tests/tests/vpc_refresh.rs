@@ -94,7 +94,10 @@ fn a_new_vpc_cidr_reaches_the_nft_rules_without_restart_and_unchanged_rules_are_
     // t3.small: 3 ENI slots; the EFA takes one, WARM_IP_TARGET=5 makes ipamd attach one of its own at startup.
     let ipamd = Ipamd::start_with_args(
         "t3.small",
-        &[("AWS_CNI_SNAT_BACKEND", "nftables"), ("WARM_IP_TARGET", "5")],
+        &[
+            ("AWS_CNI_SNAT_BACKEND", "nftables"),
+            ("WARM_IP_TARGET", "5"),
+        ],
         &["--sim-foreign-eni", "efa"],
     );
     let node = &ipamd.node;
@@ -136,7 +139,11 @@ fn a_new_vpc_cidr_reaches_the_nft_rules_without_restart_and_unchanged_rules_are_
         "a refresh ran:\n{}",
         ipamd.log()
     );
-    assert_eq!(nft_table(node), before, "unchanged CIDRs: the table is not rewritten");
+    assert_eq!(
+        nft_table(node),
+        before,
+        "unchanged CIDRs: the table is not rewritten"
+    );
     assert_eq!(refreshes(node, "vpc_cidrs", "applied"), 0.0);
 
     // A CIDR block associated with the VPC and new groups on the primary ENI.
@@ -161,7 +168,11 @@ fn a_new_vpc_cidr_reaches_the_nft_rules_without_restart_and_unchanged_rules_are_
         ipamd.sim_state()
     );
     let st = ipamd.sim_state();
-    assert_eq!(groups_of(&st, &efa[0]), efa_groups, "the EFA ENI keeps its groups");
+    assert_eq!(
+        groups_of(&st, &efa[0]),
+        efa_groups,
+        "the EFA ENI keeps its groups"
+    );
     assert_eq!(refreshes(node, "security_groups", "applied"), 1.0);
 
     // And nothing more is written while nothing changes again.
@@ -192,7 +203,8 @@ fn a_new_vpc_cidr_reaches_the_iptables_snat_chain_without_restart() {
     change_vpc(&ipamd);
     poke(&ipamd);
     assert!(
-        eventually(Duration::from_secs(15), || snat_chain(node).contains(NEW_CIDR)),
+        eventually(Duration::from_secs(15), || snat_chain(node)
+            .contains(NEW_CIDR)),
         "AWS-SNAT-CHAIN-0 gains {NEW_CIDR}:\n{}\n{}",
         snat_chain(node),
         ipamd.log()

@@ -233,7 +233,10 @@ impl Node {
             .filter(|(card, _)| *card == 0)
             .map(|(_, d)| *d)
             .collect();
-        let Some(device_index) = (1..self.policy().max_enis.max(2)).find(|d| !used.contains(d))
+        // Device indexes span the instance's slots, those of ENIs left alone included (the policy's count has
+        // them taken off already, so an EFA at index 1 must not hide index 2).
+        let Some(device_index) =
+            (1..self.base_policy().max_enis.max(2)).find(|d| !used.contains(d))
         else {
             return Err(Ec2Error::EniLimitExceeded {
                 api: "DescribeInstances",

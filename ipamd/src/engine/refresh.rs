@@ -162,9 +162,10 @@ impl Node {
         }
         let Some(mac) = datapath::MacAddr::parse(&self.meta.primary_mac) else {
             lock(&self.vpc).counts.cidrs.failed += 1;
-            report
-                .failures
-                .push(format!("primary MAC {:?} is invalid", self.meta.primary_mac));
+            report.failures.push(format!(
+                "primary MAC {:?} is invalid",
+                self.meta.primary_mac
+            ));
             return;
         };
         let mut plan = self.host_plan(mac);
@@ -228,7 +229,9 @@ impl Node {
                     }
                     Err(e) => {
                         tracing::warn!(eni = %eni, error = %e, "cannot give the ENI the primary ENI's security groups; the next refresh tries again");
-                        report.failures.push(format!("security groups of {eni}: {e}"));
+                        report
+                            .failures
+                            .push(format!("security groups of {eni}: {e}"));
                         failed = true;
                     }
                 }
@@ -346,7 +349,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn new_primary_groups_go_to_our_enis_only_and_to_new_enis() {
+    async fn new_primary_groups_never_go_to_the_primary_or_a_foreign_eni() {
         let (n, sim, _, _) = node_with(Config::default(), |s| {
             s.foreign_enis = vec![ForeignEni {
                 interface_type: "efa".into(),
@@ -401,7 +404,10 @@ mod tests {
         assert_eq!(r.enis_updated, vec![eni.clone()]);
         assert_eq!(sim.security_groups_of(&eni), ["sg-0a", "sg-0b"]);
         let c = n.refresh_counts();
-        assert_eq!((c.groups.applied, c.groups.failed, c.enis_updated), (1, 1, 1));
+        assert_eq!(
+            (c.groups.applied, c.groups.failed, c.enis_updated),
+            (1, 1, 1)
+        );
         // Done: the next refresh calls nothing.
         let calls = sim.calls().get("ModifyNetworkInterfaceAttribute").copied();
         n.refresh_vpc().await.expect("refresh");
@@ -409,6 +415,16 @@ mod tests {
             sim.calls().get("ModifyNetworkInterfaceAttribute").copied(),
             calls
         );
+    }
+
+    #[tokio::test]
+    async fn an_eni_created_after_the_change_has_the_new_groups() {
+        let (n, sim, _, _) = node_with(Config::default(), |_| {}).await;
+        sim.set_primary_security_groups(vec!["sg-0later".into()]);
+        n.refresh_vpc().await.expect("refresh");
+        let eni = two_enis(&n).await;
+        assert_eq!(sim.security_groups_of(&eni), ["sg-0later"]);
+        assert_eq!(sim.calls().get("ModifyNetworkInterfaceAttribute"), None);
     }
 
     #[tokio::test]
