@@ -545,6 +545,32 @@ mod tests {
         }
 
         #[tokio::test]
+        async fn the_vpc_refresh_leaves_the_eni_configs_groups_on_its_enis() {
+            let cluster = FakeCluster::default();
+            zone_node(&cluster);
+            let (probe, _, ids) = node_with(&FakeCluster::default()).await;
+            drop(probe);
+            put(&cluster, "us-west-2a", &[&ids[1]], &["sg-pods"]);
+            let (n, sim, _) = node_with(&cluster).await;
+            n.fill().await.expect("fill");
+            let enis = sim.all_enis();
+            let eni = enis
+                .iter()
+                .find(|e| e.device_index != Some(0))
+                .expect("an ENI in the ENIConfig's subnet");
+            let calls = sim.calls().get("ModifyNetworkInterfaceAttribute").copied();
+            sim.set_primary_security_groups(vec!["sg-0node2".into()]);
+            let r = n.refresh_vpc().await.expect("refresh");
+            assert_eq!(r.security_groups, Some(vec!["sg-0node2".to_string()]));
+            assert!(r.enis_updated.is_empty(), "{r:?}");
+            assert_eq!(sim.security_groups_of(&eni.id), ["sg-pods"]);
+            assert_eq!(
+                sim.calls().get("ModifyNetworkInterfaceAttribute").copied(),
+                calls
+            );
+        }
+
+        #[tokio::test]
         async fn pods_land_on_an_eni_in_the_eni_configs_zone_subnet_with_its_security_groups() {
             let cluster = FakeCluster::default();
             zone_node(&cluster);
