@@ -27,6 +27,21 @@ fn snat_chain(node: &Netns) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// The SNAT chain as nf_tables holds it (iptables-nft), with every rule's kernel handle.
+fn snat_chain_handles(node: &Netns) -> String {
+    let out = node.exec(&[
+        "nft",
+        "-a",
+        "list",
+        "chain",
+        "ip",
+        "nat",
+        "AWS-SNAT-CHAIN-0",
+    ]);
+    assert!(out.status.success(), "nft list chain: {out:?}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// The value of one `awscni_vpc_refresh_total` series (0 when absent).
 fn refreshes(node: &Netns, item: &str, outcome: &str) -> f64 {
     let out = node.exec(&[
@@ -63,6 +78,24 @@ fn status_json(ipamd: &Ipamd) -> Value {
 fn poke(ipamd: &Ipamd) {
     let pid = ipamd.pid().expect("running").to_string();
     assert!(sh("kill", &["-USR1", &pid]).status.success());
+}
+
+/// Two requested passes (SIGUSR1), each seen through a refresh that found nothing new: the first pass's
+/// reconcile (which re-applies the host rules after the refresh) has finished when the second refresh is counted.
+fn unchanged_pass(ipamd: &Ipamd) {
+    for _ in 0..2 {
+        let checks = refreshes(&ipamd.node, "vpc_cidrs", "unchanged");
+        poke(ipamd);
+        assert!(
+            eventually(Duration::from_secs(15), || refreshes(
+                &ipamd.node,
+                "vpc_cidrs",
+                "unchanged"
+            ) > checks),
+            "a refresh ran:\n{}",
+            ipamd.log()
+        );
+    }
 }
 
 /// The attached ENIs but the primary, from the simulator's state: `(id, interface type)`.
@@ -144,17 +177,7 @@ fn a_new_vpc_cidr_reaches_the_nft_rules_without_restart_and_unchanged_rules_are_
     // Nothing changed: a refresh runs and the table is not rewritten (same kernel handles).
     let before = nft_table(node);
     assert!(!before.contains(NEW_CIDR), "{before}");
-    let checks = refreshes(node, "vpc_cidrs", "unchanged");
-    poke(&ipamd);
-    assert!(
-        eventually(Duration::from_secs(15), || refreshes(
-            node,
-            "vpc_cidrs",
-            "unchanged"
-        ) > checks),
-        "a refresh ran:\n{}",
-        ipamd.log()
-    );
+    unchanged_pass(&ipamd);
     assert_eq!(
         nft_table(node),
         before,
@@ -205,19 +228,14 @@ fn a_new_vpc_cidr_reaches_the_nft_rules_without_restart_and_unchanged_rules_are_
 
     // And nothing more is written while nothing changes again.
     let after = nft_table(node);
-    let checks = refreshes(node, "vpc_cidrs", "unchanged");
-    poke(&ipamd);
-    assert!(eventually(Duration::from_secs(15), || refreshes(
-        node,
-        "vpc_cidrs",
-        "unchanged"
-    ) > checks));
+    unchanged_pass(&ipamd);
     assert_eq!(nft_table(node), after, "applied once, not rewritten");
     assert_eq!(refreshes(node, "vpc_cidrs", "applied"), 1.0);
 }
 
 #[test]
-fn a_new_vpc_cidr_reaches_the_iptables_snat_chain_without_restart() {
+fn a_new_vpc_cidr_reaches_the_iptables_snat_chain_without_restart_and_unchanged_chains_are_not_rewritten(
+) {
     let ipamd = Ipamd::start("t3.nano", &[("AWS_CNI_SNAT_BACKEND", "iptables-nft")]);
     let node = &ipamd.node;
     assert!(
@@ -228,6 +246,10 @@ fn a_new_vpc_cidr_reaches_the_iptables_snat_chain_without_restart() {
         ipamd.log()
     );
     assert!(!snat_chain(node).contains(NEW_CIDR));
+    // Nothing changed: neither the refresh nor reconcile's re-apply rewrites the chain (same handles).
+    let before = snat_chain_handles(node);
+    unchanged_pass(&ipamd);
+    assert_eq!(snat_chain_handles(node), before, "not rewritten");
     change_vpc(&ipamd);
     poke(&ipamd);
     assert!(
