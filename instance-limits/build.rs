@@ -1,4 +1,4 @@
-//! Compiles `data/instance-limits.tsv` into `$OUT_DIR/table.rs`: one
+//! Compiles `data/instance-limits.tsv`, with `data/anchor-additions.tsv` laid over it, into `$OUT_DIR/table.rs`: one
 //! `static TABLE: &[InstanceLimits]`, sorted by name, so lookups at run time
 //! do no parsing and no heap allocation.
 
@@ -12,6 +12,7 @@ mod format;
 
 fn main() {
     println!("cargo:rerun-if-changed=data/instance-limits.tsv");
+    println!("cargo:rerun-if-changed=data/anchor-additions.tsv");
     println!("cargo:rerun-if-changed=src/format.rs");
     println!("cargo:rerun-if-changed=build.rs");
 
@@ -26,6 +27,14 @@ fn main() {
     let text =
         fs::read_to_string(&tsv).unwrap_or_else(|e| panic!("cannot read {}: {e}", tsv.display()));
     let rows = format::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", tsv.display()));
+    // The anchor's types that DescribeInstanceTypes data lacks or gets wrong (see the file's README note in
+    // src/lib.rs): laid over the generated table.
+    let extra_path = manifest_dir.join("data").join("anchor-additions.tsv");
+    let extra_text = fs::read_to_string(&extra_path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", extra_path.display()));
+    let extra =
+        format::parse(&extra_text).unwrap_or_else(|e| panic!("{}: {e}", extra_path.display()));
+    let rows = format::merge(rows, extra);
     if rows.is_empty() {
         panic!("{}: the table has no rows", tsv.display());
     }

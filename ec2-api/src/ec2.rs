@@ -291,6 +291,9 @@ pub trait Ec2: Send + Sync + 'static {
         eni_id: &str,
         attachment_id: &str,
     ) -> Result<(), Ec2Error>;
+    /// ModifyNetworkInterfaceAttribute(Groups=`groups`): replaces the ENI's security groups (the VPC refresh
+    /// pushes the primary ENI's groups to the ENIs ipamd manages, as the anchor does).
+    async fn set_security_groups(&self, eni_id: &str, groups: &[String]) -> Result<(), Ec2Error>;
     /// AssignPrivateIpAddresses; returns only what was added.
     async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error>;
     /// UnassignPrivateIpAddresses (IPs and/or prefixes).

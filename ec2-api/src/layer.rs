@@ -139,6 +139,15 @@ impl<L: Ec2Layer, E: Ec2 + ?Sized> Ec2 for Layered<L, E> {
             .await
     }
 
+    async fn set_security_groups(&self, eni_id: &str, groups: &[String]) -> Result<(), Ec2Error> {
+        let e = &*self.inner;
+        self.layer
+            .around(Api::ModifyNetworkInterfaceAttribute, &|| {
+                e.set_security_groups(eni_id, groups)
+            })
+            .await
+    }
+
     async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
         let e = &*self.inner;
         self.layer

@@ -547,6 +547,18 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
+    async fn set_security_groups(&self, eni_id: &str, groups: &[String]) -> Result<(), Ec2Error> {
+        const API: &str = "ModifyNetworkInterfaceAttribute";
+        self.client
+            .modify_network_interface_attribute()
+            .network_interface_id(eni_id)
+            .set_groups(Some(groups.to_vec()))
+            .send()
+            .await
+            .map_err(|e| from_sdk(API, &Context::eni(eni_id), e))?;
+        Ok(())
+    }
+
     async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
         const API: &str = "AssignPrivateIpAddresses";
         let call = self

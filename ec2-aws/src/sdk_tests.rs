@@ -640,6 +640,28 @@ async fn delete_on_termination_names_the_attachment() {
 }
 
 #[tokio::test]
+async fn security_groups_are_replaced_with_modify_groups() {
+    let script = Scripted::new(vec![ok(
+        "<ModifyNetworkInterfaceAttributeResponse><requestId>r</requestId><return>true</return>\
+         </ModifyNetworkInterfaceAttributeResponse>"
+            .into(),
+    )]);
+    client(&script)
+        .set_security_groups("eni-1", &["sg-0a".to_string(), "sg-0b".to_string()])
+        .await
+        .expect("modify");
+    let body = script.seen()[0].body.clone();
+    for part in [
+        "Action=ModifyNetworkInterfaceAttribute",
+        "NetworkInterfaceId=eni-1",
+        "SecurityGroupId.1=sg-0a",
+        "SecurityGroupId.2=sg-0b",
+    ] {
+        assert!(body.contains(part), "{part} missing in {body}");
+    }
+}
+
+#[tokio::test]
 async fn an_ipv6_prefix_is_asked_with_ipv6_prefix_count_and_comes_back_as_a_80() {
     let body = "<AssignIpv6AddressesResponse><requestId>r</requestId>\
                 <networkInterfaceId>eni-1</networkInterfaceId>\

@@ -424,6 +424,33 @@ impl Ec2 for SimEc2 {
         self.finish(api, post, res).await
     }
 
+    async fn set_security_groups(&self, eni_id: &str, groups: &[String]) -> Result<(), Ec2Error> {
+        let api = Api::ModifyNetworkInterfaceAttribute.name();
+        let post = self.gate(api).await?;
+        let res = {
+            let mut st = self.lock();
+            if groups.is_empty() || groups.iter().any(|g| !g.starts_with("sg-")) {
+                Err(Ec2Error::Other {
+                    api,
+                    code: "InvalidParameterValue".into(),
+                    message: format!(
+                        "invalid security groups {groups:?}: at least one sg-... is required"
+                    ),
+                })
+            } else if st.enis.contains_key(eni_id) {
+                st.eni_security_groups
+                    .insert(eni_id.to_string(), groups.to_vec());
+                if st.enis.get(eni_id).and_then(|e| e.device_index) == Some(0) {
+                    st.security_groups = groups.to_vec();
+                }
+                Ok(())
+            } else {
+                Err(not_found(api, eni_id))
+            }
+        };
+        self.finish(api, post, res).await
+    }
+
     async fn assign_private_ips(&self, eni_id: &str, req: IpRequest) -> Result<Assigned, Ec2Error> {
         let api = Api::AssignPrivateIpAddresses.name();
         let post = self.gate(api).await?;

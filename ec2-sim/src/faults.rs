@@ -28,6 +28,7 @@ impl SimEc2 {
                 }
             }
         }
+        self.check_vpc_file();
         let now = self.clock.now();
         let fault = {
             let mut st = self.lock();

@@ -53,6 +53,7 @@ pub(crate) fn apply_imds(st: &mut SimState, now: Duration) {
 #[async_trait]
 impl Imds for SimEc2 {
     async fn node(&self) -> Result<NodeMetadata, ImdsError> {
+        self.check_vpc_file();
         let mut st = self.lock();
         st.imds_reads += 1;
         let primary = st
@@ -69,7 +70,9 @@ impl Imds for SimEc2 {
             availability_zone: st.availability_zone.clone(),
             primary_mac: primary.mac.clone(),
             local_ipv4: primary.primary_ip,
-            vpc_cidrs: vec![st.vpc_cidr],
+            vpc_cidrs: std::iter::once(st.vpc_cidr)
+                .chain(st.vpc_secondary_cidrs.iter().copied())
+                .collect(),
             region: st
                 .availability_zone
                 .trim_end_matches(|c: char| c.is_ascii_alphabetic())

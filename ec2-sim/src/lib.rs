@@ -10,6 +10,11 @@
 //!   on request (and [`SimEc2::defragment_subnet`] lifts it; under `ipamd run --backend sim` the file
 //!   [`run::fragment_file`] beside the state does both: present = fragmented). Extra subnets (with tags, for subnet discovery)
 //!   can be added.
+//! - **A changing VPC**: [`SimEc2::set_vpc_secondary_cidrs`] associates CIDR blocks with the VPC and
+//!   [`SimEc2::set_primary_security_groups`] changes the primary ENI's security groups, and IMDS serves the new
+//!   values at once (`vpc-ipv4-cidr-blocks`, `security-group-ids`); under `ipamd run --backend sim` the file
+//!   [`run::vpc_file`] beside the state does both (see [`vpc`]). ModifyNetworkInterfaceAttribute with `Groups`
+//!   replaces an ENI's security groups.
 //! - **Eventual consistency**: IMDS shows each ENI change [`SimSpec::imds_lag`] after EC2 made it.
 //! - **Attach latency**: an ENI stays `attaching` (and its NIC absent) for [`SimSpec::attach_latency`].
 //! - **Throttling**: a token bucket per API, like EC2's request-rate limits (mutating and non-mutating actions have
@@ -47,6 +52,7 @@ mod spec;
 mod state;
 #[cfg(test)]
 mod tests;
+pub mod vpc;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -78,6 +84,9 @@ pub struct SimEc2 {
     api_latency: Duration,
     throttle: Option<ThrottleSpec>,
     fragment_file: Option<PathBuf>,
+    vpc_file: Option<PathBuf>,
+    /// The content of `vpc_file` last applied (a file is applied again only when it changed).
+    vpc_file_seen: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for SimEc2 {
@@ -160,6 +169,7 @@ impl SimEc2 {
             subnet_cidr: spec.subnet_cidr,
             vpc_id: "vpc-0sim00000000000001".into(),
             vpc_cidr: spec.vpc_cidr,
+            vpc_secondary_cidrs: Vec::new(),
             security_groups: vec!["sg-0sim00000000000001".into()],
             availability_zone: spec.availability_zone.clone(),
             network_cards,
@@ -191,6 +201,8 @@ impl SimEc2 {
         state.enis.insert(primary_id.clone(), primary);
         let groups = state.security_groups.clone();
         state.eni_security_groups.insert(primary_id.clone(), groups);
+        // Other components' ENIs have security groups of their own (here: the instance's at launch).
+        let foreign_groups = state.security_groups.clone();
         let instance_id = state.instance_id.clone();
         if let Some(eni) = state.enis.get_mut(&primary_id) {
             eni.device_index = Some(0);
@@ -217,6 +229,9 @@ impl SimEc2 {
             eni.status = "in-use".into();
             eni.delete_on_termination = true;
             attached.push(eni.id.clone());
+            state
+                .eni_security_groups
+                .insert(eni.id.clone(), foreign_groups.clone());
             state.enis.insert(eni.id.clone(), eni);
         }
         let on_card0 = state
@@ -376,6 +391,8 @@ impl SimEc2 {
             api_latency: spec.api_latency,
             throttle: spec.throttle,
             fragment_file: spec.fragment_file,
+            vpc_file: spec.vpc_file,
+            vpc_file_seen: Arc::default(),
         }
     }
 

@@ -31,6 +31,14 @@ pub fn fragment_file(state_file: &Path) -> PathBuf {
     state_file.with_extension("fragment")
 }
 
+/// The file that changes the simulated VPC while the instance runs (`<state file>` with the extension `vpc`,
+/// e.g. `sim-ec2.vpc`; format in [`crate::vpc`]): its `cidr` lines are the VPC's secondary CIDR blocks, its
+/// `security-groups` line the primary ENI's security groups. Read at every EC2 call and IMDS read; applied when
+/// its content changed; removing it changes nothing.
+pub fn vpc_file(state_file: &Path) -> PathBuf {
+    state_file.with_extension("vpc")
+}
+
 /// Where the simulated instance keeps its state and its wire (see the module docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
@@ -105,6 +113,7 @@ pub async fn start(spec: RunSpec) -> Result<SimEc2, SimError> {
     let mut sim_spec = SimSpec::new(&spec.instance_type);
     sim_spec.state_file = state_file.clone();
     sim_spec.fragment_file = state_file.as_deref().map(fragment_file);
+    sim_spec.vpc_file = state_file.as_deref().map(vpc_file);
     sim_spec.api_latency = spec.api_latency;
     sim_spec.extra_subnets = spec.extra_subnets.clone();
     sim_spec.foreign_enis = spec.foreign_enis.clone();

@@ -146,6 +146,9 @@ pub struct SimSpec {
     /// A file whose presence fragments every subnet (checked at each call; removing it lifts the
     /// fragmentation): see [`crate::SimEc2::fragment_subnet`].
     pub fragment_file: Option<PathBuf>,
+    /// A file that changes the VPC's CIDR blocks and the primary ENI's security groups while the instance runs
+    /// (checked at each EC2 call and IMDS read): see [`crate::vpc`].
+    pub vpc_file: Option<PathBuf>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -193,6 +196,7 @@ impl SimSpec {
             throttle: Some(ThrottleSpec::default()),
             foreign_enis: Vec::new(),
             fragment_file: None,
+            vpc_file: None,
             clock: Arc::new(SystemClock::default()),
         }
     }

@@ -73,6 +73,10 @@ pub(crate) struct SimState {
     pub(crate) subnet_cidr: Ipv4Network,
     pub(crate) vpc_id: String,
     pub(crate) vpc_cidr: Ipv4Network,
+    /// CIDR blocks associated with the VPC after its creation ([`crate::SimEc2::set_vpc_secondary_cidrs`]).
+    #[serde(default)]
+    pub(crate) vpc_secondary_cidrs: Vec<Ipv4Network>,
+    /// The primary ENI's security groups (IMDS `security-group-ids`).
     pub(crate) security_groups: Vec<String>,
     pub(crate) availability_zone: String,
     /// `(card index, max ENIs)`.

@@ -727,3 +727,59 @@ async fn a_client_token_makes_create_happen_once_as_on_ec2() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn the_vpc_file_changes_cidrs_and_primary_groups_that_imds_then_serves() {
+    let dir = std::env::temp_dir().join(format!("sim-vpc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("sim-ec2.vpc");
+    let _ = std::fs::remove_file(&file);
+    let mut spec = SimSpec::new("m5.large");
+    spec.vpc_file = Some(file.clone());
+    let s = SimEc2::launch(spec, Arc::new(NoHotplug))
+        .await
+        .expect("launch");
+    let before = s.node().await.expect("imds");
+    assert_eq!(before.vpc_cidrs.len(), 1);
+    let primary = s.enis().await.expect("imds")[0].eni_id.clone();
+    std::fs::write(
+        &file,
+        "cidr 100.64.0.0/16\nsecurity-groups sg-0new1 sg-0new2\n",
+    )
+    .expect("write");
+    let after = s.node().await.expect("imds");
+    let extra: ipnetwork::Ipv4Network = "100.64.0.0/16".parse().expect("cidr");
+    assert_eq!(after.vpc_cidrs, vec![before.vpc_cidrs[0], extra]);
+    assert_eq!(after.security_groups, ["sg-0new1", "sg-0new2"]);
+    assert_eq!(s.security_groups_of(&primary), ["sg-0new1", "sg-0new2"]);
+    // Removing the file changes nothing; a bad file is ignored.
+    std::fs::remove_file(&file).expect("rm");
+    assert_eq!(s.node().await.expect("imds").vpc_cidrs.len(), 2);
+    std::fs::write(&file, "cidr nonsense\n").expect("write");
+    assert_eq!(s.node().await.expect("imds").vpc_cidrs.len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn modify_groups_replaces_an_enis_groups_and_refuses_empty_or_unknown() {
+    let s = sim("m5.large").await;
+    let eni = s
+        .create_network_interface(req(IpRequest::Secondary(0)))
+        .await
+        .expect("create");
+    s.set_security_groups(&eni.id, &["sg-0x".to_string()])
+        .await
+        .expect("modify");
+    assert_eq!(s.security_groups_of(&eni.id), ["sg-0x"]);
+    assert_eq!(s.calls().get("ModifyNetworkInterfaceAttribute"), Some(&1));
+    let err = s
+        .set_security_groups(&eni.id, &[])
+        .await
+        .expect_err("empty");
+    assert_eq!(err.code(), "InvalidParameterValue");
+    let err = s
+        .set_security_groups("eni-0nope", &["sg-0x".to_string()])
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, Ec2Error::NotFound { .. }), "{err}");
+}

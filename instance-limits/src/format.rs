@@ -263,6 +263,20 @@ pub fn parse(text: &str) -> Result<Vec<Row>, FormatError> {
     Ok(rows)
 }
 
+/// `base` with `additions` laid over it: a row of `additions` replaces the row of `base` with the same name, or
+/// is added; the result is sorted by name (byte order). How `build.rs` joins `data/instance-limits.tsv` and
+/// `data/anchor-additions.tsv`.
+pub fn merge(base: Vec<Row>, additions: Vec<Row>) -> Vec<Row> {
+    let mut by_name: std::collections::BTreeMap<Vec<u8>, Row> = base
+        .into_iter()
+        .map(|r| (r.instance_type.as_bytes().to_vec(), r))
+        .collect();
+    for r in additions {
+        by_name.insert(r.instance_type.as_bytes().to_vec(), r);
+    }
+    by_name.into_values().collect()
+}
+
 /// Renders rows as a table: validates each row, sorts by name (byte order),
 /// drops exact duplicates, and rejects two different rows for one name.
 pub fn render(rows: &[Row]) -> Result<String, FormatError> {

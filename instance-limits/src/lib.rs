@@ -33,6 +33,24 @@
 //! Pointing `--endpoint` at a real regional EC2 endpoint (with real
 //! credentials in the usual `AWS_*` variables) works the same way.
 //!
+//! # The anchor's additions (`data/anchor-additions.tsv`)
+//!
+//! The anchor's table (`pkg/vpc/vpc_ip_resource_limit.go`, and its published
+//! `misc/eni-max-pods.txt`) holds types that the API data lacks: those its
+//! generator adds by hand (`addManualLimits` in `scripts/gen_vpc_ip_limits.go`:
+//! `cr1.8xlarge`, `hs1.8xlarge`, the `u-*tb1.metal`, `c5a.metal`, `c5ad.metal`,
+//! `bmn-sf1.metal`, `f1.*`, `p3.*`, `c7i.32xlarge`, `dl1.24xlarge`, ...) and
+//! types no longer offered everywhere (`g4ad.*`); and for `i7ie.48xlarge`,
+//! `i7ie.metal-48xl`, `i8ge.48xlarge`, `i8ge.metal-48xl` its ENI counts differ
+//! from the snapshot the generated table came from. `build.rs` lays this file
+//! (same format) over the generated one, so a regenerated table keeps them and
+//! `ipamd max-pods --show-max-allowed` agrees with every line of the anchor's
+//! `eni-max-pods.txt` (checked in as `data/anchor-eni-max-pods.txt`; the test
+//! `tests/anchor_max_pods.rs`). The anchor's table has no IPv6 or vCPU
+//! columns: `ipv6_per_eni` is the IPv4 count (0 for the two previous-generation
+//! types), `vcpus` EC2's published count, 0 where unknown (`bmn-sf1.metal`:
+//! then the 110 cap applies unless `--show-max-allowed`).
+//!
 //! # Table format (`data/instance-limits.tsv`), exactly
 //!
 //! Any other writer (e.g. a Rust `ipamd gen-limits`) must produce the same

@@ -6,6 +6,7 @@ use instance_limits::{all, lookup, suggest, Hypervisor};
 use std::collections::HashSet;
 
 const TSV: &str = include_str!("../data/instance-limits.tsv");
+const ADDITIONS: &str = include_str!("../data/anchor-additions.tsv");
 
 #[test]
 fn tsv_parses_and_rows_are_unique_and_sorted() {
@@ -36,7 +37,19 @@ fn tsv_round_trips_byte_for_byte() {
 
 #[test]
 fn compiled_table_matches_tsv() {
-    let rows = format::parse(TSV).unwrap();
+    let additions = format::parse(ADDITIONS).unwrap();
+    assert!(!additions.is_empty());
+    let rows = format::merge(format::parse(TSV).unwrap(), additions.clone());
+    // Every addition is in the table as written (replacing the generated row of the same name, if any).
+    for a in &additions {
+        let l = lookup(&a.instance_type).unwrap();
+        assert_eq!(
+            (l.enis, l.ipv4_per_eni),
+            (a.enis, a.ipv4_per_eni),
+            "{}",
+            a.instance_type
+        );
+    }
     let table = all();
     assert_eq!(table.len(), rows.len());
     for (row, limits) in rows.iter().zip(table) {
@@ -87,7 +100,12 @@ fn invariants_of_every_type() {
             l.supports_prefix_delegation(),
             l.hypervisor == Hypervisor::Nitro || l.bare_metal
         );
-        assert!(l.ipv4_per_eni >= 1 && l.vcpus >= 1, "{}", l.instance_type);
+        // vCPUs: 0 only for an anchor addition whose count is not published (bmn-sf1.metal).
+        assert!(
+            l.ipv4_per_eni >= 1 && (l.vcpus >= 1 || l.instance_type == "bmn-sf1.metal"),
+            "{}",
+            l.instance_type
+        );
         xen += usize::from(l.hypervisor == Hypervisor::Xen);
         metal += usize::from(l.bare_metal);
     }

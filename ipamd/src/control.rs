@@ -231,6 +231,8 @@ impl IpamdControl for ControlService {
             eni_changes_paused: self.node.enis_frozen(),
             address_mode: self.node.address_mode().as_str().to_string(),
             pool_knobs: self.node.knobs().to_string(),
+            vpc_cidrs: self.node.vpc_cidrs(),
+            security_groups: self.node.security_groups(),
         }))
     }
 

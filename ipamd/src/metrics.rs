@@ -197,6 +197,11 @@ pub struct Metrics {
     pub address_mode: IntGaugeVec,
     /// Live reloads of the pool knobs, by outcome (`applied`, `refused`); see [`crate::reload`].
     pub config_reloads: IntCounterVec,
+    /// VPC refresh checks by item (`vpc_cidrs`, `security_groups`) and outcome (`unchanged`: nothing written,
+    /// `applied`, `failed`); see [`crate::engine::refresh`].
+    pub vpc_refresh: IntCounterVec,
+    /// ENIs given the primary ENI's new security groups (ModifyNetworkInterfaceAttribute).
+    pub security_group_updates: IntCounter,
 }
 
 /// Registers families and remembers their declarations.
@@ -495,6 +500,16 @@ impl Metrics {
                 "Live reloads of the pool knobs (SIGHUP or the pool config file), by outcome (applied, refused)",
                 &["outcome"],
             )?,
+            vpc_refresh: r.counter_vec(
+                "awscni_vpc_refresh_total",
+                "VPC refresh checks by item (vpc_cidrs: SNAT/connmark exclusions, security_groups: the primary \
+                 ENI's) and outcome (unchanged: nothing rewritten, applied, failed)",
+                &["item", "outcome"],
+            )?,
+            security_group_updates: r.counter(
+                "awscni_security_group_updates_total",
+                "ENIs given the primary ENI's new security groups (ModifyNetworkInterfaceAttribute)",
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -623,6 +638,26 @@ impl Metrics {
             self.force_removed_ips.inc_by(forced - *seen);
             *seen = forced;
         }
+    }
+
+    /// Brings the VPC refresh counters up to the engine's totals ([`crate::engine::Node::refresh_counts`]).
+    pub fn refresh_vpc(&self, c: &crate::engine::refresh::RefreshCounts) {
+        fn up_to(counter: &prometheus::IntCounter, total: u64) {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
+        for (item, o) in [("vpc_cidrs", c.cidrs), ("security_groups", c.groups)] {
+            for (outcome, total) in [
+                ("unchanged", o.unchanged),
+                ("applied", o.applied),
+                ("failed", o.failed),
+            ] {
+                up_to(&self.vpc_refresh.with_label_values(&[item, outcome]), total);
+            }
+        }
+        up_to(&self.security_group_updates, c.enis_updated);
     }
 
     /// The text exposition of every series. Families without samples yet (label vectors nobody has used) still

@@ -104,3 +104,23 @@ fn json_and_all_outputs() {
     assert!(lines.len() > 1000, "{} lines", lines.len());
     assert!(lines.contains(&"m5.large 29"));
 }
+
+/// Types the anchor adds by hand (its generator's manual limits) or that DescribeInstanceTypes data lacks, and
+/// those whose ENI counts the API snapshot got wrong: the binary prints the anchor's published value (the
+/// library checks every line of the anchor's list: instance-limits/tests/anchor_max_pods.rs).
+#[test]
+fn the_anchors_hand_added_types_print_its_published_values() {
+    for (t, want) in [
+        ("bmn-sf1.metal", "737"),
+        ("cr1.8xlarge", "234"),
+        ("dl1.24xlarge", "737"),
+        ("g4ad.xlarge", "8"),
+        ("i8ge.48xlarge", "1178"),
+        ("p3.2xlarge", "58"),
+        ("u-24tb1.metal", "737"),
+    ] {
+        let (ok, out, err) = max_pods(&["--instance-type", t, "--show-max-allowed"]);
+        assert!(ok, "{t}: {err}");
+        assert_eq!(out, want, "{t}");
+    }
+}

@@ -110,6 +110,8 @@ pub async fn status(
             },
             "lastDecision": st.last_decision,
             "lastError": st.last_error,
+            "vpcCidrs": st.vpc_cidrs,
+            "securityGroups": st.security_groups,
             "snatBackend": st.snat_backend,
             "snatBackendReason": st.snat_backend_reason,
             "customNetworking": if st.custom_networking {
@@ -196,6 +198,14 @@ pub async fn status(
                 st.eni_config_problem
             );
         }
+    }
+    if !st.vpc_cidrs.is_empty() {
+        let _ = writeln!(
+            out,
+            "vpc        {} (security groups {})",
+            st.vpc_cidrs.join(","),
+            st.security_groups.join(",")
+        );
     }
     if !st.snat_backend.is_empty() {
         let _ = writeln!(

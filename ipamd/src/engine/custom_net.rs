@@ -261,7 +261,7 @@ impl Node {
             return res;
         }
         let outcome = match self.describe_eni_config_subnets(&cfg).await {
-            Ok(described) => eni_config_placement(&self.meta, &cfg, &described),
+            Ok(described) => eni_config_placement(&self.live_meta(), &cfg, &described),
             Err(p) => Err(p),
         };
         let (res, chosen) = match outcome {
@@ -542,6 +542,32 @@ mod tests {
                 container_id: c.into(),
                 if_name: "eth0".into(),
             }
+        }
+
+        #[tokio::test]
+        async fn the_vpc_refresh_leaves_the_eni_configs_groups_on_its_enis() {
+            let cluster = FakeCluster::default();
+            zone_node(&cluster);
+            let (probe, _, ids) = node_with(&FakeCluster::default()).await;
+            drop(probe);
+            put(&cluster, "us-west-2a", &[&ids[1]], &["sg-pods"]);
+            let (n, sim, _) = node_with(&cluster).await;
+            n.fill().await.expect("fill");
+            let enis = sim.all_enis();
+            let eni = enis
+                .iter()
+                .find(|e| e.device_index != Some(0))
+                .expect("an ENI in the ENIConfig's subnet");
+            let calls = sim.calls().get("ModifyNetworkInterfaceAttribute").copied();
+            sim.set_primary_security_groups(vec!["sg-0node2".into()]);
+            let r = n.refresh_vpc().await.expect("refresh");
+            assert_eq!(r.security_groups, Some(vec!["sg-0node2".to_string()]));
+            assert!(r.enis_updated.is_empty(), "{r:?}");
+            assert_eq!(sim.security_groups_of(&eni.id), ["sg-pods"]);
+            assert_eq!(
+                sim.calls().get("ModifyNetworkInterfaceAttribute").copied(),
+                calls
+            );
         }
 
         #[tokio::test]

@@ -192,7 +192,7 @@ impl Node {
             return self.custom_placement(keys).await;
         }
         if !self.config.subnet_discovery {
-            return Ok(placement(&self.meta, None));
+            return Ok(placement(&self.live_meta(), None));
         }
         let filter = SubnetFilter {
             ids: Vec::new(),
@@ -206,17 +206,17 @@ impl Node {
             .filter(|(at, _)| now.saturating_sub(*at) < SUBNET_CACHE_TTL)
             .map(|(_, subnets)| subnets.clone());
         if let Some(subnets) = cached {
-            return Ok(placement(&self.meta, Some(&subnets)));
+            return Ok(placement(&self.live_meta(), Some(&subnets)));
         }
         Ok(match self.ec2.describe_subnets(&filter).await {
             Ok(subnets) => {
-                let at = placement(&self.meta, Some(&subnets));
+                let at = placement(&self.live_meta(), Some(&subnets));
                 lock(&self.status).subnet_cache = Some((self.deps.clock.now(), subnets));
                 at
             }
             Err(e) => {
                 tracing::warn!(error = %e, "subnet discovery failed; using the node's subnet");
-                placement(&self.meta, None)
+                placement(&self.live_meta(), None)
             }
         })
     }
@@ -252,7 +252,10 @@ impl Node {
             .filter(|(card, _)| *card == 0)
             .map(|(_, d)| *d)
             .collect();
-        let Some(device_index) = (1..self.policy().max_enis.max(2)).find(|d| !used.contains(d))
+        // Device indexes span the instance's slots, those of ENIs left alone included (the policy's count has
+        // them taken off already, so an EFA at index 1 must not hide index 2).
+        let Some(device_index) =
+            (1..self.base_policy().max_enis.max(2)).find(|d| !used.contains(d))
         else {
             return Err(Ec2Error::EniLimitExceeded {
                 api: "DescribeInstances",

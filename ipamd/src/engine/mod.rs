@@ -14,6 +14,7 @@
 //! - [`enis`]: the ENI lifecycle (assign, release, attach, free) and where a new ENI goes ([`enis::placement`]);
 //! - [`custom_net`]: custom networking, where the node's `ENIConfig` sends new ENIs, or why it cannot;
 //! - [`reconcile`]: the datastore, the host and EC2 kept in agreement; [`leak_gc`]: ENIs a crash left behind;
+//!   [`refresh`]: the VPC's CIDR blocks and the primary ENI's security groups re-read and applied on change;
 //! - [`recovery`]: a restart's checkpoint put back, checked against EC2 and the host;
 //! - [`checkpoint`]: the assignments on disk (the anchor's file format, group-committed writes);
 //!   [`persist`]: the engine's side of it (durable ADD/DEL, the background flusher);
@@ -45,6 +46,7 @@ pub mod pool_task;
 mod real_node_tests;
 pub mod reconcile;
 pub mod recovery;
+pub mod refresh;
 pub mod subnets;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -333,6 +335,8 @@ pub struct Node {
     /// The instance's ENI slots not in the datastore: ENIs left alone (trunk, EFA, no_manage, ...), ours still
     /// waiting for host setup, and the limit EC2 enforced ([`foreign`]).
     pub(crate) foreign: Mutex<foreign::Slots>,
+    /// The VPC's CIDR blocks and the primary ENI's security groups in force ([`refresh`]).
+    pub(crate) vpc: Mutex<refresh::VpcView>,
 }
 
 impl std::fmt::Debug for Node {
@@ -435,6 +439,7 @@ impl Node {
             adds: AddQueue::default(),
             custom_net: Mutex::new(custom_net::CustomNetState::default()),
             foreign: Mutex::default(),
+            vpc: Mutex::new(refresh::VpcView::of(&meta)),
             wake: Notify::new(),
             actor: tokio::sync::Mutex::new(()),
             checkpoint: recovery.checkpoint.clone(),
@@ -548,7 +553,7 @@ impl Node {
             snat: SnatPlan {
                 primary_ip: self.meta.local_ipv4,
                 primary_if: String::new(),
-                vpc_cidrs: self.meta.vpc_cidrs.clone(),
+                vpc_cidrs: self.vpc_cidr_blocks(),
                 exclude_cidrs: self.config.exclude_snat_cidrs.clone(),
                 external_snat: self.config.external_snat || v6,
                 randomize: self.config.randomize_snat,
@@ -737,9 +742,12 @@ impl Node {
         (st.last_decision.clone(), st.last_error.clone())
     }
 
-    /// The VPC CIDRs reported to the plugin (read once at startup, never per ADD).
+    /// The VPC CIDRs reported to the plugin (read at startup and by the [`refresh`], never per ADD).
     pub fn vpc_cidrs(&self) -> Vec<String> {
-        self.meta.vpc_cidrs.iter().map(|c| c.to_string()).collect()
+        self.vpc_cidr_blocks()
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
     }
 
     /// The IP of the node's primary ENI.

@@ -1,6 +1,6 @@
 //! Keeping the datastore, the host and EC2 in agreement: the reconcile pass, and the timers of the periodic jobs
 //! ([`Timers`]: reconcile, the check of restored pods ([`super::recovery`]), the leaked-ENI cleanup
-//! ([`super::leak_gc`])).
+//! ([`super::leak_gc`]), the VPC refresh ([`super::refresh`])).
 //!
 //! **Reconcile** (every 60 s, skipped while the pool acted in the last 60 s, as the anchor: right after an action
 //! IMDS is expected to lag; but never skipped for more than 5 minutes in a row, and run at once when EC2 said an
@@ -63,6 +63,7 @@ pub struct Timers {
     next_reconcile: Duration,
     last_reconcile: Duration,
     next_leak_check: Duration,
+    next_vpc_refresh: Duration,
 }
 
 fn jitter(max: Duration) -> Duration {
@@ -75,6 +76,7 @@ impl Timers {
             next_reconcile: now + RECONCILE_INTERVAL,
             last_reconcile: now,
             next_leak_check: now + jitter(LEAK_CHECK_JITTER),
+            next_vpc_refresh: now + super::refresh::VPC_REFRESH_INTERVAL,
         }
     }
 
@@ -88,6 +90,13 @@ impl Timers {
             node.check_restored().await;
         }
         let wanted = std::mem::take(&mut lock(&node.status).reconcile_wanted);
+        // The VPC's CIDR blocks and security groups ([`super::refresh`]): every 30 s, and on a requested pass.
+        if now >= self.next_vpc_refresh || wanted {
+            self.next_vpc_refresh = now + super::refresh::VPC_REFRESH_INTERVAL;
+            if let Err(e) = node.refresh_vpc().await {
+                tracing::warn!(error = %e, "VPC refresh failed; the next period retries");
+            }
+        }
         if now >= self.next_reconcile || wanted {
             self.next_reconcile = now + RECONCILE_INTERVAL;
             let force = wanted || now.saturating_sub(self.last_reconcile) >= RECONCILE_MAX_SKIP;

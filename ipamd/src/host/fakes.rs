@@ -45,6 +45,10 @@ pub struct FakeHost {
     pub gate: Option<Arc<tokio::sync::Semaphore>>,
     /// The next this many ENI setups fail as if the ENI's link never appeared.
     pub failing_eni_setups: Arc<Mutex<u32>>,
+    /// Every node-wide plan applied ([`HostNetwork::setup_host`]), in order.
+    pub host_plans: Arc<Mutex<Vec<HostPlan>>>,
+    /// The next this many node-wide setups fail (as if iptables refused).
+    pub failing_host_setups: Arc<Mutex<u32>>,
 }
 
 impl FakeHost {
@@ -82,6 +86,16 @@ impl FakeHost {
     pub fn teardowns(&self) -> Vec<String> {
         guard(&self.teardowns).clone()
     }
+
+    /// Every node-wide plan applied, in order.
+    pub fn host_plans(&self) -> Vec<HostPlan> {
+        guard(&self.host_plans).clone()
+    }
+
+    /// Makes the next node-wide setup fail (`true`) or not.
+    pub fn fail_setup_host(&self, fail: bool) {
+        *guard(&self.failing_host_setups) = u32::from(fail);
+    }
 }
 
 #[async_trait]
@@ -108,6 +122,17 @@ impl HostNetwork for FakeHost {
     }
 
     async fn setup_host(&self, plan: &HostPlan) -> Result<(), HostNetError> {
+        {
+            let mut failing = guard(&self.failing_host_setups);
+            if *failing > 0 {
+                *failing -= 1;
+                return Err(HostNetError::Snat(snat::SnatError::Failed {
+                    cmd: "iptables-restore".into(),
+                    stderr: "injected failure".into(),
+                }));
+            }
+        }
+        guard(&self.host_plans).push(plan.clone());
         let snat = SnatPlan {
             primary_if: "eth0".into(),
             ..plan.snat.clone()

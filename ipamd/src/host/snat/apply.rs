@@ -1,4 +1,5 @@
-//! Converging the node's iptables to a [`SnatPlan`]: idempotent, from any earlier state or layout.
+//! Converging the node's iptables to a [`SnatPlan`]: idempotent, from any earlier state or layout. The two chains
+//! are rewritten (one `iptables-restore --noflush`) only when `iptables -S` shows other rules than the plan's.
 
 use super::iptables::{Iptables, SnatError};
 use super::plan::{quote, s, split_rule, SnatPlan, CONNMARK_CHAIN, SNAT_CHAIN};
@@ -20,6 +21,26 @@ async fn chains(ipt: &dyn Iptables, table: &str) -> Result<Vec<String>, SnatErro
         .filter_map(|l| l.strip_prefix("-N "))
         .map(|c| c.trim().to_string())
         .collect())
+}
+
+/// The rules of `chain` in `table` as `iptables -S` prints them (split into words); `None` when the chain does
+/// not exist.
+async fn chain_rules(
+    ipt: &dyn Iptables,
+    table: &str,
+    chain: &str,
+) -> Result<Option<Vec<Vec<String>>>, SnatError> {
+    let out = ipt.run(&s(&["-t", table, "-S"])).await?;
+    if !out.lines().any(|l| l.trim() == format!("-N {chain}")) {
+        return Ok(None);
+    }
+    let prefix = format!("-A {chain} ");
+    Ok(Some(
+        out.lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .map(split_rule)
+            .collect(),
+    ))
 }
 
 /// Removes every rule jumping to `chain`, then the chain itself. Missing chains are fine.
@@ -62,6 +83,11 @@ pub async fn apply(ipt: &dyn Iptables, plan: &SnatPlan) -> Result<(), SnatError>
         }
         remove_chain(ipt, "nat", SNAT_CHAIN).await?;
         remove_chain(ipt, "nat", CONNMARK_CHAIN).await?;
+    } else if chain_rules(ipt, "nat", SNAT_CHAIN).await?.as_ref() == Some(&plan.snat_chain())
+        && chain_rules(ipt, "nat", CONNMARK_CHAIN).await?.as_ref() == Some(&plan.connmark_chain())
+    {
+        // Both chains already hold the plan's rules: not rewritten (a rewrite would flush and re-add them, and
+        // reset their counters, at every reconcile). Anything iptables prints differently is rewritten.
     } else {
         let mut input = String::from("*nat\n");
         input.push_str(&format!(
@@ -127,8 +153,16 @@ mod tests {
         let ipt = RecordingIptables::default();
         apply(&ipt, &plan()).await.expect("apply");
         let first = ipt.dump();
+        let restores = || {
+            ipt.log()
+                .iter()
+                .filter(|l| l.starts_with("iptables-restore"))
+                .count()
+        };
+        assert_eq!(restores(), 1);
         apply(&ipt, &plan()).await.expect("again");
         assert_eq!(ipt.dump(), first, "re-applying changes nothing");
+        assert_eq!(restores(), 1, "unchanged chains are not rewritten");
         let mut p = plan();
         p.exclude_cidrs.clear();
         p.randomize = RandomizeSnat::HashRandom;

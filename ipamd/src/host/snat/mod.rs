@@ -22,7 +22,8 @@
 //! out; its VPC traffic still leaves through its own ENI (rule 1536).
 //!
 //! Applying is idempotent and converges from any state: the two chains are rewritten whole in one
-//! `iptables-restore --noflush` transaction, each jump is added only if `iptables -C` does not find it, and chains
+//! `iptables-restore --noflush` transaction when `iptables -S` shows other rules than the plan's (never when
+//! nothing changed), each jump is added only if `iptables -C` does not find it, and chains
 //! of older layouts (`AWS-SNAT-CHAIN-1..n`, `AWS-CONNMARK-CHAIN-1..n`) are removed. Turning SNAT off removes the
 //! jumps and the chains again.
 //!
