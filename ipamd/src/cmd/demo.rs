@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -162,6 +162,198 @@ pub fn main(args: DemoArgs) -> std::process::ExitCode {
     }
 }
 
+/// What both demos do the same way: find aws-cni, watch SIGINT/SIGTERM, make the scratch directory and the node
+/// namespace, start ipamd in it, write the plugin's netconf, make pod namespaces, ADD with kubelet's retry and
+/// ping. Everything it made is in `cleanup`, removed on drop.
+pub(super) struct Session {
+    me: PathBuf,
+    pub(super) cni_bin: PathBuf,
+    stop: Arc<AtomicBool>,
+    tag: String,
+    pub(super) dir: PathBuf,
+    pub(super) node_path: PathBuf,
+    socket: PathBuf,
+    pub(super) state: PathBuf,
+    cleanup: Cleanup,
+}
+
+impl Session {
+    /// Everything up to the node namespace; `what` ends the first line the demo prints.
+    pub(super) fn open(args: &DemoArgs, what: &str) -> Result<Session, DemoError> {
+        let me = std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?;
+        let cni_bin = args
+            .cni_bin
+            .clone()
+            .unwrap_or_else(|| me.with_file_name("aws-cni"));
+        if !cni_bin.exists() {
+            return Err(DemoError::NoCniBinary(cni_bin));
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(sig, Arc::clone(&stop))
+                .map_err(|e| DemoError::Setup(format!("cannot watch signals: {e}")))?;
+        }
+        let tag = format!("awscni-demo-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
+        let mut cleanup = Cleanup {
+            node_ns: None,
+            pod_ns: Vec::new(),
+            ipamd: None,
+            dir: dir.clone(),
+        };
+        println!(
+            "simulated node: {} in namespace {tag}{what}",
+            args.instance_type
+        );
+        let node_path =
+            datapath::create_named_netns(&tag).map_err(|e| DemoError::Setup(e.to_string()))?;
+        cleanup.node_ns = Some(tag.clone());
+        Ok(Session {
+            me,
+            cni_bin,
+            stop,
+            socket: dir.join("ipamd.sock"),
+            state: dir.join("sim-ec2.json"),
+            tag,
+            dir,
+            node_path,
+            cleanup,
+        })
+    }
+
+    /// An error once SIGINT or SIGTERM arrived: every step checks it.
+    pub(super) fn check(&self) -> Result<(), DemoError> {
+        if self.stop.load(Ordering::SeqCst) {
+            Err(DemoError::Interrupted)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Starts `ipamd run --backend sim` (this binary) in the node namespace, with what `extra` adds to its
+    /// command, and waits for its socket.
+    pub(super) fn start_ipamd(
+        &mut self,
+        args: &DemoArgs,
+        extra: impl FnOnce(&mut Command),
+    ) -> Result<(), DemoError> {
+        let log = std::fs::File::create(self.dir.join("ipamd.log"))
+            .map_err(|e| DemoError::Setup(e.to_string()))?;
+        let mut ipamd = Command::new(&self.me);
+        ipamd.arg("run");
+        extra(&mut ipamd);
+        let child = ipamd
+            .args(["--backend", "sim", "--instance-type", &args.instance_type])
+            .arg("--netns")
+            .arg(&self.node_path)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--sim-state")
+            .arg(&self.state)
+            .env("AWS_VPC_K8S_CNI_LOGLEVEL", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| DemoError::Setup(format!("starting ipamd: {e}")))?;
+        self.cleanup.ipamd = Some(child);
+        let clock = SystemClock::default();
+        while !self.socket.exists() {
+            self.check()?;
+            if let Some(child) = self.cleanup.ipamd.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log =
+                        std::fs::read_to_string(self.dir.join("ipamd.log")).unwrap_or_default();
+                    return Err(DemoError::Setup(format!("ipamd exited ({status}):\n{log}")));
+                }
+            }
+            if clock.now() > Duration::from_secs(20) {
+                return Err(DemoError::Setup(
+                    "ipamd did not open its socket within 20 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// aws-cni's netconf as the conflist has it, talking to this demo's ipamd.
+    pub(super) fn plugin_conf(&self) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "aws-cni",
+            "type": "aws-cni",
+            "vethPrefix": "eni",
+            "mtu": "9001",
+            "ipamdSocket": self.socket,
+            "pluginLogFile": self.dir.join("plugin.log"),
+            "pluginLogLevel": "info",
+        })
+    }
+
+    /// Pod `i`'s namespace (removed by the cleanup) and its row.
+    pub(super) fn new_pod(&mut self, i: usize) -> Result<PodRow, DemoError> {
+        let ns = format!("{}-p{i}", self.tag);
+        datapath::create_named_netns(&ns).map_err(|e| DemoError::Setup(e.to_string()))?;
+        self.cleanup.pod_ns.push(ns.clone());
+        Ok(PodRow {
+            name: format!("demo-pod-{i}"),
+            netns: format!("{}/{ns}", datapath::NETNS_RUN_DIR),
+            container_id: format!("demo{:08x}{i:04}", std::process::id()),
+            ip: None,
+            device: None,
+            setup_ms: 0.0,
+            prev_result: None,
+            error: None,
+        })
+    }
+
+    /// aws-cni ADD; "try again later" (11, the pool is growing) is retried briefly, as kubelet would.
+    pub(super) fn add(
+        &self,
+        row: &PodRow,
+        conf: &serde_json::Value,
+    ) -> Result<CniOutcome, DemoError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match cni(&self.cni_bin, &self.node_path, "ADD", row, conf)? {
+                Err((11, _)) if attempts < 50 => {
+                    self.check()?;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                out => return Ok(out),
+            }
+        }
+    }
+
+    /// Pings every target from the pod and prints one line: `(pings, failed)`.
+    pub(super) fn pings(
+        &self,
+        row: &PodRow,
+        targets: Vec<(String, IpAddr)>,
+    ) -> Result<(usize, usize), DemoError> {
+        self.check()?;
+        let (mut total, mut failed) = (0, 0);
+        let mut line = format!("{:<12}", row.name);
+        for (label, ip) in targets {
+            total += 1;
+            let ok = ping(&row.netns, ip)?;
+            if !ok {
+                failed += 1;
+            }
+            line.push_str(&format!(
+                "  -> {label} {ip}: {}",
+                if ok { "ok" } else { "FAILED" }
+            ));
+        }
+        println!("{line}");
+        Ok((total, failed))
+    }
+}
+
 /// Runs the demo; see the module docs.
 pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     if !nix::unistd::geteuid().is_root() {
@@ -170,50 +362,9 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     if args.ipv6 {
         return super::demo_v6::run(args);
     }
-    let me = std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?;
-    let cni_bin = args
-        .cni_bin
-        .clone()
-        .unwrap_or_else(|| me.with_file_name("aws-cni"));
-    if !cni_bin.exists() {
-        return Err(DemoError::NoCniBinary(cni_bin));
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| DemoError::Setup(format!("cannot watch signals: {e}")))?;
-    }
-    let check = || {
-        if stop.load(Ordering::SeqCst) {
-            Err(DemoError::Interrupted)
-        } else {
-            Ok(())
-        }
-    };
-
-    let tag = format!("awscni-demo-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
-    let mut cleanup = Cleanup {
-        node_ns: None,
-        pod_ns: Vec::new(),
-        ipamd: None,
-        dir: dir.clone(),
-    };
-
-    println!("simulated node: {} in namespace {tag}", args.instance_type);
-    let node_path =
-        datapath::create_named_netns(&tag).map_err(|e| DemoError::Setup(e.to_string()))?;
-    cleanup.node_ns = Some(tag.clone());
-    let socket = dir.join("ipamd.sock");
-    let state = dir.join("sim-ec2.json");
-    let log = std::fs::File::create(dir.join("ipamd.log"))
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let mut ipamd = Command::new(&me);
-    ipamd.arg("run");
-    if args.custom_networking {
-        let objects = dir.join("cluster-objects.json");
+    let mut s = Session::open(args, "")?;
+    let objects = if args.custom_networking {
+        let objects = s.dir.join("cluster-objects.json");
         std::fs::write(&objects, cluster_objects().to_string())
             .map_err(|e| DemoError::Setup(format!("{}: {e}", objects.display())))?;
         println!(
@@ -221,93 +372,47 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
              security group {CN_SECURITY_GROUP}",
             CN_SUBNETS[0].0, CN_SUBNETS[1].0
         );
-        for (cidr, _) in CN_SUBNETS {
-            ipamd.args(["--sim-subnet", cidr]);
+        Some(objects)
+    } else {
+        None
+    };
+    s.start_ipamd(args, |ipamd| {
+        if let Some(objects) = &objects {
+            for (cidr, _) in CN_SUBNETS {
+                ipamd.args(["--sim-subnet", cidr]);
+            }
+            ipamd
+                .arg("--cluster-objects")
+                .arg(objects)
+                .env("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")
+                .env("ENI_CONFIG_LABEL_DEF", CN_ZONE_LABEL);
         }
-        ipamd
-            .arg("--cluster-objects")
-            .arg(&objects)
-            .env("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")
-            .env("ENI_CONFIG_LABEL_DEF", CN_ZONE_LABEL);
-    }
-    let child = ipamd
-        .args(["--backend", "sim", "--instance-type", &args.instance_type])
-        .arg("--netns")
-        .arg(&node_path)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--sim-state")
-        .arg(&state)
-        .env("AWS_VPC_K8S_CNI_LOGLEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| DemoError::Setup(format!("starting ipamd: {e}")))?;
-    cleanup.ipamd = Some(child);
-    wait_for_socket(&socket, &mut cleanup, &check, &dir)?;
-
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "aws-cni",
-        "type": "aws-cni",
-        "vethPrefix": "eni",
-        "mtu": "9001",
-        "ipamdSocket": socket,
-        "pluginLogFile": dir.join("plugin.log"),
-        "pluginLogLevel": "info",
-    });
+    })?;
+    let conf = s.plugin_conf();
 
     let mut rows = Vec::new();
     for i in 0..args.pods {
-        check()?;
-        let name = format!("demo-pod-{i}");
-        let ns = format!("{tag}-p{i}");
-        datapath::create_named_netns(&ns).map_err(|e| DemoError::Setup(e.to_string()))?;
-        cleanup.pod_ns.push(ns.clone());
-        let mut row = PodRow {
-            name,
-            netns: format!("{}/{ns}", datapath::NETNS_RUN_DIR),
-            container_id: format!("demo{:08x}{i:04}", std::process::id()),
-            ip: None,
-            device: None,
-            setup_ms: 0.0,
-            prev_result: None,
-            error: None,
-        };
+        s.check()?;
+        let mut row = s.new_pod(i)?;
         let clock = SystemClock::default();
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let out = cni(&cni_bin, &node_path, "ADD", &row, &conf)?;
-            match out {
-                Ok(result) => {
-                    row.ip = result["ips"][0]["address"]
-                        .as_str()
-                        .and_then(|a| a.split('/').next())
-                        .and_then(|a| a.parse().ok());
-                    row.device = result["interfaces"][2]["sandbox"]
-                        .as_str()
-                        .and_then(|d| d.parse().ok());
-                    row.prev_result = Some(result);
-                    break;
-                }
-                // 11 = try again later (the pool is growing): kubelet would retry; so do we, briefly.
-                Err((11, _)) if attempts < 50 => {
-                    check()?;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err((code, msg)) => {
-                    row.error = Some(format!("ADD failed ({code}): {msg}"));
-                    break;
-                }
+        match s.add(&row, &conf)? {
+            Ok(result) => {
+                row.ip = result["ips"][0]["address"]
+                    .as_str()
+                    .and_then(|a| a.split('/').next())
+                    .and_then(|a| a.parse().ok());
+                row.device = result["interfaces"][2]["sandbox"]
+                    .as_str()
+                    .and_then(|d| d.parse().ok());
+                row.prev_result = Some(result);
             }
+            Err((code, msg)) => row.error = Some(format!("ADD failed ({code}): {msg}")),
         }
         row.setup_ms = clock.now().as_secs_f64() * 1000.0;
         rows.push(row);
     }
 
-    let (enis, groups) = read_state(&state);
+    let (enis, groups) = read_state(&s.state);
     let node_ip = enis
         .iter()
         .find(|e| e.device_index == Some(0))
@@ -358,35 +463,27 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     failed += rows.len() - ok_rows.len();
     total += rows.len() - ok_rows.len();
     for (i, r) in ok_rows.iter().enumerate() {
-        check()?;
-        let mut targets: Vec<(String, Ipv4Addr)> = Vec::new();
+        let mut targets: Vec<(String, IpAddr)> = Vec::new();
         if let Some(n) = node_ip {
-            targets.push(("node".into(), n));
+            targets.push(("node".into(), n.into()));
         }
         // The router of the pod's subnet, reached through the pod's ENI (its route table for pods on secondary
         // ENIs).
         if let Some(e) = r.ip.and_then(eni_of) {
-            targets.push(("vpc-router".into(), datapath::subnet_gateway(e.subnet_cidr)));
+            targets.push((
+                "vpc-router".into(),
+                datapath::subnet_gateway(e.subnet_cidr).into(),
+            ));
         }
         if ok_rows.len() > 1 {
             let next = ok_rows[(i + 1) % ok_rows.len()];
             if let Some(ip) = next.ip {
-                targets.push((next.name.clone(), ip));
+                targets.push((next.name.clone(), ip.into()));
             }
         }
-        let mut line = format!("{:<12}", r.name);
-        for (label, ip) in targets {
-            total += 1;
-            let ok = ping(&r.netns, ip)?;
-            if !ok {
-                failed += 1;
-            }
-            line.push_str(&format!(
-                "  -> {label} {ip}: {}",
-                if ok { "ok" } else { "FAILED" }
-            ));
-        }
-        println!("{line}");
+        let (t, f) = s.pings(r, targets)?;
+        total += t;
+        failed += f;
     }
     let _ = std::io::stdout().flush();
 
@@ -397,12 +494,12 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
         if let Some(prev) = &r.prev_result {
             conf["prevResult"] = prev.clone();
         }
-        if let Ok(Err((code, msg))) = cni(&cni_bin, &node_path, "DEL", r, &conf) {
+        if let Ok(Err((code, msg))) = cni(&s.cni_bin, &s.node_path, "DEL", r, &conf) {
             del_errors += 1;
             eprintln!("DEL {}: ({code}) {msg}", r.name);
         }
     }
-    drop(cleanup);
+    drop(s);
     println!(
         "\n{} pods, {} pings, {} failed; {} DEL errors; cleaned up",
         rows.len(),
@@ -430,31 +527,6 @@ pub fn run(args: &DemoArgs) -> Result<(), DemoError> {
     }
     if outside > 0 {
         return Err(DemoError::OutsideEniConfig(outside));
-    }
-    Ok(())
-}
-
-pub(super) fn wait_for_socket(
-    socket: &Path,
-    cleanup: &mut Cleanup,
-    check: &dyn Fn() -> Result<(), DemoError>,
-    dir: &Path,
-) -> Result<(), DemoError> {
-    let clock = SystemClock::default();
-    while !socket.exists() {
-        check()?;
-        if let Some(child) = cleanup.ipamd.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(dir.join("ipamd.log")).unwrap_or_default();
-                return Err(DemoError::Setup(format!("ipamd exited ({status}):\n{log}")));
-            }
-        }
-        if clock.now() > Duration::from_secs(20) {
-            return Err(DemoError::Setup(
-                "ipamd did not open its socket within 20 s".into(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
@@ -513,10 +585,11 @@ pub(super) fn cni(
     )))
 }
 
-fn ping(netns: &str, ip: Ipv4Addr) -> Result<bool, DemoError> {
+fn ping(netns: &str, ip: IpAddr) -> Result<bool, DemoError> {
+    let family = if ip.is_ipv6() { "-6" } else { "-4" };
     datapath::in_netns(Path::new(netns), || {
         Command::new("ping")
-            .args(["-c", "1", "-W", "2", "-q"])
+            .args([family, "-c", "1", "-W", "2", "-q"])
             .arg(ip.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -12,7 +12,7 @@
 //!    over IPv4 through egress;
 //! 4. prints a table (pod, IPv6, egress IPv4, setup ms) and the pings;
 //! 5. DELs every pod in reverse chain order, stops ipamd, deletes every namespace and file it made, also after a
-//!    failure or Ctrl-C (the same [`Cleanup`] as the IPv4 demo).
+//!    failure or Ctrl-C (the same [`Session`] as the IPv4 demo).
 //!
 //! Exit status 0 only if every pod got an address of the /80 and every ping succeeded.
 
@@ -20,16 +20,12 @@ use std::fs::File;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use ec2_api::clock::{Clock, SystemClock};
 use ec2_api::EniDescription;
 use ipnetwork::Ipv6Network;
 
-use super::demo::{cni, wait_for_socket, Cleanup, DemoArgs, DemoError, PodRow};
+use super::demo::{cni, DemoArgs, DemoError, PodRow, Session};
 
 /// The anchor's egress range for IPv6 pods (`ipamd install`'s conflist entry).
 const EGRESS_V4_SUBNET: &str = "169.254.172.0/22";
@@ -47,53 +43,15 @@ struct Pod6 {
 
 /// Runs the IPv6 demo; see the module docs.
 pub(super) fn run(args: &DemoArgs) -> Result<(), DemoError> {
-    let me = std::env::current_exe().map_err(|e| DemoError::Setup(e.to_string()))?;
-    let cni_bin = args
-        .cni_bin
-        .clone()
-        .unwrap_or_else(|| me.with_file_name("aws-cni"));
-    if !cni_bin.exists() {
-        return Err(DemoError::NoCniBinary(cni_bin));
-    }
-    let egress_bin = cni_bin.with_file_name("egress-cni");
+    let mut s = Session::open(args, ", IPv6 (ENABLE_IPv6=true ENABLE_IPv4=false)")?;
+    let egress_bin = s.cni_bin.with_file_name("egress-cni");
     if !egress_bin.exists() {
         return Err(DemoError::NoCniBinary(egress_bin));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))
-            .map_err(|e| DemoError::Setup(format!("cannot watch signals: {e}")))?;
-    }
-    let check = || {
-        if stop.load(Ordering::SeqCst) {
-            Err(DemoError::Interrupted)
-        } else {
-            Ok(())
-        }
-    };
-
-    let tag = format!("awscni-demo-{}", std::process::id());
-    let dir = std::env::temp_dir().join(&tag);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| DemoError::Setup(format!("{}: {e}", dir.display())))?;
-    let mut cleanup = Cleanup {
-        node_ns: None,
-        pod_ns: Vec::new(),
-        ipamd: None,
-        dir: dir.clone(),
-    };
-
-    println!(
-        "simulated node: {} in namespace {tag}, IPv6 (ENABLE_IPv6=true ENABLE_IPv4=false)",
-        args.instance_type
-    );
-    let node_path =
-        datapath::create_named_netns(&tag).map_err(|e| DemoError::Setup(e.to_string()))?;
-    cleanup.node_ns = Some(tag.clone());
     // The installer's IPv6 sysctls; no duplicate address detection on the node's new links (the demo's node is
     // fresh, nothing can collide).
-    let node_ns = File::open(&node_path)
-        .map_err(|e| DemoError::Setup(format!("{}: {e}", node_path.display())))?;
+    let node_ns = File::open(&s.node_path)
+        .map_err(|e| DemoError::Setup(format!("{}: {e}", s.node_path.display())))?;
     datapath::sysctl::set(
         Some(&node_ns),
         &[
@@ -102,34 +60,16 @@ pub(super) fn run(args: &DemoArgs) -> Result<(), DemoError> {
         ],
     )
     .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let socket = dir.join("ipamd.sock");
-    let state = dir.join("sim-ec2.json");
-    let log = std::fs::File::create(dir.join("ipamd.log"))
-        .map_err(|e| DemoError::Setup(e.to_string()))?;
-    let child = Command::new(&me)
-        .arg("run")
-        .args(["--backend", "sim", "--instance-type", &args.instance_type])
-        .arg("--netns")
-        .arg(&node_path)
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--sim-state")
-        .arg(&state)
-        .env("ENABLE_IPv6", "true")
-        .env("ENABLE_IPv4", "false")
-        .env("ENABLE_PREFIX_DELEGATION", "true")
-        .env("WARM_PREFIX_TARGET", "1")
-        .env("AWS_VPC_K8S_CNI_LOGLEVEL", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| DemoError::Setup(format!("starting ipamd: {e}")))?;
-    cleanup.ipamd = Some(child);
-    wait_for_socket(&socket, &mut cleanup, &check, &dir)?;
+    s.start_ipamd(args, |ipamd| {
+        ipamd
+            .env("ENABLE_IPv6", "true")
+            .env("ENABLE_IPv4", "false")
+            .env("ENABLE_PREFIX_DELEGATION", "true")
+            .env("WARM_PREFIX_TARGET", "1");
+    })?;
 
-    let primary = read_primary(&state)
-        .ok_or_else(|| DemoError::Setup(format!("no primary ENI in {}", state.display())))?;
+    let primary = read_primary(&s.state)
+        .ok_or_else(|| DemoError::Setup(format!("no primary ENI in {}", s.state.display())))?;
     let node_ip4 = primary.primary_ip;
     let node_ip6 = primary.ipv6_addresses.first().copied();
     let prefix: Option<Ipv6Network> = primary.ipv6_prefixes.first().copied();
@@ -144,16 +84,8 @@ pub(super) fn run(args: &DemoArgs) -> Result<(), DemoError> {
         prefix.map_or("-".into(), |p| p.to_string()),
     );
 
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0",
-        "name": "aws-cni",
-        "type": "aws-cni",
-        "vethPrefix": "eni",
-        "mtu": "9001",
-        "ipamdSocket": socket,
-        "pluginLogFile": dir.join("plugin.log"),
-        "pluginLogLevel": "info",
-    });
+    let conf = s.plugin_conf();
+    let dir = s.dir.clone();
     let egress_dir = dir.join("egress-v4-ipam");
     // egress-cni's entry as `ipamd install` renders it on an IPv6 node.
     let egress_conf = |prev: Option<&serde_json::Value>| {
@@ -182,40 +114,18 @@ pub(super) fn run(args: &DemoArgs) -> Result<(), DemoError> {
 
     let mut pods = Vec::new();
     for i in 0..args.pods {
-        check()?;
-        let name = format!("demo-pod-{i}");
-        let ns = format!("{tag}-p{i}");
-        datapath::create_named_netns(&ns).map_err(|e| DemoError::Setup(e.to_string()))?;
-        cleanup.pod_ns.push(ns.clone());
+        s.check()?;
         let mut pod = Pod6 {
-            row: PodRow {
-                name,
-                netns: format!("{}/{ns}", datapath::NETNS_RUN_DIR),
-                container_id: format!("demo{:08x}{i:04}", std::process::id()),
-                ip: None,
-                device: None,
-                setup_ms: 0.0,
-                prev_result: None,
-                error: None,
-            },
+            row: s.new_pod(i)?,
             ip: None,
             egress: None,
         };
         let clock = SystemClock::default();
-        let mut attempts = 0;
-        let added = loop {
-            attempts += 1;
-            match cni(&cni_bin, &node_path, "ADD", &pod.row, &conf)? {
-                Ok(result) => break Some(result),
-                // 11 = try again later: kubelet would retry; so do we, briefly.
-                Err((11, _)) if attempts < 50 => {
-                    check()?;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err((code, msg)) => {
-                    pod.row.error = Some(format!("aws-cni ADD failed ({code}): {msg}"));
-                    break None;
-                }
+        let added = match s.add(&pod.row, &conf)? {
+            Ok(result) => Some(result),
+            Err((code, msg)) => {
+                pod.row.error = Some(format!("aws-cni ADD failed ({code}): {msg}"));
+                None
             }
         };
         if let Some(result) = added {
@@ -225,7 +135,7 @@ pub(super) fn run(args: &DemoArgs) -> Result<(), DemoError> {
                 .and_then(|a| a.parse().ok());
             match cni(
                 &egress_bin,
-                &node_path,
+                &s.node_path,
                 "ADD",
                 &pod.row,
                 &egress_conf(Some(&result)),
@@ -274,7 +184,6 @@ pub(super) fn run(args: &DemoArgs) -> Result<(), DemoError> {
     let mut failed = pods.len() - ok_pods.len();
     let mut total = failed;
     for (i, p) in ok_pods.iter().enumerate() {
-        check()?;
         let mut targets: Vec<(String, IpAddr)> = Vec::new();
         if let Some(n) = node_ip6 {
             targets.push(("node".into(), n.into()));
@@ -289,19 +198,9 @@ pub(super) fn run(args: &DemoArgs) -> Result<(), DemoError> {
             }
         }
         targets.push(("internet (egress)".into(), INTERNET_HOST.into()));
-        let mut line = format!("{:<12}", p.row.name);
-        for (label, ip) in targets {
-            total += 1;
-            let ok = ping(&p.row.netns, ip)?;
-            if !ok {
-                failed += 1;
-            }
-            line.push_str(&format!(
-                "  -> {label} {ip}: {}",
-                if ok { "ok" } else { "FAILED" }
-            ));
-        }
-        println!("{line}");
+        let (t, f) = s.pings(&p.row, targets)?;
+        total += t;
+        failed += f;
     }
     let _ = std::io::stdout().flush();
 
@@ -313,14 +212,14 @@ pub(super) fn run(args: &DemoArgs) -> Result<(), DemoError> {
         if let Some(prev) = prev {
             aws["prevResult"] = prev.clone();
         }
-        for (plugin, c) in [(&egress_bin, egress_conf(prev)), (&cni_bin, aws)] {
-            if let Ok(Err((code, msg))) = cni(plugin, &node_path, "DEL", &p.row, &c) {
+        for (plugin, c) in [(&egress_bin, egress_conf(prev)), (&s.cni_bin, aws)] {
+            if let Ok(Err((code, msg))) = cni(plugin, &s.node_path, "DEL", &p.row, &c) {
                 del_errors += 1;
                 eprintln!("DEL {} ({}): ({code}) {msg}", p.row.name, plugin.display());
             }
         }
     }
-    drop(cleanup);
+    drop(s);
     println!(
         "\n{} pods, {} pings, {} failed; {} DEL errors; cleaned up",
         pods.len(),
@@ -366,23 +265,4 @@ fn egress_address(dir: &Path, container_id: &str) -> Option<Ipv4Addr> {
         let text = std::fs::read_to_string(f.path()).ok()?;
         (text.lines().next()?.trim() == container_id).then_some(ip)
     })
-}
-
-fn ping(netns: &str, ip: IpAddr) -> Result<bool, DemoError> {
-    let family = if ip.is_ipv6() { "-6" } else { "-4" };
-    datapath::in_netns(Path::new(netns), || {
-        Command::new("ping")
-            .args([family, "-c", "1", "-W", "2", "-q"])
-            .arg(ip.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .map_err(|e| {
-                datapath::NetlinkError::Conflict(format!(
-                    "running ping (install iputils-ping): {e}"
-                ))
-            })
-    })
-    .map_err(|e| DemoError::Setup(e.to_string()))
 }
