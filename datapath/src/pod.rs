@@ -192,20 +192,45 @@ pub async fn finish(
     veth: &PodVeth,
     spec: &PodNetwork<'_>,
 ) -> Result<PodLinks, NetlinkError> {
+    let address = veth.pod.add_address(veth.eth.index, spec.ip.into(), 32);
+    let route = host_route(spec.ip, Some(veth.host.index));
+    program(
+        host,
+        veth,
+        address,
+        POD_GATEWAY,
+        route,
+        pod_rules(spec.ip, spec.table),
+    )
+    .await
+}
+
+/// What phase two does the same way in both families once the pod's address request is made: on the pod side
+/// the interface up, `address`, the gateway's host route, the default route via `gateway` and the gateway's
+/// permanent neighbour (the host end's MAC); on the host side the veth up, the pod's host `route` and its
+/// `rules`. Each side's requests are sent at once (the kernel answers them in order).
+pub(crate) async fn program<A: crate::IpFamily>(
+    host: &Netlink,
+    veth: &PodVeth,
+    address: impl std::future::Future<Output = Result<(), NetlinkError>>,
+    gateway: A,
+    route: RouteSpec<A>,
+    rules: Vec<RuleSpec<A>>,
+) -> Result<PodLinks, NetlinkError> {
     let pod = &veth.pod;
     let eth = veth.eth.index;
     let gw_route = RouteSpec {
-        dst: POD_GATEWAY,
-        prefix_len: 32,
+        dst: gateway,
+        prefix_len: A::HOST_PREFIX,
         gateway: None,
         oif: Some(eth),
         table: MAIN_TABLE,
         scope_link: true,
     };
     let default_route = RouteSpec {
-        dst: Ipv4Addr::UNSPECIFIED,
+        dst: A::UNSPECIFIED,
         prefix_len: 0,
-        gateway: Some(POD_GATEWAY),
+        gateway: Some(gateway),
         oif: Some(eth),
         table: MAIN_TABLE,
         scope_link: false,
@@ -213,15 +238,13 @@ pub async fn finish(
     let pod_side = async {
         futures::try_join!(
             pod.set_up(eth),
-            pod.add_address(eth, spec.ip.into(), 32),
+            address,
             pod.replace_route(&gw_route),
             pod.replace_route(&default_route),
-            pod.replace_permanent_neighbour(eth, POD_GATEWAY, veth.host_mac),
+            pod.replace_permanent_neighbour(eth, gateway, veth.host_mac),
         )
         .map(|_| ())
     };
-    let route = host_route(spec.ip, Some(veth.host.index));
-    let rules = pod_rules(spec.ip, spec.table);
     let host_side = async {
         futures::try_join!(
             host.set_up(veth.host.index),

@@ -129,52 +129,12 @@ pub async fn finish6(
 ) -> Result<PodLinks, NetlinkError> {
     // Pod side: settings first (they exist as soon as the link does), then up, address, routes, static ND.
     sysctl::set(Some(&veth.netns), &pod_settings(spec.container_ifname))?;
-    let pod = &veth.pod;
-    let eth = veth.eth.index;
-    let gw_route = Route6Spec {
-        dst: POD_GATEWAY6,
-        prefix_len: 128,
-        gateway: None,
-        oif: Some(eth),
-        table: MAIN_TABLE,
-        scope_link: true,
-    };
-    let default_route = Route6Spec {
-        dst: Ipv6Addr::UNSPECIFIED,
-        prefix_len: 0,
-        gateway: Some(POD_GATEWAY6),
-        oif: Some(eth),
-        table: MAIN_TABLE,
-        scope_link: false,
-    };
     // Host side: all four settings before the link goes up (phase one wrote the IPv4 path's three).
     sysctl::set(None, &host_veth_settings(spec.host_veth))?;
-    let pod_side = async {
-        futures::try_join!(
-            pod.set_up(eth),
-            pod.add_address6_nodad(eth, spec.ip, 128),
-            pod.replace_route(&gw_route),
-            pod.replace_route(&default_route),
-            pod.replace_permanent_neighbour(eth, POD_GATEWAY6, veth.host_mac),
-        )
-        .map(|_| ())
-    };
+    let address = veth.pod.add_address6_nodad(veth.eth.index, spec.ip, 128);
     let route = host_route6(spec.ip, Some(veth.host.index));
     let rules = pod_rules6(spec.ip, spec.table);
-    let host_side = async {
-        futures::try_join!(
-            host.set_up(veth.host.index),
-            host.replace_route(&route),
-            futures::future::try_join_all(rules.iter().map(|r| host.add_rule(r))),
-        )
-        .map(|_| ())
-    };
-    futures::try_join!(pod_side, host_side)?;
-    Ok(PodLinks {
-        host_mac: veth.host_mac,
-        container_mac: veth.eth.mac,
-        container_index: eth,
-    })
+    super::program(host, veth, address, POD_GATEWAY6, route, rules).await
 }
 
 /// Builds an IPv6 pod's network ([`super::create_pod_veth`], then [`finish6`]). On error the caller runs
