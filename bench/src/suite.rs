@@ -410,47 +410,21 @@ fn pod_setup_section(
         ),
         ..Section::default()
     };
-    let mut medians = Vec::new();
-    for (op, ours, peer) in [
-        ("ADD", &s.ours_add, &s.peer_add),
-        ("DEL", &s.ours_del, &s.peer_del),
-    ] {
-        let o = summary(ours)?;
-        let q = summary(peer)?;
-        t.row(vec![
-            op.into(),
-            o.n.to_string(),
-            ms(o.median),
-            ms(o.p99),
-            range(&o),
-            ms(q.median),
-            ms(q.p99),
-            range(&q),
-            ratio_d(o.median, q.median),
-            ratio_d(o.p99, q.p99),
-        ]);
-        sec.verdict(
-            format!("median {op} at most half the peer's"),
-            o.median.as_secs_f64() <= 0.5 * q.median.as_secs_f64(),
-            format!(
-                "{} ms vs {} ms ({})",
-                ms(o.median),
-                ms(q.median),
-                ratio_d(o.median, q.median)
-            ),
-        );
-        sec.verdict(
-            format!("{op} p99 at most the peer's"),
-            o.p99 <= q.p99,
-            format!(
-                "{} ms vs {} ms ({})",
-                ms(o.p99),
-                ms(q.p99),
-                ratio_d(o.p99, q.p99)
-            ),
-        );
-        medians.push((op, o.median));
-    }
+    let medians = op_rows(
+        &mut t,
+        &mut sec,
+        [
+            ("ADD", &s.ours_add, &s.peer_add),
+            ("DEL", &s.ours_del, &s.peer_del),
+        ],
+        |op| op.to_string(),
+        Some(&Judged {
+            prefix: "",
+            median_bound: "half the peer's",
+            median_factor: 0.5,
+            suffix: "",
+        }),
+    )?;
     sec.tables.push(t);
     if let Some(f) = floor {
         if let (Some(fs), Some(fv), Some(fr)) = (
@@ -554,47 +528,21 @@ fn ipv6_section(plan: &Plan, bins: &Binaries, rng: &mut StdRng) -> Result<Sectio
             "ratio median",
             "ratio p99",
         ]);
-        for (op, ours, peer) in [
-            ("ADD", &s.ours_add, &s.peer_add),
-            ("DEL", &s.ours_del, &s.peer_del),
-        ] {
-            let o = summary(ours)?;
-            let q = summary(peer)?;
-            t.row(vec![
-                format!("{op}, against {label}"),
-                o.n.to_string(),
-                ms(o.median),
-                ms(o.p99),
-                range(&o),
-                ms(q.median),
-                ms(q.p99),
-                range(&q),
-                ratio_d(o.median, q.median),
-                ratio_d(o.p99, q.p99),
-            ]);
-            if judged {
-                sec.verdict(
-                    format!("IPv6 median {op} at most the peer's (DAD off)"),
-                    o.median <= q.median,
-                    format!(
-                        "{} ms vs {} ms ({})",
-                        ms(o.median),
-                        ms(q.median),
-                        ratio_d(o.median, q.median)
-                    ),
-                );
-                sec.verdict(
-                    format!("IPv6 {op} p99 at most the peer's (DAD off)"),
-                    o.p99 <= q.p99,
-                    format!(
-                        "{} ms vs {} ms ({})",
-                        ms(o.p99),
-                        ms(q.p99),
-                        ratio_d(o.p99, q.p99)
-                    ),
-                );
-            }
-        }
+        op_rows(
+            &mut t,
+            &mut sec,
+            [
+                ("ADD", &s.ours_add, &s.peer_add),
+                ("DEL", &s.ours_del, &s.peer_del),
+            ],
+            |op| format!("{op}, against {label}"),
+            judged.then_some(&Judged {
+                prefix: "IPv6 ",
+                median_bound: "the peer's",
+                median_factor: 1.0,
+                suffix: " (DAD off)",
+            }),
+        )?;
         sec.tables.push(t);
     }
     sec.notes.push(
@@ -605,6 +553,70 @@ fn ipv6_section(plan: &Plan, bins: &Binaries, rng: &mut StdRng) -> Result<Sectio
             .into(),
     );
     Ok(sec)
+}
+
+/// How [`op_rows`] judges ours against the peer: the median at most `median_factor` times the peer's (named
+/// `median_bound`), the p99 at most the peer's; `prefix` and `suffix` frame each verdict's name.
+struct Judged {
+    prefix: &'static str,
+    median_bound: &'static str,
+    median_factor: f64,
+    suffix: &'static str,
+}
+
+/// The rows of ours against the peer for each of `ops` (operation, our samples, the peer's) (n, median, p99, min–max, ratios) with the row label `label`
+/// gives each operation, and their verdicts when `judged`; returns each operation's median of ours.
+fn op_rows(
+    t: &mut Table,
+    sec: &mut Section,
+    ops: [(&'static str, &[Duration], &[Duration]); 2],
+    label: impl Fn(&str) -> String,
+    judged: Option<&Judged>,
+) -> Result<Vec<(&'static str, Duration)>, BenchError> {
+    let mut medians = Vec::new();
+    for (op, ours, peer) in ops {
+        let o = summary(ours)?;
+        let q = summary(peer)?;
+        t.row(vec![
+            label(op),
+            o.n.to_string(),
+            ms(o.median),
+            ms(o.p99),
+            range(&o),
+            ms(q.median),
+            ms(q.p99),
+            range(&q),
+            ratio_d(o.median, q.median),
+            ratio_d(o.p99, q.p99),
+        ]);
+        if let Some(j) = judged {
+            sec.verdict(
+                format!(
+                    "{}median {op} at most {}{}",
+                    j.prefix, j.median_bound, j.suffix
+                ),
+                o.median.as_secs_f64() <= j.median_factor * q.median.as_secs_f64(),
+                format!(
+                    "{} ms vs {} ms ({})",
+                    ms(o.median),
+                    ms(q.median),
+                    ratio_d(o.median, q.median)
+                ),
+            );
+            sec.verdict(
+                format!("{}{op} p99 at most the peer's{}", j.prefix, j.suffix),
+                o.p99 <= q.p99,
+                format!(
+                    "{} ms vs {} ms ({})",
+                    ms(o.p99),
+                    ms(q.p99),
+                    ratio_d(o.p99, q.p99)
+                ),
+            );
+        }
+        medians.push((op, o.median));
+    }
+    Ok(medians)
 }
 
 /// The ADD breakdown table (see [`real::breakdown`]) and its notes, added to the pod setup section.
