@@ -195,6 +195,20 @@ impl Netns {
             .success()
     }
 
+    /// One ping over IPv6; true if answered.
+    pub fn ping6(&self, ip: &str) -> bool {
+        self.exec(&["ping", "-6", "-c", "1", "-W", "2", "-q", ip])
+            .status
+            .success()
+    }
+
+    /// One ping over IPv4 (a name or an address that could be either is taken as IPv4); true if answered.
+    pub fn ping4(&self, ip: &str) -> bool {
+        self.exec(&["ping", "-4", "-c", "1", "-W", "2", "-q", ip])
+            .status
+            .success()
+    }
+
     /// Everything pod plumbing could leave behind, in a comparable form: links (name, MAC), addresses, routes of
     /// every table, rules and permanent neighbours. Interface indexes and dynamic state are left out.
     pub fn snapshot(&self) -> Vec<String> {
@@ -316,18 +330,8 @@ impl Ipamd {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("ipamd exited early ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "ipamd not ready:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (socket, log) = (self.socket(), self.dir.path().join("ipamd.log"));
+        wait_for_socket(&mut self.child, &socket, Duration::from_secs(20), &log);
     }
 
     /// The daemon's process id, while it runs.
@@ -585,3 +589,24 @@ pub fn pod(netns: &Netns, name: &str) -> PodSpec {
 /// Pool settings that keep the pool still across one ADD/DEL (10 addresses, 1 warm), so the node's state before
 /// and after can be compared exactly.
 pub const STILL_POOL: &[(&str, &str)] = &[("WARM_IP_TARGET", "1"), ("MINIMUM_IP_TARGET", "10")];
+
+/// Waits until a daemon started as `child` opens `socket`; panics with its log file if it exits first or
+/// `timeout` passes.
+pub fn wait_for_socket(child: &mut Option<Child>, socket: &Path, timeout: Duration, log: &Path) {
+    let log = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + timeout;
+    while !socket.exists() {
+        if let Some(Ok(Some(status))) = child.as_mut().map(Child::try_wait) {
+            panic!("ipamd exited early ({status}):\n{}", log());
+        }
+        assert!(Instant::now() < deadline, "ipamd not ready:\n{}", log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `conf` with `prevResult` set, as a runtime passes the previous plugin's result (or the ADD's, on CHECK/DEL).
+pub fn with_prev(conf: &serde_json::Value, prev: &serde_json::Value) -> serde_json::Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}

@@ -1,16 +1,10 @@
 //! CHECK, STATUS, GC and the hard cases of ADD and DEL, through the real binaries.
 
 use integration_tests::{
-    add_with_retry, arr, cni, cni_raw, pod, result_ip, sh, Ipamd, Netns, PodSpec, TempDir,
-    STILL_POOL,
+    add_with_retry, arr, cni, cni_raw, pod, result_ip, sh, with_prev, Ipamd, Netns, PodSpec,
+    TempDir, STILL_POOL,
 };
-use serde_json::{json, Value};
-
-fn with_prev(conf: &Value, prev: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = prev.clone();
-    c
-}
+use serde_json::json;
 
 fn msg(out: &integration_tests::CniOut) -> String {
     out.json["msg"].as_str().unwrap_or_default().to_string()

@@ -10,15 +10,9 @@ use std::time::{Duration, Instant};
 
 use integration_tests::{
     add_with_retry, arr, bin, cni, cni_raw, cni_raw_wrapped, eventually, expected_veth, pod,
-    result_ip, sh, CniOut, Ipamd, Netns, PodSpec, TempDir, STILL_POOL,
+    result_ip, sh, with_prev, CniOut, Ipamd, Netns, PodSpec, TempDir, STILL_POOL,
 };
 use serde_json::{json, Value};
-
-fn with_prev(conf: &Value, prev: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = prev.clone();
-    c
-}
 
 /// Rule 512 `to ip` is on the node.
 fn has_rule(node: &Netns, ip: &str) -> bool {

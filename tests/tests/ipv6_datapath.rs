@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use integration_tests::ipamd_double::IpamdDouble;
-use integration_tests::{arr, bin, cni_at, require_root, Netns, PodSpec, TempDir};
+use integration_tests::{arr, bin, cni_at, require_root, with_prev, Netns, PodSpec, TempDir};
 use serde_json::{json, Value};
 
 /// A node with an IPv4-only peer and an IPv6 peer, unique per test.
@@ -193,24 +193,6 @@ fn egress_conf(node_ip: &str, v6: bool, dir: &TempDir, prev: &Value) -> Value {
     })
 }
 
-fn with_prev(conf: &Value, prev: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = prev.clone();
-    c
-}
-
-fn ping6(ns: &Netns, ip: &str) -> bool {
-    ns.exec(&["ping", "-6", "-c", "1", "-W", "2", "-q", ip])
-        .status
-        .success()
-}
-
-fn ping4(ns: &Netns, ip: &str) -> bool {
-    ns.exec(&["ping", "-4", "-c", "1", "-W", "2", "-q", ip])
-        .status
-        .success()
-}
-
 /// ADD through aws-cni then egress-cni, as the runtime runs the conflist; returns (aws-cni result, final result).
 fn add_chain(
     node: &Node,
@@ -307,24 +289,24 @@ fn ipv6_pods_reach_each_other_the_node_a_vpc_peer_and_ipv4_through_egress() {
 
     // IPv6: pod to pod, pod to node, pod to a VPC peer; IPv4: pod to an IPv4-only peer through egress (SNAT).
     assert!(
-        ping6(&a_ns, &format!("{POD_PREFIX}b")),
+        a_ns.ping6(&format!("{POD_PREFIX}b")),
         "pod a -> pod b over IPv6"
     );
     assert!(
-        ping6(&b_ns, &format!("{POD_PREFIX}a")),
+        b_ns.ping6(&format!("{POD_PREFIX}a")),
         "pod b -> pod a over IPv6"
     );
-    assert!(ping6(&a_ns, &node.ip6()), "pod -> node over IPv6");
-    assert!(ping6(&a_ns, &node.peer6()), "pod -> VPC peer over IPv6");
+    assert!(a_ns.ping6(&node.ip6()), "pod -> node over IPv6");
+    assert!(a_ns.ping6(&node.peer6()), "pod -> VPC peer over IPv6");
     assert!(
-        ping4(&a_ns, &node.peer4()),
+        a_ns.ping4(&node.peer4()),
         "pod -> IPv4-only peer through egress-cni"
     );
     assert!(
-        ping4(&b_ns, &node.peer4()),
+        b_ns.ping4(&node.peer4()),
         "second pod -> IPv4-only peer through egress-cni"
     );
-    assert!(ping4(&a_ns, &node.ip4()), "pod -> node's IPv4");
+    assert!(a_ns.ping4(&node.ip4()), "pod -> node's IPv4");
     let nat = node.nat_rules(false);
     assert!(
         nat.contains("CNI-E4-") && nat.contains(&format!("--to-source {}", node.ip4())),
@@ -425,7 +407,7 @@ fn gc_sweeps_ipv6_pods_and_egress_of_vanished_sandboxes() {
     );
     assert_eq!(double.held(), vec![format!("{POD_PREFIX}c")]);
     assert!(
-        ping4(&keep_ns, &node.peer4()),
+        keep_ns.ping4(&node.peer4()),
         "the kept pod still has its egress"
     );
     del_chain(&node, &keep, &aws, &egress_of(&keep_res), &keep_res);
@@ -478,10 +460,10 @@ fn ipv4_pod_reaches_an_ipv6_peer_with_v6_egress() {
         .collect();
     assert!(names.iter().any(|n| n == "v6if0"), "{res}");
     assert!(
-        ping6(&p_ns, &node.peer6()),
+        p_ns.ping6(&node.peer6()),
         "IPv4 pod -> IPv6 peer through v6if0 and SNAT66"
     );
-    assert!(ping4(&p_ns, &node.ip4()), "its IPv4 still works");
+    assert!(p_ns.ping4(&node.ip4()), "its IPv4 still works");
     let nat = node.nat_rules(true);
     assert!(
         nat.contains("CNI-E6-") && nat.contains(&format!("--to-source {}", node.ip6())),

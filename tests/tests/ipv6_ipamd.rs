@@ -13,7 +13,7 @@ use aws_cni_proto::{
     AddNetworkRequest, CniBackendClient, DelNetworkRequest, IpamdControlClient,
     ListAllocationsRequest,
 };
-use integration_tests::{require_root, Ipamd, Netns, TempDir};
+use integration_tests::{require_root, wait_for_socket, Ipamd, Netns, TempDir};
 use serde_json::Value;
 
 const V6_ENV: [(&str, &str); 4] = [
@@ -63,14 +63,8 @@ impl V6Node {
             .stdout(Stdio::null())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn ipamd"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("ipamd exited early ({st}):\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "not ready:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (socket, log) = (self.socket(), self.dir.path().join("ipamd.log"));
+        wait_for_socket(&mut self.child, &socket, Duration::from_secs(20), &log);
     }
 
     fn stop(&mut self) {

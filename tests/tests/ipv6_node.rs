@@ -25,7 +25,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    arr, bin, cni_at, eventually, require_root, Ipamd, Netns, PodSpec, TempDir,
+    arr, bin, cni_at, eventually, require_root, wait_for_socket, with_prev, Ipamd, Netns, PodSpec,
+    TempDir,
 };
 use serde_json::{json, Value};
 
@@ -104,14 +105,8 @@ impl V6Node {
             .stdout(Stdio::null())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("spawn ipamd"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("ipamd exited early ({st}):\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "not ready:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (socket, log) = (self.socket(), self.dir.path().join("ipamd.log"));
+        wait_for_socket(&mut self.child, &socket, Duration::from_secs(20), &log);
     }
 
     /// SIGKILL: the daemon crashes; the node, its pods and the fabric stay.
@@ -356,24 +351,6 @@ fn pod_spec(ns: &Netns, name: &str) -> PodSpec {
     }
 }
 
-fn with_prev(conf: &Value, prev: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = prev.clone();
-    c
-}
-
-fn ping6(ns: &Netns, ip: &str) -> bool {
-    ns.exec(&["ping", "-6", "-c", "1", "-W", "2", "-q", ip])
-        .status
-        .success()
-}
-
-fn ping4(ns: &Netns, ip: &str) -> bool {
-    ns.exec(&["ping", "-4", "-c", "1", "-W", "2", "-q", ip])
-        .status
-        .success()
-}
-
 /// ADD through aws-cni then egress-cni, as the runtime runs the conflist; returns (pod IPv6, final result).
 fn add_chain(n: &V6Node, pod: &PodSpec) -> (String, Value) {
     let aws = n.aws_conf();
@@ -493,21 +470,21 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
     );
 
     // IPv6: pod to pod, pod to node, pod to a VPC peer and back (the peer starts it too).
-    assert!(ping6(&a_ns, &b_ip), "pod a -> pod b over IPv6");
-    assert!(ping6(&b_ns, &a_ip), "pod b -> pod a over IPv6");
-    assert!(ping6(&a_ns, &n.ip6()), "pod -> node over IPv6");
-    assert!(ping6(&a_ns, PEER6), "pod -> VPC peer over IPv6");
+    assert!(a_ns.ping6(&b_ip), "pod a -> pod b over IPv6");
+    assert!(b_ns.ping6(&a_ip), "pod b -> pod a over IPv6");
+    assert!(a_ns.ping6(&n.ip6()), "pod -> node over IPv6");
+    assert!(a_ns.ping6(PEER6), "pod -> VPC peer over IPv6");
     assert!(
-        ping6(&n.peer6, &b_ip),
+        n.peer6.ping6(&b_ip),
         "VPC peer -> pod over IPv6 (the /80 routed to the ENI)"
     );
     // IPv4: only through egress, SNATed to the node's primary IPv4; the VPC cannot route the egress range back.
     assert!(
-        ping4(&a_ns, PEER4),
+        a_ns.ping4(PEER4),
         "pod -> IPv4-only peer through egress-cni"
     );
     assert!(
-        ping4(&b_ns, PEER4),
+        b_ns.ping4(PEER4),
         "second pod -> IPv4-only peer through egress-cni"
     );
     let nat =
@@ -532,7 +509,7 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
         "onlink",
     ]));
     assert!(
-        !ping4(&n.peer4, &egress_a),
+        !n.peer4.ping4(&egress_a),
         "a VPC peer reached pod a's egress address {egress_a} through the node"
     );
     let filter = String::from_utf8_lossy(&n.node.exec(&["iptables-save", "-t", "filter"]).stdout)
@@ -549,7 +526,7 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
             && rejects[0].ends_with("-j REJECT --reject-with icmp-port-unreachable"),
         "one rule for both pods: {filter}"
     );
-    assert!(ping4(&a_ns, PEER4), "the pod's own egress is not blocked");
+    assert!(a_ns.ping4(PEER4), "the pod's own egress is not blocked");
     assert!(
         !n.fabric
             .exec(&["ip", "route", "get", "169.254.172.2"])
@@ -578,12 +555,12 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
         c_ip != a_ip && c_ip != b_ip && in_prefix(&c_ip, &prefix),
         "{c_ip}"
     );
-    assert!(ping6(&c_ns, &a_ip), "new pod -> old pod after the restart");
+    assert!(c_ns.ping6(&a_ip), "new pod -> old pod after the restart");
     assert!(
-        ping6(&n.peer6, &a_ip),
+        n.peer6.ping6(&a_ip),
         "VPC peer -> old pod after the restart"
     );
-    assert!(ping4(&c_ns, PEER4), "new pod's egress after the restart");
+    assert!(c_ns.ping4(PEER4), "new pod's egress after the restart");
 
     // CHECK passes for both plugins (the runtime calls it with the final result).
     let chk = cni_at(
@@ -653,8 +630,8 @@ fn gc_of_vanished_ipv6_pods_leaves_the_node_as_it_was() {
         with_keep,
         "GC removed the vanished pod's plumbing and egress, nothing else"
     );
-    assert!(ping6(&keep_ns, PEER6), "the kept pod still reaches the VPC");
-    assert!(ping4(&keep_ns, PEER4), "the kept pod still has its egress");
+    assert!(keep_ns.ping6(PEER6), "the kept pod still reaches the VPC");
+    assert!(keep_ns.ping4(PEER4), "the kept pod still has its egress");
     del_chain(&n, &keep, &keep_res);
     assert_eq!(n.settled(), before, "DEL leaves nothing on the node");
 }

@@ -3,16 +3,9 @@
 //! while the old veth is pending gets a new veth that the reaper never deletes; DEL stays idempotent.
 
 use integration_tests::{
-    add_with_retry, arr, cni, eventually, expected_veth, pod, result_ip, Ipamd, Netns, STILL_POOL,
-    VETH_GONE_WITHIN,
+    add_with_retry, arr, cni, eventually, expected_veth, pod, result_ip, with_prev, Ipamd, Netns,
+    STILL_POOL, VETH_GONE_WITHIN,
 };
-use serde_json::Value;
-
-fn with_prev(conf: &Value, prev: &Value) -> Value {
-    let mut c = conf.clone();
-    c["prevResult"] = prev.clone();
-    c
-}
 
 fn plugin_log(ipamd: &Ipamd) -> String {
     std::fs::read_to_string(ipamd.dir.path().join("plugin.log")).unwrap_or_default()
