@@ -378,18 +378,7 @@ fn pod_setup_section(
         window: plan.window,
     };
     let s = real::podsetup::run(runner, nss, p, rng)?;
-    let mut t = Table::new(&[
-        "op",
-        "n",
-        "ours median",
-        "ours p99",
-        "ours min–max",
-        "ptp median",
-        "ptp p99",
-        "ptp min–max",
-        "ratio median",
-        "ratio p99",
-    ]);
+    let mut t = Table::new(&VS_PEER_COLUMNS);
     let mut sec = Section {
         id: "pod-setup",
         title: "Pod setup: CNI ADD and DEL on a warm pool".into(),
@@ -516,18 +505,7 @@ fn ipv6_section(plan: &Plan, bins: &Binaries, rng: &mut StdRng) -> Result<Sectio
         ("ptp as shipped (waits for DAD)", &shipped, false),
         ("ptp with DAD off in the pod namespace", &nodad, true),
     ] {
-        let mut t = Table::new(&[
-            "op",
-            "n",
-            "ours median",
-            "ours p99",
-            "ours min–max",
-            "ptp median",
-            "ptp p99",
-            "ptp min–max",
-            "ratio median",
-            "ratio p99",
-        ]);
+        let mut t = Table::new(&VS_PEER_COLUMNS);
         op_rows(
             &mut t,
             &mut sec,
@@ -554,6 +532,20 @@ fn ipv6_section(plan: &Plan, bins: &Binaries, rng: &mut StdRng) -> Result<Sectio
     );
     Ok(sec)
 }
+
+/// The columns of [`op_rows`]'s tables.
+const VS_PEER_COLUMNS: [&str; 10] = [
+    "op",
+    "n",
+    "ours median",
+    "ours p99",
+    "ours min–max",
+    "ptp median",
+    "ptp p99",
+    "ptp min–max",
+    "ratio median",
+    "ratio p99",
+];
 
 /// How [`op_rows`] judges ours against the peer: the median at most `median_factor` times the peer's (named
 /// `median_bound`), the p99 at most the peer's; `prefix` and `suffix` frame each verdict's name.

@@ -610,3 +610,30 @@ pub fn with_prev(conf: &serde_json::Value, prev: &serde_json::Value) -> serde_js
     c["prevResult"] = prev.clone();
     c
 }
+
+/// Runs `plugin` (a binary of ours) with CNI GC in `node`, as a runtime does: no container, only `CNI_COMMAND`
+/// and `CNI_PATH`, the config (with its `cni.dev/valid-attachments`) on stdin. Returns (success, stdout).
+pub fn cni_gc_at(node: &Netns, plugin: &str, conf: &serde_json::Value) -> (bool, String) {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &node.name])
+        .arg(bin(plugin))
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", "GC")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(conf.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}

@@ -17,7 +17,9 @@
 use std::path::Path;
 
 use integration_tests::ipamd_double::IpamdDouble;
-use integration_tests::{arr, bin, cni_at, require_root, with_prev, Netns, PodSpec, TempDir};
+use integration_tests::{
+    arr, bin, cni_at, cni_gc_at, require_root, with_prev, Netns, PodSpec, TempDir,
+};
 use serde_json::{json, Value};
 
 /// A node with an IPv4-only peer and an IPv6 peer, unique per test.
@@ -396,9 +398,9 @@ fn gc_sweeps_ipv6_pods_and_egress_of_vanished_sandboxes() {
     gc_eg.as_object_mut().expect("object").remove("prevResult");
     gc_eg["cniVersion"] = json!("1.1.0");
     gc_eg["cni.dev/valid-attachments"] = valid;
-    let out = gc_run(&node, "egress-cni", &gc_eg);
+    let out = cni_gc_at(&node.ns, "egress-cni", &gc_eg);
     assert!(out.0, "egress-cni GC: {}", out.1);
-    let out = gc_run(&node, "aws-cni", &gc_aws);
+    let out = cni_gc_at(&node.ns, "aws-cni", &gc_aws);
     assert!(out.0, "aws-cni GC: {}", out.1);
     assert_eq!(
         node.snapshot(),
@@ -412,33 +414,6 @@ fn gc_sweeps_ipv6_pods_and_egress_of_vanished_sandboxes() {
     );
     del_chain(&node, &keep, &aws, &egress_of(&keep_res), &keep_res);
     assert_eq!(node.snapshot(), before);
-}
-
-/// GC runs with no container: only CNI_COMMAND and CNI_PATH.
-fn gc_run(node: &Node, plugin: &str, conf: &Value) -> (bool, String) {
-    use std::io::Write;
-    let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &node.ns.name])
-        .arg(bin(plugin))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", "GC")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 #[test]

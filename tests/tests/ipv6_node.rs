@@ -25,8 +25,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::{
-    arr, bin, cni_at, eventually, require_root, wait_for_socket, with_prev, Ipamd, Netns, PodSpec,
-    TempDir,
+    arr, bin, cni_at, cni_gc_at, eventually, require_root, wait_for_socket, with_prev, Ipamd,
+    Netns, PodSpec, TempDir,
 };
 use serde_json::{json, Value};
 
@@ -410,33 +410,10 @@ fn in_prefix(ip: &str, prefix: &str) -> bool {
     u128::from(ip) & mask == u128::from(net) & mask
 }
 
-/// GC runs with no container: only CNI_COMMAND and CNI_PATH, the config on stdin.
+/// GC of `plugin` on the node, which must succeed.
 fn gc(n: &V6Node, plugin: &str, conf: &Value) {
-    use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &n.node.name])
-        .arg(bin(plugin))
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", "GC")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.to_string().as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{plugin} GC: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        n.log()
-    );
+    let (ok, out) = cni_gc_at(&n.node, plugin, conf);
+    assert!(ok, "{plugin} GC: {out}\n{}", n.log());
 }
 
 #[test]
