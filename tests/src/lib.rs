@@ -195,6 +195,19 @@ impl Netns {
             .success()
     }
 
+    /// ipamd's Prometheus metrics, read from inside this (node) namespace on the anchor's port 61678.
+    pub fn metrics(&self) -> String {
+        let out = self.exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "http://127.0.0.1:61678/metrics",
+        ]);
+        assert!(out.status.success(), "curl metrics: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     /// One ping over IPv6; true if answered.
     pub fn ping6(&self, ip: &str) -> bool {
         self.exec(&["ping", "-6", "-c", "1", "-W", "2", "-q", ip])
@@ -345,6 +358,17 @@ impl Ipamd {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default()
+    }
+
+    /// `ipamd status --output json` against this daemon; the command must succeed.
+    pub fn status_json(&self) -> Value {
+        let out = Command::new(bin("ipamd"))
+            .args(["status", "--output", "json", "--socket"])
+            .arg(self.socket())
+            .output()
+            .expect("ipamd status");
+        assert!(out.status.success(), "ipamd status: {out:?}");
+        serde_json::from_slice(&out.stdout).expect("status json")
     }
 
     /// The simulator's state (what "EC2" holds).

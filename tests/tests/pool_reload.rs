@@ -7,30 +7,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use integration_tests::{add_with_retry, bin, cni, eventually, pod, Ipamd, Netns, TempDir};
-use serde_json::Value;
-
-fn status(ipamd: &Ipamd) -> Value {
-    let out = Command::new(bin("ipamd"))
-        .args(["status", "--output", "json", "--socket"])
-        .arg(ipamd.socket())
-        .output()
-        .expect("ipamd status");
-    assert!(out.status.success(), "ipamd status: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("status json")
-}
-
-fn metrics(node: &Netns) -> String {
-    let out = node.exec(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        "http://127.0.0.1:61678/metrics",
-    ]);
-    assert!(out.status.success(), "curl metrics: {out:?}");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
+use integration_tests::{add_with_retry, cni, eventually, pod, Ipamd, Netns, TempDir};
 
 fn knob(dir: &TempDir, var: &str, value: &str) {
     // As kubelet does: the new content appears at once (write a temp file, rename over).
@@ -40,7 +17,7 @@ fn knob(dir: &TempDir, var: &str, value: &str) {
 }
 
 fn total(ipamd: &Ipamd) -> u64 {
-    status(ipamd)["pool"]["total"].as_u64().unwrap_or(0)
+    ipamd.status_json()["pool"]["total"].as_u64().unwrap_or(0)
 }
 
 #[test]
@@ -61,7 +38,7 @@ fn knobs_reload_from_the_directory_and_on_sighup_without_dropping_a_request() {
     assert!(
         eventually(Duration::from_secs(10), || total(&ipamd) == 2),
         "WARM_IP_TARGET=2 from the environment: {}",
-        status(&ipamd)
+        ipamd.status_json()
     );
 
     // Pods come and go the whole time the knobs change.
@@ -102,14 +79,14 @@ fn reload_steps(ipamd: &Ipamd, knobs: &TempDir) {
     knob(knobs, "WARM_IP_TARGET", "8\n");
     assert!(
         eventually(Duration::from_secs(15), || {
-            let st = status(ipamd);
+            let st = ipamd.status_json();
             st["poolKnobs"]
                 .as_str()
                 .is_some_and(|k| k.contains("WARM_IP_TARGET=8"))
                 && st["pool"]["available"].as_u64().unwrap_or(0) >= 7
         }),
         "the pool did not follow WARM_IP_TARGET=8: {}\n{}",
-        status(ipamd),
+        ipamd.status_json(),
         ipamd.log()
     );
 
@@ -117,7 +94,10 @@ fn reload_steps(ipamd: &Ipamd, knobs: &TempDir) {
     knob(knobs, "MINIMUM_IP_TARGET", "ten");
     assert!(
         eventually(Duration::from_secs(15), || {
-            metrics(&ipamd.node).contains("awscni_config_reload_total{outcome=\"refused\"} 1")
+            ipamd
+                .node
+                .metrics()
+                .contains("awscni_config_reload_total{outcome=\"refused\"} 1")
         }),
         "refused reload not counted:\n{}",
         ipamd.log()
@@ -127,7 +107,7 @@ fn reload_steps(ipamd: &Ipamd, knobs: &TempDir) {
         log.contains("reload refused") && log.contains("MINIMUM_IP_TARGET"),
         "{log}"
     );
-    let st = status(ipamd);
+    let st = ipamd.status_json();
     let k = st["poolKnobs"].as_str().unwrap_or_default().to_string();
     assert!(
         k.contains("WARM_IP_TARGET=8") && k.contains("MINIMUM_IP_TARGET=0"),
@@ -147,17 +127,17 @@ fn reload_steps(ipamd: &Ipamd, knobs: &TempDir) {
             ipamd.log().contains("SIGHUP") && total(ipamd) >= 20
         }),
         "MINIMUM_IP_TARGET=20 after SIGHUP: {}\n{}",
-        status(ipamd),
+        ipamd.status_json(),
         ipamd.log()
     );
     assert!(
-        status(ipamd)["poolKnobs"]
+        ipamd.status_json()["poolKnobs"]
             .as_str()
             .is_some_and(|k| k.contains("MINIMUM_IP_TARGET=20")),
         "{}",
-        status(ipamd)
+        ipamd.status_json()
     );
-    let scrape = metrics(&ipamd.node);
+    let scrape = ipamd.node.metrics();
     let applied: f64 = scrape
         .lines()
         .find(|l| l.starts_with("awscni_config_reload_total{outcome=\"applied\"}"))

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use integration_tests::{
-    add_with_retry, arr, bin, cni, eventually, pod, result_ip, AddedPod, Ipamd, Netns,
+    add_with_retry, arr, cni, eventually, pod, result_ip, AddedPod, Ipamd, Netns,
 };
 use serde_json::Value;
 
@@ -18,28 +18,6 @@ const ENV: &[(&str, &str)] = &[
     ("WARM_PREFIX_TARGET", "1"),
     ("AWS_CNI_POOL_RELEASE_DELAY", "0"),
 ];
-
-fn status(ipamd: &Ipamd) -> Value {
-    let out = Command::new(bin("ipamd"))
-        .args(["status", "--output", "json", "--socket"])
-        .arg(ipamd.socket())
-        .output()
-        .expect("ipamd status");
-    assert!(out.status.success(), "ipamd status: {out:?}");
-    serde_json::from_slice(&out.stdout).expect("status json")
-}
-
-fn metrics(node: &Netns) -> String {
-    let out = node.exec(&[
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        "http://127.0.0.1:61678/metrics",
-    ]);
-    assert!(out.status.success(), "curl metrics: {out:?}");
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
 
 /// The node's ENIs in EC2 (the simulator's state): (secondary IPs, prefixes) of each attached one.
 fn enis(ipamd: &Ipamd) -> Vec<(Vec<String>, Vec<String>)> {
@@ -88,7 +66,7 @@ fn a_fragmented_subnet_falls_back_to_secondary_ips_survives_a_restart_and_return
         &["--sim-fabric-netns", fabric_path.as_str()],
     );
     let conf = ipamd.conf("1.0.0");
-    let st = status(&ipamd);
+    let st = ipamd.status_json();
     assert_eq!(st["addressMode"], "prefix", "{st}");
     // Other tenants fragment the subnet: no aligned free /28 is left, single addresses are.
     let fragment = ipamd.dir.path().join("sim-ec2.fragment");
@@ -96,9 +74,9 @@ fn a_fragmented_subnet_falls_back_to_secondary_ips_survives_a_restart_and_return
 
     // 24 pods: 16 on the first /28, the rest (and the warm target) on secondary IPs.
     let mut pods = add_pods(&ipamd, &conf, 0, 24);
-    let st = status(&ipamd);
+    let st = ipamd.status_json();
     assert_eq!(st["addressMode"], "prefix-fallback-secondary-ip", "{st}");
-    let scrape = metrics(&ipamd.node);
+    let scrape = ipamd.node.metrics();
     assert!(
         scrape.contains("awscni_ipv4_address_mode{mode=\"prefix-fallback-secondary-ip\"} 1"),
         "{scrape}"
@@ -141,7 +119,7 @@ fn a_fragmented_subnet_falls_back_to_secondary_ips_survives_a_restart_and_return
         "restarted ipamd not ready:\n{}",
         ipamd.log()
     );
-    let st = status(&ipamd);
+    let st = ipamd.status_json();
     let held: Vec<String> = arr(&st["pods"])
         .iter()
         .filter_map(|p| p["ip"].as_str().map(str::to_string))
@@ -167,9 +145,9 @@ fn a_fragmented_subnet_falls_back_to_secondary_ips_survives_a_restart_and_return
 
     pods.extend(add_pods(&ipamd, &conf, 24, 44));
     let back = eventually(Duration::from_secs(20), || {
-        status(&ipamd)["addressMode"] == "prefix"
+        ipamd.status_json()["addressMode"] == "prefix"
     });
-    assert!(back, "{}\n{}", status(&ipamd), ipamd.log());
+    assert!(back, "{}\n{}", ipamd.status_json(), ipamd.log());
     let prefixes: usize = enis(&ipamd).iter().map(|(_, p)| p.len()).sum();
     assert!(prefixes >= 2, "new growth came as /28s: {:?}", enis(&ipamd));
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{bin, eventually, sh, Ipamd, Netns};
+use integration_tests::{eventually, sh, Ipamd, Netns};
 use serde_json::Value;
 
 const NEW_CIDR: &str = "100.64.0.0/16";
@@ -60,21 +60,6 @@ fn refreshes(node: &Netns, item: &str, outcome: &str) -> f64 {
 }
 
 /// `ipamd status --output json`.
-fn status_json(ipamd: &Ipamd) -> Value {
-    let out = sh(
-        bin("ipamd").to_str().expect("path"),
-        &[
-            "status",
-            "--socket",
-            ipamd.socket().to_str().expect("path"),
-            "--output",
-            "json",
-        ],
-    );
-    assert!(out.status.success(), "{out:?}");
-    serde_json::from_slice(&out.stdout).expect("status json")
-}
-
 fn poke(ipamd: &Ipamd) {
     let pid = ipamd.pid().expect("running").to_string();
     assert!(sh("kill", &["-USR1", &pid]).status.success());
@@ -214,7 +199,7 @@ fn a_new_vpc_cidr_reaches_the_nft_rules_without_restart_and_unchanged_rules_are_
     );
     assert_eq!(refreshes(node, "security_groups", "applied"), 1.0);
     // `ipamd status` shows what is in force.
-    let status = status_json(&ipamd);
+    let status = ipamd.status_json();
     assert_eq!(
         status["vpcCidrs"],
         serde_json::json!(["10.0.0.0/16", NEW_CIDR]),
