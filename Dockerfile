@@ -37,7 +37,7 @@ COPY . .
 # aws-sdk-ec2 makes this long (about 13 minutes and 8 GB of memory on 2 cores).
 # The plugin is then relinked statically (see the release profile's note in Cargo.toml).
 RUN cargo build --locked --release -p ipamd -p aws-cni -p egress-cni --features ipamd/aws \
- && cargo rustc --locked --release -p aws-cni --bin aws-cni -- -C target-feature=+crt-static
+ && cargo rustc --locked --release -p aws-cni --bin aws-cni -- -C target-feature=+crt-static -C relocation-model=static
 
 FROM scratch AS compiled
 COPY --from=build /src/target/release/ipamd /src/target/release/aws-cni /src/target/release/egress-cni /

@@ -75,5 +75,5 @@ echo "building release binaries (aws-cni, ipamd, aws-cni-bench) in $target"
 cargo build --release --quiet -p ipamd -p aws-cni-bench
 # The plugin is linked statically (glibc's static libc; see the release profile's note in Cargo.toml): only
 # its final link gets the flag, so its dependencies are the ones built above.
-cargo rustc --release --quiet -p aws-cni --bin aws-cni -- -C target-feature=+crt-static
+cargo rustc --release --quiet -p aws-cni --bin aws-cni -- -C target-feature=+crt-static -C relocation-model=static
 "$target/release/aws-cni-bench" run --bin-dir "$target/release" "$@"

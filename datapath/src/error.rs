@@ -17,6 +17,10 @@ pub enum NetlinkError {
     /// The netlink socket could not be created.
     #[error("cannot open a netlink socket: {0}")]
     Socket(std::io::Error),
+    /// A thread that entered a namespace for a moment could not go back to its own: it is left in `path`'s
+    /// namespace (see [`crate::netns::in_netns_file_here`]).
+    #[error("cannot return from network namespace {path} to the thread's own: {source}")]
+    NetnsReturn { path: PathBuf, source: nix::Error },
     /// The helper thread that opens sockets inside a namespace died.
     #[error("netns helper thread panicked")]
     HelperThread,

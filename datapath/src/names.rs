@@ -86,7 +86,15 @@ impl fmt::Display for MacAddr {
 
 /// A random locally administered unicast MAC (the host end of a pod veth gets one, as in the anchor).
 pub fn random_mac() -> MacAddr {
-    let mut b: [u8; 6] = rand::random();
+    use std::hash::{BuildHasher, Hasher};
+    // std's `RandomState` draws its keys from the kernel (getrandom) once per thread and changes them on every
+    // call, so its hash of nothing is 64 unpredictable bits. Cheaper than `rand`'s thread generator, whose seeding
+    // in a statically linked plugin opens /dev/random and /dev/urandom on every ADD.
+    let bits = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut b = [0u8; 6];
+    b.copy_from_slice(&bits.to_le_bytes()[..6]);
     b[0] = (b[0] & 0xfe) | 0x02;
     MacAddr(b)
 }
@@ -126,9 +134,11 @@ mod tests {
     }
 
     #[test]
-    fn random_mac_is_local_unicast() {
+    fn random_mac_is_local_unicast_and_differs_every_call() {
+        let mut seen = std::collections::HashSet::new();
         for _ in 0..100 {
             let m = random_mac();
+            assert!(seen.insert(m.0), "{m} came twice");
             assert_eq!(m.0[0] & 0x01, 0, "unicast");
             assert_eq!(m.0[0] & 0x02, 0x02, "locally administered");
         }

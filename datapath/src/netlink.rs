@@ -258,6 +258,17 @@ impl Netlink {
         Ok(Netlink { handle })
     }
 
+    /// [`Netlink::connect_file`] without a helper thread: the calling thread enters the namespace just to open
+    /// the socket and comes back (see [`crate::netns::in_netns_file_here`] and its caveat).
+    pub fn connect_file_here(netns: &File) -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) =
+            crate::netns::in_netns_file_here(netns, Path::new("(namespace fd)"), || {
+                rtnetlink::new_connection().map_err(NetlinkError::Socket)
+            })?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
     // === dumps ===
 
     /// Sends `request` as a dump and collects the answer, starting over when the kernel flags it interrupted

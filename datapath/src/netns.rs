@@ -1,4 +1,7 @@
-//! Network namespace identity and the one place that enters a namespace.
+//! Network namespace identity and the places that enter a namespace: [`in_netns_file`] on a helper thread that
+//! ends with the call (for daemons, where a thread left in a foreign namespace would go on serving), and
+//! [`in_netns_file_here`] on the calling thread and back (for the CNI plugin's ADD, one short process, where a
+//! thread's start and end cost more than the two `setns` calls).
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -102,6 +105,34 @@ pub fn in_netns_file<T: Send>(
     })
 }
 
+/// Runs `f` on the calling thread inside the namespace `file` (`label` names it in errors), then returns the
+/// thread to the namespace it was in. Only the calling thread moves (`setns` is per thread); `f` must not await
+/// or yield to other work, so nothing else runs on the thread meanwhile.
+///
+/// When the way back fails ([`NetlinkError::NetnsReturn`], which needs the kernel to refuse a namespace the
+/// thread was just in), the thread stays in `file`'s namespace: the caller must give up rather than open sockets
+/// or `/proc/sys/net` files on it again. For daemons use [`in_netns_file`].
+pub fn in_netns_file_here<T>(
+    file: &File,
+    label: &Path,
+    f: impl FnOnce() -> Result<T, NetlinkError>,
+) -> Result<T, NetlinkError> {
+    let own = File::open("/proc/thread-self/ns/net").map_err(|source| NetlinkError::NetnsOpen {
+        path: PathBuf::from("/proc/thread-self/ns/net"),
+        source,
+    })?;
+    setns(file, CloneFlags::CLONE_NEWNET).map_err(|source| NetlinkError::NetnsEnter {
+        path: label.to_owned(),
+        source,
+    })?;
+    let out = f();
+    setns(&own, CloneFlags::CLONE_NEWNET).map_err(|source| NetlinkError::NetnsReturn {
+        path: label.to_owned(),
+        source,
+    })?;
+    out
+}
+
 /// Creates a namespace that has no name: it lives as long as the returned file (and anything inside it, such as
 /// one end of a veth pair) is open. When the last reference goes, the kernel destroys it and every veth pair with
 /// an end inside it, so nothing is left behind even after a crash.
@@ -199,4 +230,43 @@ pub fn enter_netns(path: &Path) -> Result<(), NetlinkError> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_netns_file_here_runs_inside_and_returns_the_thread_to_its_own_namespace() {
+        let own = current_netns_id().expect("own netns");
+        let other = new_anonymous_netns().expect("anonymous netns (needs root)");
+        let other_id = NetnsId {
+            dev: other.metadata().expect("stat").dev(),
+            ino: other.metadata().expect("stat").ino(),
+        };
+        assert_ne!(own, other_id);
+        let inside = in_netns_file_here(&other, Path::new("test"), || {
+            current_netns_id().map_err(NetlinkError::Socket)
+        })
+        .expect("entered and came back");
+        assert_eq!(inside, other_id, "f ran in the other namespace");
+        assert_eq!(
+            current_netns_id().expect("own netns"),
+            own,
+            "and the thread came back"
+        );
+        // An error inside still brings the thread back, and is the one returned.
+        let err = in_netns_file_here(&other, Path::new("test"), || -> Result<(), _> {
+            Err(NetlinkError::LinkNotFound("x".into()))
+        })
+        .expect_err("f's error");
+        assert!(matches!(err, NetlinkError::LinkNotFound(_)), "{err}");
+        assert_eq!(current_netns_id().expect("own netns"), own);
+        // A file that is not a namespace is refused before anything moves.
+        let not_ns = File::open("/proc/self/status").expect("open");
+        let err = in_netns_file_here(&not_ns, Path::new("/proc/self/status"), || Ok(()))
+            .expect_err("not a namespace");
+        assert!(matches!(err, NetlinkError::NetnsEnter { .. }), "{err}");
+        assert_eq!(current_netns_id().expect("own netns"), own);
+    }
 }

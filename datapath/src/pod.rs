@@ -120,6 +120,10 @@ impl PodVeth {
 
 /// Phase one of a pod's network: the veth pair and `lo` (see [`PodVeth`]). On error the caller runs
 /// [`teardown`] (or [`v6::teardown6`]), which is safe on a partial setup.
+///
+/// The socket in the pod namespace is opened by the calling thread, which enters the namespace for that moment
+/// ([`Netlink::connect_file_here`]): this runs once per pod in the plugin's one short process, where a helper
+/// thread's start and end cost more than the socket. Not for a daemon's worker threads.
 pub async fn create_pod_veth(
     host: &Netlink,
     netns_path: &Path,
@@ -131,7 +135,7 @@ pub async fn create_pod_veth(
         path: netns_path.to_owned(),
         source,
     })?;
-    let pod = Netlink::connect_file(&netns)?;
+    let pod = Netlink::connect_file_here(&netns)?;
 
     // A host veth of the same name is a leftover of an earlier sandbox of the same pod (a crash, or a DEL whose
     // veth ipamd's reaper has not deleted yet): delete it (by the index found under that name) and build anew.
