@@ -371,26 +371,15 @@ pub async fn teardown_pod_end_except_peer(
     ifname: Option<&str>,
     host: &LinkInfo,
 ) -> Vec<NetlinkError> {
-    let (Some(path), Some(ifname)) = (netns_path, ifname) else {
-        return Vec::new();
-    };
-    if !path.exists() {
-        return Vec::new();
-    }
-    let pod = match Netlink::connect(Some(path)) {
-        Ok(pod) => pod,
-        Err(e) if e.is_not_found() => return Vec::new(),
-        Err(e) => return vec![e],
-    };
-    let eth = match pod.link_by_name(ifname).await {
-        Ok(Some(eth)) => eth,
+    let end = match find_pod_end(netns_path, ifname).await {
+        Ok(Some(end)) => end,
         Ok(None) => return Vec::new(),
         Err(e) => return vec![e],
     };
-    if is_peer_of(&eth, host) {
+    if is_peer_of(&end.link, host) {
         return Vec::new();
     }
-    match pod.delete_link_by_index(eth.index).await {
+    match end.netns.delete_link_by_index(end.link.index).await {
         Ok(_) => Vec::new(),
         Err(e) => vec![e],
     }
