@@ -24,7 +24,7 @@ pub mod v6;
 
 use crate::netlink::VethSpec;
 use crate::{
-    random_mac, LinkInfo, MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec,
+    random_mac, IpFamily, LinkInfo, MacAddr, Netlink, NetlinkError, RouteSpec, RuleSpec,
     FROM_POD_RULE_PRIORITY, MAIN_TABLE, TO_POD_RULE_PRIORITY,
 };
 
@@ -55,19 +55,19 @@ pub struct PodLinks {
 }
 
 /// The host rules that belong to a pod IP: `to ip lookup main` (512) and, for secondary ENIs,
-/// `from ip lookup table` (1536).
-pub fn pod_rules(ip: Ipv4Addr, table: u32) -> Vec<RuleSpec> {
+/// `from ip lookup table` (1536), each for the address alone (`/32`, `/128`).
+pub fn pod_rules<A: IpFamily>(ip: A, table: u32) -> Vec<RuleSpec<A>> {
     let mut rules = vec![RuleSpec {
         priority: TO_POD_RULE_PRIORITY,
         src: None,
-        dst: Some((ip, 32)),
+        dst: Some((ip, A::HOST_PREFIX)),
         fwmark: None,
         table: MAIN_TABLE,
     }];
     if table != MAIN_TABLE {
         rules.push(RuleSpec {
             priority: FROM_POD_RULE_PRIORITY,
-            src: Some((ip, 32)),
+            src: Some((ip, A::HOST_PREFIX)),
             dst: None,
             fwmark: None,
             table,
@@ -76,11 +76,11 @@ pub fn pod_rules(ip: Ipv4Addr, table: u32) -> Vec<RuleSpec> {
     rules
 }
 
-/// The host route to a pod: `ip/32 dev <host veth> scope link` in main.
-pub fn host_route(ip: Ipv4Addr, host_veth_index: Option<u32>) -> RouteSpec {
+/// The host route to a pod: `ip/32` (`/128`) `dev <host veth> scope link` in main.
+pub fn host_route<A: IpFamily>(ip: A, host_veth_index: Option<u32>) -> RouteSpec<A> {
     RouteSpec {
         dst: ip,
-        prefix_len: 32,
+        prefix_len: A::HOST_PREFIX,
         gateway: None,
         oif: host_veth_index,
         table: MAIN_TABLE,
@@ -298,19 +298,41 @@ fn host_veth_sysctls(name: &str) {
     }
 }
 
-/// What to remove for a pod. Every field is optional because DEL often knows little (containerd's second DEL
-/// has neither netns nor prevResult).
-#[derive(Debug, Clone, Default)]
-pub struct PodTeardown<'a> {
+/// What to remove for a pod, of the family of `A` (`PodTeardown` for IPv4, [`v6::PodTeardown6`] for IPv6).
+/// Every field is optional because DEL often knows little (containerd's second DEL has neither netns nor
+/// prevResult).
+#[derive(Debug, Clone)]
+pub struct PodTeardown<'a, A: IpFamily = Ipv4Addr> {
     pub host_veth: Option<&'a str>,
     pub netns_path: Option<&'a Path>,
     pub container_ifname: Option<&'a str>,
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<A>,
 }
 
-/// Removes everything [`setup`] made for a pod: host rules (512/1536, whatever their table), the host /32 route,
-/// the veth pair. Attempts every step and returns every failure (empty = clean). Missing objects are not errors.
+// By hand: a derived `Default` would ask for `A: Default`, which the address types are not.
+impl<A: IpFamily> Default for PodTeardown<'_, A> {
+    fn default() -> Self {
+        PodTeardown {
+            host_veth: None,
+            netns_path: None,
+            container_ifname: None,
+            ip: None,
+        }
+    }
+}
+
+/// Removes everything [`setup`] made for an IPv4 pod ([`teardown_family`]).
 pub async fn teardown(host: &Netlink, what: &PodTeardown<'_>) -> Vec<NetlinkError> {
+    teardown_family(host, what).await
+}
+
+/// Removes everything [`setup`] or [`v6::setup6`] made for a pod: host rules (512/1536, whatever their table),
+/// the host route to the address, the veth pair. Attempts every step and returns every failure (empty = clean).
+/// Missing objects are not errors.
+pub async fn teardown_family<A: IpFamily>(
+    host: &Netlink,
+    what: &PodTeardown<'_, A>,
+) -> Vec<NetlinkError> {
     let mut errors = Vec::new();
 
     if let Some(ip) = what.ip {
@@ -353,26 +375,15 @@ pub async fn teardown_pod_end_except_peer(
     ifname: Option<&str>,
     host: &LinkInfo,
 ) -> Vec<NetlinkError> {
-    let (Some(path), Some(ifname)) = (netns_path, ifname) else {
-        return Vec::new();
-    };
-    if !path.exists() {
-        return Vec::new();
-    }
-    let pod = match Netlink::connect(Some(path)) {
-        Ok(pod) => pod,
-        Err(e) if e.is_not_found() => return Vec::new(),
-        Err(e) => return vec![e],
-    };
-    let eth = match pod.link_by_name(ifname).await {
-        Ok(Some(eth)) => eth,
+    let end = match find_pod_end(netns_path, ifname).await {
+        Ok(Some(end)) => end,
         Ok(None) => return Vec::new(),
         Err(e) => return vec![e],
     };
-    if is_peer_of(&eth, host) {
+    if is_peer_of(&end.link, host) {
         return Vec::new();
     }
-    match pod.delete_link_by_index(eth.index).await {
+    match end.netns.delete_link_by_index(end.link.index).await {
         Ok(_) => Vec::new(),
         Err(e) => vec![e],
     }
@@ -408,17 +419,35 @@ pub async fn find_pod_end(
         .map(|link| PodEnd { netns, link }))
 }
 
-/// What a DEL may remove, each item still to be tied to the container by the kernel's state before it goes.
-#[derive(Debug, Clone, Default)]
-pub struct OwnedTeardown<'a> {
+/// What a DEL may remove, each item still to be tied to the container by the kernel's state before it goes
+/// (`OwnedTeardown` for IPv4, [`v6::OwnedTeardown6`] for IPv6).
+#[derive(Debug, Clone)]
+pub struct OwnedTeardown<'a, A: IpFamily = Ipv4Addr> {
     /// The pod's address: ipamd's answer (or, with ipamd unreachable, prevResult's).
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<A>,
     /// The host veth found under the pod's veth name (already checked to be a veth of that name pattern).
     pub host_veth: Option<&'a LinkInfo>,
     /// The interface `CNI_IFNAME` in `CNI_NETNS`.
     pub pod_end: Option<&'a PodEnd>,
     /// ipamd's reaper deletes `host_veth` (so its peer is left alone too).
     pub veth_deferred: bool,
+}
+
+// By hand, as for [`PodTeardown`].
+impl<A: IpFamily> Default for OwnedTeardown<'_, A> {
+    fn default() -> Self {
+        OwnedTeardown {
+            ip: None,
+            host_veth: None,
+            pod_end: None,
+            veth_deferred: false,
+        }
+    }
+}
+
+/// [`teardown_owned_family`] for an IPv4 address.
+pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<NetlinkError> {
+    teardown_owned_family(host, what).await
 }
 
 /// Removes what can be tied to one container, and nothing else:
@@ -432,7 +461,10 @@ pub struct OwnedTeardown<'a> {
 /// - the pod end, when it carries `ip` or is the peer of the tied host veth.
 ///
 /// Attempts every step, returns every failure; missing objects are not errors.
-pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<NetlinkError> {
+pub async fn teardown_owned_family<A: IpFamily>(
+    host: &Netlink,
+    what: &OwnedTeardown<'_, A>,
+) -> Vec<NetlinkError> {
     let mut errors = Vec::new();
     // The two first questions go to different sockets (the host's, the pod's) and are asked at once; two dumps
     // are never in flight on one socket (the kernel refuses a second with EBUSY).
@@ -512,7 +544,7 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
             (Some(ip), Some(found)) => match found {
                 Ok(addrs) => addrs
                     .iter()
-                    .any(|(a, len)| *a == std::net::IpAddr::V4(ip) && *len == 32),
+                    .any(|(a, len)| *a == ip.into() && *len == A::HOST_PREFIX),
                 Err(e) => {
                     errors.push(e);
                     false
@@ -541,8 +573,8 @@ pub async fn teardown_owned(host: &Netlink, what: &OwnedTeardown<'_>) -> Vec<Net
 }
 
 /// Deletes the 512/1536 rules of `ip`, adding every failure to `errors`.
-async fn delete_pod_rules(host: &Netlink, ip: Ipv4Addr, errors: &mut Vec<NetlinkError>) {
-    match host.rules().await {
+async fn delete_pod_rules<A: IpFamily>(host: &Netlink, ip: A, errors: &mut Vec<NetlinkError>) {
+    match host.rules::<A>().await {
         Ok(rules) => {
             for rule in rules.iter().filter(|r| is_pod_rule(r, ip)) {
                 if let Err(e) = host.delete_rule(rule).await {
@@ -554,14 +586,14 @@ async fn delete_pod_rules(host: &Netlink, ip: Ipv4Addr, errors: &mut Vec<Netlink
     }
 }
 
-/// The output interface of the main table's `/32` route to `ip`: `None` when there is none, `Some(None)` for a
-/// route without one.
-async fn route_to(host: &Netlink, ip: Ipv4Addr) -> Result<Option<Option<u32>>, NetlinkError> {
+/// The output interface of the main table's `/32` (`/128`) route to `ip`: `None` when there is none,
+/// `Some(None)` for a route without one.
+async fn route_to<A: IpFamily>(host: &Netlink, ip: A) -> Result<Option<Option<u32>>, NetlinkError> {
     Ok(host
-        .routes::<Ipv4Addr>(MAIN_TABLE)
+        .routes::<A>(MAIN_TABLE)
         .await?
         .into_iter()
-        .find(|r| r.dst == ip && r.prefix_len == 32)
+        .find(|r| r.dst == ip && r.prefix_len == A::HOST_PREFIX)
         .map(|r| r.oif))
 }
 
@@ -570,12 +602,11 @@ pub fn is_peer_of(a: &LinkInfo, b: &LinkInfo) -> bool {
     a.peer_index == Some(b.index) && b.peer_index == Some(a.index)
 }
 
-/// True for the 512/1536 rules that [`setup`] installs for `ip`.
-pub fn is_pod_rule(rule: &RuleSpec, ip: Ipv4Addr) -> bool {
-    (rule.priority == TO_POD_RULE_PRIORITY && rule.dst == Some((ip, 32)) && rule.src.is_none())
-        || (rule.priority == FROM_POD_RULE_PRIORITY
-            && rule.src == Some((ip, 32))
-            && rule.dst.is_none())
+/// True for the 512/1536 rules that [`setup`] (or [`v6::setup6`]) installs for `ip`.
+pub fn is_pod_rule<A: IpFamily>(rule: &RuleSpec<A>, ip: A) -> bool {
+    let own = Some((ip, A::HOST_PREFIX));
+    (rule.priority == TO_POD_RULE_PRIORITY && rule.dst == own && rule.src.is_none())
+        || (rule.priority == FROM_POD_RULE_PRIORITY && rule.src == own && rule.dst.is_none())
 }
 
 #[cfg(test)]

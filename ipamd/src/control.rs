@@ -103,6 +103,42 @@ pub fn readiness(node: &Node) -> (bool, FailureReason, String, PoolCounts) {
     (false, FailureReason::NodeAtEniLimit, msg, counts)
 }
 
+/// One `Gc` request: the network it cleans and the attachments (container, interface) that stay.
+struct Gc<'a> {
+    network_name: &'a str,
+    valid: &'a HashSet<(String, String)>,
+}
+
+impl Gc<'_> {
+    /// Releases (with `del`) every assignment of the network that is not a valid attachment, and lists it in
+    /// `reply.released`; the valid ones go to `reply.kept`. Run once per datastore; `what` names its addresses
+    /// in the log.
+    fn sweep<V: IpVersion>(
+        &self,
+        assignments: Vec<(IpamKey, PodMeta, Allocation<V>)>,
+        del: impl Fn(&IpamKey) -> Option<Allocation<V>>,
+        what: &str,
+        reply: &mut GcReply,
+    ) where
+        V::Addr: Into<IpAddr>,
+    {
+        for (key, meta, alloc) in assignments {
+            if key.network_name != self.network_name {
+                continue;
+            }
+            if self
+                .valid
+                .contains(&(key.container_id.clone(), key.if_name.clone()))
+            {
+                reply.kept.push(pb(&key, &meta, &alloc));
+            } else if let Some(a) = del(&key) {
+                tracing::info!(container = %key.container_id, ip = %a.ip, "GC released a stale {what}");
+                reply.released.push(pb(&key, &meta, &a));
+            }
+        }
+    }
+}
+
 /// One assignment as the control service lists it: `IPv4Addr` set, or in IPv6 mode `IPv6Addr` (the other empty).
 fn pb<V: IpVersion>(key: &IpamKey, meta: &PodMeta, a: &Allocation<V>) -> PbAllocation
 where
@@ -260,30 +296,23 @@ impl IpamdControl for ControlService {
             .iter()
             .map(|a| (a.container_id.clone(), a.if_name.clone()))
             .collect();
-        let mut released = Vec::new();
-        let mut kept = Vec::new();
-        for (key, meta, alloc) in self.node.datastore().assignments() {
-            if key.network_name != req.network_name {
-                continue;
-            }
-            if valid.contains(&(key.container_id.clone(), key.if_name.clone())) {
-                kept.push(pb(&key, &meta, &alloc));
-            } else if let Some(a) = self.node.del(&key) {
-                tracing::info!(container = %key.container_id, ip = %a.ip, "GC released a stale address");
-                released.push(pb(&key, &meta, &a));
-            }
-        }
-        for (key, meta, alloc) in self.node.datastore6().assignments() {
-            if key.network_name != req.network_name {
-                continue;
-            }
-            if valid.contains(&(key.container_id.clone(), key.if_name.clone())) {
-                kept.push(pb(&key, &meta, &alloc));
-            } else if let Some(a) = self.node.del6(&key) {
-                tracing::info!(container = %key.container_id, ip = %a.ip, "GC released a stale IPv6 address");
-                released.push(pb(&key, &meta, &a));
-            }
-        }
-        Ok(Response::new(GcReply { released, kept }))
+        let mut reply = GcReply::default();
+        let gc = Gc {
+            network_name: &req.network_name,
+            valid: &valid,
+        };
+        gc.sweep(
+            self.node.datastore().assignments(),
+            |key| self.node.del(key),
+            "address",
+            &mut reply,
+        );
+        gc.sweep(
+            self.node.datastore6().assignments(),
+            |key| self.node.del6(key),
+            "IPv6 address",
+            &mut reply,
+        );
+        Ok(Response::new(reply))
     }
 }

@@ -267,12 +267,17 @@ pub fn arr(v: &Value) -> Vec<Value> {
     v.as_array().cloned().unwrap_or_default()
 }
 
-/// ipamd on a simulated node in its own namespace; stopped on drop.
+/// ipamd on a simulated node in its own namespace; stopped on drop. It can be stopped or crashed and started
+/// again on the same node and files ([`Ipamd::restart`]).
 #[derive(Debug)]
 pub struct Ipamd {
     pub node: Netns,
     pub dir: TempDir,
     child: Option<Child>,
+    /// What it was started with, for a restart.
+    instance_type: String,
+    env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl Ipamd {
@@ -322,27 +327,56 @@ impl Ipamd {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Ipamd {
-        let log = std::fs::File::create(dir.path().join("ipamd.log")).expect("log file");
-        let mut cmd = Ipamd::command(&node, &dir, instance_type);
-        cmd.args(args)
+        std::fs::File::create(dir.path().join("ipamd.log")).expect("log file");
+        let mut me = Ipamd {
+            node,
+            dir,
+            child: None,
+            instance_type: instance_type.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        me.spawn();
+        me
+    }
+
+    /// Stops the daemon if it runs (SIGTERM) and starts it again with the same settings on the same node and
+    /// files (checkpoint, simulator state; its log goes on), then waits for its socket.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// SIGKILL: the daemon dies as in a crash (no shutdown, its socket file left behind); the node and the files
+    /// stay for [`Ipamd::restart`].
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self) {
+        // A crashed daemon's socket file would pass for the new one's.
+        let _ = std::fs::remove_file(self.socket());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ipamd.log"))
+            .expect("log file");
+        let mut cmd = Ipamd::command(&self.node, &self.dir, &self.instance_type);
+        cmd.args(&self.args)
             .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
-        for (k, v) in env {
+        for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn ipamd");
-        let mut me = Ipamd {
-            node,
-            dir,
-            child: Some(child),
-        };
-        me.wait_ready();
-        me
-    }
-
-    fn wait_ready(&mut self) {
+        self.child = Some(cmd.spawn().expect("spawn ipamd"));
         let (socket, log) = (self.socket(), self.dir.path().join("ipamd.log"));
         wait_for_socket(&mut self.child, &socket, Duration::from_secs(20), &log);
     }
@@ -377,15 +411,31 @@ impl Ipamd {
         serde_json::from_slice(&b).expect("sim state json")
     }
 
-    /// The node's primary IP (from the simulator).
-    pub fn node_ip(&self) -> String {
-        let st = self.sim_state();
-        st["enis"]
+    /// The node's primary ENI as the simulator holds it.
+    pub fn primary_eni(&self) -> Value {
+        self.sim_state()["enis"]
             .as_object()
             .and_then(|m| m.values().find(|e| e["device_index"] == 0))
-            .and_then(|e| e["primary_ip"].as_str())
+            .expect("primary ENI")
+            .clone()
+    }
+
+    /// The node's primary IP (from the simulator).
+    pub fn node_ip(&self) -> String {
+        self.primary_eni()["primary_ip"]
+            .as_str()
             .expect("primary ENI")
             .to_string()
+    }
+
+    /// How many times the simulated EC2 was called with `api`.
+    pub fn ec2_calls(&self, api: &str) -> u64 {
+        self.sim_state()["calls"][api].as_u64().unwrap_or(0)
+    }
+
+    /// The checkpoint file's text ("" while there is none).
+    pub fn checkpoint(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ipam.json")).unwrap_or_default()
     }
 
     /// Stops the daemon with SIGTERM and returns its exit status success.
@@ -610,6 +660,16 @@ pub fn pod(netns: &Netns, name: &str) -> PodSpec {
     }
 }
 
+/// ipamd in IPv6 mode, as an IPv6 cluster runs it (one /80 on the primary ENI, no IPv4 pods), its log on stderr
+/// (the test's log file).
+pub const IPV6_MODE: &[(&str, &str)] = &[
+    ("ENABLE_IPv6", "true"),
+    ("ENABLE_IPv4", "false"),
+    ("ENABLE_PREFIX_DELEGATION", "true"),
+    ("WARM_PREFIX_TARGET", "1"),
+    ("AWS_VPC_K8S_CNI_LOG_FILE", "stderr"),
+];
+
 /// Pool settings that keep the pool still across one ADD/DEL (10 addresses, 1 warm), so the node's state before
 /// and after can be compared exactly.
 pub const STILL_POOL: &[(&str, &str)] = &[("WARM_IP_TARGET", "1"), ("MINIMUM_IP_TARGET", "10")];
@@ -660,4 +720,58 @@ pub fn cni_gc_at(node: &Netns, plugin: &str, conf: &serde_json::Value) -> (bool,
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// The conflist a runtime runs on an IPv6 node (or an IPv4 one with IPv6 egress): `aws-cni`, then `egress-cni`,
+/// in `node`.
+pub struct Chain<'a> {
+    pub node: &'a Netns,
+    /// aws-cni's conf.
+    pub aws: Value,
+    /// egress-cni's conf for a prevResult.
+    pub egress_of: &'a dyn Fn(&Value) -> Value,
+    /// What a failure of aws-cni adds to its message (e.g. ipamd's log).
+    pub context: &'a dyn Fn() -> String,
+}
+
+impl<'a> Chain<'a> {
+    /// The chain with nothing added to a failure's message.
+    pub fn new(node: &'a Netns, aws: Value, egress_of: &'a dyn Fn(&Value) -> Value) -> Chain<'a> {
+        Chain {
+            node,
+            aws,
+            egress_of,
+            context: &String::new,
+        }
+    }
+
+    /// ADD through aws-cni then egress-cni (with aws-cni's result); returns (aws-cni's result, the final one).
+    pub fn add(&self, pod: &PodSpec) -> (Value, Value) {
+        let out = cni_at(&bin("aws-cni"), self.node, "ADD", pod, &self.aws);
+        assert!(
+            out.success,
+            "aws-cni ADD: {}\n{}",
+            out.stdout,
+            (self.context)()
+        );
+        let egress = (self.egress_of)(&out.json);
+        let eg = cni_at(&bin("egress-cni"), self.node, "ADD", pod, &egress);
+        assert!(eg.success, "egress-cni ADD: {}", eg.stdout);
+        (out.json, eg.json)
+    }
+
+    /// DEL in reverse order, each with the final `result` as prevResult.
+    pub fn del(&self, pod: &PodSpec, result: &Value) {
+        let egress = with_prev(&(self.egress_of)(result), result);
+        let eg = cni_at(&bin("egress-cni"), self.node, "DEL", pod, &egress);
+        assert!(eg.success, "egress-cni DEL: {}", eg.stdout);
+        let aws = with_prev(&self.aws, result);
+        let out = cni_at(&bin("aws-cni"), self.node, "DEL", pod, &aws);
+        assert!(
+            out.success,
+            "aws-cni DEL: {}\n{}",
+            out.stdout,
+            (self.context)()
+        );
+    }
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use integration_tests::ipamd_double::IpamdDouble;
 use integration_tests::{
-    arr, bin, cni_at, cni_gc_at, require_root, with_prev, Netns, PodSpec, TempDir,
+    arr, bin, cni_at, cni_gc_at, pod, require_root, with_prev, Chain, Netns, TempDir,
 };
 use serde_json::{json, Value};
 
@@ -159,16 +159,6 @@ impl Node {
     }
 }
 
-fn pod_spec(ns: &Netns, name: &str) -> PodSpec {
-    PodSpec {
-        container_id: format!("ctr-{}", ns.name),
-        namespace: "default".into(),
-        name: name.into(),
-        netns: ns.path(),
-        ifname: "eth0".into(),
-    }
-}
-
 fn aws_conf(socket: &Path, dir: &TempDir) -> Value {
     json!({
         "cniVersion": "0.4.0", "name": "aws-cni", "type": "aws-cni", "vethPrefix": "eni", "mtu": "9001",
@@ -195,46 +185,6 @@ fn egress_conf(node_ip: &str, v6: bool, dir: &TempDir, prev: &Value) -> Value {
     })
 }
 
-/// ADD through aws-cni then egress-cni, as the runtime runs the conflist; returns (aws-cni result, final result).
-fn add_chain(
-    node: &Node,
-    pod: &PodSpec,
-    aws: &Value,
-    egress_of: &dyn Fn(&Value) -> Value,
-) -> (Value, Value) {
-    let out = cni_at(&bin("aws-cni"), &node.ns, "ADD", pod, aws);
-    assert!(out.success, "aws-cni ADD: {}", out.stdout);
-    let eg = cni_at(
-        &bin("egress-cni"),
-        &node.ns,
-        "ADD",
-        pod,
-        &egress_of(&out.json),
-    );
-    assert!(eg.success, "egress-cni ADD: {}", eg.stdout);
-    (out.json, eg.json)
-}
-
-fn del_chain(node: &Node, pod: &PodSpec, aws: &Value, egress: &Value, result: &Value) {
-    // The runtime deletes in reverse order, each with the final result as prevResult.
-    let eg = cni_at(
-        &bin("egress-cni"),
-        &node.ns,
-        "DEL",
-        pod,
-        &with_prev(egress, result),
-    );
-    assert!(eg.success, "egress-cni DEL: {}", eg.stdout);
-    let out = cni_at(
-        &bin("aws-cni"),
-        &node.ns,
-        "DEL",
-        pod,
-        &with_prev(aws, result),
-    );
-    assert!(out.success, "aws-cni DEL: {}", out.stdout);
-}
-
 #[test]
 fn ipv6_pods_reach_each_other_the_node_a_vpc_peer_and_ipv4_through_egress() {
     require_root();
@@ -247,10 +197,11 @@ fn ipv6_pods_reach_each_other_the_node_a_vpc_peer_and_ipv4_through_egress() {
     let before = node.snapshot();
     let aws = aws_conf(double.socket(), &dir);
     let egress_of = |prev: &Value| egress_conf(&node.ip4(), false, &dir, prev);
+    let chain = Chain::new(&node.ns, aws.clone(), &egress_of);
     let (a_ns, b_ns) = (Netns::new("v6pa-"), Netns::new("v6pb-"));
-    let (a, b) = (pod_spec(&a_ns, "a"), pod_spec(&b_ns, "b"));
-    let (a_aws, a_res) = add_chain(&node, &a, &aws, &egress_of);
-    let (_, b_res) = add_chain(&node, &b, &aws, &egress_of);
+    let (a, b) = (pod(&a_ns, "a"), pod(&b_ns, "b"));
+    let (a_aws, a_res) = chain.add(&a);
+    let (_, b_res) = chain.add(&b);
 
     // The result: the pod's IPv6 /128, version 6, on interface 1 (eth0 in the sandbox); egress-cni appends its
     // two interfaces and no address.
@@ -360,12 +311,12 @@ fn ipv6_pods_reach_each_other_the_node_a_vpc_peer_and_ipv4_through_egress() {
         chk.stdout
     );
 
-    del_chain(&node, &a, &aws, &egress_of(&a_res), &a_res);
-    del_chain(&node, &b, &aws, &egress_of(&b_res), &b_res);
+    chain.del(&a, &a_res);
+    chain.del(&b, &b_res);
     assert_eq!(node.snapshot(), before, "DEL leaves nothing on the node");
     assert!(double.held().is_empty(), "{:?}", double.held());
     // A repeated DEL finds nothing and succeeds.
-    del_chain(&node, &a, &aws, &egress_of(&a_res), &a_res);
+    chain.del(&a, &a_res);
 }
 
 #[test]
@@ -380,14 +331,15 @@ fn gc_sweeps_ipv6_pods_and_egress_of_vanished_sandboxes() {
     let before = node.snapshot();
     let aws = aws_conf(double.socket(), &dir);
     let egress_of = |prev: &Value| egress_conf(&node.ip4(), false, &dir, prev);
+    let chain = Chain::new(&node.ns, aws.clone(), &egress_of);
     let keep_ns = Netns::new("v6gk-");
-    let keep = pod_spec(&keep_ns, "keep");
-    let (_, keep_res) = add_chain(&node, &keep, &aws, &egress_of);
+    let keep = pod(&keep_ns, "keep");
+    let (_, keep_res) = chain.add(&keep);
     let with_keep = node.snapshot();
     {
         let gone_ns = Netns::new("v6gg-");
-        let gone = pod_spec(&gone_ns, "gone");
-        add_chain(&node, &gone, &aws, &egress_of);
+        let gone = pod(&gone_ns, "gone");
+        chain.add(&gone);
         // The sandbox disappears without a DEL (its namespace is dropped here).
     }
     let valid = json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
@@ -412,7 +364,7 @@ fn gc_sweeps_ipv6_pods_and_egress_of_vanished_sandboxes() {
         keep_ns.ping4(&node.peer4()),
         "the kept pod still has its egress"
     );
-    del_chain(&node, &keep, &aws, &egress_of(&keep_res), &keep_res);
+    chain.del(&keep, &keep_res);
     assert_eq!(node.snapshot(), before);
 }
 
@@ -425,9 +377,10 @@ fn ipv4_pod_reaches_an_ipv6_peer_with_v6_egress() {
     let before = node.snapshot();
     let aws = aws_conf(double.socket(), &dir);
     let egress_of = |prev: &Value| egress_conf(&node.ip6(), true, &dir, prev);
+    let chain = Chain::new(&node.ns, aws.clone(), &egress_of);
     let p_ns = Netns::new("v6ep-");
-    let p = pod_spec(&p_ns, "p");
-    let (aws_res, res) = add_chain(&node, &p, &aws, &egress_of);
+    let p = pod(&p_ns, "p");
+    let (aws_res, res) = chain.add(&p);
     assert_eq!(aws_res["ips"][0]["version"], "4", "{aws_res}");
     let names: Vec<String> = arr(&res["interfaces"])
         .iter()
@@ -466,6 +419,6 @@ fn ipv4_pod_reaches_an_ipv6_peer_with_v6_egress() {
     // As the anchor: the pod's own interface carries no IPv6.
     let disabled = p_ns.exec(&["sysctl", "-n", "net.ipv6.conf.eth0.disable_ipv6"]);
     assert_eq!(String::from_utf8_lossy(&disabled.stdout).trim(), "1");
-    del_chain(&node, &p, &aws, &egress_of(&res), &res);
+    chain.del(&p, &res);
     assert_eq!(node.snapshot(), before, "DEL leaves nothing on the node");
 }

@@ -5,121 +5,27 @@
 //! second prefix), a DEL frees the address; and the combinations the anchor refuses stop startup naming the
 //! variables.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use aws_cni_proto::{
-    AddNetworkRequest, CniBackendClient, DelNetworkRequest, IpamdControlClient,
-    ListAllocationsRequest,
+    AddNetworkRequest, Allocation, CniBackendClient, DelNetworkReply, DelNetworkRequest,
+    IpamdControlClient, ListAllocationsRequest,
 };
-use integration_tests::{require_root, wait_for_socket, Ipamd, Netns, TempDir};
-use serde_json::Value;
+use integration_tests::{arr, require_root, Ipamd, Netns, TempDir, IPV6_MODE};
 
-const V6_ENV: [(&str, &str); 4] = [
-    ("ENABLE_IPv6", "true"),
-    ("ENABLE_IPv4", "false"),
-    ("ENABLE_PREFIX_DELEGATION", "true"),
-    ("WARM_PREFIX_TARGET", "1"),
-];
-
-/// ipamd in IPv6 mode on a simulated m5.large, restartable on the same node and files.
-struct V6Node {
-    node: Netns,
-    dir: TempDir,
-    child: Option<Child>,
+/// ipamd in IPv6 mode on a simulated m5.large (restartable on the same node and files).
+fn start_v6() -> Ipamd {
+    Ipamd::start("m5.large", IPV6_MODE)
 }
 
-impl V6Node {
-    fn new() -> V6Node {
-        require_root();
-        V6Node {
-            node: Netns::new("act-v6-"),
-            dir: TempDir::new(),
-            child: None,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("ipamd.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default()
-    }
-
-    fn start(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("ipamd.log"))
-            .expect("log");
-        let mut cmd = Ipamd::command(&self.node, &self.dir, "m5.large");
-        cmd.env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
-            .env("AWS_VPC_K8S_CNI_LOG_FILE", "stderr")
-            .envs(V6_ENV)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn ipamd"));
-        let (socket, log) = (self.socket(), self.dir.path().join("ipamd.log"));
-        wait_for_socket(&mut self.child, &socket, Duration::from_secs(20), &log);
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn sim_state(&self) -> Value {
-        let b = std::fs::read(self.dir.path().join("sim-ec2.json")).expect("sim state");
-        serde_json::from_slice(&b).expect("json")
-    }
-
-    /// The primary ENI's IPv6 prefixes, as the simulated EC2 holds them.
-    fn prefixes(&self) -> Vec<String> {
-        let st = self.sim_state();
-        let primary = st["enis"]
-            .as_object()
-            .and_then(|m| m.values().find(|e| e["device_index"] == 0))
-            .expect("primary ENI")
-            .clone();
-        primary["ipv6_prefixes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|p| p.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn ec2_calls(&self, api: &str) -> u64 {
-        self.sim_state()["calls"][api].as_u64().unwrap_or(0)
-    }
-
-    fn checkpoint(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ipam.json")).unwrap_or_default()
-    }
-}
-
-impl Drop for V6Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// The primary ENI's IPv6 prefixes, as the simulated EC2 holds them.
+fn prefixes(n: &Ipamd) -> Vec<String> {
+    arr(&n.primary_eni()["ipv6_prefixes"])
+        .iter()
+        .filter_map(|p| p.as_str().map(String::from))
+        .collect()
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -182,6 +88,29 @@ async fn add(sock: &Path, container: &str, pod: &str) -> std::net::Ipv6Addr {
     m.i_pv6_addr.parse().expect("an IPv6 address")
 }
 
+/// DEL over gRPC; returns the reply.
+async fn del_network(sock: &Path, container: &str, pod: &str) -> DelNetworkReply {
+    backend(sock)
+        .await
+        .del_network(del_req(container, pod))
+        .await
+        .expect("DelNetwork")
+        .into_inner()
+}
+
+/// Every assignment, as the control service lists them (what CHECK, GC and `ipamd status` read).
+async fn list_allocations(sock: &Path) -> Vec<Allocation> {
+    let ch = aws_cni_proto::unix_channel(sock, Duration::from_secs(5))
+        .await
+        .expect("connect");
+    IpamdControlClient::new(ch)
+        .list_allocations(ListAllocationsRequest::default())
+        .await
+        .expect("ListAllocations")
+        .into_inner()
+        .allocations
+}
+
 fn in_prefix(ip: std::net::Ipv6Addr, prefix: &str) -> bool {
     let (net, len) = prefix.split_once('/').expect("cidr");
     let net: std::net::Ipv6Addr = net.parse().expect("net");
@@ -192,11 +121,10 @@ fn in_prefix(ip: std::net::Ipv6Addr, prefix: &str) -> bool {
 
 #[test]
 fn ipv6_pods_get_addresses_of_the_nodes_80_over_grpc_and_keep_them_across_a_restart() {
-    let mut n = V6Node::new();
-    n.start();
-    let prefixes = n.prefixes();
-    assert_eq!(prefixes.len(), 1, "{prefixes:?}");
-    let prefix = prefixes[0].clone();
+    let mut n = start_v6();
+    let held = prefixes(&n);
+    assert_eq!(held.len(), 1, "{held:?}");
+    let prefix = held[0].clone();
     assert!(prefix.ends_with("/80"), "{prefix}");
     assert_eq!(n.ec2_calls("AssignIpv6Addresses"), 1);
     // No warm pool and no secondary ENI in IPv6 mode.
@@ -216,17 +144,7 @@ fn ipv6_pods_get_addresses_of_the_nodes_80_over_grpc_and_keep_them_across_a_rest
     assert!(cp.contains(&format!("\"ipv6\":\"{a}\"")), "{cp}");
     assert!(!cp.contains("\"ipv4\""), "{cp}");
     // The control service lists them with their IPv6 address (what CHECK, GC and `ipamd status` read).
-    let listed = rt.block_on(async {
-        let ch = aws_cni_proto::unix_channel(&sock, Duration::from_secs(5))
-            .await
-            .expect("connect");
-        IpamdControlClient::new(ch)
-            .list_allocations(ListAllocationsRequest::default())
-            .await
-            .expect("ListAllocations")
-            .into_inner()
-            .allocations
-    });
+    let listed = rt.block_on(list_allocations(&sock));
     let mut v6: Vec<String> = listed.iter().map(|x| x.i_pv6_addr.clone()).collect();
     v6.sort();
     let mut want = vec![a.to_string(), b.to_string()];
@@ -234,13 +152,7 @@ fn ipv6_pods_get_addresses_of_the_nodes_80_over_grpc_and_keep_them_across_a_rest
     assert_eq!(v6, want, "{listed:?}");
     assert!(listed.iter().all(|x| x.i_pv4_addr.is_empty()));
     // `ipamd status` shows them, the /80 on the primary ENI, and the node ready.
-    let out = Command::new(integration_tests::bin("ipamd"))
-        .args(["status", "--output", "json", "--socket"])
-        .arg(&sock)
-        .output()
-        .expect("ipamd status");
-    assert!(out.status.success(), "{out:?}");
-    let st: Value = serde_json::from_slice(&out.stdout).expect("status json");
+    let st = n.status_json();
     assert_eq!(st["ready"], true, "{st}");
     let mut ips: Vec<String> = st["pods"]
         .as_array()
@@ -254,9 +166,8 @@ fn ipv6_pods_get_addresses_of_the_nodes_80_over_grpc_and_keep_them_across_a_rest
     assert_eq!(st["enis"][0]["assigned"], 2, "{st}");
 
     // Restart: both pods keep their address, and EC2 is not asked for a second prefix.
-    n.stop();
-    n.start();
-    assert_eq!(n.prefixes(), vec![prefix.clone()]);
+    n.restart();
+    assert_eq!(prefixes(&n), vec![prefix.clone()]);
     assert_eq!(n.ec2_calls("AssignIpv6Addresses"), 1);
     assert_eq!(rt.block_on(add(&sock, "c0ffee00a", "web-a")), a);
     assert_eq!(rt.block_on(add(&sock, "c0ffee00b", "web-b")), b);
@@ -264,14 +175,7 @@ fn ipv6_pods_get_addresses_of_the_nodes_80_over_grpc_and_keep_them_across_a_rest
     assert!(c != a && c != b && in_prefix(c, &prefix), "{c}");
 
     // DEL frees it (named in the reply); a repeated DEL frees nothing; a new pod does not get it (cooldown).
-    let del = rt.block_on(async {
-        backend(&sock)
-            .await
-            .del_network(del_req("c0ffee00a", "web-a"))
-            .await
-            .expect("DelNetwork")
-            .into_inner()
-    });
+    let del = rt.block_on(del_network(&sock, "c0ffee00a", "web-a"));
     assert!(del.success, "{del:?}");
     assert_eq!(
         del.ip_allocation_metadata
@@ -280,14 +184,7 @@ fn ipv6_pods_get_addresses_of_the_nodes_80_over_grpc_and_keep_them_across_a_rest
             .collect::<Vec<_>>(),
         vec![a.to_string()]
     );
-    let again = rt.block_on(async {
-        backend(&sock)
-            .await
-            .del_network(del_req("c0ffee00a", "web-a"))
-            .await
-            .expect("DelNetwork")
-            .into_inner()
-    });
+    let again = rt.block_on(del_network(&sock, "c0ffee00a", "web-a"));
     assert!(
         again.success && again.ip_allocation_metadata.is_empty(),
         "{again:?}"
@@ -366,11 +263,10 @@ fn anchor_entry_v6(container: &str, ip: &str, name: &str, wall_ns: u64) -> Strin
 
 #[test]
 fn a_node_migrated_from_the_anchor_in_ipv6_mode_keeps_its_pods() {
-    let mut n = V6Node::new();
     // The instance as aws-node left it: EC2 gave the primary ENI its /80.
-    n.start();
+    let mut n = start_v6();
     n.stop();
-    let prefix = n.prefixes()[0].clone();
+    let prefix = prefixes(&n)[0].clone();
     let net: std::net::Ipv6Addr = prefix
         .split_once('/')
         .expect("cidr")
@@ -418,22 +314,12 @@ fn a_node_migrated_from_the_anchor_in_ipv6_mode_keeps_its_pods() {
     );
     std::fs::write(n.dir.path().join("ipam.json"), file).expect("anchor checkpoint");
 
-    n.start();
+    n.restart();
     assert_eq!(n.ec2_calls("AssignIpv6Addresses"), 1, "no second prefix");
     let sock = n.socket();
     let rt = rt();
     // The running pods keep their addresses (a repeated ADD answers what the key holds); the gone one is freed.
-    let listed = rt.block_on(async {
-        let ch = aws_cni_proto::unix_channel(&sock, Duration::from_secs(5))
-            .await
-            .expect("connect");
-        IpamdControlClient::new(ch)
-            .list_allocations(ListAllocationsRequest::default())
-            .await
-            .expect("ListAllocations")
-            .into_inner()
-            .allocations
-    });
+    let listed = rt.block_on(list_allocations(&sock));
     let mut held: Vec<(String, String)> = listed
         .iter()
         .map(|a| (a.k8s_pod_name.clone(), a.i_pv6_addr.clone()))
@@ -455,14 +341,7 @@ fn a_node_migrated_from_the_anchor_in_ipv6_mode_keeps_its_pods() {
         fresh != web0 && fresh != web1 && in_prefix(fresh, &prefix),
         "{fresh}"
     );
-    let del = rt.block_on(async {
-        backend(&sock)
-            .await
-            .del_network(del_req("anchor1c0ffee", "web-1"))
-            .await
-            .expect("DelNetwork")
-            .into_inner()
-    });
+    let del = rt.block_on(del_network(&sock, "anchor1c0ffee", "web-1"));
     assert_eq!(
         del.ip_allocation_metadata
             .iter()

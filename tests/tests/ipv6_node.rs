@@ -21,21 +21,14 @@
 //! addresses, and the fabric's route to the /80) and gives a new pod another address.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use integration_tests::{
-    arr, bin, cni_at, cni_gc_at, eventually, require_root, wait_for_socket, with_prev, Ipamd,
-    Netns, PodSpec, TempDir,
+    arr, bin, cni_at, cni_gc_at, eventually, pod, require_root, with_prev, Chain, Ipamd, Netns,
+    PodSpec, IPV6_MODE,
 };
 use serde_json::{json, Value};
-
-const V6_ENV: [(&str, &str); 4] = [
-    ("ENABLE_IPv6", "true"),
-    ("ENABLE_IPv4", "false"),
-    ("ENABLE_PREFIX_DELEGATION", "true"),
-    ("WARM_PREFIX_TARGET", "1"),
-];
 
 /// The VPC peers' addresses, in the fabric's peer subnets (`ec2_sim::fabric::PEER_SUBNET` and the last /64 of
 /// the simulator's VPC /56 2600:1f14:ab:c800::/56).
@@ -49,14 +42,13 @@ fn ok(o: Output) {
 }
 
 /// ipamd in IPv6 mode on a simulated m5.large whose fabric lives in a namespace the test owns (so it and the
-/// peers attached to it outlive a restart of ipamd, as a VPC does), with its two peers.
+/// peers attached to it outlive a restart of ipamd, as a VPC does), with its two peers. The daemon is dropped
+/// (stopped) first, then the fabric and the peers.
 struct V6Node {
-    node: Netns,
+    ipamd: Ipamd,
     fabric: Netns,
     peer6: Netns,
     peer4: Netns,
-    dir: TempDir,
-    child: Option<Child>,
 }
 
 impl V6Node {
@@ -67,71 +59,26 @@ impl V6Node {
         // test's links, so the baseline snapshot is final at once.
         ok(node.exec(&["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]));
         ok(node.exec(&["sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0"]));
-        let mut me = V6Node {
+        let fabric = Netns::new(&format!("{tag}f-"));
+        let ipamd = Ipamd::start_in(
             node,
-            fabric: Netns::new(&format!("{tag}f-")),
+            integration_tests::TempDir::new(),
+            "m5.large",
+            IPV6_MODE,
+            &["--sim-fabric-netns", &fabric.path()],
+        );
+        let me = V6Node {
+            ipamd,
+            fabric,
             peer6: Netns::new(&format!("{tag}6-")),
             peer4: Netns::new(&format!("{tag}4-")),
-            dir: TempDir::new(),
-            child: None,
         };
-        me.start();
         me.attach_peers();
         me
     }
 
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("ipamd.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ipamd.log")).unwrap_or_default()
-    }
-
-    fn start(&mut self) {
-        let _ = std::fs::remove_file(self.socket());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("ipamd.log"))
-            .expect("log");
-        let mut cmd = Ipamd::command(&self.node, &self.dir, "m5.large");
-        cmd.arg("--sim-fabric-netns")
-            .arg(self.fabric.path())
-            .env("AWS_VPC_K8S_CNI_LOGLEVEL", "debug")
-            .env("AWS_VPC_K8S_CNI_LOG_FILE", "stderr")
-            .envs(V6_ENV)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        self.child = Some(cmd.spawn().expect("spawn ipamd"));
-        let (socket, log) = (self.socket(), self.dir.path().join("ipamd.log"));
-        wait_for_socket(&mut self.child, &socket, Duration::from_secs(20), &log);
-    }
-
-    /// SIGKILL: the daemon crashes; the node, its pods and the fabric stay.
-    fn crash(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+    fn node(&self) -> &Netns {
+        &self.ipamd.node
     }
 
     /// Two other instances of the VPC on the fabric's bridge: one dual-stack in the IPv6 peer subnet, one
@@ -177,52 +124,28 @@ impl V6Node {
             .exec(&["ip", "route", "add", "default", "via", PEER4_ROUTER]));
     }
 
-    fn sim_state(&self) -> Value {
-        let b = std::fs::read(self.dir.path().join("sim-ec2.json")).expect("sim state");
-        serde_json::from_slice(&b).expect("json")
-    }
-
-    fn primary(&self) -> Value {
-        self.sim_state()["enis"]
-            .as_object()
-            .and_then(|m| m.values().find(|e| e["device_index"] == 0))
-            .expect("primary ENI")
-            .clone()
-    }
-
-    fn ip4(&self) -> String {
-        self.primary()["primary_ip"]
-            .as_str()
-            .expect("primary ip")
-            .to_string()
-    }
-
     fn ip6(&self) -> String {
-        self.primary()["ipv6_addresses"][0]
+        self.ipamd.primary_eni()["ipv6_addresses"][0]
             .as_str()
             .expect("the ENI's IPv6")
             .to_string()
     }
 
     fn prefix(&self) -> String {
-        let p = arr(&self.primary()["ipv6_prefixes"]);
+        let p = arr(&self.ipamd.primary_eni()["ipv6_prefixes"]);
         assert_eq!(p.len(), 1, "one /80: {p:?}");
         p[0].as_str().expect("prefix").to_string()
     }
 
-    fn ec2_calls(&self, api: &str) -> u64 {
-        self.sim_state()["calls"][api].as_u64().unwrap_or(0)
-    }
-
-    fn checkpoint(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ipam.json")).unwrap_or_default()
-    }
-
-    fn aws_conf(&self) -> Value {
-        json!({
-            "cniVersion": "1.0.0", "name": "aws-cni", "type": "aws-cni", "vethPrefix": "eni", "mtu": "9001",
-            "ipamdSocket": self.socket(), "ipamdTimeoutMs": 3000,
-            "pluginLogFile": self.dir.path().join("plugin.log"), "pluginLogLevel": "debug",
+    /// aws-cni then egress-cni, as the runtime runs the conflist on this node (failures show ipamd's log).
+    fn with_chain<T>(&self, f: impl FnOnce(&Chain) -> T) -> T {
+        let egress_of = |prev: &Value| self.egress_conf(prev);
+        let log = || self.ipamd.log();
+        f(&Chain {
+            node: self.node(),
+            aws: self.ipamd.conf("1.0.0"),
+            egress_of: &egress_of,
+            context: &log,
         })
     }
 
@@ -231,10 +154,10 @@ impl V6Node {
     fn egress_conf(&self, prev: &Value) -> Value {
         let mut c = json!({
             "cniVersion": "1.0.0", "name": "aws-cni", "type": "egress-cni", "mtu": "9001", "enabled": "true",
-            "randomizeSNAT": "prng", "nodeIP": self.ip4(),
+            "randomizeSNAT": "prng", "nodeIP": self.ipamd.node_ip(),
             "ipam": {"type": "host-local", "ranges": [[{"subnet": "169.254.172.0/22"}]],
                      "routes": [{"dst": "0.0.0.0/0"}], "dataDir": self.egress_dir()},
-            "pluginLogFile": self.dir.path().join("egress.log"), "pluginLogLevel": "debug",
+            "pluginLogFile": self.ipamd.dir.path().join("egress.log"), "pluginLogLevel": "debug",
         });
         if !prev.is_null() {
             c["prevResult"] = prev.clone();
@@ -243,12 +166,12 @@ impl V6Node {
     }
 
     fn egress_dir(&self) -> PathBuf {
-        self.dir.path().join("egress-v4-ipam")
+        self.ipamd.dir.path().join("egress-v4-ipam")
     }
 
     /// Everything pod plumbing, egress and ipamd could leave on the node, both families, comparable.
     fn snapshot(&self) -> Vec<String> {
-        let ns = &self.node;
+        let ns = self.node();
         let mut out = Vec::new();
         for l in arr(&ns.ip_json(&["link", "show"])) {
             out.push(format!("link {} {}", l["ifname"], l["address"]));
@@ -335,61 +258,19 @@ impl V6Node {
     }
 }
 
-impl Drop for V6Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn pod_spec(ns: &Netns, name: &str) -> PodSpec {
-    PodSpec {
-        container_id: format!("ctr-{}", ns.name),
-        namespace: "default".into(),
-        name: name.into(),
-        netns: ns.path(),
-        ifname: "eth0".into(),
-    }
-}
-
-/// ADD through aws-cni then egress-cni, as the runtime runs the conflist; returns (pod IPv6, final result).
+/// ADD through the chain; returns (pod IPv6, final result).
 fn add_chain(n: &V6Node, pod: &PodSpec) -> (String, Value) {
-    let aws = n.aws_conf();
-    let out = cni_at(&bin("aws-cni"), &n.node, "ADD", pod, &aws);
-    assert!(out.success, "aws-cni ADD: {}\n{}", out.stdout, n.log());
-    let eg = cni_at(
-        &bin("egress-cni"),
-        &n.node,
-        "ADD",
-        pod,
-        &n.egress_conf(&out.json),
-    );
-    assert!(eg.success, "egress-cni ADD: {}", eg.stdout);
-    let ip = out.json["ips"][0]["address"]
+    let (aws, result) = n.with_chain(|c| c.add(pod));
+    let ip = aws["ips"][0]["address"]
         .as_str()
         .and_then(|a| a.strip_suffix("/128"))
-        .unwrap_or_else(|| panic!("an IPv6 /128: {}", out.json))
+        .unwrap_or_else(|| panic!("an IPv6 /128: {aws}"))
         .to_string();
-    (ip, eg.json)
+    (ip, result)
 }
 
-/// DEL in reverse order, each with the final result as prevResult.
 fn del_chain(n: &V6Node, pod: &PodSpec, result: &Value) {
-    let eg = cni_at(
-        &bin("egress-cni"),
-        &n.node,
-        "DEL",
-        pod,
-        &n.egress_conf(result),
-    );
-    assert!(eg.success, "egress-cni DEL: {}", eg.stdout);
-    let out = cni_at(
-        &bin("aws-cni"),
-        &n.node,
-        "DEL",
-        pod,
-        &with_prev(&n.aws_conf(), result),
-    );
-    assert!(out.success, "aws-cni DEL: {}\n{}", out.stdout, n.log());
+    n.with_chain(|c| c.del(pod, result));
 }
 
 /// The pod's egress IPv4 (on `v4if0`, egress-cni's interface).
@@ -412,8 +293,8 @@ fn in_prefix(ip: &str, prefix: &str) -> bool {
 
 /// GC of `plugin` on the node, which must succeed.
 fn gc(n: &V6Node, plugin: &str, conf: &Value) {
-    let (ok, out) = cni_gc_at(&n.node, plugin, conf);
-    assert!(ok, "{plugin} GC: {out}\n{}", n.log());
+    let (ok, out) = cni_gc_at(n.node(), plugin, conf);
+    assert!(ok, "{plugin} GC: {out}\n{}", n.ipamd.log());
 }
 
 #[test]
@@ -431,7 +312,7 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
     let before = n.settled();
 
     let (a_ns, b_ns) = (Netns::new("v6na-"), Netns::new("v6nb-"));
-    let (a, b) = (pod_spec(&a_ns, "web-a"), pod_spec(&b_ns, "web-b"));
+    let (a, b) = (pod(&a_ns, "web-a"), pod(&b_ns, "web-b"));
     let (a_ip, a_res) = add_chain(&n, &a);
     let (b_ip, b_res) = add_chain(&n, &b);
     assert!(
@@ -464,10 +345,10 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
         b_ns.ping4(PEER4),
         "second pod -> IPv4-only peer through egress-cni"
     );
-    let nat =
-        String::from_utf8_lossy(&n.node.exec(&["iptables-save", "-t", "nat"]).stdout).into_owned();
+    let nat = String::from_utf8_lossy(&n.node().exec(&["iptables-save", "-t", "nat"]).stdout)
+        .into_owned();
     assert!(
-        nat.contains("CNI-E4-") && nat.contains(&format!("--to-source {}", n.ip4())),
+        nat.contains("CNI-E4-") && nat.contains(&format!("--to-source {}", n.ipamd.node_ip())),
         "{nat}"
     );
     // The egress range is the node's own: another instance of the VPC that routes it to the node cannot open a
@@ -480,7 +361,7 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
         "add",
         "169.254.172.0/22",
         "via",
-        &n.ip4(),
+        &n.ipamd.node_ip(),
         "dev",
         "eth0",
         "onlink",
@@ -489,7 +370,7 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
         !n.peer4.ping4(&egress_a),
         "a VPC peer reached pod a's egress address {egress_a} through the node"
     );
-    let filter = String::from_utf8_lossy(&n.node.exec(&["iptables-save", "-t", "filter"]).stdout)
+    let filter = String::from_utf8_lossy(&n.node().exec(&["iptables-save", "-t", "filter"]).stdout)
         .into_owned();
     let rejects: Vec<&str> = filter
         .lines()
@@ -514,19 +395,24 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
 
     // ipamd crashes and starts again: the pods keep their addresses and their traffic, EC2 is not asked for a
     // second /80, and a new pod gets another address.
-    n.crash();
-    n.start();
+    n.ipamd.crash();
+    n.ipamd.restart();
     assert_eq!(n.prefix(), prefix);
-    assert_eq!(n.ec2_calls("AssignIpv6Addresses"), 1, "{}", n.log());
+    assert_eq!(
+        n.ipamd.ec2_calls("AssignIpv6Addresses"),
+        1,
+        "{}",
+        n.ipamd.log()
+    );
     assert_eq!(n.fabric_prefix_routes(), routes);
-    let cp = n.checkpoint();
+    let cp = n.ipamd.checkpoint();
     assert!(
         cp.contains(&format!("\"ipv6\":\"{a_ip}\""))
             && cp.contains(&format!("\"ipv6\":\"{b_ip}\"")),
         "{cp}"
     );
     let c_ns = Netns::new("v6nc-");
-    let c = pod_spec(&c_ns, "web-c");
+    let c = pod(&c_ns, "web-c");
     let (c_ip, c_res) = add_chain(&n, &c);
     assert!(
         c_ip != a_ip && c_ip != b_ip && in_prefix(&c_ip, &prefix),
@@ -542,15 +428,15 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
     // CHECK passes for both plugins (the runtime calls it with the final result).
     let chk = cni_at(
         &bin("aws-cni"),
-        &n.node,
+        n.node(),
         "CHECK",
         &a,
-        &with_prev(&n.aws_conf(), &a_res),
+        &with_prev(&n.ipamd.conf("1.0.0"), &a_res),
     );
     assert!(chk.success, "aws-cni CHECK: {}", chk.stdout);
     let chk = cni_at(
         &bin("egress-cni"),
-        &n.node,
+        n.node(),
         "CHECK",
         &a,
         &n.egress_conf(&a_res),
@@ -562,7 +448,7 @@ fn an_ipv6_node_serves_pods_over_ipv6_with_ipv4_egress_and_keeps_them_across_a_c
     }
     let after = n.settled();
     assert_eq!(after, before, "DEL leaves nothing on the node");
-    let cp = n.checkpoint();
+    let cp = n.ipamd.checkpoint();
     for ip in [&a_ip, &b_ip, &c_ip] {
         assert!(!cp.contains(ip.as_str()), "{ip} still held: {cp}");
     }
@@ -573,18 +459,18 @@ fn gc_of_vanished_ipv6_pods_leaves_the_node_as_it_was() {
     let n = V6Node::new("v6g");
     let before = n.settled();
     let keep_ns = Netns::new("v6gk-");
-    let keep = pod_spec(&keep_ns, "keep");
+    let keep = pod(&keep_ns, "keep");
     let (keep_ip, keep_res) = add_chain(&n, &keep);
     let with_keep = n.settled();
     let gone_ip = {
         let gone_ns = Netns::new("v6gg-");
-        let gone = pod_spec(&gone_ns, "gone");
+        let gone = pod(&gone_ns, "gone");
         add_chain(&n, &gone).0
         // The sandbox disappears without a DEL (its namespace is dropped here).
     };
-    assert!(n.checkpoint().contains(&gone_ip));
+    assert!(n.ipamd.checkpoint().contains(&gone_ip));
     let valid = json!([{"containerID": keep.container_id, "ifname": "eth0"}]);
-    let mut gc_aws = n.aws_conf();
+    let mut gc_aws = n.ipamd.conf("1.0.0");
     gc_aws["cniVersion"] = json!("1.1.0");
     gc_aws["cni.dev/valid-attachments"] = valid.clone();
     let mut gc_eg = n.egress_conf(&Value::Null);
@@ -595,7 +481,7 @@ fn gc_of_vanished_ipv6_pods_leaves_the_node_as_it_was() {
     // GC's releases reach the checkpoint in ipamd's next group commit.
     let mut cp = String::new();
     eventually(Duration::from_secs(5), || {
-        cp = n.checkpoint();
+        cp = n.ipamd.checkpoint();
         !cp.contains(&gone_ip)
     });
     assert!(

@@ -21,19 +21,17 @@
 //! link-local addresses are usable the moment ADD returns. DAD protects against a duplicate on a shared link; a
 //! veth has exactly two ends, both ours.
 //!
-//! Teardown mirrors the IPv4 side ([`super::teardown`], [`super::teardown_owned`]): every step attempted, every
-//! failure returned, and a DEL removes only what the kernel ties to its container.
+//! Teardown is the IPv4 side's, generic over the family ([`super::teardown_family`],
+//! [`super::teardown_owned_family`]): every step attempted, every failure returned, and a DEL removes only what
+//! the kernel ties to its container.
 
 use std::net::Ipv6Addr;
 use std::path::Path;
 
 use crate::sysctl::{self, ipv6_conf};
-use crate::{
-    LinkInfo, Netlink, NetlinkError, Route6Spec, Rule6Spec, FROM_POD_RULE_PRIORITY, MAIN_TABLE,
-    TO_POD_RULE_PRIORITY,
-};
+use crate::{Netlink, NetlinkError, Route6Spec, Rule6Spec};
 
-use super::{is_peer_of, PodEnd, PodLinks, PodVeth};
+use super::{PodLinks, PodVeth};
 
 /// The pod-side gateway for the first interface (the anchor's value).
 pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -54,45 +52,19 @@ pub struct PodNetwork6<'a> {
 }
 
 /// The host rules of an IPv6 pod address: `to ip/128 lookup main` (512) and, off the primary ENI,
-/// `from ip/128 lookup table` (1536).
+/// `from ip/128 lookup table` (1536) ([`super::pod_rules`]).
 pub fn pod_rules6(ip: Ipv6Addr, table: u32) -> Vec<Rule6Spec> {
-    let mut rules = vec![Rule6Spec {
-        priority: TO_POD_RULE_PRIORITY,
-        src: None,
-        dst: Some((ip, 128)),
-        fwmark: None,
-        table: MAIN_TABLE,
-    }];
-    if table != MAIN_TABLE {
-        rules.push(Rule6Spec {
-            priority: FROM_POD_RULE_PRIORITY,
-            src: Some((ip, 128)),
-            dst: None,
-            fwmark: None,
-            table,
-        });
-    }
-    rules
+    super::pod_rules(ip, table)
 }
 
-/// True for the 512/1536 rules that [`setup6`] installs for `ip`.
+/// True for the 512/1536 rules that [`setup6`] installs for `ip` ([`super::is_pod_rule`]).
 pub fn is_pod_rule6(rule: &Rule6Spec, ip: Ipv6Addr) -> bool {
-    (rule.priority == TO_POD_RULE_PRIORITY && rule.dst == Some((ip, 128)) && rule.src.is_none())
-        || (rule.priority == FROM_POD_RULE_PRIORITY
-            && rule.src == Some((ip, 128))
-            && rule.dst.is_none())
+    super::is_pod_rule(rule, ip)
 }
 
-/// The host route to a pod: `ip/128 dev <host veth> scope link` in main.
+/// The host route to a pod: `ip/128 dev <host veth> scope link` in main ([`super::host_route`]).
 pub fn host_route6(ip: Ipv6Addr, host_veth_index: Option<u32>) -> Route6Spec {
-    Route6Spec {
-        dst: ip,
-        prefix_len: 128,
-        gateway: None,
-        oif: host_veth_index,
-        table: MAIN_TABLE,
-        scope_link: true,
-    }
+    super::host_route(ip, host_veth_index)
 }
 
 /// The IPv6 settings of a host veth, written before it goes up: the anchor's three, plus `accept_dad=0` so its
@@ -156,160 +128,28 @@ pub async fn setup6(
 }
 
 /// What to remove for an IPv6 pod (see [`super::PodTeardown`]).
-#[derive(Debug, Clone, Default)]
-pub struct PodTeardown6<'a> {
-    pub host_veth: Option<&'a str>,
-    pub netns_path: Option<&'a Path>,
-    pub container_ifname: Option<&'a str>,
-    pub ip: Option<Ipv6Addr>,
-}
+pub type PodTeardown6<'a> = super::PodTeardown<'a, Ipv6Addr>;
 
-/// Removes everything [`setup6`] made: rules 512/1536 of the address, its host /128 route, the veth pair.
-/// Attempts every step and returns every failure (empty = clean).
+/// Removes everything [`setup6`] made: rules 512/1536 of the address, its host /128 route, the veth pair
+/// ([`super::teardown_family`]). Attempts every step and returns every failure (empty = clean).
 pub async fn teardown6(host: &Netlink, what: &PodTeardown6<'_>) -> Vec<NetlinkError> {
-    let mut errors = Vec::new();
-    if let Some(ip) = what.ip {
-        delete_pod_rules6(host, ip, &mut errors).await;
-        if let Err(e) = host.delete_route(&host_route6(ip, None)).await {
-            errors.push(e);
-        }
-    }
-    errors.extend(
-        super::teardown(
-            host,
-            &super::PodTeardown {
-                host_veth: what.host_veth,
-                netns_path: what.netns_path,
-                container_ifname: what.container_ifname,
-                ip: None,
-            },
-        )
-        .await,
-    );
-    errors
+    super::teardown_family(host, what).await
 }
 
 /// What an IPv6 DEL may remove (see [`super::OwnedTeardown`]).
-#[derive(Debug, Clone, Default)]
-pub struct OwnedTeardown6<'a> {
-    pub ip: Option<Ipv6Addr>,
-    pub host_veth: Option<&'a LinkInfo>,
-    pub pod_end: Option<&'a PodEnd>,
-    pub veth_deferred: bool,
-}
+pub type OwnedTeardown6<'a> = super::OwnedTeardown<'a, Ipv6Addr>;
 
-/// [`super::teardown_owned`] for an IPv6 address: the route only through the tied veth, the rules only when no
-/// route to the address is left, the pod end only when it carries the address or is the tied veth's peer.
+/// [`super::teardown_owned_family`] for an IPv6 address: the route only through the tied veth, the rules only
+/// when no route to the address is left, the pod end only when it carries the address or is the tied veth's
+/// peer.
 pub async fn teardown_owned6(host: &Netlink, what: &OwnedTeardown6<'_>) -> Vec<NetlinkError> {
-    let mut errors = Vec::new();
-    let route_oif = match what.ip {
-        Some(ip) => match route6_to(host, ip).await {
-            Ok(r) => r,
-            Err(e) => {
-                errors.push(e);
-                return errors;
-            }
-        },
-        None => None,
-    };
-    let peer_tied = match (what.host_veth, what.pod_end) {
-        (Some(h), Some(p)) => is_peer_of(&p.link, h),
-        _ => false,
-    };
-    let tied = what
-        .host_veth
-        .filter(|h| peer_tied || (route_oif.is_some() && route_oif == Some(Some(h.index))));
-
-    if let Some(ip) = what.ip {
-        if let (Some(Some(oif)), Some(h)) = (route_oif, tied) {
-            if oif == h.index {
-                if let Err(e) = host.delete_route(&host_route6(ip, Some(h.index))).await {
-                    errors.push(e);
-                }
-            }
-        }
-        match route6_to(host, ip).await {
-            Ok(None) => {
-                delete_pod_rules6(host, ip, &mut errors).await;
-                // A new holder that built its route meanwhile gets its `to` rule back (see the IPv4 side).
-                match route6_to(host, ip).await {
-                    Ok(Some(_)) => {
-                        if let Err(e) = host.add_rule(&pod_rules6(ip, MAIN_TABLE)[0]).await {
-                            errors.push(e);
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => errors.push(e),
-                }
-            }
-            Ok(Some(oif)) => tracing::info!(
-                %ip, ?oif,
-                "the host route to this address leads to another link: its rules and route are left alone"
-            ),
-            Err(e) => errors.push(e),
-        }
-    }
-
-    let mut pair_gone = false;
-    if let Some(p) = what.pod_end {
-        let carries_ip = match what.ip {
-            Some(ip) => match p.netns.addresses(p.link.index).await {
-                Ok(addrs) => addrs
-                    .iter()
-                    .any(|(a, len)| *a == std::net::IpAddr::V6(ip) && *len == 128),
-                Err(e) => {
-                    errors.push(e);
-                    false
-                }
-            },
-            None => false,
-        };
-        let reaped_with_host = what.veth_deferred && peer_tied;
-        if (carries_ip || peer_tied) && !reaped_with_host {
-            match p.netns.delete_link_by_index(p.link.index).await {
-                Ok(_) if peer_tied => pair_gone = true,
-                Ok(_) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-    }
-    if let Some(h) = tied {
-        if !what.veth_deferred && !pair_gone {
-            if let Err(e) = host.delete_link_by_index(h.index).await {
-                errors.push(e);
-            }
-        }
-    }
-    errors
-}
-
-/// Deletes the 512/1536 rules of `ip`, adding every failure to `errors`.
-async fn delete_pod_rules6(host: &Netlink, ip: Ipv6Addr, errors: &mut Vec<NetlinkError>) {
-    match host.rules::<Ipv6Addr>().await {
-        Ok(rules) => {
-            for rule in rules.iter().filter(|r| is_pod_rule6(r, ip)) {
-                if let Err(e) = host.delete_rule(rule).await {
-                    errors.push(e);
-                }
-            }
-        }
-        Err(e) => errors.push(e),
-    }
-}
-
-/// The output interface of main's /128 route to `ip`: `None` when there is none, `Some(None)` for one without.
-async fn route6_to(host: &Netlink, ip: Ipv6Addr) -> Result<Option<Option<u32>>, NetlinkError> {
-    Ok(host
-        .routes::<Ipv6Addr>(MAIN_TABLE)
-        .await?
-        .into_iter()
-        .find(|r| r.dst == ip && r.prefix_len == 128)
-        .map(|r| r.oif))
+    super::teardown_owned_family(host, what).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAIN_TABLE;
 
     #[test]
     fn gateway_is_the_anchors() {

@@ -15,13 +15,15 @@
 //! the change is in the checkpoint ([`super::checkpoint`], group commit); [`Node::add`] and [`Node::del`] change
 //! memory only and leave the write to the background flusher ([`Node::run_checkpointer`]).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_cni_proto::FailureReason;
 
 use super::checkpoint::CheckpointError;
 use super::{AddQueue, Node};
-use crate::core::datastore::{Allocation, AssignError, IpamKey, PodMeta, PoolStats};
+use crate::core::datastore::{Allocation, AssignError, Datastore, IpamKey, PodMeta, PoolStats};
+use crate::core::family::IpVersion;
 use crate::core::pool::Decision;
 use crate::sync::lock;
 use ec2_api::Ec2Error;
@@ -109,31 +111,11 @@ impl Node {
         let (alloc, fresh, generation) = self.assign_waiting(key, meta, bound).await?;
         let assigned = self.deps.clock.now();
         spans.assign = assigned.saturating_sub(started);
-        let persisted = self.persist(generation).await;
+        let durable = self
+            .make_durable(&self.ds, key, &alloc, fresh, generation)
+            .await;
         spans.durable = self.deps.clock.now().saturating_sub(assigned);
-        if let Err(e) = persisted {
-            if fresh {
-                lock(&self.ds).unassign_unused(key, alloc.ip);
-                self.flush.notify_one();
-                self.adds.poke();
-            }
-            return Err(AddFailure {
-                reason: FailureReason::Internal,
-                message: format!("the assignment of {} could not be persisted: {e}", alloc.ip),
-            });
-        }
-        // A concurrent request for the same key (a repeated ADD whose first write failed and was undone, or a
-        // DEL) may have changed it while we waited: answer only what is held, and durably so.
-        if lock(&self.ds).lookup(key).map(|a| a.ip) != Some(alloc.ip) {
-            return Err(AddFailure {
-                reason: FailureReason::NotReady,
-                message: format!(
-                    "the assignment of {} was undone by a concurrent request for the same container; retry",
-                    alloc.ip
-                ),
-            });
-        }
-        Ok(alloc)
+        durable.map(|()| alloc)
     }
 
     /// Assigns an address to `key`, waiting up to `bound` for one on its way: first come first served behind
@@ -203,19 +185,8 @@ impl Node {
         key: &IpamKey,
         meta: &PodMeta,
     ) -> Result<(Allocation, bool, u64), AssignError> {
-        let now = self.deps.clock.now();
-        let wall = self.deps.clock.wall();
-        let res = {
-            let mut ds = lock(&self.ds);
-            let res = ds.assign_at(key, meta, now, wall);
-            // Both datastores' generations: what the checkpoint counts (IPv4 locked first).
-            let generation = ds.generation() + lock(&self.ds6).generation();
-            res.map(|(a, fresh)| (a, fresh, generation))
-        };
+        let res = self.assign_in(&self.ds, key, meta);
         self.wake.notify_one();
-        if matches!(res, Ok((_, true, _))) {
-            self.flush.notify_one();
-        }
         res
     }
 
@@ -274,16 +245,11 @@ impl Node {
     }
 
     pub(super) fn release_now(&self, key: &IpamKey) -> (Option<Allocation>, u64) {
-        let res = {
-            let mut ds = lock(&self.ds);
-            let r = ds.unassign(key, self.deps.clock.now());
-            (r, ds.generation() + lock(&self.ds6).generation())
-        };
+        let res = self.release_in(&self.ds, key);
         self.wake.notify_one();
         if let Some(a) = &res.0 {
             // The address's old flows must not steer its next pod's traffic (queued: the DEL does not wait).
             self.deps.hostnet.forget_flows(a.ip);
-            self.flush.notify_one();
             // With no cooldown the address is usable now; else waiters re-plan around its cooldown's end.
             self.adds.poke();
         }
@@ -293,9 +259,7 @@ impl Node {
     /// [`Node::del`] that returns only once the release is in the checkpoint. The address is released in memory
     /// even if the write fails (the error says so); the next write records it.
     pub async fn del_durable(&self, key: &IpamKey) -> Result<Option<Allocation>, CheckpointError> {
-        let (released, generation) = self.release_now(key);
-        self.persist(generation).await?;
-        Ok(released)
+        self.released_durably(self.release_now(key)).await
     }
 
     /// ADDs waiting for an address now.
@@ -398,5 +362,91 @@ impl Node {
             message
         };
         AddFailure { reason, message }
+    }
+}
+
+/// The bookkeeping of an ADD and a DEL that is the same in both IP versions, on the datastore `ds` of either
+/// (`ds` for IPv4, `ds6` for IPv6, see [`super::ipv6`]). What only IPv4 does around it (waking
+/// the pool task and the waiting ADDs, forgetting a released address's conntrack flows) stays with its callers.
+/// A generation is read after `ds` is unlocked ([`Node::generation`], which takes both datastores in the lock
+/// order): it covers this change and perhaps later ones, which a checkpoint write waiting for it then covers too.
+impl Node {
+    /// Assigns an address of `ds` to `key` (or returns the one it holds), with whether it is new and the
+    /// generation a checkpoint write must reach to hold it; a new one wakes the checkpoint flusher.
+    pub(super) fn assign_in<V: IpVersion>(
+        &self,
+        ds: &Mutex<Datastore<V>>,
+        key: &IpamKey,
+        meta: &PodMeta,
+    ) -> Result<(Allocation<V>, bool, u64), AssignError> {
+        let now = self.deps.clock.now();
+        let wall = self.deps.clock.wall();
+        let res = lock(ds).assign_at(key, meta, now, wall);
+        let generation = self.generation();
+        if matches!(res, Ok((_, true))) {
+            self.flush.notify_one();
+        }
+        res.map(|(a, fresh)| (a, fresh, generation))
+    }
+
+    /// The rest of a durable ADD once `alloc` is assigned to `key` in `ds` ([`Node::assign_in`]): waits until
+    /// the checkpoint holds `generation`. If it cannot be written, a `fresh` assignment is taken back (it never
+    /// reached the pod) and the ADD fails with `INTERNAL`; an assignment that a concurrent request for the same
+    /// key changed meanwhile (a repeated ADD whose first write failed and was undone, or a DEL) fails with
+    /// `NOT_READY`: only what is held is answered, and durably so.
+    pub(super) async fn make_durable<V: IpVersion>(
+        &self,
+        ds: &Mutex<Datastore<V>>,
+        key: &IpamKey,
+        alloc: &Allocation<V>,
+        fresh: bool,
+        generation: u64,
+    ) -> Result<(), AddFailure> {
+        if let Err(e) = self.persist(generation).await {
+            if fresh {
+                lock(ds).unassign_unused(key, alloc.ip);
+                self.flush.notify_one();
+                self.adds.poke();
+            }
+            return Err(AddFailure {
+                reason: FailureReason::Internal,
+                message: format!("the assignment of {} could not be persisted: {e}", alloc.ip),
+            });
+        }
+        if lock(ds).lookup(key).map(|a| a.ip) != Some(alloc.ip) {
+            return Err(AddFailure {
+                reason: FailureReason::NotReady,
+                message: format!(
+                    "the assignment of {} was undone by a concurrent request for the same container; retry",
+                    alloc.ip
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases the address of `key` in `ds` (`None` when it held none), with the generation a checkpoint write
+    /// must reach to hold the release; a release wakes the checkpoint flusher.
+    pub(super) fn release_in<V: IpVersion>(
+        &self,
+        ds: &Mutex<Datastore<V>>,
+        key: &IpamKey,
+    ) -> (Option<Allocation<V>>, u64) {
+        let released = lock(ds).unassign(key, self.deps.clock.now());
+        if released.is_some() {
+            self.flush.notify_one();
+        }
+        (released, self.generation())
+    }
+
+    /// The rest of a durable DEL once the address is released ([`Node::release_in`]): waits until the
+    /// checkpoint holds `generation`. The address stays released in memory if the write fails (the error says
+    /// so); the next write records it.
+    pub(super) async fn released_durably<V: IpVersion>(
+        &self,
+        (released, generation): (Option<Allocation<V>>, u64),
+    ) -> Result<Option<Allocation<V>>, CheckpointError> {
+        self.persist(generation).await?;
+        Ok(released)
     }
 }

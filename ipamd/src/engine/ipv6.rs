@@ -145,14 +145,7 @@ impl Node {
         key: &IpamKey,
         meta: &PodMeta,
     ) -> Result<(Allocation<V6>, bool, u64), AssignError> {
-        let now = self.deps.clock.now();
-        let wall = self.deps.clock.wall();
-        let res = lock(&self.ds6).assign_at(key, meta, now, wall);
-        let generation = self.generation();
-        if matches!(res, Ok((_, true))) {
-            self.flush.notify_one();
-        }
-        res.map(|(a, fresh)| (a, fresh, generation))
+        self.assign_in(&self.ds6, key, meta)
     }
 
     fn explain6(&self, err: AssignError) -> AddFailure {
@@ -180,39 +173,14 @@ impl Node {
     ) -> Result<Allocation<V6>, AddFailure> {
         let (alloc, fresh, generation) =
             self.try_assign6(key, meta).map_err(|e| self.explain6(e))?;
-        if let Err(e) = self.persist(generation).await {
-            if fresh {
-                lock(&self.ds6).unassign_unused(key, alloc.ip);
-                self.flush.notify_one();
-            }
-            return Err(AddFailure {
-                reason: FailureReason::Internal,
-                message: format!("the assignment of {} could not be persisted: {e}", alloc.ip),
-            });
-        }
-        if lock(&self.ds6).lookup(key).map(|a| a.ip) != Some(alloc.ip) {
-            return Err(AddFailure {
-                reason: FailureReason::NotReady,
-                message: format!(
-                    "the assignment of {} was undone by a concurrent request for the same container; retry",
-                    alloc.ip
-                ),
-            });
-        }
+        self.make_durable(&self.ds6, key, &alloc, fresh, generation)
+            .await?;
         Ok(alloc)
     }
 
     /// Releases the IPv6 address of `key`; `None` when it held none. Memory only.
     pub fn del6(&self, key: &IpamKey) -> Option<Allocation<V6>> {
-        self.release6(key).0
-    }
-
-    fn release6(&self, key: &IpamKey) -> (Option<Allocation<V6>>, u64) {
-        let released = lock(&self.ds6).unassign(key, self.deps.clock.now());
-        if released.is_some() {
-            self.flush.notify_one();
-        }
-        (released, self.generation())
+        self.release_in(&self.ds6, key).0
     }
 
     /// [`Node::del6`] that returns only once the release is in the checkpoint (as [`Node::del_durable`]).
@@ -220,9 +188,7 @@ impl Node {
         &self,
         key: &IpamKey,
     ) -> Result<Option<Allocation<V6>>, CheckpointError> {
-        let (released, generation) = self.release6(key);
-        self.persist(generation).await?;
-        Ok(released)
+        self.released_durably(self.release_in(&self.ds6, key)).await
     }
 
     /// IPv6 mode: the primary ENI's IPv6 address (what the policy agent gets as `NodeIPv6`); `None` otherwise.
@@ -322,6 +288,28 @@ mod tests {
         Node::init_recovering(deps, facts, config, None, PacingConfig::default(), recovery).await
     }
 
+    /// A directory of its own for a checkpoint file, removed with the guard (also when the test fails).
+    struct CheckpointDir(PathBuf);
+
+    impl CheckpointDir {
+        fn new(name: &str) -> CheckpointDir {
+            let dir = std::env::temp_dir().join(format!("ipamd-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            CheckpointDir(dir)
+        }
+
+        fn path(&self) -> PathBuf {
+            self.0.join("ipam.json")
+        }
+    }
+
+    impl Drop for CheckpointDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     fn prefix_of(sim: &SimEc2) -> Ipv6Network {
         let primary = sim
             .all_enis()
@@ -384,10 +372,8 @@ mod tests {
     #[tokio::test]
     async fn a_restart_keeps_ipv6_pods_and_takes_no_second_prefix() {
         let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |_| {}).await;
-        let dir = std::env::temp_dir().join(format!("ipamd-ipv6-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let path = dir.join("ipam.json");
+        let dir = CheckpointDir::new("ipv6");
+        let path = dir.path();
         let n = start(&sim, &clock, v6_config(), Some(path.clone()))
             .await
             .expect("init");
@@ -416,17 +402,14 @@ mod tests {
         let ips: Vec<String> = back.iter().map(|e| e.ip.to_string()).collect();
         assert_eq!(ips.len(), 2, "{ips:?}");
         assert!(!ips.contains(&a.ip.to_string()));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
     async fn a_restored_ipv6_pod_whose_veth_is_gone_is_released_and_one_whose_veth_is_there_is_kept(
     ) {
         let (sim, clock) = ec2_sim::on_manual_clock("m5.large", |_| {}).await;
-        let dir = std::env::temp_dir().join(format!("ipamd-ipv6-gone-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        let path = dir.join("ipam.json");
+        let dir = CheckpointDir::new("ipv6-gone");
+        let path = dir.path();
         let n = start(&sim, &clock, v6_config(), Some(path.clone()))
             .await
             .expect("init");
@@ -451,7 +434,6 @@ mod tests {
             text.contains(&kept.ip.to_string()) && !text.contains(&gone.ip.to_string()),
             "{text}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test]
