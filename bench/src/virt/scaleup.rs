@@ -271,7 +271,11 @@ mod tests {
         let pct = 100.0 * r.throttled() as f64 / r.calls().max(1) as f64;
         let mut waits = r.waits.clone();
         waits.sort();
-        let q = |f: f64| waits.get(((waits.len() as f64 - 1.0) * f) as usize).map(|d| d.as_secs());
+        let q = |f: f64| {
+            waits
+                .get(((waits.len() as f64 - 1.0) * f) as usize)
+                .map(|d| d.as_secs())
+        };
         println!(
             "nodes {nodes} pd {pd} {}: placed after {:?}, waits p50 {:?} p99 {:?}, calls {}, throttled {} ({pct:.1}%), restarts {}",
             engine.label(),

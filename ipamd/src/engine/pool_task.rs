@@ -783,6 +783,44 @@ mod tests {
         assert_eq!(creates(&sim), 3, "{:?}", sim.calls());
     }
 
+    /// A CreateNetworkInterface that EC2 throttles costs no DescribeInstances: the free device index is asked
+    /// once the ENI exists, so a node sends one DescribeInstances per ENI it creates however often its creates
+    /// are throttled (a cluster's cold start throttled these Describes with the creates).
+    #[tokio::test]
+    async fn a_throttled_create_costs_no_describe_instances() {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock.clone()),
+            cluster: Arc::new(crate::kube::NoCluster),
+        };
+        let n = Node::start(deps, Config::default(), None)
+            .await
+            .expect("init");
+        n.fill().await.expect("fill: 14 IPs on the primary ENI");
+        for i in 0..14 {
+            n.add(&key(i), &PodMeta::default()).expect("ip");
+        }
+        let count = |api: &str| sim.calls().get(api).copied().unwrap_or(0);
+        sim.inject_faults(ec2_sim::Fault::Throttle, Some("CreateNetworkInterface"), 1);
+        n.pool_step().await.expect_err("throttled");
+        assert_eq!(count("CreateNetworkInterface"), 1);
+        assert_eq!(
+            count("DescribeInstances"),
+            0,
+            "a throttled create asked for a device index: {:?}",
+            sim.calls()
+        );
+        clock.advance(super::WARM_WAIT_MAX + super::WARM_WAIT_MAX);
+        n.fill().await.expect("warm growth");
+        assert_eq!(n.stats().enis, 2);
+        assert_eq!(count("CreateNetworkInterface"), 2);
+        assert_eq!(count("DescribeInstances"), 1, "{:?}", sim.calls());
+        assert_eq!(count("AttachNetworkInterface"), 1);
+    }
+
     #[tokio::test]
     async fn an_add_failing_in_the_fallback_says_so() {
         let (n, sim, _clock) = pd_node().await;
