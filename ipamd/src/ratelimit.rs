@@ -76,13 +76,17 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// The wait before retry number `attempt` (1 = first retry).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        let d = self
-            .base
+    /// The longest wait before retry number `attempt` (1 = first retry): `min(cap, base·2^(attempt−1))`.
+    pub fn ceiling(&self, attempt: u32) -> Duration {
+        self.base
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.cap);
-        let half = d / 2;
+            .min(self.cap)
+    }
+
+    /// The wait before retry number `attempt` (1 = first retry): between half the [`Backoff::ceiling`] and all
+    /// of it.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let half = self.ceiling(attempt) / 2;
         half + half.mul_f64(rand::random::<f64>())
     }
 }
@@ -457,8 +461,15 @@ mod tests {
         for attempt in 1..10 {
             let d = b.delay(attempt);
             let full = Duration::from_secs(1 << (attempt - 1).min(3));
+            assert_eq!(b.ceiling(attempt), full);
             assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?}");
         }
+        assert_eq!(
+            b.ceiling(0),
+            Duration::from_secs(1),
+            "attempt 0 is the first"
+        );
+        assert_eq!(b.ceiling(u32::MAX), Duration::from_secs(8));
     }
 
     fn cfg() -> CongestionConfig {

@@ -104,13 +104,20 @@ pub const DEMAND_MEMORY: Duration = Duration::from_secs(10);
 /// The longest a warm-only growth waits after its own attempt was throttled (the wait doubles per throttle).
 pub const WARM_WAIT_MAX: Duration = Duration::from_secs(1800);
 
+/// The wait of warm-only growth after its own attempt was throttled: [`WARM_WAIT_AFTER_THROTTLE`] doubling per
+/// throttle up to [`WARM_WAIT_MAX`], equal jitter.
+const WARM_BACKOFF: crate::ratelimit::Backoff = crate::ratelimit::Backoff {
+    base: WARM_WAIT_AFTER_THROTTLE,
+    cap: WARM_WAIT_MAX,
+};
+
 /// Warm-only growth held back while its API is throttled (see the module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct WarmHold {
     /// No warm-only growth before this time.
     pub(crate) until: Duration,
-    /// The wait after the last throttled warm-only attempt (zero: none throttled since the last success).
-    pub(crate) backoff: Duration,
+    /// Throttled warm-only attempts since the last success (zero: none).
+    pub(crate) throttles: u32,
 }
 
 /// The API a growth step calls first for its addresses.
@@ -329,6 +336,15 @@ impl Node {
         Decision::AttachEni { request }
     }
 
+    /// [`Node::grow_with_fallback`] whose calls fail at once when EC2 throttles them
+    /// ([`crate::ratelimit::FAIL_FAST_ON_THROTTLE`]) instead of waiting at the gate to retry: for a caller with
+    /// something better to do than wait (another API, or nothing for now).
+    async fn grow_failing_fast(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
+        crate::ratelimit::FAIL_FAST_ON_THROTTLE
+            .scope(true, self.grow_with_fallback(decision))
+            .await
+    }
+
     /// Carries out a growth step; an Assign that EC2 throttles while a new ENI could serve fails at once and the
     /// same step creates the ENI instead.
     async fn grow_rerouted(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
@@ -339,9 +355,7 @@ impl Node {
         if !assigns || !self.may_reroute() {
             return self.grow_with_fallback(decision).await;
         }
-        let (done, res) = crate::ratelimit::FAIL_FAST_ON_THROTTLE
-            .scope(true, self.grow_with_fallback(decision.clone()))
-            .await;
+        let (done, res) = self.grow_failing_fast(decision.clone()).await;
         match res {
             Err(Ec2Error::Throttled { .. }) => {
                 let again = self.reroute_throttled(done, true);
@@ -370,7 +384,7 @@ impl Node {
     /// [`WARM_WAIT_AFTER_THROTTLE`] (or the current warm backoff) ago, or a throttled warm attempt's wait runs.
     fn warm_waits(&self, api: ec2_api::Api, now: Duration) -> bool {
         let hold = lock(&self.status).warm_hold;
-        let quiet = hold.backoff.max(WARM_WAIT_AFTER_THROTTLE);
+        let quiet = WARM_BACKOFF.ceiling(hold.throttles);
         now < hold.until
             || !self.ec2.hold(api.name()).is_zero()
             || self
@@ -382,18 +396,15 @@ impl Node {
     /// Carries out a growth step that only serves a warm target: a throttled call fails at once (no wait at
     /// the gate, no other API) and warm-only growth then waits, doubling per throttle up to [`WARM_WAIT_MAX`].
     async fn grow_warm(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
-        let (done, res) = crate::ratelimit::FAIL_FAST_ON_THROTTLE
-            .scope(true, self.grow_with_fallback(decision))
-            .await;
+        let (done, res) = self.grow_failing_fast(decision).await;
         let now = self.deps.clock.now();
         let mut st = lock(&self.status);
         match &res {
             Err(Ec2Error::Throttled { .. }) => {
-                let backoff =
-                    (st.warm_hold.backoff * 2).clamp(WARM_WAIT_AFTER_THROTTLE, WARM_WAIT_MAX);
+                let throttles = st.warm_hold.throttles.saturating_add(1);
                 st.warm_hold = WarmHold {
-                    until: now + backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0),
-                    backoff,
+                    until: now + WARM_BACKOFF.delay(throttles),
+                    throttles,
                 };
             }
             Ok(()) => st.warm_hold = WarmHold::default(),
