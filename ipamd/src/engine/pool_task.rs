@@ -94,15 +94,19 @@ fn no_free_cidr_block(e: &Ec2Error) -> bool {
 }
 
 /// After EC2 throttled an API on this node, growth of that API that only serves a warm target (no ADD waiting)
-/// waits at least this long since the last throttle (see the module docs).
-pub const WARM_WAIT_AFTER_THROTTLE: Duration = Duration::from_secs(600);
+/// waits at least this long since the last throttle (see the module docs). A cluster's cold start keeps the
+/// account saturated for longer than ten minutes (2,000 nodes: about 13 in the scale-up benchmark), and nodes
+/// served early whose hold ran out at ten minutes took about 200 of the account's CreateNetworkInterface tokens
+/// for warm ENIs from nodes whose pods still waited. Pods arriving meanwhile still get addresses: their waiting
+/// ADDs are demand, which is not held.
+pub const WARM_WAIT_AFTER_THROTTLE: Duration = Duration::from_secs(1800);
 
 /// How long an ADD that failed for want of an address counts as demand (kubelet retries a failed sandbox within
 /// seconds).
 pub const DEMAND_MEMORY: Duration = Duration::from_secs(10);
 
 /// The longest a warm-only growth waits after its own attempt was throttled (the wait doubles per throttle).
-pub const WARM_WAIT_MAX: Duration = Duration::from_secs(1800);
+pub const WARM_WAIT_MAX: Duration = Duration::from_secs(3600);
 
 /// The wait of warm-only growth after its own attempt was throttled: [`WARM_WAIT_AFTER_THROTTLE`] doubling per
 /// throttle up to [`WARM_WAIT_MAX`], equal jitter.
@@ -830,6 +834,42 @@ mod tests {
         assert_eq!(count("CreateNetworkInterface"), 2);
         assert_eq!(count("DescribeInstances"), 1, "{:?}", sim.calls());
         assert_eq!(count("AttachNetworkInterface"), 1);
+    }
+
+    /// Warm-only growth still holds twenty minutes after its API was throttled: an account saturated by a cold
+    /// start stays so for longer than ten minutes, and a warm ENI then takes a token from a node whose pods wait.
+    #[tokio::test]
+    async fn warm_only_growth_still_waits_twenty_minutes_after_a_throttle() {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock.clone()),
+            cluster: Arc::new(crate::kube::NoCluster),
+        };
+        let n = Node::start(deps, Config::default(), None)
+            .await
+            .expect("init");
+        n.fill().await.expect("fill: 14 IPs on the primary ENI");
+        for i in 0..14 {
+            n.add(&key(i), &PodMeta::default()).expect("ip");
+        }
+        let creates = || {
+            sim.calls()
+                .get("CreateNetworkInterface")
+                .copied()
+                .unwrap_or(0)
+        };
+        sim.inject_faults(ec2_sim::Fault::Throttle, Some("CreateNetworkInterface"), 1);
+        n.pool_step().await.expect_err("throttled");
+        assert_eq!(creates(), 1);
+        for _ in 0..4 {
+            clock.advance(Duration::from_secs(300));
+            let d = n.pool_step().await.expect("hold");
+            assert_eq!(d, crate::core::pool::Decision::Hold);
+        }
+        assert_eq!(creates(), 1, "{:?}", sim.calls());
     }
 
     #[tokio::test]
