@@ -228,3 +228,66 @@ pub async fn cluster(
         first_start_error,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virt::run_virtual;
+
+    /// One cluster row of ours alone, printed: `cargo test -p aws-cni-bench --lib scaleup::tests::row -- --ignored
+    /// --nocapture` with `SCALEUP_NODES` (default 2000) and `SCALEUP_PD=1` for prefix delegation. The full
+    /// benchmark (`aws-cni-bench run --only scale-up`) runs every row under both engines and writes the report.
+    #[test]
+    #[ignore = "a benchmark row, run by hand"]
+    fn row() {
+        let nodes: usize = std::env::var("SCALEUP_NODES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000);
+        let pd = std::env::var("SCALEUP_PD").is_ok_and(|v| v == "1");
+        let vars: Vec<(&'static str, &'static str)> = if pd {
+            vec![
+                ("ENABLE_PREFIX_DELEGATION", "true"),
+                ("WARM_PREFIX_TARGET", "1"),
+            ]
+        } else {
+            vec![]
+        };
+        let engine = if std::env::var("SCALEUP_ANCHOR").is_ok_and(|v| v == "1") {
+            Engine::Anchor
+        } else {
+            Engine::Ours
+        };
+        let r = run_virtual(cluster(
+            engine,
+            nodes,
+            30,
+            "m5.xlarge",
+            &vars,
+            Duration::from_secs(3 * 3600),
+        ))
+        .expect("runtime")
+        .expect("run");
+        let pct = 100.0 * r.throttled() as f64 / r.calls().max(1) as f64;
+        let mut waits = r.waits.clone();
+        waits.sort();
+        let q = |f: f64| {
+            waits
+                .get(((waits.len() as f64 - 1.0) * f) as usize)
+                .map(|d| d.as_secs())
+        };
+        println!(
+            "nodes {nodes} pd {pd} {}: placed after {:?}, waits p50 {:?} p99 {:?}, calls {}, throttled {} ({pct:.1}%), restarts {}",
+            engine.label(),
+            r.all_placed_after.map(|d| d.as_secs()),
+            q(0.5),
+            q(0.99),
+            r.calls(),
+            r.throttled(),
+            r.restarts
+        );
+        for (api, (sent, thr)) in &r.counts {
+            println!("  {api}: {sent} / {thr}");
+        }
+    }
+}

@@ -1,11 +1,12 @@
 //! The ENI lifecycle: addresses asked of EC2 and given back, ENIs attached and freed.
 //!
-//! - **attach**: DescribeInstances for a free device index on network card 0 (none: no ENI is created); where the
-//!   ENI goes comes from [`placement`] (subnet discovery) or, with custom networking, from the node's
-//!   `ENIConfig` ([`super::custom_net`]);
+//! - **attach**: where the ENI goes comes from [`placement`] (subnet discovery) or, with custom networking, from
+//!   the node's `ENIConfig` ([`super::custom_net`]);
 //!   CreateNetworkInterface (one `ClientToken` across all its retries: idempotent) with description
 //!   `aws-K8S-<instance>`, the tags (`instance_id`, `createdAt`, the
 //!   cluster tags with `CLUSTER_NAME`, `ADDITIONAL_ENI_TAGS`) and its first addresses already assigned;
+//!   DescribeInstances for a free device index on network card 0 (asked once the ENI exists, so a throttled
+//!   create repeats no Describe; none free: the new ENI is deleted and the pool is at its ENI limit);
 //!   AttachNetworkInterface (failure: the new ENI is deleted at once); DeleteOnTermination (failure: the ENI is
 //!   detached and deleted); wait for IMDS to show it (bounded: IMDS lags); host setup (table, routes, rule, MTU);
 //!   only then are its addresses handed out.
@@ -245,22 +246,6 @@ impl Node {
         request: IpRequest,
         at: Placement,
     ) -> Result<(), Ec2Error> {
-        let instance = self.ec2.describe_instance(&self.meta.instance_id).await?;
-        let used: Vec<u32> = instance
-            .attachments
-            .iter()
-            .filter(|(card, _)| *card == 0)
-            .map(|(_, d)| *d)
-            .collect();
-        // Device indexes span the instance's slots, those of ENIs left alone included (the policy's count has
-        // them taken off already, so an EFA at index 1 must not hide index 2).
-        let Some(device_index) =
-            (1..self.base_policy().max_enis.max(2)).find(|d| !used.contains(d))
-        else {
-            return Err(Ec2Error::EniLimitExceeded {
-                api: "DescribeInstances",
-            });
-        };
         let Placement {
             subnet_id,
             security_groups,
@@ -294,6 +279,19 @@ impl Node {
                 self.create_in_next_subnet(&req, &client_token, e).await?
             }
             Err(e) => return Err(e),
+        };
+        // The free device index is asked only now that the ENI exists: a create that EC2 throttles (and that
+        // the pool retries later) costs no DescribeInstances, so there is one per ENI created (see
+        // [`Node::free_device_index`]).
+        let device_index = match self.free_device_index().await {
+            Ok(d) => d,
+            Err(e) => {
+                if let Err(del) = self.ec2.delete_network_interface(&eni.id).await {
+                    tracing::warn!(eni = %eni.id, error = %del, "could not delete ENI that found no device \
+                        index; the leaked-ENI cleanup will retry");
+                }
+                return Err(e);
+            }
         };
         let attachment = match self
             .ec2
@@ -358,6 +356,28 @@ impl Node {
             "attached ENI"
         );
         Ok(())
+    }
+
+    /// DescribeInstances for a free device index on network card 0 (`EniLimitExceeded`: none). Called once an
+    /// ENI has been created, and never failed fast on a throttle: the new ENI waits for it (else it would be
+    /// deleted again).
+    async fn free_device_index(&self) -> Result<u32, Ec2Error> {
+        let instance = crate::ratelimit::FAIL_FAST_ON_THROTTLE
+            .scope(false, self.ec2.describe_instance(&self.meta.instance_id))
+            .await?;
+        let used: Vec<u32> = instance
+            .attachments
+            .iter()
+            .filter(|(card, _)| *card == 0)
+            .map(|(_, d)| *d)
+            .collect();
+        // Device indexes span the instance's slots, those of ENIs left alone included (the policy's count has
+        // them taken off already, so an EFA at index 1 must not hide index 2).
+        (1..self.base_policy().max_enis.max(2))
+            .find(|d| !used.contains(d))
+            .ok_or(Ec2Error::EniLimitExceeded {
+                api: "DescribeInstances",
+            })
     }
 
     /// Waits (bounded, with backoff) until IMDS lists the ENI, as the anchor does after an attach.

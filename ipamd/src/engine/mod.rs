@@ -458,8 +458,16 @@ impl Node {
         let imds_enis = node.imds_enis().await?;
         // EC2 is the truth about addresses and tags; IMDS only says what is attached (and may lag). No address
         // known only from IMDS is handed out (anchor #3887): without EC2's answer the node does not start.
-        let ids: Vec<String> = imds_enis.iter().map(|e| e.eni_id.clone()).collect();
-        let described = node.describe_at_startup(&ids).await?;
+        // A fresh node (IMDS: the primary ENI alone, without secondary addresses; nothing checkpointed) has
+        // nothing for EC2 to confirm: its pool starts empty and every address comes from EC2's answers.
+        let fresh = recovery::nothing_to_confirm(&imds_enis, &recovery.entries, node.config.ipv6);
+        let described = if fresh {
+            tracing::info!("fresh node: the primary ENI alone, no addresses to confirm with EC2");
+            HashMap::new()
+        } else {
+            let ids: Vec<String> = imds_enis.iter().map(|e| e.eni_id.clone()).collect();
+            node.describe_at_startup(&ids).await?
+        };
         let now = node.deps.clock.now();
         let mut adopted = Vec::new();
         for ie in imds_enis {
@@ -488,6 +496,8 @@ impl Node {
                     }
                     (d.secondary_ips.clone(), d.ipv4_prefixes.clone())
                 }
+                // A fresh node's primary ENI: no secondary addresses to load.
+                None if fresh => (Vec::new(), Vec::new()),
                 // EC2 no longer has it (detached or deleted; IMDS lags): nothing on it is usable.
                 Some(None) | None => {
                     tracing::warn!(eni = %ie.eni_id, "ENI in IMDS but not in EC2: ignored");
@@ -970,6 +980,52 @@ mod tests {
         }
         assert!(!handed.is_empty());
         assert!(!handed.contains(&extra));
+    }
+
+    #[tokio::test]
+    async fn a_fresh_node_starts_without_calling_ec2_and_describes_only_what_imds_shows_beyond_the_primary(
+    ) {
+        // Fresh: IMDS shows the primary ENI alone with its primary address. Nothing for EC2 to confirm.
+        let (n, sim, _) = node("m5.xlarge", Config::default()).await;
+        assert!(
+            sim.calls().is_empty(),
+            "a fresh node's startup called EC2: {:?}",
+            sim.calls()
+        );
+        assert_eq!(n.stats().enis, 1);
+        assert_eq!(n.stats().available, 0, "nothing known before EC2 answers");
+        n.fill().await.expect("fill");
+        assert!(n.stats().available > 0);
+        // Every address handed out is one EC2 assigned.
+        let ec2_ips: Vec<Ipv4Addr> = sim
+            .all_enis()
+            .iter()
+            .flat_map(|e| e.secondary_ips.clone())
+            .collect();
+        for i in 0..n.stats().available {
+            let ip = n.add(&key(i), &PodMeta::default()).expect("ip").ip;
+            assert!(ec2_ips.contains(&ip), "{ip} not assigned in EC2");
+        }
+
+        // Not fresh: a restart finds secondary addresses in IMDS and has EC2 confirm them, once.
+        let before = sim.calls().get("DescribeNetworkInterfaces").copied();
+        let clock = n.clock().clone();
+        drop(n);
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock,
+            cluster: Arc::new(crate::kube::NoCluster),
+        };
+        let again = Node::start(deps, Config::default(), None)
+            .await
+            .expect("restart");
+        assert_eq!(
+            sim.calls().get("DescribeNetworkInterfaces").copied(),
+            Some(before.unwrap_or(0) + 1)
+        );
+        assert!(again.stats().available > 0, "EC2's addresses loaded");
     }
 
     #[tokio::test]

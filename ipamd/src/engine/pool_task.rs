@@ -25,7 +25,11 @@
 //! **Throttled Assign.** Growth by AssignPrivateIpAddresses, when a new ENI could serve instead, does not wait at
 //! the pacer's gate after `RequestLimitExceeded` ([`crate::ratelimit::FAIL_FAST_ON_THROTTLE`]): the same step
 //! creates an ENI with the same addresses (CreateNetworkInterface, another API with its own budget), and while
-//! Assign's gate stays shut growth keeps taking new ENIs, as the anchor does.
+//! Assign's gate stays shut growth keeps taking new ENIs, as the anchor does. With an ENI slot left (two lanes)
+//! that create does not wait at its own gate either: a throttle ends the step, and the pool task comes back when
+//! the first of the two gates opens and takes that API. A node is so never queued behind one API's gate while
+//! the other's tokens go unused (prefix mode, 2,000 nodes: every pod placed after ~340 s instead of ~390 s, the
+//! two APIs' refills together serving the cluster).
 //!
 //! **Demand first** (cluster cold start). Growth no ADD waits for (the free addresses already cover every waiting
 //! ADD) serves only the warm target. While its API is throttled on this node (the gate shut, a throttle less than
@@ -94,23 +98,34 @@ fn no_free_cidr_block(e: &Ec2Error) -> bool {
 }
 
 /// After EC2 throttled an API on this node, growth of that API that only serves a warm target (no ADD waiting)
-/// waits at least this long since the last throttle (see the module docs).
-pub const WARM_WAIT_AFTER_THROTTLE: Duration = Duration::from_secs(600);
+/// waits at least this long since the last throttle (see the module docs). A cluster's cold start keeps the
+/// account saturated for longer than ten minutes (2,000 nodes: about 13 in the scale-up benchmark), and nodes
+/// served early whose hold ran out at ten minutes took about 200 of the account's CreateNetworkInterface tokens
+/// for warm ENIs from nodes whose pods still waited. Pods arriving meanwhile still get addresses: their waiting
+/// ADDs are demand, which is not held.
+pub const WARM_WAIT_AFTER_THROTTLE: Duration = Duration::from_secs(1800);
 
 /// How long an ADD that failed for want of an address counts as demand (kubelet retries a failed sandbox within
 /// seconds).
 pub const DEMAND_MEMORY: Duration = Duration::from_secs(10);
 
 /// The longest a warm-only growth waits after its own attempt was throttled (the wait doubles per throttle).
-pub const WARM_WAIT_MAX: Duration = Duration::from_secs(1800);
+pub const WARM_WAIT_MAX: Duration = Duration::from_secs(3600);
+
+/// The wait of warm-only growth after its own attempt was throttled: [`WARM_WAIT_AFTER_THROTTLE`] doubling per
+/// throttle up to [`WARM_WAIT_MAX`], equal jitter.
+const WARM_BACKOFF: crate::ratelimit::Backoff = crate::ratelimit::Backoff {
+    base: WARM_WAIT_AFTER_THROTTLE,
+    cap: WARM_WAIT_MAX,
+};
 
 /// Warm-only growth held back while its API is throttled (see the module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct WarmHold {
     /// No warm-only growth before this time.
     pub(crate) until: Duration,
-    /// The wait after the last throttled warm-only attempt (zero: none throttled since the last success).
-    pub(crate) backoff: Duration,
+    /// Throttled warm-only attempts since the last success (zero: none).
+    pub(crate) throttles: u32,
 }
 
 /// The API a growth step calls first for its addresses.
@@ -329,24 +344,63 @@ impl Node {
         Decision::AttachEni { request }
     }
 
-    /// Carries out a growth step; an Assign that EC2 throttles while a new ENI could serve fails at once and the
-    /// same step creates the ENI instead.
-    async fn grow_rerouted(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
+    /// [`Node::grow_with_fallback`] whose calls fail at once when EC2 throttles them
+    /// ([`crate::ratelimit::FAIL_FAST_ON_THROTTLE`]) instead of waiting at the gate to retry: for a caller with
+    /// something better to do than wait (another API, or nothing for now).
+    async fn grow_failing_fast(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
+        crate::ratelimit::FAIL_FAST_ON_THROTTLE
+            .scope(true, self.grow_with_fallback(decision))
+            .await
+    }
+
+    /// Whether growth has two APIs to choose from: an ENI slot is left, so addresses an Assign would bring can
+    /// come with a new ENI instead (and the other way round).
+    fn two_lanes(&self) -> bool {
+        let enis = u32::try_from(self.stats().enis).unwrap_or(u32::MAX);
+        enis < self.policy().max_enis
+    }
+
+    /// How long a growth step throttled on `api` waits before the next: with two lanes, until the first of
+    /// AssignPrivateIpAddresses' and CreateNetworkInterface's gates opens (the next step takes that one).
+    fn throttled_wait(&self, api: &str) -> Duration {
+        let hold = self.ec2.hold(api);
+        let lanes = [
+            ec2_api::Api::AssignPrivateIpAddresses.name(),
+            ec2_api::Api::CreateNetworkInterface.name(),
+        ];
+        if lanes.contains(&api) && self.two_lanes() {
+            lanes.iter().map(|l| self.ec2.hold(l)).min().unwrap_or(hold)
+        } else {
+            hold
+        }
+    }
+
+    /// Carries out a growth step (`rerouted`: an Assign the caller turned into a new ENI because Assign's gate
+    /// is shut). With two lanes ([`Node::two_lanes`]) no call waits at its gate: an Assign that EC2 throttles
+    /// while CreateNetworkInterface's gate is open creates the ENI in the same step, and a throttle of that one
+    /// ends the step; the pool task comes back when the first of the two gates opens and takes that API. So a
+    /// node throttled on one API is not stuck behind its gate while the other's tokens go unused.
+    async fn grow_rerouted(
+        &self,
+        decision: Decision,
+        rerouted: bool,
+    ) -> (Decision, Result<(), Ec2Error>) {
         let assigns = matches!(
             decision,
             Decision::AssignIps { .. } | Decision::AssignPrefixes { .. }
         );
-        if !assigns || !self.may_reroute() {
+        if rerouted {
+            return self.grow_failing_fast(decision).await;
+        }
+        if !assigns || !self.two_lanes() {
             return self.grow_with_fallback(decision).await;
         }
-        let (done, res) = crate::ratelimit::FAIL_FAST_ON_THROTTLE
-            .scope(true, self.grow_with_fallback(decision.clone()))
-            .await;
+        let (done, res) = self.grow_failing_fast(decision.clone()).await;
         match res {
             Err(Ec2Error::Throttled { .. }) => {
                 let again = self.reroute_throttled(done, true);
                 if matches!(again, Decision::AttachEni { .. }) {
-                    self.grow_with_fallback(again).await
+                    self.grow_failing_fast(again).await
                 } else {
                     (again, res)
                 }
@@ -370,7 +424,7 @@ impl Node {
     /// [`WARM_WAIT_AFTER_THROTTLE`] (or the current warm backoff) ago, or a throttled warm attempt's wait runs.
     fn warm_waits(&self, api: ec2_api::Api, now: Duration) -> bool {
         let hold = lock(&self.status).warm_hold;
-        let quiet = hold.backoff.max(WARM_WAIT_AFTER_THROTTLE);
+        let quiet = WARM_BACKOFF.ceiling(hold.throttles);
         now < hold.until
             || !self.ec2.hold(api.name()).is_zero()
             || self
@@ -382,18 +436,15 @@ impl Node {
     /// Carries out a growth step that only serves a warm target: a throttled call fails at once (no wait at
     /// the gate, no other API) and warm-only growth then waits, doubling per throttle up to [`WARM_WAIT_MAX`].
     async fn grow_warm(&self, decision: Decision) -> (Decision, Result<(), Ec2Error>) {
-        let (done, res) = crate::ratelimit::FAIL_FAST_ON_THROTTLE
-            .scope(true, self.grow_with_fallback(decision))
-            .await;
+        let (done, res) = self.grow_failing_fast(decision).await;
         let now = self.deps.clock.now();
         let mut st = lock(&self.status);
         match &res {
             Err(Ec2Error::Throttled { .. }) => {
-                let backoff =
-                    (st.warm_hold.backoff * 2).clamp(WARM_WAIT_AFTER_THROTTLE, WARM_WAIT_MAX);
+                let throttles = st.warm_hold.throttles.saturating_add(1);
                 st.warm_hold = WarmHold {
-                    until: now + backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0),
-                    backoff,
+                    until: now + WARM_BACKOFF.delay(throttles),
+                    throttles,
                 };
             }
             Ok(()) => st.warm_hold = WarmHold::default(),
@@ -423,6 +474,7 @@ impl Node {
         // only; while its API is throttled it waits and leaves the account's tokens to nodes with waiting pods
         // (and never moves to another API).
         let warm_only = growth_api(&first).is_some() && !self.has_demand(now);
+        let first_attaches = matches!(first, Decision::AttachEni { .. });
         let mut decision = if warm_only {
             match growth_api(&first) {
                 Some(api) if self.warm_waits(api, now) => Decision::Hold,
@@ -431,6 +483,8 @@ impl Node {
         } else {
             self.reroute_throttled(first, false)
         };
+        let rerouted =
+            !warm_only && matches!(decision, Decision::AttachEni { .. }) && !first_attaches;
         if matches!(decision, Decision::AttachEni { .. }) && self.setup_pending_any() {
             // An attached ENI waits for its host setup (reconcile finishes it): no second one in its place.
             decision = Decision::Hold;
@@ -454,7 +508,7 @@ impl Node {
             decision = done;
             res
         } else if grows {
-            let (done, res) = self.grow_rerouted(decision).await;
+            let (done, res) = self.grow_rerouted(decision, rerouted).await;
             decision = done;
             res
         } else {
@@ -551,7 +605,7 @@ impl Node {
                             // The API's throttle gate already paces every caller on this node (and PacedEc2 retried
                             // through it): come back when it opens, no backoff of our own on top.
                             Ec2Error::Throttled { api } => {
-                                self.ec2.hold(api).max(Duration::from_secs(1))
+                                self.throttled_wait(api).max(Duration::from_secs(1))
                             }
                             _ => crate::ratelimit::Backoff {
                                 base: Duration::from_secs(1),
@@ -781,6 +835,137 @@ mod tests {
         clock.advance(super::WARM_WAIT_AFTER_THROTTLE + super::WARM_WAIT_AFTER_THROTTLE);
         n.fill().await.expect("warm growth");
         assert_eq!(creates(&sim), 3, "{:?}", sim.calls());
+    }
+
+    /// A CreateNetworkInterface that EC2 throttles costs no DescribeInstances: the free device index is asked
+    /// once the ENI exists, so a node sends one DescribeInstances per ENI it creates however often its creates
+    /// are throttled (a cluster's cold start throttled these Describes with the creates).
+    #[tokio::test]
+    async fn a_throttled_create_costs_no_describe_instances() {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock.clone()),
+            cluster: Arc::new(crate::kube::NoCluster),
+        };
+        let n = Node::start(deps, Config::default(), None)
+            .await
+            .expect("init");
+        n.fill().await.expect("fill: 14 IPs on the primary ENI");
+        for i in 0..14 {
+            n.add(&key(i), &PodMeta::default()).expect("ip");
+        }
+        let count = |api: &str| sim.calls().get(api).copied().unwrap_or(0);
+        sim.inject_faults(ec2_sim::Fault::Throttle, Some("CreateNetworkInterface"), 1);
+        n.pool_step().await.expect_err("throttled");
+        assert_eq!(count("CreateNetworkInterface"), 1);
+        assert_eq!(
+            count("DescribeInstances"),
+            0,
+            "a throttled create asked for a device index: {:?}",
+            sim.calls()
+        );
+        clock.advance(super::WARM_WAIT_MAX + super::WARM_WAIT_MAX);
+        n.fill().await.expect("warm growth");
+        assert_eq!(n.stats().enis, 2);
+        assert_eq!(count("CreateNetworkInterface"), 2);
+        assert_eq!(count("DescribeInstances"), 1, "{:?}", sim.calls());
+        assert_eq!(count("AttachNetworkInterface"), 1);
+    }
+
+    /// Two lanes: with an ENI slot left, growth for waiting pods waits at no gate. An Assign EC2 throttles moves
+    /// to a new ENI in the same step, a throttle of that ends the step, and the pool task comes back when the
+    /// first of the two gates opens, rather than queueing behind CreateNetworkInterface's gate while Assign's
+    /// tokens go unused.
+    #[tokio::test]
+    async fn throttled_growth_for_waiting_pods_waits_at_neither_gate_and_takes_the_first_that_opens(
+    ) {
+        let (n, sim, clock) = pd_node().await;
+        n.fill().await.expect("fill");
+        for i in 0..16 {
+            n.add(&key(i), &PodMeta::default()).expect("prefix");
+        }
+        let count = |api: &str| sim.calls().get(api).copied().unwrap_or(0);
+        let assigns = count("AssignPrivateIpAddresses");
+        let wait_for_an_address = |i: usize| {
+            let n = Arc::clone(&n);
+            tokio::spawn(async move {
+                n.add_durable_within(&key(i), &PodMeta::default(), Duration::from_secs(600))
+                    .await
+                    .is_ok()
+            })
+        };
+        let first = wait_for_an_address(100);
+        while n.adds_waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        sim.inject_faults(
+            ec2_sim::Fault::Throttle,
+            Some("AssignPrivateIpAddresses"),
+            1,
+        );
+        sim.inject_faults(ec2_sim::Fault::Throttle, Some("CreateNetworkInterface"), 1);
+        let err = n.pool_step().await.expect_err("both lanes throttled");
+        assert!(matches!(err, ec2_api::Ec2Error::Throttled { .. }), "{err}");
+        assert_eq!(count("AssignPrivateIpAddresses"), assigns + 1);
+        assert_eq!(
+            count("CreateNetworkInterface"),
+            1,
+            "the create waited at its gate to retry: {:?}",
+            sim.calls()
+        );
+        // The pool task comes back when the first gate opens.
+        let wait = n.throttled_wait(ec2_api::Api::CreateNetworkInterface.name());
+        let assign_hold = n.ec2.hold(ec2_api::Api::AssignPrivateIpAddresses.name());
+        let create_hold = n.ec2.hold(ec2_api::Api::CreateNetworkInterface.name());
+        assert_eq!(wait, assign_hold.min(create_hold));
+        // The ADD told of the failure is retried by the runtime, and waits again.
+        let _ = first.await;
+        let again = wait_for_an_address(101);
+        while n.adds_waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        clock.advance(wait + Duration::from_millis(1));
+        n.pool_step().await.expect("the open lane serves");
+        assert!(again.await.expect("join"), "the waiting ADD got an address");
+    }
+
+    /// Warm-only growth still holds twenty minutes after its API was throttled: an account saturated by a cold
+    /// start stays so for longer than ten minutes, and a warm ENI then takes a token from a node whose pods wait.
+    #[tokio::test]
+    async fn warm_only_growth_still_waits_twenty_minutes_after_a_throttle() {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(FakeHost::default()),
+            clock: Arc::new(clock.clone()),
+            cluster: Arc::new(crate::kube::NoCluster),
+        };
+        let n = Node::start(deps, Config::default(), None)
+            .await
+            .expect("init");
+        n.fill().await.expect("fill: 14 IPs on the primary ENI");
+        for i in 0..14 {
+            n.add(&key(i), &PodMeta::default()).expect("ip");
+        }
+        let creates = || {
+            sim.calls()
+                .get("CreateNetworkInterface")
+                .copied()
+                .unwrap_or(0)
+        };
+        sim.inject_faults(ec2_sim::Fault::Throttle, Some("CreateNetworkInterface"), 1);
+        n.pool_step().await.expect_err("throttled");
+        assert_eq!(creates(), 1);
+        for _ in 0..4 {
+            clock.advance(Duration::from_secs(300));
+            let d = n.pool_step().await.expect("hold");
+            assert_eq!(d, crate::core::pool::Decision::Hold);
+        }
+        assert_eq!(creates(), 1, "{:?}", sim.calls());
     }
 
     #[tokio::test]

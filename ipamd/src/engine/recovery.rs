@@ -5,7 +5,8 @@
 //! In this order, before the socket opens:
 //! 1. the checkpoint is read first of all ([`crate::engine::checkpoint::read`]); a bad file stops ipamd and is kept;
 //! 2. the node's ENIs come from IMDS, and their addresses from EC2 (DescribeNetworkInterfaces, retried; never
-//!    IMDS's address lists, which lag);
+//!    IMDS's address lists, which lag); a fresh node, whose IMDS shows the primary ENI alone and no secondary
+//!    address and whose checkpoint is empty, has nothing to confirm and makes no call ([`nothing_to_confirm`]);
 //! 3. each checkpointed assignment is put back on the address EC2 confirmed (`Node::restore`). An address no
 //!    known ENI has makes ipamd ask EC2 for every ENI attached to the instance, and adopt those IMDS does not list
 //!    yet (a crash in the middle of an attach, anchor #66); an address EC2 does not have at all is dropped and
@@ -52,6 +53,25 @@ pub const STARTUP_RETRY: crate::ratelimit::Backoff = crate::ratelimit::Backoff {
     base: Duration::from_secs(1),
     cap: Duration::from_secs(60),
 };
+
+/// Whether a starting node has nothing for EC2 to confirm (no startup DescribeNetworkInterfaces): IMDS lists
+/// only the primary ENI on card 0, with its primary address alone (no secondary address, no prefix), nothing
+/// was checkpointed, and not IPv6 mode (whose /80 is read from EC2's description). Such a node (a fresh
+/// instance) has no trunk, EFA or leaked ENI of its own and no address IMDS could misreport: its pool starts
+/// empty and every address it hands out comes from EC2's own answers to its Assign and Create calls. Should EC2
+/// have addresses on the primary ENI that IMDS does not show yet, the node merely does not use them until
+/// reconcile (which describes ENIs whose IMDS view differs) or an `IpLimitExceeded` re-read brings them in.
+pub(crate) fn nothing_to_confirm(
+    imds_enis: &[ec2_api::ImdsEni],
+    entries: &[CheckpointEntry],
+    ipv6: bool,
+) -> bool {
+    !ipv6
+        && entries.is_empty()
+        && matches!(imds_enis, [only] if only.device_number == 0
+            && only.ipv4s.len() <= 1
+            && only.ipv4_prefixes.is_empty())
+}
 
 /// What restoring the checkpoint did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
