@@ -1299,10 +1299,13 @@ fn scaleup_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Sectio
                  which the calls-by-API notes below let one compute. Throttled calls cost EC2 nothing but \
                  everybody's patience: a client that retries faster than the account refills only raises the \
                  throttled share. Ours slows the whole node down per API after each `RequestLimitExceeded` \
-                 (a jittered window that doubles up to a minute, see `ipamd::ratelimit`), puts growth that serves \
-                 only a warm target behind growth for waiting pods while an API is throttled (demand first, see \
-                 `ipamd::engine::pool_task`), and its startup waits for EC2 in-process instead of exiting. The anchor's users report 15 minutes for 150 nodes under \
-                 throttling (#405)."
+                 (a jittered window that starts at 8 s and grows fourfold, up to 300 s early in a congestion \
+                 episode and a minute later, see `ipamd::ratelimit`); growth for waiting pods takes whichever of \
+                 AssignPrivateIpAddresses and CreateNetworkInterface opens first while the node has a free ENI \
+                 slot; growth that serves only a warm target waits 30 minutes after a throttle (demand first, see \
+                 `ipamd::engine::pool_task`); a fresh node (IMDS shows the primary ENI alone, no checkpoint) makes \
+                 no EC2 call at startup, and its startup waits for EC2 in-process instead of exiting. The \
+                 anchor's users report 15 minutes for 150 nodes under throttling (#405)."
             .into(),
         ..Section::default()
     };
