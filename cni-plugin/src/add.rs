@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_cni_proto::{AddNetworkRequest, DelNetworkRequest, FailureReason};
+use aws_cni_proto::{AddNetworkReply, AddNetworkRequest, DelNetworkRequest, FailureReason};
 use cni_types::{CniEnv, CniResult, Interface, IpConfig};
 use datapath::Netlink;
 
@@ -15,12 +15,36 @@ use crate::conf::PluginConf;
 use crate::error::PluginError;
 use crate::identity::PodIdentity;
 
-/// Runs ADD and returns the result to print.
-pub async fn add(
-    env: &CniEnv,
-    conf: &PluginConf,
+/// ipamd's answer to this ADD, on its way from the thread that asks (see [`ask`]).
+pub struct Asking {
+    answer: tokio::sync::oneshot::Receiver<Result<AddNetworkReply, PluginError>>,
+    /// The pod's MTU, checked before ipamd was asked.
+    mtu: u32,
+    /// The deadline of every call to ipamd.
     timeout: Duration,
-) -> Result<CniResult, PluginError> {
+}
+
+impl Asking {
+    async fn answer(self) -> Result<AddNetworkReply, PluginError> {
+        self.answer.await.unwrap_or_else(|_| {
+            Err(PluginError::Setup(
+                "the thread asking ipamd for an address ended without an answer".into(),
+            ))
+        })
+    }
+}
+
+/// Starts asking ipamd for this ADD's address on a thread of its own, before the caller builds its runtime.
+///
+/// The plugin's two halves of an ADD are independent until the address is known: ipamd chooses it (gRPC connect,
+/// AddNetwork, ipamd's durable checkpoint) while the plugin builds the pod's veth pair, which needs none. Run on
+/// one thread they only interleave at await points, and each stretches the other (the veth pair's netlink work is
+/// the kernel's CPU time in this thread); on a thread each, they overlap for real. The asking thread has its own
+/// current-thread runtime and ends with the call: its gRPC channel is not used again (a failed ADD's
+/// `DelNetwork` connects anew, see [`give_back`]). The deadline travels as `grpc-timeout`, so ipamd, which may
+/// wait for an address on its way, answers before it. Whatever can refuse the ADD without ipamd is checked
+/// before it is asked, so a refused ADD holds no address.
+pub fn ask(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<Asking, PluginError> {
     let (container_id, ifname, netns) = match (&env.container_id, &env.ifname, &env.netns) {
         (Some(c), Some(i), Some(n)) => (c, i, n),
         _ => unreachable_env()?,
@@ -28,17 +52,12 @@ pub async fn add(
     if !netns.exists() {
         return Err(PluginError::NetnsMissing(netns.display().to_string()));
     }
-    let pod = PodIdentity::from_env(env);
-    let socket = conf.socket();
-    let host_veth = pod.host_veth(&conf.veth_prefix);
     let mtu = conf.pod_mtu()?;
-    let host = Netlink::connect(None).map_err(|e| PluginError::Setup(e.to_string()))?;
-    crate::spans::mark("netlink_connect");
-    // The deadline travels as `grpc-timeout`: ipamd, which may wait for an address on its way, answers before it.
-    let mut request = tonic::Request::new(AddNetworkRequest {
+    let pod = PodIdentity::from_env(env);
+    let request = AddNetworkRequest {
         client_version: env!("CARGO_PKG_VERSION").into(),
-        k8s_pod_name: pod.name.clone(),
-        k8s_pod_namespace: pod.namespace.clone(),
+        k8s_pod_name: pod.name,
+        k8s_pod_namespace: pod.namespace,
         k8s_pod_infra_container_id: env
             .args
             .pod_infra_container_id
@@ -49,28 +68,80 @@ pub async fn add(
         network_name: conf.net.name.clone(),
         netns: netns.display().to_string(),
         requires_multi_nic_attachment: false,
-    });
+    };
+    let socket = conf.socket();
+    let (tx, answer) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ipamd-ask".into())
+        .spawn(move || {
+            let answer = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(PluginError::Runtime)
+                .and_then(|rt| {
+                    crate::spans::mark("ask_runtime");
+                    rt.block_on(add_network(&socket, request, timeout))
+                });
+            crate::spans::mark("reply");
+            // The receiver is gone only when the ADD already failed: nobody to tell.
+            let _ = tx.send(answer);
+        })
+        .map_err(PluginError::Runtime)?;
+    Ok(Asking {
+        answer,
+        mtu,
+        timeout,
+    })
+}
+
+async fn add_network(
+    socket: &Path,
+    request: AddNetworkRequest,
+    timeout: Duration,
+) -> Result<AddNetworkReply, PluginError> {
+    let mut ipamd = client::connect(socket, timeout).await?;
+    crate::spans::mark("connect");
+    let mut request = tonic::Request::new(request);
     request.set_timeout(timeout);
-    // The veth pair needs no address: it is built while ipamd chooses one (the request goes out first), and
-    // removed again when ipamd gives none. See `datapath::pod::create_pod_veth`.
-    let ask = async {
-        let mut ipamd = client::connect(&socket, timeout).await?;
-        crate::spans::mark("connect");
-        let reply = ipamd
-            .add_network(request)
-            .await
-            .map_err(|s| rpc_error(&socket, "AddNetwork", timeout, s))?
-            .into_inner();
-        Ok::<_, PluginError>((ipamd, reply))
+    Ok(ipamd
+        .add_network(request)
+        .await
+        .map_err(|s| rpc_error(socket, "AddNetwork", timeout, s))?
+        .into_inner())
+}
+
+/// Runs ADD with ipamd already being asked ([`ask`]) and returns the result to print.
+pub async fn add(
+    env: &CniEnv,
+    conf: &PluginConf,
+    asking: Asking,
+) -> Result<CniResult, PluginError> {
+    let (container_id, ifname, netns) = match (&env.container_id, &env.ifname, &env.netns) {
+        (Some(c), Some(i), Some(n)) => (c, i, n),
+        _ => unreachable_env()?,
     };
-    let build = async {
-        let veth = datapath::pod::create_pod_veth(&host, netns, &host_veth, ifname, mtu).await;
-        crate::spans::mark("veth");
-        veth
+    let pod = PodIdentity::from_env(env);
+    let host_veth = pod.host_veth(&conf.veth_prefix);
+    let (mtu, timeout) = (asking.mtu, asking.timeout);
+    let host = match Netlink::connect(None) {
+        Ok(h) => h,
+        Err(e) => {
+            if let Ok(reply) = asking.answer().await {
+                if let Ok((ip, _)) = assigned_address(&reply) {
+                    give_back(env, conf, ip, timeout).await;
+                }
+            }
+            return Err(PluginError::Setup(e.to_string()));
+        }
     };
-    let (asked, built) = tokio::join!(ask, build);
+    crate::spans::mark("netlink_connect");
+    // The veth pair needs no address: it is built while ipamd chooses one, and removed again when ipamd gives
+    // none. See `datapath::pod::create_pod_veth`.
+    let built = datapath::pod::create_pod_veth(&host, netns, &host_veth, ifname, mtu).await;
+    crate::spans::mark("veth");
+    let asked = asking.answer().await;
     crate::spans::mark("rpc");
-    let (mut ipamd, reply) = match asked {
+    let reply = match asked {
         Ok(r) => r,
         Err(e) => {
             discard(&host, built.as_ref().ok()).await;
@@ -103,7 +174,7 @@ pub async fn add(
             l
         }
         Err(e) => {
-            undo(&host, &mut ipamd, env, conf, &host_veth, netns, ip).await;
+            undo(&host, env, conf, &host_veth, netns, ip, timeout).await;
             return Err(PluginError::Setup(e.to_string()));
         }
     };
@@ -138,20 +209,21 @@ pub async fn add(
     }];
     // The policy agent, when ipamd says there is one: a pod it could not secure is undone (see crate::netpol).
     if let Err(e) = crate::netpol::enforce(conf, &pod, &reply.network_policy_mode, 1).await {
-        undo(&host, &mut ipamd, env, conf, &host_veth, netns, ip).await;
+        undo(&host, env, conf, &host_veth, netns, ip, timeout).await;
         return Err(e.into());
     }
     Ok(result)
 }
 
+/// Undoes a failed ADD after ipamd gave it an address: tears down what was built, then gives the address back.
 async fn undo(
     host: &Netlink,
-    ipamd: &mut aws_cni_proto::CniBackendClient<tonic::transport::Channel>,
     env: &CniEnv,
     conf: &PluginConf,
     host_veth: &str,
     netns: &Path,
     ip: IpAddr,
+    timeout: Duration,
 ) {
     let errors = crate::family::teardown(
         host,
@@ -164,22 +236,35 @@ async fn undo(
     for e in errors {
         tracing::error!(error = %e, "undoing a failed ADD");
     }
+    give_back(env, conf, ip, timeout).await;
+}
+
+/// Gives a failed ADD's address back to ipamd (DelNetwork, Reason "SetupNSFailed", as the anchor), over a new
+/// connection: the asking thread's went with it. When that fails too, ipamd's reconciliation reclaims it.
+async fn give_back(env: &CniEnv, conf: &PluginConf, ip: IpAddr, timeout: Duration) {
     let pod = PodIdentity::from_env(env);
-    let res = ipamd
-        .del_network(DelNetworkRequest {
-            client_version: env!("CARGO_PKG_VERSION").into(),
-            k8s_pod_name: pod.name,
-            k8s_pod_namespace: pod.namespace,
-            k8s_pod_infra_container_id: env.args.pod_infra_container_id.clone().unwrap_or_default(),
-            reason: "SetupNSFailed".into(),
-            container_id: env.container_id.clone().unwrap_or_default(),
-            if_name: env.ifname.clone().unwrap_or_default(),
-            network_name: conf.net.name.clone(),
-            k8s_pod_uid: env.args.pod_uid.clone().unwrap_or_default(),
-            // The failed ADD's veth was deleted above: nothing to hand over.
-            ..Default::default()
-        })
-        .await;
+    let socket = conf.socket();
+    let request = DelNetworkRequest {
+        client_version: env!("CARGO_PKG_VERSION").into(),
+        k8s_pod_name: pod.name,
+        k8s_pod_namespace: pod.namespace,
+        k8s_pod_infra_container_id: env.args.pod_infra_container_id.clone().unwrap_or_default(),
+        reason: "SetupNSFailed".into(),
+        container_id: env.container_id.clone().unwrap_or_default(),
+        if_name: env.ifname.clone().unwrap_or_default(),
+        network_name: conf.net.name.clone(),
+        k8s_pod_uid: env.args.pod_uid.clone().unwrap_or_default(),
+        // The failed ADD's veth was deleted (or never built): nothing to hand over.
+        ..Default::default()
+    };
+    let res = match client::connect(&socket, timeout).await {
+        Ok(mut ipamd) => ipamd
+            .del_network(request)
+            .await
+            .map(|_| ())
+            .map_err(|s| rpc_error(&socket, "DelNetwork", timeout, s).to_string()),
+        Err(e) => Err(e.to_string()),
+    };
     if let Err(e) = res {
         tracing::error!(error = %e, %ip, "could not return the IP after a failed ADD; ipamd will reclaim it");
     }

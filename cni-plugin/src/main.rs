@@ -115,6 +115,11 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
         _ => None,
     };
     spans::mark("lock");
+    // ADD asks ipamd on a thread of its own from here on, while this one builds the veth pair (see `add::ask`).
+    let asking = match env.command {
+        Command::Add => Some(add::ask(env, &conf, timeout).map_err(|e| e.to_cni())?),
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -122,9 +127,11 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
     spans::mark("runtime");
     let outcome = rt.block_on(async {
         match env.command {
-            Command::Add => add::add(env, &conf, timeout)
-                .await
-                .and_then(|r| r.to_json(&version).map_err(PluginError::from)),
+            Command::Add => match asking {
+                Some(asking) => add::add(env, &conf, asking).await,
+                None => Err(PluginError::Setup("ADD without its ipamd request".into())),
+            }
+            .and_then(|r| r.to_json(&version).map_err(PluginError::from)),
             Command::Del => del::del(env, &conf, timeout)
                 .await
                 .map(|()| serde_json::Value::Null),

@@ -1,9 +1,9 @@
 //! Span timings for the benchmark: where one plugin run spends its time, off unless asked for.
 //!
 //! When `AWS_CNI_SPAN_FILE` names a file, the plugin records a timestamp at each step of its run ([`mark`]: main
-//! entered, netconf parsed, log opened, attachment lock taken, runtime built, netlink socket opened, ipamd
-//! connected, the veth pair built (beside the connect and the round trip), ipamd's reply, the rest of the netlink
-//! work, the log line written, the result printed) and appends them as one JSON line to that file when
+//! entered, netconf parsed, log opened, attachment lock taken, runtime built, netlink socket opened, the veth
+//! pair built, ipamd's reply in hand, the rest of the netlink work, the log line written, the result printed; and,
+//! on the thread that asks ipamd beside it, that thread's runtime up, ipamd connected, ipamd's answer) and appends them as one JSON line to that file when
 //! it exits ([`finish`]). The timestamps are `CLOCK_MONOTONIC` in nanoseconds, the clock the benchmark reads
 //! before `spawn` and after `wait`, so it can also attribute the time from exec to `main` and from the result to
 //! the process's exit. Without the variable (every production run) [`mark`] is one load of an unset flag: no
@@ -12,18 +12,16 @@
 //! Reading the monotonic clock directly (not through a `Clock`) is deliberate: these are measurements that leave
 //! the process and are compared with another process's readings, never inputs to the plugin's behaviour.
 
-use std::cell::RefCell;
 use std::io::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The variable that turns the timings on (a path; the line is appended).
 pub const SPAN_FILE_ENV: &str = "AWS_CNI_SPAN_FILE";
 
 static FILE: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
 
-thread_local! {
-    static MARKS: RefCell<Vec<(&'static str, u64)>> = const { RefCell::new(Vec::new()) };
-}
+/// Every thread's marks (ADD asks ipamd on a second thread, see `crate::add`); only touched when enabled.
+static MARKS: Mutex<Vec<(&'static str, u64)>> = Mutex::new(Vec::new());
 
 /// Reads the variable once; call first thing in `main`.
 pub fn init() {
@@ -52,7 +50,9 @@ fn monotonic_ns() -> u64 {
 pub fn mark(name: &'static str) {
     if enabled() {
         let now = monotonic_ns();
-        MARKS.with(|m| m.borrow_mut().push((name, now)));
+        if let Ok(mut m) = MARKS.lock() {
+            m.push((name, now));
+        }
     }
 }
 
@@ -63,7 +63,11 @@ pub fn finish(command: &str, container: &str) {
         return;
     };
     mark("done");
-    let marks = MARKS.with(|m| std::mem::take(&mut *m.borrow_mut()));
+    let mut marks = MARKS
+        .lock()
+        .map(|mut m| std::mem::take(&mut *m))
+        .unwrap_or_default();
+    marks.sort_by_key(|&(_, t)| t);
     // Where the plugin's memory is at its end: peak, heap and stacks, file pages (binary and libraries).
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib = |field: &str| {

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use integration_tests::{
     add_with_retry, arr, bin, cni, cni_raw, eventually, expected_veth, pod, result_ip, sh, Ipamd,
-    Netns, STILL_POOL, VETH_GONE_WITHIN,
+    Netns, PodSpec, STILL_POOL, VETH_GONE_WITHIN,
 };
 
 /// Settings that keep the pool still across one ADD/DEL (10 IPs, 1 warm), so the node's state before and after
@@ -352,4 +352,41 @@ fn sim_backend_refuses_the_hosts_network_namespace() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("initial network namespace"), "{err}");
     assert!(!std::path::Path::new("/tmp/never-created.sock").exists());
+}
+
+/// The plugin asks ipamd on a thread of its own while it builds the veth pair (`aws-cni`'s `add::ask`); what can
+/// refuse an ADD without ipamd (a sandbox namespace that is gone, a bad MTU) is checked before ipamd is asked, so
+/// such an ADD leaves no address assigned.
+#[test]
+fn an_add_refused_before_ipamd_is_asked_holds_no_address() {
+    let ipamd = Ipamd::start("m5.large", STILL_POOL);
+    let conf = ipamd.conf("1.0.0");
+    let assigned = || ipamd.status_json()["pool"]["assigned"].as_u64();
+    assert_eq!(assigned(), Some(0));
+    let gone = PodSpec {
+        container_id: "ctr-refused-early".into(),
+        namespace: "default".into(),
+        name: "gone".into(),
+        netns: format!("/run/netns/{}", integration_tests::unique("act-gone-")),
+        ifname: "eth0".into(),
+    };
+    let out = cni(&ipamd.node, "ADD", &gone, &conf);
+    assert_eq!(out.code(), 111, "{}", out.stdout);
+    let mut bad_mtu = conf.clone();
+    bad_mtu["mtu"] = serde_json::json!("70000");
+    let ns = Netns::new("act-pod-");
+    let out = cni(&ipamd.node, "ADD", &pod(&ns, "bad-mtu"), &bad_mtu);
+    assert!(!out.success, "{}", out.stdout);
+    assert_eq!(
+        assigned(),
+        Some(0),
+        "a refused ADD left an address assigned: {}",
+        ipamd.log()
+    );
+    // The same pod with a good netconf gets an address: the refusals above were the checks, not a broken node.
+    let out = cni(&ipamd.node, "ADD", &pod(&ns, "bad-mtu"), &conf);
+    assert!(out.success, "{}", out.stdout);
+    assert_eq!(assigned(), Some(1));
+    let out = cni(&ipamd.node, "DEL", &pod(&ns, "bad-mtu"), &conf);
+    assert!(out.success, "{}", out.stdout);
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::error::BenchError;
 
-/// The plugin's marks in order, with the label of the span that ends at each.
+/// The plugin's marks in order on its main thread, with the label of the span that ends at each.
 pub const PLUGIN_SPANS: [(&str, &str); 11] = [
     (
         "main",
@@ -30,11 +30,11 @@ pub const PLUGIN_SPANS: [(&str, &str); 11] = [
     ("lock", "attachment lock (flock)"),
     ("runtime", "tokio current-thread runtime start"),
     ("netlink_connect", "netlink socket opened"),
-    ("connect", "gRPC connect (HTTP/2 over the unix socket)"),
     (
-        "rpc",
-        "AddNetwork round trip (the veth pair is built meanwhile)",
+        "veth",
+        "veth pair built (`datapath::pod::create_pod_veth`), while ipamd is asked",
     ),
+    ("rpc", "wait for ipamd's answer after the veth pair"),
     (
         "setup",
         "pod netlink work after the reply (`datapath::pod::finish`)",
@@ -43,15 +43,27 @@ pub const PLUGIN_SPANS: [(&str, &str); 11] = [
     ("done", "result JSON and stdout"),
 ];
 
-/// Index of the round trip in [`PLUGIN_SPANS`].
+/// Index of the wait for ipamd's answer in [`PLUGIN_SPANS`]: the asking thread's spans are shown after it.
 const RPC: usize = 7;
 
-/// The plugin's mark at the end of the veth pair's creation, which runs beside the gRPC connect and round trip
-/// (timed from `netlink_connect`, not part of the sequence).
-const VETH: (&str, &str) = (
-    "veth",
-    "… meanwhile: veth pair built (`datapath::pod::create_pod_veth`)",
-);
+/// The marks of the thread that asks ipamd beside the main thread from the lock on (`aws-cni`'s `add::ask`),
+/// each with the mark its span starts at: not part of the main sequence.
+const ASK_SPANS: [(&str, &str, &str); 3] = [
+    (
+        "ask_runtime",
+        "lock",
+        "… beside: asking thread started, its runtime built",
+    ),
+    (
+        "connect",
+        "ask_runtime",
+        "… beside: gRPC connect (HTTP/2 over the unix socket)",
+    ),
+    ("reply", "connect", "… beside: AddNetwork round trip"),
+];
+
+/// Index in [`ASK_SPANS`] of the round trip, which ipamd's own timings split further.
+const ROUND_TRIP: usize = 2;
 
 /// Samples per span, in table order.
 #[derive(Debug, Default, Clone)]
@@ -139,8 +151,8 @@ pub fn collect(
     let labels: Vec<String> = PLUGIN_SPANS
         .iter()
         .map(|(_, l)| l.to_string())
+        .chain(ASK_SPANS.iter().map(|(_, _, l)| l.to_string()))
         .chain([
-            VETH.1.to_string(),
             "… of which ipamd: assignment".to_string(),
             "… of which ipamd: checkpoint until durable (group commit, fsync)".to_string(),
             "… of which the rest: HTTP/2 both ways, handler, scheduling".to_string(),
@@ -170,21 +182,24 @@ pub fn collect(
                 prev = t;
             }
         }
-        if let (Some(&from), Some(&to)) = (at.get("netlink_connect"), at.get(VETH.0)) {
-            this.insert(VETH.1.to_string(), ns(from, to));
+        for (mark, from, label) in ASK_SPANS {
+            if let (Some(&from), Some(&to)) = (at.get(from), at.get(mark)) {
+                this.insert(label.to_string(), ns(from, to));
+            }
         }
+        let ipamd_at = PLUGIN_SPANS.len() + ASK_SPANS.len();
         let assign = Duration::from_micros(assign);
         let durable = Duration::from_micros(durable);
-        this.insert(labels[PLUGIN_SPANS.len() + 1].clone(), assign);
-        this.insert(labels[PLUGIN_SPANS.len() + 2].clone(), durable);
-        if let Some(rpc) = this.get(PLUGIN_SPANS[RPC].1).copied() {
+        this.insert(labels[ipamd_at].clone(), assign);
+        this.insert(labels[ipamd_at + 1].clone(), durable);
+        if let Some(rpc) = this.get(ASK_SPANS[ROUND_TRIP].2).copied() {
             this.insert(
-                labels[PLUGIN_SPANS.len() + 3].clone(),
+                labels[ipamd_at + 2].clone(),
                 rpc.saturating_sub(assign + durable),
             );
         }
         if let Some(&done) = at.get("done") {
-            this.insert(labels[PLUGIN_SPANS.len() + 4].clone(), ns(done, *exited));
+            this.insert(labels[ipamd_at + 3].clone(), ns(done, *exited));
         }
         for (label, v) in b.spans.iter_mut() {
             if let Some(d) = this.get(label.as_str()) {
@@ -195,10 +210,11 @@ pub fn collect(
         b.per_add.push(this);
         b.joined += 1;
     }
-    // Table order: the round trip's parts right after it, the exit last.
+    // Table order: the asking thread's spans (the round trip's parts right after it) after the wait for its
+    // answer, the exit last.
     let rpc_at = RPC + 1;
     let tail: Vec<_> = b.spans.drain(PLUGIN_SPANS.len()..).collect();
-    let (parts, exit) = tail.split_at(4);
+    let (parts, exit) = tail.split_at(ASK_SPANS.len() + 3);
     for (i, p) in parts.iter().enumerate() {
         b.spans.insert(rpc_at + i, p.clone());
     }
@@ -234,11 +250,17 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("test");
         let spans = dir.join("spans.jsonl");
         let log = dir.join("ipamd.log");
-        let marks: Vec<(String, u64)> = PLUGIN_SPANS
+        let mut marks: Vec<(String, u64)> = PLUGIN_SPANS
             .iter()
             .enumerate()
             .map(|(i, (m, _))| (m.to_string(), 1_000_000 * (i as u64 + 1)))
             .collect();
+        // The asking thread: up 0.1 ms after the lock (4 ms), connected 0.3 ms later, answered 1 ms after that.
+        marks.extend([
+            ("ask_runtime".to_string(), 4_100_000),
+            ("connect".to_string(), 4_400_000),
+            ("reply".to_string(), 5_400_000),
+        ]);
         std::fs::write(
             &spans,
             format!(
@@ -268,15 +290,23 @@ mod tests {
                 .expect("test")
         };
         assert_eq!(get("exec"), Duration::from_millis(1));
-        assert_eq!(get("AddNetwork"), Duration::from_millis(1));
+        assert_eq!(get("… beside: asking"), Duration::from_micros(100));
+        assert_eq!(get("… beside: gRPC"), Duration::from_micros(300));
+        assert_eq!(get("… beside: AddNetwork"), Duration::from_millis(1));
+        assert_eq!(get("wait for ipamd"), Duration::from_millis(1));
         assert_eq!(
             get("… of which ipamd: checkpoint"),
             Duration::from_micros(600)
         );
         assert_eq!(get("… of which the rest"), Duration::from_micros(300));
         assert_eq!(get("exit"), Duration::from_millis(1));
-        assert_eq!(b.spans[8].0, VETH.1);
-        assert_eq!(b.spans[9].0, "… of which ipamd: assignment");
+        assert_eq!(b.spans[7].0, PLUGIN_SPANS[RPC].1);
+        assert_eq!(b.spans[8].0, ASK_SPANS[0].2);
+        assert_eq!(b.spans[11].0, "… of which ipamd: assignment");
+        assert_eq!(
+            b.spans.last().expect("test").0,
+            "exit (process teardown to `wait`)"
+        );
         assert_eq!(b.totals[0], Duration::from_millis(12));
     }
 }
