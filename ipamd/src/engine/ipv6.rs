@@ -266,13 +266,7 @@ mod tests {
         checkpoint: Option<PathBuf>,
         pods: Option<FakeHost>,
     ) -> Result<Arc<Node>, NodeError> {
-        let deps = NodeDeps {
-            ec2: Arc::new(sim.clone()),
-            imds: Arc::new(sim.clone()),
-            hostnet: Arc::new(FakeHost::default()),
-            clock: Arc::new(clock.clone()),
-            cluster: Arc::new(crate::kube::NoCluster),
-        };
+        let deps = NodeDeps::sim(sim, clock);
         let recovery = match checkpoint {
             None => Recovery::default(),
             Some(path) => Recovery {

@@ -116,6 +116,21 @@ pub struct NodeDeps {
     pub cluster: Arc<dyn Cluster>,
 }
 
+#[cfg(test)]
+impl NodeDeps {
+    /// A node's outside worlds in the engine's tests: `sim` as EC2 and IMDS, a fake host network, `clock`, no
+    /// Kubernetes API.
+    pub(crate) fn sim(sim: &ec2_sim::SimEc2, clock: &ec2_api::clock::ManualClock) -> NodeDeps {
+        NodeDeps {
+            ec2: Arc::new(sim.clone()),
+            imds: Arc::new(sim.clone()),
+            hostnet: Arc::new(crate::host::fakes::FakeHost::default()),
+            clock: Arc::new(clock.clone()),
+            cluster: Arc::new(crate::kube::NoCluster),
+        }
+    }
+}
+
 /// What the daemon learns about its instance once, at startup, and passes in: the node as IMDS described it and
 /// its instance type's limits (the compiled-in table, or DescribeInstanceTypes for a type newer than the table).
 /// The engine never reads either again.
@@ -791,13 +806,7 @@ mod tests {
 
     async fn node(instance_type: &str, config: Config) -> (Arc<Node>, SimEc2, ManualClock) {
         let (sim, clock) = ec2_sim::on_manual_clock(instance_type, |_| {}).await;
-        let deps = NodeDeps {
-            ec2: Arc::new(sim.clone()),
-            imds: Arc::new(sim.clone()),
-            hostnet: Arc::new(FakeHost::default()),
-            clock: Arc::new(clock.clone()),
-            cluster: Arc::new(crate::kube::NoCluster),
-        };
+        let deps = NodeDeps::sim(&sim, &clock);
         let n = Node::start(deps, config, None).await.expect("init");
         (n, sim, clock)
     }

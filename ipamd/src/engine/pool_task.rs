@@ -648,19 +648,26 @@ mod tests {
     use crate::config::Config;
     use crate::core::datastore::{IpamKey, PodMeta};
     use crate::engine::{Node, NodeDeps};
-    use crate::host::fakes::FakeHost;
     use ec2_api::clock::ManualClock;
     use ec2_sim::{SimEc2, SIM_SUBNET_ID};
 
+    /// An m5.xlarge node on a manual clock, unthrottled, whose primary ENI's 14 addresses all hold pods: its
+    /// next growth is an ENI.
+    async fn primary_eni_full() -> (Arc<Node>, SimEc2, ManualClock) {
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let n = Node::start(NodeDeps::sim(&sim, &clock), Config::default(), None)
+            .await
+            .expect("init");
+        n.fill().await.expect("fill: 14 IPs on the primary ENI");
+        for i in 0..14 {
+            n.add(&key(i), &PodMeta::default()).expect("ip");
+        }
+        (n, sim, clock)
+    }
+
     async fn pd_node() -> (Arc<Node>, SimEc2, ManualClock) {
         let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
-        let deps = NodeDeps {
-            ec2: Arc::new(sim.clone()),
-            imds: Arc::new(sim.clone()),
-            hostnet: Arc::new(FakeHost::default()),
-            clock: Arc::new(clock.clone()),
-            cluster: Arc::new(crate::kube::NoCluster),
-        };
+        let deps = NodeDeps::sim(&sim, &clock);
         let config = Config {
             prefix_delegation: true,
             warm_prefix_target: 1,
@@ -769,13 +776,7 @@ mod tests {
     #[tokio::test]
     async fn warm_only_growth_waits_while_its_api_is_throttled_and_demand_does_not() {
         let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
-        let deps = NodeDeps {
-            ec2: Arc::new(sim.clone()),
-            imds: Arc::new(sim.clone()),
-            hostnet: Arc::new(FakeHost::default()),
-            clock: Arc::new(clock.clone()),
-            cluster: Arc::new(crate::kube::NoCluster),
-        };
+        let deps = NodeDeps::sim(&sim, &clock);
         let config = Config {
             pool_release_delay: Duration::ZERO,
             ..Config::default()
@@ -842,21 +843,7 @@ mod tests {
     /// are throttled (a cluster's cold start throttled these Describes with the creates).
     #[tokio::test]
     async fn a_throttled_create_costs_no_describe_instances() {
-        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
-        let deps = NodeDeps {
-            ec2: Arc::new(sim.clone()),
-            imds: Arc::new(sim.clone()),
-            hostnet: Arc::new(FakeHost::default()),
-            clock: Arc::new(clock.clone()),
-            cluster: Arc::new(crate::kube::NoCluster),
-        };
-        let n = Node::start(deps, Config::default(), None)
-            .await
-            .expect("init");
-        n.fill().await.expect("fill: 14 IPs on the primary ENI");
-        for i in 0..14 {
-            n.add(&key(i), &PodMeta::default()).expect("ip");
-        }
+        let (n, sim, clock) = primary_eni_full().await;
         let count = |api: &str| sim.calls().get(api).copied().unwrap_or(0);
         sim.inject_faults(ec2_sim::Fault::Throttle, Some("CreateNetworkInterface"), 1);
         n.pool_step().await.expect_err("throttled");
@@ -936,21 +923,7 @@ mod tests {
     /// start stays so for longer than ten minutes, and a warm ENI then takes a token from a node whose pods wait.
     #[tokio::test]
     async fn warm_only_growth_still_waits_twenty_minutes_after_a_throttle() {
-        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
-        let deps = NodeDeps {
-            ec2: Arc::new(sim.clone()),
-            imds: Arc::new(sim.clone()),
-            hostnet: Arc::new(FakeHost::default()),
-            clock: Arc::new(clock.clone()),
-            cluster: Arc::new(crate::kube::NoCluster),
-        };
-        let n = Node::start(deps, Config::default(), None)
-            .await
-            .expect("init");
-        n.fill().await.expect("fill: 14 IPs on the primary ENI");
-        for i in 0..14 {
-            n.add(&key(i), &PodMeta::default()).expect("ip");
-        }
+        let (n, sim, clock) = primary_eni_full().await;
         let creates = || {
             sim.calls()
                 .get("CreateNetworkInterface")
