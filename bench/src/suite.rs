@@ -673,7 +673,7 @@ fn breakdown_table(
         "ADD breakdown (second table): the same {} timed ADDs of ours, each cut into spans by timestamps taken \
          inside the plugin (`AWS_CNI_SPAN_FILE`, `CLOCK_MONOTONIC` marks, off in production) and ipamd's \
          `AddNetwork` log line (`assign_us`, `durable_us`); the driver's readings around spawn and wait give \
-         the exec and exit spans. From the lock on, the plugin asks ipamd on a second thread (`aws-cni`'s \
+         the exec and exit spans. Once its runtime is up, the plugin asks ipamd on a second thread (`aws-cni`'s \
          `add::ask`) while its main thread builds the veth pair: the rows marked \"beside\" are that thread's, \
          not part of the sum. The last column is each span's mean over the slowest ADDs by total time: where \
          the tail comes from.",

@@ -34,7 +34,8 @@ impl Asking {
     }
 }
 
-/// Starts asking ipamd for this ADD's address on a thread of its own, before the caller builds its runtime.
+/// Starts asking ipamd for this ADD's address on a thread of its own (called inside the caller's runtime, which
+/// [`add`] then uses to build the veth pair and, on failure, to give the address back).
 ///
 /// The plugin's two halves of an ADD are independent until the address is known: ipamd chooses it (gRPC connect,
 /// AddNetwork, ipamd's durable checkpoint) while the plugin builds the pod's veth pair, which needs none. Run on

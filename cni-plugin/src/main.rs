@@ -115,11 +115,6 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
         _ => None,
     };
     spans::mark("lock");
-    // ADD asks ipamd on a thread of its own from here on, while this one builds the veth pair (see `add::ask`).
-    let asking = match env.command {
-        Command::Add => Some(add::ask(env, &conf, timeout).map_err(|e| e.to_cni())?),
-        _ => None,
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -127,9 +122,11 @@ fn run(env: &CniEnv, stdin: &[u8]) -> Result<serde_json::Value, CniError> {
     spans::mark("runtime");
     let outcome = rt.block_on(async {
         match env.command {
-            Command::Add => match asking {
-                Some(asking) => add::add(env, &conf, asking).await,
-                None => Err(PluginError::Setup("ADD without its ipamd request".into())),
+            // ADD asks ipamd on a thread of its own while this one builds the veth pair (see `add::ask`); the
+            // runtime exists first, so whatever ipamd answers can still be given back here.
+            Command::Add => match add::ask(env, &conf, timeout) {
+                Ok(asking) => add::add(env, &conf, asking).await,
+                Err(e) => Err(e),
             }
             .and_then(|r| r.to_json(&version).map_err(PluginError::from)),
             Command::Del => del::del(env, &conf, timeout)

@@ -46,12 +46,12 @@ pub const PLUGIN_SPANS: [(&str, &str); 11] = [
 /// Index of the wait for ipamd's answer in [`PLUGIN_SPANS`]: the asking thread's spans are shown after it.
 const RPC: usize = 7;
 
-/// The marks of the thread that asks ipamd beside the main thread from the lock on (`aws-cni`'s `add::ask`),
+/// The marks of the thread that asks ipamd beside the main thread once its runtime is up (`aws-cni`'s `add::ask`),
 /// each with the mark its span starts at: not part of the main sequence.
 const ASK_SPANS: [(&str, &str, &str); 3] = [
     (
         "ask_runtime",
-        "lock",
+        "runtime",
         "… beside: asking thread started, its runtime built",
     ),
     (
@@ -255,11 +255,11 @@ mod tests {
             .enumerate()
             .map(|(i, (m, _))| (m.to_string(), 1_000_000 * (i as u64 + 1)))
             .collect();
-        // The asking thread: up 0.1 ms after the lock (4 ms), connected 0.3 ms later, answered 1 ms after that.
+        // The asking thread: up 0.1 ms after the runtime (5 ms), connected 0.3 ms later, answered 1 ms after that.
         marks.extend([
-            ("ask_runtime".to_string(), 4_100_000),
-            ("connect".to_string(), 4_400_000),
-            ("reply".to_string(), 5_400_000),
+            ("ask_runtime".to_string(), 5_100_000),
+            ("connect".to_string(), 5_400_000),
+            ("reply".to_string(), 6_400_000),
         ]);
         std::fs::write(
             &spans,
