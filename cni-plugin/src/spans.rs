@@ -3,8 +3,8 @@
 //! When `AWS_CNI_SPAN_FILE` names a file, the plugin records a timestamp at each step of its run ([`mark`]: main
 //! entered, netconf parsed, log opened, attachment lock taken, runtime built, netlink socket opened, the veth
 //! pair built, ipamd's reply in hand, the rest of the netlink work, the log line written, the result printed; and,
-//! on the thread that asks ipamd beside it, that thread's runtime up, ipamd connected, ipamd's answer) and appends them as one JSON line to that file when
-//! it exits ([`finish`]). The timestamps are `CLOCK_MONOTONIC` in nanoseconds, the clock the benchmark reads
+//! on the thread that asks ipamd beside it, that thread's runtime up, ipamd connected, ipamd's answer) and
+//! appends them as one JSON line to that file when it exits ([`finish`]). The timestamps are `CLOCK_MONOTONIC` in nanoseconds, the clock the benchmark reads
 //! before `spawn` and after `wait`, so it can also attribute the time from exec to `main` and from the result to
 //! the process's exit. Without the variable (every production run) [`mark`] is one load of an unset flag: no
 //! clock reading, no allocation, no file.
