@@ -35,9 +35,10 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # aws-sdk-ec2 makes this long (about 13 minutes and 8 GB of memory on 2 cores).
-# The plugin is then relinked statically (see the release profile's note in Cargo.toml).
-RUN cargo build --locked --release -p ipamd -p aws-cni -p egress-cni --features ipamd/aws \
- && cargo rustc --locked --release -p aws-cni --bin aws-cni -- -C target-feature=+crt-static -C relocation-model=static
+# The plugin is built as shipped by scripts/plugin-release.sh (static musl with dlmalloc, not PIE; it adds the
+# musl target with rustup), into target/release/aws-cni.
+RUN cargo build --locked --release -p ipamd -p egress-cni --features ipamd/aws \
+ && scripts/plugin-release.sh --locked
 
 FROM scratch AS compiled
 COPY --from=build /src/target/release/ipamd /src/target/release/aws-cni /src/target/release/egress-cni /

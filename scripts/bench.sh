@@ -73,7 +73,9 @@ sweep
 target=${CARGO_TARGET_DIR:-target}
 echo "building release binaries (aws-cni, ipamd, aws-cni-bench) in $target"
 cargo build --release --quiet -p ipamd -p aws-cni-bench
-# The plugin is linked statically (glibc's static libc; see the release profile's note in Cargo.toml): only
-# its final link gets the flag, so its dependencies are the ones built above.
-cargo rustc --release --quiet -p aws-cni --bin aws-cni -- -C target-feature=+crt-static -C relocation-model=static
+# The plugin as it is shipped (static musl with dlmalloc, or static glibc without the musl target); the report
+# names which.
+AWS_CNI_BENCH_PLUGIN_BUILD=$(scripts/plugin-release.sh | tail -n 1)
+export AWS_CNI_BENCH_PLUGIN_BUILD
+echo "$AWS_CNI_BENCH_PLUGIN_BUILD"
 "$target/release/aws-cni-bench" run --bin-dir "$target/release" "$@"

@@ -132,7 +132,7 @@ if [ -n "$binaries" ]; then
   args+=(--build-arg BINARIES=prebuilt)
 else
   if ! available "$public_rust"; then
-    log "$public_rust cannot be pulled: build on the host and pass --binaries (cargo build --release -p ipamd -p egress-cni --features ipamd/aws; cargo rustc --release -p aws-cni --bin aws-cni -- -C target-feature=+crt-static -C relocation-model=static)"
+    log "$public_rust cannot be pulled: build on the host and pass --binaries (cargo build --release -p ipamd -p egress-cni --features ipamd/aws; scripts/plugin-release.sh)"
     exit 1
   fi
 fi

@@ -20,6 +20,10 @@ features=ipamd/aws,integration-tests/aws
 cargo clippy --workspace --all-targets --features "$features" --quiet -- -D warnings
 cargo build --workspace --bins --features "$features" --quiet
 cargo test --workspace --features "$features"
+# The plugin as it is shipped (a static musl release build, see scripts/plugin-release.sh) through one pod's life.
+scripts/plugin-release.sh
+shipped=$(realpath "${CARGO_TARGET_DIR:-target}/release/aws-cni")
+AWS_CNI_SHIPPED_PLUGIN=$shipped cargo test -p integration-tests --features "$features" --test shipped_plugin -- --ignored
 # Every parser under libFuzzer for a short while: a crash fails the run, running out of time does not.
 scripts/fuzz.sh "${AWS_CNI_FUZZ_SECONDS:-30}"
 netns_after=$(netns_names)

@@ -190,10 +190,14 @@ pub fn machine_info(bins: &Binaries) -> Vec<(String, String)> {
         "rustc".into(),
         run_cmd("rustc", &["--version"]).unwrap_or_else(|| "unknown".into()),
     ));
+    // scripts/bench.sh says how the plugin was built (scripts/plugin-release.sh's last line).
+    let plugin_build = std::env::var("AWS_CNI_BENCH_PLUGIN_BUILD")
+        .map(|b| format!("; {b}"))
+        .unwrap_or_default();
     m.push((
         "ours".into(),
         format!(
-            "{}, {} (release build)",
+            "{}, {} (release build{plugin_build})",
             bins.aws_cni.display(),
             bins.ipamd.display()
         ),
