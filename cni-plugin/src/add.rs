@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_cni_proto::{AddNetworkReply, AddNetworkRequest, DelNetworkRequest, FailureReason};
+use aws_cni_proto::{AddNetworkReply, AddNetworkRequest, FailureReason};
 use cni_types::{CniEnv, CniResult, Interface, IpConfig};
 use datapath::Netlink;
 
@@ -46,10 +46,7 @@ impl Asking {
 /// wait for an address on its way, answers before it. Whatever can refuse the ADD without ipamd is checked
 /// before it is asked, so a refused ADD holds no address.
 pub fn ask(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<Asking, PluginError> {
-    let (container_id, ifname, netns) = match (&env.container_id, &env.ifname, &env.netns) {
-        (Some(c), Some(i), Some(n)) => (c, i, n),
-        _ => unreachable_env()?,
-    };
+    let (container_id, ifname, netns) = attachment(env)?;
     if !netns.exists() {
         return Err(PluginError::NetnsMissing(netns.display().to_string()));
     }
@@ -117,10 +114,7 @@ pub async fn add(
     conf: &PluginConf,
     asking: Asking,
 ) -> Result<CniResult, PluginError> {
-    let (container_id, ifname, netns) = match (&env.container_id, &env.ifname, &env.netns) {
-        (Some(c), Some(i), Some(n)) => (c, i, n),
-        _ => unreachable_env()?,
-    };
+    let (container_id, ifname, netns) = attachment(env)?;
     let pod = PodIdentity::from_env(env);
     let host_veth = pod.host_veth(&conf.veth_prefix);
     let (mtu, timeout) = (asking.mtu, asking.timeout);
@@ -243,21 +237,9 @@ async fn undo(
 /// Gives a failed ADD's address back to ipamd (DelNetwork, Reason "SetupNSFailed", as the anchor), over a new
 /// connection: the asking thread's went with it. When that fails too, ipamd's reconciliation reclaims it.
 async fn give_back(env: &CniEnv, conf: &PluginConf, ip: IpAddr, timeout: Duration) {
-    let pod = PodIdentity::from_env(env);
     let socket = conf.socket();
-    let request = DelNetworkRequest {
-        client_version: env!("CARGO_PKG_VERSION").into(),
-        k8s_pod_name: pod.name,
-        k8s_pod_namespace: pod.namespace,
-        k8s_pod_infra_container_id: env.args.pod_infra_container_id.clone().unwrap_or_default(),
-        reason: "SetupNSFailed".into(),
-        container_id: env.container_id.clone().unwrap_or_default(),
-        if_name: env.ifname.clone().unwrap_or_default(),
-        network_name: conf.net.name.clone(),
-        k8s_pod_uid: env.args.pod_uid.clone().unwrap_or_default(),
-        // The failed ADD's veth was deleted (or never built): nothing to hand over.
-        ..Default::default()
-    };
+    // The failed ADD's veth was deleted (or never built): nothing to hand over.
+    let request = client::del_request(env, conf, "SetupNSFailed");
     let res = match client::connect(&socket, timeout).await {
         Ok(mut ipamd) => ipamd
             .del_network(request)
@@ -305,9 +287,13 @@ async fn discard(host: &Netlink, veth: Option<&datapath::pod::PodVeth>) {
     }
 }
 
-fn unreachable_env<T>() -> Result<T, PluginError> {
-    // CniEnv::from_lookup already requires these for ADD; keep a clear error rather than a panic if that changes.
-    Err(PluginError::Cni(cni_types::CniError::invalid_env(
-        "ADD needs CNI_CONTAINERID, CNI_NETNS and CNI_IFNAME",
-    )))
+/// The attachment ADD works on: `CNI_CONTAINERID`, `CNI_IFNAME`, `CNI_NETNS`.
+fn attachment(env: &CniEnv) -> Result<(&String, &String, &std::path::PathBuf), PluginError> {
+    match (&env.container_id, &env.ifname, &env.netns) {
+        (Some(c), Some(i), Some(n)) => Ok((c, i, n)),
+        // CniEnv::from_lookup already requires these for ADD; a clear error rather than a panic if that changes.
+        _ => Err(PluginError::Cni(cni_types::CniError::invalid_env(
+            "ADD needs CNI_CONTAINERID, CNI_NETNS and CNI_IFNAME",
+        ))),
+    }
 }

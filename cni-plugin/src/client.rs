@@ -4,8 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aws_cni_proto::{CniBackendClient, IpamdControlClient};
+use aws_cni_proto::{CniBackendClient, DelNetworkRequest, IpamdControlClient};
+use cni_types::CniEnv;
 use tonic::transport::Channel;
+
+use crate::conf::PluginConf;
+use crate::identity::PodIdentity;
 
 /// Why ipamd could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,24 @@ async fn channel(path: &Path, timeout: Duration) -> Result<Channel, ClientError>
             path: path.to_owned(),
             reason: aws_cni_proto::error_chain(&e),
         })
+}
+
+/// The DelNetwork request for this CNI call's container (`reason` as the anchor sends it: "PodDeleted" on DEL,
+/// "SetupNSFailed" when a failed ADD gives its address back), offering no veth.
+pub fn del_request(env: &CniEnv, conf: &PluginConf, reason: &str) -> DelNetworkRequest {
+    let pod = PodIdentity::from_env(env);
+    DelNetworkRequest {
+        client_version: env!("CARGO_PKG_VERSION").into(),
+        k8s_pod_name: pod.name,
+        k8s_pod_namespace: pod.namespace,
+        k8s_pod_infra_container_id: env.args.pod_infra_container_id.clone().unwrap_or_default(),
+        reason: reason.into(),
+        container_id: env.container_id.clone().unwrap_or_default(),
+        if_name: env.ifname.clone().unwrap_or_default(),
+        network_name: conf.net.name.clone(),
+        k8s_pod_uid: env.args.pod_uid.clone().unwrap_or_default(),
+        ..Default::default()
+    }
 }
 
 /// Maps a tonic status to our error.

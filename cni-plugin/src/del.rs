@@ -40,7 +40,6 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use aws_cni_proto::DelNetworkRequest;
 use cni_types::CniEnv;
 use datapath::pod::v6::OwnedTeardown6;
 use datapath::pod::{self, OwnedTeardown};
@@ -122,7 +121,7 @@ pub async fn del(env: &CniEnv, conf: &PluginConf, timeout: Duration) -> Result<(
     };
 
     let released = match connected {
-        Ok(ipamd) => release(ipamd, env, conf, &pod, timeout, offer).await,
+        Ok(ipamd) => release(ipamd, env, conf, timeout, offer).await,
         Err(e) => Err(e.into()),
     };
     let (ip, deferred, policy_mode): (Option<IpAddr>, bool, &str) = match &released {
@@ -211,23 +210,11 @@ async fn release(
     mut ipamd: aws_cni_proto::CniBackendClient<tonic::transport::Channel>,
     env: &CniEnv,
     conf: &PluginConf,
-    pod: &PodIdentity,
     timeout: Duration,
     offer: Option<(&LinkInfo, NetnsId)>,
 ) -> Result<Released, PluginError> {
     let socket = conf.socket();
-    let mut request = DelNetworkRequest {
-        client_version: env!("CARGO_PKG_VERSION").into(),
-        k8s_pod_name: pod.name.clone(),
-        k8s_pod_namespace: pod.namespace.clone(),
-        k8s_pod_infra_container_id: env.args.pod_infra_container_id.clone().unwrap_or_default(),
-        reason: "PodDeleted".into(),
-        container_id: env.container_id.clone().unwrap_or_default(),
-        if_name: env.ifname.clone().unwrap_or_default(),
-        network_name: conf.net.name.clone(),
-        k8s_pod_uid: env.args.pod_uid.clone().unwrap_or_default(),
-        ..Default::default()
-    };
+    let mut request = client::del_request(env, conf, "PodDeleted");
     if let Some((link, netns)) = offer {
         request.host_veth_name = link.name.clone();
         request.host_veth_if_index = link.index;

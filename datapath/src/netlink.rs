@@ -233,38 +233,37 @@ impl Netlink {
     /// Opens a socket in `netns` (a path like `/var/run/netns/x` or `/proc/PID/ns/net`), or in the caller's
     /// namespace when `None`. Must be called inside a tokio runtime: the connection task is spawned on it.
     pub fn connect(netns: Option<&Path>) -> Result<Netlink, NetlinkError> {
-        let (conn, handle, _) = match netns {
-            None => rtnetlink::new_connection().map_err(NetlinkError::Socket)?,
+        match netns {
+            None => Netlink::open(),
             Some(path) => {
                 let rt = tokio::runtime::Handle::current();
                 in_netns(path, move || {
                     let _guard = rt.enter();
-                    rtnetlink::new_connection().map_err(NetlinkError::Socket)
-                })?
+                    Netlink::open()
+                })
             }
-        };
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        }
     }
 
     /// [`Netlink::connect`] for a namespace held open as a file (for example an anonymous one).
     pub fn connect_file(netns: &File) -> Result<Netlink, NetlinkError> {
         let rt = tokio::runtime::Handle::current();
-        let (conn, handle, _) = in_netns_file(netns, Path::new("(namespace fd)"), move || {
+        in_netns_file(netns, Path::new("(namespace fd)"), move || {
             let _guard = rt.enter();
-            rtnetlink::new_connection().map_err(NetlinkError::Socket)
-        })?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+            Netlink::open()
+        })
     }
 
     /// [`Netlink::connect_file`] without a helper thread: the calling thread enters the namespace just to open
     /// the socket and comes back (see [`crate::netns::in_netns_file_here`] and its caveat).
     pub fn connect_file_here(netns: &File) -> Result<Netlink, NetlinkError> {
-        let (conn, handle, _) =
-            crate::netns::in_netns_file_here(netns, Path::new("(namespace fd)"), || {
-                rtnetlink::new_connection().map_err(NetlinkError::Socket)
-            })?;
+        crate::netns::in_netns_file_here(netns, Path::new("(namespace fd)"), Netlink::open)
+    }
+
+    /// Opens a socket in the calling thread's namespace and spawns its connection task on the current runtime
+    /// (the socket stays in the namespace it was opened in, whichever thread drives it).
+    fn open() -> Result<Netlink, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Socket)?;
         tokio::spawn(conn);
         Ok(Netlink { handle })
     }
