@@ -690,9 +690,10 @@ fn breakdown_table(
             v[(v.len() - 1) / 2]
         };
         sec.notes.push(format!(
-            "The plugin's memory at the end of an ADD (from its own `/proc/self/status`, median over the same \
-             ADDs): peak {:.1} MiB (VmHWM), of which heap and stacks {:.1} MiB (RssAnon) and file pages (the \
-             binary, plus libc and the loader if it is not linked statically) {:.1} MiB (RssFile).",
+            "The plugin's memory at the end of an ADD (its own `/proc/self/statm`, median over the same ADDs): \
+             resident {:.1} MiB, of which heap and stacks {:.1} MiB (resident less shared pages) and file pages \
+             (the binary, plus libc and the loader if it is not linked statically) {:.1} MiB (shared pages). \
+             The peak is in the memory section.",
             med(|m| m.0) as f64 / 1024.0,
             med(|m| m.1) as f64 / 1024.0,
             med(|m| m.2) as f64 / 1024.0

@@ -56,8 +56,10 @@ pub fn mark(name: &'static str) {
     }
 }
 
-/// Appends `{"cmd":..,"container":..,"marks":[[name,ns],..],"memory_kib":{..}}` to the span file (a no-op unless enabled). A
-/// failure to write is ignored: timings never change the plugin's answer.
+/// Appends `{"cmd":..,"container":..,"marks":[[name,ns],..],"memory_kib":{..}}` to the span file (a no-op unless
+/// enabled). `memory_kib` is `/proc/self/statm` in KiB under `/proc/self/status`'s names: `Rss` (resident),
+/// `RssAnon` (resident less shared pages) and `RssFile` (shared pages). A failure to write is ignored: timings
+/// never change the plugin's answer.
 pub fn finish(command: &str, container: &str) {
     let Some(Some(path)) = FILE.get() else {
         return;
@@ -68,19 +70,20 @@ pub fn finish(command: &str, container: &str) {
         .map(|mut m| std::mem::take(&mut *m))
         .unwrap_or_default();
     marks.sort_by_key(|&(_, t)| t);
-    // Where the plugin's memory is at its end: peak, heap and stacks, file pages (binary and libraries).
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib = |field: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
+    // Where the plugin's memory is at its end: resident, of which heap and stacks, and file pages (binary and
+    // libraries), from statm: this runs inside the timed ADD, and the kernel generates /proc/self/status (the
+    // only source of the peak, VmHWM; getrusage's carries over from before exec) at several times statm's cost.
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: Vec<u64> = statm
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let page_kib = 4;
+    let (resident, shared) = (pages.get(1).copied(), pages.get(2).copied());
     let memory = serde_json::json!({
-        "VmHWM": kib("VmHWM:"),
-        "RssAnon": kib("RssAnon:"),
-        "RssFile": kib("RssFile:"),
+        "Rss": resident.map(|r| r * page_kib),
+        "RssAnon": resident.zip(shared).map(|(r, s)| r.saturating_sub(s) * page_kib),
+        "RssFile": shared.map(|s| s * page_kib),
     });
     let line = serde_json::json!({
         "cmd": command,
@@ -116,7 +119,11 @@ mod tests {
         std::fs::remove_dir_all(&dir).expect("test");
         let v: serde_json::Value = serde_json::from_str(text.trim()).expect("test");
         assert_eq!(v["cmd"], "ADD");
-        assert!(v["memory_kib"]["VmHWM"].as_u64().expect("test") > 0);
+        let kib = |k: &str| v["memory_kib"][k].as_u64().expect("test");
+        assert!(kib("Rss") > 0);
+        // The binary's own pages are file pages; a test binary's heap is not empty either.
+        assert!(kib("RssFile") > 0 && kib("RssAnon") > 0);
+        assert_eq!(kib("RssFile") + kib("RssAnon"), kib("Rss"), "{v}");
         let marks = v["marks"].as_array().expect("test");
         let names: Vec<&str> = marks.iter().map(|m| m[0].as_str().expect("test")).collect();
         assert_eq!(names, ["main", "connect", "done"]);

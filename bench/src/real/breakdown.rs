@@ -75,7 +75,7 @@ pub struct Breakdown {
     pub totals: Vec<Duration>,
     /// Per joined ADD, its spans by label (for attributing the slowest ADDs).
     pub per_add: Vec<HashMap<String, Duration>>,
-    /// The plugin's memory at its end, per joined ADD: `(VmHWM, RssAnon, RssFile)` in KiB.
+    /// The plugin's memory at its end, per joined ADD: `(Rss, RssAnon, RssFile)` in KiB.
     pub memory_kib: Vec<(u64, u64, u64)>,
 }
 
@@ -128,7 +128,7 @@ fn plugin_marks(file: &Path) -> HashMap<String, Marks> {
             .unwrap_or_default();
         let m = &v["memory_kib"];
         let memory = match (
-            m["VmHWM"].as_u64(),
+            m["Rss"].as_u64(),
             m["RssAnon"].as_u64(),
             m["RssFile"].as_u64(),
         ) {
