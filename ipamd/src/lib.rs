@@ -41,5 +41,6 @@ pub mod reaper;
 pub mod reload;
 #[cfg(test)]
 mod scenarios;
+pub mod schedule;
 pub mod serve;
 pub mod sync;

@@ -26,7 +26,10 @@ use ec2_api::Ec2;
 use ec2_sim::{NoHotplug, SimEc2, SimSpec, ThrottleSpec};
 use rand::Rng;
 
-use super::{config_of, key, start, Account, AccountCounts, AccountEc2, Engine};
+use ipamd::ratelimit::{PacingConfig, SharedSchedule};
+use ipamd::schedule::{MemorySchedule, Share};
+
+use super::{config_of, key, start_paced, Account, AccountCounts, AccountEc2, Engine};
 use crate::error::{check_interrupt, BenchError};
 
 /// How long one ADD may wait in the daemon: the plugin's 10 s deadline less ipamd's 1 s margin, bounded by
@@ -58,6 +61,9 @@ impl ScaleResult {
     }
 }
 
+/// The Kubernetes API's answer time as the nodes' shared EC2 schedule sees it, per request (a read or a write).
+pub const SCHEDULE_API_LATENCY: Duration = Duration::from_millis(8);
+
 /// Runs one cluster of `nodes` nodes of `instance_type` with `vars`, `pods` pods each, for at most `limit`.
 pub async fn cluster(
     engine: Engine,
@@ -67,9 +73,44 @@ pub async fn cluster(
     vars: &[(&'static str, &'static str)],
     limit: Duration,
 ) -> Result<ScaleResult, BenchError> {
+    cluster_with(
+        engine,
+        nodes,
+        pods,
+        instance_type,
+        vars,
+        limit,
+        Some(Share::default()),
+    )
+    .await
+}
+
+/// [`cluster`] with ours sharing one cluster EC2 schedule of `share` (`None`: each node paces alone), as
+/// `ipamd run` does through the Kubernetes API: one lease, here in memory with [`SCHEDULE_API_LATENCY`] and
+/// real write conflicts. The anchor model has none.
+pub async fn cluster_with(
+    engine: Engine,
+    nodes: usize,
+    pods: usize,
+    instance_type: &str,
+    vars: &[(&'static str, &'static str)],
+    limit: Duration,
+    share: Option<Share>,
+) -> Result<ScaleResult, BenchError> {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
     let t0 = clock.now();
     let account = Account::new(ThrottleSpec::default(), Arc::clone(&clock));
+    let pacing = match share {
+        Some(share) => PacingConfig {
+            schedule: SharedSchedule(Arc::new(MemorySchedule::new(
+                Arc::clone(&clock),
+                SCHEDULE_API_LATENCY,
+            ))),
+            schedule_share: share,
+            ..PacingConfig::default()
+        },
+        None => PacingConfig::default(),
+    };
     let remaining = Arc::new(AtomicUsize::new(nodes * pods));
     let waits = Arc::new(Mutex::new(Vec::with_capacity(nodes * pods)));
     let last_placed = Arc::new(Mutex::new(Duration::ZERO));
@@ -90,6 +131,7 @@ pub async fn cluster(
         let start_error = Arc::clone(&start_error);
         let mut stop = stop_rx.clone();
         let config = config.clone();
+        let pacing = pacing.clone();
         let instance_type = instance_type.to_string();
         tasks.push(tokio::task::spawn_local(async move {
             clock.sleep(delay).await;
@@ -111,13 +153,14 @@ pub async fn cluster(
             let imds: Arc<SimEc2> = Arc::new(sim);
             let mut backoff = Duration::from_secs(10);
             let running = loop {
-                match start(
+                match start_paced(
                     engine,
                     Arc::clone(&ec2),
                     imds.clone(),
                     Arc::clone(&clock),
                     config.clone(),
                     None,
+                    pacing.clone(),
                 )
                 .await
                 {
@@ -258,13 +301,27 @@ mod tests {
         } else {
             Engine::Ours
         };
-        let r = run_virtual(cluster(
+        // SCALEUP_SHARE=RATE,BURST: the schedule's share of EC2's buckets (default: ipamd's); "none": no
+        // shared schedule.
+        let share = match std::env::var("SCALEUP_SHARE").ok().as_deref() {
+            Some("none") => None,
+            Some(v) => {
+                let (r, b) = v.split_once(',').expect("SCALEUP_SHARE=RATE,BURST");
+                Some(Share {
+                    rate: r.parse().expect("rate"),
+                    burst: b.parse().expect("burst"),
+                })
+            }
+            None => Some(Share::default()),
+        };
+        let r = run_virtual(cluster_with(
             engine,
             nodes,
             30,
             "m5.xlarge",
             &vars,
             Duration::from_secs(3 * 3600),
+            share,
         ))
         .expect("runtime")
         .expect("run");
