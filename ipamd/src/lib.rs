@@ -42,5 +42,6 @@ pub mod reload;
 #[cfg(test)]
 mod scenarios;
 pub mod schedule;
+pub mod schedule_lease;
 pub mod serve;
 pub mod sync;

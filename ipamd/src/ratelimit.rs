@@ -921,6 +921,181 @@ mod tests {
         assert!((2..20).contains(&sent), "a bounded number of sends: {sent}");
     }
 
+    /// `nodes` pacers (each a node with its own bucket and gates) calling DescribeInstances `calls` times each,
+    /// all at once, against one simulated account of EC2's default size; with `schedule`, all reserve their slots
+    /// in it. Returns the requests EC2 throttled and the virtual time the last call took.
+    async fn cluster_through(
+        schedule: Option<crate::schedule::MemorySchedule>,
+        nodes: usize,
+        calls: usize,
+    ) -> (u64, Duration) {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let mut spec = SimSpec::new("m5.large");
+        spec.clock = Arc::clone(&clock);
+        spec.throttle = Some(ec2_sim::ThrottleSpec::default());
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        let iid = sim.instance_id();
+        let start = clock.now();
+        let mut tasks = Vec::new();
+        for n in 0..nodes {
+            let pacing = PacingConfig {
+                burst: 20,
+                per_second: 5.0,
+                schedule: match &schedule {
+                    Some(s) => SharedSchedule(Arc::new(s.clone())),
+                    None => SharedSchedule::default(),
+                },
+                schedule_share: Share {
+                    rate: 0.95,
+                    burst: 0.9,
+                },
+                ..PacingConfig::default()
+            };
+            let paced = pace(Arc::new(sim.clone()), Arc::clone(&clock), pacing);
+            let iid = iid.clone();
+            let clock = Arc::clone(&clock);
+            tasks.push(tokio::spawn(async move {
+                // Nodes start 100 ms apart.
+                clock.sleep(Duration::from_millis(100 * n as u64)).await;
+                for _ in 0..calls {
+                    paced.describe_instance(&iid).await.expect("describe");
+                }
+                paced.counts().total_throttled()
+            }));
+        }
+        let mut throttled = 0;
+        for t in tasks {
+            throttled += t.await.expect("node");
+        }
+        (throttled, clock.now() - start)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nodes_sharing_the_cluster_schedule_are_not_throttled_by_an_account_of_its_size() {
+        // 30 nodes × 10 calls within 3 s: 300 calls against a bucket of 100 refilled at 20/s.
+        let (alone, _) = cluster_through(None, 30, 10).await;
+        assert!(alone > 0, "without the schedule the account throttles");
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let schedule = crate::schedule::MemorySchedule::new(clock, Duration::from_millis(8));
+        let (throttled, took) = cluster_through(Some(schedule.clone()), 30, 10).await;
+        assert_eq!(
+            throttled, 0,
+            "the shared schedule kept the cluster within the account's bucket"
+        );
+        // 90 at once, the other 210 at 19/s: about 11 s, not the minutes of backing off.
+        assert!(
+            took >= Duration::from_secs(10) && took < Duration::from_secs(14),
+            "{took:?}"
+        );
+        assert!(schedule.stats().conflicts > 0, "reservers did collide");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_schedule_never_stops_a_call_and_status_says_why() {
+        let (sim, _) = ec2_sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let schedule =
+            crate::schedule::MemorySchedule::new(Arc::clone(&clock), Duration::from_millis(5));
+        *crate::sync::lock(&schedule.fail) = Some(ScheduleError::Forbidden {
+            lease: "kube-system/aws-cni-ec2-schedule".into(),
+            message: "leases is forbidden".into(),
+        });
+        let paced = pace(
+            Arc::new(sim.clone()),
+            Arc::clone(&clock),
+            PacingConfig {
+                schedule: SharedSchedule(Arc::new(schedule.clone())),
+                ..PacingConfig::default()
+            },
+        );
+        let iid = sim.instance_id();
+        paced.describe_instance(&iid).await.expect("sent anyway");
+        paced.describe_instance(&iid).await.expect("sent anyway");
+        let st = paced.schedule_status();
+        assert!(st.enabled);
+        assert!(
+            st.problem.as_deref().is_some_and(|p| p.contains("403")),
+            "{st:?}"
+        );
+        assert!(st.describe().starts_with("not in use"), "{}", st.describe());
+        assert_eq!(st.outcomes.get("forbidden"), Some(&1));
+        assert_eq!(
+            st.outcomes.get("skipped"),
+            Some(&1),
+            "set aside, not asked again at once"
+        );
+        assert_eq!(paced.counts().sent.get("DescribeInstances"), Some(&2));
+        // The lease becomes writable: after the pause the schedule is in use again.
+        *crate::sync::lock(&schedule.fail) = None;
+        clock.sleep(Duration::from_secs(61)).await;
+        paced.describe_instance(&iid).await.expect("describe");
+        let st = paced.schedule_status();
+        assert_eq!(st.problem, None);
+        assert_eq!(st.outcomes.get("reserved"), Some(&1));
+        assert!(schedule.tat("DescribeInstances").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_for_its_slot_and_status_says_so() {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let mut spec = SimSpec::new("m5.large");
+        spec.clock = Arc::clone(&clock);
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        let schedule =
+            crate::schedule::MemorySchedule::new(Arc::clone(&clock), Duration::from_millis(5));
+        // Another node's reservations reach 30 s ahead (more than the bucket's tolerance).
+        let burst_s = Limit::of(Api::DescribeInstances, Share::default()).burst as f64
+            / Limit::of(Api::DescribeInstances, Share::default()).per_second;
+        let ahead = Duration::from_secs(30) + Duration::from_secs_f64(burst_s);
+        schedule.set_tat(
+            "DescribeInstances",
+            (clock.wall() + ahead).as_micros() as u64,
+        );
+        let paced = Arc::new(pace(
+            Arc::new(sim.clone()),
+            Arc::clone(&clock),
+            PacingConfig {
+                schedule: SharedSchedule(Arc::new(schedule.clone())),
+                ..PacingConfig::default()
+            },
+        ));
+        let start = clock.now();
+        let call = {
+            let paced = Arc::clone(&paced);
+            let iid = sim.instance_id();
+            tokio::spawn(async move { paced.describe_instance(&iid).await })
+        };
+        clock.sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            sim.calls().get("DescribeInstances"),
+            None,
+            "nothing sent before the slot"
+        );
+        let (api, left) = paced.schedule_wait().expect("waiting");
+        assert_eq!(api, "DescribeInstances");
+        assert!(
+            left > Duration::from_secs(15) && left <= Duration::from_secs(21),
+            "{left:?}"
+        );
+        assert!(paced
+            .schedule_status()
+            .describe()
+            .contains("waiting for the cluster's EC2 schedule"));
+        call.await.expect("task").expect("describe");
+        let took = clock.now() - start;
+        assert!(
+            took >= Duration::from_secs(29) && took < Duration::from_secs(32),
+            "{took:?}"
+        );
+        assert_eq!(sim.calls().get("DescribeInstances"), Some(&1));
+        assert_eq!(paced.schedule_wait(), None);
+        assert!(paced.since_congested("DescribeInstances").is_some());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn paced_calls_wait_for_tokens_and_retry_retryable_errors() {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());

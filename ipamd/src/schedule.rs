@@ -11,7 +11,8 @@
 //! time" (`ec2-schedule.aws-cni/<Api>`: unix milliseconds). To send a call of API X, a node reads the lease,
 //! takes the next slot ([`gcra`]: `tat = max(tat_X, now)`, slot `max(now, tat − (burst−1)/rate)`), writes
 //! `tat_X = tat + 1/rate` with the resourceVersion it read (optimistic concurrency: a 409 Conflict means another
-//! node took a slot meanwhile, so it reads again, at most [`CONFLICT_ATTEMPTS`] times), and sends no EC2 request
+//! node took a slot meanwhile, so it reads again after a short random pause, [`conflict_backoff`], at most
+//! [`CONFLICT_ATTEMPTS`] times), and sends no EC2 request
 //! until its slot. That is a token bucket of `burst` at `rate`, shared by every node: one GET and one PUT per EC2
 //! call, in one small object. A tat in the far past is simply max'ed with now; a tat more than [`MAX_WAIT`]
 //! beyond what the bucket allows is clamped, so one broken value cannot stall nodes for long.
@@ -48,7 +49,14 @@ pub const ANNOTATION_PREFIX: &str = "ec2-schedule.aws-cni/";
 pub const MAX_WAIT: Duration = Duration::from_secs(15 * 60);
 
 /// Reads and writes per reservation before it gives up on conflicts.
-pub const CONFLICT_ATTEMPTS: u32 = 8;
+pub const CONFLICT_ATTEMPTS: u32 = 10;
+
+/// The wait before reading again after a conflicting write: uniform in `[0, 10 ms · 2^attempt)`, at most
+/// 640 ms, so nodes that collided do not collide again in step.
+pub fn conflict_backoff(attempt: u32) -> Duration {
+    let ceiling = Duration::from_millis(10 << attempt.min(6));
+    ceiling.mul_f64(rand::random::<f64>())
+}
 
 /// A reservation that waits at least this long means the cluster asks as fast as the account refills: the
 /// pacer notes it as congestion (see [`crate::ratelimit::Pacer::since_congested`]).
@@ -253,6 +261,51 @@ impl ClusterSchedule for NoSchedule {
     }
 }
 
+/// Turns the schedule on or off (default true; false: every node paces its EC2 calls alone).
+pub const ENV_SCHEDULE: &str = "AWS_CNI_EC2_CLUSTER_SCHEDULE";
+/// [`Share::rate`] (default [`DEFAULT_RATE_SHARE`]).
+pub const ENV_RATE_SHARE: &str = "AWS_CNI_EC2_SCHEDULE_RATE_SHARE";
+/// [`Share::burst`] (default [`DEFAULT_BURST_SHARE`]).
+pub const ENV_BURST_SHARE: &str = "AWS_CNI_EC2_SCHEDULE_BURST_SHARE";
+
+/// The schedule's settings from the environment.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScheduleSettings {
+    pub enabled: bool,
+    pub share: Share,
+}
+
+impl ScheduleSettings {
+    /// Reads [`ENV_SCHEDULE`], [`ENV_RATE_SHARE`] and [`ENV_BURST_SHARE`]; a bad value is refused naming it.
+    pub fn from_env(
+        env: &dyn crate::config::EnvSource,
+    ) -> Result<ScheduleSettings, crate::config::ConfigError> {
+        let fraction =
+            |var: &'static str, default: f64| -> Result<f64, crate::config::ConfigError> {
+                let Some(v) = env.get(var).filter(|v| !v.trim().is_empty()) else {
+                    return Ok(default);
+                };
+                match v.trim().parse::<f64>() {
+                Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+                _ => Err(crate::config::ConfigError {
+                    var,
+                    value: v.clone(),
+                    reason:
+                        "expected a fraction of EC2's default bucket, greater than 0 and at most 1"
+                            .into(),
+                }),
+            }
+            };
+        Ok(ScheduleSettings {
+            enabled: crate::config::env::parse_bool(env, ENV_SCHEDULE)?.unwrap_or(true),
+            share: Share {
+                rate: fraction(ENV_RATE_SHARE, DEFAULT_RATE_SHARE)?,
+                burst: fraction(ENV_BURST_SHARE, DEFAULT_BURST_SHARE)?,
+            },
+        })
+    }
+}
+
 /// The lease's content as the double keeps it: a resourceVersion and the annotations.
 #[cfg(any(test, feature = "fakes"))]
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -323,7 +376,7 @@ impl MemorySchedule {
 impl ClusterSchedule for MemorySchedule {
     async fn reserve(&self, api: &'static str, limit: Limit) -> Result<Duration, ScheduleError> {
         let key = annotation_key(api);
-        for _ in 0..CONFLICT_ATTEMPTS {
+        for attempt in 0..CONFLICT_ATTEMPTS {
             if let Some(e) = crate::sync::lock(&self.fail).clone() {
                 return Err(e);
             }
@@ -360,6 +413,7 @@ impl ClusterSchedule for MemorySchedule {
                 let now_us = self.clock.wall().as_micros() as u64;
                 return Ok(Duration::from_micros(grant.slot_us.saturating_sub(now_us)));
             }
+            self.clock.sleep(conflict_backoff(attempt)).await;
         }
         Err(ScheduleError::Contended {
             attempts: CONFLICT_ATTEMPTS,
@@ -444,6 +498,38 @@ mod tests {
     }
 
     #[test]
+    fn settings_default_to_on_and_refuse_bad_values_by_name() {
+        use crate::config::env::env_map;
+        let d = ScheduleSettings::from_env(&env_map(&[])).expect("defaults");
+        assert!(d.enabled);
+        assert_eq!(d.share, Share::default());
+        let off = ScheduleSettings::from_env(&env_map(&[(ENV_SCHEDULE, "false")])).expect("off");
+        assert!(!off.enabled);
+        let s = ScheduleSettings::from_env(&env_map(&[
+            (ENV_RATE_SHARE, "0.5"),
+            (ENV_BURST_SHARE, "1"),
+        ]))
+        .expect("shares");
+        assert_eq!(
+            s.share,
+            Share {
+                rate: 0.5,
+                burst: 1.0
+            }
+        );
+        for (var, v) in [
+            (ENV_SCHEDULE, "maybe"),
+            (ENV_RATE_SHARE, "0"),
+            (ENV_RATE_SHARE, "1.5"),
+            (ENV_BURST_SHARE, "lots"),
+        ] {
+            let e = ScheduleSettings::from_env(&env_map(&[(var, v)])).expect_err(v);
+            assert_eq!(e.var, var);
+            assert!(e.to_string().contains(var), "{e}");
+        }
+    }
+
+    #[test]
     fn tats_round_trip_through_the_annotation() {
         for us in [0, 1, 999, 1_767_225_600_123_456] {
             assert_eq!(parse_tat(&format_tat(us)), Some(us));
@@ -454,12 +540,13 @@ mod tests {
         assert_eq!(parse_tat("1.x"), None);
     }
 
-    /// Every window `[a, b]` of the sorted slots holds at most `burst + rate·(b − a)` of them.
-    fn assert_bucket_holds(slots: &mut [u64], l: Limit) {
+    /// Every window `[a, b]` of the sorted send times holds at most `burst + rate·(b − a + slack)` of them
+    /// (`slack`: a call whose slot passed while its write was answered is sent on the answer, a round trip late).
+    fn assert_bucket_holds(slots: &mut [u64], l: Limit, slack: Duration) {
         slots.sort_unstable();
         for i in 0..slots.len() {
             for j in i..slots.len() {
-                let w = (slots[j] - slots[i]) as f64 / 1e6;
+                let w = (slots[j] - slots[i]) as f64 / 1e6 + slack.as_secs_f64();
                 let n = (j - i + 1) as f64;
                 assert!(
                     n <= f64::from(l.burst) + l.per_second * w + 1e-6,
@@ -481,13 +568,15 @@ mod tests {
             let s = s.clone();
             let clock = Arc::clone(&clock);
             tasks.push(tokio::spawn(async move {
-                // Arrivals 3 ms apart: far closer than one read-and-write round trip.
-                clock.sleep(Duration::from_millis(3 * i)).await;
+                // Arrivals 20 ms apart, each node reserving three times in a row: reads and writes overlap.
+                clock.sleep(Duration::from_millis(20 * i)).await;
                 let mut slots = Vec::new();
                 for _ in 0..3 {
                     let wait = s.reserve("CreateNetworkInterface", l).await;
                     let wait = wait.expect("reserved within the conflict bound");
-                    slots.push((clock.wall() + wait).as_micros() as u64);
+                    // As the pacer does: wait for the slot, send, then the next call.
+                    clock.sleep(wait).await;
+                    slots.push(clock.wall().as_micros() as u64);
                 }
                 slots
             }));
@@ -504,7 +593,7 @@ mod tests {
         distinct.dedup();
         // Slots after the burst are distinct; the burst's five share "now" legitimately.
         assert!(distinct.len() >= 120 - 5, "{} distinct", distinct.len());
-        assert_bucket_holds(&mut slots, l);
+        assert_bucket_holds(&mut slots, l, Duration::from_millis(8));
         // 120 calls at 2/s after a burst of 5: the last slot is about (120 − 5) / 2 s after the first.
         let span = (slots[119] - slots[0]) as f64 / 1e6;
         assert!((56.0..60.0).contains(&span), "{span}");
