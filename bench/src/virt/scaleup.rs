@@ -9,6 +9,10 @@
 //! is the plugin's gRPC call: ipamd's waits for an address on its way (up to 8 s, within the plugin's deadline),
 //! the anchor's answers at once; a failed ADD is retried a second later until the pod has an address.
 //!
+//! Ours runs as `ipamd run` does with a Kubernetes API: every node's EC2 calls take their slots in one cluster-wide
+//! EC2 schedule ([`ipamd::schedule`]), here an in-memory double of its Lease shared by every node, with a modelled
+//! API latency ([`SCHEDULE_API_LATENCY`]) and real write conflicts. The anchor model has none.
+//!
 //! Reported: the time from the first node's launch until the last pod has an address; each pod's wait from its
 //! creation; EC2 calls and the share the account throttled. Every node keeps running (and calling EC2 for its
 //! warm pool) until the last pod of the cluster is placed.
