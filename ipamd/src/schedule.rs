@@ -336,6 +336,8 @@ pub struct MemoryStats {
     pub reads: u64,
     pub writes: u64,
     pub conflicts: u64,
+    /// Reservations that gave up after [`CONFLICT_ATTEMPTS`] conflicting writes.
+    pub contended: u64,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -415,6 +417,7 @@ impl ClusterSchedule for MemorySchedule {
             }
             self.clock.sleep(conflict_backoff(attempt)).await;
         }
+        crate::sync::lock(&self.stats).contended += 1;
         Err(ScheduleError::Contended {
             attempts: CONFLICT_ATTEMPTS,
         })

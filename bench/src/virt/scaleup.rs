@@ -54,6 +54,8 @@ pub struct ScaleResult {
     pub restarts: usize,
     /// Why the first failed start failed.
     pub first_start_error: Option<String>,
+    /// What the shared EC2 schedule's lease saw (`None`: no schedule).
+    pub schedule: Option<ipamd::schedule::MemoryStats>,
 }
 
 impl ScaleResult {
@@ -104,16 +106,15 @@ pub async fn cluster_with(
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
     let t0 = clock.now();
     let account = Account::new(ThrottleSpec::default(), Arc::clone(&clock));
-    let pacing = match share {
-        Some(share) => PacingConfig {
-            schedule: SharedSchedule(Arc::new(MemorySchedule::new(
-                Arc::clone(&clock),
-                SCHEDULE_API_LATENCY,
-            ))),
+    let lease = (engine == Engine::Ours && share.is_some())
+        .then(|| MemorySchedule::new(Arc::clone(&clock), SCHEDULE_API_LATENCY));
+    let pacing = match (&lease, share) {
+        (Some(lease), Some(share)) => PacingConfig {
+            schedule: SharedSchedule(Arc::new(lease.clone())),
             schedule_share: share,
             ..PacingConfig::default()
         },
-        None => PacingConfig::default(),
+        _ => PacingConfig::default(),
     };
     let remaining = Arc::new(AtomicUsize::new(nodes * pods));
     let waits = Arc::new(Mutex::new(Vec::with_capacity(nodes * pods)));
@@ -273,6 +274,7 @@ pub async fn cluster_with(
         counts: account.counts(),
         restarts: restarts.load(Ordering::SeqCst),
         first_start_error,
+        schedule: lease.map(|l| l.stats()),
     })
 }
 
@@ -349,6 +351,12 @@ mod tests {
         );
         for (api, (sent, thr)) in &r.counts {
             println!("  {api}: {sent} / {thr}");
+        }
+        if let Some(s) = r.schedule {
+            println!(
+                "  schedule lease: {} reads, {} writes, {} conflicts, {} reservations gave up",
+                s.reads, s.writes, s.conflicts, s.contended
+            );
         }
     }
 }

@@ -1017,4 +1017,98 @@ mod tests {
             err.message
         );
     }
+
+    /// The cluster's EC2 schedule (crate::schedule) with the next slot of Assign and Create a minute ahead: the
+    /// warm fill does not queue behind it (the node notes the congestion and serves with what it has); a pod's
+    /// demand takes its slot, waits for it, and only then calls EC2.
+    #[tokio::test]
+    async fn a_congested_cluster_schedule_holds_warm_growth_and_demand_waits_for_its_slot() {
+        use crate::ratelimit::{PacingConfig, SharedSchedule};
+        use crate::schedule::{Limit, MemorySchedule, Share};
+        use ec2_api::clock::Clock;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps::sim(&sim, &clock);
+        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
+            .await
+            .expect("facts");
+        let lease = MemorySchedule::new(Arc::new(clock.clone()), Duration::from_millis(5));
+        let ahead = Duration::from_secs(60);
+        for api in [
+            ec2_api::Api::AssignPrivateIpAddresses,
+            ec2_api::Api::CreateNetworkInterface,
+        ] {
+            let l = Limit::of(api, Share::default());
+            let tolerance = Duration::from_secs_f64(f64::from(l.burst - 1) / l.per_second);
+            lease.set_tat(
+                api.name(),
+                (clock.wall() + tolerance + ahead).as_micros() as u64,
+            );
+        }
+        let pacing = PacingConfig {
+            schedule: SharedSchedule(Arc::new(lease.clone())),
+            ..PacingConfig::default()
+        };
+        let n = Node::init_with(deps, facts, Config::default(), None, pacing)
+            .await
+            .expect("init");
+        let start = clock.now();
+        n.fill().await.expect("fill");
+        assert_eq!(n.stats().total, 0, "the warm fill held");
+        assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), None);
+        assert_eq!(lease.stats().writes, 0, "no slot taken for the warm target");
+        assert!(n.ec2.since_congested("AssignPrivateIpAddresses").is_some());
+        assert!(clock.now() - start < Duration::from_secs(1));
+        // A pod finds no address: demand. Its growth takes the slot and waits for it.
+        assert!(n.add(&key(0), &PodMeta::default()).is_err());
+        let before = lease.tat("AssignPrivateIpAddresses").expect("tat");
+        n.pool_step().await.expect("grow");
+        assert!(
+            clock.now() - start >= ahead - Duration::from_millis(100),
+            "sent at the slot: {:?}",
+            clock.now() - start
+        );
+        assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), Some(&1));
+        assert!(lease.tat("AssignPrivateIpAddresses").expect("tat") > before);
+        n.add(&key(0), &PodMeta::default())
+            .expect("an address after the slot");
+    }
+
+    /// Growth for a waiting pod takes the API whose slot in the cluster's EC2 schedule comes first: with
+    /// AssignPrivateIpAddresses booked a minute ahead and CreateNetworkInterface free, a new ENI brings the
+    /// addresses at once.
+    #[tokio::test]
+    async fn demand_growth_takes_the_api_with_the_earlier_slot() {
+        use crate::ratelimit::{PacingConfig, SharedSchedule};
+        use crate::schedule::{Limit, MemorySchedule, Share};
+        use ec2_api::clock::Clock;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps::sim(&sim, &clock);
+        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
+            .await
+            .expect("facts");
+        let lease = MemorySchedule::new(Arc::new(clock.clone()), Duration::from_millis(5));
+        let assign = ec2_api::Api::AssignPrivateIpAddresses;
+        let l = Limit::of(assign, Share::default());
+        let tolerance = Duration::from_secs_f64(f64::from(l.burst - 1) / l.per_second);
+        lease.set_tat(
+            assign.name(),
+            (clock.wall() + tolerance + Duration::from_secs(60)).as_micros() as u64,
+        );
+        let pacing = PacingConfig {
+            schedule: SharedSchedule(Arc::new(lease.clone())),
+            ..PacingConfig::default()
+        };
+        let n = Node::init_with(deps, facts, Config::default(), None, pacing)
+            .await
+            .expect("init");
+        let start = clock.now();
+        assert!(n.add(&key(0), &PodMeta::default()).is_err());
+        n.pool_step().await.expect("grow");
+        assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), None);
+        assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&1));
+        assert!(clock.now() - start < Duration::from_secs(10));
+        assert!(lease.tat("CreateNetworkInterface").is_some());
+        n.add(&key(0), &PodMeta::default())
+            .expect("an address on the new ENI");
+    }
 }
