@@ -487,7 +487,10 @@ impl Pacer {
     fn schedule_failed(&self, st: &mut ScheduleState, e: ScheduleError, now: Duration) {
         *st.outcomes.entry(e.outcome()).or_default() += 1;
         st.aside_until = now + e.retry_after();
-        if st.problem.as_ref().map(ScheduleError::outcome) != Some(e.outcome()) {
+        if matches!(e, ScheduleError::Contended { .. }) {
+            // Busy, not broken: this one call goes under the node's own pacing, the next asks again.
+            tracing::debug!(error = %e, "the cluster's EC2 schedule is contended: this call goes unscheduled");
+        } else if st.problem.as_ref().map(ScheduleError::outcome) != Some(e.outcome()) {
             tracing::warn!(error = %e, retry_in = ?e.retry_after(),
                 "the cluster's EC2 schedule is not available: pacing EC2 calls on this node alone");
         }
@@ -517,9 +520,12 @@ impl Pacer {
             let mut st = self.lock_schedule();
             match result {
                 Ok(wait) => {
-                    if let Some(was) = st.problem.take() {
-                        tracing::info!(previous = %was, schedule = %schedule.describe(),
-                            "the cluster's EC2 schedule answers again");
+                    match st.problem.take() {
+                        Some(was) if !matches!(was, ScheduleError::Contended { .. }) => {
+                            tracing::info!(previous = %was, schedule = %schedule.describe(),
+                                "the cluster's EC2 schedule answers again");
+                        }
+                        _ => {}
                     }
                     let outcome = if wait.is_zero() { "reserved" } else { "waited" };
                     *st.outcomes.entry(outcome).or_default() += 1;
