@@ -1305,12 +1305,21 @@ fn scaleup_section(plan: &Plan, progress: &mut dyn FnMut(&str)) -> Result<Sectio
                  makes more calls of one API per node than that has a floor of its own, (N × calls − 200) / 5 s, \
                  which the calls-by-API notes below let one compute. Throttled calls cost EC2 nothing but \
                  everybody's patience: a client that retries faster than the account refills only raises the \
-                 throttled share. Ours slows the whole node down per API after each `RequestLimitExceeded` \
-                 (a jittered window that starts at 8 s and grows fourfold, up to 300 s early in a congestion \
-                 episode and a minute later, see `ipamd::ratelimit`); growth for waiting pods takes whichever of \
-                 AssignPrivateIpAddresses and CreateNetworkInterface opens first while the node has a free ENI \
-                 slot; growth that serves only a warm target waits 30 minutes after a throttle (demand first, see \
-                 `ipamd::engine::pool_task`); a fresh node (IMDS shows the primary ENI alone, no checkpoint) makes \
+                 throttled share. Ours shares one EC2 schedule between the nodes of the cluster, as `ipamd run` \
+                 does through the Kubernetes API (the Lease `aws-cni-ec2-schedule`, see `ipamd::schedule`): before \
+                 each EC2 call a node takes the next slot of that API's token bucket, 97% of the account's refill \
+                 rate and 90% of its size, and sends nothing until then; here the nodes share an in-memory double \
+                 of the lease whose reads and writes take 8 ms each and conflict as the API server's do (a write \
+                 against a stale resourceVersion is refused and read again). The anchor model has no such thing. \
+                 A call sent a little after its slot, or one whose reservation gave up on conflicts, can still be \
+                 throttled; the node's own reaction then stays as without the schedule: it slows down per API \
+                 after each `RequestLimitExceeded` (a jittered window that starts at 8 s and grows fourfold, up to \
+                 300 s early in a congestion episode and a minute later, see `ipamd::ratelimit`). Growth for \
+                 waiting pods takes whichever of AssignPrivateIpAddresses and CreateNetworkInterface has the \
+                 earlier slot in the schedule (or opens first after a throttle) while the node has a free ENI \
+                 slot; growth that serves only a warm target waits 30 minutes once the schedule made a call of its \
+                 API wait 5 s or more, or after a throttle (demand first, see `ipamd::engine::pool_task`); a fresh \
+                 node (IMDS shows the primary ENI alone, no checkpoint) makes \
                  no EC2 call at startup, and its startup waits for EC2 in-process instead of exiting. The \
                  anchor's users report 15 minutes for 150 nodes under throttling (#405)."
             .into(),

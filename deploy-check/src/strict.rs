@@ -2,7 +2,7 @@
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
@@ -112,6 +112,8 @@ pub enum Object {
     ConfigMap(ConfigMap),
     ClusterRole(ClusterRole),
     ClusterRoleBinding(ClusterRoleBinding),
+    Role(Role),
+    RoleBinding(RoleBinding),
     Crd(Box<CustomResourceDefinition>),
     EniConfig(EniConfig),
 }
@@ -125,6 +127,8 @@ impl Object {
             Object::ConfigMap(o) => ("ConfigMap", &o.metadata),
             Object::ClusterRole(o) => ("ClusterRole", &o.metadata),
             Object::ClusterRoleBinding(o) => ("ClusterRoleBinding", &o.metadata),
+            Object::Role(o) => ("Role", &o.metadata),
+            Object::RoleBinding(o) => ("RoleBinding", &o.metadata),
             Object::Crd(o) => ("CustomResourceDefinition", &o.metadata),
             Object::EniConfig(o) => ("ENIConfig", &o.metadata),
         };
@@ -146,6 +150,8 @@ pub fn parse_object(v: &Value, source: &str) -> Result<Object, CheckError> {
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
             Object::ClusterRoleBinding(strict(v, &what)?)
         }
+        ("rbac.authorization.k8s.io/v1", "Role") => Object::Role(strict(v, &what)?),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding") => Object::RoleBinding(strict(v, &what)?),
         ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
             Object::Crd(Box::new(strict(v, &what)?))
         }

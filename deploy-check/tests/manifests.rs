@@ -91,6 +91,8 @@ fn every_manifest_file_parses_strictly() {
                 "ServiceAccount/aws-node",
                 "ClusterRole/aws-node",
                 "ClusterRoleBinding/aws-node",
+                "Role/aws-node-ec2-schedule",
+                "RoleBinding/aws-node-ec2-schedule",
                 "ConfigMap/amazon-vpc-cni",
                 "DaemonSet/aws-node",
             ]
@@ -213,7 +215,8 @@ fn each_overlay_renders_strictly_keeps_the_invariants_and_changes_only_its_varia
         } else {
             0
         };
-        assert_eq!(objs.len(), 6 + extra, "{dir}: every base object");
+        // Six base objects and the EC2 schedule's Role and RoleBinding.
+        assert_eq!(objs.len(), 8 + extra, "{dir}: every base object");
         let ds = daemonset(&objs);
         let mut problems = daemonset_problems(&ds);
         if overlay == "migrate" {
@@ -464,11 +467,37 @@ fn rbac_is_read_only_but_for_events_and_bound_to_the_service_account() {
                     ("ServiceAccount", "aws-node", Some("kube-system"))
                 );
             }
+            // The cluster's EC2 schedule (ipamd::schedule_lease): its one Lease in kube-system.
+            Object::Role(r) => {
+                assert_eq!(r.metadata.namespace.as_deref(), Some("kube-system"));
+                for rule in r.rules.as_deref().unwrap_or_default() {
+                    assert_eq!(
+                        rule.api_groups.as_deref(),
+                        Some(&["coordination.k8s.io".to_string()][..])
+                    );
+                    let names = rule.resource_names.clone().unwrap_or_default();
+                    for res in rule.resources.as_deref().unwrap_or_default() {
+                        for v in &rule.verbs {
+                            grants.insert(format!("{res}:{v}:{}", names.join(",")));
+                        }
+                    }
+                }
+            }
+            Object::RoleBinding(b) => {
+                assert_eq!(b.role_ref.name, "aws-node-ec2-schedule");
+                let s = b.subjects.as_deref().unwrap_or_default();
+                assert_eq!(
+                    s.iter()
+                        .map(|s| (s.kind.as_str(), s.name.as_str(), s.namespace.as_deref()))
+                        .collect::<Vec<_>>(),
+                    [("ServiceAccount", "aws-node", Some("kube-system"))]
+                );
+            }
             other => panic!("unexpected {}", other.id()),
         }
     }
     // Exactly the verbs ipamd uses (crate ipamd, kube_api.rs): watch caches of its node and the ENIConfigs, and
-    // Warning events on its pod. No pods in the base: patching them is the annotate-pod-ip overlay's.
+    // Warning events on its pod; get and update of the EC2 schedule's lease, and create (which cannot name it). No pods in the base: patching them is the annotate-pod-ip overlay's.
     assert_eq!(
         grants,
         BTreeSet::from(
@@ -480,6 +509,9 @@ fn rbac_is_read_only_but_for_events_and_bound_to_the_service_account() {
                 "eniconfigs:list",
                 "eniconfigs:watch",
                 "events:create",
+                "leases:get:aws-cni-ec2-schedule",
+                "leases:update:aws-cni-ec2-schedule",
+                "leases:create:",
             ]
             .map(String::from)
         )

@@ -9,6 +9,13 @@
 //! Adding an EC2 call: a method on [`crate::Ec2`], its forward in [`crate::layer::Layered`], a variant here,
 //! and the backends (`ec2-aws`, `ec2-sim`).
 
+/// EC2's default request-rate bucket of an account for each mutating action: 200 tokens refilled at 5 per second.
+pub const MUTATING_BUCKET: (u32, f64) = (200, 5.0);
+
+/// EC2's default request-rate bucket of an account for each `Describe*` action: 100 tokens refilled at 20 per
+/// second.
+pub const NON_MUTATING_BUCKET: (u32, f64) = (100, 20.0);
+
 /// One EC2 action (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Api {
@@ -78,6 +85,17 @@ impl Api {
                 | Api::DescribeSubnets
                 | Api::DescribeInstanceTypes
         )
+    }
+
+    /// EC2's documented default request-rate bucket of an account for this action, `(capacity, refill per
+    /// second)`: [`MUTATING_BUCKET`] or [`NON_MUTATING_BUCKET`]. The simulator's throttling and the cluster's
+    /// EC2 schedule (ipamd) both take their sizes from here.
+    pub const fn account_bucket(self) -> (u32, f64) {
+        if self.is_mutating() {
+            MUTATING_BUCKET
+        } else {
+            NON_MUTATING_BUCKET
+        }
     }
 
     /// The action called `name`, if it is one of ours.

@@ -87,8 +87,8 @@ impl Default for ThrottleSpec {
     /// EC2's documented defaults for an account: mutating 200 tokens refilled at 5/s, non-mutating 100 at 20/s.
     fn default() -> Self {
         ThrottleSpec {
-            mutating: (200, 5.0),
-            non_mutating: (100, 20.0),
+            mutating: ec2_api::api::MUTATING_BUCKET,
+            non_mutating: ec2_api::api::NON_MUTATING_BUCKET,
         }
     }
 }

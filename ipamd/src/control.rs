@@ -264,6 +264,7 @@ impl IpamdControl for ControlService {
                 .unwrap_or_default(),
             eni_config_problem: cn.and_then(|c| c.problem).unwrap_or_default(),
             kubernetes_api: self.node.api_status().describe(),
+            ec2_schedule: self.node.ec2.schedule_status().describe(),
             eni_changes_paused: self.node.enis_frozen(),
             address_mode: self.node.address_mode().as_str().to_string(),
             pool_knobs: self.node.knobs().to_string(),

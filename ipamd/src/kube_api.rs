@@ -235,6 +235,7 @@ enum PodJob {
 /// The real [`Cluster`]: see the module docs.
 pub struct KubeCluster {
     settings: KubeSettings,
+    client: Client,
     cache: Arc<Mutex<Cache>>,
     pods: Option<mpsc::UnboundedSender<PodJob>>,
     events: mpsc::UnboundedSender<(String, String)>,
@@ -375,7 +376,7 @@ impl KubeCluster {
             Arc::clone(&clock),
         ));
         tokio::spawn(watch_eni_configs(
-            client,
+            client.clone(),
             Arc::clone(&cache),
             Arc::clone(&clock),
         ));
@@ -384,6 +385,7 @@ impl KubeCluster {
             "Kubernetes API client started (node and ENIConfig watches)");
         Ok(Arc::new(KubeCluster {
             settings,
+            client,
             cache,
             pods,
             events,
@@ -405,6 +407,15 @@ impl KubeCluster {
             }
             self.clock.sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The cluster's EC2 schedule on this API ([`crate::schedule_lease`]), in the pod's namespace.
+    pub fn ec2_schedule(&self) -> crate::schedule_lease::LeaseSchedule {
+        crate::schedule_lease::LeaseSchedule::new(
+            self.client.clone(),
+            &self.settings.pod_namespace,
+            Arc::clone(&self.clock),
+        )
     }
 
     fn queue(&self, job: PodJob) {

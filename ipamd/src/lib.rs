@@ -41,5 +41,7 @@ pub mod reaper;
 pub mod reload;
 #[cfg(test)]
 mod scenarios;
+pub mod schedule;
+pub mod schedule_lease;
 pub mod serve;
 pub mod sync;

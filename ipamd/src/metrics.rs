@@ -202,6 +202,9 @@ pub struct Metrics {
     pub vpc_refresh: IntCounterVec,
     /// ENIs given the primary ENI's new security groups (ModifyNetworkInterfaceAttribute).
     pub security_group_updates: IntCounter,
+    /// The cluster's EC2 schedule: reservations by outcome, and whether it is in use.
+    pub ec2_schedule: IntCounterVec,
+    pub ec2_schedule_in_use: IntGauge,
 }
 
 /// Registers families and remembers their declarations.
@@ -510,6 +513,17 @@ impl Metrics {
                 "awscni_security_group_updates_total",
                 "ENIs given the primary ENI's new security groups (ModifyNetworkInterfaceAttribute)",
             )?,
+            ec2_schedule: r.counter_vec(
+                "awscni_ec2_schedule_total",
+                "EC2 calls' reservations in the cluster's EC2 schedule (the Lease aws-cni-ec2-schedule), by outcome \
+                 (reserved: sent at once, waited: waited for its slot, skipped: sent under the node's own pacing \
+                 while the schedule is set aside, forbidden, unreachable, contended, error)",
+                &["outcome"],
+            )?,
+            ec2_schedule_in_use: r.gauge(
+                "awscni_ec2_schedule_in_use",
+                "1 while EC2 calls follow the cluster's EC2 schedule, 0 when it is off or set aside after a failure",
+            )?,
             declared: std::mem::take(&mut r.declared),
             force_removed_seen: Mutex::new(0),
             registry: r.r,
@@ -658,6 +672,19 @@ impl Metrics {
             }
         }
         up_to(&self.security_group_updates, c.enis_updated);
+    }
+
+    /// Brings the cluster EC2 schedule's series up to the pacer's view ([`crate::ratelimit::Pacer::schedule_status`]).
+    pub fn refresh_schedule(&self, st: &crate::ratelimit::ScheduleStatus) {
+        for (outcome, total) in &st.outcomes {
+            let c = self.ec2_schedule.with_label_values(&[outcome]);
+            let seen = c.get();
+            if *total > seen {
+                c.inc_by(total - seen);
+            }
+        }
+        self.ec2_schedule_in_use
+            .set(i64::from(st.enabled && st.problem.is_none()));
     }
 
     /// The text exposition of every series. Families without samples yet (label vectors nobody has used) still

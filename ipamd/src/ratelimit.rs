@@ -65,6 +65,8 @@ use ec2_api::clock::Clock;
 use ec2_api::layer::{Attempt, Call};
 use ec2_api::{Api, Ec2Error, Ec2Layer, Layered};
 
+use crate::schedule::{ClusterSchedule, Limit, NoSchedule, ScheduleError, Share, CONGESTED_WAIT};
+
 tokio::task_local! {
     /// Set by a caller with another way to get what it asks (the pool's growth, which can take another API):
     /// a throttled call then shuts its gate and fails at once instead of waiting at the gate to retry.
@@ -210,8 +212,30 @@ impl ThrottleGate {
     }
 }
 
+/// The cluster's EC2 schedule a pacer reserves its slots in ([`crate::schedule`]); by default none.
+#[derive(Clone)]
+pub struct SharedSchedule(pub Arc<dyn ClusterSchedule>);
+
+impl Default for SharedSchedule {
+    fn default() -> Self {
+        SharedSchedule(Arc::new(NoSchedule))
+    }
+}
+
+impl std::fmt::Debug for SharedSchedule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedSchedule({:?})", self.0.describe())
+    }
+}
+
+impl PartialEq for SharedSchedule {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
 /// Client-side pacing settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PacingConfig {
     /// Burst size of the node's bucket.
     pub burst: u32,
@@ -224,6 +248,10 @@ pub struct PacingConfig {
     pub congestion: CongestionConfig,
     /// How long one call keeps retrying `RequestLimitExceeded` through its gate before it reports it.
     pub throttle_budget: Duration,
+    /// The cluster's EC2 schedule every call reserves a slot in before it is sent (none by default).
+    pub schedule: SharedSchedule,
+    /// The part of EC2's default buckets the schedule hands out.
+    pub schedule_share: Share,
 }
 
 impl Default for PacingConfig {
@@ -238,6 +266,8 @@ impl Default for PacingConfig {
             },
             congestion: CongestionConfig::default(),
             throttle_budget: Duration::from_secs(600),
+            schedule: SharedSchedule::default(),
+            schedule_share: Share::default(),
         }
     }
 }
@@ -267,6 +297,66 @@ impl CallCounts {
     }
 }
 
+/// What the pacer knows of the cluster's EC2 schedule ([`crate::schedule`]).
+#[derive(Debug, Default)]
+struct ScheduleState {
+    /// Calls waiting for their slot: API → the slot.
+    waiting: BTreeMap<&'static str, Duration>,
+    /// After a failure the schedule is set aside until this (calls go under the node's own pacing).
+    aside_until: Duration,
+    /// The last failure; `None` while the schedule answers.
+    problem: Option<ScheduleError>,
+    /// When a reservation of the API last waited [`CONGESTED_WAIT`] or more.
+    congested: BTreeMap<&'static str, Duration>,
+    /// Reservations by outcome (`reserved`, `waited`, `skipped`, or a [`ScheduleError::outcome`]).
+    outcomes: BTreeMap<&'static str, u64>,
+}
+
+/// The cluster's EC2 schedule as this node sees it, for `ipamd status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScheduleStatus {
+    /// A schedule is configured.
+    pub enabled: bool,
+    /// Where it lives.
+    pub place: String,
+    /// Why it is set aside now (`None`: in use).
+    pub problem: Option<String>,
+    /// When it is tried again after the problem.
+    pub retry_in: Duration,
+    /// Calls waiting for their slot: API and how long still.
+    pub waiting: Vec<(&'static str, Duration)>,
+    /// Reservations by outcome since startup.
+    pub outcomes: BTreeMap<&'static str, u64>,
+}
+
+impl ScheduleStatus {
+    /// One line for `ipamd status`.
+    pub fn describe(&self) -> String {
+        if !self.enabled {
+            return "off: this node paces its EC2 calls alone".into();
+        }
+        if let Some(p) = &self.problem {
+            return format!(
+                "not in use, EC2 calls go under this node's own pacing (tried again in {}s): {p}",
+                self.retry_in.as_secs()
+            );
+        }
+        if self.waiting.is_empty() {
+            return format!("in use ({})", self.place);
+        }
+        let waits: Vec<String> = self
+            .waiting
+            .iter()
+            .map(|(api, d)| format!("{api} in {}s", d.as_secs_f64().ceil() as u64))
+            .collect();
+        format!(
+            "waiting for the cluster's EC2 schedule: {} ({})",
+            waits.join(", "),
+            self.place
+        )
+    }
+}
+
 /// An [`ec2_api::Ec2`] that paces, retries and counts every call of the inner one (see the module docs).
 pub type PacedEc2 = Layered<Pacer>;
 
@@ -277,6 +367,7 @@ pub struct Pacer {
     bucket: Mutex<TokenBucket>,
     gates: Mutex<BTreeMap<&'static str, ThrottleGate>>,
     counts: Mutex<CallCounts>,
+    schedule: Mutex<ScheduleState>,
 }
 
 impl std::fmt::Debug for Pacer {
@@ -312,6 +403,157 @@ impl Pacer {
             bucket: Mutex::new(bucket),
             gates: Mutex::new(BTreeMap::new()),
             counts: Mutex::new(CallCounts::default()),
+            schedule: Mutex::new(ScheduleState::default()),
+        }
+    }
+
+    fn lock_schedule(&self) -> std::sync::MutexGuard<'_, ScheduleState> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cluster's EC2 schedule as this node sees it.
+    pub fn schedule_status(&self) -> ScheduleStatus {
+        let now = self.clock.now();
+        let st = self.lock_schedule();
+        ScheduleStatus {
+            enabled: self.cfg.schedule.0.enabled(),
+            place: self.cfg.schedule.0.describe(),
+            problem: st.problem.as_ref().map(ToString::to_string),
+            retry_in: st.aside_until.saturating_sub(now),
+            waiting: st
+                .waiting
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(api, until)| (*api, until.saturating_sub(now)))
+                .collect(),
+            outcomes: st.outcomes.clone(),
+        }
+    }
+
+    /// The API whose call waits longest for its slot in the cluster's schedule, and how long still.
+    pub fn schedule_wait(&self) -> Option<(&'static str, Duration)> {
+        self.schedule_status()
+            .waiting
+            .into_iter()
+            .max_by_key(|(_, d)| *d)
+    }
+
+    /// How long ago `api` was last seen congested: EC2 throttled it on this node, or the cluster's schedule
+    /// made a call of it wait [`CONGESTED_WAIT`] or more (`None`: never).
+    pub fn since_congested(&self, api: &str) -> Option<Duration> {
+        let now = self.clock.now();
+        let scheduled = self
+            .lock_schedule()
+            .congested
+            .get(api)
+            .map(|t| now.saturating_sub(*t));
+        match (self.since_throttle(api), scheduled) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// How long a call of each of `apis` would wait for its slot in the cluster's EC2 schedule if it reserved
+    /// now (`None`: no schedule in use). A wait of [`CONGESTED_WAIT`] or more is noted as congestion of that API
+    /// ([`Pacer::since_congested`]).
+    pub async fn schedule_peek(&self, apis: &[Api]) -> Option<Vec<Duration>> {
+        let schedule = &self.cfg.schedule.0;
+        if !schedule.enabled() || self.clock.now() < self.lock_schedule().aside_until {
+            return None;
+        }
+        let asked: Vec<(&'static str, Limit)> = apis
+            .iter()
+            .map(|a| (a.name(), Limit::of(*a, self.cfg.schedule_share)))
+            .collect();
+        let result = schedule.peek(&asked).await;
+        let now = self.clock.now();
+        let mut st = self.lock_schedule();
+        match result {
+            Ok(waits) => {
+                for ((api, _), wait) in asked.iter().zip(&waits) {
+                    if *wait >= CONGESTED_WAIT {
+                        st.congested.insert(api, now);
+                    }
+                }
+                Some(waits)
+            }
+            Err(e) => {
+                self.schedule_failed(&mut st, e, now);
+                None
+            }
+        }
+    }
+
+    fn schedule_failed(&self, st: &mut ScheduleState, e: ScheduleError, now: Duration) {
+        *st.outcomes.entry(e.outcome()).or_default() += 1;
+        st.aside_until = now + e.retry_after();
+        if matches!(e, ScheduleError::Contended { .. }) {
+            // Busy, not broken: this one call goes under the node's own pacing, the next asks again.
+            tracing::debug!(error = %e, "the cluster's EC2 schedule is contended: this call goes unscheduled");
+        } else if st.problem.as_ref().map(ScheduleError::outcome) != Some(e.outcome()) {
+            tracing::warn!(error = %e, retry_in = ?e.retry_after(),
+                "the cluster's EC2 schedule is not available: pacing EC2 calls on this node alone");
+        }
+        st.problem = Some(e);
+    }
+
+    /// Reserves the call's slot in the cluster's EC2 schedule and waits for it (see [`crate::schedule`]). A
+    /// failure sets the schedule aside for a while: the call goes on under the node's own pacing.
+    async fn await_slot(&self, api: Api) {
+        let schedule = &self.cfg.schedule.0;
+        if !schedule.enabled() {
+            return;
+        }
+        let name = api.name();
+        {
+            let mut st = self.lock_schedule();
+            if self.clock.now() < st.aside_until {
+                *st.outcomes.entry("skipped").or_default() += 1;
+                return;
+            }
+        }
+        let result = schedule
+            .reserve(name, Limit::of(api, self.cfg.schedule_share))
+            .await;
+        let now = self.clock.now();
+        let wait = {
+            let mut st = self.lock_schedule();
+            match result {
+                Ok(wait) => {
+                    match st.problem.take() {
+                        Some(was) if !matches!(was, ScheduleError::Contended { .. }) => {
+                            tracing::info!(previous = %was, schedule = %schedule.describe(),
+                                "the cluster's EC2 schedule answers again");
+                        }
+                        _ => {}
+                    }
+                    let outcome = if wait.is_zero() { "reserved" } else { "waited" };
+                    *st.outcomes.entry(outcome).or_default() += 1;
+                    if wait >= CONGESTED_WAIT {
+                        st.congested.insert(name, now);
+                    }
+                    if !wait.is_zero() {
+                        let until = now + wait;
+                        let slot = st.waiting.entry(name).or_default();
+                        *slot = (*slot).max(until);
+                        tracing::debug!(api = name, wait = ?wait, "waiting for the cluster's EC2 schedule");
+                    }
+                    wait
+                }
+                Err(e) => {
+                    self.schedule_failed(&mut st, e, now);
+                    Duration::ZERO
+                }
+            }
+        };
+        if wait.is_zero() {
+            return;
+        }
+        self.clock.sleep(wait).await;
+        let now = self.clock.now();
+        let mut st = self.lock_schedule();
+        if st.waiting.get(name).is_some_and(|until| *until <= now) {
+            st.waiting.remove(name);
         }
     }
 
@@ -421,32 +663,33 @@ impl Pacer {
 
     /// One call of `api` under the pacing discipline of the module docs; `call` makes one attempt.
     pub async fn paced<T>(&self, api: Api, call: Call<'_, T>) -> Result<T, Ec2Error> {
-        let api = api.name();
+        let api_id = api.name();
         let mut attempt = 1;
         let started = self.clock.now();
         loop {
-            self.pass_gate(api).await;
-            self.take_token(api).await;
+            self.pass_gate(api_id).await;
+            self.take_token(api_id).await;
+            self.await_slot(api).await;
             let sent_at = self.clock.now();
             match call().await {
                 Ok(v) => {
-                    self.on_success(api);
+                    self.on_success(api_id);
                     return Ok(v);
                 }
                 Err(e @ Ec2Error::Throttled { .. }) => {
-                    let hold = self.on_throttle(api, sent_at);
+                    let hold = self.on_throttle(api_id, sent_at);
                     let now = self.clock.now();
                     let fail_fast = FAIL_FAST_ON_THROTTLE.try_with(|f| *f).unwrap_or(false);
                     if fail_fast || now.saturating_sub(started) + hold >= self.cfg.throttle_budget {
                         return Err(e);
                     }
-                    tracing::debug!(api, retry_in = ?hold, "EC2 is throttling this API; the node slows down");
-                    self.count(|c| &mut c.retried, api);
+                    tracing::debug!(api = api_id, retry_in = ?hold, "EC2 is throttling this API; the node slows down");
+                    self.count(|c| &mut c.retried, api_id);
                 }
                 Err(e) if e.is_retryable() && attempt < self.cfg.max_attempts => {
                     let wait = self.cfg.backoff.delay(attempt);
-                    tracing::debug!(api, error = %e, attempt, retry_in = ?wait, "EC2 call failed; retrying");
-                    self.count(|c| &mut c.retried, api);
+                    tracing::debug!(api = api_id, error = %e, attempt, retry_in = ?wait, "EC2 call failed; retrying");
+                    self.count(|c| &mut c.retried, api_id);
                     attempt += 1;
                     self.clock.sleep(wait).await;
                 }
@@ -682,6 +925,181 @@ mod tests {
             .copied()
             .unwrap_or(0);
         assert!((2..20).contains(&sent), "a bounded number of sends: {sent}");
+    }
+
+    /// `nodes` pacers (each a node with its own bucket and gates) calling DescribeInstances `calls` times each,
+    /// all at once, against one simulated account of EC2's default size; with `schedule`, all reserve their slots
+    /// in it. Returns the requests EC2 throttled and the virtual time the last call took.
+    async fn cluster_through(
+        schedule: Option<crate::schedule::MemorySchedule>,
+        nodes: usize,
+        calls: usize,
+    ) -> (u64, Duration) {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let mut spec = SimSpec::new("m5.large");
+        spec.clock = Arc::clone(&clock);
+        spec.throttle = Some(ec2_sim::ThrottleSpec::default());
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        let iid = sim.instance_id();
+        let start = clock.now();
+        let mut tasks = Vec::new();
+        for n in 0..nodes {
+            let pacing = PacingConfig {
+                burst: 20,
+                per_second: 5.0,
+                schedule: match &schedule {
+                    Some(s) => SharedSchedule(Arc::new(s.clone())),
+                    None => SharedSchedule::default(),
+                },
+                schedule_share: Share {
+                    rate: 0.95,
+                    burst: 0.9,
+                },
+                ..PacingConfig::default()
+            };
+            let paced = pace(Arc::new(sim.clone()), Arc::clone(&clock), pacing);
+            let iid = iid.clone();
+            let clock = Arc::clone(&clock);
+            tasks.push(tokio::spawn(async move {
+                // Nodes start 100 ms apart.
+                clock.sleep(Duration::from_millis(100 * n as u64)).await;
+                for _ in 0..calls {
+                    paced.describe_instance(&iid).await.expect("describe");
+                }
+                paced.counts().total_throttled()
+            }));
+        }
+        let mut throttled = 0;
+        for t in tasks {
+            throttled += t.await.expect("node");
+        }
+        (throttled, clock.now() - start)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nodes_sharing_the_cluster_schedule_are_not_throttled_by_an_account_of_its_size() {
+        // 30 nodes × 10 calls within 3 s: 300 calls against a bucket of 100 refilled at 20/s.
+        let (alone, _) = cluster_through(None, 30, 10).await;
+        assert!(alone > 0, "without the schedule the account throttles");
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let schedule = crate::schedule::MemorySchedule::new(clock, Duration::from_millis(8));
+        let (throttled, took) = cluster_through(Some(schedule.clone()), 30, 10).await;
+        assert_eq!(
+            throttled, 0,
+            "the shared schedule kept the cluster within the account's bucket"
+        );
+        // 90 at once, the other 210 at 19/s: about 11 s, not the minutes of backing off.
+        assert!(
+            took >= Duration::from_secs(10) && took < Duration::from_secs(14),
+            "{took:?}"
+        );
+        assert!(schedule.stats().conflicts > 0, "reservers did collide");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_schedule_never_stops_a_call_and_status_says_why() {
+        let (sim, _) = ec2_sim::on_manual_clock("m5.large", |s| s.throttle = None).await;
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let schedule =
+            crate::schedule::MemorySchedule::new(Arc::clone(&clock), Duration::from_millis(5));
+        *crate::sync::lock(&schedule.fail) = Some(ScheduleError::Forbidden {
+            lease: "kube-system/aws-cni-ec2-schedule".into(),
+            message: "leases is forbidden".into(),
+        });
+        let paced = pace(
+            Arc::new(sim.clone()),
+            Arc::clone(&clock),
+            PacingConfig {
+                schedule: SharedSchedule(Arc::new(schedule.clone())),
+                ..PacingConfig::default()
+            },
+        );
+        let iid = sim.instance_id();
+        paced.describe_instance(&iid).await.expect("sent anyway");
+        paced.describe_instance(&iid).await.expect("sent anyway");
+        let st = paced.schedule_status();
+        assert!(st.enabled);
+        assert!(
+            st.problem.as_deref().is_some_and(|p| p.contains("403")),
+            "{st:?}"
+        );
+        assert!(st.describe().starts_with("not in use"), "{}", st.describe());
+        assert_eq!(st.outcomes.get("forbidden"), Some(&1));
+        assert_eq!(
+            st.outcomes.get("skipped"),
+            Some(&1),
+            "set aside, not asked again at once"
+        );
+        assert_eq!(paced.counts().sent.get("DescribeInstances"), Some(&2));
+        // The lease becomes writable: after the pause the schedule is in use again.
+        *crate::sync::lock(&schedule.fail) = None;
+        clock.sleep(Duration::from_secs(61)).await;
+        paced.describe_instance(&iid).await.expect("describe");
+        let st = paced.schedule_status();
+        assert_eq!(st.problem, None);
+        assert_eq!(st.outcomes.get("reserved"), Some(&1));
+        assert!(schedule.tat("DescribeInstances").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_waits_for_its_slot_and_status_says_so() {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let mut spec = SimSpec::new("m5.large");
+        spec.clock = Arc::clone(&clock);
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        let schedule =
+            crate::schedule::MemorySchedule::new(Arc::clone(&clock), Duration::from_millis(5));
+        // Another node's reservations reach 30 s ahead (more than the bucket's tolerance).
+        let burst_s = Limit::of(Api::DescribeInstances, Share::default()).burst as f64
+            / Limit::of(Api::DescribeInstances, Share::default()).per_second;
+        let ahead = Duration::from_secs(30) + Duration::from_secs_f64(burst_s);
+        schedule.set_tat(
+            "DescribeInstances",
+            (clock.wall() + ahead).as_micros() as u64,
+        );
+        let paced = Arc::new(pace(
+            Arc::new(sim.clone()),
+            Arc::clone(&clock),
+            PacingConfig {
+                schedule: SharedSchedule(Arc::new(schedule.clone())),
+                ..PacingConfig::default()
+            },
+        ));
+        let start = clock.now();
+        let call = {
+            let paced = Arc::clone(&paced);
+            let iid = sim.instance_id();
+            tokio::spawn(async move { paced.describe_instance(&iid).await })
+        };
+        clock.sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            sim.calls().get("DescribeInstances"),
+            None,
+            "nothing sent before the slot"
+        );
+        let (api, left) = paced.schedule_wait().expect("waiting");
+        assert_eq!(api, "DescribeInstances");
+        assert!(
+            left > Duration::from_secs(15) && left <= Duration::from_secs(21),
+            "{left:?}"
+        );
+        assert!(paced
+            .schedule_status()
+            .describe()
+            .contains("waiting for the cluster's EC2 schedule"));
+        call.await.expect("task").expect("describe");
+        let took = clock.now() - start;
+        assert!(
+            took >= Duration::from_secs(29) && took < Duration::from_secs(32),
+            "{took:?}"
+        );
+        assert_eq!(sim.calls().get("DescribeInstances"), Some(&1));
+        assert_eq!(paced.schedule_wait(), None);
+        assert!(paced.since_congested("DescribeInstances").is_some());
     }
 
     #[tokio::test(start_paused = true)]

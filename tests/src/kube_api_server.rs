@@ -8,6 +8,9 @@
 //!   `/api/v1/namespaces/NS/pods/NAME`, JSON merge patch and strategic merge patch as a merge patch, a
 //!   `metadata.resourceVersion` in the patch that is not the pod's is a 409 Conflict), Events (`POST
 //!   /api/v1/namespaces/NS/events`).
+//! * Leases (`/apis/coordination.k8s.io/v1/namespaces/NS/leases[/NAME]`): GET, POST (409 AlreadyExists when
+//!   present), PUT whose `metadata.resourceVersion` is not the stored one answers 409 Conflict; every lease
+//!   request answers 403 Forbidden while [`KubeApiServer::set_leases_forbidden`] says so.
 //! * A list answers the objects with the store's `resourceVersion`; `?watch=1` streams (chunked, one JSON event a
 //!   line) every change after the given `resourceVersion` as ADDED/MODIFIED/DELETED, and a BOOKMARK every half
 //!   second; a watch from a `resourceVersion` older than the compaction point gets a 410 Gone (`Expired`) ERROR
@@ -38,12 +41,14 @@ pub enum Kind {
     EniConfig,
     Pod,
     Event,
+    Lease,
 }
 
 impl Kind {
     fn api_version(self) -> &'static str {
         match self {
             Kind::EniConfig => "crd.k8s.amazonaws.com/v1alpha1",
+            Kind::Lease => "coordination.k8s.io/v1",
             _ => "v1",
         }
     }
@@ -53,6 +58,7 @@ impl Kind {
             Kind::EniConfig => "ENIConfig",
             Kind::Pod => "Pod",
             Kind::Event => "Event",
+            Kind::Lease => "Lease",
         }
     }
 }
@@ -72,6 +78,8 @@ struct Store {
     requests: Vec<String>,
     /// The ENIConfig CRD is not installed: its paths answer 404.
     no_eni_config_crd: bool,
+    /// Leases answer 403 Forbidden (a service account without lease rights).
+    leases_forbidden: bool,
 }
 
 #[derive(Debug, Default)]
@@ -250,6 +258,12 @@ impl KubeApiServer {
         lock(&self.shared.store).no_eni_config_crd = !installed;
     }
 
+    /// Answers 403 Forbidden for every lease request (an aws-node ClusterRole without lease rights), or serves
+    /// them again.
+    pub fn set_leases_forbidden(&self, forbidden: bool) {
+        lock(&self.shared.store).leases_forbidden = forbidden;
+    }
+
     /// Every request so far, as "METHOD path?query".
     pub fn requests(&self) -> Vec<String> {
         lock(&self.shared.store).requests.clone()
@@ -378,6 +392,7 @@ fn respond(w: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
     let reason = match code {
         200 => "OK",
         201 => "Created",
+        403 => "Forbidden",
         404 => "Not Found",
         409 => "Conflict",
         410 => "Gone",
@@ -413,6 +428,12 @@ fn route(path: &str) -> Option<(Kind, String, Option<String>)> {
             Some((Kind::Pod, ns.to_string(), Some(n.to_string())))
         }
         ["api", "v1", "namespaces", ns, "events"] => Some((Kind::Event, ns.to_string(), None)),
+        ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases"] => {
+            Some((Kind::Lease, ns.to_string(), None))
+        }
+        ["apis", "coordination.k8s.io", "v1", "namespaces", ns, "leases", n] => {
+            Some((Kind::Lease, ns.to_string(), Some(n.to_string())))
+        }
         _ => None,
     }
 }
@@ -480,7 +501,24 @@ fn serve_connection(conn: TcpStream, shared: &Shared, generation: u64) {
         );
         let no_crd = lock(&shared.store).no_eni_config_crd;
         let route = route(&req.path).filter(|r| !(no_crd && r.0 == Kind::EniConfig));
+        let forbidden = lock(&shared.store).leases_forbidden;
         let result = match (req.method.as_str(), route) {
+            (_, Some((Kind::Lease, ns, _))) if forbidden => respond(
+                &mut w,
+                403,
+                &status(
+                    403,
+                    "Forbidden",
+                    &format!(
+                        "leases.coordination.k8s.io is forbidden: User \"system:serviceaccount:kube-system:aws-node\" \
+                         cannot access resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"{ns}\""
+                    ),
+                ),
+            ),
+            ("POST", Some((Kind::Lease, ns, None))) => create_lease(&mut w, shared, &ns, &req.body),
+            ("PUT", Some((Kind::Lease, ns, Some(name)))) => {
+                replace_lease(&mut w, shared, &ns, &name, &req.body)
+            }
             ("GET", Some((kind, ns, None))) if watch => {
                 let _ = stream_watch(&mut w, shared, generation, kind, &ns, &req.query);
                 return;
@@ -631,6 +669,100 @@ fn stream_watch(
             return write!(w, "0\r\n\r\n");
         }
     }
+}
+
+/// Stores `obj` as `key` with the next resourceVersion (ADDED or MODIFIED to watchers) and answers it.
+fn store_and_answer(
+    w: &mut TcpStream,
+    shared: &Shared,
+    mut st: MutexGuard<'_, Store>,
+    key: Key,
+    mut obj: Value,
+    code: u16,
+) -> std::io::Result<()> {
+    st.rv += 1;
+    let rv = st.rv;
+    obj["apiVersion"] = json!(key.0.api_version());
+    obj["kind"] = json!(key.0.name());
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    obj["metadata"]["namespace"] = json!(key.1);
+    let ty = if st.objects.contains_key(&key) {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    st.objects.insert(key.clone(), obj.clone());
+    st.history.push((rv, ty, key, obj.clone()));
+    drop(st);
+    shared.changed.notify_all();
+    respond(w, code, &obj)
+}
+
+/// POST of a Lease: 409 AlreadyExists when one of that name exists.
+fn create_lease(w: &mut TcpStream, shared: &Shared, ns: &str, body: &[u8]) -> std::io::Result<()> {
+    let Ok(obj) = serde_json::from_slice::<Value>(body) else {
+        return respond(w, 400, &status(400, "BadRequest", "body is not JSON"));
+    };
+    let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
+        return respond(
+            w,
+            400,
+            &status(400, "BadRequest", "metadata.name is required"),
+        );
+    };
+    let st = lock(&shared.store);
+    let key = (Kind::Lease, ns.to_string(), name.clone());
+    if st.objects.contains_key(&key) {
+        drop(st);
+        return respond(
+            w,
+            409,
+            &status(
+                409,
+                "AlreadyExists",
+                &format!("leases \"{name}\" already exists"),
+            ),
+        );
+    }
+    store_and_answer(w, shared, st, key, obj, 201)
+}
+
+/// PUT of a Lease: its `metadata.resourceVersion` must be the stored one (else 409 Conflict), as the API server
+/// does for an update.
+fn replace_lease(
+    w: &mut TcpStream,
+    shared: &Shared,
+    ns: &str,
+    name: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let Ok(obj) = serde_json::from_slice::<Value>(body) else {
+        return respond(w, 400, &status(400, "BadRequest", "body is not JSON"));
+    };
+    let st = lock(&shared.store);
+    let key = (Kind::Lease, ns.to_string(), name.to_string());
+    let Some(current) = st.objects.get(&key) else {
+        drop(st);
+        return respond(
+            w,
+            404,
+            &status(404, "NotFound", &format!("leases \"{name}\" not found")),
+        );
+    };
+    if obj["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
+        drop(st);
+        return respond(
+            w,
+            409,
+            &status(
+                409,
+                "Conflict",
+                "Operation cannot be fulfilled on leases.coordination.k8s.io: the object has been modified; \
+                 please apply your changes to the latest version and try again",
+            ),
+        );
+    }
+    store_and_answer(w, shared, st, key, obj, 200)
 }
 
 fn patch(

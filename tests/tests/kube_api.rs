@@ -527,3 +527,177 @@ fn with_aws_manage_enis_non_schedulable_a_cordoned_node_still_attaches_enis() {
     });
     assert_eq!(st["eniChangesPaused"], false, "{st:#}");
 }
+
+// The cluster's EC2 schedule (ipamd::schedule): the Lease aws-cni-ec2-schedule in kube-system.
+
+const LEASE: &str = "aws-cni-ec2-schedule";
+
+fn schedule_line(st: &Value) -> String {
+    st["ec2Schedule"].as_str().unwrap_or_default().to_string()
+}
+
+/// The lease's theoretical arrival time of `api`, unix ms.
+fn lease_tat(server: &KubeApiServer, api: &str) -> Option<f64> {
+    server.get(Kind::Lease, "kube-system", LEASE).and_then(|l| {
+        l["metadata"]["annotations"][format!("ec2-schedule.aws-cni/{api}")]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+fn unix_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn ec2_calls_take_their_slots_in_the_cluster_schedule_lease() {
+    // m5.large: 9 secondary IPs per ENI; 15 warm addresses need a second ENI.
+    let (server, ipamd) = start(
+        "m5.large",
+        api::node("node-1", 110, false),
+        &[("WARM_IP_TARGET", "15")],
+        true,
+    );
+    wait_status(&ipamd, 30, "the first fill", |s| {
+        s["pool"]["total"].as_u64().is_some_and(|t| t > 0)
+    });
+    assert!(ipamd.ec2_calls("AssignPrivateIpAddresses") >= 1);
+    // The first call created the lease; every later call (the second ENI's Create, Attach, ...) wrote its API's
+    // next free time with the version it read.
+    wait_for(30, "the second ENI's calls in the lease", || {
+        ipamd.ec2_calls("CreateNetworkInterface") >= 1
+            && lease_tat(&server, "CreateNetworkInterface").is_some()
+    });
+    let tat = lease_tat(&server, "AssignPrivateIpAddresses").expect("Assign's slot in the lease");
+    assert!(
+        (tat - unix_ms()).abs() < 120_000.0,
+        "a time near now: {tat} (now {})",
+        unix_ms()
+    );
+    let reqs = server.requests();
+    let leases = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with(&format!("POST {leases}?"))),
+        "{reqs:?}"
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.starts_with(&format!("PUT {leases}/{LEASE}?"))),
+        "{reqs:?}"
+    );
+    let st = status(&ipamd);
+    assert!(
+        schedule_line(&st).starts_with("in use"),
+        "{st:#}\n{}",
+        ipamd.log()
+    );
+}
+
+#[test]
+fn a_slot_far_ahead_holds_the_pools_ec2_calls_and_status_says_so() {
+    require_root();
+    let node = Netns::new("ksched-");
+    let dir = TempDir::new();
+    let server = KubeApiServer::start(std::path::Path::new(&node.path()));
+    server.put(Kind::Node, "", api::node("node-1", 110, false));
+    // Another node's reservations reach 25 s ahead for both APIs that bring addresses. A bucket of one (burst
+    // share 0.005 of 200) makes the slot the stored time itself.
+    let ahead = 25_000.0;
+    let set_at = Instant::now();
+    let tat = format!("{:.3}", unix_ms() + ahead);
+    server.put(
+        Kind::Lease,
+        "kube-system",
+        serde_json::json!({"metadata": {"name": LEASE, "annotations": {
+            "ec2-schedule.aws-cni/AssignPrivateIpAddresses": tat,
+            "ec2-schedule.aws-cni/CreateNetworkInterface": tat,
+        }}, "spec": {}}),
+    );
+    let kc = server.kubeconfig(dir.path()).to_string_lossy().to_string();
+    let env = [
+        ("KUBECONFIG", kc.as_str()),
+        ("MY_NODE_NAME", "node-1"),
+        ("AWS_CNI_EC2_SCHEDULE_BURST_SHARE", "0.005"),
+    ];
+    let ipamd = Ipamd::start_in(node, dir, "m5.large", &env, &[]);
+    // The warm fill does not queue behind the schedule: the daemon serves with an empty pool.
+    wait_status(&ipamd, 20, "synced", synced);
+    // A pod's ADD is demand: the pool's Assign takes its slot and waits for it, sending nothing.
+    let conf = ipamd.conf("1.0.0");
+    let ns = Netns::new("ksched-p-");
+    let p = pod(&ns, "waits");
+    let (st, out) = std::thread::scope(|scope| {
+        let first_add = scope.spawn(|| cni(&ipamd.node, "ADD", &p, &conf));
+        let st = wait_status(&ipamd, 15, "waiting for the schedule", |s| {
+            schedule_line(s).contains("waiting for the cluster's EC2 schedule")
+        });
+        (st, first_add.join().expect("ADD thread"))
+    });
+    assert!(
+        schedule_line(&st).contains("AssignPrivateIpAddresses"),
+        "{st:#}"
+    );
+    // Nothing was sent while the call waited: the ADD gave up (8 s) before the slot (25 s).
+    assert!(
+        set_at.elapsed() < Duration::from_millis(ahead as u64 - 2000),
+        "checked before the slot: {:?}",
+        set_at.elapsed()
+    );
+    assert_eq!(ipamd.ec2_calls("AssignPrivateIpAddresses"), 0, "{st:#}");
+    assert_eq!(ipamd.ec2_calls("CreateNetworkInterface"), 0, "{st:#}");
+    assert!(!out.success, "no address before the slot: {}", out.stdout);
+    assert!(
+        out.stdout.contains("EC2 schedule"),
+        "the ADD says why: {}",
+        out.stdout
+    );
+    // At the slot the call goes, and pods get addresses.
+    wait_status(&ipamd, 40, "addresses after the slot", |s| {
+        s["pool"]["total"].as_u64().is_some_and(|t| t > 0)
+    });
+    assert!(
+        set_at.elapsed() >= Duration::from_millis(ahead as u64 - 1500),
+        "the first Assign went at its slot, not before: {:?}",
+        set_at.elapsed()
+    );
+    let out = add_with_retry(&ipamd.node, &p, &conf);
+    assert!(out.success, "{}\n{}", out.stdout, ipamd.log());
+}
+
+#[test]
+fn a_forbidden_lease_leaves_ec2_calls_to_the_node_and_status_says_why() {
+    require_root();
+    let node = Netns::new("ksched403-");
+    let dir = TempDir::new();
+    let server = KubeApiServer::start(std::path::Path::new(&node.path()));
+    server.put(Kind::Node, "", api::node("node-1", 110, false));
+    server.set_leases_forbidden(true);
+    let kc = server.kubeconfig(dir.path()).to_string_lossy().to_string();
+    let env = [("KUBECONFIG", kc.as_str()), ("MY_NODE_NAME", "node-1")];
+    let ipamd = Ipamd::start_in(node, dir, "m5.large", &env, &[]);
+    let st = wait_status(&ipamd, 30, "the fill went on without the schedule", |s| {
+        s["pool"]["total"].as_u64().is_some_and(|t| t > 0)
+    });
+    let line = schedule_line(&st);
+    assert!(
+        line.starts_with("not in use") && line.contains("403"),
+        "{st:#}\n{}",
+        ipamd.log()
+    );
+    assert!(server.get(Kind::Lease, "kube-system", LEASE).is_none());
+    let metrics = ipamd.node.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("awscni_ec2_schedule_total{outcome=\"forbidden\"}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("awscni_ec2_schedule_in_use 0"),
+        "{metrics}"
+    );
+}

@@ -114,6 +114,29 @@ pub async fn start(
     config: Config,
     max_pods: Option<u32>,
 ) -> Result<Running, BenchError> {
+    start_paced(
+        engine,
+        ec2,
+        imds,
+        clock,
+        config,
+        max_pods,
+        PacingConfig::default(),
+    )
+    .await
+}
+
+/// [`start`] with ours paced by `pacing` (e.g. with a cluster's EC2 schedule shared by every node); the anchor
+/// model has no such thing and ignores it.
+pub async fn start_paced(
+    engine: Engine,
+    ec2: Arc<dyn Ec2>,
+    imds: Arc<dyn Imds>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    max_pods: Option<u32>,
+    pacing: PacingConfig,
+) -> Result<Running, BenchError> {
     let shutdown = Arc::new(Notify::new());
     match engine {
         Engine::Ours => {
@@ -128,7 +151,7 @@ pub async fn start(
             let facts = NodeFacts::discover(deps.imds.as_ref())
                 .await
                 .map_err(|e| BenchError::Node(e.to_string()))?;
-            let node = Node::init_with(deps, facts, config, max_pods, PacingConfig::default())
+            let node = Node::init_with(deps, facts, config, max_pods, pacing)
                 .await
                 .map_err(|e| BenchError::Node(e.to_string()))?;
             // As `ipamd run`: a failed fill is not fatal, the pool task retries.

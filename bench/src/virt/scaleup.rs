@@ -9,6 +9,10 @@
 //! is the plugin's gRPC call: ipamd's waits for an address on its way (up to 8 s, within the plugin's deadline),
 //! the anchor's answers at once; a failed ADD is retried a second later until the pod has an address.
 //!
+//! Ours runs as `ipamd run` does with a Kubernetes API: every node's EC2 calls take their slots in one cluster-wide
+//! EC2 schedule ([`ipamd::schedule`]), here an in-memory double of its Lease shared by every node, with a modelled
+//! API latency ([`SCHEDULE_API_LATENCY`]) and real write conflicts. The anchor model has none.
+//!
 //! Reported: the time from the first node's launch until the last pod has an address; each pod's wait from its
 //! creation; EC2 calls and the share the account throttled. Every node keeps running (and calling EC2 for its
 //! warm pool) until the last pod of the cluster is placed.
@@ -26,7 +30,10 @@ use ec2_api::Ec2;
 use ec2_sim::{NoHotplug, SimEc2, SimSpec, ThrottleSpec};
 use rand::Rng;
 
-use super::{config_of, key, start, Account, AccountCounts, AccountEc2, Engine};
+use ipamd::ratelimit::{PacingConfig, SharedSchedule};
+use ipamd::schedule::{MemorySchedule, Share};
+
+use super::{config_of, key, start_paced, Account, AccountCounts, AccountEc2, Engine};
 use crate::error::{check_interrupt, BenchError};
 
 /// How long one ADD may wait in the daemon: the plugin's 10 s deadline less ipamd's 1 s margin, bounded by
@@ -47,6 +54,8 @@ pub struct ScaleResult {
     pub restarts: usize,
     /// Why the first failed start failed.
     pub first_start_error: Option<String>,
+    /// What the shared EC2 schedule's lease saw (`None`: no schedule).
+    pub schedule: Option<ipamd::schedule::MemoryStats>,
 }
 
 impl ScaleResult {
@@ -58,6 +67,9 @@ impl ScaleResult {
     }
 }
 
+/// The Kubernetes API's answer time as the nodes' shared EC2 schedule sees it, per request (a read or a write).
+pub const SCHEDULE_API_LATENCY: Duration = Duration::from_millis(8);
+
 /// Runs one cluster of `nodes` nodes of `instance_type` with `vars`, `pods` pods each, for at most `limit`.
 pub async fn cluster(
     engine: Engine,
@@ -67,9 +79,43 @@ pub async fn cluster(
     vars: &[(&'static str, &'static str)],
     limit: Duration,
 ) -> Result<ScaleResult, BenchError> {
+    cluster_with(
+        engine,
+        nodes,
+        pods,
+        instance_type,
+        vars,
+        limit,
+        Some(Share::default()),
+    )
+    .await
+}
+
+/// [`cluster`] with ours sharing one cluster EC2 schedule of `share` (`None`: each node paces alone), as
+/// `ipamd run` does through the Kubernetes API: one lease, here in memory with [`SCHEDULE_API_LATENCY`] and
+/// real write conflicts. The anchor model has none.
+pub async fn cluster_with(
+    engine: Engine,
+    nodes: usize,
+    pods: usize,
+    instance_type: &str,
+    vars: &[(&'static str, &'static str)],
+    limit: Duration,
+    share: Option<Share>,
+) -> Result<ScaleResult, BenchError> {
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
     let t0 = clock.now();
     let account = Account::new(ThrottleSpec::default(), Arc::clone(&clock));
+    let lease = (engine == Engine::Ours && share.is_some())
+        .then(|| MemorySchedule::new(Arc::clone(&clock), SCHEDULE_API_LATENCY));
+    let pacing = match (&lease, share) {
+        (Some(lease), Some(share)) => PacingConfig {
+            schedule: SharedSchedule(Arc::new(lease.clone())),
+            schedule_share: share,
+            ..PacingConfig::default()
+        },
+        _ => PacingConfig::default(),
+    };
     let remaining = Arc::new(AtomicUsize::new(nodes * pods));
     let waits = Arc::new(Mutex::new(Vec::with_capacity(nodes * pods)));
     let last_placed = Arc::new(Mutex::new(Duration::ZERO));
@@ -90,6 +136,7 @@ pub async fn cluster(
         let start_error = Arc::clone(&start_error);
         let mut stop = stop_rx.clone();
         let config = config.clone();
+        let pacing = pacing.clone();
         let instance_type = instance_type.to_string();
         tasks.push(tokio::task::spawn_local(async move {
             clock.sleep(delay).await;
@@ -111,13 +158,14 @@ pub async fn cluster(
             let imds: Arc<SimEc2> = Arc::new(sim);
             let mut backoff = Duration::from_secs(10);
             let running = loop {
-                match start(
+                match start_paced(
                     engine,
                     Arc::clone(&ec2),
                     imds.clone(),
                     Arc::clone(&clock),
                     config.clone(),
                     None,
+                    pacing.clone(),
                 )
                 .await
                 {
@@ -226,6 +274,7 @@ pub async fn cluster(
         counts: account.counts(),
         restarts: restarts.load(Ordering::SeqCst),
         first_start_error,
+        schedule: lease.map(|l| l.stats()),
     })
 }
 
@@ -258,13 +307,27 @@ mod tests {
         } else {
             Engine::Ours
         };
-        let r = run_virtual(cluster(
+        // SCALEUP_SHARE=RATE,BURST: the schedule's share of EC2's buckets (default: ipamd's); "none": no
+        // shared schedule.
+        let share = match std::env::var("SCALEUP_SHARE").ok().as_deref() {
+            Some("none") => None,
+            Some(v) => {
+                let (r, b) = v.split_once(',').expect("SCALEUP_SHARE=RATE,BURST");
+                Some(Share {
+                    rate: r.parse().expect("rate"),
+                    burst: b.parse().expect("burst"),
+                })
+            }
+            None => Some(Share::default()),
+        };
+        let r = run_virtual(cluster_with(
             engine,
             nodes,
             30,
             "m5.xlarge",
             &vars,
             Duration::from_secs(3 * 3600),
+            share,
         ))
         .expect("runtime")
         .expect("run");
@@ -288,6 +351,12 @@ mod tests {
         );
         for (api, (sent, thr)) in &r.counts {
             println!("  {api}: {sent} / {thr}");
+        }
+        if let Some(s) = r.schedule {
+            println!(
+                "  schedule lease: {} reads, {} writes, {} conflicts, {} reservations gave up",
+                s.reads, s.writes, s.conflicts, s.contended
+            );
         }
     }
 }

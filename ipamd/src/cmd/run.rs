@@ -423,6 +423,7 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
     let startup = clock.now();
     let config = Config::from_env(&ProcessEnv)?;
     let policy_mode = crate::netpol::PolicyMode::from_env(&ProcessEnv)?;
+    let schedule_settings = crate::schedule::ScheduleSettings::from_env(&ProcessEnv)?;
     let endpoints = endpoints(&ProcessEnv)?;
     let metrics = Arc::new(Metrics::new()?);
     // The checkpoint first: a bad one stops ipamd before anything is touched, and is kept as it is.
@@ -494,6 +495,30 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
             }
         },
     };
+    // The cluster's EC2 schedule (see crate::schedule): on the Kubernetes API when there is one.
+    let pacing = PacingConfig {
+        schedule: match (&kube, schedule_settings.enabled) {
+            (Some(k), true) => {
+                let s = k.ec2_schedule();
+                tracing::info!(schedule = %crate::schedule::ClusterSchedule::describe(&s),
+                    share = ?schedule_settings.share, "EC2 calls follow the cluster's EC2 schedule");
+                crate::ratelimit::SharedSchedule(Arc::new(s))
+            }
+            (None, true) => {
+                tracing::info!("no Kubernetes API: EC2 calls are paced by this node alone");
+                crate::ratelimit::SharedSchedule::default()
+            }
+            (_, false) => {
+                tracing::info!(
+                    "{}=false: EC2 calls are paced by this node alone",
+                    crate::schedule::ENV_SCHEDULE
+                );
+                crate::ratelimit::SharedSchedule::default()
+            }
+        },
+        schedule_share: schedule_settings.share,
+        ..PacingConfig::default()
+    };
     let deps = NodeDeps {
         ec2,
         imds,
@@ -515,25 +540,17 @@ pub async fn run(opts: RunOptions) -> Result<(), DaemonError> {
         veth_prefix: veth_prefix.clone(),
     };
     let init_started = clock.now();
-    let node = match Node::init_recovering(
-        deps,
-        facts,
-        config,
-        opts.max_pods,
-        PacingConfig::default(),
-        recovery,
-    )
-    .await
-    {
-        Ok(n) => n,
-        Err(e) => {
-            metrics
-                .node_initialization_duration_seconds
-                .with_label_values(&["false"])
-                .observe(clock.now().saturating_sub(init_started).as_secs_f64());
-            return Err(e.into());
-        }
-    };
+    let node =
+        match Node::init_recovering(deps, facts, config, opts.max_pods, pacing, recovery).await {
+            Ok(n) => n,
+            Err(e) => {
+                metrics
+                    .node_initialization_duration_seconds
+                    .with_label_values(&["false"])
+                    .observe(clock.now().saturating_sub(init_started).as_secs_f64());
+                return Err(e.into());
+            }
+        };
     metrics
         .node_initialization_duration_seconds
         .with_label_values(&["true"])

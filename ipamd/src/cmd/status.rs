@@ -124,6 +124,7 @@ pub async fn status(
                 serde_json::Value::Null
             },
             "kubernetesApi": st.kubernetes_api,
+            "ec2Schedule": st.ec2_schedule,
             "eniChangesPaused": st.eni_changes_paused,
             "addressMode": st.address_mode,
             "poolKnobs": st.pool_knobs,
@@ -213,6 +214,9 @@ pub async fn status(
             "snat       {} ({})",
             st.snat_backend, st.snat_backend_reason
         );
+    }
+    if !st.ec2_schedule.is_empty() {
+        let _ = writeln!(out, "ec2 sched  {}", st.ec2_schedule);
     }
     if !st.kubernetes_api.is_empty() {
         let _ = writeln!(out, "kube api   {}", st.kubernetes_api);

@@ -40,6 +40,8 @@
 //! |---|---|---|
 //! | `AWS_CNI_POOL_RELEASE_DELAY` | 300 | seconds the pool keeps what it needed before giving it back (release hysteresis, see `pool.rs`); 0 = the anchor's behaviour |
 //! | `AWS_CNI_ADD_WAIT_SECONDS` | 8 | how long an ADD waits for an address that is on its way (cooldown ending, pool growing) before it fails; 0 = fail at once, as the anchor |
+//! | `AWS_CNI_EC2_CLUSTER_SCHEDULE` | true | every node's EC2 calls take slots in one cluster-wide schedule on the Kubernetes API (read by `crate::schedule::ScheduleSettings`) |
+//! | `AWS_CNI_EC2_SCHEDULE_RATE_SHARE` / `..._BURST_SHARE` | 0.97 / 0.9 | the schedule's share of EC2's default refill rate and bucket size per API |
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

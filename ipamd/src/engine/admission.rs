@@ -333,6 +333,16 @@ impl Node {
                     hold.as_secs().max(1)
                 ),
             )
+        } else if let Some((api, wait)) = self.ec2.schedule_wait() {
+            // The pool's call waits for its slot in the cluster's EC2 schedule (crate::schedule).
+            (
+                FailureReason::NoFreeIpPoolGrowing,
+                format!(
+                    "no free IP yet; the pool is growing: its {api} call waits {}s for its slot in the cluster's \
+                     EC2 schedule",
+                    wait.as_secs().max(1)
+                ),
+            )
         } else if self.config.disable_provisioning {
             (
                 FailureReason::NoFreeIpPoolGrowing,

@@ -364,6 +364,11 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
+    /// The cluster's EC2 schedule as this node's pacer sees it ([`crate::schedule`]).
+    pub fn ec2_schedule(&self) -> crate::ratelimit::ScheduleStatus {
+        self.ec2.schedule_status()
+    }
+
     /// Loads the node's ENIs (from IMDS, confirmed by EC2: one DescribeNetworkInterfaces) for the node `facts`
     /// describes.
     pub async fn init(

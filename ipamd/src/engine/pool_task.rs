@@ -139,6 +139,10 @@ fn growth_api(d: &Decision) -> Option<ec2_api::Api> {
     }
 }
 
+/// Growth for waiting pods moves from AssignPrivateIpAddresses to a new ENI when the cluster's EC2 schedule has
+/// a CreateNetworkInterface slot at least this much sooner (a new ENI costs two more calls, Attach and Modify).
+pub const EARLIER_SLOT_MARGIN: Duration = Duration::from_secs(1);
+
 /// How long the pool task lets a burst of ADDs and DELs gather after being woken, so the burst is one decision
 /// (and one EC2 call) rather than one per request.
 pub const POOL_DEBOUNCE: Duration = Duration::from_millis(20);
@@ -331,16 +335,60 @@ impl Node {
         if !assign_shut || !self.may_reroute() {
             return decision;
         }
-        let count = count.min(self.policy().slots_per_eni()).max(1);
-        let request = if prefixes {
-            IpRequest::Prefixes(count)
-        } else {
-            IpRequest::Secondary(count)
-        };
+        let request = self.new_eni_request(count, prefixes);
         tracing::info!(
             ?request,
             "AssignPrivateIpAddresses is throttled: growing with a new ENI instead"
         );
+        Decision::AttachEni { request }
+    }
+
+    /// The request of a new ENI that brings what an Assign of `count` would.
+    fn new_eni_request(&self, count: u32, prefixes: bool) -> IpRequest {
+        let count = count.min(self.policy().slots_per_eni()).max(1);
+        if prefixes {
+            IpRequest::Prefixes(count)
+        } else {
+            IpRequest::Secondary(count)
+        }
+    }
+
+    /// Whether the cluster's EC2 schedule ([`crate::schedule`]) would make a call of `api` wait
+    /// [`crate::schedule::CONGESTED_WAIT`] or more now (one read of the schedule; noted as congestion, so
+    /// warm-only growth then waits as after a throttle).
+    async fn schedule_congested(&self, api: ec2_api::Api) -> bool {
+        self.ec2.schedule_peek(&[api]).await.is_some_and(|w| {
+            w.first()
+                .is_some_and(|d| *d >= crate::schedule::CONGESTED_WAIT)
+        })
+    }
+
+    /// Growth by AssignPrivateIpAddresses for waiting pods goes to a new ENI when the cluster's EC2 schedule
+    /// has a CreateNetworkInterface slot sooner (one read of the schedule): the two APIs' buckets together serve
+    /// the cluster, as [`Node::reroute_throttled`] does after a throttle.
+    async fn reroute_to_earlier_slot(&self, decision: Decision) -> Decision {
+        let (count, prefixes) = match &decision {
+            Decision::AssignIps { count, .. } => (*count, false),
+            Decision::AssignPrefixes { count, .. } => (*count, true),
+            _ => return decision,
+        };
+        if !self.may_reroute() {
+            return decision;
+        }
+        let assign = ec2_api::Api::AssignPrivateIpAddresses;
+        let create = ec2_api::Api::CreateNetworkInterface;
+        let Some(waits) = self.ec2.schedule_peek(&[assign, create]).await else {
+            return decision;
+        };
+        let (Some(a), Some(c)) = (waits.first(), waits.get(1)) else {
+            return decision;
+        };
+        if *c + EARLIER_SLOT_MARGIN >= *a {
+            return decision;
+        }
+        let request = self.new_eni_request(count, prefixes);
+        tracing::debug!(?request, assign_wait = ?a, create_wait = ?c,
+            "the cluster's EC2 schedule has a CreateNetworkInterface slot sooner: growing with a new ENI");
         Decision::AttachEni { request }
     }
 
@@ -420,7 +468,8 @@ impl Node {
         self.adds.len() > available || (unmet && available == 0)
     }
 
-    /// Whether warm-only growth by `api` waits now: its gate is shut, EC2 throttled it less than
+    /// Whether warm-only growth by `api` waits now: its gate is shut, EC2 throttled it (or the cluster's EC2
+    /// schedule made a call of it wait, [`crate::ratelimit::Pacer::since_congested`]) less than
     /// [`WARM_WAIT_AFTER_THROTTLE`] (or the current warm backoff) ago, or a throttled warm attempt's wait runs.
     fn warm_waits(&self, api: ec2_api::Api, now: Duration) -> bool {
         let hold = lock(&self.status).warm_hold;
@@ -429,7 +478,7 @@ impl Node {
             || !self.ec2.hold(api.name()).is_zero()
             || self
                 .ec2
-                .since_throttle(api.name())
+                .since_congested(api.name())
                 .is_some_and(|since| since < quiet)
     }
 
@@ -478,10 +527,12 @@ impl Node {
         let mut decision = if warm_only {
             match growth_api(&first) {
                 Some(api) if self.warm_waits(api, now) => Decision::Hold,
+                Some(api) if self.schedule_congested(api).await => Decision::Hold,
                 _ => first,
             }
         } else {
-            self.reroute_throttled(first, false)
+            let d = self.reroute_throttled(first, false);
+            self.reroute_to_earlier_slot(d).await
         };
         let rerouted =
             !warm_only && matches!(decision, Decision::AttachEni { .. }) && !first_attaches;
@@ -965,5 +1016,99 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    /// The cluster's EC2 schedule (crate::schedule) with the next slot of Assign and Create a minute ahead: the
+    /// warm fill does not queue behind it (the node notes the congestion and serves with what it has); a pod's
+    /// demand takes its slot, waits for it, and only then calls EC2.
+    #[tokio::test]
+    async fn a_congested_cluster_schedule_holds_warm_growth_and_demand_waits_for_its_slot() {
+        use crate::ratelimit::{PacingConfig, SharedSchedule};
+        use crate::schedule::{Limit, MemorySchedule, Share};
+        use ec2_api::clock::Clock;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps::sim(&sim, &clock);
+        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
+            .await
+            .expect("facts");
+        let lease = MemorySchedule::new(Arc::new(clock.clone()), Duration::from_millis(5));
+        let ahead = Duration::from_secs(60);
+        for api in [
+            ec2_api::Api::AssignPrivateIpAddresses,
+            ec2_api::Api::CreateNetworkInterface,
+        ] {
+            let l = Limit::of(api, Share::default());
+            let tolerance = Duration::from_secs_f64(f64::from(l.burst - 1) / l.per_second);
+            lease.set_tat(
+                api.name(),
+                (clock.wall() + tolerance + ahead).as_micros() as u64,
+            );
+        }
+        let pacing = PacingConfig {
+            schedule: SharedSchedule(Arc::new(lease.clone())),
+            ..PacingConfig::default()
+        };
+        let n = Node::init_with(deps, facts, Config::default(), None, pacing)
+            .await
+            .expect("init");
+        let start = clock.now();
+        n.fill().await.expect("fill");
+        assert_eq!(n.stats().total, 0, "the warm fill held");
+        assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), None);
+        assert_eq!(lease.stats().writes, 0, "no slot taken for the warm target");
+        assert!(n.ec2.since_congested("AssignPrivateIpAddresses").is_some());
+        assert!(clock.now() - start < Duration::from_secs(1));
+        // A pod finds no address: demand. Its growth takes the slot and waits for it.
+        assert!(n.add(&key(0), &PodMeta::default()).is_err());
+        let before = lease.tat("AssignPrivateIpAddresses").expect("tat");
+        n.pool_step().await.expect("grow");
+        assert!(
+            clock.now() - start >= ahead - Duration::from_millis(100),
+            "sent at the slot: {:?}",
+            clock.now() - start
+        );
+        assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), Some(&1));
+        assert!(lease.tat("AssignPrivateIpAddresses").expect("tat") > before);
+        n.add(&key(0), &PodMeta::default())
+            .expect("an address after the slot");
+    }
+
+    /// Growth for a waiting pod takes the API whose slot in the cluster's EC2 schedule comes first: with
+    /// AssignPrivateIpAddresses booked a minute ahead and CreateNetworkInterface free, a new ENI brings the
+    /// addresses at once.
+    #[tokio::test]
+    async fn demand_growth_takes_the_api_with_the_earlier_slot() {
+        use crate::ratelimit::{PacingConfig, SharedSchedule};
+        use crate::schedule::{Limit, MemorySchedule, Share};
+        use ec2_api::clock::Clock;
+        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
+        let deps = NodeDeps::sim(&sim, &clock);
+        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
+            .await
+            .expect("facts");
+        let lease = MemorySchedule::new(Arc::new(clock.clone()), Duration::from_millis(5));
+        let assign = ec2_api::Api::AssignPrivateIpAddresses;
+        let l = Limit::of(assign, Share::default());
+        let tolerance = Duration::from_secs_f64(f64::from(l.burst - 1) / l.per_second);
+        lease.set_tat(
+            assign.name(),
+            (clock.wall() + tolerance + Duration::from_secs(60)).as_micros() as u64,
+        );
+        let pacing = PacingConfig {
+            schedule: SharedSchedule(Arc::new(lease.clone())),
+            ..PacingConfig::default()
+        };
+        let n = Node::init_with(deps, facts, Config::default(), None, pacing)
+            .await
+            .expect("init");
+        let start = clock.now();
+        assert!(n.add(&key(0), &PodMeta::default()).is_err());
+        n.pool_step().await.expect("grow");
+        assert_eq!(sim.calls().get("AssignPrivateIpAddresses"), None);
+        assert_eq!(sim.calls().get("CreateNetworkInterface"), Some(&1));
+        assert!(clock.now() - start < Duration::from_secs(10));
+        assert!(lease.tat("CreateNetworkInterface").is_some());
+        n.add(&key(0), &PodMeta::default())
+            .expect("an address on the new ENI");
     }
 }

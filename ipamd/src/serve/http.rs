@@ -86,6 +86,7 @@ fn json_response(v: Value) -> Response {
 async fn metrics_handler(State(st): State<HttpState>) -> Response {
     st.metrics.refresh(&st.node.snapshot());
     st.metrics.refresh_vpc(&st.node.refresh_counts());
+    st.metrics.refresh_schedule(&st.node.ec2_schedule());
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
