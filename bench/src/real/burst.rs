@@ -9,6 +9,12 @@
 //! What it measures: contention (the kernel's rtnl lock, ipamd's datastore lock and gRPC server, host-local's file
 //! lock) on a 2-core machine with 30 processes wanting the CPU at once, so the p99 is mostly CPU queueing; the
 //! anchor's figure comes from a larger EC2 node and is quoted for scale, not as a same-machine comparison.
+//!
+//! Between rounds the kernel finishes the previous round's teardown first: a round starts only once the node
+//! namespace holds no more veths than before the first round ([`settle`]), whichever plugin ran last. A round's
+//! 30 veths go after its DEL burst (ptp deletes them in its DEL, ours hands them to ipamd's reaper) and with its
+//! 30 pod namespaces; each deletion holds the rtnl lock through RCU grace periods, so a round started meanwhile
+//! would measure the previous round's teardown, charged to whichever plugin happens to run next.
 
 use std::sync::Barrier;
 use std::time::Duration;
@@ -112,6 +118,47 @@ fn round(
     res
 }
 
+/// How many pod veths the namespace at `node` holds: ours (`eni` + hash, the netconf's `vethPrefix`) and ptp's
+/// (`veth` + random). The simulated ENIs are veths too (`eth*`), and the pool may attach one during a burst.
+fn veths(node: &std::path::Path) -> Result<usize, BenchError> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", node.display()))
+        .args(["ip", "-o", "link", "show", "type", "veth"])
+        .output()
+        .map_err(|e| BenchError::Other(format!("nsenter ip link: {e}")))?;
+    if !out.status.success() {
+        return Err(BenchError::Other(format!(
+            "ip link in {}: {}",
+            node.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .filter(|name| name.starts_with("eni") || name.starts_with("veth"))
+        .count())
+}
+
+/// Waits (up to 30 s) until the namespace at `node` holds at most `baseline` veths: the previous round's pairs
+/// are gone (see the module docs).
+fn settle(node: &std::path::Path, baseline: usize) -> Result<(), BenchError> {
+    let mut left = 0;
+    for _ in 0..1500 {
+        check_interrupt()?;
+        left = veths(node)?;
+        if left <= baseline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(BenchError::Other(format!(
+        "{left} veths in {} after 30 s, {baseline} before the first burst",
+        node.display()
+    )))
+}
+
 /// `rounds` timed rounds per plugin (plus one untimed each), interleaved in random order.
 pub fn run(
     runner: &Runner,
@@ -122,6 +169,7 @@ pub fn run(
 ) -> Result<(BurstSamples, BurstSamples), BenchError> {
     let mut ours = BurstSamples::default();
     let mut peer = BurstSamples::default();
+    let baseline = veths(&runner.node_ns)?;
     for r in 0..=rounds {
         let order = if rng.random::<bool>() {
             [Plugin::Ours, Plugin::Peer]
@@ -135,6 +183,7 @@ pub fn run(
                 (_, Plugin::Peer) => Some(&mut peer),
             };
             round(runner, nss, plugin, size, r, out)?;
+            settle(&runner.node_ns, baseline)?;
             std::thread::sleep(Duration::from_millis(300));
         }
     }
