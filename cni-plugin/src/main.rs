@@ -76,10 +76,10 @@ fn main() -> ExitCode {
         }
         Ok(env) => {
             let bytes = stdin_or_empty(&mut stdin);
-            let version = version_of(bytes);
             match run(&env, bytes) {
                 Ok(v) => (v, true),
-                Err(e) => (e.to_json(&version), false),
+                // The netconf is read a second time only to answer an error in its version.
+                Err(e) => (e.to_json(&version_of(bytes)), false),
             }
         }
     };
