@@ -446,20 +446,13 @@ impl Checkpoint {
         #[allow(clippy::disallowed_methods)]
         let started = Instant::now();
         let path = self.path.clone();
-        // fsync may block for milliseconds (on a disk; the default path is on a tmpfs): the write must not hold
-        // up the worker's other tasks. On the daemon's multi-thread runtime it runs on this worker, which first
-        // hands its other tasks to another (`block_in_place`): the ADD waiting for it pays no hand-off to a
-        // blocking thread and back (two thread wake-ups, each up to half a millisecond on a virtual machine
-        // whose other CPU sleeps). A current-thread runtime (tests) hands it to a blocking thread. The write lock
-        // stays held until it is done, so two writes never race on the temp file.
-        let write = move || {
+        // fsync blocks for milliseconds: keep it off the runtime's worker threads. The write lock stays held
+        // until it is done, so two writes never race on the temp file.
+        let res = tokio::task::spawn_blocking(move || {
             hostfs::write_atomic(&path, &bytes, hostfs::STATE_FILE_MODE)
                 .map_err(std::io::Error::from)
-        };
-        let res = match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => Ok(tokio::task::block_in_place(write)),
-            _ => tokio::task::spawn_blocking(write).await,
-        };
+        })
+        .await;
         if let Some(observe) = &self.observer {
             observe(started.elapsed());
         }
