@@ -729,8 +729,9 @@ fn burst_section(
             "{} pods' ADDs started at the same instant (one thread per call, already inside the node namespace, \
              released by a barrier), then their {} DELs at once; {} timed rounds per plugin after one untimed \
              round, interleaved in random order; a round starts once the kernel has removed the previous \
-             round's veths (ptp deletes them in its DEL, ours hands them to ipamd's reaper; either holds the rtnl \
-             lock the next round's ADDs need), then 300 ms later; same daemon and settings as the pod setup \
+             round's veths (ptp deletes them in its DEL, ours hands them to ipamd's reaper) and finished freeing \
+             its pod namespaces (both hold the rtnl lock the next round's ADDs need; the first round waits for the \
+             pod setup benchmark's), then 300 ms later; same daemon and settings as the pod setup \
              benchmark. Each call is timed from its own spawn to its exit, in ms. On 2 cores, 30 processes at once mostly measure CPU \
              queueing. The anchor reports p50 0.75 s for its 30-pod burst on an EC2 node (5 s before it stopped \
              moving veths between namespaces), quoted for scale: it is another machine.",

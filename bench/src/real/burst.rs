@@ -11,10 +11,12 @@
 //! anchor's figure comes from a larger EC2 node and is quoted for scale, not as a same-machine comparison.
 //!
 //! Between rounds the kernel finishes the previous round's teardown first: a round starts only once the node
-//! namespace holds no more veths than before the first round ([`settle`]), whichever plugin ran last. A round's
-//! 30 veths go after its DEL burst (ptp deletes them in its DEL, ours hands them to ipamd's reaper) and with its
-//! 30 pod namespaces; each deletion holds the rtnl lock through RCU grace periods, so a round started meanwhile
-//! would measure the previous round's teardown, charged to whichever plugin happens to run next.
+//! namespace holds no more pod veths than before the first round and the kernel has stopped freeing network
+//! namespaces ([`settle`]), whichever plugin ran last. A round's 30 veths go after its DEL burst (ptp deletes them
+//! in its DEL, ours hands them to ipamd's reaper) and with its 30 pod namespaces, whose cleanup the kernel runs
+//! later in a work queue; both hold the rtnl lock through RCU grace periods, so a round started meanwhile would
+//! measure the previous round's teardown (or the pod setup benchmark's hundreds of namespaces, before the first
+//! round), charged to whichever plugin happens to run next.
 
 use std::sync::Barrier;
 use std::time::Duration;
@@ -141,21 +143,43 @@ fn veths(node: &std::path::Path) -> Result<usize, BenchError> {
         .count())
 }
 
-/// Waits (up to 30 s) until the namespace at `node` holds at most `baseline` veths: the previous round's pairs
-/// are gone (see the module docs).
+/// Network namespaces the kernel holds (live or not yet freed): the active objects of the `net_namespace` slab
+/// cache (`None` where /proc/slabinfo does not show it).
+fn kernel_netns() -> Option<u64> {
+    let slabs = std::fs::read_to_string("/proc/slabinfo").ok()?;
+    slabs
+        .lines()
+        .find(|l| l.starts_with("net_namespace "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Waits (up to 30 s) until the namespace at `node` holds at most `baseline` pod veths (the previous round's pairs
+/// are gone), then until the kernel's count of network namespaces has not changed for 250 ms (the namespaces'
+/// cleanup is done); see the module docs.
 fn settle(node: &std::path::Path, baseline: usize) -> Result<(), BenchError> {
     let mut left = 0;
+    let mut netns = (kernel_netns(), 0u32);
     for _ in 0..1500 {
         check_interrupt()?;
         left = veths(node)?;
         if left <= baseline {
-            return Ok(());
+            let now = kernel_netns();
+            netns = if now == netns.0 {
+                (now, netns.1 + 1)
+            } else {
+                (now, 0)
+            };
+            if now.is_none() || netns.1 >= 12 {
+                return Ok(());
+            }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(BenchError::Other(format!(
-        "{left} veths in {} after 30 s, {baseline} before the first burst",
-        node.display()
+        "{left} pod veths in {} after 30 s ({baseline} before the first burst), kernel namespaces {:?}",
+        node.display(),
+        netns.0
     )))
 }
 
@@ -170,6 +194,7 @@ pub fn run(
     let mut ours = BurstSamples::default();
     let mut peer = BurstSamples::default();
     let baseline = veths(&runner.node_ns)?;
+    settle(&runner.node_ns, baseline)?;
     for r in 0..=rounds {
         let order = if rng.random::<bool>() {
             [Plugin::Ours, Plugin::Peer]
