@@ -284,16 +284,16 @@ pub async fn setup(
 }
 
 /// IPv6 settings of the host veth, applied before it goes up (as the anchor): no router advertisements, accept
-/// redirects, no forwarding. Best effort: a kernel without IPv6 has no such files, and nothing IPv4 depends on them.
+/// redirects, no forwarding; each written only where the veth's inherited value differs ([`crate::sysctl`]).
+/// Best effort: a kernel without IPv6 has no such files, and nothing IPv4 depends on them.
 fn host_veth_sysctls(name: &str) {
     for (key, value) in [
         ("accept_ra", "0"),
         ("accept_redirects", "1"),
         ("forwarding", "0"),
     ] {
-        let path = format!("/proc/sys/net/ipv6/conf/{name}/{key}");
-        if let Err(e) = std::fs::write(&path, value) {
-            tracing::debug!(%path, error = %e, "ipv6 sysctl not applied");
+        if let Err(e) = crate::sysctl::ensure(&crate::sysctl::ipv6_conf(name, key), value) {
+            tracing::debug!(error = %e, "ipv6 sysctl not applied");
         }
     }
 }

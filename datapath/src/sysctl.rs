@@ -5,6 +5,12 @@
 //! of the thread that opens the file. Writes for another namespace therefore run on a short-lived helper thread
 //! that entered it ([`crate::in_netns_file`]), all of them on one thread, so no caller thread ever changes
 //! namespace.
+//!
+//! A setting is written only when the file holds another value ([`set`] reads it first). Reading is cheap, but
+//! some writes are not: `forwarding` and `disable_ipv6` take the rtnl lock, and when another process holds it
+//! the kernel restarts the write from user space (`rtnl_trylock`, then `restart_syscall`) until it gets it, so
+//! a pod's ADD spun on the CPU while its neighbours' netlink requests held the lock. A new veth already carries
+//! the namespace's `default` values, usually the ones we want (`forwarding` 0, `accept_redirects` 1).
 
 use std::fs::File;
 use std::path::Path;
@@ -24,7 +30,8 @@ pub fn ipv4_conf(ifname: &str, name: &str) -> String {
     format!("net/ipv4/conf/{ifname}/{name}")
 }
 
-/// Writes every setting in the caller's namespace (`netns` None) or in `netns`; stops at the first failure.
+/// Gives every setting its value in the caller's namespace (`netns` None) or in `netns`, writing those that
+/// hold another; stops at the first failure.
 pub fn set(netns: Option<&File>, settings: &[Setting]) -> Result<(), NetlinkError> {
     match netns {
         None => write_all(settings),
@@ -40,16 +47,23 @@ pub fn get(key: &str) -> Option<String> {
 }
 
 fn write_all(settings: &[Setting]) -> Result<(), NetlinkError> {
-    for (key, value) in settings {
-        std::fs::write(Path::new("/proc/sys").join(key), value).map_err(|source| {
-            NetlinkError::Sysctl {
-                key: key.clone(),
-                value: (*value).to_string(),
-                source,
-            }
-        })?;
+    settings
+        .iter()
+        .try_for_each(|(key, value)| ensure(key, value))
+}
+
+/// Writes `value` to the setting `key` (relative to `/proc/sys`) in the caller's namespace unless it holds it
+/// already (see the module docs). A setting that cannot be read is written, so its error is the write's.
+pub fn ensure(key: &str, value: &str) -> Result<(), NetlinkError> {
+    let path = Path::new("/proc/sys").join(key);
+    if std::fs::read_to_string(&path).is_ok_and(|now| now.trim() == value) {
+        return Ok(());
     }
-    Ok(())
+    std::fs::write(&path, value).map_err(|source| NetlinkError::Sysctl {
+        key: key.to_string(),
+        value: value.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -66,6 +80,16 @@ mod tests {
             ipv4_conf("all", "forwarding"),
             "net/ipv4/conf/all/forwarding"
         );
+    }
+
+    /// A setting that already holds its value is not written: `kernel/ostype` is read-only, so only the
+    /// write of another value fails.
+    #[test]
+    fn a_setting_already_held_is_not_written() {
+        let now = get("kernel/ostype").expect("kernel/ostype");
+        ensure("kernel/ostype", &now).expect("no write for the value it holds");
+        let err = ensure("kernel/ostype", "not-linux").expect_err("read-only");
+        assert!(matches!(err, NetlinkError::Sysctl { .. }), "{err}");
     }
 
     /// In a fresh namespace (needs root): a write lands there, not in ours.
