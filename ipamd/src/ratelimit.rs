@@ -712,6 +712,17 @@ mod tests {
     use ec2_api::Ec2;
     use ec2_sim::{NoHotplug, SimEc2, SimSpec};
 
+    /// A simulated m5.large on tokio's clock (paused in these tests), and that clock.
+    async fn sim_on_tokio_clock() -> (Arc<dyn Clock>, SimEc2) {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
+        let mut spec = SimSpec::new("m5.large");
+        spec.clock = Arc::clone(&clock);
+        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
+            .await
+            .expect("sim");
+        (clock, sim)
+    }
+
     fn pace(inner: Arc<dyn ec2_api::Ec2>, clock: Arc<dyn Clock>, cfg: PacingConfig) -> PacedEc2 {
         PacedEc2::new(Pacer::new(clock, cfg), inner)
     }
@@ -1045,12 +1056,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_call_waits_for_its_slot_and_status_says_so() {
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
-        let mut spec = SimSpec::new("m5.large");
-        spec.clock = Arc::clone(&clock);
-        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
-            .await
-            .expect("sim");
+        let (clock, sim) = sim_on_tokio_clock().await;
         let schedule =
             crate::schedule::MemorySchedule::new(Arc::clone(&clock), Duration::from_millis(5));
         // Another node's reservations reach 30 s ahead (more than the bucket's tolerance).
@@ -1104,12 +1110,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paced_calls_wait_for_tokens_and_retry_retryable_errors() {
-        let clock: Arc<dyn Clock> = Arc::new(TokioClock::default());
-        let mut spec = SimSpec::new("m5.large");
-        spec.clock = Arc::clone(&clock);
-        let sim = SimEc2::launch(spec, Arc::new(NoHotplug))
-            .await
-            .expect("sim");
+        let (clock, sim) = sim_on_tokio_clock().await;
         let paced = pace(
             Arc::new(sim.clone()),
             Arc::clone(&clock),

@@ -371,6 +371,15 @@ impl MemorySchedule {
     pub fn stats(&self) -> MemoryStats {
         *crate::sync::lock(&self.stats)
     }
+
+    /// A GET: the lease as the server had it when the request arrived, answered after the round trip.
+    async fn get(&self) -> LeaseDoc {
+        self.clock.sleep(self.latency / 2).await;
+        let read = crate::sync::lock(&self.doc).clone();
+        crate::sync::lock(&self.stats).reads += 1;
+        self.clock.sleep(self.latency / 2).await;
+        read
+    }
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -382,11 +391,7 @@ impl ClusterSchedule for MemorySchedule {
             if let Some(e) = crate::sync::lock(&self.fail).clone() {
                 return Err(e);
             }
-            // GET: the state as the server had it when the request arrived, answered after the round trip.
-            self.clock.sleep(self.latency / 2).await;
-            let read = crate::sync::lock(&self.doc).clone();
-            crate::sync::lock(&self.stats).reads += 1;
-            self.clock.sleep(self.latency / 2).await;
+            let read = self.get().await;
             let now_us = self.clock.wall().as_micros() as u64;
             let grant = gcra(
                 read.annotations.get(&key).and_then(|v| parse_tat(v)),
@@ -427,10 +432,7 @@ impl ClusterSchedule for MemorySchedule {
         if let Some(e) = crate::sync::lock(&self.fail).clone() {
             return Err(e);
         }
-        self.clock.sleep(self.latency / 2).await;
-        let read = crate::sync::lock(&self.doc).clone();
-        crate::sync::lock(&self.stats).reads += 1;
-        self.clock.sleep(self.latency / 2).await;
+        let read = self.get().await;
         Ok(peek_waits(&read.annotations, apis, self.clock.wall()))
     }
 

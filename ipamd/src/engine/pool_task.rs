@@ -1018,11 +1018,17 @@ mod tests {
         );
     }
 
-    /// The cluster's EC2 schedule (crate::schedule) with the next slot of Assign and Create a minute ahead: the
-    /// warm fill does not queue behind it (the node notes the congestion and serves with what it has); a pod's
-    /// demand takes its slot, waits for it, and only then calls EC2.
-    #[tokio::test]
-    async fn a_congested_cluster_schedule_holds_warm_growth_and_demand_waits_for_its_slot() {
+    /// A node on a manual clock whose cluster EC2 schedule (crate::schedule) has each of `booked` reserved
+    /// `ahead` beyond its bucket's tolerance, as if other nodes had taken every slot until then.
+    async fn node_with_booked_schedule(
+        booked: &[ec2_api::Api],
+        ahead: Duration,
+    ) -> (
+        SimEc2,
+        ec2_api::clock::ManualClock,
+        crate::schedule::MemorySchedule,
+        Arc<Node>,
+    ) {
         use crate::ratelimit::{PacingConfig, SharedSchedule};
         use crate::schedule::{Limit, MemorySchedule, Share};
         use ec2_api::clock::Clock;
@@ -1032,12 +1038,8 @@ mod tests {
             .await
             .expect("facts");
         let lease = MemorySchedule::new(Arc::new(clock.clone()), Duration::from_millis(5));
-        let ahead = Duration::from_secs(60);
-        for api in [
-            ec2_api::Api::AssignPrivateIpAddresses,
-            ec2_api::Api::CreateNetworkInterface,
-        ] {
-            let l = Limit::of(api, Share::default());
+        for api in booked {
+            let l = Limit::of(*api, Share::default());
             let tolerance = Duration::from_secs_f64(f64::from(l.burst - 1) / l.per_second);
             lease.set_tat(
                 api.name(),
@@ -1051,6 +1053,24 @@ mod tests {
         let n = Node::init_with(deps, facts, Config::default(), None, pacing)
             .await
             .expect("init");
+        (sim, clock, lease, n)
+    }
+
+    /// The cluster's EC2 schedule (crate::schedule) with the next slot of Assign and Create a minute ahead: the
+    /// warm fill does not queue behind it (the node notes the congestion and serves with what it has); a pod's
+    /// demand takes its slot, waits for it, and only then calls EC2.
+    #[tokio::test]
+    async fn a_congested_cluster_schedule_holds_warm_growth_and_demand_waits_for_its_slot() {
+        use ec2_api::clock::Clock;
+        let ahead = Duration::from_secs(60);
+        let (sim, clock, lease, n) = node_with_booked_schedule(
+            &[
+                ec2_api::Api::AssignPrivateIpAddresses,
+                ec2_api::Api::CreateNetworkInterface,
+            ],
+            ahead,
+        )
+        .await;
         let start = clock.now();
         n.fill().await.expect("fill");
         assert_eq!(n.stats().total, 0, "the warm fill held");
@@ -1078,29 +1098,12 @@ mod tests {
     /// addresses at once.
     #[tokio::test]
     async fn demand_growth_takes_the_api_with_the_earlier_slot() {
-        use crate::ratelimit::{PacingConfig, SharedSchedule};
-        use crate::schedule::{Limit, MemorySchedule, Share};
         use ec2_api::clock::Clock;
-        let (sim, clock) = ec2_sim::on_manual_clock("m5.xlarge", |s| s.throttle = None).await;
-        let deps = NodeDeps::sim(&sim, &clock);
-        let facts = crate::engine::NodeFacts::discover(deps.imds.as_ref())
-            .await
-            .expect("facts");
-        let lease = MemorySchedule::new(Arc::new(clock.clone()), Duration::from_millis(5));
-        let assign = ec2_api::Api::AssignPrivateIpAddresses;
-        let l = Limit::of(assign, Share::default());
-        let tolerance = Duration::from_secs_f64(f64::from(l.burst - 1) / l.per_second);
-        lease.set_tat(
-            assign.name(),
-            (clock.wall() + tolerance + Duration::from_secs(60)).as_micros() as u64,
-        );
-        let pacing = PacingConfig {
-            schedule: SharedSchedule(Arc::new(lease.clone())),
-            ..PacingConfig::default()
-        };
-        let n = Node::init_with(deps, facts, Config::default(), None, pacing)
-            .await
-            .expect("init");
+        let (sim, clock, lease, n) = node_with_booked_schedule(
+            &[ec2_api::Api::AssignPrivateIpAddresses],
+            Duration::from_secs(60),
+        )
+        .await;
         let start = clock.now();
         assert!(n.add(&key(0), &PodMeta::default()).is_err());
         n.pool_step().await.expect("grow");
