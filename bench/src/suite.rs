@@ -96,8 +96,9 @@ impl Plan {
                 burst_rounds: 5,
                 // 1000: the p99 of n sandboxes is the (n/100 + 1)-th slowest, and a few slow container starts
                 // (tens of ms of containerd and runc work on either side) decide it when n is small. With 300
-                // (the 4th slowest) the last two full runs read ours against ptp's at 0.94x and 1.00x while
-                // the median of ours was 4 ms lower in both; with 1000 it is the 11th slowest. About 4 minutes.
+                // (the 4th slowest) the last three full runs read ours against ptp's at 1.00x, 0.94x and 1.00x,
+                // with ours 3.6-4.3 ms lower at the median where the tables were kept; with 1000 it is the 11th
+                // slowest. About 4 minutes.
                 cri_n: 1000,
                 cri_warmup: 5,
                 churn_pods: 1000,
