@@ -10,7 +10,8 @@
 //!   /api/v1/namespaces/NS/events`).
 //! * Leases (`/apis/coordination.k8s.io/v1/namespaces/NS/leases[/NAME]`): GET, POST (409 AlreadyExists when
 //!   present), PUT whose `metadata.resourceVersion` is not the stored one answers 409 Conflict; every lease
-//!   request answers 403 Forbidden while [`KubeApiServer::set_leases_forbidden`] says so.
+//!   request answers 403 Forbidden while [`KubeApiServer::set_leases_forbidden`] says so; the next N PUTs of a
+//!   lease lose a race to another node's write ([`KubeApiServer::race_lease_writes`]).
 //! * A list answers the objects with the store's `resourceVersion`; `?watch=1` streams (chunked, one JSON event a
 //!   line) every change after the given `resourceVersion` as ADDED/MODIFIED/DELETED, and a BOOKMARK every half
 //!   second; a watch from a `resourceVersion` older than the compaction point gets a 410 Gone (`Expired`) ERROR
@@ -80,6 +81,8 @@ struct Store {
     no_eni_config_crd: bool,
     /// Leases answer 403 Forbidden (a service account without lease rights).
     leases_forbidden: bool,
+    /// PUTs of a lease that still lose a race to another node's write (see `race_lease_writes`).
+    lease_races: u32,
 }
 
 #[derive(Debug, Default)]
@@ -262,6 +265,13 @@ impl KubeApiServer {
     /// them again.
     pub fn set_leases_forbidden(&self, forbidden: bool) {
         lock(&self.shared.store).leases_forbidden = forbidden;
+    }
+
+    /// The next `n` PUTs of a lease each lose a race: another node's write lands just before it (the stored
+    /// lease gets a new resourceVersion, its content unchanged), so the PUT's version is stale and it answers
+    /// 409 Conflict, as the API server does when nodes reserve at once.
+    pub fn race_lease_writes(&self, n: u32) {
+        lock(&self.shared.store).lease_races = n;
     }
 
     /// Every request so far, as "METHOD path?query".
@@ -739,9 +749,9 @@ fn replace_lease(
     let Ok(obj) = serde_json::from_slice::<Value>(body) else {
         return respond(w, 400, &status(400, "BadRequest", "body is not JSON"));
     };
-    let st = lock(&shared.store);
+    let mut st = lock(&shared.store);
     let key = (Kind::Lease, ns.to_string(), name.to_string());
-    let Some(current) = st.objects.get(&key) else {
+    let Some(mut current) = st.objects.get(&key).cloned() else {
         drop(st);
         return respond(
             w,
@@ -749,6 +759,17 @@ fn replace_lease(
             &status(404, "NotFound", &format!("leases \"{name}\" not found")),
         );
     };
+    if st.lease_races > 0 {
+        // Another node's write lands first.
+        st.lease_races -= 1;
+        st.rv += 1;
+        let rv = st.rv;
+        current["metadata"]["resourceVersion"] = json!(rv.to_string());
+        st.objects.insert(key.clone(), current.clone());
+        st.history
+            .push((rv, "MODIFIED", key.clone(), current.clone()));
+        shared.changed.notify_all();
+    }
     if obj["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"] {
         drop(st);
         return respond(

@@ -701,3 +701,87 @@ fn a_forbidden_lease_leaves_ec2_calls_to_the_node_and_status_says_why() {
         "{metrics}"
     );
 }
+
+/// Starts ipamd (m5.large) against a server whose lease exists and whose next `races` lease PUTs lose a race to
+/// another node's write.
+fn start_with_racing_lease(races: u32) -> (KubeApiServer, Ipamd) {
+    require_root();
+    let node = Netns::new("krace-");
+    let dir = TempDir::new();
+    let server = KubeApiServer::start(std::path::Path::new(&node.path()));
+    server.put(Kind::Node, "", api::node("node-1", 110, false));
+    server.put(
+        Kind::Lease,
+        "kube-system",
+        serde_json::json!({"metadata": {"name": LEASE}, "spec": {}}),
+    );
+    server.race_lease_writes(races);
+    let kc = server.kubeconfig(dir.path()).to_string_lossy().to_string();
+    let env = [("KUBECONFIG", kc.as_str()), ("MY_NODE_NAME", "node-1")];
+    let ipamd = Ipamd::start_in(node, dir, "m5.large", &env, &[]);
+    (server, ipamd)
+}
+
+fn lease_puts(server: &KubeApiServer) -> usize {
+    let put = format!("PUT /apis/coordination.k8s.io/v1/namespaces/kube-system/leases/{LEASE}?");
+    server
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with(&put))
+        .count()
+}
+
+/// The value of `awscni_ec2_schedule_total{outcome="<outcome>"}`, 0 when absent.
+fn schedule_outcome(metrics: &str, outcome: &str) -> f64 {
+    let prefix = format!("awscni_ec2_schedule_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Another node writes the lease between our read and our write (409 Conflict, three times in a row): the
+/// reservation reads again and lands on the fourth write, and the call takes its slot.
+#[test]
+fn a_lease_write_that_loses_a_race_is_read_again_and_the_reservation_lands() {
+    let (server, ipamd) = start_with_racing_lease(3);
+    let st = wait_status(&ipamd, 30, "the first fill", |s| {
+        s["pool"]["total"].as_u64().is_some_and(|t| t > 0)
+    });
+    assert!(ipamd.ec2_calls("AssignPrivateIpAddresses") >= 1, "{st:#}");
+    assert!(
+        lease_tat(&server, "AssignPrivateIpAddresses").is_some(),
+        "the reservation landed: {:?}\n{}",
+        server.get(Kind::Lease, "kube-system", LEASE),
+        ipamd.log()
+    );
+    assert!(lease_puts(&server) >= 4, "{:?}", server.requests());
+    let metrics = ipamd.node.metrics();
+    assert!(schedule_outcome(&metrics, "reserved") >= 1.0, "{metrics}");
+    assert_eq!(schedule_outcome(&metrics, "contended"), 0.0, "{metrics}");
+    assert!(
+        schedule_line(&status(&ipamd)).starts_with("in use"),
+        "{}",
+        ipamd.log()
+    );
+}
+
+/// Every write loses its race: a reservation gives up after ten reads and writes, counted as `contended`, and
+/// the call goes on under the node's own pacing, so the pool still fills.
+#[test]
+fn a_reservation_that_keeps_losing_races_gives_up_and_the_call_still_goes() {
+    let (server, ipamd) = start_with_racing_lease(1_000_000);
+    let st = wait_status(&ipamd, 60, "the first fill without a slot", |s| {
+        s["pool"]["total"].as_u64().is_some_and(|t| t > 0)
+    });
+    assert!(ipamd.ec2_calls("AssignPrivateIpAddresses") >= 1, "{st:#}");
+    let metrics = ipamd.node.metrics();
+    assert!(schedule_outcome(&metrics, "contended") >= 1.0, "{metrics}");
+    assert!(lease_puts(&server) >= 10, "{:?}", server.requests());
+    assert_eq!(
+        lease_tat(&server, "AssignPrivateIpAddresses"),
+        None,
+        "no write landed"
+    );
+}
