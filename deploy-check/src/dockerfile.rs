@@ -6,7 +6,8 @@
 //! context names a file that exists in the repository and is not cut out by `.dockerignore` (or, for the host-built
 //! binaries, a file under [`PREBUILT_DIR`] that `.dockerignore` lets through); that every `COPY --from` names an
 //! earlier stage and, from the Rust stage, only binaries that stage's `cargo build` builds (packages, bins and
-//! features checked against `cargo metadata`); that the stage switch chosen by an `ARG` offers the same files
+//! features checked against `cargo metadata`) or a build script of the repository that it runs builds (the
+//! `--bin` of the script's cargo lines, e.g. `scripts/plugin-release.sh` for the shipped aws-cni); that the stage switch chosen by an `ARG` offers the same files
 //! whichever stage it names; that the final image's `/app` holds what `ipamd install` looks for next to its
 //! executable (names read from ipamd/src/cmd/install/) and its packages the netfilter tools ipamd runs; the
 //! ENTRYPOINT, CMD and labels; and that nothing is downloaded outside the package managers.
@@ -348,6 +349,8 @@ pub struct Context<'a> {
     pub ignore: &'a DockerIgnore,
     /// Whether a path relative to the repository root exists.
     pub exists: &'a dyn Fn(&str) -> bool,
+    /// The text of a file relative to the repository root (a build script the Rust stage runs).
+    pub read: &'a dyn Fn(&str) -> Option<String>,
     /// From ipamd/src/cmd/install/.
     pub upstream_plugins: Vec<String>,
     pub template_name: String,
@@ -355,6 +358,52 @@ pub struct Context<'a> {
     pub aws_cni: String,
     /// From ipamd/src/main.rs.
     pub subcommands: Vec<String>,
+}
+
+/// The binaries the repository's build scripts that `run` calls (`scripts/*.sh`, e.g. `scripts/plugin-release.sh`,
+/// which builds the shipped aws-cni) put under target/release: the `--bin` of each `cargo rustc` or `cargo build`
+/// line of the script, whose package must be a workspace package. A script must exist and be run with `--locked`,
+/// as `cargo build` is.
+fn script_builds(run: &str, cx: &Context, problems: &mut Vec<String>) -> BTreeSet<String> {
+    let mut built = BTreeSet::new();
+    for cmd in run.split("&&") {
+        let words: Vec<&str> = cmd.split_whitespace().collect();
+        let Some(script) = words
+            .iter()
+            .find(|w| w.starts_with("scripts/") && w.ends_with(".sh"))
+        else {
+            continue;
+        };
+        let Some(text) = (cx.read)(script) else {
+            problems.push(format!("RUN {script}: not in the repository"));
+            continue;
+        };
+        if !words.contains(&"--locked") {
+            problems.push(format!("`{script}` must be run with --locked"));
+        }
+        for line in text.lines().map(str::trim) {
+            if line.starts_with('#')
+                || !(line.contains("cargo rustc") || line.contains("cargo build"))
+            {
+                continue;
+            }
+            let lw: Vec<&str> = line.split_whitespace().collect();
+            let after = |flag: &str| {
+                lw.iter()
+                    .position(|w| *w == flag)
+                    .and_then(|i| lw.get(i + 1).copied())
+            };
+            match (after("-p"), after("--bin")) {
+                (Some(pkg), Some(bin)) if cx.ws.bins.get(pkg).is_some_and(|b| b.iter().any(|x| x == bin)) => {
+                    built.insert(bin.to_string());
+                }
+                (pkg, bin) => problems.push(format!(
+                    "{script}: `{line}` must name a workspace package and one of its binaries (-p {pkg:?} --bin {bin:?})"
+                )),
+            }
+        }
+    }
+    built
 }
 
 /// The binaries a `cargo build` command line builds, and its problems.
@@ -516,7 +565,8 @@ pub fn problems(df: &Dockerfile, cx: &Context<'_>) -> Vec<String> {
             build.base
         )),
     }
-    let built = cargo_build(&build.run_text(), cx.ws, &mut p);
+    let mut built = cargo_build(&build.run_text(), cx.ws, &mut p);
+    built.extend(script_builds(&build.run_text(), cx, &mut p));
     for need in ["ipamd", cx.aws_cni.as_str()] {
         if !built.contains(need) {
             p.push(format!("the build stage does not build {need}"));

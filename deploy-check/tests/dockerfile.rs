@@ -30,10 +30,12 @@ fn check(dockerfile: &str, dockerignore: &str, ws: &Workspace) -> Vec<String> {
     let df = Dockerfile::parse(dockerfile).unwrap_or_else(|e| panic!("{e}"));
     let ignore = DockerIgnore::parse(dockerignore).unwrap_or_else(|e| panic!("{e}"));
     let exists = |rel: &str| root().join(rel).exists();
+    let read_file = |rel: &str| read(rel).ok();
     let cx = Context {
         ws,
         ignore: &ignore,
         exists: &exists,
+        read: &read_file,
         upstream_plugins: rust_str_array_const(&install, "UPSTREAM_PLUGINS")
             .expect("UPSTREAM_PLUGINS"),
         template_name: rust_str_const(&install, "TEMPLATE_NAME").expect("TEMPLATE_NAME"),
@@ -87,7 +89,21 @@ fn the_static_checks_catch_broken_recipes() {
             "--features ipamd/nope",
             "ipamd/nope",
         ),
-        ("-p ipamd -p aws-cni", "-p ipamd", "does not build aws-cni"),
+        (
+            "scripts/plugin-release.sh --locked",
+            "true",
+            "does not build aws-cni",
+        ),
+        (
+            "scripts/plugin-release.sh --locked",
+            "scripts/plugin-release.sh",
+            "must be run with --locked",
+        ),
+        (
+            "scripts/plugin-release.sh --locked",
+            "scripts/plugin-build.sh --locked",
+            "not in the repository",
+        ),
         ("cargo build --locked", "cargo build", "--locked"),
         ("rust:1.95-bookworm", "rust:1.70-bookworm", "older than"),
         ("rust:1.95-bookworm", "rust:1.95-trixie", "bookworm"),
