@@ -493,6 +493,11 @@ fn serve_connection(conn: TcpStream, shared: &Shared, generation: u64) {
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => continue,
             Err(_) => return,
         };
+        // A request that arrived while stop() ran (this thread was waiting in the read) is not served: the
+        // connection closes unanswered, as a server that went away leaves it.
+        if shared.generation.load(Ordering::SeqCst) != generation {
+            return;
+        }
         let _ = r
             .get_ref()
             .set_read_timeout(Some(Duration::from_millis(200)));
