@@ -23,7 +23,8 @@ cargo test --workspace --features "$features"
 # The plugin as it is shipped (a static musl release build, see scripts/plugin-release.sh) through one pod's life.
 scripts/plugin-release.sh
 shipped=$(realpath "${CARGO_TARGET_DIR:-target}/release/aws-cni")
-AWS_CNI_SHIPPED_PLUGIN=$shipped cargo test -p integration-tests --features "$features" --test shipped_plugin -- --ignored
+# --workspace: the features name other packages (ipamd/aws), which -p integration-tests alone refuses.
+AWS_CNI_SHIPPED_PLUGIN=$shipped cargo test --workspace --features "$features" --test shipped_plugin -- --ignored
 # Every parser under libFuzzer for a short while: a crash fails the run, running out of time does not.
 scripts/fuzz.sh "${AWS_CNI_FUZZ_SECONDS:-30}"
 netns_after=$(netns_names)
